@@ -1,0 +1,30 @@
+# `make demo`: set up .venv and run a real search on the embedded digits dataset.
+# `make test`: set up .venv and run the test suite (heavy tests excluded; `make test-slow` runs them).
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+TORCH_PINS := torch==2.14.1 torchvision==0.29.1
+
+.PHONY: install demo test test-slow ci clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml $(wildcard plugins/*/pyproject.toml)
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q $(TORCH_PINS)
+	$(BIN)/pip install -q -e ".[dev]" $(TORCH_PINS)
+	for p in plugins/*/; do [ -f $$p/pyproject.toml ] && $(BIN)/pip install -q -e $$p $(TORCH_PINS) || true; done
+	touch $@
+
+demo: install
+	$(BIN)/vae-automl search search_spaces/quick.yaml --trials 10 --out runs/demo
+
+test: install
+	$(BIN)/python -m pytest -q -m "not slow"
+
+test-slow: install
+	$(BIN)/python -m pytest -q -m slow
+
+clean:
+	rm -rf $(VENV) runs

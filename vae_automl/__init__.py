@@ -1,0 +1,46 @@
+"""vae-automl: multi-objective search for compressed variational autoencoders."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from vae_automl.errors import (
+    ConfigError,
+    DataError,
+    ExportError,
+    IntegrityError,
+    PluginError,
+    TrialFailed,
+    VaeAutomlError,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ConfigError",
+    "DataError",
+    "ExportError",
+    "IntegrityError",
+    "PluginError",
+    "TrialFailed",
+    "VaeAutomlError",
+    "__version__",
+    "hookimpl",
+    "search",
+]
+
+if TYPE_CHECKING:
+    from vae_automl.search import search
+
+
+def __getattr__(name: str) -> Any:
+    # Deferred so `import vae_automl` stays light (no torch, optuna or ray at import).
+    if name == "hookimpl":
+        from vae_automl.plugin_manager import hookimpl
+
+        return hookimpl
+    if name == "search":
+        from vae_automl.search import search
+
+        return search
+    raise AttributeError(f"module 'vae_automl' has no attribute {name!r}")

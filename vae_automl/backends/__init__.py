@@ -1,0 +1,1 @@
+"""Search backends: Optuna (default) and Ray Tune; both store trials in one Optuna storage."""

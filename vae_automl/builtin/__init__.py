@@ -1,0 +1,1 @@
+"""The built-in plugins; each module registers through the same hooks as a third party's."""

@@ -1,0 +1,13 @@
+"""Built-in compressors (filled in by the compressors work)."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from vae_automl.components import Compressor
+from vae_automl.plugin_manager import hookimpl
+
+
+@hookimpl
+def register_compressors(register: Callable[[Compressor], None]) -> None:
+    pass

@@ -1,0 +1,113 @@
+"""Built-in objectives: quality (ELBO, reconstruction error), size (params, bytes, bits), latency."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from typing import Callable
+
+import torch
+
+from vae_automl import packing
+from vae_automl.components import MeasureContext, Objective
+from vae_automl.plugin_manager import hookimpl
+from vae_automl.train import evaluate_elbo, evaluate_recon_error
+
+
+class TestElbo(Objective):
+    name = "test_elbo_nats"
+    unit = "nats/image"
+    help = "negative ELBO per test image (single fixed-noise sample, beta=1)"
+
+    def measure(self, ctx: MeasureContext) -> float:
+        return evaluate_elbo(ctx.model, ctx.data.test, beta=1.0, seed=ctx.seed)
+
+
+class ReconError(Objective):
+    name = "recon_error"
+    unit = "nats/pixel"
+    help = "per-pixel binary cross-entropy of the posterior-mean reconstruction, test split"
+
+    def measure(self, ctx: MeasureContext) -> float:
+        return evaluate_recon_error(ctx.model, ctx.data.test)
+
+
+class Params(Objective):
+    name = "params"
+    unit = "count"
+    help = "parameters of the model (non-zero ones for pruned weights)"
+
+    def measure(self, ctx: MeasureContext) -> float:
+        return float(sum(int(torch.count_nonzero(p)) for p in ctx.model.state_dict().values()))
+
+
+def serialized(ctx: MeasureContext) -> bytes:
+    if "serialized" not in ctx.cache:
+        ctx.cache["serialized"] = packing.serialize_model(ctx.model)
+    return ctx.cache["serialized"]
+
+
+class SizeBytes(Objective):
+    name = "size_bytes"
+    unit = "bytes"
+    help = "byte length of the packed weights file export writes (weights.safetensors)"
+
+    def measure(self, ctx: MeasureContext) -> float:
+        return float(len(serialized(ctx)))
+
+
+class TheoreticalBits(Objective):
+    name = "theoretical_bits"
+    unit = "bits"
+    help = "bits the weight encodings need, without container overhead"
+
+    def measure(self, ctx: MeasureContext) -> float:
+        return float(packing.theoretical_bits(ctx.model))
+
+
+def deployed_forward(ctx: MeasureContext) -> Callable[[torch.Tensor], object]:
+    """The callable that serves a reconstruction, as deployed: a compressor may provide a faster runtime."""
+    runtime_factory = getattr(ctx.model, "deployed_runtime", None)
+    if callable(runtime_factory):
+        runtime = runtime_factory(ctx.latency_target)
+        if runtime is not None:
+            return runtime
+    model = ctx.model
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        mu, _ = model.encode(x)
+        return model.decode(mu)
+
+    return forward
+
+
+class LatencyMs(Objective):
+    name = "latency_ms"
+    unit = "ms"
+    help = "median time of one encode+decode batch after warm-up (device and batch size in the record)"
+
+    def measure(self, ctx: MeasureContext) -> float:
+        device = torch.device(ctx.latency_target if ctx.latency_target != "auto" else ctx.device)
+        model = ctx.model.to(device).eval()
+        x = ctx.data.test[: ctx.latency_batch_size].to(device)
+        if len(x) < ctx.latency_batch_size:
+            x = x.repeat((ctx.latency_batch_size + len(x) - 1) // len(x), 1, 1, 1)[: ctx.latency_batch_size]
+        forward = deployed_forward(ctx)
+        sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+        timings = []
+        with torch.inference_mode():
+            for i in range(ctx.latency_warmup + ctx.latency_repeats):
+                sync()
+                start = time.perf_counter()
+                forward(x)
+                sync()
+                if i >= ctx.latency_warmup:
+                    timings.append((time.perf_counter() - start) * 1000.0)
+        ctx.model.to(ctx.device)
+        return statistics.median(timings)
+
+
+@hookimpl
+def register_objectives(register: Callable[[Objective], None]) -> None:
+    for objective in (TestElbo(), ReconError(), Params(), SizeBytes(), TheoreticalBits(), LatencyMs()):
+        register(objective)

@@ -1,0 +1,120 @@
+"""The ``vae-automl`` command: parses arguments and calls the library; no logic of its own."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Sequence
+
+from vae_automl.errors import VaeAutomlError
+
+
+def _cmd_search(args: argparse.Namespace) -> int:
+    from vae_automl import pareto
+    from vae_automl.report import format_front_table
+    from vae_automl.search import search
+
+    backend_options = {}
+    if args.backend == "ray":
+        backend_options = {k: v for k, v in {
+            "address": args.address, "gpus_per_trial": args.gpus_per_trial, "cpus_per_trial": args.cpus_per_trial,
+            "concurrency": args.concurrency, "scheduler": args.scheduler}.items() if v is not None}
+    result = search(args.space, trials=args.trials, timeout_s=args.timeout, storage=args.storage,
+                    study_name=args.study, out_dir=args.out, dataset=args.dataset, data_dir=args.data_dir,
+                    device=args.device, plugins=tuple(args.plugin), backend=args.backend, **backend_options)
+    knee = None
+    if result.front:
+        names = list(result.front[0].objectives)
+        from vae_automl.study import objectives_of, open_study
+
+        _, directions = objectives_of(open_study(result.storage, result.study_name))
+        k = pareto.knee_point([[e.objectives[n] for n in names] for e in result.front], directions)
+        knee = result.front[k].trial if k is not None else None
+    print(f"Pareto front of study {result.study_name!r} ({result.completed} completed trials, storage {result.storage}); * = knee")
+    print(format_front_table(result.front, knee))
+    return 0
+
+
+def _cmd_front(args: argparse.Namespace) -> int:
+    from vae_automl.report import format_front_table
+    from vae_automl.study import load_front
+
+    front = load_front(args.storage, args.study)
+    if args.json:
+        print(json.dumps([e.as_dict() for e in front], indent=2))
+    else:
+        print(format_front_table(front))
+    return 0
+
+
+def _cmd_plugins(args: argparse.Namespace) -> int:
+    from vae_automl.plugins_info import list_components
+    from vae_automl.registry import get_registry
+
+    rows = list_components(get_registry(tuple(args.plugin)))
+    if args.json:
+        print(json.dumps(rows, indent=2, default=str))
+        return 0
+    for row in rows:
+        extra = f" stage={row['stage']}" if "stage" in row else ""
+        extra += f" {row['direction']}" if "direction" in row else ""
+        print(f"{row['kind']:<12} {row['name']:<22} {row['plugin']} {row['version']}{extra}")
+        for p in row["params"]:
+            bounds = (f"{{{', '.join(map(str, p['choices']))}}}" if p["choices"] is not None
+                      else f"[{p['minimum']}, {p['maximum']}]")
+            print(f"{'':<14}{p['name']}: {p['type']} {bounds} default {p['default']}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vae-automl", description="Search compressed VAEs; read the Pareto front.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("search", help="run or resume a multi-objective search")
+    s.add_argument("space", help="search-space YAML file")
+    s.add_argument("--trials", type=int, help="run this many more trials (default: complete the YAML's budget)")
+    s.add_argument("--timeout", type=float, help="seconds after which no new trial starts")
+    s.add_argument("--storage", help="Optuna storage URL (default: sqlite in --out); journal:PATH for a journal file")
+    s.add_argument("--study", help="study name (default: the YAML's name)")
+    s.add_argument("--out", help="output folder (default: runs/STUDY)")
+    s.add_argument("--dataset", help="dataset spec: digits, mnist, npz:PATH[#key], idx:PATH, ...")
+    s.add_argument("--data-dir", help="folder of dataset files")
+    s.add_argument("--device", choices=("cpu", "cuda", "auto"))
+    s.add_argument("--plugin", action="append", default=[], metavar="MODULE", help="load a plugin module (repeatable)")
+    s.add_argument("--backend", choices=("optuna", "ray"), default="optuna")
+    s.add_argument("--address", help="Ray cluster address (auto, HOST:PORT)")
+    s.add_argument("--gpus-per-trial", type=float)
+    s.add_argument("--cpus-per-trial", type=float)
+    s.add_argument("--concurrency", type=int, help="trials at once (Ray)")
+    s.add_argument("--scheduler", choices=("asha", "none"))
+    s.set_defaults(func=_cmd_search)
+
+    f = sub.add_parser("front", help="print the Pareto front of a stored study")
+    f.add_argument("--storage", required=True)
+    f.add_argument("--study", required=True)
+    f.add_argument("--json", action="store_true", help="a JSON list of {trial, params, objectives}")
+    f.set_defaults(func=_cmd_front)
+
+    p = sub.add_parser("plugins", help="list every registered component")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--plugin", action="append", default=[], metavar="MODULE")
+    p.set_defaults(func=_cmd_plugins)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except VaeAutomlError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: completed trials are stored; run the same command again to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

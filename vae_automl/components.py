@@ -1,0 +1,202 @@
+"""The kinds of component a plugin registers, as abstract base classes.
+
+A plugin subclasses one of these and passes an instance to the matching
+``register`` callable (see :mod:`vae_automl.hookspecs`).
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Literal
+
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
+
+    from vae_automl.data import DataSplits
+    from vae_automl.vae import VAE
+
+ParamType = Literal["int", "float", "categorical", "bool"]
+STAGES: tuple[str, ...] = ("distill", "prune", "quantize")
+
+
+@dataclass(frozen=True)
+class Param:
+    """One parameter of a component: its type, hard bounds and default.
+
+    Search spaces set a parameter to a constant, a range ``{low, high, log}``
+    or ``{choices: [...]}``; values outside ``minimum``/``maximum`` or
+    ``choices`` are refused with the file and key named. A parameter the
+    YAML leaves out takes ``default``; written as ``search`` it takes the
+    whole ``[minimum, maximum]`` (or all ``choices``) as its range.
+    """
+
+    name: str
+    type: ParamType
+    default: Any
+    minimum: float | None = None
+    maximum: float | None = None
+    choices: tuple[Any, ...] | None = None
+    log: bool = False
+    help: str = ""
+
+    def describe(self) -> str:
+        if self.choices is not None:
+            bounds = "{" + ", ".join(map(str, self.choices)) + "}"
+        elif self.minimum is not None or self.maximum is not None:
+            bounds = f"[{self.minimum}, {self.maximum}]"
+        else:
+            bounds = self.type
+        return f"{self.name}: {bounds} (default {self.default})"
+
+
+class Component(abc.ABC):
+    """What every registered component has: a name, parameters, a help line."""
+
+    kind: ClassVar[str] = "component"
+    name: str = ""
+    params: tuple[Param, ...] = ()
+    help: str = ""
+
+    def param(self, name: str) -> Param | None:
+        for p in self.params:
+            if p.name == name:
+                return p
+        return None
+
+    def validate_params(self, values: dict[str, Any]) -> None:  # noqa: B027 - optional override
+        """Check relations between parameter values; raise ValueError with the rule broken."""
+
+
+class Architecture(Component):
+    """A VAE family: turns sampled parameters into a model, and a config back into one."""
+
+    kind = "architecture"
+    presets: dict[str, dict[str, Any]] = {}
+
+    @abc.abstractmethod
+    def config_from_params(self, values: dict[str, Any], input_shape: tuple[int, ...]) -> dict[str, Any]:
+        """Turn sampled parameter values into the canonical model config.
+
+        Args:
+            values: one value per parameter of ``params``.
+            input_shape: ``(C, H, W)`` of the dataset's images.
+
+        Returns:
+            A JSON-serializable dict with at least ``architecture`` (this
+            name) and ``input_shape``; :meth:`build` makes the model from it.
+        """
+
+    @abc.abstractmethod
+    def build(self, config: dict[str, Any]) -> VAE:
+        """Build an untrained model from a canonical config (the inverse of export)."""
+
+
+@dataclass
+class CompressionContext:
+    """What a compressor gets besides the model.
+
+    Attributes:
+        data: the dataset splits, resident on ``device``.
+        device: the torch device the trial runs on.
+        seed: the trial's seed; a compressor seeds its own randomness from it.
+        fine_tune: ``fine_tune(model, epochs, extra_loss=None)`` trains
+            ``model`` in place on the training split with the trial's
+            training settings and returns it. ``extra_loss(model, x, out)``
+            may add a term (distillation, L1, ...).
+        teacher: the trained base model of this trial (never to be mutated).
+        train_config: the trial's training settings.
+        train_model: ``train_model(config, epochs)`` builds and trains a fresh
+            model of the given canonical config (used to make students).
+    """
+
+    data: DataSplits
+    device: torch.device
+    seed: int
+    fine_tune: Callable[..., VAE]
+    teacher: VAE | None = None
+    train_config: Any = None
+    build_model: Callable[[dict[str, Any]], VAE] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Compressor(Component):
+    """A compression method. ``apply`` returns a new model; it never mutates its input."""
+
+    kind = "compressor"
+    stage: str = "quantize"
+
+    @abc.abstractmethod
+    def apply(self, model: VAE, params: dict[str, Any], ctx: CompressionContext) -> VAE:
+        """Compress ``model`` and return the result.
+
+        Args:
+            model: the previous stage's model (or the trained base model).
+                It must come back unchanged: copy it first.
+            params: one value per parameter of ``params``.
+            ctx: data, device, seed, a fine-tune helper, the teacher.
+
+        Returns:
+            The compressed model, still a :class:`vae_automl.vae.VAE`, whose
+            ``encodings`` tell the packer how each tensor is stored.
+        """
+
+
+@dataclass
+class MeasureContext:
+    """What an objective gets: the final model, the data, and where to measure."""
+
+    model: VAE
+    data: DataSplits
+    device: torch.device
+    seed: int
+    latency_batch_size: int = 128
+    latency_repeats: int = 30
+    latency_warmup: int = 5
+    latency_target: str = "cpu"
+    cache: dict[str, Any] = field(default_factory=dict)
+
+
+class Objective(Component):
+    """A measured figure of a trial's final model."""
+
+    kind = "objective"
+    direction: Literal["minimize", "maximize"] = "minimize"
+    unit: str = ""
+
+    @abc.abstractmethod
+    def measure(self, ctx: MeasureContext) -> float:
+        """Measure the objective on ``ctx.model``; return a finite float."""
+
+
+class Dataset(Component):
+    """A source of images, selected by a spec ``NAME`` or ``NAME:ARG``."""
+
+    kind = "dataset"
+
+    @abc.abstractmethod
+    def load(self, arg: str | None, data_dir: str | None, download: bool) -> np.ndarray:
+        """Load every image of the dataset.
+
+        Args:
+            arg: the part of the spec after ``NAME:`` (a path, ``PATH#key``), or None.
+            data_dir: the folder given by ``dataset.data_dir`` / ``--data-dir``.
+            download: whether fetching over the network is allowed.
+
+        Returns:
+            An array ``N x H x W`` or ``N x C x H x W``: uint8 (0..255) or
+            float in [0, 1]. Raise :class:`vae_automl.errors.DataError`
+            naming the file at fault.
+        """
+
+
+class Exporter(Component):
+    """An artifact format written by ``vae-automl export``."""
+
+    kind = "exporter"
+    filename: str = ""
+
+    @abc.abstractmethod
+    def export(self, model: VAE, path: str, example: torch.Tensor) -> None:
+        """Write ``model`` to ``path`` (the file named ``filename`` in the trial folder)."""

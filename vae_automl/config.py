@@ -1,0 +1,489 @@
+"""Search-space YAML -> a validated, typed config. Every error names the file and the key path."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import yaml
+
+from vae_automl.components import STAGES, Component, Param
+from vae_automl.data import SplitConfig
+from vae_automl.errors import ConfigError, PluginError
+
+if TYPE_CHECKING:
+    from vae_automl.registry import Registry
+
+TRAINING_PARAMS: tuple[Param, ...] = (
+    Param("epochs", "int", 20, minimum=0, maximum=100_000, help="passes over the training split"),
+    Param("batch_size", "int", 128, minimum=1, maximum=1_000_000, log=True),
+    Param("lr", "float", 1e-3, minimum=1e-7, maximum=1.0, log=True, help="Adam learning rate"),
+    Param("beta", "float", 1.0, minimum=0.0, maximum=100.0, help="weight of the KL term"),
+    Param("weight_decay", "float", 0.0, minimum=0.0, maximum=1.0),
+    Param("patience", "int", None, minimum=1, maximum=100_000, help="early stopping on validation loss"),
+    Param("capture", "categorical", "auto", choices=("auto", "on", "off"), help="CUDA-graph capture of the step"),
+    Param("max_seconds", "float", None, minimum=0.0, maximum=1e9, help="per-trial training time limit"),
+)
+SAMPLERS = ("nsga2", "tpe", "random")
+PRUNERS = ("none", "median")
+DEVICES = ("cpu", "cuda", "auto")
+NONE_CHOICE = "none"
+
+
+@dataclass(frozen=True)
+class ParamSpace:
+    """One parameter in a search space: a constant, a numeric range, or a set of choices."""
+
+    name: str
+    kind: str  # "const" | "int" | "float" | "categorical"
+    value: Any = None
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    step: float | None = None
+    choices: tuple[Any, ...] = ()
+
+    @property
+    def searched(self) -> bool:
+        return self.kind != "const"
+
+
+@dataclass(frozen=True)
+class ComponentSpace:
+    """A component chosen by name, with the space of each of its parameters."""
+
+    name: str
+    params: dict[str, ParamSpace]
+    preset: str | None = None
+
+
+@dataclass(frozen=True)
+class CompressorSlot:
+    """One place in the pipeline: one of ``options`` is applied, or none if ``optional``."""
+
+    options: tuple[ComponentSpace, ...]
+    optional: bool = False
+
+
+@dataclass(frozen=True)
+class DatasetConfig:
+    spec: str = "digits"
+    data_dir: str | None = None
+    download: bool = False
+    split: SplitConfig = field(default_factory=SplitConfig)
+
+
+@dataclass(frozen=True)
+class SamplerConfig:
+    name: str = "nsga2"
+    seed: int | None = None
+    population_size: int | None = None
+    n_startup_trials: int | None = None
+
+
+@dataclass(frozen=True)
+class PrunerConfig:
+    """Early stopping of bad trials on their validation curve (ours: Optuna refuses pruners in multi-objective studies)."""
+
+    name: str = "none"
+    warmup_epochs: int = 2
+    min_trials: int = 4
+    percentile: float = 50.0
+
+
+@dataclass(frozen=True)
+class LatencyConfig:
+    batch_size: int = 128
+    repeats: int = 30
+    warmup: int = 5
+    target: str = "cpu"
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    """A validated search space. ``source`` is the file's text, kept so workers need no copy of it."""
+
+    path: str
+    name: str
+    dataset: DatasetConfig
+    architectures: tuple[ComponentSpace, ...]
+    training: dict[str, ParamSpace]
+    compressors: tuple[CompressorSlot, ...]
+    objectives: tuple[str, ...]
+    record: tuple[str, ...]
+    sampler: SamplerConfig
+    pruner: PrunerConfig
+    latency: LatencyConfig
+    trials: int = 10
+    timeout_s: float | None = None
+    device: str = "auto"
+    seed: int = 0
+    teacher: str | None = None
+    reference_point: dict[str, float] | None = None
+    source: str = ""
+
+
+class _Loc:
+    """A place in a file, for error messages: ``quick.yaml: architecture.mlp.latent_dim``."""
+
+    def __init__(self, file: str, path: tuple[str, ...] = ()) -> None:
+        self.file, self.path = file, path
+
+    def __truediv__(self, key: object) -> _Loc:
+        return _Loc(self.file, (*self.path, str(key)))
+
+    def error(self, message: str) -> ConfigError:
+        where = ".".join(self.path)
+        return ConfigError(f"{self.file}: {where}: {message}" if where else f"{self.file}: {message}")
+
+
+def _mapping(value: Any, loc: _Loc, allowed: tuple[str, ...] | None = None) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise loc.error(f"expected a mapping, got {type(value).__name__} {value!r}")
+    if allowed is not None:
+        for key in value:
+            if key not in allowed:
+                raise (loc / key).error(f"unknown key; valid keys: {', '.join(allowed)}")
+    return value
+
+
+def _coerce(param: Param, value: Any, loc: _Loc) -> Any:
+    """Check one value against a parameter's type and bounds; return it typed."""
+    if value is None and param.default is None:
+        return None
+    if param.type == "bool":
+        if not isinstance(value, bool):
+            raise loc.error(f"expected true or false, got {value!r}")
+        return value
+    if param.type == "categorical":
+        if param.choices is not None and value not in param.choices:
+            raise loc.error(f"{value!r} is not one of {', '.join(map(str, param.choices))}")
+        return value
+    if isinstance(value, str):
+        try:
+            value = float(value)  # YAML 1.1 reads 1e-3 as a string
+        except ValueError:
+            raise loc.error(f"expected a number, got {value!r}") from None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise loc.error(f"expected a number, got {value!r}")
+    if param.type == "int":
+        if float(value) != int(value):
+            raise loc.error(f"expected an integer, got {value!r}")
+        value = int(value)
+    else:
+        value = float(value)
+        if not math.isfinite(value):
+            raise loc.error(f"expected a finite number, got {value!r}")
+    if param.minimum is not None and value < param.minimum:
+        raise loc.error(f"{value} is below the minimum {param.minimum}")
+    if param.maximum is not None and value > param.maximum:
+        raise loc.error(f"{value} is above the maximum {param.maximum}")
+    return value
+
+
+def parse_param(param: Param, raw: Any, loc: _Loc, present: bool = True) -> ParamSpace:
+    """A YAML value for ``param`` -> its space: constant, ``{low, high, log, step}``, ``{choices}`` or ``search``."""
+    if not present:
+        return ParamSpace(param.name, "const", value=param.default)
+    if raw == "search":
+        if param.choices is not None:
+            return ParamSpace(param.name, "categorical", choices=tuple(param.choices))
+        if param.type == "bool":
+            return ParamSpace(param.name, "categorical", choices=(False, True))
+        if param.minimum is None or param.maximum is None:
+            raise loc.error("'search' needs bounds; give {low, high}")
+        return ParamSpace(param.name, param.type, low=param.minimum, high=param.maximum, log=param.log)
+    if isinstance(raw, dict):
+        if "choices" in raw:
+            _mapping(raw, loc, ("choices",))
+            choices = raw["choices"]
+            if not isinstance(choices, list) or not choices:
+                raise (loc / "choices").error("expected a non-empty list")
+            values = tuple(_coerce(param, c, loc / "choices" / i) for i, c in enumerate(choices))
+            return ParamSpace(param.name, "categorical", choices=values)
+        _mapping(raw, loc, ("low", "high", "log", "step"))
+        if param.type not in ("int", "float"):
+            raise loc.error(f"a range needs a numeric parameter; {param.name} is {param.type}: use choices")
+        for key in ("low", "high"):
+            if key not in raw:
+                raise (loc / key).error("missing; a range needs low and high")
+        low = _coerce(param, raw["low"], loc / "low")
+        high = _coerce(param, raw["high"], loc / "high")
+        if low > high:
+            raise loc.error(f"low {low} is above high {high}")
+        log = raw.get("log", False)
+        if not isinstance(log, bool):
+            raise (loc / "log").error(f"expected true or false, got {log!r}")
+        if log and low <= 0:
+            raise (loc / "low").error(f"a log range needs low > 0, got {low}")
+        step = raw.get("step")
+        if step is not None:
+            step = _coerce(Param(param.name, param.type, 1, minimum=0), step, loc / "step")
+            if step <= 0 or log:
+                raise (loc / "step").error("step must be > 0 and cannot be combined with log")
+        if low == high:
+            return ParamSpace(param.name, "const", value=low)
+        return ParamSpace(param.name, param.type, low=low, high=high, log=log, step=step)
+    if isinstance(raw, list):
+        raise loc.error("a list is not a parameter value; for a set of choices write {choices: [...]}")
+    return ParamSpace(param.name, "const", value=_coerce(param, raw, loc))
+
+
+def _component_params(component: Component, raw: dict[str, Any], loc: _Loc, base: dict[str, Any] | None = None) -> dict[str, ParamSpace]:
+    known = {p.name for p in component.params}
+    for key in raw:
+        if key not in known:
+            raise (loc / key).error(
+                f"{component.kind} {component.name!r} has no parameter {key!r}; its parameters: {', '.join(sorted(known)) or '(none)'}"
+            )
+    spaces = {}
+    for p in component.params:
+        if p.name in raw:
+            spaces[p.name] = parse_param(p, raw[p.name], loc / p.name)
+        elif base and p.name in base:
+            spaces[p.name] = ParamSpace(p.name, "const", value=base[p.name])
+        else:
+            spaces[p.name] = parse_param(p, None, loc / p.name, present=False)
+    constants = {k: s.value for k, s in spaces.items() if not s.searched}
+    try:
+        component.validate_params(constants)
+    except ValueError as exc:
+        raise loc.error(str(exc)) from None
+    return spaces
+
+
+def _lookup(table: Any, name: str, loc: _Loc) -> Any:
+    try:
+        return table.get(name)
+    except PluginError as exc:
+        raise loc.error(str(exc)) from None
+
+
+def _int(value: Any, loc: _Loc, minimum: int | None = None, allow_none: bool = False) -> Any:
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise loc.error(f"expected an integer, got {value!r}")
+    if minimum is not None and value < minimum:
+        raise loc.error(f"{value} is below the minimum {minimum}")
+    return value
+
+
+def _number(value: Any, loc: _Loc, minimum: float | None = None, allow_none: bool = False) -> Any:
+    if value is None and allow_none:
+        return None
+    if isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            raise loc.error(f"expected a number, got {value!r}") from None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise loc.error(f"expected a number, got {value!r}")
+    if minimum is not None and value < minimum:
+        raise loc.error(f"{value} is below the minimum {minimum}")
+    return float(value)
+
+
+def _choice(value: Any, loc: _Loc, choices: tuple[str, ...]) -> str:
+    if value not in choices:
+        raise loc.error(f"{value!r} is not one of {', '.join(choices)}")
+    return value
+
+
+TOP_KEYS = ("name", "dataset", "device", "seed", "architecture", "training", "compressors", "objectives",
+            "record", "sampler", "pruner", "latency", "trials", "timeout_s", "teacher", "reference_point")
+
+
+def parse_space(data: Any, file: str, registry: Registry, source: str = "") -> SearchSpace:
+    """Validate a parsed YAML document into a :class:`SearchSpace`."""
+    root = _Loc(file)
+    data = _mapping(data, root, TOP_KEYS)
+
+    ds_loc = root / "dataset"
+    ds_raw = data.get("dataset", "digits")
+    if isinstance(ds_raw, str):
+        ds_raw = {"spec": ds_raw}
+    ds_raw = _mapping(ds_raw, ds_loc, ("spec", "data_dir", "download", "split"))
+    split_raw = _mapping(ds_raw.get("split"), ds_loc / "split", ("validation", "test", "seed", "shuffle", "limit"))
+    for key in ("validation", "test"):
+        if key in split_raw:
+            _number(split_raw[key], ds_loc / "split" / key, minimum=0)
+    try:
+        split = SplitConfig(**split_raw)
+    except (TypeError, ValueError) as exc:
+        raise (ds_loc / "split").error(str(exc)) from None
+    spec = ds_raw.get("spec", "digits")
+    if not isinstance(spec, str):
+        raise (ds_loc / "spec").error(f"expected a dataset spec string, got {spec!r}")
+    _lookup(registry.datasets, spec.partition(":")[0], ds_loc / "spec")
+    dataset = DatasetConfig(spec=spec, data_dir=ds_raw.get("data_dir"), download=bool(ds_raw.get("download", False)), split=split)
+
+    arch_loc = root / "architecture"
+    arch_raw = _mapping(data.get("architecture"), arch_loc)
+    if not arch_raw:
+        raise arch_loc.error("at least one architecture is needed, e.g. architecture: {mlp: {latent_dim: {low: 2, high: 32}}}")
+    architectures = []
+    for name, params_raw in arch_raw.items():
+        loc = arch_loc / name
+        arch = _lookup(registry.architectures, name, loc)
+        params_raw = dict(_mapping(params_raw, loc))
+        preset = params_raw.pop("preset", None)
+        base = None
+        if preset is not None:
+            if preset not in arch.presets:
+                raise (loc / "preset").error(f"unknown preset {preset!r}; presets of {name!r}: {', '.join(arch.presets) or '(none)'}")
+            base = arch.presets[preset]
+        architectures.append(ComponentSpace(name, _component_params(arch, params_raw, loc, base), preset))
+
+    tr_loc = root / "training"
+    tr_raw = _mapping(data.get("training"), tr_loc, tuple(p.name for p in TRAINING_PARAMS))
+    training = {p.name: parse_param(p, tr_raw.get(p.name), tr_loc / p.name, present=p.name in tr_raw) for p in TRAINING_PARAMS}
+
+    comp_loc = root / "compressors"
+    comp_raw = data.get("compressors") or []
+    if not isinstance(comp_raw, list):
+        raise comp_loc.error("expected a list of pipeline slots")
+    slots = []
+    for i, slot_raw in enumerate(comp_raw):
+        loc = comp_loc / i
+        if isinstance(slot_raw, str):
+            slot_raw = {"name": slot_raw}
+        slot_raw = _mapping(slot_raw, loc, ("name", "params", "optional", "choices"))
+        optional = slot_raw.get("optional", False)
+        if not isinstance(optional, bool):
+            raise (loc / "optional").error(f"expected true or false, got {optional!r}")
+        if "choices" in slot_raw:
+            if "name" in slot_raw or "params" in slot_raw:
+                raise loc.error("give either name (and params) or choices, not both")
+            options_raw = slot_raw["choices"]
+            if not isinstance(options_raw, list) or not options_raw:
+                raise (loc / "choices").error("expected a non-empty list of {name, params}")
+            option_locs = [(loc / "choices" / j, o if isinstance(o, dict) else {"name": o}) for j, o in enumerate(options_raw)]
+        else:
+            if "name" not in slot_raw:
+                raise loc.error("a pipeline slot needs a compressor name (or choices)")
+            option_locs = [(loc, slot_raw)]
+        options = []
+        for oloc, option in option_locs:
+            option = _mapping(option, oloc, ("name", "params", "optional", "choices") if oloc is loc else ("name", "params"))
+            cname = option.get("name")
+            comp = _lookup(registry.compressors, cname, oloc / "name")
+            if comp.stage not in STAGES:
+                raise (oloc / "name").error(f"compressor {cname!r} has stage {comp.stage!r}, not one of {', '.join(STAGES)}")
+            options.append(ComponentSpace(cname, _component_params(comp, _mapping(option.get("params"), oloc / "params"), oloc / "params")))
+        names = [o.name for o in options]
+        if len(set(names)) != len(names):
+            raise loc.error(f"a compressor appears twice among the choices: {names}")
+        if len({registry.compressors.get(n).stage for n in names}) > 1:
+            raise loc.error(f"the choices of one slot must share a stage, got {[(n, registry.compressors.get(n).stage) for n in names]}")
+        slots.append(CompressorSlot(tuple(options), optional))
+
+    obj_loc = root / "objectives"
+    objectives = data.get("objectives", ["test_elbo_nats", "size_bytes"])
+    if not isinstance(objectives, list) or not objectives:
+        raise obj_loc.error("expected a non-empty list of objective names")
+    for i, name in enumerate(objectives):
+        _lookup(registry.objectives, name, obj_loc / i)
+    if len(set(objectives)) != len(objectives):
+        raise obj_loc.error(f"an objective is listed twice: {objectives}")
+    record_raw = data.get("record")
+    rec_loc = root / "record"
+    if record_raw is None:
+        record = [n for n in registry.objectives.names() if n not in objectives]
+    else:
+        if not isinstance(record_raw, list):
+            raise rec_loc.error("expected a list of objective names to measure without optimizing")
+        for i, name in enumerate(record_raw):
+            _lookup(registry.objectives, name, rec_loc / i)
+        record = [n for n in record_raw if n not in objectives]
+
+    s_loc = root / "sampler"
+    s_raw = data.get("sampler", "nsga2")
+    if isinstance(s_raw, str):
+        s_raw = {"name": s_raw}
+    s_raw = _mapping(s_raw, s_loc, ("name", "seed", "population_size", "n_startup_trials"))
+    sampler = SamplerConfig(
+        name=_choice(s_raw.get("name", "nsga2"), s_loc / "name", SAMPLERS),
+        seed=_int(s_raw.get("seed"), s_loc / "seed", allow_none=True),
+        population_size=_int(s_raw.get("population_size"), s_loc / "population_size", minimum=2, allow_none=True),
+        n_startup_trials=_int(s_raw.get("n_startup_trials"), s_loc / "n_startup_trials", minimum=0, allow_none=True),
+    )
+
+    p_loc = root / "pruner"
+    p_raw = data.get("pruner", "none")
+    if isinstance(p_raw, str):
+        p_raw = {"name": p_raw}
+    p_raw = _mapping(p_raw, p_loc, ("name", "warmup_epochs", "min_trials", "percentile"))
+    pruner = PrunerConfig(
+        name=_choice(p_raw.get("name", "none"), p_loc / "name", PRUNERS),
+        warmup_epochs=_int(p_raw.get("warmup_epochs", 2), p_loc / "warmup_epochs", minimum=0),
+        min_trials=_int(p_raw.get("min_trials", 4), p_loc / "min_trials", minimum=1),
+        percentile=_number(p_raw.get("percentile", 50.0), p_loc / "percentile", minimum=0.0),
+    )
+    if pruner.percentile > 100:
+        raise (p_loc / "percentile").error(f"{pruner.percentile} is above the maximum 100")
+
+    l_loc = root / "latency"
+    l_raw = _mapping(data.get("latency"), l_loc, ("batch_size", "repeats", "warmup", "target"))
+    latency = LatencyConfig(
+        batch_size=_int(l_raw.get("batch_size", 128), l_loc / "batch_size", minimum=1),
+        repeats=_int(l_raw.get("repeats", 30), l_loc / "repeats", minimum=1),
+        warmup=_int(l_raw.get("warmup", 5), l_loc / "warmup", minimum=0),
+        target=_choice(l_raw.get("target", "cpu"), l_loc / "target", DEVICES),
+    )
+
+    ref_raw = data.get("reference_point")
+    reference_point = None
+    if ref_raw is not None:
+        ref_loc = root / "reference_point"
+        ref_raw = _mapping(ref_raw, ref_loc, tuple(objectives))
+        reference_point = {k: _number(v, ref_loc / k) for k, v in ref_raw.items()}
+
+    name = data.get("name") or Path(file).stem
+    if not isinstance(name, str):
+        raise (root / "name").error(f"expected a string, got {name!r}")
+    return SearchSpace(
+        path=file,
+        name=name,
+        dataset=dataset,
+        architectures=tuple(architectures),
+        training=training,
+        compressors=tuple(slots),
+        objectives=tuple(objectives),
+        record=tuple(record),
+        sampler=sampler,
+        pruner=pruner,
+        latency=latency,
+        trials=_int(data.get("trials", 10), root / "trials", minimum=0),
+        timeout_s=_number(data.get("timeout_s"), root / "timeout_s", minimum=0, allow_none=True),
+        device=_choice(data.get("device", "auto"), root / "device", DEVICES),
+        seed=_int(data.get("seed", 0), root / "seed"),
+        teacher=data.get("teacher"),
+        reference_point=reference_point,
+        source=source,
+    )
+
+
+def load_space_text(text: str, file: str, registry: Registry | None = None) -> SearchSpace:
+    """Validate YAML text (``file`` names it in errors)."""
+    from vae_automl.registry import get_registry
+
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{file}: not valid YAML: {exc}") from None
+    return parse_space(data, file, registry or get_registry(), source=text)
+
+
+def load_space(path: str | Path, registry: Registry | None = None) -> SearchSpace:
+    """Read and validate a search-space YAML file."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    return load_space_text(text, path.name, registry)

@@ -1,0 +1,151 @@
+"""Datasets -> device-resident tensors, split by seed into train / validation / test."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from vae_automl.errors import DataError
+
+if TYPE_CHECKING:
+    from vae_automl.registry import Registry
+
+DATA_DIR_ENV = "VAE_AUTOML_DATA_DIR"
+
+
+@dataclass(frozen=True)
+class SplitConfig:
+    """How images are split. A value below 1 is a fraction, 1 or more a count of images.
+
+    With ``shuffle: false`` the order of the file is kept: the test split is
+    the last images, the validation split the ones before it (the benchmark
+    convention "train on the first 8,000 MNIST test images, test on the last
+    2,000" is ``{test: 2000, validation: 0, shuffle: false}``).
+    """
+
+    validation: float = 0.1
+    test: float = 0.2
+    seed: int = 0
+    shuffle: bool = True
+    limit: int | None = None
+
+    def __post_init__(self) -> None:
+        for key in ("validation", "test"):
+            value = getattr(self, key)
+            if value < 0:
+                raise ValueError(f"{key} must be >= 0, but got {value}")
+        if self.limit is not None and self.limit < 3:
+            raise ValueError(f"limit must be at least 3 images, but got {self.limit}")
+
+
+@dataclass
+class DataSplits:
+    """Images as float tensors in [0, 1], shape N x C x H x W, on ``device``."""
+
+    train: torch.Tensor
+    validation: torch.Tensor
+    test: torch.Tensor
+    info: dict[str, Any]
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(self.train.shape[1:])
+
+    def to(self, device: torch.device | str) -> DataSplits:
+        return DataSplits(self.train.to(device), self.validation.to(device), self.test.to(device), dict(self.info))
+
+
+def parse_spec(spec: str) -> tuple[str, str | None]:
+    """``"npz:/x.npz#key"`` -> ``("npz", "/x.npz#key")``; ``"digits"`` -> ``("digits", None)``."""
+    name, sep, arg = spec.partition(":")
+    if not name:
+        raise DataError(f"dataset spec {spec!r} has no name before ':'")
+    return name, (arg if sep else None)
+
+
+def to_unit_float(images: np.ndarray, source: str) -> np.ndarray:
+    """uint8 or [0, 1] float images -> float32 N x C x H x W in [0, 1]."""
+    if images.ndim == 3:
+        images = images[:, None]
+    if images.ndim != 4:
+        raise DataError(f"{source}: expected images N x H x W or N x C x H x W, got shape {images.shape}")
+    if len(images) == 0:
+        raise DataError(f"{source}: holds no images")
+    if images.dtype == np.uint8:
+        return images.astype(np.float32) / 255.0
+    if not np.issubdtype(images.dtype, np.floating) and not np.issubdtype(images.dtype, np.integer):
+        raise DataError(f"{source}: images must be uint8 or float, got dtype {images.dtype}")
+    images = images.astype(np.float32)
+    low, high = float(images.min()), float(images.max())
+    if low < 0.0 or high > 1.0:
+        raise DataError(f"{source}: images must be uint8 or floats in [0, 1], got values in [{low}, {high}]")
+    return images
+
+
+_image_cache: dict[tuple[Any, ...], np.ndarray] = {}
+
+
+def load_images(spec: str, data_dir: str | None = None, download: bool = False,
+                registry: Registry | None = None) -> np.ndarray:
+    """Every image of a dataset as float32 N x C x H x W in [0, 1], cached per process."""
+    from vae_automl.registry import get_registry
+
+    registry = registry or get_registry()
+    data_dir = data_dir or os.environ.get(DATA_DIR_ENV)
+    name, arg = parse_spec(spec)
+    try:
+        dataset = registry.datasets.get(name)
+    except Exception as exc:
+        raise DataError(str(exc)) from None
+    key = (type(dataset).__qualname__, spec, data_dir, download)
+    if key not in _image_cache:
+        images = to_unit_float(np.asarray(dataset.load(arg, data_dir, download)), f"dataset {spec!r}")
+        images.setflags(write=False)
+        _image_cache[key] = images
+    return _image_cache[key]
+
+
+def split_indices(n: int, split: SplitConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    if split.limit is not None:
+        n = min(n, split.limit)
+    n_test = int(round(split.test * n)) if split.test < 1 else int(split.test)
+    n_val = int(round(split.validation * n)) if split.validation < 1 else int(split.validation)
+    n_test = max(n_test, 1)
+    if n_test + n_val >= n:
+        raise DataError(f"split leaves no training images: {n} images, test={n_test}, validation={n_val}")
+    order = np.random.default_rng(split.seed).permutation(n) if split.shuffle else np.arange(n)
+    n_train = n - n_val - n_test
+    return order[:n_train], order[n_train:n_train + n_val], order[n_train + n_val:]
+
+
+def make_splits(images: np.ndarray, split: SplitConfig, device: torch.device | str, spec: str = "") -> DataSplits:
+    """Split ``images`` by ``split`` and move the three parts to ``device`` once."""
+    train_idx, val_idx, test_idx = split_indices(len(images), split)
+    if len(val_idx) == 0:
+        # Early stopping and pruning need a validation set; fall back to the training images.
+        val_idx = train_idx[: min(len(train_idx), 1000)]
+        validation_source = "train"
+    else:
+        validation_source = "held-out"
+    digest = hashlib.sha256(np.concatenate([train_idx, val_idx, test_idx]).astype(np.int64).tobytes()).hexdigest()[:16]
+    info = {
+        "dataset": spec,
+        "n_train": int(len(train_idx)),
+        "n_validation": int(len(val_idx)),
+        "n_test": int(len(test_idx)),
+        "validation_source": validation_source,
+        "split": asdict(split),
+        "split_sha256": digest,
+        "input_shape": list(images.shape[1:]),
+    }
+    device = torch.device(device)
+
+    def part(idx: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(images[idx])).to(device)
+
+    return DataSplits(part(train_idx), part(val_idx), part(test_idx), info)

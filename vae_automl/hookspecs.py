@@ -1,0 +1,153 @@
+"""The plugin contract of vae-automl: every hook a plugin may implement.
+
+A plugin is a module (or object) with functions decorated by
+``vae_automl.hookimpl`` and named like the specs below. Built-in components
+come in through these same hooks, from the modules in
+``vae_automl.plugin_manager.DEFAULT_PLUGINS``.
+
+Registration hooks receive a ``register`` callable and call it once per
+component; the registry records which plugin registered what, so that a
+duplicate name is reported with both plugins named.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Callable
+
+import pluggy
+
+if TYPE_CHECKING:
+    from vae_automl.components import Architecture, Compressor, Dataset, Exporter, Objective
+
+hookspec = pluggy.HookspecMarker("vae_automl")
+
+
+@hookspec
+def register_architectures(register: Callable[[Architecture], None]) -> None:
+    """Register VAE architectures (model families the search can build).
+
+    Called once, when the registry is first built (at the start of a search,
+    a worker, ``vae-automl plugins`` or an export).
+
+    Args:
+        register: call with one :class:`vae_automl.components.Architecture`
+            instance per architecture. Its ``name`` is what search spaces use
+            under ``architectures:``.
+
+    Returns:
+        Nothing; the return value is ignored.
+
+    Added in 0.1.
+    """
+
+
+@hookspec
+def register_compressors(register: Callable[[Compressor], None]) -> None:
+    """Register compressors (quantizers, pruners, distillers, ...).
+
+    Called once, when the registry is first built.
+
+    Args:
+        register: call with one :class:`vae_automl.components.Compressor`
+            instance per compressor. Its ``name`` is what search spaces use
+            under ``compressors:``; its ``stage`` places it in the pipeline
+            (distill, then prune, then quantize).
+
+    Returns:
+        Nothing; the return value is ignored.
+
+    Added in 0.1.
+    """
+
+
+@hookspec
+def register_objectives(register: Callable[[Objective], None]) -> None:
+    """Register objectives (measured figures the search can optimize).
+
+    Called once, when the registry is first built.
+
+    Args:
+        register: call with one :class:`vae_automl.components.Objective`
+            instance per objective; its ``direction`` is ``"minimize"`` or
+            ``"maximize"``.
+
+    Returns:
+        Nothing; the return value is ignored.
+
+    Added in 0.1.
+    """
+
+
+@hookspec
+def register_datasets(register: Callable[[Dataset], None]) -> None:
+    """Register dataset loaders.
+
+    Called once, when the registry is first built.
+
+    Args:
+        register: call with one :class:`vae_automl.components.Dataset`
+            instance per loader. A dataset spec ``NAME`` or ``NAME:ARG``
+            (for example ``npz:/data/x.npz#images``) selects it by ``NAME``.
+
+    Returns:
+        Nothing; the return value is ignored.
+
+    Added in 0.1.
+    """
+
+
+@hookspec
+def register_exporters(register: Callable[[Exporter], None]) -> None:
+    """Register exporters (artifact formats written by ``vae-automl export``).
+
+    Called once, when the registry is first built.
+
+    Args:
+        register: call with one :class:`vae_automl.components.Exporter`
+            instance per format (for example ``onnx``, ``torchscript``).
+
+    Returns:
+        Nothing; the return value is ignored.
+
+    Added in 0.1.
+    """
+
+
+@hookspec
+def on_trial_complete(record: dict[str, Any]) -> None:
+    """Observe a trial that finished measuring, before it is told to the study.
+
+    Called in the process that ran the trial, once per successful trial,
+    after every objective was measured. An exception raised here fails
+    that trial alone (its failure reason names the plugin); the study goes on.
+
+    Args:
+        record: the trial record: ``trial`` (number), ``params`` (the
+            sampled parameters), ``config`` (the resolved trial config),
+            ``objectives`` (name -> value) and ``metrics`` (every measured
+            figure, objectives included).
+
+    Returns:
+        Nothing; the return value is ignored.
+
+    Added in 0.1.
+    """
+
+
+@hookspec
+def on_search_complete(front: list[dict[str, Any]]) -> None:
+    """Observe the Pareto front when a search (or a worker's share) ends.
+
+    Called once in the process that ran ``search``, after the last trial.
+    An exception raised here is reported, naming the plugin; no trial is
+    lost since every trial is already stored.
+
+    Args:
+        front: one dict per non-dominated trial, with keys ``trial``,
+            ``params`` and ``objectives`` (name -> value).
+
+    Returns:
+        Nothing; the return value is ignored.
+
+    Added in 0.1.
+    """

@@ -1,0 +1,103 @@
+"""The plugin manager: built-ins, installed entry points, and ``--plugin`` modules."""
+
+from __future__ import annotations
+
+import importlib
+import os
+from typing import Any
+
+import pluggy
+
+from vae_automl import hookspecs
+from vae_automl.errors import PluginError
+
+PROJECT = "vae_automl"
+ENTRY_POINT_GROUP = "vae_automl"
+DISABLE_AUTOLOAD_ENV = "VAE_AUTOML_DISABLE_PLUGIN_AUTOLOAD"
+"""Set to 1 to skip installed third-party plugins (useful to tell whether one of them is at fault)."""
+EXTRA_PLUGINS_ENV = "VAE_AUTOML_PLUGINS"
+"""Comma-separated module paths loaded like ``--plugin``; carries CLI plugins to Ray workers."""
+
+DEFAULT_PLUGINS: tuple[str, ...] = (
+    "vae_automl.builtin.architectures",
+    "vae_automl.builtin.datasets",
+    "vae_automl.builtin.objectives",
+    "vae_automl.builtin.exporters",
+    "vae_automl.builtin.compressors",
+)
+
+hookimpl = pluggy.HookimplMarker(PROJECT)
+
+_pm: pluggy.PluginManager | None = None
+
+
+def plugin_version(plugin: Any) -> str:
+    """The version of the distribution a plugin module belongs to (vae-automl's for built-ins)."""
+    from importlib import metadata
+
+    module = getattr(plugin, "__name__", "") or type(plugin).__module__
+    top = module.split(".")[0]
+    if top == "vae_automl":
+        from vae_automl import __version__
+
+        return __version__
+    version = getattr(plugin, "__version__", None)
+    if version:
+        return str(version)
+    for dist_name in metadata.packages_distributions().get(top, []):
+        try:
+            return metadata.version(dist_name)
+        except metadata.PackageNotFoundError:
+            continue
+    return "unknown"
+
+
+def load_plugin_module(pm: pluggy.PluginManager, module_path: str) -> None:
+    if pm.has_plugin(module_path):
+        return
+    try:
+        module = importlib.import_module(module_path)
+    except ImportError as exc:
+        raise PluginError(f"cannot import plugin module {module_path!r}: {exc}") from exc
+    pm.register(module, name=module_path)
+
+
+def new_plugin_manager(extra_plugins: tuple[str, ...] = (), autoload: bool | None = None) -> pluggy.PluginManager:
+    """A fresh plugin manager with built-ins, entry points (unless disabled) and ``extra_plugins``."""
+    pm = pluggy.PluginManager(PROJECT)
+    pm.add_hookspecs(hookspecs)
+    for module_path in DEFAULT_PLUGINS:
+        load_plugin_module(pm, module_path)
+    if autoload is None:
+        autoload = os.environ.get(DISABLE_AUTOLOAD_ENV, "") in ("", "0")
+    if autoload:
+        try:
+            pm.load_setuptools_entrypoints(ENTRY_POINT_GROUP)
+        except Exception as exc:
+            raise PluginError(f"an installed plugin in entry-point group {ENTRY_POINT_GROUP!r} failed to load: {exc!r}") from exc
+    env_plugins = tuple(p for p in os.environ.get(EXTRA_PLUGINS_ENV, "").split(",") if p.strip())
+    for module_path in (*env_plugins, *extra_plugins):
+        load_plugin_module(pm, module_path.strip())
+    try:
+        pm.check_pending()
+    except pluggy.PluginValidationError as exc:
+        raise PluginError(f"plugin {exc.plugin_name!r} implements an unknown hook: {exc}") from exc
+    return pm
+
+
+def get_plugin_manager(extra_plugins: tuple[str, ...] = ()) -> pluggy.PluginManager:
+    """The process-wide plugin manager; extra plugin modules are added to it once."""
+    global _pm
+    if _pm is None:
+        _pm = new_plugin_manager()
+    for module_path in extra_plugins:
+        load_plugin_module(_pm, module_path)
+    return _pm
+
+
+def reset_plugin_manager() -> None:
+    global _pm
+    _pm = None
+    from vae_automl.registry import reset_registry
+
+    reset_registry()

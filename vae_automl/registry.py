@@ -1,0 +1,163 @@
+"""Name -> component tables, filled by the registration hooks.
+
+Every component remembers the plugin that registered it, so a duplicate
+name can name both plugins and a failure inside a component can name its
+plugin.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable, Generic, TypeVar
+
+from vae_automl.components import Architecture, Component, Compressor, Dataset, Exporter, Objective
+from vae_automl.errors import PluginError
+
+if TYPE_CHECKING:
+    import pluggy
+
+    from vae_automl.vae import VAE
+
+C = TypeVar("C", bound=Component)
+
+HOOK_FOR_KIND: dict[str, tuple[str, type[Component]]] = {
+    "architecture": ("register_architectures", Architecture),
+    "compressor": ("register_compressors", Compressor),
+    "objective": ("register_objectives", Objective),
+    "dataset": ("register_datasets", Dataset),
+    "exporter": ("register_exporters", Exporter),
+}
+
+
+@dataclass(frozen=True)
+class Entry(Generic[C]):
+    component: C
+    plugin: str
+    version: str
+
+
+class Table(Generic[C]):
+    """The components of one kind, by name."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self._entries: dict[str, Entry[C]] = {}
+
+    def add(self, component: C, plugin: str, version: str) -> None:
+        name = component.name
+        if not name:
+            raise PluginError(f"plugin {plugin!r} registered a {self.kind} with an empty name")
+        if name in self._entries:
+            other = self._entries[name].plugin
+            raise PluginError(
+                f"{self.kind} {name!r} is registered twice: by plugin {other!r} and by plugin {plugin!r}"
+            )
+        self._entries[name] = Entry(component, plugin, version)
+
+    def get(self, name: str) -> C:
+        return self.entry(name).component
+
+    def entry(self, name: str) -> Entry[C]:
+        try:
+            return self._entries[name]
+        except KeyError:
+            valid = ", ".join(sorted(self._entries)) or "(none)"
+            raise PluginError(f"unknown {self.kind} {name!r}; registered: {valid}") from None
+
+    def plugin_of(self, name: str) -> str:
+        return self.entry(name).plugin
+
+    def names(self) -> list[str]:
+        return sorted(self._entries)
+
+    def entries(self) -> list[Entry[C]]:
+        return [self._entries[n] for n in self.names()]
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._entries
+
+
+class Registry:
+    """Every registered component, built by calling each plugin's hooks one by one."""
+
+    def __init__(self) -> None:
+        self.architectures: Table[Architecture] = Table("architecture")
+        self.compressors: Table[Compressor] = Table("compressor")
+        self.objectives: Table[Objective] = Table("objective")
+        self.datasets: Table[Dataset] = Table("dataset")
+        self.exporters: Table[Exporter] = Table("exporter")
+
+    def table(self, kind: str) -> Table[Any]:
+        return {
+            "architecture": self.architectures,
+            "compressor": self.compressors,
+            "objective": self.objectives,
+            "dataset": self.datasets,
+            "exporter": self.exporters,
+        }[kind]
+
+    @classmethod
+    def from_plugin_manager(cls, pm: pluggy.PluginManager) -> Registry:
+        from vae_automl.plugin_manager import plugin_version
+
+        registry = cls()
+        for kind, (hook_name, base) in HOOK_FOR_KIND.items():
+            table = registry.table(kind)
+            # One call per implementation, so each registration knows its plugin.
+            for impl in getattr(pm.hook, hook_name).get_hookimpls():
+                plugin_name = impl.plugin_name
+                version = plugin_version(impl.plugin)
+                table_ref, base_ref = table, base
+
+                def register(component: Any, _p: str = plugin_name, _v: str = version,
+                             _t: Table[Any] = table_ref, _b: type = base_ref) -> None:
+                    if not isinstance(component, _b):
+                        raise PluginError(
+                            f"plugin {_p!r} passed {component!r} to {hook_name}; "
+                            f"expected an instance of {_b.__module__}.{_b.__name__}"
+                        )
+                    _t.add(component, _p, _v)
+
+                try:
+                    impl.function(register=register)
+                except PluginError:
+                    raise
+                except Exception as exc:
+                    raise PluginError(f"plugin {plugin_name!r} raised in {hook_name}: {exc!r}") from exc
+        return registry
+
+    def build_model(self, config: dict[str, Any]) -> VAE:
+        """Build an untrained model from a canonical config (``config['architecture']`` picks the builder)."""
+        return self.architectures.get(config["architecture"]).build(config)
+
+
+def call_each(pm: pluggy.PluginManager, hook_name: str, **kwargs: Any) -> None:
+    """Call every implementation of an event hook, naming the plugin of any that raises."""
+    for impl in reversed(getattr(pm.hook, hook_name).get_hookimpls()):
+        try:
+            impl.function(**kwargs)
+        except Exception as exc:
+            raise PluginError(f"plugin {impl.plugin_name!r} raised in {hook_name}: {exc!r}") from exc
+
+
+_default: Registry | None = None
+_default_plugins: frozenset[str] = frozenset()
+
+
+def get_registry(extra_plugins: tuple[str, ...] = ()) -> Registry:
+    """The process-wide registry, rebuilt whenever the set of registered plugins changed."""
+    global _default, _default_plugins
+    from vae_automl.plugin_manager import get_plugin_manager
+
+    pm = get_plugin_manager(extra_plugins)
+    plugins = frozenset(name for name, _ in pm.list_name_plugin())
+    if _default is None or plugins != _default_plugins:
+        _default = Registry.from_plugin_manager(pm)
+        _default_plugins = plugins
+    return _default
+
+
+def reset_registry() -> None:
+    """Forget the cached registry (after plugins were registered or unregistered)."""
+    global _default
+    _default = None

@@ -1,0 +1,97 @@
+"""The search entry point of the Python API (``vae-automl search`` calls it)."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from vae_automl.config import SearchSpace, load_space
+from vae_automl.errors import ConfigError
+from vae_automl.plugin_manager import get_plugin_manager
+from vae_automl.registry import call_each, get_registry
+from vae_automl.study import FrontEntry, front_of_study
+from vae_automl.trial import prepare
+
+
+@dataclass
+class SearchResult:
+    study_name: str
+    storage: str
+    out_dir: Path
+    front: list[FrontEntry]
+    completed: int
+    stats: dict[str, int]
+
+
+def default_storage(out_dir: Path) -> str:
+    return f"sqlite:///{(out_dir / 'study.db').resolve()}"
+
+
+def apply_overrides(space: SearchSpace, dataset: str | None = None, data_dir: str | None = None,
+                    device: str | None = None) -> SearchSpace:
+    if dataset is not None or data_dir is not None:
+        ds = dataclasses.replace(space.dataset, **{k: v for k, v in {"spec": dataset, "data_dir": data_dir}.items() if v is not None})
+        space = dataclasses.replace(space, dataset=ds)
+    if device is not None:
+        space = dataclasses.replace(space, device=device)
+    return space
+
+
+def search(
+    space: str | Path | SearchSpace,
+    trials: int | None = None,
+    timeout_s: float | None = None,
+    storage: str | None = None,
+    study_name: str | None = None,
+    out_dir: str | Path | None = None,
+    dataset: str | None = None,
+    data_dir: str | None = None,
+    device: str | None = None,
+    plugins: tuple[str, ...] = (),
+    backend: str = "optuna",
+    show_progress: bool = True,
+    **backend_options: Any,
+) -> SearchResult:
+    """Run (or resume) a multi-objective search and return its Pareto front.
+
+    Args:
+        space: a search-space YAML path, or a loaded :class:`SearchSpace`.
+        trials: run this many more trials; None completes the space's ``trials`` budget.
+        timeout_s: stop starting trials after this many seconds.
+        storage: an Optuna storage URL (default: SQLite in ``out_dir``).
+        study_name: default: the space's ``name``.
+        out_dir: where the storage, the base-model cache and trial models go (default ``runs/<study>``).
+        dataset, data_dir, device: override the space's.
+        plugins: extra plugin modules to load (like ``--plugin``).
+        backend: ``optuna`` or ``ray``.
+    """
+    pm = get_plugin_manager(plugins)
+    registry = get_registry(plugins)
+    if not isinstance(space, SearchSpace):
+        space = load_space(space, registry)
+    space = apply_overrides(space, dataset, data_dir, device)
+    study_name = study_name or space.name
+    out = Path(out_dir or Path("runs") / study_name)
+    out.mkdir(parents=True, exist_ok=True)
+    storage = storage or default_storage(out)
+    if timeout_s is None:
+        timeout_s = space.timeout_s
+    if backend == "optuna":
+        from vae_automl.backends import optuna as optuna_backend
+
+        env = prepare(space, out, registry, pm)
+        study = optuna_backend.run(space, env, storage, study_name, out, trials, timeout_s, show_progress)
+        stats = env.stats
+    elif backend == "ray":
+        from vae_automl.backends import ray as ray_backend
+
+        study, stats = ray_backend.run(space, storage, study_name, out, trials, timeout_s, plugins=plugins,
+                                       show_progress=show_progress, **backend_options)
+    else:
+        raise ConfigError(f"unknown backend {backend!r}; use optuna or ray")
+    front = front_of_study(study)
+    call_each(pm, "on_search_complete", front=[e.as_dict() for e in front])
+    completed = sum(1 for t in study.get_trials(deepcopy=False) if t.state.name == "COMPLETE")
+    return SearchResult(study_name, storage, out, front, completed, dict(stats))

@@ -1,0 +1,129 @@
+"""Parameters -> ``trial.suggest_*``: one define-by-run space, shared by the Optuna and Ray backends.
+
+:func:`suggest` asks an Optuna trial for every searched value and returns
+the flat dict of what it sampled; :func:`resolve` turns such a dict (from a
+trial, a Ray config or a stored study) into the full :class:`TrialSpec`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from vae_automl.components import STAGES
+from vae_automl.config import NONE_CHOICE, ComponentSpace, ParamSpace, SearchSpace
+from vae_automl.errors import ConfigError
+
+if TYPE_CHECKING:
+    import optuna
+
+    from vae_automl.registry import Registry
+
+ARCHITECTURE_KEY = "architecture"
+
+
+def slot_key(index: int) -> str:
+    return f"compressor{index}"
+
+
+def _suggest_one(trial: optuna.Trial, key: str, space: ParamSpace) -> Any:
+    if space.kind == "int":
+        return trial.suggest_int(key, int(space.low), int(space.high), step=int(space.step or 1), log=space.log)
+    if space.kind == "float":
+        return trial.suggest_float(key, space.low, space.high, step=space.step, log=space.log)
+    if space.kind == "categorical":
+        return trial.suggest_categorical(key, list(space.choices))
+    return space.value
+
+
+def _suggest_params(trial: optuna.Trial, prefix: str, params: dict[str, ParamSpace], out: dict[str, Any]) -> None:
+    for name, space in params.items():
+        if space.searched:
+            out[f"{prefix}.{name}"] = _suggest_one(trial, f"{prefix}.{name}", space)
+
+
+def suggest(trial: optuna.Trial, space: SearchSpace) -> dict[str, Any]:
+    """Sample one point of ``space`` through ``trial``; return the flat sampled params."""
+    params: dict[str, Any] = {}
+    archs = {a.name: a for a in space.architectures}
+    if len(archs) > 1:
+        params[ARCHITECTURE_KEY] = trial.suggest_categorical(ARCHITECTURE_KEY, list(archs))
+    arch = archs[params.get(ARCHITECTURE_KEY, space.architectures[0].name)]
+    _suggest_params(trial, arch.name, arch.params, params)
+    _suggest_params(trial, "training", space.training, params)
+    for i, slot in enumerate(space.compressors):
+        names = [o.name for o in slot.options] + ([NONE_CHOICE] if slot.optional else [])
+        chosen = trial.suggest_categorical(slot_key(i), names) if len(names) > 1 else names[0]
+        if len(names) > 1:
+            params[slot_key(i)] = chosen
+        for option in slot.options:
+            if option.name == chosen:
+                _suggest_params(trial, f"{slot_key(i)}.{option.name}", option.params, params)
+    return params
+
+
+@dataclass
+class TrialSpec:
+    """Everything a trial needs, resolved from the space and the sampled params."""
+
+    architecture: str
+    architecture_params: dict[str, Any]
+    training: dict[str, Any]
+    pipeline: list[tuple[str, dict[str, Any]]]
+    seed: int
+    params: dict[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "architecture": self.architecture,
+            "architecture_params": self.architecture_params,
+            "training": self.training,
+            "pipeline": [{"compressor": n, "params": p} for n, p in self.pipeline],
+            "seed": self.seed,
+        }
+
+
+def _values(prefix: str, spaces: dict[str, ParamSpace], params: dict[str, Any]) -> dict[str, Any]:
+    values = {}
+    for name, space in spaces.items():
+        key = f"{prefix}.{name}"
+        if space.searched:
+            if key not in params:
+                raise ConfigError(f"sampled params lack {key!r} (the study was made from another search space?)")
+            values[name] = params[key]
+        else:
+            values[name] = space.value
+    return values
+
+
+def resolve(space: SearchSpace, params: dict[str, Any], registry: Registry | None = None) -> TrialSpec:
+    """The full trial spec for sampled ``params``; compressors are put in stage order."""
+    from vae_automl.registry import get_registry
+
+    registry = registry or get_registry()
+    archs = {a.name: a for a in space.architectures}
+    arch_name = params.get(ARCHITECTURE_KEY, space.architectures[0].name)
+    if arch_name not in archs:
+        raise ConfigError(f"architecture {arch_name!r} is not in the search space ({', '.join(archs)})")
+    arch: ComponentSpace = archs[arch_name]
+    pipeline = []
+    for i, slot in enumerate(space.compressors):
+        chosen = params.get(slot_key(i))
+        if chosen is None:
+            chosen = slot.options[0].name if len(slot.options) == 1 and not slot.optional else None
+            if chosen is None:
+                raise ConfigError(f"sampled params lack {slot_key(i)!r}")
+        if chosen == NONE_CHOICE:
+            continue
+        option = next(o for o in slot.options if o.name == chosen)
+        pipeline.append((chosen, _values(f"{slot_key(i)}.{chosen}", option.params, params)))
+    order = {stage: k for k, stage in enumerate(STAGES)}
+    pipeline.sort(key=lambda item: order[registry.compressors.get(item[0]).stage])
+    return TrialSpec(
+        architecture=arch_name,
+        architecture_params=_values(arch_name, arch.params, params),
+        training=_values("training", space.training, params),
+        pipeline=pipeline,
+        seed=space.seed,
+        params=dict(params),
+    )

@@ -1,0 +1,243 @@
+"""One trial: build, train (or reuse a cached base), compress, measure, save.
+
+The base-model cache key is the sha256 of the JSON of: the canonical model
+config (architecture and its resolved parameters, input shape), the
+training settings that change the weights (epochs, batch_size, lr, beta,
+weight_decay, patience), the dataset spec with the sha256 of its split
+indices, the seed, and the storage format version. Trials that differ only
+in their compression pipeline share a base.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
+
+import torch
+
+from vae_automl import packing
+from vae_automl.components import CompressionContext, MeasureContext
+from vae_automl.data import DataSplits, load_images, make_splits
+from vae_automl.errors import PluginError, TrialFailed, VaeAutomlError
+from vae_automl.registry import call_each
+from vae_automl.train import TrainConfig, train, train_config_from
+from vae_automl.vae import VAE
+
+if TYPE_CHECKING:
+    import pluggy
+
+    from vae_automl.config import SearchSpace
+    from vae_automl.registry import Registry
+    from vae_automl.space import TrialSpec
+
+WEIGHT_TRAINING_KEYS = ("epochs", "batch_size", "lr", "beta", "weight_decay", "patience")
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise VaeAutomlError("device 'cuda' was asked for but torch sees no CUDA device; use --device cpu or auto")
+    return torch.device(device)
+
+
+@dataclass
+class TrialEnv:
+    """What a process needs to run trials of one search space; built once per process."""
+
+    space: SearchSpace
+    registry: Registry
+    pm: pluggy.PluginManager
+    device: torch.device
+    data: DataSplits
+    cache_dir: Path
+    artifact_dir: Path
+    teacher: VAE | None = None
+    stats: dict[str, int] = field(default_factory=lambda: {"base_trained": 0, "base_reused": 0})
+
+
+_splits_cache: dict[tuple[Any, ...], DataSplits] = {}
+
+
+def prepare(space: SearchSpace, out_dir: str | Path, registry: Registry, pm: pluggy.PluginManager,
+            device: str | None = None) -> TrialEnv:
+    """Load the data onto the device once and set up the cache and artifact folders."""
+    dev = resolve_device(device or space.device)
+    ds = space.dataset
+    key = (ds.spec, ds.data_dir, ds.split, str(dev))
+    if key not in _splits_cache:
+        images = load_images(ds.spec, ds.data_dir, ds.download, registry)
+        _splits_cache[key] = make_splits(images, ds.split, dev, spec=ds.spec)
+    out = Path(out_dir)
+    env = TrialEnv(space, registry, pm, dev, _splits_cache[key], out / "cache", out / "models")
+    env.cache_dir.mkdir(parents=True, exist_ok=True)
+    env.artifact_dir.mkdir(parents=True, exist_ok=True)
+    if space.teacher:
+        path = Path(space.teacher)
+        if not path.is_file():
+            raise VaeAutomlError(f"{space.path}: teacher: no such checkpoint {path}")
+        env.teacher = packing.deserialize_model(path.read_bytes(), registry).to(dev)
+    return env
+
+
+def base_cache_key(model_config: dict[str, Any], training: dict[str, Any], data: DataSplits, seed: int) -> str:
+    payload = {
+        "model": model_config,
+        "training": {k: training.get(k) for k in WEIGHT_TRAINING_KEYS},
+        "data": {"spec": data.info["dataset"], "split_sha256": data.info["split_sha256"]},
+        "seed": seed,
+        "format": packing.FORMAT_VERSION,
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:24]
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path):  # noqa: ANN202
+    # Concurrent workers wanting the same base wait for the first to train it.
+    with open(path, "a+") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def train_base(env: TrialEnv, spec: TrialSpec, train_config: TrainConfig,
+               on_epoch: Callable[[int, float, int], None] | None) -> tuple[VAE, dict[str, Any]]:
+    """The trained base model of ``spec``, from the cache or freshly trained (then cached)."""
+    arch = env.registry.architectures.get(spec.architecture)
+    try:
+        model_config = arch.config_from_params(spec.architecture_params, env.data.input_shape)
+    except (ValueError, KeyError) as exc:
+        raise TrialFailed(f"architecture {spec.architecture!r} (plugin {env.registry.architectures.plugin_of(spec.architecture)!r}) "
+                          f"cannot be built from {spec.architecture_params}: {exc}") from exc
+    key = base_cache_key(model_config, spec.training, env.data, spec.seed)
+    weights, meta_path = env.cache_dir / f"base-{key}.safetensors", env.cache_dir / f"base-{key}.json"
+    with _file_lock(env.cache_dir / f"base-{key}.lock"):
+        if weights.is_file() and meta_path.is_file():
+            model = packing.deserialize_model(weights.read_bytes(), env.registry).to(env.device)
+            info = json.loads(meta_path.read_text())
+            info["cache_hit"] = True
+            env.stats["base_reused"] += 1
+            return model, info
+        torch.manual_seed(spec.seed)
+        model = arch.build(model_config).to(env.device)
+        n_params = sum(p.numel() for p in model.parameters())
+        callback = (lambda epoch, loss: on_epoch(epoch, loss, n_params)) if on_epoch else None
+        result = train(model, env.data, train_config, seed=spec.seed, on_epoch=callback)
+        info = {
+            "cache_key": key,
+            "params": n_params,
+            "epochs_run": result.epochs_run,
+            "stopped_early": result.stopped_early,
+            "train_seconds": result.seconds,
+            "samples_per_s": result.samples_per_s,
+            "captured": result.captured,
+            "validation_curve": result.validation_curve,
+        }
+        write_atomic(weights, packing.serialize_model(model))
+        write_atomic(meta_path, json.dumps(info).encode())
+        env.stats["base_trained"] += 1
+        info["cache_hit"] = False
+        return model, info
+
+
+def compress(env: TrialEnv, base: VAE, spec: TrialSpec, train_config: TrainConfig) -> VAE:
+    """Apply the pipeline in stage order; a raising compressor fails the trial, naming its plugin."""
+    teacher = env.teacher if env.teacher is not None else base
+
+    def fine_tune(model: VAE, epochs: int, extra_loss: Any = None, after_step: Any = None, lr: float | None = None) -> VAE:
+        cfg = TrainConfig(**{**train_config.__dict__, "epochs": int(epochs), "patience": None})
+        train(model, env.data, cfg, seed=spec.seed, extra_loss=extra_loss, after_step=after_step, lr=lr)
+        return model
+
+    model = base
+    for name, values in spec.pipeline:
+        entry = env.registry.compressors.entry(name)
+        ctx = CompressionContext(data=env.data, device=env.device, seed=spec.seed, fine_tune=fine_tune,
+                                 teacher=teacher, train_config=train_config, build_model=env.registry.build_model)
+        try:
+            out = entry.component.apply(model, dict(values), ctx)
+        except TrialFailed:
+            raise
+        except Exception as exc:
+            raise TrialFailed(f"compressor {name!r} (plugin {entry.plugin!r}) failed: {type(exc).__name__}: {exc}") from exc
+        if not isinstance(out, VAE):
+            raise TrialFailed(f"compressor {name!r} (plugin {entry.plugin!r}) returned {type(out).__name__}, not a VAE")
+        model = out.to(env.device)
+    return model
+
+
+def measure(env: TrialEnv, model: VAE, names: tuple[str, ...], seed: int) -> tuple[dict[str, float], MeasureContext]:
+    lat = env.space.latency
+    ctx = MeasureContext(model=model.eval(), data=env.data, device=env.device, seed=seed,
+                         latency_batch_size=lat.batch_size, latency_repeats=lat.repeats,
+                         latency_warmup=lat.warmup,
+                         latency_target=str(env.device) if lat.target == "auto" else lat.target)
+    values = {}
+    for name in names:
+        entry = env.registry.objectives.entry(name)
+        try:
+            value = float(entry.component.measure(ctx))
+        except Exception as exc:
+            raise TrialFailed(f"objective {name!r} (plugin {entry.plugin!r}) failed: {type(exc).__name__}: {exc}") from exc
+        if not math.isfinite(value):
+            raise TrialFailed(f"objective {name!r} measured {value}")
+        values[name] = value
+    return values, ctx
+
+
+def run_trial(env: TrialEnv, spec: TrialSpec, number: int,
+              on_epoch: Callable[[int, float, int], None] | None = None) -> dict[str, Any]:
+    """Run one trial end to end and return its record (see ``hookspecs.on_trial_complete``).
+
+    ``on_epoch(epoch, validation_loss, base_params)`` is called while the
+    base trains (not on a cache hit) and may raise to stop the trial.
+    """
+    started = time.perf_counter()
+    try:
+        train_config = train_config_from(spec.training)
+    except ValueError as exc:
+        raise TrialFailed(f"training settings {spec.training}: {exc}") from exc
+    base, base_info = train_base(env, spec, train_config, on_epoch)
+    model = compress(env, base, spec, train_config)
+    metrics, ctx = measure(env, model, (*env.space.objectives, *env.space.record), spec.seed)
+    data = ctx.cache.get("serialized") or packing.serialize_model(model)
+    artifact = env.artifact_dir / f"trial-{number}.safetensors"
+    write_atomic(artifact, data)
+    record = {
+        "trial": number,
+        "params": spec.params,
+        "config": spec.as_dict(),
+        "model_config": model.config,
+        "objectives": {name: metrics[name] for name in env.space.objectives},
+        "metrics": metrics,
+        "data": env.data.info,
+        "device": str(env.device),
+        "latency": {"batch_size": env.space.latency.batch_size, "target": ctx.latency_target,
+                    "repeats": env.space.latency.repeats, "runtime": getattr(model, "runtime_name", "torch")},
+        "base": base_info,
+        "artifact": str(artifact.resolve()),
+        "artifact_sha256": hashlib.sha256(data).hexdigest(),
+        "seconds": time.perf_counter() - started,
+    }
+    try:
+        call_each(env.pm, "on_trial_complete", record=record)
+    except PluginError as exc:
+        raise TrialFailed(str(exc)) from exc
+    return record
+
