@@ -23,7 +23,9 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "vae_automl.builtin.datasets",
     "vae_automl.builtin.objectives",
     "vae_automl.builtin.exporters",
-    "vae_automl.builtin.compressors",
+    "vae_automl.builtin.distillation",
+    "vae_automl.builtin.pruning",
+    "vae_automl.builtin.quantization",
 )
 
 hookimpl = pluggy.HookimplMarker(PROJECT)

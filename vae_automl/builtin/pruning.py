@@ -1,4 +1,4 @@
-"""Built-in compressors (filled in by the compressors work)."""
+"""Built-in pruning compressors (registered through the compressor hook like any plugin)."""
 
 from __future__ import annotations
 
