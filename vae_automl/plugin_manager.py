@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import sys
 from typing import Any
 
 import pluggy
@@ -33,25 +34,26 @@ hookimpl = pluggy.HookimplMarker(PROJECT)
 _pm: pluggy.PluginManager | None = None
 
 
-def plugin_version(plugin: Any) -> str:
-    """The version of the distribution a plugin module belongs to (vae-automl's for built-ins)."""
+def plugin_version(pm: pluggy.PluginManager, plugin: Any) -> str:
+    """The version of the distribution a plugin comes from (vae-automl's for built-ins)."""
     from importlib import metadata
 
+    for registered, dist in pm.list_plugin_distinfo():
+        if registered is plugin:
+            return str(dist.version)
     module = getattr(plugin, "__name__", "") or type(plugin).__module__
     top = module.split(".")[0]
     if top == "vae_automl":
         from vae_automl import __version__
 
         return __version__
-    version = getattr(plugin, "__version__", None)
+    version = getattr(plugin, "__version__", None) or getattr(sys.modules.get(top), "__version__", None)
     if version:
         return str(version)
-    for dist_name in metadata.packages_distributions().get(top, []):
-        try:
-            return metadata.version(dist_name)
-        except metadata.PackageNotFoundError:
-            continue
-    return "unknown"
+    try:
+        return metadata.version(top.replace("_", "-"))
+    except metadata.PackageNotFoundError:
+        return "unknown"
 
 
 def load_plugin_module(pm: pluggy.PluginManager, module_path: str) -> None:
@@ -75,6 +77,8 @@ def new_plugin_manager(extra_plugins: tuple[str, ...] = (), autoload: bool | Non
     if autoload:
         try:
             pm.load_setuptools_entrypoints(ENTRY_POINT_GROUP)
+        except pluggy.PluginValidationError as exc:
+            raise PluginError(f"installed plugin {pm.get_name(exc.plugin) or exc.plugin!r} implements an unknown hook: {exc}") from exc
         except Exception as exc:
             raise PluginError(f"an installed plugin in entry-point group {ENTRY_POINT_GROUP!r} failed to load: {exc!r}") from exc
     env_plugins = tuple(p for p in os.environ.get(EXTRA_PLUGINS_ENV, "").split(",") if p.strip())
@@ -83,7 +87,7 @@ def new_plugin_manager(extra_plugins: tuple[str, ...] = (), autoload: bool | Non
     try:
         pm.check_pending()
     except pluggy.PluginValidationError as exc:
-        raise PluginError(f"plugin {exc.plugin_name!r} implements an unknown hook: {exc}") from exc
+        raise PluginError(f"plugin {pm.get_name(exc.plugin)!r} implements an unknown hook: {exc}") from exc
     return pm
 
 

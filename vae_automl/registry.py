@@ -106,7 +106,7 @@ class Registry:
             # One call per implementation, so each registration knows its plugin.
             for impl in getattr(pm.hook, hook_name).get_hookimpls():
                 plugin_name = impl.plugin_name
-                version = plugin_version(impl.plugin)
+                version = plugin_version(pm, impl.plugin)
                 table_ref, base_ref = table, base
 
                 def register(component: Any, _p: str = plugin_name, _v: str = version,

@@ -1,0 +1,106 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from vae_automl.config import load_space, load_space_text
+from vae_automl.errors import ConfigError
+
+REPO = Path(__file__).resolve().parents[1]
+
+MINIMAL = """
+architecture:
+  mlp:
+    latent_dim: {low: 2, high: 8}
+"""
+
+
+def error_of(text: str, file: str = "quick.yaml") -> str:
+    with pytest.raises(ConfigError) as info:
+        load_space_text(text, file)
+    return str(info.value)
+
+
+def test_shipped_spaces_load() -> None:
+    for path in sorted((REPO / "search_spaces").glob("*.yaml")):
+        space = load_space(path)
+        assert space.objectives, path
+
+
+def test_minimal_space_defaults() -> None:
+    space = load_space_text(MINIMAL, "m.yaml")
+    assert space.name == "m"
+    assert space.dataset.spec == "digits"
+    assert space.objectives == ("test_elbo_nats", "size_bytes")
+    latent = space.architectures[0].params["latent_dim"]
+    assert (latent.kind, latent.low, latent.high) == ("int", 2, 8)
+    assert space.architectures[0].params["hidden_width"].value == 400
+    assert "latency_ms" in space.record
+
+
+def test_value_below_minimum_names_file_and_key() -> None:
+    message = error_of("architecture:\n  mlp:\n    latent_dim: 0\n")
+    assert message == "quick.yaml: architecture.mlp.latent_dim: 0 is below the minimum 1"
+
+
+def test_range_bound_below_minimum() -> None:
+    message = error_of("architecture:\n  mlp:\n    latent_dim: {low: 0, high: 4}\n")
+    assert message == "quick.yaml: architecture.mlp.latent_dim.low: 0 is below the minimum 1"
+
+
+def test_unknown_architecture_lists_valid_ones() -> None:
+    message = error_of("architecture:\n  transformer: {}\n")
+    assert "architecture.transformer" in message and "conv" in message and "mlp" in message
+
+
+def test_unknown_parameter_lists_parameters() -> None:
+    message = error_of("architecture:\n  mlp:\n    latnet_dim: 4\n")
+    assert "architecture.mlp.latnet_dim" in message and "latent_dim" in message
+
+
+def test_unknown_top_level_key() -> None:
+    assert "quick.yaml: trails: unknown key" in error_of(MINIMAL + "trails: 3\n")
+
+
+def test_bad_choice_and_types() -> None:
+    assert "activation" in error_of("architecture:\n  mlp:\n    activation: swish\n")
+    assert "an integer" in error_of("architecture:\n  mlp:\n    hidden_layers: 1.5\n")
+    assert "low 8 is above high 2" in error_of("architecture:\n  mlp:\n    latent_dim: {low: 8, high: 2}\n")
+    assert "log range needs low > 0" in error_of("training:\n  beta: {low: 0, high: 1, log: true}\n" + MINIMAL)
+    assert "sampler.name" in error_of(MINIMAL + "sampler: cmaes\n")
+    assert "objectives.1" in error_of(MINIMAL + "objectives: [test_elbo_nats, accuracy]\n")
+
+
+def test_exponent_written_without_dot_is_a_number() -> None:
+    space = load_space_text(MINIMAL + "training:\n  lr: {low: 1e-4, high: 1e-2, log: true}\n", "m.yaml")
+    lr = space.training["lr"]
+    assert (lr.low, lr.high, lr.log) == (1e-4, 1e-2, True)
+
+
+def test_search_keyword_takes_whole_range() -> None:
+    space = load_space_text("architecture:\n  mlp:\n    activation: search\n    hidden_layers: search\n", "m.yaml")
+    params = space.architectures[0].params
+    assert set(params["activation"].choices) >= {"relu", "gelu"}
+    assert (params["hidden_layers"].low, params["hidden_layers"].high) == (0, 6)
+
+
+def test_preset_fills_constants() -> None:
+    space = load_space_text("architecture:\n  mlp:\n    preset: seed_784_400_20\n", "m.yaml")
+    params = space.architectures[0].params
+    assert params["hidden_width"].value == 400 and params["latent_dim"].value == 20
+    assert "unknown preset" in error_of("architecture:\n  mlp:\n    preset: huge\n")
+
+
+def test_missing_file_and_invalid_yaml(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="nope.yaml: cannot read"):
+        load_space(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("architecture: [unclosed\n")
+    with pytest.raises(ConfigError, match="bad.yaml: not valid YAML"):
+        load_space(bad)
+
+
+def test_split_validation() -> None:
+    assert "dataset.split.test" in error_of(MINIMAL + "dataset: {spec: digits, split: {test: -1}}\n")
+    assert "dataset.spec" in error_of(MINIMAL + "dataset: {spec: 'nosuch:x'}\n")

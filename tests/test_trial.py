@@ -1,0 +1,35 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from vae_automl.config import load_space_text
+from vae_automl.plugin_manager import get_plugin_manager
+from vae_automl.registry import get_registry
+from vae_automl.space import resolve
+from vae_automl.trial import prepare, run_trial
+
+SPACE = """
+dataset: {spec: digits, split: {test: 0.2, validation: 0.1, limit: 300}}
+device: cpu
+architecture:
+  mlp: {hidden_layers: 1, hidden_width: 16, latent_dim: 2}
+training: {epochs: 2, batch_size: 64, lr: {low: 1.0e-3, high: 1.0e-2}}
+objectives: [test_elbo_nats, size_bytes]
+record: [recon_error, params, theoretical_bits]
+"""
+
+
+def test_base_cache_reused_for_same_training(tmp_path: Path) -> None:
+    space = load_space_text(SPACE, "t.yaml")
+    env = prepare(space, tmp_path, get_registry(), get_plugin_manager())
+    first = run_trial(env, resolve(space, {"training.lr": 0.005}), 0)
+    again = run_trial(env, resolve(space, {"training.lr": 0.005}), 1)
+    other = run_trial(env, resolve(space, {"training.lr": 0.002}), 2)
+    assert env.stats == {"base_trained": 2, "base_reused": 1}
+    assert not first["base"]["cache_hit"] and again["base"]["cache_hit"] and not other["base"]["cache_hit"]
+    assert first["base"]["cache_key"] == again["base"]["cache_key"] != other["base"]["cache_key"]
+    assert first["metrics"]["test_elbo_nats"] == pytest.approx(again["metrics"]["test_elbo_nats"])
+    assert first["metrics"]["theoretical_bits"] == 32 * first["metrics"]["params"]
+    assert Path(first["artifact"]).stat().st_size == first["metrics"]["size_bytes"]
