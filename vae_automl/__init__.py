@@ -26,10 +26,12 @@ __all__ = [
     "VaeAutomlError",
     "__version__",
     "hookimpl",
+    "load",
     "search",
 ]
 
 if TYPE_CHECKING:
+    from vae_automl.load import load
     from vae_automl.search import search
 
 
@@ -43,4 +45,8 @@ def __getattr__(name: str) -> Any:
         from vae_automl.search import search
 
         return search
+    if name == "load":
+        from vae_automl.load import load
+
+        return load
     raise AttributeError(f"module 'vae_automl' has no attribute {name!r}")

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 
-from vae_automl import packing
+from vae_automl import packing, runtime
 from vae_automl.components import CompressionContext, MeasureContext
 from vae_automl.data import DataSplits, load_images, make_splits
 from vae_automl.errors import PluginError, TrialFailed, VaeAutomlError
@@ -229,7 +229,8 @@ def run_trial(env: TrialEnv, spec: TrialSpec, number: int,
         "data": env.data.info,
         "device": str(env.device),
         "latency": {"batch_size": env.space.latency.batch_size, "target": ctx.latency_target,
-                    "repeats": env.space.latency.repeats, "runtime": getattr(model, "runtime_name", "torch")},
+                    "repeats": env.space.latency.repeats,
+                    "runtime": runtime.runtime_name(model, ctx.latency_target)},
         "base": base_info,
         "artifact": str(artifact.resolve()),
         "artifact_sha256": hashlib.sha256(data).hexdigest(),

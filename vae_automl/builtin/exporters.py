@@ -1,11 +1,13 @@
-"""Built-in exporters: packed safetensors weights."""
+"""Built-in exporters: packed safetensors weights, ONNX (int8 where the model is 8-bit), TorchScript."""
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Callable
 
 import torch
+from torch import nn
 
 from vae_automl import packing
 from vae_automl.components import Exporter
@@ -22,6 +24,54 @@ class SafetensorsExporter(Exporter):
         Path(path).write_bytes(packing.serialize_model(model))
 
 
+class OnnxExporter(Exporter):
+    name = "onnx"
+    filename = "model.onnx"
+    help = "one graph (x, z) -> (mu, logvar, decoded); MatMulInteger/ConvInteger where weights are 8-bit"
+
+    def export(self, model: VAE, path: str, example: torch.Tensor) -> None:
+        from vae_automl.runtime import GRAPH_VAE, export_onnx
+
+        Path(path).write_bytes(export_onnx(model, GRAPH_VAE))
+
+
+class _EncodeDecode(nn.Module):
+    """The two entry points TorchScript keeps: ``encode(x) -> (mu, logvar)`` and ``decode(z)``."""
+
+    def __init__(self, model: VAE) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        mu, _ = self.model.encode(x)
+        return self.model.decode(mu)
+
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.model.encode(x)
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        return self.model.decode(z)
+
+
+class TorchScriptExporter(Exporter):
+    name = "torchscript"
+    filename = "model.pt"
+    help = "traced TorchScript module with forward (reconstruct logits), encode and decode methods"
+
+    def export(self, model: VAE, path: str, example: torch.Tensor) -> None:
+        model = model.eval()
+        device = next(model.parameters()).device
+        x = example.to(device)
+        z = torch.zeros(len(x), model.latent_dim, device=device)
+        with warnings.catch_warnings():
+            # torch.jit is deprecated upstream but still the format a C++/LibTorch user loads.
+            warnings.simplefilter("ignore")
+            traced = torch.jit.trace_module(_EncodeDecode(model), {"forward": x, "encode": x, "decode": z})
+            torch.jit.save(traced, path)
+
+
 @hookimpl
 def register_exporters(register: Callable[[Exporter], None]) -> None:
     register(SafetensorsExporter())
+    register(OnnxExporter())
+    register(TorchScriptExporter())

@@ -66,12 +66,12 @@ class TheoreticalBits(Objective):
 
 
 def deployed_forward(ctx: MeasureContext) -> Callable[[torch.Tensor], object]:
-    """The callable that serves a reconstruction, as deployed: a compressor may provide a faster runtime."""
-    runtime_factory = getattr(ctx.model, "deployed_runtime", None)
-    if callable(runtime_factory):
-        runtime = runtime_factory(ctx.latency_target)
-        if runtime is not None:
-            return runtime
+    """The callable that serves a reconstruction, as deployed: int8 onnxruntime for 8-bit models on CPU."""
+    from vae_automl import runtime  # deferred: onnx and onnxruntime load only when a model needs them
+
+    deployed = runtime.deployed_runtime(ctx.model, ctx.latency_target, ctx.cache)
+    if deployed is not None:
+        return deployed
     model = ctx.model
 
     def forward(x: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,353 @@
+"""Export a study's models as verified artifacts: ``DIR/trial-N/{weights.safetensors, model.onnx, model.pt, manifest.json}``.
+
+A model is rebuilt exactly from the packed file the search saved
+(``record["artifact"]``, its sha256 checked against the record first),
+written in each format, and re-measured from the written files: test ELBO
+of the ONNX model in onnxruntime, of the TorchScript module and of the
+model loaded back from ``weights.safetensors`` (same fixed noise as the
+search's :func:`vae_automl.train.evaluate_elbo`), and the byte size of
+``weights.safetensors``. A figure that disagrees with the search
+(:data:`TOLERANCES`) stops the export with :class:`ExportError`; the
+trial's folder is written to a temporary name and only renamed into place
+once every check passed, so a failed export leaves nothing that looks valid.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import hashlib
+import json
+import math
+import shutil
+import warnings
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from types import SimpleNamespace
+from typing import TYPE_CHECKING, Any, Callable, Sequence
+
+import torch
+
+from vae_automl import packing
+from vae_automl.errors import ConfigError, ExportError
+
+if TYPE_CHECKING:
+    import optuna
+
+    from vae_automl.config import SearchSpace
+    from vae_automl.data import DataSplits
+    from vae_automl.registry import Registry
+    from vae_automl.vae import VAE
+
+MANIFEST = "manifest.json"
+MANIFEST_FORMAT = "vae-automl-export"
+MANIFEST_VERSION = 1
+WEIGHTS = "weights.safetensors"
+DEFAULT_FORMATS: tuple[str, ...] = ("onnx", "torchscript", "safetensors")
+ELBO = "test_elbo_nats"
+TOLERANCES: dict[str, float] = {ELBO: 0.01, "recon_error": 0.01, "size_bytes": 0.0, "params": 0.0,
+                                "theoretical_bits": 0.0}
+"""Relative tolerance of each re-measured figure against the search's; 0 means exactly equal.
+
+Figures not listed (latency_ms: it depends on the machine and its load) are
+re-measured and written to the manifest, but not checked.
+"""
+
+
+@dataclass
+class StudyContext:
+    """A stored study with what re-measuring its models needs: the search space, registry and test data."""
+
+    study: optuna.Study
+    space: SearchSpace
+    registry: Registry
+    data: DataSplits
+    objective_names: list[str]
+    directions: list[str]
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def versions() -> dict[str, str]:
+    """Versions of the packages an artifact depends on."""
+    import vae_automl
+
+    out = {"vae_automl": vae_automl.__version__, "torch": torch.__version__}
+    for dist in ("onnx", "onnxruntime", "safetensors", "optuna"):
+        try:
+            out[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            out[dist] = "not installed"
+    return out
+
+
+def open_study_context(storage: str, study_name: str, dataset: str | None = None, data_dir: str | None = None,
+                       plugins: tuple[str, ...] = ()) -> StudyContext:
+    """Open a study and load its data exactly as the search split it (from the YAML stored in the study).
+
+    Args:
+        storage: the Optuna storage URL.
+        study_name: the study.
+        dataset, data_dir: override the stored space's (as ``search --dataset/--data-dir`` did).
+        plugins: extra plugin modules (those whose codecs or architectures the models use).
+    """
+    from vae_automl import study as study_mod
+    from vae_automl.config import load_space_text
+    from vae_automl.data import load_images, make_splits
+    from vae_automl.registry import get_registry
+
+    registry = get_registry(plugins)
+    study = study_mod.open_study(storage, study_name)
+    text = study.user_attrs.get(study_mod.SPACE_ATTR)
+    if not text:
+        raise ConfigError(f"study {study_name!r} in {storage} holds no search space ({study_mod.SPACE_ATTR!r} "
+                          "user attribute); was it made by vae-automl?")
+    space = load_space_text(text, study.user_attrs.get(study_mod.SPACE_FILE_ATTR, f"{study_name} (stored)"), registry)
+    ds = space.dataset
+    if dataset is None:
+        # `search --dataset` overrides are not in the YAML, but every record names the spec it used.
+        for trial in study_mod.completed_trials(study):
+            dataset = trial.user_attrs.get(study_mod.RECORD_ATTR, {}).get("data", {}).get("dataset") or None
+            if dataset:
+                break
+    ds = dataclasses.replace(ds, spec=dataset or ds.spec, data_dir=data_dir or ds.data_dir)
+    space = dataclasses.replace(space, dataset=ds)
+    images = load_images(ds.spec, ds.data_dir, ds.download, registry)
+    data = make_splits(images, ds.split, "cpu", spec=ds.spec)
+    names, directions = study_mod.objectives_of(study)
+    return StudyContext(study, space, registry, data, names, directions)
+
+
+def record_of(trial: optuna.trial.FrozenTrial) -> dict[str, Any]:
+    from vae_automl.study import RECORD_ATTR
+
+    record = trial.user_attrs.get(RECORD_ATTR)
+    if not record or "artifact" not in record:
+        raise ExportError(f"trial {trial.number} has no stored record with an artifact (made by an older vae-automl?)")
+    return record
+
+
+def load_artifact(record: dict[str, Any], registry: Registry | None = None) -> tuple[VAE, bytes]:
+    """The model a trial saved at search time, after checking the file's sha256 against its record."""
+    path = Path(record["artifact"])
+    if not path.is_file():
+        raise ExportError(f"trial {record.get('trial')}: saved model {path} is missing (moved out dir?)")
+    data = path.read_bytes()
+    digest = hashlib.sha256(data).hexdigest()
+    if digest != record.get("artifact_sha256"):
+        raise ExportError(f"trial {record.get('trial')}: {path} has sha256 {digest}, but the search recorded "
+                          f"{record.get('artifact_sha256')}; the file changed since the search")
+    return packing.deserialize_model(data, registry), data
+
+
+@torch.no_grad()
+def elbo_of(encode: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
+            decode: Callable[[torch.Tensor], torch.Tensor], likelihood: str, log_sigma: torch.Tensor | None,
+            x: torch.Tensor, seed: int, beta: float = 1.0, chunk: int = 2048) -> float:
+    """Negative ELBO per image of any encode/decode pair, with :func:`vae_automl.train.evaluate_elbo`'s noise.
+
+    The same generator, seed and chunking draw the same ``eps``, so a
+    faithful export gives the search's figure up to float rounding.
+    """
+    from vae_automl.vae import kl_to_prior, reconstruction_nll
+
+    shim = SimpleNamespace(likelihood=likelihood, log_sigma=log_sigma)
+    generator = torch.Generator(device=x.device).manual_seed(seed)
+    total = 0.0
+    for start in range(0, len(x), chunk):
+        xb = x[start:start + chunk]
+        mu, logvar = encode(xb)
+        eps = torch.randn(len(xb), mu.shape[1], generator=generator, device=x.device)
+        decoded = decode(mu + torch.exp(0.5 * logvar) * eps)
+        total += float((reconstruction_nll(shim, decoded, xb) + beta * kl_to_prior(mu, logvar)).sum())  # type: ignore[arg-type]
+    return total / len(x)
+
+
+def _remeasure_safetensors(ctx: StudyContext, record: dict[str, Any], path: Path) -> dict[str, float]:
+    from vae_automl.components import MeasureContext
+
+    model = packing.deserialize_model(path.read_bytes(), ctx.registry).eval()
+    latency = record.get("latency", {})
+    measure_ctx = MeasureContext(model=model, data=ctx.data, device=torch.device("cpu"), seed=record["config"]["seed"],
+                                 latency_batch_size=latency.get("batch_size", ctx.space.latency.batch_size),
+                                 latency_repeats=latency.get("repeats", ctx.space.latency.repeats),
+                                 latency_warmup=ctx.space.latency.warmup, latency_target="cpu")
+    figures: dict[str, float] = {}
+    for name in dict.fromkeys([ELBO, *record.get("metrics", {})]):
+        if name in ctx.registry.objectives:
+            figures[name] = float(ctx.registry.objectives.get(name).measure(measure_ctx))
+    figures["size_bytes"] = float(path.stat().st_size)
+    return figures
+
+
+def _remeasure_onnx(ctx: StudyContext, record: dict[str, Any], path: Path, model: VAE) -> dict[str, Any]:
+    from vae_automl import runtime
+
+    onnx_bytes = path.read_bytes()
+    onnx_model = runtime.OnnxVAE(onnx_bytes)
+    ops = runtime.integer_ops(onnx_bytes)
+    elbo = elbo_of(onnx_model.encode, onnx_model.decode, model.likelihood, onnx_model.log_sigma(), ctx.data.test,
+                   seed=record["config"]["seed"])
+    return {ELBO: elbo, "runtime": runtime.RUNTIME_ORT_INT8 if ops else "onnxruntime",
+            "integer_ops": sorted(set(ops))}
+
+
+def _remeasure_torchscript(ctx: StudyContext, record: dict[str, Any], path: Path, model: VAE) -> dict[str, Any]:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch.jit is deprecated upstream; the file is still valid
+        module = torch.jit.load(str(path), map_location="cpu")
+    log_sigma = model.log_sigma.detach() if model.likelihood == "gaussian" else None
+    return {ELBO: elbo_of(module.encode, module.decode, model.likelihood, log_sigma, ctx.data.test,
+                          seed=record["config"]["seed"])}
+
+
+def _check(checks: list[dict[str, Any]], figure: str, file: str, expected: float, got: float) -> None:
+    tolerance = TOLERANCES.get(figure)
+    if tolerance is None:
+        return
+    rel = abs(got - expected) / max(abs(expected), 1e-12)
+    ok = math.isfinite(got) and (got == expected if tolerance == 0 else rel <= tolerance)
+    checks.append({"figure": figure, "file": file, "expected": expected, "got": got, "rel_diff": rel,
+                   "tolerance": tolerance, "ok": ok})
+
+
+def _failures_message(trial: int, checks: list[dict[str, Any]]) -> str:
+    lines = [f"trial {trial}: exported files do not reproduce the search's figures:"]
+    for c in checks:
+        if not c["ok"]:
+            allowed = "exactly" if c["tolerance"] == 0 else f"within {c['tolerance']:.0%}"
+            lines.append(f"  {c['file']}: {c['figure']} expected {c['expected']:.6g} ({allowed}), "
+                         f"got {c['got']:.6g} (off by {c['rel_diff']:.2%})")
+    return "\n".join(lines)
+
+
+def export_trial(ctx: StudyContext, trial: optuna.trial.FrozenTrial, out_dir: str | Path,
+                 formats: Sequence[str] = DEFAULT_FORMATS) -> Path:
+    """Export one completed trial into ``out_dir/trial-N/`` and verify it; return that folder."""
+    record = record_of(trial)
+    if record.get("data", {}).get("split_sha256") not in (None, ctx.data.info["split_sha256"]):
+        raise ExportError(f"trial {trial.number}: the data split differs from the search's "
+                          f"(split sha256 {ctx.data.info['split_sha256']} vs {record['data']['split_sha256']}); "
+                          "pass the --dataset/--data-dir the search used")
+    exporters = []
+    for fmt in dict.fromkeys(["safetensors", *formats]):
+        if fmt not in ctx.registry.exporters:
+            raise ExportError(f"unknown export format {fmt!r}; known: {', '.join(ctx.registry.exporters.names())}")
+        exporters.append(ctx.registry.exporters.get(fmt))
+    model, artifact_bytes = load_artifact(record, ctx.registry)
+    model = model.to("cpu").eval()
+    final = Path(out_dir) / f"trial-{trial.number}"
+    tmp = Path(out_dir) / f".trial-{trial.number}.partial"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        example = ctx.data.test[:2]
+        for exporter in exporters:
+            exporter.export(model, str(tmp / exporter.filename), example)
+        weights = tmp / WEIGHTS
+        if weights.read_bytes() != artifact_bytes:
+            raise ExportError(f"trial {trial.number}: {WEIGHTS} differs from the search's saved model "
+                              f"{record['artifact']} (packing is not deterministic?)")
+        search_metrics = dict(record.get("metrics", record.get("objectives", {})))
+        remeasured: dict[str, dict[str, Any]] = {"safetensors": _remeasure_safetensors(ctx, record, weights)}
+        by_file = {"safetensors": WEIGHTS}
+        if (tmp / "model.onnx").is_file():
+            remeasured["onnx"] = _remeasure_onnx(ctx, record, tmp / "model.onnx", model)
+            by_file["onnx"] = "model.onnx"
+        if (tmp / "model.pt").is_file():
+            remeasured["torchscript"] = _remeasure_torchscript(ctx, record, tmp / "model.pt", model)
+            by_file["torchscript"] = "model.pt"
+        checks: list[dict[str, Any]] = []
+        for fmt, figures in remeasured.items():
+            for figure, got in figures.items():
+                if figure in search_metrics and isinstance(got, float):
+                    _check(checks, figure, by_file[fmt], float(search_metrics[figure]), got)
+        if ELBO not in search_metrics:
+            # The study did not measure ELBO: the formats must still agree with the packed weights.
+            for fmt in ("onnx", "torchscript"):
+                if fmt in remeasured:
+                    _check(checks, ELBO, by_file[fmt], remeasured["safetensors"][ELBO], remeasured[fmt][ELBO])
+        if not any(c["figure"] == "size_bytes" for c in checks):
+            _check(checks, "size_bytes", WEIGHTS, float(len(artifact_bytes)), float(weights.stat().st_size))
+        if not all(c["ok"] for c in checks):
+            raise ExportError(_failures_message(trial.number, checks))
+        files = {p.name: {"sha256": sha256_file(p), "size_bytes": p.stat().st_size}
+                 for p in sorted(tmp.iterdir()) if p.is_file()}
+        manifest = {
+            "format": MANIFEST_FORMAT,
+            "manifest_version": MANIFEST_VERSION,
+            "study": ctx.study.study_name,
+            "trial": trial.number,
+            "params": dict(trial.params),
+            "pipeline": record.get("config"),
+            "model_config": model.config,
+            "objectives": dict(zip(ctx.objective_names, ctx.directions)),
+            "search": {"objectives": record.get("objectives"), "metrics": record.get("metrics"),
+                       "latency": record.get("latency"), "device": record.get("device"), "data": record.get("data")},
+            "remeasured": remeasured,
+            "checks": checks,
+            "files": files,
+            "versions": versions(),
+            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        }
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=False) + "\n")
+        shutil.rmtree(final, ignore_errors=True)
+        tmp.rename(final)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
+def select_trials(ctx: StudyContext, trials: str | Sequence[int]) -> list[optuna.trial.FrozenTrial]:
+    """The completed trials named by ``trials``: ``"front"`` (the Pareto front) or trial numbers."""
+    from vae_automl.study import completed_trials, front_of_study
+
+    completed = {t.number: t for t in completed_trials(ctx.study)}
+    if isinstance(trials, str):
+        if trials != "front":
+            raise ExportError(f"trials must be 'front' or a list of trial numbers, but got {trials!r}")
+        numbers = [e.trial for e in front_of_study(ctx.study)]
+    else:
+        numbers = [int(n) for n in trials]
+    missing = [n for n in numbers if n not in completed]
+    if missing:
+        raise ExportError(f"trials {missing} are not completed trials of study {ctx.study.study_name!r}; "
+                          f"completed: {sorted(completed)}")
+    if not numbers:
+        raise ExportError(f"study {ctx.study.study_name!r} has no completed trials to export")
+    return [completed[n] for n in numbers]
+
+
+def export_study(storage: str, study: str, out_dir: str | Path, trials: str | Sequence[int] = "front",
+                 formats: Sequence[str] = DEFAULT_FORMATS, *, dataset: str | None = None,
+                 data_dir: str | None = None, plugins: tuple[str, ...] = ()) -> list[Path]:
+    """Export and verify models of a stored study.
+
+    Args:
+        storage: the Optuna storage URL of the study.
+        study: the study name.
+        out_dir: where ``trial-N/`` folders go.
+        trials: ``"front"`` (default) or a list of trial numbers.
+        formats: exporter names (``onnx``, ``torchscript``, ``safetensors``,
+            or a plugin's). ``weights.safetensors`` is always written: it is
+            what :func:`vae_automl.load` reads and what ``size_bytes`` is checked on.
+        dataset, data_dir: the search's ``--dataset`` / ``--data-dir`` if it used them.
+        plugins: extra plugin modules (as given to the search).
+
+    Returns:
+        The written ``trial-N`` folders, each with a ``manifest.json``.
+
+    Raises:
+        ExportError: a saved model changed since the search, or an exported
+            file does not reproduce the search's figures.
+    """
+    ctx = open_study_context(storage, study, dataset, data_dir, plugins)
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    return [export_trial(ctx, trial, out_dir, formats) for trial in select_trials(ctx, trials)]

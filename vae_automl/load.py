@@ -1,0 +1,92 @@
+"""Load an exported model folder (``DIR/trial-N``) back: verified, from safetensors, no unpickling."""
+
+from __future__ import annotations
+
+import json
+import sys
+import types
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from vae_automl.errors import ExportError, IntegrityError
+
+if TYPE_CHECKING:
+    from vae_automl.vae import VAE
+
+
+def read_manifest(directory: str | Path) -> dict[str, Any]:
+    """The parsed ``manifest.json`` of an export folder; a missing or malformed one raises ExportError."""
+    from vae_automl.export import MANIFEST, MANIFEST_FORMAT, MANIFEST_VERSION, WEIGHTS
+
+    path = Path(directory) / MANIFEST
+    if not path.is_file():
+        raise ExportError(f"{path}: no manifest; is {directory} a folder written by `vae-automl export`?")
+    try:
+        manifest = json.loads(path.read_text())
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise ExportError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
+        raise ExportError(f"{path}: not a vae-automl export manifest (its 'format' must be {MANIFEST_FORMAT!r})")
+    if manifest.get("manifest_version") != MANIFEST_VERSION:
+        raise ExportError(f"{path}: manifest_version {manifest.get('manifest_version')!r} is not the supported "
+                          f"{MANIFEST_VERSION}")
+    files = manifest.get("files")
+    if not isinstance(files, dict) or not all(isinstance(v, dict) and isinstance(v.get("sha256"), str)
+                                              for v in files.values()):
+        raise ExportError(f"{path}: 'files' must map each file name to {{sha256, size_bytes}}")
+    if WEIGHTS not in files:
+        raise ExportError(f"{path}: 'files' does not list {WEIGHTS}")
+    return manifest
+
+
+def verify_files(directory: str | Path, manifest: dict[str, Any]) -> None:
+    """Check every file listed in the manifest against its sha256; raise IntegrityError naming the first that differs."""
+    from vae_automl.export import sha256_file
+
+    directory = Path(directory)
+    for name, entry in manifest["files"].items():
+        path = directory / name
+        if Path(name).name != name:
+            raise ExportError(f"{directory / 'manifest.json'}: file name {name!r} is not a plain file name")
+        if not path.is_file():
+            raise IntegrityError(f"{path}: listed in manifest.json but missing")
+        digest = sha256_file(path)
+        if digest != entry["sha256"]:
+            raise IntegrityError(f"{path}: sha256 {digest} does not match manifest.json's {entry['sha256']}; "
+                                 "the file was modified or corrupted after export")
+
+
+def load(directory: str | Path, plugins: tuple[str, ...] = ()) -> VAE:
+    """The model of an export folder, with ``encode``, ``decode``, ``sample`` and ``reconstruct``.
+
+    Every file's sha256 is checked against ``manifest.json`` first; the model
+    is rebuilt from ``weights.safetensors`` (tensors plus a JSON header: no
+    pickle). The manifest is attached as ``model.manifest``.
+
+    Args:
+        directory: a ``trial-N`` folder written by :func:`vae_automl.export.export_study`.
+        plugins: extra plugin modules whose architectures or codecs the model uses.
+
+    Raises:
+        IntegrityError: a file does not match its recorded sha256.
+        ExportError: the manifest is missing, malformed or of another version.
+    """
+    from vae_automl import packing
+    from vae_automl.export import WEIGHTS
+    from vae_automl.registry import get_registry
+
+    manifest = read_manifest(directory)
+    verify_files(directory, manifest)
+    model = packing.deserialize_model((Path(directory) / WEIGHTS).read_bytes(), get_registry(plugins))
+    model.manifest = manifest
+    return model
+
+
+class _CallableModule(types.ModuleType):
+    """Importing this submodule rebinds ``vae_automl.load`` to it; calling it must still load a model."""
+
+    def __call__(self, directory: str | Path, plugins: tuple[str, ...] = ()) -> VAE:
+        return load(directory, plugins)
+
+
+sys.modules[__name__].__class__ = _CallableModule
