@@ -48,6 +48,27 @@ def _cmd_front(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_export(args: argparse.Namespace) -> int:
+    from vae_automl.export import export_study
+
+    trials = args.trials if args.trials == "front" else [int(n) for n in args.trials.split(",") if n.strip()]
+    formats = tuple(f.strip() for f in args.formats.split(",") if f.strip())
+    for folder in export_study(args.storage, args.study, args.out, trials=trials, formats=formats,
+                               dataset=args.dataset, data_dir=args.data_dir, plugins=tuple(args.plugin)):
+        files = sorted(p.name for p in folder.iterdir())
+        print(f"{folder}: {', '.join(files)} (verified against the search)")
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from vae_automl.report import write_report
+
+    for path in write_report(args.storage, args.study, args.out, dataset=args.dataset, data_dir=args.data_dir,
+                             plugins=tuple(args.plugin)):
+        print(path)
+    return 0
+
+
 def _cmd_plugins(args: argparse.Namespace) -> int:
     from vae_automl.plugins_info import list_components
     from vae_automl.registry import get_registry
@@ -95,6 +116,26 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--study", required=True)
     f.add_argument("--json", action="store_true", help="a JSON list of {trial, params, objectives}")
     f.set_defaults(func=_cmd_front)
+
+    e = sub.add_parser("export", help="write the front's models as verified ONNX / TorchScript / safetensors")
+    e.add_argument("--storage", required=True)
+    e.add_argument("--study", required=True)
+    e.add_argument("--out", required=True, help="folder for trial-N/ subfolders")
+    e.add_argument("--trials", default="front", help="'front' (default) or trial numbers N,M,...")
+    e.add_argument("--formats", default="onnx,torchscript,safetensors", help="comma-separated exporter names")
+    e.add_argument("--dataset", help="the search's --dataset, if it used one")
+    e.add_argument("--data-dir", help="folder of dataset files")
+    e.add_argument("--plugin", action="append", default=[], metavar="MODULE", help="load a plugin module (repeatable)")
+    e.set_defaults(func=_cmd_export)
+
+    r = sub.add_parser("report", help="write pareto.png and index.html (front table, params, reconstructions)")
+    r.add_argument("--storage", required=True)
+    r.add_argument("--study", required=True)
+    r.add_argument("--out", required=True, help="report folder")
+    r.add_argument("--dataset", help="the search's --dataset, if it used one")
+    r.add_argument("--data-dir", help="folder of dataset files")
+    r.add_argument("--plugin", action="append", default=[], metavar="MODULE", help="load a plugin module (repeatable)")
+    r.set_defaults(func=_cmd_report)
 
     p = sub.add_parser("plugins", help="list every registered component")
     p.add_argument("--json", action="store_true")

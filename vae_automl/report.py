@@ -1,11 +1,22 @@
-"""Human-readable views of a front: the table printed by ``search`` and ``front``."""
+"""Human-readable views of a front: the table printed by ``search`` and ``front``, and the HTML report."""
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
+from vae_automl.errors import VaeAutomlError
 from vae_automl.progress import format_number
 from vae_automl.study import FrontEntry
+
+if TYPE_CHECKING:
+    import optuna
+    import torch
+
+    from vae_automl.vae import VAE
 
 
 def short_params(params: dict[str, Any], limit: int = 70) -> str:
@@ -33,3 +44,213 @@ def format_front_table(front: list[FrontEntry], knee: int | None = None) -> str:
         return "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths)) + " |"
 
     return "\n".join([line(header), "|" + "|".join("-" * (w + 2) for w in widths) + "|", *(line(r) for r in rows)])
+
+
+# --- The HTML report: Pareto plot, front table, each front model's reconstructions and samples. ---
+
+SUBPLOT_WIDTH_IN = 5.0
+SUBPLOT_HEIGHT_IN = 4.5
+PLOT_DPI = 100
+"""``pareto.png`` is ``SUBPLOT_HEIGHT_IN * PLOT_DPI`` pixels high and that much per projection wide."""
+GRID_IMAGES = 8
+"""Test images (and prior samples per row) shown for each front model."""
+MIN_TILE_PX = 56
+
+
+@dataclass
+class StudyPoints:
+    """Every completed trial of a study as points, with the front and the baseline marked."""
+
+    names: list[str]
+    directions: list[str]
+    trials: list[int]
+    values: np.ndarray
+    front: list[int]
+    """Indices into ``trials`` of the non-dominated trials."""
+    baseline: int | None
+    """Index of the uncompressed baseline (see :func:`baseline_index`), or None."""
+
+
+def baseline_index(records: list[dict[str, Any]], values: np.ndarray, directions: list[str]) -> int | None:
+    """The uncompressed baseline: the completed trial with an empty compression pipeline and the best first objective.
+
+    None when every trial compressed its model.
+    """
+    candidates = [i for i, r in enumerate(records) if not r.get("config", {}).get("pipeline")]
+    if not candidates:
+        return None
+    sign = 1.0 if directions[0] == "minimize" else -1.0
+    return min(candidates, key=lambda i: sign * values[i, 0])
+
+
+def study_points(study: optuna.Study) -> StudyPoints:
+    from vae_automl import pareto
+    from vae_automl.study import RECORD_ATTR, completed_trials, objectives_of
+
+    names, directions = objectives_of(study)
+    trials = completed_trials(study)
+    values = np.array([t.values for t in trials], dtype=float).reshape(len(trials), len(names))
+    front = pareto.non_dominated(values.tolist(), directions) if trials else []
+    records = [t.user_attrs.get(RECORD_ATTR, {}) for t in trials]
+    baseline = baseline_index(records, values, directions) if trials else None
+    return StudyPoints(names, directions, [t.number for t in trials], values, list(front), baseline)
+
+
+def plot_pareto(points: StudyPoints, path: str | Path) -> Path:
+    """Write the Pareto plot: all trials grey, the front highlighted, the baseline starred.
+
+    Two objectives give one scatter; k > 2 give the k(k-1)/2 pairwise
+    projections side by side (a point on the front may look dominated in a
+    projection: it is better in an objective not shown). The image is
+    ``PLOT_DPI * SUBPLOT_HEIGHT_IN`` pixels high and ``PLOT_DPI *
+    SUBPLOT_WIDTH_IN`` per projection wide.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    k = len(points.names)
+    pairs = [(i, j) for i in range(k) for j in range(i + 1, k)] or [(-1, 0)]
+    fig, axes = plt.subplots(1, len(pairs), figsize=(SUBPLOT_WIDTH_IN * len(pairs), SUBPLOT_HEIGHT_IN),
+                             dpi=PLOT_DPI, squeeze=False)
+    trial_numbers = np.array(points.trials, dtype=float)
+    for ax, (i, j) in zip(axes[0], pairs):
+        # One objective: plot it against the trial number.
+        xs = trial_numbers if i < 0 else points.values[:, i]
+        ys = points.values[:, j]
+        ax.scatter(xs, ys, s=18, c="#b0b0b0", label="completed trials")
+        if points.front:
+            order = sorted(points.front, key=lambda t: xs[t])
+            # A line joins the front only where it is the whole picture (two objectives); in projections it zigzags.
+            ax.plot(xs[order], ys[order], "-o" if k == 2 else "o", c="#d62728", ms=6, lw=1.2, label="Pareto front")
+        if points.baseline is not None:
+            b = points.baseline
+            ax.scatter([xs[b]], [ys[b]], marker="*", s=220, c="#1f77b4", edgecolors="black", zorder=5,
+                       label=f"uncompressed baseline (trial {points.trials[b]})")
+        ax.set_xlabel("trial" if i < 0 else points.names[i])
+        ax.set_ylabel(points.names[j])
+        for axis, data in (("x", xs), ("y", ys)):
+            if i >= 0 or axis == "y":
+                positive = data[data > 0]
+                if len(positive) == len(data) and len(data) and positive.max() / positive.min() > 30:
+                    getattr(ax, f"set_{axis}scale")("log")
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=8, loc="best")
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=PLOT_DPI)
+    plt.close(fig)
+    return path
+
+
+def _tile(images: torch.Tensor) -> np.ndarray:
+    """N x C x H x W in [0, 1] -> one row image, upscaled so small digits stay visible."""
+    arr = images.detach().cpu().clamp(0, 1).numpy()
+    scale = max(1, -(-MIN_TILE_PX // arr.shape[-1]))
+    arr = arr.repeat(scale, axis=-1).repeat(scale, axis=-2)
+    pad = np.ones((arr.shape[0], arr.shape[1], arr.shape[2], 2), dtype=arr.dtype)
+    row = np.concatenate([np.concatenate([a, p], axis=-1) for a, p in zip(arr, pad)], axis=-1)
+    return row.transpose(1, 2, 0)
+
+
+def image_grid(model: VAE, x: torch.Tensor, seed: int = 0) -> np.ndarray:
+    """Rows: test images, their reconstructions, then two rows of samples from the prior. H x W x C in [0, 1]."""
+    import torch
+
+    model = model.eval()
+    generator = torch.Generator().manual_seed(seed)
+    rows = [_tile(x), _tile(model.reconstruct(x)), _tile(model.sample(len(x), generator)),
+            _tile(model.sample(len(x), generator))]
+    gap = np.ones((4, rows[0].shape[1], rows[0].shape[2]), dtype=rows[0].dtype)
+    grid = np.concatenate([part for r in rows for part in (r, gap)][:-1], axis=0)
+    return grid[..., 0] if grid.shape[-1] == 1 else grid
+
+
+def write_report(storage: str, study: str, out_dir: str | Path, *, dataset: str | None = None,
+                 data_dir: str | None = None, plugins: tuple[str, ...] = ()) -> list[Path]:
+    """Write ``pareto.png``, one ``trial-N.png`` grid per front model, and ``index.html`` into ``out_dir``.
+
+    Args:
+        storage: the Optuna storage URL.
+        study: the study name.
+        out_dir: the report folder (created).
+        dataset, data_dir: the search's ``--dataset`` / ``--data-dir`` if it used them.
+        plugins: extra plugin modules (as given to the search).
+
+    Returns:
+        The files written, ``index.html`` last.
+    """
+    import html
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import image as mpimg
+
+    from vae_automl import pareto
+    from vae_automl.export import load_artifact, open_study_context
+    from vae_automl.study import front_of_study
+
+    ctx = open_study_context(storage, study, dataset, data_dir, plugins)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    points = study_points(ctx.study)
+    written = [plot_pareto(points, out / "pareto.png")]
+    front = front_of_study(ctx.study)
+    names = points.names
+    k = pareto.knee_point([[e.objectives[n] for n in names] for e in front], points.directions) if front else None
+    knee = front[k].trial if k is not None else None
+    baseline = points.trials[points.baseline] if points.baseline is not None else None
+    esc = html.escape
+    sections = []
+    x = ctx.data.test[:GRID_IMAGES]
+    for entry in front:
+        note = ""
+        try:
+            model, _ = load_artifact(entry.record, ctx.registry)
+            grid_path = out / f"trial-{entry.trial}.png"
+            mpimg.imsave(grid_path, image_grid(model, x), cmap="gray", vmin=0.0, vmax=1.0)
+            written.append(grid_path)
+            picture = (f'<img src="{grid_path.name}" alt="trial {entry.trial}: test images, reconstructions, samples">'
+                       "<p class=note>rows: test images; their reconstructions; two rows of samples from the prior</p>")
+        except VaeAutomlError as exc:
+            picture, note = "", f"<p class=error>no images: {esc(str(exc))}</p>"
+        params = "".join(f"<tr><td>{esc(str(key))}</td><td>{esc(str(value))}</td></tr>"
+                         for key, value in entry.params.items())
+        pipeline = entry.record.get("config", {}).get("pipeline") or []
+        steps = ", ".join(f"{p['compressor']}({', '.join(f'{a}={b}' for a, b in p['params'].items())})"
+                          for p in pipeline) or "none (uncompressed)"
+        sections.append(f"<section id=trial-{entry.trial}><h3>Trial {entry.trial}"
+                        f"{' (knee)' if entry.trial == knee else ''}</h3>"
+                        f"<p>compression pipeline: {esc(steps)}; latency runtime: "
+                        f"{esc(str(entry.record.get('latency', {}).get('runtime', '?')))}</p>"
+                        f"<table><tr><th>param</th><th>value</th></tr>{params}</table>{picture}{note}</section>")
+    header = "".join(f"<th>{esc(n)} ({d[:3]})</th>" for n, d in zip(names, points.directions))
+    rows = "".join(
+        f"<tr><td><a href=#trial-{e.trial}>{e.trial}</a>{'*' if e.trial == knee else ''}</td>"
+        + "".join(f"<td>{format_number(e.objectives[n])}</td>" for n in names)
+        + f"<td>{esc(short_params(e.params, 120))}</td></tr>"
+        for e in front
+    )
+    baseline_text = (f"trial {baseline} (the completed trial with no compression step and the best {names[0]})"
+                     if baseline is not None else "none: every completed trial compressed its model")
+    page = f"""<!doctype html>
+<html><head><meta charset="utf-8"><title>vae-automl report: {esc(study)}</title>
+<style>body{{font-family:sans-serif;margin:2em;max-width:1400px}}table{{border-collapse:collapse;margin:.5em 0}}
+td,th{{border:1px solid #ccc;padding:3px 8px;text-align:left}}img{{max-width:100%;image-rendering:pixelated}}
+.note{{color:#555;font-size:90%}}.error{{color:#b00}}</style></head><body>
+<h1>Study {esc(study)}</h1>
+<p>{len(points.trials)} completed trials, {len(front)} on the Pareto front (* = knee point).
+Uncompressed baseline: {esc(baseline_text)}.</p>
+<h2>Pareto front</h2>
+<img src="pareto.png" alt="Pareto plot">
+<table><tr><th>trial</th>{header}<th>params</th></tr>{rows}</table>
+<h2>Front models</h2>
+{''.join(sections)}
+</body></html>
+"""
+    index = out / "index.html"
+    index.write_text(page)
+    written.append(index)
+    return written
