@@ -1,0 +1,365 @@
+"""The Ray Tune backend: the same define-by-run space and study, trials spread over a Ray cluster.
+
+Ray Tune's ``OptunaSearch`` samples through :func:`vae_automl.space.suggest`
+on an Optuna study opened on *our* storage with *our* study name, so a
+trial exists in the study from the moment Ray asks for it (its number
+names the artifact) and ``front``, ``export`` and ``report`` read Ray
+searches exactly like Optuna ones; Optuna workers may even share the study.
+The alternative, copying each finished Ray trial into the study with
+``study.add_trial``, would number trials only after they ran and hide
+running ones from other workers and from a resumed run.
+
+``OptunaSearch`` is subclassed (:class:`StudySearcher`) for what it does not do:
+
+* store the trial's record and failure reason as user attrs before telling
+  Optuna the outcome (a finished trial's attrs can no longer change);
+* tell an ASHA-stopped trial PRUNED and a failed one FAIL (stock OptunaSearch
+  tells a multi-objective trial without values COMPLETE, which Optuna
+  refuses, leaving it RUNNING forever);
+* decide when to stop: no new trial once the study reached its target of
+  completed trials, the attempt cap, or the timeout, so ``--trials N`` means
+  N more *completed* trials, like the Optuna backend;
+* send heartbeats for running trials on RDB storages, so a killed driver's
+  trials go stale and the next run (or any Optuna worker) fails and retries them.
+
+The trainable runs on the Ray workers: it trains, reports the validation
+loss each epoch with ``tune.report`` (ASHA's metric), then reports the
+objective values and the trial record. A raising trial reports its reason
+instead of raising, so the reason reaches the study and the run goes on.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import threading
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import optuna
+
+from vae_automl import space as space_mod
+from vae_automl import study as study_mod
+from vae_automl.backends import optuna as optuna_backend
+from vae_automl.errors import ConfigError, VaeAutomlError
+from vae_automl.plugin_manager import DISABLE_AUTOLOAD_ENV, EXTRA_PLUGINS_ENV
+from vae_automl.progress import Progress
+
+if TYPE_CHECKING:
+    from vae_automl.config import SearchSpace
+    from vae_automl.trial import TrialEnv
+
+NUMBER_KEY = "__vae_automl_trial_number"
+"""Config key carrying the Optuna trial number to the trainable (it names the artifact)."""
+VALIDATION_LOSS = "validation_loss"
+FAILURE_KEY = "failure_reason"
+RECORD_KEY = "record_json"
+ASHA_REDUCTION_FACTOR = 3
+SCHEDULERS = ("asha", "none")
+
+
+def _import_ray() -> Any:
+    try:
+        import ray
+        from ray import tune  # noqa: F401
+    except ImportError as exc:
+        raise VaeAutomlError(f"the ray backend needs Ray Tune: pip install 'vae-automl[ray]' ({exc})") from None
+    return ray
+
+
+class _DefineByRun:
+    """The define-by-run space for OptunaSearch: a class, not a closure, since Tune pickles the searcher."""
+
+    def __init__(self, space: SearchSpace) -> None:
+        self.space = space
+
+    def __call__(self, trial: Any) -> None:
+        space_mod.suggest(trial, self.space)
+
+
+def _outcome(result: dict[str, Any] | None, error: bool, objectives: tuple[str, ...]
+             ) -> tuple[optuna.trial.TrialState, list[float] | None, dict[str, Any]]:
+    """The Optuna state, values and user attrs of a finished Ray trial, from its last result."""
+    result = result or {}
+    attrs: dict[str, Any] = {}
+    if result.get(RECORD_KEY):
+        record = json.loads(result[RECORD_KEY])
+        attrs.update({study_mod.RECORD_ATTR: record, "metrics": record["metrics"],
+                      "validation_curve": record["base"]["validation_curve"], "base_params": record["base"]["params"]})
+        return optuna.trial.TrialState.COMPLETE, [float(record["objectives"][n]) for n in objectives], attrs
+    if result.get(FAILURE_KEY):
+        attrs[study_mod.FAILURE_ATTR] = result[FAILURE_KEY]
+        return optuna.trial.TrialState.FAIL, None, attrs
+    if error:
+        attrs[study_mod.FAILURE_ATTR] = "the Ray trial errored (its worker process died?); see its error.txt under out/ray"
+        return optuna.trial.TrialState.FAIL, None, attrs
+    if result.get(VALIDATION_LOSS) is not None:
+        # stopped by the scheduler between epochs
+        attrs["validation_curve"] = list(result.get("validation_curve") or [])
+        attrs["pruned_at_epoch"] = int(result.get("epoch", 0))
+        return optuna.trial.TrialState.PRUNED, None, attrs
+    attrs[study_mod.FAILURE_ATTR] = "the Ray trial ended before reporting anything (stopped while pending?)"
+    return optuna.trial.TrialState.FAIL, None, attrs
+
+
+def _make_searcher_class() -> type:
+    from ray.tune.search import Searcher
+    from ray.tune.search.optuna import OptunaSearch
+
+    class StudySearcher(OptunaSearch):
+        """OptunaSearch on our study that stores records, and stops at a completed-trial target."""
+
+        def __init__(self, *, objectives: tuple[str, ...], target_completed: int, done: int, max_attempts: int,
+                     deadline: float | None, progress: Progress, **kwargs: Any) -> None:
+            super().__init__(**kwargs)
+            self.objectives = objectives
+            self.target_completed, self.completed, self.max_attempts = target_completed, done, max_attempts
+            self.deadline, self.progress = deadline, progress
+            self.attempts = 0
+            self.in_flight: dict[str, Any] = {}
+            self.stats = {"base_trained": 0, "base_reused": 0}
+            self.lock = threading.Lock()
+
+        def suggest(self, trial_id: str) -> dict[str, Any] | str | None:
+            finished = (self.completed >= self.target_completed or self.attempts >= self.max_attempts
+                        or (self.deadline is not None and time.monotonic() > self.deadline))
+            if finished:
+                return Searcher.FINISHED
+            if self.completed + len(self.in_flight) >= self.target_completed:
+                return None  # wait: the running trials may complete the target, or fail and need a successor
+            config = super().suggest(trial_id)
+            ot_trial = self._ot_trials[trial_id]
+            with self.lock:
+                self.in_flight[trial_id] = ot_trial
+            self.attempts += 1
+            return {**config, NUMBER_KEY: ot_trial.number}
+
+        def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
+            # intermediate results are for the scheduler; Optuna pruners are not used here
+            return None
+
+        def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False) -> None:
+            if trial_id in self._completed_trials or trial_id not in self._ot_trials:
+                return
+            ot_trial = self._ot_trials[trial_id]
+            state, values, attrs = _outcome(result, error, self.objectives)
+            self._finish(trial_id, ot_trial, state, values, attrs, result)
+
+        def _finish(self, trial_id: str, ot_trial: Any, state: optuna.trial.TrialState, values: list[float] | None,
+                    attrs: dict[str, Any], result: dict[str, Any] | None) -> None:
+            for key, value in attrs.items():
+                ot_trial.set_user_attr(key, value)
+            frozen = self._ot_study.tell(ot_trial, values, state=state)
+            self._completed_trials.add(trial_id)
+            with self.lock:
+                self.in_flight.pop(trial_id, None)
+            if state == optuna.trial.TrialState.COMPLETE:
+                self.completed += 1
+                hit = bool((result or {}).get("base_cache_hit"))
+                self.stats["base_reused" if hit else "base_trained"] += 1
+            reason = attrs.get(study_mod.FAILURE_ATTR)
+            if state == optuna.trial.TrialState.PRUNED:
+                reason = f"stopped by ASHA at epoch {attrs.get('pruned_at_epoch')}"
+            seconds = frozen.duration.total_seconds() if frozen.duration else None
+            front = len(study_mod.front_of_study(self._ot_study)) if state == optuna.trial.TrialState.COMPLETE else None
+            self.progress.trial_finished(frozen.number, state.name, values, seconds, reason, front)
+
+        def fail_in_flight(self, reason: str) -> None:
+            """Tell every asked-but-unfinished trial FAIL (the driver is going away)."""
+            for trial_id, ot_trial in list(self.in_flight.items()):
+                self._finish(trial_id, ot_trial, optuna.trial.TrialState.FAIL, None,
+                             {study_mod.FAILURE_ATTR: reason}, None)
+
+        def save_to_dir(self, checkpoint_dir: str, session_str: str = "default") -> None:
+            """Nothing to save: the study is the state, and re-running the command resumes from it."""
+
+        def __getstate__(self) -> dict[str, Any]:
+            # the Tuner pickles its config once; the lock and the progress stream do not pickle
+            return {k: v for k, v in self.__dict__.items() if k not in ("lock", "progress")}
+
+        def __setstate__(self, state: dict[str, Any]) -> None:
+            self.__dict__.update(state)
+            self.lock = threading.Lock()
+            self.progress = Progress(None, self.objectives, (), enabled=False)
+
+        def heartbeat_ids(self) -> list[int]:
+            with self.lock:
+                return [t._trial_id for t in self.in_flight.values()]
+
+    return StudySearcher
+
+
+_envs: dict[tuple[Any, ...], TrialEnv] = {}
+
+
+def _worker_env(source: str, file: str, dataset: Any, device: str, out_dir: str) -> TrialEnv:
+    """The trial environment of this Ray worker process, built once (data stay resident)."""
+    key = (source, file, dataset, device, out_dir)
+    if key not in _envs:
+        from vae_automl.config import load_space_text
+        from vae_automl.plugin_manager import get_plugin_manager
+        from vae_automl.registry import get_registry
+        from vae_automl.trial import prepare
+
+        pm, registry = get_plugin_manager(), get_registry()
+        space = dataclasses.replace(load_space_text(source, file, registry), dataset=dataset, device=device)
+        _envs[key] = prepare(space, out_dir, registry, pm)
+    return _envs[key]
+
+
+def _trainable(config: dict[str, Any], source: str, file: str, dataset: Any, device: str, out_dir: str) -> None:
+    """One Ray trial: resolve the sampled params, run the trial, report per-epoch losses then the record."""
+    from ray import tune
+
+    from vae_automl.trial import run_trial
+
+    params = {k: v for k, v in config.items() if k != NUMBER_KEY}
+    curve: list[float] = []
+
+    def on_epoch(epoch: int, validation_loss: float, base_params: int) -> None:
+        curve.append(validation_loss)
+        tune.report({VALIDATION_LOSS: validation_loss, "epoch": epoch + 1, "validation_curve": list(curve)})
+
+    try:
+        env = _worker_env(source, file, dataset, device, out_dir)
+        spec = space_mod.resolve(env.space, params, env.registry)
+        record = run_trial(env, spec, int(config[NUMBER_KEY]), on_epoch=on_epoch)
+    except Exception as exc:  # the reason goes to the study; the search goes on
+        reason = str(exc) if isinstance(exc, VaeAutomlError) else f"{type(exc).__name__}: {exc}"
+        tune.report({FAILURE_KEY: reason})
+        return
+    tune.report({**record["objectives"], RECORD_KEY: json.dumps(record), "base_cache_hit": record["base"]["cache_hit"]})
+
+
+def _runtime_env(plugins: tuple[str, ...]) -> dict[str, Any]:
+    """Environment variables that make Ray workers load the same plugins as the driver."""
+    env_vars = {"RAY_CHDIR_TO_TRIAL_DIR": "0"}
+    extra = [p for p in os.environ.get(EXTRA_PLUGINS_ENV, "").split(",") if p.strip()] + list(plugins)
+    if extra:
+        env_vars[EXTRA_PLUGINS_ENV] = ",".join(dict.fromkeys(extra))
+    if os.environ.get(DISABLE_AUTOLOAD_ENV):
+        env_vars[DISABLE_AUTOLOAD_ENV] = os.environ[DISABLE_AUTOLOAD_ENV]
+    # plugin modules next to the driver (a local file, a PYTHONPATH entry) import on local workers too
+    paths = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p] + [os.getcwd()]
+    env_vars["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
+    return {"env_vars": env_vars}
+
+
+def _max_epochs(space: SearchSpace) -> int:
+    epochs = space.training.get("epochs")
+    if epochs is None:
+        return 1
+    return int(epochs.high if epochs.searched and epochs.high is not None else epochs.value or 1)
+
+
+def _heartbeat_loop(storage: Any, searcher: Any, stop: threading.Event, interval_s: float) -> None:
+    while not stop.wait(interval_s):
+        for trial_id in searcher.heartbeat_ids():
+            try:
+                storage.record_heartbeat(trial_id)
+            except Exception:  # a finished trial or a storage hiccup: the next beat tries again
+                pass
+
+
+def run(space: SearchSpace, storage: Any, study_name: str, out: Path, trials: int | None, timeout_s: float | None,
+        plugins: tuple[str, ...] = (), show_progress: bool = True, address: str | None = None,
+        gpus_per_trial: float = 0.0, cpus_per_trial: float = 1.0, concurrency: int | None = None,
+        scheduler: str | None = None) -> tuple[optuna.Study, dict[str, int]]:
+    """Run (or resume) the search on Ray Tune; results go to the Optuna ``storage`` under ``study_name``.
+
+    Args:
+        address: ``auto`` or ``HOST:PORT`` of a running cluster; None starts a local Ray.
+        gpus_per_trial: GPUs per trial, fractional to pack trials on a GPU (0.5: two per GPU).
+        cpus_per_trial: CPUs per trial (Ray sets the worker's thread count from it).
+        concurrency: at most this many trials at once (default: as many as the resources allow).
+        scheduler: ``asha`` stops trials whose validation loss lags at the rungs; ``none`` runs
+            every trial to the end. Default: ``asha`` unless the space's pruner is ``none``.
+    """
+    if scheduler is None:
+        scheduler = "none" if space.pruner.name == "none" else "asha"
+    if scheduler not in SCHEDULERS:
+        raise ConfigError(f"--scheduler must be one of {', '.join(SCHEDULERS)}, but got {scheduler!r}")
+    if gpus_per_trial < 0 or cpus_per_trial <= 0:
+        raise ConfigError(f"--gpus-per-trial must be >= 0 and --cpus-per-trial > 0, but got {gpus_per_trial} and {cpus_per_trial}")
+    if concurrency is not None and concurrency < 1:
+        raise ConfigError(f"--concurrency must be >= 1, but got {concurrency}")
+    device = "cuda" if gpus_per_trial > 0 else space.device
+    if device == "cuda" and gpus_per_trial == 0:
+        raise ConfigError(f"{space.path}: device is cuda, but Ray hides GPUs from trials without --gpus-per-trial (e.g. 0.5)")
+
+    study = optuna_backend.create_study(space, storage, study_name, out)
+    storage_obj = study._storage
+    # RDB storages beat; JournalStorage has no heartbeat methods
+    heartbeat = callable(getattr(storage_obj, "get_heartbeat_interval", None)) and bool(storage_obj.get_heartbeat_interval())
+    if heartbeat:
+        optuna.storages.fail_stale_trials(study)  # trials of a killed driver or worker: failed and re-queued
+    n_trials, target = optuna_backend.plan_trials(study, space, trials)
+    directions = tuple(optuna_backend.space_registry_direction(space, o) for o in space.objectives)
+    progress = Progress(n_trials, space.objectives, directions, timeout_s, enabled=show_progress)
+    done = len(study_mod.completed_trials(study))
+    stats = {"base_trained": 0, "base_reused": 0}
+    progress.message(f"study {study_name!r} in {storage}: {done} completed trials; completing {n_trials} more on Ray "
+                     f"({address or 'local'}; {cpus_per_trial:g} CPU, {gpus_per_trial:g} GPU per trial; "
+                     f"scheduler {scheduler})")
+    if n_trials == 0:
+        return study, stats
+
+    ray = _import_ray()
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+
+    # Ctrl+C must reach us as KeyboardInterrupt so running trials are told FAIL, not left RUNNING
+    os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")
+    # per-epoch results carry the validation loss only; the objectives come with the last one
+    os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
+    owns_ray = not ray.is_initialized()
+    if owns_ray:
+        init_kwargs: dict[str, Any] = {"address": address, "runtime_env": _runtime_env(plugins),
+                                       "logging_level": "WARNING", "log_to_driver": False}
+        if address is None:
+            init_kwargs["include_dashboard"] = False
+        ray.init(**init_kwargs)
+    searcher = _make_searcher_class()(
+        space=_DefineByRun(space), metric=list(space.objectives),
+        mode=["min" if d == "minimize" else "max" for d in directions],
+        sampler=optuna_backend.make_sampler(space.sampler), study_name=study_name, storage=storage_obj,
+        objectives=tuple(space.objectives), target_completed=target, done=done,
+        max_attempts=n_trials * optuna_backend.ATTEMPTS_PER_TRIAL,
+        deadline=time.monotonic() + timeout_s if timeout_s is not None else None, progress=progress)
+    sched = None
+    if scheduler == "asha":
+        sched = ASHAScheduler(time_attr="epoch", metric=VALIDATION_LOSS, mode="min", max_t=_max_epochs(space),
+                              grace_period=max(1, space.pruner.warmup_epochs), reduction_factor=ASHA_REDUCTION_FACTOR)
+    dataset = space.dataset
+    if dataset.data_dir:
+        dataset = dataclasses.replace(dataset, data_dir=str(Path(dataset.data_dir).resolve()))
+    trainable = tune.with_resources(
+        tune.with_parameters(_trainable, source=space.source, file=space.path, dataset=dataset, device=device,
+                             out_dir=str(Path(out).resolve())),
+        {"cpu": cpus_per_trial, "gpu": gpus_per_trial})
+    tuner = tune.Tuner(
+        trainable,
+        tune_config=tune.TuneConfig(search_alg=searcher, scheduler=sched, num_samples=-1,
+                                    max_concurrent_trials=concurrency),
+        run_config=tune.RunConfig(name=f"{study_name}-{int(time.time())}", storage_path=str((Path(out) / "ray").resolve()),
+                                  verbose=0, log_to_file=True),
+    )
+    stop = threading.Event()
+    if heartbeat:
+        threading.Thread(target=_heartbeat_loop, daemon=True,
+                         args=(storage_obj, searcher, stop, storage_obj.get_heartbeat_interval() or 10)).start()
+    started = time.monotonic()
+    try:
+        tuner.fit()
+    finally:
+        stop.set()
+        searcher.fail_in_flight("the Ray driver stopped before this trial finished (interrupted?)")
+        if owns_ray:
+            ray.shutdown()
+    stats = dict(searcher.stats)
+    progress.message(f"finished in {time.monotonic() - started:.1f}s: {progress.done} completed, {progress.pruned} "
+                     f"stopped early, {progress.failed} failed; bases trained {stats['base_trained']}, "
+                     f"reused {stats['base_reused']}")
+    return study, stats
