@@ -48,6 +48,16 @@ def _cmd_front(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_worker(args: argparse.Namespace) -> int:
+    from vae_automl.worker import run_worker
+
+    result = run_worker(args.storage, args.study, trials=args.trials, timeout_s=args.timeout, out_dir=args.out,
+                        device=args.device, data_dir=args.data_dir, plugins=tuple(args.plugin))
+    total = sum(1 for t in result.study.get_trials(deepcopy=False) if t.state.name == "COMPLETE")
+    print(f"worker {result.worker} completed {result.completed} trials; study {args.study!r} has {total} completed trials")
+    return 0
+
+
 def _cmd_export(args: argparse.Namespace) -> int:
     from vae_automl.export import export_study
 
@@ -116,6 +126,17 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--study", required=True)
     f.add_argument("--json", action="store_true", help="a JSON list of {trial, params, objectives}")
     f.set_defaults(func=_cmd_front)
+
+    w = sub.add_parser("worker", help="run trials of an existing study (one process per device; start many)")
+    w.add_argument("--storage", required=True, help="the study's storage URL: postgresql://..., sqlite:///..., journal:PATH")
+    w.add_argument("--study", required=True, help="a study made by `vae-automl search ... --trials 0`")
+    w.add_argument("--trials", type=int, help="stop after this worker completed N trials (default: until the study's budget is met)")
+    w.add_argument("--timeout", type=float, help="seconds after which this worker starts no trial")
+    w.add_argument("--out", help="base-model cache and artifact folder (default: the study's, from its creation)")
+    w.add_argument("--device", choices=("cpu", "cuda", "auto"))
+    w.add_argument("--data-dir", help="folder of dataset files on this machine")
+    w.add_argument("--plugin", action="append", default=[], metavar="MODULE", help="load a plugin module (repeatable)")
+    w.set_defaults(func=_cmd_worker)
 
     e = sub.add_parser("export", help="write the front's models as verified ONNX / TorchScript / safetensors")
     e.add_argument("--storage", required=True)

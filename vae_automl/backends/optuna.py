@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 import warnings
 from pathlib import Path
@@ -18,6 +19,9 @@ from vae_automl.errors import ConfigError, VaeAutomlError
 from vae_automl.progress import Progress
 from vae_automl.trial import TrialEnv, run_trial
 
+HEARTBEAT_INTERVAL_ENV = "VAE_AUTOML_HEARTBEAT_INTERVAL_S"
+HEARTBEAT_GRACE_ENV = "VAE_AUTOML_HEARTBEAT_GRACE_S"
+"""Override the heartbeat timing: a shorter grace re-queues a killed worker's trial sooner, at more storage traffic."""
 HEARTBEAT_INTERVAL_S = 10
 HEARTBEAT_GRACE_S = 30
 MAX_RETRY = 3
@@ -50,8 +54,8 @@ def open_storage(url: str | optuna.storages.BaseStorage) -> optuna.storages.Base
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             return optuna.storages.RDBStorage(
                 url,
-                heartbeat_interval=HEARTBEAT_INTERVAL_S,
-                grace_period=HEARTBEAT_GRACE_S,
+                heartbeat_interval=int(os.environ.get(HEARTBEAT_INTERVAL_ENV, HEARTBEAT_INTERVAL_S)),
+                grace_period=int(os.environ.get(HEARTBEAT_GRACE_ENV, HEARTBEAT_GRACE_S)),
                 heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY),
                 engine_kwargs={"pool_pre_ping": True} if not url.startswith("sqlite") else None,
             )
