@@ -80,7 +80,7 @@ def onnx_available() -> bool:
 def is_int8_spec(spec: dict[str, Any]) -> bool:
     """Whether an encoding is the 8-bit symmetric per-output-channel grid onnxruntime reproduces."""
     return (spec.get("codec") == "uniform" and int(spec.get("bits", 0)) == 8
-            and bool(spec.get("symmetric", False)) and spec.get("axis", 0) == 0)
+            and bool(spec.get("symmetric", True)) and spec.get("axis") == 0)
 
 
 def int8_weight_names(model: nn.Module) -> list[str]:
