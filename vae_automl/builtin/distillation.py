@@ -1,13 +1,163 @@
-"""Built-in distillation compressors (registered through the compressor hook like any plugin)."""
+"""Built-in distillation compressor (registered through the compressor hook like any plugin).
+
+The student is the teacher's architecture with its hidden widths (MLP) or
+channels (conv) scaled by ``width_ratio`` and, optionally, fewer latent
+units (``latent_dim_ratio``). It is trained on
+
+    student negative ELBO
+    + alpha * KL(q_student(z|x) || q_teacher(z|x))
+    + beta * distance between the two decoders' mean reconstructions
+
+where the distance is the cross-entropy of the student's Bernoulli decoder
+against the teacher's mean image (squared error for Gaussian decoders),
+per image, in nats like the ELBO.
+
+Latent dimensions of different size: rather than learn a projection, the
+student keeps the teacher's *most active* latent units (largest average
+KL to the prior on training data), and the KL term compares the student's
+posterior with the teacher's posterior restricted to those units. With
+``init: teacher`` (the default) the student also starts from the teacher's
+weights for the kept units (the neurons / channels the structured pruner
+would keep); ``init: scratch`` starts from a fresh random initialization.
+"""
 
 from __future__ import annotations
 
-from typing import Callable
+import copy
+from typing import TYPE_CHECKING, Any, Callable
 
-from vae_automl.components import Compressor
+import torch
+from torch.nn import functional as F
+
+from vae_automl.builtin.pruning import (
+    _check_choice,
+    _check_range,
+    channel_groups,
+    keep_top,
+    magnitude_unit_scores,
+    shrink,
+)
+from vae_automl.components import Compressor, Param
 from vae_automl.plugin_manager import hookimpl
+from vae_automl.vae import VAE, kl_to_prior
+
+if TYPE_CHECKING:
+    from vae_automl.components import CompressionContext
+
+WIDTH_KEYS = ("encoder_widths", "decoder_widths", "encoder_channels", "decoder_channels")
+INITS = ("teacher", "scratch")
+
+
+def gaussian_kl(mu_q: torch.Tensor, logvar_q: torch.Tensor, mu_p: torch.Tensor, logvar_p: torch.Tensor) -> torch.Tensor:
+    """Per-image KL(N(mu_q, var_q) || N(mu_p, var_p)) for diagonal Gaussians, in nats."""
+    return 0.5 * (logvar_p - logvar_q + (logvar_q.exp() + (mu_q - mu_p).pow(2)) / logvar_p.exp() - 1.0).sum(1)
+
+
+def reconstruction_distance(student: VAE, student_out: torch.Tensor, teacher_mean: torch.Tensor) -> torch.Tensor:
+    """Per-image distance between the student's decoder output and the teacher's mean image, in nats."""
+    if student.likelihood == "bernoulli":
+        distance = F.binary_cross_entropy_with_logits(student_out, teacher_mean, reduction="none")
+    else:
+        distance = 0.5 * (student_out - teacher_mean).pow(2)
+    return distance.flatten(1).sum(1)
+
+
+def student_config(teacher_config: dict[str, Any], width_ratio: float, latent_dim: int) -> dict[str, Any]:
+    """The teacher's config with every hidden width / channel count scaled by ``width_ratio``."""
+    keys = [k for k in WIDTH_KEYS if k in teacher_config]
+    if not keys:
+        raise ValueError(f"distillation scales {', '.join(WIDTH_KEYS)} of the teacher's config, but architecture "
+                         f"{teacher_config.get('architecture')!r} has none of them")
+    config = copy.deepcopy(teacher_config)
+    for key in keys:
+        config[key] = [max(1, round(w * width_ratio)) for w in teacher_config[key]]
+    config["latent_dim"] = latent_dim
+    return config
+
+
+@torch.no_grad()
+def active_latent_units(teacher: VAE, x: torch.Tensor, count: int, chunk: int = 2048) -> torch.Tensor:
+    """Indices of the ``count`` latent units with the largest mean KL to the prior over ``x``, sorted."""
+    total = torch.zeros(teacher.latent_dim, device=x.device)
+    for start in range(0, len(x), chunk):
+        mu, logvar = teacher.encode(x[start:start + chunk])
+        total += (0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar)).sum(0)
+    return torch.topk(total, count).indices.sort().values
+
+
+class Distiller(Compressor):
+    name = "distill"
+    stage = "distill"
+    help = ("train a narrower student (width_ratio of the teacher's hidden sizes) on ELBO + alpha * posterior KL "
+            "+ beta * reconstruction distance to the teacher")
+    params = (
+        Param("width_ratio", "float", 0.5, minimum=0.05, maximum=1.0, help="student hidden sizes / teacher's"),
+        Param("latent_dim_ratio", "float", 1.0, minimum=0.05, maximum=1.0,
+              help="student latent size / teacher's (the teacher's most active units are kept)"),
+        Param("alpha", "float", 1.0, minimum=0.0, maximum=100.0, help="weight of KL(q_student || q_teacher)"),
+        Param("beta", "float", 1.0, minimum=0.0, maximum=100.0, help="weight of the reconstruction distance"),
+        Param("epochs", "int", 10, minimum=0, maximum=1000, help="student training epochs"),
+        Param("init", "categorical", "teacher", choices=INITS,
+              help="teacher: start from the teacher's strongest units; scratch: random initialization"),
+    )
+
+    def validate_params(self, values: dict[str, Any]) -> None:
+        for name, low, high in (("width_ratio", 0.05, 1.0), ("latent_dim_ratio", 0.05, 1.0),
+                                ("alpha", 0.0, 100.0), ("beta", 0.0, 100.0)):
+            if name in values:
+                _check_range(name, values[name], low, high)
+        if "epochs" in values:
+            _check_range("epochs", values["epochs"], 0, 1000, integer=True)
+        if "init" in values:
+            _check_choice("init", values["init"], INITS)
+
+    def apply(self, model: VAE, params: dict[str, Any], ctx: CompressionContext) -> VAE:
+        values = {p.name: params.get(p.name, p.default) for p in self.params}
+        self.validate_params(values)
+        if ctx.build_model is None:
+            raise ValueError("distillation builds its student from a config and needs ctx.build_model")
+        # A private frozen copy: the caller's teacher (and the input model) keep their mode and weights.
+        teacher = copy.deepcopy(ctx.teacher if ctx.teacher is not None else model).to(ctx.device).eval()
+        teacher.requires_grad_(False)
+        latent_dim = max(1, round(teacher.latent_dim * values["latent_dim_ratio"]))
+        latent_idx = active_latent_units(teacher, ctx.data.train, latent_dim)
+        torch.manual_seed(ctx.seed)
+        if values["init"] == "teacher":
+            student = self._shrunk_teacher(teacher, values["width_ratio"], latent_idx, ctx)
+        else:
+            student = ctx.build_model(student_config(teacher.config, values["width_ratio"], latent_dim)).to(ctx.device)
+        alpha, beta = float(values["alpha"]), float(values["beta"])
+
+        def distillation_loss(m: VAE, x: torch.Tensor) -> torch.Tensor:
+            with torch.no_grad():
+                mu_full, logvar_full = teacher.encode(x)
+                teacher_mean = teacher.mean_image(teacher.decode(mu_full))
+                mu_t, logvar_t = mu_full[:, latent_idx], logvar_full[:, latent_idx]
+            mu_s, logvar_s = m.encode(x)
+            loss = alpha * gaussian_kl(mu_s, logvar_s, mu_t, logvar_t)
+            if beta:
+                loss = loss + beta * reconstruction_distance(m, m.decode(mu_s), teacher_mean)
+            return loss.mean()
+
+        if values["epochs"] > 0:
+            extra = distillation_loss if (alpha or beta) else None
+            ctx.fine_tune(student, values["epochs"], extra_loss=extra)
+        return student.eval()
+
+    @staticmethod
+    def _shrunk_teacher(teacher: VAE, width_ratio: float, latent_idx: torch.Tensor, ctx: CompressionContext) -> VAE:
+        groups = channel_groups(teacher, include_latent=True)
+        scores = magnitude_unit_scores(teacher, groups)
+        counts = [max(1, round(g.size * width_ratio)) for g in groups]
+        keep = keep_top(groups, scores, counts)
+        keep[-1] = latent_idx  # the latent group is last; keep the units the KL term compares against
+        student = shrink(teacher, groups, keep, ctx.build_model)  # type: ignore[arg-type]
+        student.encodings = {}
+        student.requires_grad_(True)
+        return student
 
 
 @hookimpl
 def register_compressors(register: Callable[[Compressor], None]) -> None:
-    pass
+    register(Distiller())
+

@@ -1,13 +1,439 @@
-"""Built-in pruning compressors (registered through the compressor hook like any plugin)."""
+"""Built-in pruning compressors (registered through the compressor hook like any plugin).
+
+Unstructured pruners (magnitude, Taylor, L1-driven) zero weights and mark
+them ``"sparse": true`` in ``model.encodings`` so the packer stores only the
+non-zeros; fine-tuning afterwards re-applies the mask after every step.
+The structured pruner removes whole hidden neurons / channels: it slices
+the tensors, updates ``model.config`` and rebuilds the model from that
+config, so ``registry.build_model(model.config)`` gives the same shapes and
+params, size and latency drop for real.
+
+The channel-group bookkeeping (:func:`channel_groups`, :func:`shrink`) is
+shared with distillation, which starts its student as a shrunk teacher.
+"""
 
 from __future__ import annotations
 
-from typing import Callable
+import copy
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable
 
-from vae_automl.components import Compressor
+import torch
+from torch import nn
+
+from vae_automl.components import Compressor, Param
 from vae_automl.plugin_manager import hookimpl
+from vae_automl.vae import VAE, negative_elbo
+
+if TYPE_CHECKING:
+    from vae_automl.components import CompressionContext
+
+PRUNABLE_LAYERS = (nn.Linear, nn.Conv2d, nn.ConvTranspose2d)
+SCOPES = ("global", "layer")
+STRUCTURED_CRITERIA = ("magnitude", "taylor")
+
+SPARSITY = Param("sparsity", "float", 0.5, minimum=0.0, maximum=0.99, help="fraction of weights set to zero")
+SCOPE = Param("scope", "categorical", "global", choices=SCOPES,
+              help="global: one threshold over all layers; layer: each layer pruned to `sparsity`")
+FINETUNE_EPOCHS = Param("finetune_epochs", "int", 2, minimum=0, maximum=200,
+                        help="fine-tuning epochs after pruning (the mask is kept)")
+
+
+# --------------------------------------------------------------------------- unstructured
+
+
+def prunable_weights(model: nn.Module) -> dict[str, nn.Parameter]:
+    """The weight matrices / kernels of linear and conv layers, by state-dict name (biases stay dense)."""
+    out = {}
+    for module_name, module in model.named_modules():
+        if isinstance(module, PRUNABLE_LAYERS):
+            out[f"{module_name}.weight" if module_name else "weight"] = module.weight
+    return out
+
+
+def masks_from_scores(scores: dict[str, torch.Tensor], sparsity: float, scope: str) -> dict[str, torch.Tensor]:
+    """Boolean keep-masks removing the ``sparsity`` fraction of lowest scores, globally or per tensor."""
+    if sparsity <= 0.0:
+        return {name: torch.ones_like(s, dtype=torch.bool) for name, s in scores.items()}
+    if scope == "global":
+        flat = torch.cat([s.flatten() for s in scores.values()])
+        k = int(round(sparsity * flat.numel()))
+        if k == 0:
+            return {name: torch.ones_like(s, dtype=torch.bool) for name, s in scores.items()}
+        # Rank-based rather than a threshold, so ties (e.g. already-zero weights) still give exactly k.
+        order = torch.argsort(flat, stable=True)
+        keep = torch.ones(flat.numel(), dtype=torch.bool, device=flat.device)
+        keep[order[:k]] = False
+        masks, start = {}, 0
+        for name, s in scores.items():
+            masks[name] = keep[start:start + s.numel()].view_as(s)
+            start += s.numel()
+        return masks
+    masks = {}
+    for name, s in scores.items():
+        k = int(round(sparsity * s.numel()))
+        keep = torch.ones(s.numel(), dtype=torch.bool, device=s.device)
+        keep[torch.argsort(s.flatten(), stable=True)[:k]] = False
+        masks[name] = keep.view_as(s)
+    return masks
+
+
+@torch.no_grad()
+def apply_masks(model: nn.Module, masks: dict[str, torch.Tensor]) -> None:
+    """Zero the masked-out weights in place."""
+    params = dict(model.named_parameters())
+    for name, mask in masks.items():
+        params[name].mul_(mask.to(params[name].dtype))
+
+
+def mark_sparse(model: VAE, names: list[str] | tuple[str, ...] | Any) -> None:
+    """Ask the packer to store these tensors sparsely (bitmask or indices, whichever is smaller)."""
+    for name in names:
+        model.encodings[name] = {**model.encodings.get(name, {}), "sparse": True}
+
+
+def fine_tune_masked(model: VAE, masks: dict[str, torch.Tensor], epochs: int, ctx: CompressionContext) -> VAE:
+    """Fine-tune with the pruning mask re-applied after every optimizer step, so zeros stay zero."""
+    if epochs > 0:
+        ctx.fine_tune(model, epochs, after_step=lambda m: apply_masks(m, masks))
+        apply_masks(model, masks)
+    return model
+
+
+def _check_choice(name: str, value: Any, choices: tuple[Any, ...]) -> None:
+    if value not in choices:
+        raise ValueError(f"`{name}` must be one of {', '.join(map(str, choices))}, but got {name}={value!r}")
+
+
+def _check_range(name: str, value: Any, low: float, high: float, integer: bool = False) -> None:
+    kind = int if integer else (int, float)
+    if isinstance(value, bool) or not isinstance(value, kind) or not low <= value <= high:
+        what = "an integer" if integer else "a number"
+        raise ValueError(f"`{name}` must be {what} in [{low}, {high}], but got {name}={value!r}")
+
+
+def _check_unstructured(values: dict[str, Any]) -> None:
+    _check_range("sparsity", values["sparsity"], 0.0, 0.99)
+    _check_choice("scope", values["scope"], SCOPES)
+    _check_range("finetune_epochs", values["finetune_epochs"], 0, 200, integer=True)
+
+
+def elbo_batches(ctx: CompressionContext, batches: int, batch_size: int = 128) -> list[torch.Tensor]:
+    """``batches`` fixed training batches chosen by the trial seed (repeatable saliency estimates)."""
+    generator = torch.Generator().manual_seed(ctx.seed)
+    n = len(ctx.data.train)
+    size = min(batch_size, n)
+    return [ctx.data.train[torch.randperm(n, generator=generator)[:size].to(ctx.data.train.device)] for _ in range(batches)]
+
+
+def taylor_weight_scores(model: VAE, ctx: CompressionContext, batches: int) -> dict[str, torch.Tensor]:
+    """First-order Taylor saliency ``sum over batches of |w * dL/dw|`` (L: negative ELBO), per weight."""
+    weights = prunable_weights(model)
+    scores = {name: torch.zeros_like(w) for name, w in weights.items()}
+    generator = torch.Generator(device=ctx.data.train.device).manual_seed(ctx.seed)
+    was_training = model.training
+    model.train()
+    for xb in elbo_batches(ctx, batches):
+        model.zero_grad(set_to_none=True)
+        eps = torch.randn(len(xb), model.latent_dim, generator=generator, device=xb.device)
+        negative_elbo(model, xb, eps=eps).backward()
+        with torch.no_grad():
+            for name, w in weights.items():
+                scores[name] += (w * w.grad).abs()
+    model.zero_grad(set_to_none=True)
+    model.train(was_training)
+    return scores
+
+
+class _UnstructuredPruner(Compressor):
+    stage = "prune"
+
+    def validate_params(self, values: dict[str, Any]) -> None:
+        if {"sparsity", "scope", "finetune_epochs"} <= values.keys():
+            _check_unstructured(values)
+
+    def scores(self, model: VAE, params: dict[str, Any], ctx: CompressionContext) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def apply(self, model: VAE, params: dict[str, Any], ctx: CompressionContext) -> VAE:
+        values = {p.name: params.get(p.name, p.default) for p in self.params}
+        _check_unstructured(values)
+        self.validate_params(values)
+        torch.manual_seed(ctx.seed)
+        pruned = copy.deepcopy(model).to(ctx.device)
+        scores = self.scores(pruned, values, ctx)
+        masks = masks_from_scores(scores, values["sparsity"], values["scope"])
+        apply_masks(pruned, masks)
+        fine_tune_masked(pruned, masks, values["finetune_epochs"], ctx)
+        mark_sparse(pruned, masks)
+        return pruned.eval()
+
+
+class MagnitudePruner(_UnstructuredPruner):
+    name = "magnitude_prune"
+    help = "unstructured magnitude pruning (global or per layer), then masked fine-tuning"
+    params = (SPARSITY, SCOPE, FINETUNE_EPOCHS)
+
+    def scores(self, model: VAE, params: dict[str, Any], ctx: CompressionContext) -> dict[str, torch.Tensor]:
+        return {name: w.detach().abs() for name, w in prunable_weights(model).items()}
+
+
+class TaylorPruner(_UnstructuredPruner):
+    name = "taylor_prune"
+    help = "unstructured pruning by first-order Taylor saliency |w * dL/dw| over a few training batches"
+    params = (SPARSITY, SCOPE, FINETUNE_EPOCHS,
+              Param("batches", "int", 8, minimum=1, maximum=1000, help="training batches the saliency sums over"))
+
+    def validate_params(self, values: dict[str, Any]) -> None:
+        super().validate_params(values)
+        if "batches" in values:
+            _check_range("batches", values["batches"], 1, 1000, integer=True)
+
+    def scores(self, model: VAE, params: dict[str, Any], ctx: CompressionContext) -> dict[str, torch.Tensor]:
+        return taylor_weight_scores(model, ctx, params["batches"])
+
+
+class L1Pruner(_UnstructuredPruner):
+    name = "l1_prune"
+    help = "train with an L1 penalty that drives weights to zero, then prune the smallest and fine-tune"
+    params = (SPARSITY, SCOPE, FINETUNE_EPOCHS,
+              Param("l1_strength", "float", 1e-4, minimum=1e-8, maximum=1e-1, log=True,
+                    help="weight of sum |w| (nats per image per unit of |w|) during the L1 phase"),
+              Param("l1_epochs", "int", 3, minimum=1, maximum=200, help="epochs of L1-regularized training"))
+
+    def validate_params(self, values: dict[str, Any]) -> None:
+        super().validate_params(values)
+        if "l1_strength" in values:
+            _check_range("l1_strength", values["l1_strength"], 1e-8, 1e-1)
+        if "l1_epochs" in values:
+            _check_range("l1_epochs", values["l1_epochs"], 1, 200, integer=True)
+
+    def scores(self, model: VAE, params: dict[str, Any], ctx: CompressionContext) -> dict[str, torch.Tensor]:
+        names = tuple(prunable_weights(model))
+        strength = float(params["l1_strength"])
+
+        def l1_penalty(m: VAE, x: torch.Tensor) -> torch.Tensor:
+            # Looked up on the model being trained (the trainer may hand in the same object only).
+            current = prunable_weights(m)
+            return strength * sum(current[n].abs().sum() for n in names)
+
+        ctx.fine_tune(model, params["l1_epochs"], extra_loss=l1_penalty)
+        return {name: w.detach().abs() for name, w in prunable_weights(model).items()}
+
+
+# --------------------------------------------------------------------------- structured
+
+
+@dataclass(frozen=True)
+class ChannelGroup:
+    """Hidden units (neurons or channels) that are removed together across the tensors they index.
+
+    Attributes:
+        config_key: the config list holding this group's size (``encoder_widths``, ...), or None.
+        config_index: the position in that list.
+        size: units in the group now.
+        producer: ``(weight_name, dim)`` of the layer computing the units (its norm ranks them).
+        slices: every ``(tensor_name, dim, block)`` indexed by the group; ``block`` consecutive
+            entries per unit (a flattened ``C x H x W`` feature map has ``H * W`` per channel).
+        activation: the module whose output holds the units (for the Taylor criterion).
+        tied_to: index of an earlier group whose kept count this one must equal (a shape the
+            config cannot set on its own).
+    """
+
+    config_key: str | None
+    config_index: int
+    size: int
+    producer: tuple[str, int]
+    slices: tuple[tuple[str, int, int], ...]
+    activation: str
+    tied_to: int | None = None
+
+
+def channel_groups(model: VAE, include_latent: bool = False) -> list[ChannelGroup]:
+    """The prunable unit groups of a built-in MLP or conv VAE (raises ValueError for other families)."""
+    config = model.config
+    arch = config.get("architecture")
+    groups: list[ChannelGroup] = []
+    if arch == "mlp":
+        enc, dec = list(config["encoder_widths"]), list(config["decoder_widths"])
+        for i, width in enumerate(enc):
+            consumers = ([(f"encoder.{2 * i + 2}.weight", 1, 1)] if i + 1 < len(enc)
+                         else [("mu.weight", 1, 1), ("logvar.weight", 1, 1)])
+            groups.append(ChannelGroup("encoder_widths", i, width, (f"encoder.{2 * i}.weight", 0),
+                                       ((f"encoder.{2 * i}.weight", 0, 1), (f"encoder.{2 * i}.bias", 0, 1), *consumers),
+                                       f"encoder.{2 * i + 1}"))
+        for j, width in enumerate(dec):
+            groups.append(ChannelGroup("decoder_widths", j, width, (f"decoder.{2 * j}.weight", 0),
+                                       ((f"decoder.{2 * j}.weight", 0, 1), (f"decoder.{2 * j}.bias", 0, 1),
+                                        (f"decoder.{2 * j + 2}.weight", 1, 1)),
+                                       f"decoder.{2 * j + 1}"))
+        latent_consumer = ("decoder.0.weight", 1, 1)
+    elif arch == "conv":
+        enc, dec = list(config["encoder_channels"]), list(config["decoder_channels"])
+        _, h, w = model.bottleneck_shape
+        hw = h * w
+        for i, channels in enumerate(enc):
+            consumers = ([(f"encoder.{2 * i + 2}.weight", 1, 1)] if i + 1 < len(enc)
+                         else [("mu.weight", 1, hw), ("logvar.weight", 1, hw)])
+            groups.append(ChannelGroup("encoder_channels", i, channels, (f"encoder.{2 * i}.weight", 0),
+                                       ((f"encoder.{2 * i}.weight", 0, 1), (f"encoder.{2 * i}.bias", 0, 1), *consumers),
+                                       f"encoder.{2 * i + 1}"))
+        # decoder = [act0, convT0, act1, convT1, ..., convT_{n-1}, act_n]; ConvTranspose2d weights are in x out.
+        groups.append(ChannelGroup("decoder_channels", 0, dec[0], ("decoder_in.weight", 0),
+                                   (("decoder_in.weight", 0, hw), ("decoder_in.bias", 0, hw), ("decoder.1.weight", 0, 1)),
+                                   "decoder.0"))
+        n = len(dec)
+        for j in range(1, n + 1):
+            last = j == n
+            consumer = ("decoder_out.weight", 1, 1) if last else (f"decoder.{2 * j + 1}.weight", 0, 1)
+            groups.append(ChannelGroup(None if last else "decoder_channels", j, dec[min(j, n - 1)],
+                                       (f"decoder.{2 * j - 1}.weight", 1),
+                                       ((f"decoder.{2 * j - 1}.weight", 1, 1), (f"decoder.{2 * j - 1}.bias", 0, 1), consumer),
+                                       f"decoder.{2 * j}",
+                                       # The last transposed conv keeps its input's channel count (config has one value).
+                                       tied_to=len(groups) - 1 if last else None))
+        latent_consumer = ("decoder_in.weight", 1, 1)
+    else:
+        raise ValueError(f"structured pruning knows the built-in 'mlp' and 'conv' architectures, not {arch!r}")
+    if include_latent:
+        groups.append(ChannelGroup("latent_dim", -1, model.latent_dim, ("mu.weight", 0),
+                                   (("mu.weight", 0, 1), ("mu.bias", 0, 1), ("logvar.weight", 0, 1),
+                                    ("logvar.bias", 0, 1), latent_consumer),
+                                   "mu"))
+    return groups
+
+
+def magnitude_unit_scores(model: VAE, groups: list[ChannelGroup]) -> list[torch.Tensor]:
+    """Per unit: L2 norm of its incoming weights times L2 norm of its outgoing weights.
+
+    The product is unchanged by rescaling a ReLU unit's in and out weights
+    in opposite directions, unlike either norm alone.
+    """
+    state = model.state_dict()
+    scores = []
+    for g in groups:
+        name, dim = g.producer
+        w_in = state[name].detach().float().transpose(0, dim).reshape(g.size, -1).norm(dim=1)
+        outgoing = [state[n].detach().float().transpose(0, d).reshape(g.size, -1)
+                    for n, d, _ in g.slices if n != name and not n.endswith(".bias")]
+        w_out = torch.cat(outgoing, dim=1).norm(dim=1)
+        scores.append(w_in * w_out)
+    return scores
+
+
+def taylor_unit_scores(model: VAE, groups: list[ChannelGroup], ctx: CompressionContext, batches: int) -> list[torch.Tensor]:
+    """Per unit: ``sum over images of |sum over positions of a * dL/da|`` (Molchanov et al. 2017)."""
+    modules = dict(model.named_modules())
+    captured: dict[int, torch.Tensor] = {}
+    handles = []
+    for k, g in enumerate(groups):
+        def hook(_module: nn.Module, _inputs: Any, output: torch.Tensor, _k: int = k) -> None:
+            output.retain_grad()
+            captured[_k] = output
+        handles.append(modules[g.activation].register_forward_hook(hook))
+    scores = [torch.zeros(g.size, device=ctx.data.train.device) for g in groups]
+    generator = torch.Generator(device=ctx.data.train.device).manual_seed(ctx.seed)
+    was_training = model.training
+    model.train()
+    try:
+        for xb in elbo_batches(ctx, batches):
+            captured.clear()
+            model.zero_grad(set_to_none=True)
+            eps = torch.randn(len(xb), model.latent_dim, generator=generator, device=xb.device)
+            negative_elbo(model, xb, eps=eps).backward()
+            for k, g in enumerate(groups):
+                a = captured[k]
+                # Linear layers give B x units; conv layers B x C x H x W; the decoder's
+                # linear input of a conv VAE is reshaped afterwards, so this covers both.
+                contribution = (a * a.grad).reshape(len(xb), g.size, -1).sum(2).abs().sum(0)
+                scores[k] += contribution.detach()
+    finally:
+        for handle in handles:
+            handle.remove()
+        model.zero_grad(set_to_none=True)
+        model.train(was_training)
+    return scores
+
+
+def shrink(model: VAE, groups: list[ChannelGroup], keep: list[torch.Tensor],
+           build_model: Callable[[dict[str, Any]], VAE]) -> VAE:
+    """A new model keeping unit indices ``keep[k]`` of each group, rebuilt from the updated config.
+
+    Loading the sliced tensors into ``build_model(new_config)`` with
+    ``strict=True`` checks that config and shapes agree.
+    """
+    state = {name: t.detach().clone() for name, t in model.state_dict().items()}
+    config = copy.deepcopy(model.config)
+    for g, idx in zip(groups, keep):
+        idx = idx.sort().values.to("cpu")
+        for name, dim, block in g.slices:
+            tensor = state[name]
+            full = (idx[:, None] * block + torch.arange(block)[None, :]).flatten().to(tensor.device)
+            state[name] = tensor.index_select(dim, full)
+        if g.config_key == "latent_dim":
+            config["latent_dim"] = len(idx)
+        elif g.config_key is not None:
+            config[g.config_key] = list(config[g.config_key])
+            config[g.config_key][g.config_index] = len(idx)
+    new = build_model(config)
+    new.load_state_dict(state, strict=True)
+    new.encodings = {name: dict(spec) for name, spec in model.encodings.items() if name in state}
+    device = next(model.parameters()).device
+    return new.to(device)
+
+
+def keep_top(groups: list[ChannelGroup], scores: list[torch.Tensor], counts: list[int]) -> list[torch.Tensor]:
+    """Indices of the ``counts[k]`` highest-scoring units per group (tied groups share their partner's count)."""
+    keep = []
+    for k, (g, s) in enumerate(zip(groups, scores)):
+        count = counts[g.tied_to] if g.tied_to is not None else counts[k]
+        keep.append(torch.topk(s.float(), max(1, min(count, g.size)), sorted=False).indices)
+    return keep
+
+
+class StructuredPruner(Compressor):
+    name = "structured_prune"
+    stage = "prune"
+    help = ("remove whole hidden neurons (MLP) or channels (conv), shrinking the layers and the config; "
+            "then fine-tune")
+    params = (
+        Param("ratio", "float", 0.5, minimum=0.0, maximum=0.95, help="fraction of hidden units removed per layer"),
+        Param("criterion", "categorical", "magnitude", choices=STRUCTURED_CRITERIA,
+              help="magnitude: |w_in| * |w_out| per unit; taylor: |a * dL/da| summed over batches"),
+        Param("batches", "int", 8, minimum=1, maximum=1000, help="batches for the taylor criterion"),
+        FINETUNE_EPOCHS,
+    )
+
+    def validate_params(self, values: dict[str, Any]) -> None:
+        if "ratio" in values:
+            _check_range("ratio", values["ratio"], 0.0, 0.95)
+        if "criterion" in values:
+            _check_choice("criterion", values["criterion"], STRUCTURED_CRITERIA)
+        if "batches" in values:
+            _check_range("batches", values["batches"], 1, 1000, integer=True)
+        if "finetune_epochs" in values:
+            _check_range("finetune_epochs", values["finetune_epochs"], 0, 200, integer=True)
+
+    def apply(self, model: VAE, params: dict[str, Any], ctx: CompressionContext) -> VAE:
+        values = {p.name: params.get(p.name, p.default) for p in self.params}
+        self.validate_params(values)
+        if ctx.build_model is None:
+            raise ValueError("structured pruning rebuilds the model from its config and needs ctx.build_model")
+        torch.manual_seed(ctx.seed)
+        work = copy.deepcopy(model).to(ctx.device)
+        groups = channel_groups(work)
+        if values["criterion"] == "taylor":
+            scores = taylor_unit_scores(work, groups, ctx, values["batches"])
+        else:
+            scores = magnitude_unit_scores(work, groups)
+        counts = [max(1, round(g.size * (1.0 - values["ratio"]))) for g in groups]
+        pruned = shrink(work, groups, keep_top(groups, scores, counts), ctx.build_model)
+        if values["finetune_epochs"] > 0:
+            ctx.fine_tune(pruned, values["finetune_epochs"])
+        return pruned.eval()
 
 
 @hookimpl
 def register_compressors(register: Callable[[Compressor], None]) -> None:
-    pass
+    for compressor in (MagnitudePruner(), TaylorPruner(), L1Pruner(), StructuredPruner()):
+        register(compressor)
