@@ -386,6 +386,14 @@ class UniformQuantizer(_Quantizer):
         *COMMON_PARAMS,
     )
 
+    def validate_params(self, values: dict[str, Any]) -> None:
+        super().validate_params(values)
+        if values.get("symmetric") is False:
+            for key in ("bits", *(f"bits_{g}" for g in GROUPS)):
+                if values.get(key) == 1:
+                    raise ValueError(f"an asymmetric grid needs at least 2 bits (its zero point pins one of 2 levels at 0), "
+                                     f"but got {key}=1 with symmetric=false; 1-bit weights need symmetric: true (levels +-scale)")
+
     def fit(self, w: torch.Tensor, bits: int, values: dict[str, Any], x: torch.Tensor | None, seed: int) -> dict[str, Any]:
         per_channel = values["granularity"] == "per_channel" and w.dim() > 1
         symmetric = bool(values["symmetric"])

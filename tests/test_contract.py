@@ -1,0 +1,61 @@
+"""Every built-in compressor passes the plugin contract (vae_automl.testing.CompressorContract).
+
+To add a compressor: subclass CompressorContract below with a ``compressor``
+fixture returning an instance (registered or not), a cheap ``params``
+fixture, and ``invalid_params`` listing combinations its ``validate_params``
+must refuse. Each class runs every contract test on a tiny MLP and conv VAE.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from vae_automl.builtin.quantization import KMeansQuantizer, Pow2Quantizer, UniformQuantizer
+from vae_automl.components import Compressor
+from vae_automl.testing import CompressorContract
+
+
+class TestUniformContract(CompressorContract):
+    @pytest.fixture
+    def compressor(self) -> Compressor:
+        return UniformQuantizer()
+
+    @pytest.fixture
+    def params(self) -> dict[str, Any]:
+        return {"bits": 4, "bits_decoder": 3, "symmetric": False, "qat_epochs": 1}
+
+    @pytest.fixture
+    def invalid_params(self) -> list[dict[str, Any]]:
+        return [{"bits": 1, "symmetric": False}, {"bits": 4, "bits_heads": 1, "symmetric": False}]
+
+
+class TestUniformOneBitContract(CompressorContract):
+    @pytest.fixture
+    def compressor(self) -> Compressor:
+        return UniformQuantizer()
+
+    @pytest.fixture
+    def params(self) -> dict[str, Any]:
+        return {"bits": 1, "bits_heads": 8, "granularity": "per_tensor", "calibration": "mse"}
+
+
+class TestPow2Contract(CompressorContract):
+    @pytest.fixture
+    def compressor(self) -> Compressor:
+        return Pow2Quantizer()
+
+    @pytest.fixture
+    def params(self) -> dict[str, Any]:
+        return {"bits": 4, "bits_heads": 6}
+
+
+class TestKMeansContract(CompressorContract):
+    @pytest.fixture
+    def compressor(self) -> Compressor:
+        return KMeansQuantizer()
+
+    @pytest.fixture
+    def params(self) -> dict[str, Any]:
+        return {"bits": 3, "init": "kmeans++", "qat_epochs": 1}

@@ -1,0 +1,5 @@
+"""Test suites that plugin authors run on their own components (``pytest`` is needed to use them)."""
+
+from vae_automl.testing.compressors import CompressorContract, make_context, registry_with, tiny_model
+
+__all__ = ["CompressorContract", "make_context", "registry_with", "tiny_model"]
