@@ -1,8 +1,20 @@
-"""The ELBO trainer: data resident on the device, shuffling by index, no per-step host sync."""
+"""The ELBO trainer: data resident on the device, shuffling by index, no per-step host sync.
+
+On CUDA the whole training step (forward, backward, the Adam step with
+``capturable=True``, the running loss sum) is captured in a CUDA graph after
+a few eager warm-up steps on a side stream, then replayed once per batch
+after the batch is gathered into a static input buffer. A small VAE's step
+is a few dozen tiny kernels, so launching them one by one from Python, not
+the arithmetic, bounds an eager trainer's speed; a replay launches them all
+at once. The reparameterization noise is drawn inside the graph from the
+default CUDA generator, which PyTorch makes graph-safe (each replay advances
+its offset), so every replay draws fresh noise and a seed still fixes it.
+"""
 
 from __future__ import annotations
 
 import copy
+import logging
 import math
 import time
 from dataclasses import dataclass, field
@@ -11,11 +23,24 @@ from typing import Any, Callable
 import torch
 
 from vae_automl.data import DataSplits
-from vae_automl.errors import TrialFailed
+from vae_automl.errors import ConfigError, TrialFailed
 from vae_automl.vae import VAE, kl_to_prior, negative_elbo, reconstruction_nll
 
 ExtraLoss = Callable[[VAE, torch.Tensor], torch.Tensor]
-"""``extra_loss(model, x) -> scalar`` added to the negative ELBO of each batch (distillation, L1, ...)."""
+"""``extra_loss(model, x) -> scalar`` added to the negative ELBO of each batch (distillation, L1, ...).
+
+A callable with an attribute ``capture_safe = True`` (also for ``after_step``)
+promises to run only device ops on tensors that keep their storage (no
+``.item()``, no new parameters, no Python branching on tensor values), so the
+trainer may capture it in the step's CUDA graph; any other callable makes
+the step run eagerly.
+"""
+
+CAPTURE_WARMUP_STEPS = 3
+"""Eager steps on a side stream before capture: they allocate Adam's state and autograd's buffers outside the graph."""
+
+logger = logging.getLogger(__name__)
+_logged_capture_reasons: set[str] = set()
 
 
 @dataclass(frozen=True)
@@ -30,7 +55,10 @@ class TrainConfig:
     patience: int | None = None
     """Stop when validation loss has not improved for this many epochs, keeping the best weights."""
     capture: str = "auto"
-    """``auto``: capture the training step in a CUDA graph where possible; ``off``: always eager."""
+    """CUDA-graph capture of the training step. ``auto``: capture where possible (a CUDA device, and
+    ``extra_loss``/``after_step`` absent or marked ``capture_safe``), else run eagerly, logging why once;
+    ``on``: capture or raise (:class:`ConfigError` where capture is impossible, :class:`TrialFailed`
+    where capturing fails); ``off``: always eager."""
     max_seconds: float | None = None
     """Per-trial time limit for training; past it the trial fails with that reason."""
 
@@ -54,6 +82,9 @@ class TrainResult:
     samples: int = 0
     stopped_early: bool = False
     captured: bool = False
+    """Whether the training step ran as a replayed CUDA graph."""
+    eager_reason: str | None = None
+    """Why the step ran eagerly (None when captured, or when no step ran)."""
 
     @property
     def samples_per_s(self) -> float:
@@ -90,6 +121,100 @@ def evaluate_recon_error(model: VAE, x: torch.Tensor, chunk: int = 2048) -> floa
     return total / x.numel()
 
 
+def capture_blocker(device: torch.device, config: TrainConfig, extra_loss: ExtraLoss | None = None,
+                    after_step: Callable[[VAE], None] | None = None) -> str | None:
+    """Why the training step cannot be captured in a CUDA graph, or None if it can be tried."""
+    if config.capture == "off":
+        return "capture is off"
+    if device.type != "cuda":
+        return f"CUDA graphs need a CUDA device, and the data is on {device.type}"
+    unsafe = [name for name, fn in (("extra_loss", extra_loss), ("after_step", after_step))
+              if fn is not None and not getattr(fn, "capture_safe", False)]
+    if unsafe:
+        return f"{' and '.join(unsafe)} {'is' if len(unsafe) == 1 else 'are'} not marked capture_safe"
+    return None
+
+
+def _log_once(reason: str) -> None:
+    # A search runs hundreds of trials in one process; one line per distinct reason is enough.
+    if reason not in _logged_capture_reasons:
+        _logged_capture_reasons.add(reason)
+        logger.warning("training step not captured in a CUDA graph, running eagerly: %s", reason)
+
+
+class _Stepper:
+    """Runs one optimizer step per batch of indices: eagerly, or by replaying a captured CUDA graph.
+
+    With ``capture`` set, the first :data:`CAPTURE_WARMUP_STEPS` batches train
+    eagerly on a side stream, the next one is captured and replayed, and
+    every later one only fills the static input buffer and replays.
+    """
+
+    def __init__(self, model: VAE, optimizer: torch.optim.Optimizer, loss_of: Callable[[torch.Tensor], torch.Tensor],
+                 after_step: Callable[[VAE], None] | None, x_train: torch.Tensor, batch_size: int,
+                 capture: bool, strict: bool) -> None:
+        self.model, self.optimizer, self.loss_of, self.after_step = model, optimizer, loss_of, after_step
+        self.x_train = x_train
+        self.loss_sum = torch.zeros((), device=x_train.device)
+        self.to_capture = capture
+        self.strict = strict
+        self.warmup_left = CAPTURE_WARMUP_STEPS if capture else 0
+        self.static_x = torch.empty((batch_size, *x_train.shape[1:]), dtype=x_train.dtype, device=x_train.device) if capture else None
+        self.graph: Any = None
+        self.failure: str | None = None
+
+    def _eager(self, xb: torch.Tensor) -> None:
+        loss = self.loss_of(xb)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        if self.after_step is not None:
+            self.after_step(self.model)
+        self.loss_sum.add_(loss.detach())
+
+    def _capture(self) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+        graph = torch.cuda.CUDAGraph()
+        # Gradients are allocated inside the graph's memory pool, so each replay overwrites them.
+        with torch.cuda.graph(graph):
+            loss = self.loss_of(self.static_x)
+            loss.backward()
+            self.optimizer.step()
+            if self.after_step is not None:
+                self.after_step(self.model)
+            self.loss_sum.add_(loss.detach())
+        self.graph = graph
+
+    def step(self, idx: torch.Tensor) -> None:
+        if self.graph is not None:
+            torch.index_select(self.x_train, 0, idx, out=self.static_x)
+            self.graph.replay()
+            return
+        if not self.to_capture:
+            self._eager(self.x_train.index_select(0, idx))
+            return
+        if self.warmup_left > 0:
+            # Warm-up on a side stream, as the CUDA-graphs notes require before capturing.
+            side = torch.cuda.Stream(device=self.x_train.device)
+            side.wait_stream(torch.cuda.current_stream(self.x_train.device))
+            with torch.cuda.stream(side):
+                self._eager(self.x_train.index_select(0, idx))
+            torch.cuda.current_stream(self.x_train.device).wait_stream(side)
+            self.warmup_left -= 1
+            return
+        self.to_capture = False
+        try:
+            self._capture()
+        except Exception as exc:  # noqa: BLE001 - any capture failure falls back to eager
+            self.graph = None
+            self.optimizer.zero_grad(set_to_none=True)
+            self.failure = f"capture failed: {type(exc).__name__}: {exc}"
+            if self.strict:
+                raise TrialFailed(f"training.capture is 'on' but the CUDA-graph {self.failure}") from exc
+            _log_once(self.failure)
+        self.step(idx)
+
+
 def train(
     model: VAE,
     data: DataSplits,
@@ -106,12 +231,24 @@ def train(
     (``optuna.TrialPruned`` stops a bad trial early). ``after_step(model)``
     runs after each optimizer step (re-applying a pruning mask, say). A NaN
     or infinite loss raises :class:`TrialFailed` naming the epoch.
+
+    Each epoch visits ``len(data.train) // batch_size`` full batches in a
+    seeded random order (the last partial batch is dropped, so every step has
+    the same shape). ``config.capture`` chooses between a CUDA-graph step and
+    an eager one (see :class:`TrainConfig`); ``TrainResult.captured`` and
+    ``TrainResult.eager_reason`` tell which ran and why.
     """
     device = data.train.device
+    blocker = capture_blocker(device, config, extra_loss, after_step)
+    if blocker is not None and config.capture == "on":
+        raise ConfigError(f"training.capture is 'on' but the training step cannot be captured: {blocker}; "
+                          "use capture: auto to fall back to eager training")
     model.to(device).train()
     torch.manual_seed(seed)
     generator = torch.Generator(device=device).manual_seed(seed)
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr or config.lr, weight_decay=config.weight_decay)
+    capture = blocker is None
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr or config.lr, weight_decay=config.weight_decay,
+                                 capturable=capture)
     x_train = data.train
     n = len(x_train)
     batch_size = min(config.batch_size, n)
@@ -126,22 +263,17 @@ def train(
             loss = loss + extra_loss(model, xb)
         return loss
 
+    stepper = _Stepper(model, optimizer, loss_of, after_step, x_train, batch_size, capture,
+                       strict=config.capture == "on")
     for epoch in range(config.epochs):
         order = torch.randperm(n, generator=generator, device=device)
-        epoch_loss = torch.zeros((), device=device)
+        stepper.loss_sum.zero_()
         for step in range(steps_per_epoch):
-            xb = x_train.index_select(0, order[step * batch_size:(step + 1) * batch_size])
-            loss = loss_of(xb)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            if after_step is not None:
-                after_step(model)
-            epoch_loss += loss.detach()
+            stepper.step(order[step * batch_size:(step + 1) * batch_size])
             if config.max_seconds is not None and step % 32 == 0 and time.perf_counter() - started > config.max_seconds:
                 raise TrialFailed(f"training exceeded the time limit of {config.max_seconds:g} s (epoch {epoch + 1})")
         result.samples += steps_per_epoch * batch_size
-        train_loss = float(epoch_loss) / max(steps_per_epoch, 1)
+        train_loss = float(stepper.loss_sum) / max(steps_per_epoch, 1)
         validation_loss = evaluate_elbo(model, data.validation, config.beta, seed=seed)
         if not (math.isfinite(train_loss) and math.isfinite(validation_loss)):
             raise TrialFailed(f"loss diverged to {train_loss if not math.isfinite(train_loss) else validation_loss} "
@@ -164,6 +296,11 @@ def train(
     if best_state is not None:
         model.load_state_dict(best_state)
     result.seconds = time.perf_counter() - started
+    result.captured = stepper.graph is not None
+    if not result.captured and result.samples:
+        result.eager_reason = blocker or stepper.failure or "training ended before the warm-up steps were done"
+        if blocker is not None and config.capture == "auto" and device.type == "cuda":
+            _log_once(blocker)
     model.eval()
     return result
 
