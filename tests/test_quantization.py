@@ -1,0 +1,170 @@
+"""The built-in quantizers: grids per layer group, sizes, quality, QAT, onnxruntime's int8 grid, a search with them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch.nn.utils import parametrize
+
+from vae_automl import packing
+from vae_automl.builtin.quantization import KMeansQuantizer, Pow2Quantizer, UniformQuantizer, uniform_grid
+from vae_automl.config import load_space_text
+from vae_automl.data import SplitConfig, make_splits
+from vae_automl.registry import get_registry
+from vae_automl.search import search
+from vae_automl.testing import make_context, tiny_model
+from vae_automl.testing.compressors import tiny_data
+from vae_automl.train import evaluate_elbo
+from vae_automl.vae import VAE
+
+SEED_MLP = {"hidden_layers": 1, "hidden_width": 400, "width_decay": 1.0, "latent_dim": 20,
+            "activation": "relu", "likelihood": "bernoulli"}
+
+
+@pytest.fixture(scope="module")
+def seed_mlp_and_ctx() -> tuple[VAE, object]:
+    """The untrained 784-400-20 MLP and a context with random 28x28 images (sizes do not depend on training)."""
+    arch = get_registry().architectures.get("mlp")
+    torch.manual_seed(0)
+    model = arch.build(arch.config_from_params(SEED_MLP, (1, 28, 28)))
+    images = np.random.default_rng(0).random((300, 1, 28, 28), dtype=np.float32)
+    return model, make_context(make_splits(images, SplitConfig(), "cpu", spec="random"))
+
+
+def test_bits_per_layer_group(seed_mlp_and_ctx: tuple[VAE, object]) -> None:
+    model, ctx = seed_mlp_and_ctx
+    out = UniformQuantizer().apply(model, {"bits": 8, "bits_heads": 6, "bits_decoder": 3, "calibration": "mse"}, ctx)
+    bits = {name: spec["bits"] for name, spec in out.encodings.items()}
+    assert bits == {"encoder.0.weight": 8, "mu.weight": 6, "logvar.weight": 6, "decoder.0.weight": 3, "decoder.2.weight": 3}
+    for name, tensor in out.state_dict().items():
+        if name.endswith("bias"):
+            assert name not in out.encodings and torch.equal(tensor, model.state_dict()[name])
+
+
+@pytest.mark.parametrize(("compressor", "params", "low", "high"), [
+    (UniformQuantizer(), {"bits": 8}, 3.8, 4.0),
+    (UniformQuantizer(), {"bits": 4}, 7.5, 8.0),
+    (UniformQuantizer(), {"bits": 2, "symmetric": False, "granularity": "per_tensor"}, 14.5, 16.0),
+    (KMeansQuantizer(), {"bits": 4}, 7.7, 8.0),
+    (Pow2Quantizer(), {"bits": 3}, 10.0, 10.7),
+])
+def test_size_drops_by_the_expected_ratio(seed_mlp_and_ctx: tuple[VAE, object], compressor: object,
+                                          params: dict, low: float, high: float) -> None:
+    """Weights are 99% of the 784-400-20 VAE: n bits cut size about 32/n, less the float32 biases and the scales."""
+    model, ctx = seed_mlp_and_ctx
+    out = compressor.apply(model, {**params, "calibration_samples": 64}, ctx)
+    ratio = packing.size_bytes(model) / packing.size_bytes(out)
+    assert low < ratio < high
+    assert packing.size_bytes(out) * 8 > packing.theoretical_bits(out)
+
+
+def test_eight_bit_post_training_keeps_elbo_within_one_percent() -> None:
+    model = tiny_model("mlp")
+    data = tiny_data()
+    out = UniformQuantizer().apply(model, {"bits": 8}, make_context(data))
+    before, after = evaluate_elbo(model, data.test), evaluate_elbo(out, data.test)
+    assert abs(after - before) / before < 0.01
+    assert not torch.equal(out.encoder[0].weight, model.encoder[0].weight)
+
+
+def test_calibration_clips_low_bit_grids() -> None:
+    """At 3 bits the min-output-error clip lies inside the weight range and lowers the layer's output error."""
+    model, data = tiny_model("mlp"), tiny_data()
+    ctx = make_context(data)
+    clipped = UniformQuantizer().apply(model, {"bits": 3, "calibration": "output"}, ctx)
+    minmax = UniformQuantizer().apply(model, {"bits": 3, "calibration": "minmax"}, ctx)
+    w = model.encoder[0].weight.detach()
+    scales = torch.tensor(clipped.encodings["encoder.0.weight"]["scale"])
+    assert bool((scales * 3 < w.abs().amax(1) * 0.999).any())
+    x = data.train[:256].flatten(1)
+
+    def output_error(q: VAE) -> float:
+        return float((x @ (q.encoder[0].weight.detach() - w).T).pow(2).sum())
+
+    assert output_error(clipped) < output_error(minmax)
+
+
+def test_qat_leaves_a_plain_vae_on_the_grid() -> None:
+    model, data = tiny_model("conv"), tiny_data()
+    out = UniformQuantizer().apply(model, {"bits": 2, "qat_epochs": 2}, make_context(data))
+    assert not any(parametrize.is_parametrized(m) for m in out.modules())
+    assert set(out.state_dict()) == set(model.state_dict())
+    data_bytes = packing.serialize_model(out)  # raises if a weight is off its grid
+    assert packing.serialize_model(packing.deserialize_model(data_bytes)) == data_bytes
+    assert type(out) is type(model)
+
+
+def test_one_bit_with_pruned_zeros_turns_on_the_sparse_mask() -> None:
+    model = tiny_model("mlp")
+    with torch.no_grad():
+        model.encoder[0].weight[:, ::2] = 0
+    out = UniformQuantizer().apply(model, {"bits": 1}, make_context(tiny_data()))
+    spec = out.encodings["encoder.0.weight"]
+    assert spec["sparse"] is True and spec["bits"] == 1
+    assert torch.all(out.encoder[0].weight[:, ::2] == 0)
+    assert set(out.encoder[0].weight[:, 1::2].abs().flatten().tolist()) <= set(map(abs, spec["scale"]))
+
+
+def test_kmeans_is_seeded() -> None:
+    model, ctx0, ctx1 = tiny_model("mlp"), make_context(tiny_data(), seed=0), make_context(tiny_data(), seed=1)
+    params = {"bits": 3, "init": "kmeans++"}
+    a = packing.serialize_model(KMeansQuantizer().apply(model, params, ctx0))
+    assert a == packing.serialize_model(KMeansQuantizer().apply(model, params, ctx0))
+    assert a != packing.serialize_model(KMeansQuantizer().apply(model, params, ctx1))
+
+
+def test_onnxruntime_dynamic_int8_reproduces_the_grid(tmp_path: Path) -> None:
+    """quantize_dynamic(per_channel=True, QInt8) on our 8-bit weights finds our scales and codes exactly."""
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper, numpy_helper
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    out = UniformQuantizer().apply(tiny_model("mlp"), {"bits": 8, "symmetric": True}, make_context(tiny_data()))
+    weight = out.encoder[0].weight.detach()
+    spec = out.encodings["encoder.0.weight"]
+    assert (spec["codec"], spec["bits"], spec["symmetric"], spec["axis"]) == ("uniform", 8, True, 0)
+    n_out, n_in = weight.shape
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["X", "W"], ["Y"])], "layer",
+        [helper.make_tensor_value_info("X", TensorProto.FLOAT, [1, n_in])],
+        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, [1, n_out])],
+        [numpy_helper.from_array(weight.T.numpy().copy(), "W")])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "f.onnx")
+    quantize_dynamic(tmp_path / "f.onnx", tmp_path / "q.onnx", per_channel=True, weight_type=QuantType.QInt8)
+    inits = {i.name: numpy_helper.to_array(i) for i in onnx.load(tmp_path / "q.onnx").graph.initializer}
+    scale = torch.from_numpy(inits["W_scale"].copy())
+    codes = torch.from_numpy(inits["W_quantized"].astype(np.int64)).T
+    assert torch.equal(scale, torch.tensor(spec["scale"], dtype=torch.float32))
+    assert torch.equal(codes.float() * scale[:, None], weight)
+    ours, _, _ = uniform_grid(weight, 8, True, True, torch.ones(n_out), "float16")
+    assert torch.equal(ours, weight)
+
+
+def test_a_quantize_stage_in_a_yaml_search_runs(tmp_path: Path) -> None:
+    space = load_space_text("""
+name: quant-e2e
+dataset: {spec: digits, split: {validation: 0.1, test: 0.2, seed: 0}}
+device: cpu
+architecture:
+  mlp: {hidden_width: 32, latent_dim: 4}
+training: {epochs: 2, batch_size: 64}
+compressors:
+  - choices:
+      - {name: uniform, params: {bits: {low: 2, high: 8}, bits_decoder: {low: 2, high: 4}, qat_epochs: {low: 0, high: 1}}}
+      - {name: kmeans, params: {bits: {low: 2, high: 4}}}
+objectives: [test_elbo_nats, size_bytes]
+sampler: {name: random, seed: 0}
+latency: {repeats: 2, warmup: 1}
+trials: 2
+""", "quant-e2e.yaml")
+    result = search(space, trials=2, out_dir=tmp_path, show_progress=False)
+    assert result.completed == 2
+    for path in sorted((tmp_path / "models").glob("trial-*.safetensors")):
+        header = packing.read_header(path.read_bytes())
+        codecs = {t["spec"].get("codec") for t in header["tensors"].values()}
+        assert codecs & {"uniform", "codebook"}
+    sizes = [e.objectives["size_bytes"] for e in result.front]
+    assert max(sizes) < packing.size_bytes(tiny_model("mlp"))
