@@ -1,0 +1,232 @@
+"""Export of a real (tiny) study: verified artifacts, vae_automl.load, refusals of tampered files."""
+
+from __future__ import annotations
+
+import ast
+import copy
+import json
+import shutil
+import warnings
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+import torch
+
+pytest.importorskip("onnx")
+pytest.importorskip("onnxruntime")
+
+import vae_automl  # noqa: E402
+from vae_automl import runtime  # noqa: E402
+from vae_automl.config import load_space_text  # noqa: E402
+from vae_automl.errors import ExportError, IntegrityError  # noqa: E402
+from vae_automl.export import (  # noqa: E402
+    MANIFEST,
+    WEIGHTS,
+    elbo_of,
+    export_study,
+    export_trial,
+    load_artifact,
+    open_study_context,
+)
+from vae_automl.search import search  # noqa: E402
+from vae_automl.train import evaluate_elbo  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+SPACE = """
+name: export-test
+dataset: {spec: digits, split: {validation: 0.1, test: 0.2, seed: 0}}
+device: cpu
+seed: 0
+architecture:
+  mlp:
+    hidden_layers: 1
+    hidden_width: {low: 16, high: 64}
+    latent_dim: 4
+training: {epochs: 3, batch_size: 64, lr: 3.0e-3}
+compressors:
+  - {name: uniform, params: {bits: 8, calibration: minmax}, optional: true}
+objectives: [test_elbo_nats, size_bytes, latency_ms]
+sampler: {name: random, seed: 0}
+latency: {batch_size: 32, repeats: 2, warmup: 1}
+trials: 3
+"""
+# Fixed points, so the test knows which trial is which: two float models and the first one quantized to 8 bits.
+ENQUEUED = [{"mlp.hidden_width": 48, "compressor0": "none"},
+            {"mlp.hidden_width": 16, "compressor0": "none"},
+            {"mlp.hidden_width": 48, "compressor0": "uniform"}]
+FLOAT_TRIAL, INT8_TRIAL = 0, 2
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    """A 3-trial study on digits, with trials 0 and 2 exported in every format (run once for the module)."""
+    import optuna
+
+    root = tmp_path_factory.mktemp("export")
+    space = load_space_text(SPACE, "export-test.yaml")
+    storage = f"sqlite:///{root / 'study.db'}"
+    threads = torch.get_num_threads()
+    # Models this small train faster on one thread, and a shared 2-core machine stops thrashing.
+    torch.set_num_threads(1)
+    try:
+        search(space, trials=0, storage=storage, out_dir=root / "run", show_progress=False)
+        handle = optuna.load_study(study_name="export-test", storage=storage)
+        for params in ENQUEUED:
+            handle.enqueue_trial(params)
+        result = search(space, trials=3, storage=storage, out_dir=root / "run", show_progress=False)
+        assert result.completed == 3
+        folders = export_study(storage, "export-test", root / "export", trials=[FLOAT_TRIAL, INT8_TRIAL])
+        yield {"storage": storage, "root": root, "folders": {int(f.name.split("-")[1]): f for f in folders}}
+    finally:
+        torch.set_num_threads(threads)
+
+
+def manifest_of(folder: Path) -> dict[str, Any]:
+    return json.loads((folder / MANIFEST).read_text())
+
+
+@pytest.mark.parametrize("trial", [FLOAT_TRIAL, INT8_TRIAL])
+def test_export_writes_every_format_and_verifies_it(study: dict[str, Any], trial: int) -> None:
+    folder = study["folders"][trial]
+    assert sorted(p.name for p in folder.iterdir()) == [MANIFEST, "model.onnx", "model.pt", WEIGHTS]
+    manifest = manifest_of(folder)
+    assert manifest["study"] == "export-test" and manifest["trial"] == trial
+    assert manifest["params"]["mlp.hidden_width"] == ENQUEUED[trial]["mlp.hidden_width"]
+    search_elbo = manifest["search"]["metrics"]["test_elbo_nats"]
+    for fmt in ("safetensors", "onnx", "torchscript"):
+        assert manifest["remeasured"][fmt]["test_elbo_nats"] == pytest.approx(search_elbo, rel=0.01)
+    assert (folder / WEIGHTS).stat().st_size == manifest["search"]["metrics"]["size_bytes"]
+    assert all(c["ok"] for c in manifest["checks"]) and {c["file"] for c in manifest["checks"]} >= {
+        WEIGHTS, "model.onnx", "model.pt"}
+    for name, entry in manifest["files"].items():
+        assert entry["size_bytes"] == (folder / name).stat().st_size
+    assert set(manifest["versions"]) >= {"vae_automl", "torch", "onnx", "onnxruntime"}
+    assert manifest["model_config"]["architecture"] == "mlp"
+    assert not list(study["root"].joinpath("export").glob(".*partial"))
+
+
+def test_load_round_trip_remeasures_the_search_figure(study: dict[str, Any]) -> None:
+    folder = study["folders"][FLOAT_TRIAL]
+    model = vae_automl.load(folder)
+    manifest = manifest_of(folder)
+    ctx = open_study_context(study["storage"], "export-test")
+    x = ctx.data.test
+    assert evaluate_elbo(model, x, seed=0) == pytest.approx(manifest["search"]["metrics"]["test_elbo_nats"], rel=1e-6)
+    mu, logvar = model.encode(x[:5])
+    assert mu.shape == logvar.shape == (5, 4)
+    assert model.decode(mu).shape == (5, 1, 8, 8)
+    recon = model.reconstruct(x[:5])
+    assert recon.shape == (5, 1, 8, 8) and float(recon.min()) >= 0 and float(recon.max()) <= 1
+    # A trained model reconstructs test images better than their mean image does.
+    assert float(((recon - x[:5]) ** 2).mean()) < float(((x.mean(0, keepdim=True) - x[:5]) ** 2).mean())
+    assert model.sample(3, torch.Generator().manual_seed(0)).shape == (3, 1, 8, 8)
+    # The other two formats, loaded on their own, give the same figure.
+    onnx_model = runtime.OnnxVAE((folder / "model.onnx").read_bytes())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch.jit is deprecated upstream
+        scripted = torch.jit.load(str(folder / "model.pt"))
+    for fmt in (onnx_model, scripted):
+        assert elbo_of(fmt.encode, fmt.decode, "bernoulli", None, x, seed=0) == pytest.approx(
+            manifest["search"]["metrics"]["test_elbo_nats"], rel=1e-4)
+
+
+def test_int8_trial_ships_integer_onnx_and_was_timed_in_onnxruntime(study: dict[str, Any]) -> None:
+    folder = study["folders"][INT8_TRIAL]
+    manifest = manifest_of(folder)
+    assert manifest["pipeline"]["pipeline"][0]["compressor"] == "uniform"
+    assert manifest["search"]["latency"]["runtime"] == runtime.RUNTIME_ORT_INT8
+    assert manifest_of(study["folders"][FLOAT_TRIAL])["search"]["latency"]["runtime"] == runtime.RUNTIME_TORCH
+    assert manifest["remeasured"]["onnx"]["runtime"] == runtime.RUNTIME_ORT_INT8
+    ops = runtime.integer_ops((folder / "model.onnx").read_bytes())
+    assert "MatMulInteger" in ops and "DynamicQuantizeLinear" in ops
+    assert runtime.is_int8(vae_automl.load(folder))
+    # 8-bit codes plus scales take well under half the float model's bytes.
+    float_size = manifest_of(study["folders"][FLOAT_TRIAL])["files"][WEIGHTS]["size_bytes"]
+    assert manifest["files"][WEIGHTS]["size_bytes"] < 0.5 * float_size
+
+
+def test_tampered_weights_are_refused(study: dict[str, Any], tmp_path: Path) -> None:
+    folder = shutil.copytree(study["folders"][FLOAT_TRIAL], tmp_path / "trial")
+    data = bytearray((folder / WEIGHTS).read_bytes())
+    data[-1] ^= 0x01  # one bit of the last float
+    (folder / WEIGHTS).write_bytes(bytes(data))
+    with pytest.raises(IntegrityError, match=WEIGHTS):
+        vae_automl.load(folder)
+
+
+def test_tampered_onnx_is_refused_too(study: dict[str, Any], tmp_path: Path) -> None:
+    folder = shutil.copytree(study["folders"][FLOAT_TRIAL], tmp_path / "trial")
+    (folder / "model.onnx").write_bytes(b"not onnx")
+    with pytest.raises(IntegrityError, match="model.onnx"):
+        vae_automl.load(folder)
+
+
+@pytest.mark.parametrize("content, message", [
+    ("{ this is not json", "not valid JSON"),
+    (json.dumps({"format": "something-else"}), "not a vae-automl export manifest"),
+    (json.dumps({"format": "vae-automl-export", "manifest_version": 1, "files": {"weights.safetensors": "abc"}}),
+     "'files' must map"),
+])
+def test_corrupted_manifest_is_refused(study: dict[str, Any], tmp_path: Path, content: str, message: str) -> None:
+    folder = shutil.copytree(study["folders"][FLOAT_TRIAL], tmp_path / "trial")
+    (folder / MANIFEST).write_text(content)
+    with pytest.raises(ExportError, match=message):
+        vae_automl.load(folder)
+
+
+def test_changed_search_artifact_is_refused(study: dict[str, Any]) -> None:
+    ctx = open_study_context(study["storage"], "export-test")
+    trial = ctx.study.trials[FLOAT_TRIAL]
+    record = dict(trial.user_attrs["record"], artifact_sha256="0" * 64)
+    with pytest.raises(ExportError, match="changed since the search"):
+        load_artifact(record)
+
+
+def test_figure_that_disagrees_with_the_search_stops_the_export(study: dict[str, Any], tmp_path: Path) -> None:
+    ctx = open_study_context(study["storage"], "export-test")
+    trial = copy.deepcopy(ctx.study.trials[FLOAT_TRIAL])
+    metrics = trial.user_attrs["record"]["metrics"]
+    metrics["test_elbo_nats"] *= 1.05
+    with pytest.raises(ExportError, match=r"model.onnx: test_elbo_nats expected .* got") as info:
+        export_trial(ctx, trial, tmp_path, formats=("onnx",))
+    assert "within 1%" in str(info.value)
+    assert not any(tmp_path.iterdir())  # nothing that looks like a valid export is left behind
+
+
+def test_cli_export_prints_what_it_wrote(study: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from vae_automl.cli import main
+
+    code = main(["export", "--storage", study["storage"], "--study", "export-test", "--out", str(tmp_path),
+                 "--trials", str(FLOAT_TRIAL), "--formats", "safetensors"])
+    assert code == 0
+    assert sorted(p.name for p in (tmp_path / f"trial-{FLOAT_TRIAL}").iterdir()) == [MANIFEST, WEIGHTS]
+    assert f"trial-{FLOAT_TRIAL}" in capsys.readouterr().out
+    assert main(["export", "--storage", study["storage"], "--study", "export-test", "--out", str(tmp_path),
+                 "--formats", "tflite"]) == 2
+    assert "unknown export format 'tflite'" in capsys.readouterr().err
+
+
+def _torch_load_calls_without_weights_only(path: Path) -> list[int]:
+    lines = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "load"
+                and isinstance(node.func.value, ast.Name) and node.func.value.id == "torch"):
+            safe = any(k.arg == "weights_only" and isinstance(k.value, ast.Constant) and k.value.value is True
+                       for k in node.keywords)
+            if not safe:
+                lines.append(node.lineno)
+    return lines
+
+
+def test_every_torch_load_in_the_project_uses_weights_only() -> None:
+    sources = [p for folder in ("vae_automl", "tests", "benchmarks", "plugins") for p in (REPO / folder).rglob("*.py")]
+    assert sources
+    offenders = {str(p.relative_to(REPO)): lines for p in sources if (lines := _torch_load_calls_without_weights_only(p))}
+    assert offenders == {}, f"torch.load without weights_only=True (it unpickles arbitrary objects): {offenders}"
+
+
+def test_the_scan_catches_an_unsafe_call(tmp_path: Path) -> None:
+    source = tmp_path / "x.py"
+    source.write_text("import torch\ntorch.load('a')\ntorch.load('b', weights_only=True)\ntorch.load('c', weights_only=False)\n")
+    assert _torch_load_calls_without_weights_only(source) == [2, 4]
