@@ -1,0 +1,111 @@
+"""The report: pareto.png of the right size with the front and baseline, index.html with table, params and images."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("matplotlib")
+
+from matplotlib import image as mpimg  # noqa: E402
+
+from vae_automl.config import load_space_text  # noqa: E402
+from vae_automl.report import (  # noqa: E402
+    PLOT_DPI,
+    SUBPLOT_HEIGHT_IN,
+    SUBPLOT_WIDTH_IN,
+    StudyPoints,
+    baseline_index,
+    format_front_table,
+    plot_pareto,
+    short_params,
+)
+from vae_automl.search import search  # noqa: E402
+from vae_automl.study import load_front  # noqa: E402
+
+SPACE = """
+name: report-test
+dataset: {spec: digits, split: {validation: 0.1, test: 0.2, seed: 0}}
+device: cpu
+seed: 0
+architecture:
+  mlp:
+    hidden_layers: 1
+    hidden_width: {low: 8, high: 64, log: true}
+    latent_dim: {low: 2, high: 6}
+training: {epochs: 2, batch_size: 64, lr: 3.0e-3}
+compressors: []
+objectives: [test_elbo_nats, size_bytes, latency_ms]
+sampler: {name: random, seed: 1}
+latency: {batch_size: 16, repeats: 2, warmup: 1}
+trials: 2
+"""
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    """A 2-trial, 3-objective study and its report (run once for the module)."""
+    from vae_automl.cli import main
+
+    root = tmp_path_factory.mktemp("report")
+    storage = f"sqlite:///{root / 'study.db'}"
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny models: one thread is faster and kinder to a shared machine
+    try:
+        search(load_space_text(SPACE, "report-test.yaml"), trials=2, storage=storage, out_dir=root / "run",
+               show_progress=False)
+        assert main(["report", "--storage", storage, "--study", "report-test", "--out", str(root / "report")]) == 0
+        yield {"storage": storage, "out": root / "report"}
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_pareto_png_is_a_real_image_with_three_projections(report: dict[str, Any]) -> None:
+    image = mpimg.imread(report["out"] / "pareto.png")
+    # Three objectives -> three pairwise projections side by side.
+    assert image.shape == (SUBPLOT_HEIGHT_IN * PLOT_DPI, 3 * SUBPLOT_WIDTH_IN * PLOT_DPI, 4)
+    assert float(image[..., :3].std()) > 0.05  # not a blank canvas
+
+
+def test_index_html_has_the_table_plot_params_and_image_grids(report: dict[str, Any]) -> None:
+    page = (report["out"] / "index.html").read_text()
+    front = load_front(report["storage"], "report-test")
+    assert front
+    assert '<img src="pareto.png"' in page
+    for name in ("test_elbo_nats", "size_bytes", "latency_ms"):
+        assert name in page
+    for entry in front:
+        assert f"<section id=trial-{entry.trial}>" in page
+        assert f"mlp.hidden_width</td><td>{entry.params['mlp.hidden_width']}</td>" in page
+        grid = mpimg.imread(report["out"] / f"trial-{entry.trial}.png")
+        # Four rows (test images, reconstructions, two of samples) of 8 digits, each upscaled to 56+ px.
+        assert grid.shape[0] >= 4 * 56 and grid.shape[1] >= 8 * 56
+        assert f'src="trial-{entry.trial}.png"' in page
+    assert "Uncompressed baseline: trial" in page  # no trial compressed, so the baseline exists
+
+
+def test_baseline_is_the_best_uncompressed_trial() -> None:
+    records = [{"config": {"pipeline": []}}, {"config": {"pipeline": [{"compressor": "uniform", "params": {}}]}},
+               {"config": {"pipeline": []}}]
+    values = np.array([[30.0, 100.0], [20.0, 10.0], [25.0, 200.0]])
+    assert baseline_index(records, values, ["minimize", "minimize"]) == 2
+    assert baseline_index(records, values, ["maximize", "minimize"]) == 0
+    assert baseline_index(records[1:2], values[1:2], ["minimize", "minimize"]) is None
+
+
+def test_two_objective_plot_has_one_panel(tmp_path: Path) -> None:
+    points = StudyPoints(["a", "b"], ["minimize", "minimize"], [0, 1, 2], np.array([[1.0, 3.0], [2.0, 1.0], [3.0, 3.0]]),
+                         front=[0, 1], baseline=None)
+    image = mpimg.imread(plot_pareto(points, tmp_path / "p.png"))
+    assert image.shape == (SUBPLOT_HEIGHT_IN * PLOT_DPI, SUBPLOT_WIDTH_IN * PLOT_DPI, 4)
+
+
+def test_front_table_still_formats(report: dict[str, Any]) -> None:
+    front = load_front(report["storage"], "report-test")
+    table = format_front_table(front, knee=front[0].trial)
+    assert table.splitlines()[0].startswith("| trial") and f"{front[0].trial}*" in table
+    assert short_params({"mlp.hidden_width": 10, "compressor0.uniform.bits": 4}) == "hidden_width=10 uniform.bits=4"
