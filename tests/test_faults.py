@@ -1,0 +1,151 @@
+"""Faults, each real: a diverging trial, a trial over its time limit, a worker killed mid-trial, an interrupted driver."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import optuna
+import pytest
+
+from vae_automl.backends.optuna import HEARTBEAT_GRACE_ENV, HEARTBEAT_INTERVAL_ENV, create_study
+from vae_automl.config import load_space
+from vae_automl.search import search
+from vae_automl.study import FAILURE_ATTR
+from vae_automl.worker import WORKER_ATTR
+
+CLI = str(Path(sys.executable).parent / "vae-automl")
+STATES = optuna.trial.TrialState
+
+
+def trials_of(storage: str, name: str) -> list[optuna.trial.FrozenTrial]:
+    return optuna.load_study(study_name=name, storage=storage).get_trials(deepcopy=False)
+
+
+def wait_for(condition: Callable[[], Any], timeout_s: float, what: str, procs: tuple[subprocess.Popen, ...] = ()) -> Any:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        for proc in procs:
+            if proc.poll() is not None:
+                raise AssertionError(f"process {proc.args} exited with {proc.returncode} while waiting for {what}")
+        time.sleep(0.5)
+    raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
+
+
+def test_diverging_trial_fails_with_reason_and_study_goes_on(tiny_space: Any, tmp_path: Path) -> None:
+    space_file = tiny_space(trials=1, lr="{choices: [0.003, 1.0]}")
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    study = create_study(load_space(space_file), storage, "tiny", tmp_path)
+    # Adam at lr 1 sends this model's loss to NaN in its first epoch
+    study.enqueue_trial({"training.lr": 1.0, "mlp.hidden_width": 8, "mlp.latent_dim": 6, "training.epochs": 2})
+    study.enqueue_trial({"training.lr": 0.003, "training.epochs": 1})
+    result = search(space_file, trials=1, storage=storage, out_dir=tmp_path, show_progress=False)
+    trials = trials_of(storage, "tiny")
+    assert [t.state for t in trials] == [STATES.FAIL, STATES.COMPLETE]
+    assert "diverged" in trials[0].user_attrs[FAILURE_ATTR]
+    assert result.completed == 1 and result.front[0].trial == 1
+
+
+def test_time_limit_stops_a_long_trial(tiny_space: Any, tmp_path: Path) -> None:
+    # 400 epochs would take minutes; the 0.5 s limit must stop it in its first epochs
+    space_file = tiny_space(trials=1, max_epochs=400, extra_training="  max_seconds: 0.5\n")
+    space_file.write_text(space_file.read_text().replace("epochs: {low: 1, high: 400}", "epochs: 400"))
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    result = search(space_file, trials=1, storage=storage, out_dir=tmp_path, show_progress=False)
+    trials = trials_of(storage, "tiny")
+    assert result.completed == 0 and trials and all(t.state == STATES.FAIL for t in trials)
+    reason = trials[0].user_attrs[FAILURE_ATTR]
+    match = re.search(r"time limit of 0.5 s \(epoch (\d+)\)", reason)
+    assert match, reason
+    assert int(match.group(1)) < 400
+
+
+@pytest.mark.slow
+def test_worker_killed_mid_trial_is_failed_and_retried(postgres_url: str, tiny_space: Any, tmp_path: Path) -> None:
+    name = f"kill-{os.getpid()}-{int(time.time())}"
+    budget = 4
+    # several epochs, so a trial runs long enough to be caught RUNNING
+    space_file = tiny_space(name=name, trials=budget, max_epochs=12)
+    space_file.write_text(space_file.read_text().replace("epochs: {low: 1, high: 12}", "epochs: {low: 8, high: 12}"))
+    search(space_file, trials=0, storage=postgres_url, out_dir=tmp_path / "out", show_progress=False)
+    grace_s = 4
+    env = {**os.environ, HEARTBEAT_INTERVAL_ENV: "1", HEARTBEAT_GRACE_ENV: str(grace_s)}
+    worker = [CLI, "worker", "--storage", postgres_url, "--study", name]
+    victim = subprocess.Popen(worker, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    survivor = subprocess.Popen(worker, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    late = None
+    try:
+        host_pid = re.compile(rf":{victim.pid}$")
+
+        def victim_running() -> optuna.trial.FrozenTrial | None:
+            return next((t for t in trials_of(postgres_url, name)
+                         if t.state == STATES.RUNNING and host_pid.search(t.user_attrs.get(WORKER_ATTR, ""))), None)
+
+        killed = wait_for(victim_running, 300, "a RUNNING trial of the victim worker", (victim,))
+        before = {t.number: t.values for t in trials_of(postgres_url, name) if t.state == STATES.COMPLETE}
+        victim.send_signal(signal.SIGKILL)
+        victim.wait()
+        # a worker starting after the grace period finds the trial stale, fails it and runs its retry first
+        time.sleep(grace_s + 2)
+        late = subprocess.Popen(worker, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        for proc in (survivor, late):
+            out, _ = proc.communicate(timeout=400)
+            assert proc.returncode == 0, out.decode()[-3000:]
+    finally:
+        for proc in (victim, survivor, late):
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    trials = {t.number: t for t in trials_of(postgres_url, name)}
+    assert trials[killed.number].state == STATES.FAIL
+    retries = [t for t in trials.values() if t.system_attrs.get("failed_trial") == killed.number]
+    assert len(retries) == 1 and retries[0].state == STATES.COMPLETE
+    assert retries[0].params == killed.params
+    assert sum(t.state == STATES.COMPLETE for t in trials.values()) >= budget
+    assert all(trials[n].state == STATES.COMPLETE and trials[n].values == v for n, v in before.items())
+    assert not [t.number for t in trials.values() if t.state == STATES.RUNNING]
+
+
+@pytest.mark.slow
+def test_interrupted_driver_resumes_to_budget(tiny_space: Any, tmp_path: Path) -> None:
+    budget = 3
+    space_file = tiny_space(trials=budget, max_epochs=10)
+    space_file.write_text(space_file.read_text().replace("epochs: {low: 1, high: 10}", "epochs: {low: 6, high: 10}"))
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    command = [CLI, "search", str(space_file), "--out", str(tmp_path), "--storage", storage]
+    driver = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        def one_done_one_running() -> bool:
+            try:
+                states = [t.state for t in trials_of(storage, "tiny")]
+            except KeyError:  # study not created yet
+                return False
+            return STATES.COMPLETE in states and states[-1] == STATES.RUNNING
+
+        wait_for(one_done_one_running, 300, "a completed and a running trial", (driver,))
+        driver.send_signal(signal.SIGINT)
+        _, err = driver.communicate(timeout=120)
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+            driver.wait()
+    assert driver.returncode == 130, err.decode()[-2000:]
+    assert "run the same command again to resume" in err.decode()
+    first = trials_of(storage, "tiny")
+    kept = {t.number: t.values for t in first if t.state == STATES.COMPLETE}
+    assert 1 <= len(kept) < budget
+    assert first[-1].state == STATES.FAIL  # the interrupted trial is not left RUNNING
+    rerun = subprocess.run(command, capture_output=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stderr.decode()[-2000:]
+    after = trials_of(storage, "tiny")
+    assert sum(t.state == STATES.COMPLETE for t in after) == budget
+    assert all(after[n].values == v for n, v in kept.items())
