@@ -59,3 +59,20 @@ class TestKMeansContract(CompressorContract):
     @pytest.fixture
     def params(self) -> dict[str, Any]:
         return {"bits": 3, "init": "kmeans++", "qat_epochs": 1}
+
+
+try:  # the example plugin package, installed by `make install` (pip install -e plugins/vae-automl-template)
+    from vae_automl_template.plugin import Float16Compressor
+except ImportError:
+    Float16Compressor = None
+
+
+@pytest.mark.skipif(Float16Compressor is None, reason="plugins/vae-automl-template is not installed")
+class TestTemplatePluginContract(CompressorContract):
+    @pytest.fixture
+    def compressor(self) -> Compressor:
+        return Float16Compressor()
+
+    @pytest.fixture
+    def invalid_params(self) -> list[dict[str, Any]]:
+        return [{"min_numel": 100, "max_numel": 10}]

@@ -61,7 +61,7 @@ TINY_BATCH_SIZE = 64
 @functools.lru_cache(maxsize=1)
 def tiny_data() -> DataSplits:
     """The embedded 8x8 digits, split 70/10/20 on the CPU."""
-    return make_splits(load_images("digits"), SplitConfig(validation=0.1, test=0.2, seed=0), "cpu", spec="digits")
+    return make_splits(load_images("digits", registry=registry_with(None)), SplitConfig(validation=0.1, test=0.2, seed=0), "cpu", spec="digits")
 
 
 @functools.lru_cache(maxsize=None)
