@@ -45,17 +45,17 @@ def test_bits_per_layer_group(seed_mlp_and_ctx: tuple[VAE, object]) -> None:
 
 
 @pytest.mark.parametrize(("compressor", "params", "low", "high"), [
-    (UniformQuantizer(), {"bits": 8}, 3.8, 4.0),
-    (UniformQuantizer(), {"bits": 4}, 7.5, 8.0),
-    (UniformQuantizer(), {"bits": 2, "symmetric": False, "granularity": "per_tensor"}, 14.5, 16.0),
+    (UniformQuantizer(), {"bits": 8, "calibration_samples": 64}, 3.8, 4.0),
+    (UniformQuantizer(), {"bits": 4, "calibration_samples": 64}, 7.5, 8.0),
+    (UniformQuantizer(), {"bits": 2, "symmetric": False, "granularity": "per_tensor", "calibration": "mse"}, 14.5, 16.0),
     (KMeansQuantizer(), {"bits": 4}, 7.7, 8.0),
-    (Pow2Quantizer(), {"bits": 3}, 10.0, 10.7),
+    (Pow2Quantizer(), {"bits": 3, "calibration": "mse"}, 10.0, 10.7),
 ])
 def test_size_drops_by_the_expected_ratio(seed_mlp_and_ctx: tuple[VAE, object], compressor: object,
                                           params: dict, low: float, high: float) -> None:
     """Weights are 99% of the 784-400-20 VAE: n bits cut size about 32/n, less the float32 biases and the scales."""
     model, ctx = seed_mlp_and_ctx
-    out = compressor.apply(model, {**params, "calibration_samples": 64}, ctx)
+    out = compressor.apply(model, params, ctx)
     ratio = packing.size_bytes(model) / packing.size_bytes(out)
     assert low < ratio < high
     assert packing.size_bytes(out) * 8 > packing.theoretical_bits(out)

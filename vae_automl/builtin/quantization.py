@@ -81,9 +81,9 @@ COMMON_PARAMS = (
     Param("qat_epochs", "int", 0, minimum=0, maximum=1000,
           help="quantization-aware fine-tuning epochs with a straight-through estimator (0: post-training only)"),
     Param("qat_lr", "float", None, minimum=1e-7, maximum=1.0, log=True, help="fine-tuning learning rate (default: the trial's lr)"),
-    Param("calibration_samples", "int", 256, minimum=1, maximum=100_000, log=True,
-          help="training images whose layer inputs calibrate the clipping"),
 )
+CALIBRATION_SAMPLES = Param("calibration_samples", "int", 256, minimum=1, maximum=100_000, log=True,
+                            help="training images whose layer inputs calibrate the clipping (calibration: output)")
 
 
 def quantizable_layers(model: nn.Module) -> list[tuple[str, nn.Module, str | None]]:
@@ -383,6 +383,7 @@ class UniformQuantizer(_Quantizer):
         Param("calibration", "categorical", "output", choices=("output", "mse", "minmax"),
               help="clipping: min layer-output error, min weight error, or none"),
         Param("scale_dtype", "categorical", "float16", choices=("float16", "float32"), help="how scales are stored"),
+        CALIBRATION_SAMPLES,
         *COMMON_PARAMS,
     )
 
@@ -443,6 +444,7 @@ class Pow2Quantizer(_CodebookQuantizer):
         *group_bits_params(2),
         Param("calibration", "categorical", "output", choices=("output", "mse", "minmax"),
               help="choice of the top level s: min layer-output error, min weight error, or max|w|"),
+        CALIBRATION_SAMPLES,
         *COMMON_PARAMS,
     )
 
