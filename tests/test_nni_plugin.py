@@ -39,6 +39,7 @@ class TestNniLevelContract(CompressorContract):
         return {"pruner": "level", "sparsity": 0.5, "finetune_epochs": 1}
 
 
+@pytest.mark.slow
 class TestNniL1NormContract(CompressorContract):
     @pytest.fixture
     def compressor(self) -> Compressor:
@@ -49,6 +50,7 @@ class TestNniL1NormContract(CompressorContract):
         return {"pruner": "l1_norm", "sparsity": 0.5, "finetune_epochs": 0}
 
 
+@pytest.mark.slow
 class TestNniPtqContract(CompressorContract):
     @pytest.fixture
     def compressor(self) -> Compressor:

@@ -49,6 +49,7 @@ class TestMagnitudeContract(CompressorContract):
         return {"sparsity": 0.6, "scope": "layer", "finetune_epochs": 1}
 
 
+@pytest.mark.slow
 class TestTaylorContract(CompressorContract):
     @pytest.fixture
     def compressor(self) -> Compressor:
@@ -59,6 +60,7 @@ class TestTaylorContract(CompressorContract):
         return {"sparsity": 0.5, "batches": 2, "finetune_epochs": 0}
 
 
+@pytest.mark.slow
 class TestL1Contract(CompressorContract):
     @pytest.fixture
     def compressor(self) -> Compressor:
