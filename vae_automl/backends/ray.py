@@ -35,6 +35,7 @@ import json
 import os
 import threading
 import time
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -129,7 +130,10 @@ def _make_searcher_class() -> type:
                 return Searcher.FINISHED
             if self.completed + len(self.in_flight) >= self.target_completed:
                 return None  # wait: the running trials may complete the target, or fail and need a successor
-            config = super().suggest(trial_id)
+            with warnings.catch_warnings():
+                # the driver beats for Ray's trials itself (see _heartbeat_loop)
+                warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
+                config = super().suggest(trial_id)
             ot_trial = self._ot_trials[trial_id]
             with self.lock:
                 self.in_flight[trial_id] = ot_trial
@@ -314,13 +318,21 @@ def run(space: SearchSpace, storage: Any, study_name: str, out: Path, trials: in
     os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")
     # per-epoch results carry the validation loss only; the objectives come with the last one
     os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
+    # Tune's own tables would interleave with our progress lines
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     owns_ray = not ray.is_initialized()
     if owns_ray:
         init_kwargs: dict[str, Any] = {"address": address, "runtime_env": _runtime_env(plugins),
                                        "logging_level": "WARNING", "log_to_driver": False}
         if address is None:
             init_kwargs["include_dashboard"] = False
-        ray.init(**init_kwargs)
+        try:
+            ray.init(**init_kwargs)
+        except ConnectionError as exc:
+            raise VaeAutomlError(
+                f"cannot connect to the Ray cluster at {address}: {exc} ({exc.__cause__}). Clusters started with "
+                "`ray start` use token authentication: export RAY_AUTH_MODE=token, with the cluster's token in "
+                "~/.ray/auth_token or RAY_AUTH_TOKEN") from None
     searcher = _make_searcher_class()(
         space=_DefineByRun(space), metric=list(space.objectives),
         mode=["min" if d == "minimize" else "max" for d in directions],

@@ -1,0 +1,112 @@
+"""The Ray backend: a real Ray head on 127.0.0.1, the CLI driver connecting with --address, results in the Optuna study."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pytest
+
+from vae_automl.study import FAILURE_ATTR, RECORD_ATTR
+
+CLI = str(Path(sys.executable).parent / "vae-automl")
+STATES = optuna.trial.TrialState
+
+PLUGIN = '''
+"""Test plugin: marks each trial's artifact with the pid of the process that ran it."""
+import os
+from pathlib import Path
+
+from vae_automl.plugin_manager import hookimpl
+
+
+@hookimpl
+def on_trial_complete(record):
+    Path(record["artifact"] + ".ran-by").write_text(str(os.getpid()))
+'''
+
+
+def test_outcome_of_ray_results() -> None:
+    from vae_automl.backends.ray import FAILURE_KEY, RECORD_KEY, VALIDATION_LOSS, _outcome
+
+    record = {"objectives": {"a": 1.5, "b": 2.0}, "metrics": {"a": 1.5, "b": 2.0},
+              "base": {"validation_curve": [3.0, 2.0], "params": 10}}
+    state, values, attrs = _outcome({RECORD_KEY: json.dumps(record)}, False, ("b", "a"))
+    assert state == STATES.COMPLETE and values == [2.0, 1.5] and attrs[RECORD_ATTR] == record
+    state, values, attrs = _outcome({FAILURE_KEY: "loss diverged to nan"}, False, ("a",))
+    assert state == STATES.FAIL and values is None and attrs[FAILURE_ATTR] == "loss diverged to nan"
+    # stopped by ASHA after an epoch: no objectives, a validation loss
+    state, _, attrs = _outcome({VALIDATION_LOSS: 9.0, "epoch": 2, "validation_curve": [10.0, 9.0]}, False, ("a",))
+    assert state == STATES.PRUNED and attrs["pruned_at_epoch"] == 2
+    state, _, attrs = _outcome(None, True, ("a",))
+    assert state == STATES.FAIL and "errored" in attrs[FAILURE_ATTR]
+
+
+def completed(storage: str, name: str) -> list[optuna.trial.FrozenTrial]:
+    return optuna.load_study(study_name=name, storage=storage).get_trials(states=(STATES.COMPLETE,))
+
+
+@pytest.mark.slow
+def test_ray_cluster_search_interrupt_and_resume(ray_head: str, tiny_space: Any, tmp_path: Path) -> None:
+    budget = 4
+    space_file = tiny_space(trials=budget, pruner="median", max_epochs=4)
+    (tmp_path / "plugin_pkg").mkdir()
+    (tmp_path / "plugin_pkg" / "pid_marker.py").write_text(PLUGIN)
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    out = tmp_path / "out"
+    # the head uses token auth (Ray's default); the token is in ~/.ray/auth_token on this machine
+    env = {**os.environ, "PYTHONPATH": str(tmp_path / "plugin_pkg"), "RAY_AUTH_MODE": "token"}
+    command = [CLI, "search", str(space_file), "--backend", "ray", "--address", ray_head, "--concurrency", "2",
+               "--cpus-per-trial", "1", "--scheduler", "asha", "--out", str(out), "--storage", storage,
+               "--plugin", "pid_marker"]
+
+    # 1. two trials on the cluster
+    first = subprocess.Popen([*command, "--trials", "2"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    first_out, first_err = first.communicate(timeout=500)
+    assert first.returncode == 0, first_err.decode()[-3000:]
+    assert "Pareto front of study 'tiny'" in first_out.decode()
+    done = completed(storage, "tiny")
+    assert len(done) == 2
+    for trial in done:
+        record = trial.user_attrs[RECORD_ATTR]
+        assert record["trial"] == trial.number and Path(record["artifact"]).name == f"trial-{trial.number}.safetensors"
+        # the --plugin module was loaded by the Ray worker process, not the driver
+        ran_by = Path(record["artifact"] + ".ran-by")
+        assert ran_by.is_file() and int(ran_by.read_text()) != first.pid
+
+    # 2. no --trials: complete the budget; interrupt the driver while a trial runs
+    driver = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 300
+        while not any(t.state == STATES.RUNNING for t in optuna.load_study(study_name="tiny", storage=storage).trials):
+            assert driver.poll() is None and time.monotonic() < deadline, "no trial started on Ray"
+            time.sleep(0.5)
+        driver.send_signal(signal.SIGINT)
+        _, err = driver.communicate(timeout=120)
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+            driver.wait()
+    assert driver.returncode == 130, err.decode()[-3000:]
+    trials = optuna.load_study(study_name="tiny", storage=storage).trials
+    assert not [t for t in trials if t.state == STATES.RUNNING], "the driver must not leave trials RUNNING"
+    interrupted = [t for t in trials if t.state == STATES.FAIL]
+    assert interrupted and all("driver stopped" in t.user_attrs[FAILURE_ATTR] for t in interrupted)
+
+    # 3. the same command resumes: the two completed trials count toward the budget
+    resumed = subprocess.run(command, env=env, capture_output=True, timeout=500)
+    assert resumed.returncode == 0, resumed.stderr.decode()[-3000:]
+    after = completed(storage, "tiny")
+    assert len(after) == budget
+    assert {t.number: t.values for t in done}.items() <= {t.number: t.values for t in after}.items()
+    for trial in optuna.load_study(study_name="tiny", storage=storage).get_trials(states=(STATES.PRUNED,)):
+        assert trial.user_attrs["validation_curve"]  # ASHA stopped it between epochs
+    front = subprocess.run([CLI, "front", "--storage", storage, "--study", "tiny", "--json"], capture_output=True)
+    assert front.returncode == 0 and json.loads(front.stdout)
