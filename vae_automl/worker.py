@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 import socket
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -116,6 +117,10 @@ def run_worker(storage: str, study_name: str, trials: int | None = None, timeout
     progress.message(f"worker {name}: study {study_name!r} in {storage}: {done} of {budget} trials completed; "
                      f"out dir {out}; device {env.device}"
                      + ("; journal storage has no heartbeats, so a killed worker's trial is not retried" if journal else ""))
+    # a worker joining late cleans up after dead ones even if the budget leaves it nothing to run
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
     started = time.monotonic()
     if attempts > 0:
         optuna.logging.set_verbosity(optuna.logging.ERROR)

@@ -298,7 +298,9 @@ def run(space: SearchSpace, storage: Any, study_name: str, out: Path, trials: in
     # RDB storages beat; JournalStorage has no heartbeat methods
     heartbeat = callable(getattr(storage_obj, "get_heartbeat_interval", None)) and bool(storage_obj.get_heartbeat_interval())
     if heartbeat:
-        optuna.storages.fail_stale_trials(study)  # trials of a killed driver or worker: failed and re-queued
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            optuna.storages.fail_stale_trials(study)  # trials of a killed driver or worker: failed and re-queued
     n_trials, target = optuna_backend.plan_trials(study, space, trials)
     directions = tuple(optuna_backend.space_registry_direction(space, o) for o in space.objectives)
     progress = Progress(n_trials, space.objectives, directions, timeout_s, enabled=show_progress)
