@@ -34,14 +34,15 @@ def on_trial_complete(record):
 
 
 def test_outcome_of_ray_results() -> None:
-    from vae_automl.backends.ray import FAILURE_KEY, RECORD_KEY, VALIDATION_LOSS, _outcome
+    from vae_automl.backends.ray import CONFIG_KEY, FAILURE_KEY, RECORD_KEY, VALIDATION_LOSS, _outcome
 
     record = {"objectives": {"a": 1.5, "b": 2.0}, "metrics": {"a": 1.5, "b": 2.0},
               "base": {"validation_curve": [3.0, 2.0], "params": 10}}
     state, values, attrs = _outcome({RECORD_KEY: json.dumps(record)}, False, ("b", "a"))
     assert state == STATES.COMPLETE and values == [2.0, 1.5] and attrs[RECORD_ATTR] == record
-    state, values, attrs = _outcome({FAILURE_KEY: "loss diverged to nan"}, False, ("a",))
+    state, values, attrs = _outcome({FAILURE_KEY: "loss diverged to nan", CONFIG_KEY: '{"seed": 0}'}, False, ("a",))
     assert state == STATES.FAIL and values is None and attrs[FAILURE_ATTR] == "loss diverged to nan"
+    assert attrs["config"] == {"seed": 0}
     # stopped by ASHA after an epoch: no objectives, a validation loss
     state, _, attrs = _outcome({VALIDATION_LOSS: 9.0, "epoch": 2, "validation_curve": [10.0, 9.0]}, False, ("a",))
     assert state == STATES.PRUNED and attrs["pruned_at_epoch"] == 2

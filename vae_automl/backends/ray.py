@@ -57,6 +57,7 @@ NUMBER_KEY = "__vae_automl_trial_number"
 VALIDATION_LOSS = "validation_loss"
 FAILURE_KEY = "failure_reason"
 RECORD_KEY = "record_json"
+CONFIG_KEY = "config_json"
 ASHA_REDUCTION_FACTOR = 3
 SCHEDULERS = ("asha", "none")
 
@@ -85,6 +86,8 @@ def _outcome(result: dict[str, Any] | None, error: bool, objectives: tuple[str, 
     """The Optuna state, values and user attrs of a finished Ray trial, from its last result."""
     result = result or {}
     attrs: dict[str, Any] = {}
+    if result.get(CONFIG_KEY):
+        attrs["config"] = json.loads(result[CONFIG_KEY])
     if result.get(RECORD_KEY):
         record = json.loads(result[RECORD_KEY])
         attrs.update({study_mod.RECORD_ATTR: record, "metrics": record["metrics"],
@@ -153,12 +156,17 @@ def _make_searcher_class() -> type:
 
         def _finish(self, trial_id: str, ot_trial: Any, state: optuna.trial.TrialState, values: list[float] | None,
                     attrs: dict[str, Any], result: dict[str, Any] | None) -> None:
-            for key, value in attrs.items():
-                ot_trial.set_user_attr(key, value)
-            frozen = self._ot_study.tell(ot_trial, values, state=state)
             self._completed_trials.add(trial_id)
             with self.lock:
                 self.in_flight.pop(trial_id, None)
+            try:
+                for key, value in attrs.items():
+                    ot_trial.set_user_attr(key, value)
+                frozen = self._ot_study.tell(ot_trial, values, state=state)
+            except optuna.exceptions.UpdateFinishedTrialError:
+                # another process found its heartbeat stale and failed (and re-queued) it first
+                self.progress.message(f"trial {ot_trial.number} was already failed as stale by another process")
+                return
             if state == optuna.trial.TrialState.COMPLETE:
                 self.completed += 1
                 hit = bool((result or {}).get("base_cache_hit"))
@@ -221,20 +229,24 @@ def _trainable(config: dict[str, Any], source: str, file: str, dataset: Any, dev
 
     params = {k: v for k, v in config.items() if k != NUMBER_KEY}
     curve: list[float] = []
+    spec_json = ""
 
     def on_epoch(epoch: int, validation_loss: float, base_params: int) -> None:
         curve.append(validation_loss)
-        tune.report({VALIDATION_LOSS: validation_loss, "epoch": epoch + 1, "validation_curve": list(curve)})
+        tune.report({VALIDATION_LOSS: validation_loss, "epoch": epoch + 1, "validation_curve": list(curve),
+                     CONFIG_KEY: spec_json})
 
     try:
         env = _worker_env(source, file, dataset, device, out_dir)
         spec = space_mod.resolve(env.space, params, env.registry)
+        spec_json = json.dumps(spec.as_dict())
         record = run_trial(env, spec, int(config[NUMBER_KEY]), on_epoch=on_epoch)
     except Exception as exc:  # the reason goes to the study; the search goes on
         reason = str(exc) if isinstance(exc, VaeAutomlError) else f"{type(exc).__name__}: {exc}"
-        tune.report({FAILURE_KEY: reason})
+        tune.report({FAILURE_KEY: reason, CONFIG_KEY: spec_json})
         return
-    tune.report({**record["objectives"], RECORD_KEY: json.dumps(record), "base_cache_hit": record["base"]["cache_hit"]})
+    tune.report({**record["objectives"], RECORD_KEY: json.dumps(record), CONFIG_KEY: spec_json,
+                 "base_cache_hit": record["base"]["cache_hit"]})
 
 
 def _runtime_env(plugins: tuple[str, ...]) -> dict[str, Any]:
