@@ -31,16 +31,6 @@ class TestUniformContract(CompressorContract):
         return [{"bits": 1, "symmetric": False}, {"bits": 4, "bits_heads": 1, "symmetric": False}]
 
 
-class TestUniformOneBitContract(CompressorContract):
-    @pytest.fixture
-    def compressor(self) -> Compressor:
-        return UniformQuantizer()
-
-    @pytest.fixture
-    def params(self) -> dict[str, Any]:
-        return {"bits": 1, "bits_heads": 8, "granularity": "per_tensor", "calibration": "mse"}
-
-
 class TestPow2Contract(CompressorContract):
     @pytest.fixture
     def compressor(self) -> Compressor:
