@@ -9,6 +9,12 @@ from typing import Any, Iterator
 import pytest
 
 os.environ.setdefault("VAE_AUTOML_DISABLE_PLUGIN_AUTOLOAD", "1")
+# The tests train tiny models: one intra-op thread is several times faster than two fighting
+# over 2 cores with the other test processes (workers, Ray) that tests start.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+import torch  # noqa: E402
+
+torch.set_num_threads(1)
 
 SHARED_MNIST = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"
 
