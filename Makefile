@@ -14,7 +14,7 @@ $(VENV)/.installed: pyproject.toml $(wildcard plugins/*/pyproject.toml)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q $(TORCH_PINS)
 	$(BIN)/pip install -q -e ".[dev]" $(TORCH_PINS)
-	for p in plugins/*/; do [ -f $$p/pyproject.toml ] && $(BIN)/pip install -q -e $$p $(TORCH_PINS) || true; done
+	for p in plugins/*/; do $(BIN)/pip install -q -e $$p $(TORCH_PINS) || exit 1; done
 	touch $@
 
 demo: install
