@@ -9,12 +9,11 @@ TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 
 install: $(VENV)/.installed
 
+# One resolve for everything: the package, its dev extra and every plugin package under plugins/.
 $(VENV)/.installed: pyproject.toml $(wildcard plugins/*/pyproject.toml)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q $(TORCH_PINS)
-	$(BIN)/pip install -q -e ".[dev]" $(TORCH_PINS)
-	for p in plugins/*/; do $(BIN)/pip install -q -e $$p $(TORCH_PINS) || exit 1; done
+	$(BIN)/pip install -q $(TORCH_PINS) -e ".[dev]" $(foreach p,$(wildcard plugins/*/),-e $(p))
 	touch $@
 
 demo: install
