@@ -122,3 +122,17 @@ def test_latency_objective_times_int8_models_in_onnxruntime(data: Any) -> None:
     assert runtime.runtime_name(model, "cuda") == runtime.RUNTIME_TORCH
     assert runtime.deployed_runtime(model, "cuda") is None
     assert LatencyMs().measure(ctx) > 0
+
+
+def test_gaussian_decoder_exports_its_log_sigma(data: Any) -> None:
+    from vae_automl.export import elbo_of
+    from vae_automl.train import evaluate_elbo
+
+    model = build({**MLP, "likelihood": "gaussian"})
+    with torch.no_grad():
+        model.log_sigma.uniform_(-3.0, -1.0)  # not a constant, so a wrong mapping would show
+    onnx_model = runtime.OnnxVAE(runtime.export_onnx(model))
+    assert onnx_model.outputs == ["mu", "logvar", "decoded", "log_sigma"]
+    torch.testing.assert_close(onnx_model.log_sigma(), model.log_sigma.detach())
+    got = elbo_of(onnx_model.encode, onnx_model.decode, "gaussian", onnx_model.log_sigma(), data.test, seed=3)
+    assert got == pytest.approx(evaluate_elbo(model, data.test, seed=3), rel=1e-5)

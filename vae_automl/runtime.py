@@ -104,8 +104,7 @@ class _VaeGraph(nn.Module):
         mu, logvar = self.model.encode(x)
         decoded = self.model.decode(z)
         if self.model.likelihood == "gaussian":
-            # Identity keeps the parameter a graph output rather than a bare initializer.
-            return mu, logvar, decoded, self.model.log_sigma * 1.0
+            return mu, logvar, decoded, self.model.log_sigma
         return mu, logvar, decoded
 
 
@@ -190,10 +189,25 @@ def export_onnx(model: VAE, graph: str = GRAPH_VAE, int8: bool | None = None) ->
         torch.onnx.export(module, args, buffer, dynamo=False, input_names=inputs, output_names=outputs,
                           dynamic_axes=axes, opset_version=OPSET, do_constant_folding=True)
     proto = onnx.load_from_string(buffer.getvalue())
+    _name_outputs(proto, outputs)
     if not int8:
         return proto.SerializeToString()
     _gemm_to_matmul(proto)
     return _quantize_dynamic(proto)
+
+
+def _name_outputs(proto: onnx.ModelProto, names: list[str]) -> None:
+    """Give every graph output its intended name.
+
+    A constant output (the Gaussian ``log_sigma``) is folded into an
+    initializer and keeps the exporter's numeric name; an Identity renames it.
+    """
+    from onnx import helper
+
+    for output, name in zip(proto.graph.output, names):
+        if output.name != name:
+            proto.graph.node.append(helper.make_node("Identity", [output.name], [name], name=f"{name}_Identity"))
+            output.name = name
 
 
 def _quantize_dynamic(proto: onnx.ModelProto) -> bytes:
