@@ -29,7 +29,7 @@ import optuna
 from vae_automl import pareto
 from vae_automl.config import SamplerConfig, load_space
 from vae_automl.registry import get_registry
-from vae_automl.search import search
+from vae_automl.api import search
 from vae_automl.study import objectives_of
 
 DEFAULT_SPACE = Path(__file__).resolve().parents[1] / "search_spaces" / "mnist_mlp.yaml"

@@ -260,7 +260,7 @@ def run_compression_search(trials: int, compressor: str) -> dict[str, Any]:
     from vae_automl.config import load_space_text
     from vae_automl.plugin_manager import get_plugin_manager
     from vae_automl.registry import get_registry, reset_registry
-    from vae_automl.search import search
+    from vae_automl.api import search
 
     plugin = BenchRoundPlugin()
     pm = get_plugin_manager()

@@ -29,7 +29,7 @@ from vae_automl.export import (  # noqa: E402
     load_artifact,
     open_study_context,
 )
-from vae_automl.search import search  # noqa: E402
+from vae_automl.api import search  # noqa: E402
 from vae_automl.train import evaluate_elbo  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]

@@ -16,7 +16,7 @@ import pytest
 
 from vae_automl.backends.optuna import HEARTBEAT_GRACE_ENV, HEARTBEAT_INTERVAL_ENV, create_study
 from vae_automl.config import load_space
-from vae_automl.search import search
+from vae_automl.api import search
 from vae_automl.study import FAILURE_ATTR
 from vae_automl.worker import WORKER_ATTR
 

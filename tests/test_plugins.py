@@ -17,7 +17,7 @@ from vae_automl.config import load_space_text
 from vae_automl.errors import PluginError
 from vae_automl.plugin_manager import new_plugin_manager
 from vae_automl.registry import Registry, get_registry
-from vae_automl.search import search
+from vae_automl.api import search
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -197,3 +197,10 @@ def test_raising_hooks_fail_their_trial_alone(register_plugin: Any, tmp_path: Pa
             assert "compressor 'explodes' (plugin 'explosive') failed: RuntimeError: amount too large" in reason
     completed = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     assert all(t.params["compressor0.explodes.amount"] == 0.1 for t in completed)
+
+
+def test_api_functions_survive_submodule_imports() -> None:
+    code = ("import vae_automl, vae_automl.api, vae_automl.loading, vae_automl.export; "
+            "print(callable(vae_automl.search), callable(vae_automl.load))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert out == "True True"

@@ -14,7 +14,7 @@ from vae_automl.builtin.quantization import KMeansQuantizer, Pow2Quantizer, Unif
 from vae_automl.config import load_space_text
 from vae_automl.data import SplitConfig, make_splits
 from vae_automl.registry import get_registry
-from vae_automl.search import search
+from vae_automl.api import search
 from vae_automl.testing import make_context, tiny_model
 from vae_automl.testing.compressors import tiny_data
 from vae_automl.train import evaluate_elbo

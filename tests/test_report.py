@@ -24,7 +24,7 @@ from vae_automl.report import (  # noqa: E402
     plot_pareto,
     short_params,
 )
-from vae_automl.search import search  # noqa: E402
+from vae_automl.api import search  # noqa: E402
 from vae_automl.study import load_front  # noqa: E402
 
 SPACE = """

@@ -31,8 +31,8 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from vae_automl.load import load
-    from vae_automl.search import search
+    from vae_automl.loading import load
+    from vae_automl.api import search
 
 
 def __getattr__(name: str) -> Any:
@@ -42,11 +42,11 @@ def __getattr__(name: str) -> Any:
 
         return hookimpl
     if name == "search":
-        from vae_automl.search import search
+        from vae_automl.api import search
 
         return search
     if name == "load":
-        from vae_automl.load import load
+        from vae_automl.loading import load
 
         return load
     raise AttributeError(f"module 'vae_automl' has no attribute {name!r}")

@@ -13,7 +13,7 @@ from vae_automl.errors import VaeAutomlError
 def _cmd_search(args: argparse.Namespace) -> int:
     from vae_automl import pareto
     from vae_automl.report import format_front_table
-    from vae_automl.search import search
+    from vae_automl.api import search
 
     backend_options = {}
     if args.backend == "ray":

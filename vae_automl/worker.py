@@ -33,7 +33,7 @@ from vae_automl.errors import ConfigError
 from vae_automl.plugin_manager import get_plugin_manager
 from vae_automl.progress import Progress
 from vae_automl.registry import get_registry
-from vae_automl.search import apply_overrides
+from vae_automl.api import apply_overrides
 from vae_automl.trial import prepare
 
 WORKER_ATTR = "worker"

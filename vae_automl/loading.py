@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
-import types
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -80,13 +78,3 @@ def load(directory: str | Path, plugins: tuple[str, ...] = ()) -> VAE:
     model = packing.deserialize_model((Path(directory) / WEIGHTS).read_bytes(), get_registry(plugins))
     model.manifest = manifest
     return model
-
-
-class _CallableModule(types.ModuleType):
-    """Importing this submodule rebinds ``vae_automl.load`` to it; calling it must still load a model."""
-
-    def __call__(self, directory: str | Path, plugins: tuple[str, ...] = ()) -> VAE:
-        return load(directory, plugins)
-
-
-sys.modules[__name__].__class__ = _CallableModule
