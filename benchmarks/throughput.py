@@ -245,15 +245,28 @@ def compression_space_yaml(compressor: str, params: dict[str, Any], trials: int)
 
 
 def pick_compressor(registry: Any, wanted: str) -> tuple[str, dict[str, Any]]:
-    """A compressor and the params to search: ``wanted``, or under ``auto`` the first registered one."""
-    names = registry.compressors.names()
-    name = wanted if wanted != "auto" else (names[0] if names else "bench-round")
-    comp = registry.compressors.get(name)
-    # Fine-tuning epochs are held at their smallest value: this search is about reuse, not quality.
-    params = {p.name: (p.minimum if "epoch" in p.name and p.minimum is not None else "search")
-              for p in comp.params
-              if p.type == "bool" or p.choices or (p.minimum is not None and p.maximum is not None)}
-    return name, params
+    """A compressor and the params to search.
+
+    ``auto`` takes a registered post-training quantizer (``uniform`` first,
+    else the first of stage ``quantize`` other than the benchmark's own),
+    else ``bench-round``. Its bit widths and its choices (categorical, bool)
+    are searched; anything counting epochs stays at its minimum and the rest
+    at their defaults, because this search is about reusing the base, and
+    each trial should cost only the compression.
+    """
+    if wanted == "auto":
+        quantizers = [n for n in registry.compressors.names()
+                      if registry.compressors.get(n).stage == "quantize" and n != BenchRound.name]
+        wanted = "uniform" if "uniform" in quantizers else (quantizers[0] if quantizers else BenchRound.name)
+    comp = registry.compressors.get(wanted)
+    params: dict[str, Any] = {}
+    for p in comp.params:
+        if "epoch" in p.name and p.minimum is not None:
+            params[p.name] = p.minimum
+        elif p.type == "bool" or p.choices or (p.name.startswith("bits") and p.minimum is not None
+                                               and p.maximum is not None):
+            params[p.name] = "search"
+    return wanted, params
 
 
 def run_compression_search(trials: int, compressor: str) -> dict[str, Any]:
@@ -337,7 +350,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         f"{torch.get_num_threads()} here); concurrent trials share them")
     parser.add_argument("--search-trials", type=int, help="trials of the compression-only search (default 50, --quick 10)")
     parser.add_argument("--compressor", default="auto",
-                        help="compressor of that search (auto: the first registered, else the benchmark's own)")
+                        help="compressor of that search (auto: a registered quantizer, else the benchmark's own)")
     parser.add_argument("--data-dir", type=Path, default=MNIST_DIR, help="folder with t10k-images-idx3-ubyte.gz")
     args = parser.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
