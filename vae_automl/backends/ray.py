@@ -17,8 +17,9 @@ running ones from other workers and from a resumed run.
   tells a multi-objective trial without values COMPLETE, which Optuna
   refuses, leaving it RUNNING forever);
 * decide when to stop: no new trial once the study reached its target of
-  completed trials, the attempt cap, or the timeout, so ``--trials N`` means
-  N more *completed* trials, like the Optuna backend;
+  completed trials, the timeout, or 3N failed trials, so ``--trials N`` means
+  N more *completed* trials, like the Optuna backend (ASHA-stopped trials do
+  not count toward that cap: ASHA stops most trials by design);
 * send heartbeats for running trials on RDB storages, so a killed driver's
   trials go stale and the next run (or any Optuna worker) fails and retries them.
 
@@ -115,19 +116,20 @@ def _make_searcher_class() -> type:
     class StudySearcher(OptunaSearch):
         """OptunaSearch on our study that stores records, and stops at a completed-trial target."""
 
-        def __init__(self, *, objectives: tuple[str, ...], target_completed: int, done: int, max_attempts: int,
+        def __init__(self, *, objectives: tuple[str, ...], target_completed: int, done: int, max_failures: int,
                      deadline: float | None, progress: Progress, **kwargs: Any) -> None:
             super().__init__(**kwargs)
             self.objectives = objectives
-            self.target_completed, self.completed, self.max_attempts = target_completed, done, max_attempts
+            self.target_completed, self.completed, self.max_failures = target_completed, done, max_failures
             self.deadline, self.progress = deadline, progress
-            self.attempts = 0
+            self.failed = 0
             self.in_flight: dict[str, Any] = {}
             self.stats = {"base_trained": 0, "base_reused": 0}
             self.lock = threading.Lock()
 
         def suggest(self, trial_id: str) -> dict[str, Any] | str | None:
-            finished = (self.completed >= self.target_completed or self.attempts >= self.max_attempts
+            # ASHA stops most trials by design, so only failures count toward the cap that ends a hopeless space
+            finished = (self.completed >= self.target_completed or self.failed >= self.max_failures
                         or (self.deadline is not None and time.monotonic() > self.deadline))
             if finished:
                 return Searcher.FINISHED
@@ -140,7 +142,6 @@ def _make_searcher_class() -> type:
             ot_trial = self._ot_trials[trial_id]
             with self.lock:
                 self.in_flight[trial_id] = ot_trial
-            self.attempts += 1
             return {**config, NUMBER_KEY: ot_trial.number}
 
         def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
@@ -171,6 +172,8 @@ def _make_searcher_class() -> type:
                 self.completed += 1
                 hit = bool((result or {}).get("base_cache_hit"))
                 self.stats["base_reused" if hit else "base_trained"] += 1
+            elif state == optuna.trial.TrialState.FAIL:
+                self.failed += 1
             reason = attrs.get(study_mod.FAILURE_ATTR)
             if state == optuna.trial.TrialState.PRUNED:
                 reason = f"stopped by ASHA at epoch {attrs.get('pruned_at_epoch')}"
@@ -352,7 +355,7 @@ def run(space: SearchSpace, storage: Any, study_name: str, out: Path, trials: in
         mode=["min" if d == "minimize" else "max" for d in directions],
         sampler=optuna_backend.make_sampler(space.sampler), study_name=study_name, storage=storage_obj,
         objectives=tuple(space.objectives), target_completed=target, done=done,
-        max_attempts=n_trials * optuna_backend.ATTEMPTS_PER_TRIAL,
+        max_failures=n_trials * optuna_backend.ATTEMPTS_PER_TRIAL,
         deadline=time.monotonic() + timeout_s if timeout_s is not None else None, progress=progress)
     sched = None
     if scheduler == "asha":
@@ -367,8 +370,9 @@ def run(space: SearchSpace, storage: Any, study_name: str, out: Path, trials: in
         {"cpu": cpus_per_trial, "gpu": gpus_per_trial})
     tuner = tune.Tuner(
         trainable,
+        # reused actors keep torch imported and the data resident (_envs): a fresh one per trial costs seconds
         tune_config=tune.TuneConfig(search_alg=searcher, scheduler=sched, num_samples=-1,
-                                    max_concurrent_trials=concurrency),
+                                    max_concurrent_trials=concurrency, reuse_actors=True),
         run_config=tune.RunConfig(name=f"{study_name}-{int(time.time())}", storage_path=str((Path(out) / "ray").resolve()),
                                   verbose=0, log_to_file=True),
     )
