@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
+import optuna
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -250,7 +251,7 @@ def pick_compressor(registry: Any, wanted: str) -> tuple[str, dict[str, Any]]:
     ``auto`` takes a registered post-training quantizer (``uniform`` first,
     else the first of stage ``quantize`` other than the benchmark's own),
     else ``bench-round``. Its bit widths and its choices (categorical, bool)
-    are searched; anything counting epochs stays at its minimum and the rest
+    are searched (bits from 2 up); anything counting epochs stays at its minimum and the rest
     at their defaults, because this search is about reusing the base, and
     each trial should cost only the compression.
     """
@@ -263,8 +264,11 @@ def pick_compressor(registry: Any, wanted: str) -> tuple[str, dict[str, Any]]:
     for p in comp.params:
         if "epoch" in p.name and p.minimum is not None:
             params[p.name] = p.minimum
-        elif p.type == "bool" or p.choices or (p.name.startswith("bits") and p.minimum is not None
-                                               and p.maximum is not None):
+        elif p.name.startswith("bits") and p.type == "int" and p.minimum is not None and p.maximum is not None:
+            # From 2 bits up: 1-bit grids refuse some other choices (asymmetric), failing trials.
+            low = max(int(p.minimum), min(2, int(p.maximum)))
+            params[p.name] = {"low": low, "high": int(p.maximum)} if low < p.maximum else low
+        elif p.type == "bool" or p.choices:
             params[p.name] = "search"
     return wanted, params
 
@@ -274,6 +278,7 @@ def run_compression_search(trials: int, compressor: str) -> dict[str, Any]:
     from vae_automl.plugin_manager import get_plugin_manager
     from vae_automl.registry import get_registry, reset_registry
     from vae_automl.api import search
+    from vae_automl.study import FAILURE_ATTR
 
     plugin = BenchRoundPlugin()
     pm = get_plugin_manager()
@@ -287,10 +292,15 @@ def run_compression_search(trials: int, compressor: str) -> dict[str, Any]:
             started = time.perf_counter()
             result = search(space, trials=trials, out_dir=out, show_progress=False)
             seconds = time.perf_counter() - started
+            study = optuna.load_study(study_name=result.study_name, storage=result.storage)
+            failed = [t.user_attrs.get(FAILURE_ATTR, "") for t in study.get_trials(deepcopy=False)
+                      if t.state == optuna.trial.TrialState.FAIL]
     finally:
         pm.unregister(plugin)
         reset_registry()
+    # A failed trial (a compressor refusing its sampled params) also reuses the base, and is retried.
     return {"compressor": name, "searched_params": params, "trials": result.completed, "seconds": seconds,
+            "failed": len(failed), "failure_reasons": sorted(set(failed)),
             "base_trained": result.stats["base_trained"], "base_reused": result.stats["base_reused"]}
 
 
@@ -409,6 +419,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     reuse = run_compression_search(args.search_trials, args.compressor)
     print(f"\ncompression-only search ({reuse['trials']} trials of {reuse['compressor']!r} on one architecture, "
           f"{reuse['seconds']:.1f} s): bases trained: {reuse['base_trained']}, reused: {reuse['base_reused']}")
+    if reuse["failed"]:
+        print(f"({reuse['failed']} more trials failed and were retried, each reusing the base: "
+              f"{'; '.join(reuse['failure_reasons'][:3])})")
 
     report = {
         "device": device_name,

@@ -63,7 +63,7 @@ def test_compression_search_picks_and_searches_a_compressor() -> None:
 
     registry = Registry()
     registry.compressors.add(throughput.BenchRound(), "bench", "0")
-    assert throughput.pick_compressor(registry, "auto") == ("bench-round", {"bits": "search"})
+    assert throughput.pick_compressor(registry, "auto") == ("bench-round", {"bits": {"low": 2, "high": 8}})
 
     class Prune(Compressor):
         name, stage = "a_prune", "prune"
@@ -74,7 +74,7 @@ def test_compression_search_picks_and_searches_a_compressor() -> None:
 
     class Quant(Compressor):
         name, stage = "q", "quantize"
-        params = (Param("bits", "int", 8, minimum=2, maximum=8), Param("qat_epochs", "int", 0, minimum=0, maximum=9),
+        params = (Param("bits", "int", 8, minimum=1, maximum=8), Param("qat_epochs", "int", 0, minimum=0, maximum=9),
                   Param("symmetric", "bool", True), Param("lr", "float", 1e-3, minimum=1e-6, maximum=1.0))
 
         def apply(self, model, params, ctx):  # noqa: ANN001, ANN202
@@ -83,5 +83,5 @@ def test_compression_search_picks_and_searches_a_compressor() -> None:
     registry.compressors.add(Prune(), "p", "0")
     registry.compressors.add(Quant(), "p", "0")
     # A registered quantizer wins over pruning and over the benchmark's own; epochs stay at their minimum.
-    assert throughput.pick_compressor(registry, "auto") == ("q", {"bits": "search", "qat_epochs": 0,
+    assert throughput.pick_compressor(registry, "auto") == ("q", {"bits": {"low": 2, "high": 8}, "qat_epochs": 0,
                                                                   "symmetric": "search"})
