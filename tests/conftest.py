@@ -69,7 +69,7 @@ training:
   epochs: {{low: 1, high: {max_epochs}}}
   batch_size: 128
   lr: {lr}
-{extra_training}compressors: []
+{extra_training}compressors: {compressors}
 objectives: [test_elbo_nats, size_bytes]
 sampler: {{name: random, seed: {seed}}}
 pruner: {{name: {pruner}, warmup_epochs: 1, min_trials: 2}}
@@ -83,13 +83,57 @@ def tiny_space(tmp_path: Path) -> Any:
     """Write a tiny search space; returns ``make(**overrides) -> Path`` (name, trials, lr, max_epochs, ...)."""
 
     def make(name: str = "tiny", trials: int = 4, lr: str = "{low: 3.0e-3, high: 1.0e-2, log: true}",
-             max_epochs: int = 2, seed: int = 0, pruner: str = "none", extra_training: str = "") -> Path:
+             max_epochs: int = 2, seed: int = 0, pruner: str = "none", extra_training: str = "",
+             compressors: str = "[]") -> Path:
         path = tmp_path / f"{name}.yaml"
         path.write_text(TINY_SPACE.format(name=name, trials=trials, lr=lr, max_epochs=max_epochs, seed=seed,
-                                          pruner=pruner, extra_training=extra_training))
+                                          pruner=pruner, extra_training=extra_training, compressors=compressors))
         return path
 
     return make
+
+
+HOLD_PLUGIN = '''
+"""Test plugin: a `hold` compressor that waits while {flag} exists, so a test can catch a trial mid-run.
+
+While it waits, {flag}.held exists: the test knows a trial is held, not merely started."""
+import time
+from pathlib import Path
+
+from vae_automl.components import Compressor
+from vae_automl.plugin_manager import hookimpl
+
+FLAG = Path({flag!r})
+HELD = Path({flag!r} + ".held")
+
+
+class Hold(Compressor):
+    name = "hold"
+    stage = "quantize"
+
+    def apply(self, model, params, ctx):
+        while FLAG.exists():
+            HELD.touch()
+            time.sleep(0.05)
+        return model
+
+
+@hookimpl
+def register_compressors(register):
+    register(Hold())
+'''
+
+
+def write_hold_plugin(directory: Path, module: str = "hold_plugin", extra: str = "") -> Path:
+    """Write a plugin module whose `hold` compressor blocks trials while the returned flag file exists.
+
+    Fault tests hold a trial RUNNING for as long as they need, however fast the machine trains;
+    ``flag.with_name(flag.name + ".held")`` appears once a trial is held.
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    flag = directory / f"{module}.hold"
+    (directory / f"{module}.py").write_text(HOLD_PLUGIN.format(flag=str(flag)) + extra)
+    return flag
 
 
 def free_port() -> int:

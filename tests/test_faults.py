@@ -17,8 +17,11 @@ import pytest
 from vae_automl.backends.optuna import HEARTBEAT_GRACE_ENV, HEARTBEAT_INTERVAL_ENV, create_study
 from vae_automl.config import load_space
 from vae_automl.api import search
+from vae_automl.plugin_manager import EXTRA_PLUGINS_ENV
 from vae_automl.study import FAILURE_ATTR
 from vae_automl.worker import WORKER_ATTR
+
+from conftest import write_hold_plugin
 
 CLI = str(Path(sys.executable).parent / "vae-automl")
 STATES = optuna.trial.TrialState
@@ -69,40 +72,50 @@ def test_time_limit_stops_a_long_trial(tiny_space: Any, tmp_path: Path) -> None:
     assert int(match.group(1)) < 400
 
 
+def held_marker(flag: Path) -> Path:
+    return flag.with_name(flag.name + ".held")
+
+
 @pytest.mark.slow
-def test_worker_killed_mid_trial_is_failed_and_retried(postgres_url: str, tiny_space: Any, tmp_path: Path) -> None:
+def test_worker_killed_mid_trial_is_failed_and_retried(postgres_url: str, tiny_space: Any, tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     name = f"kill-{os.getpid()}-{int(time.time())}"
-    budget = 4
-    # several epochs, so a trial runs long enough to be caught RUNNING
-    space_file = tiny_space(name=name, trials=budget, max_epochs=12)
-    space_file.write_text(space_file.read_text().replace("epochs: {low: 1, high: 12}", "epochs: {low: 8, high: 12}"))
-    search(space_file, trials=0, storage=postgres_url, out_dir=tmp_path / "out", show_progress=False)
+    budget = 6
+    plugin_dir = tmp_path / "plugins"
+    hold = write_hold_plugin(plugin_dir)
+    monkeypatch.syspath_prepend(str(plugin_dir))
+    space_file = tiny_space(name=name, trials=budget, compressors="[hold]")
+    search(space_file, trials=0, storage=postgres_url, out_dir=tmp_path / "out", show_progress=False,
+           plugins=("hold_plugin",))
     grace_s = 4
-    env = {**os.environ, HEARTBEAT_INTERVAL_ENV: "1", HEARTBEAT_GRACE_ENV: str(grace_s)}
+    env = {**os.environ, HEARTBEAT_INTERVAL_ENV: "1", HEARTBEAT_GRACE_ENV: str(grace_s),
+           "PYTHONPATH": str(plugin_dir), EXTRA_PLUGINS_ENV: "hold_plugin"}
     worker = [CLI, "worker", "--storage", postgres_url, "--study", name]
     victim = subprocess.Popen(worker, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    survivor = subprocess.Popen(worker, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    late = None
+    others: list[subprocess.Popen] = []
     try:
         host_pid = re.compile(rf":{victim.pid}$")
-
-        def victim_running() -> optuna.trial.FrozenTrial | None:
-            return next((t for t in trials_of(postgres_url, name)
-                         if t.state == STATES.RUNNING and host_pid.search(t.user_attrs.get(WORKER_ATTR, ""))), None)
-
-        killed = wait_for(victim_running, 300, "a RUNNING trial of the victim worker", (victim,))
+        wait_for(lambda: any(t.state == STATES.COMPLETE for t in trials_of(postgres_url, name)), 300,
+                 "a completed trial of the victim worker", (victim,))
+        hold.touch()
+        wait_for(held_marker(hold).exists, 300, "a trial of the victim worker held mid-run", (victim,))
+        running = [t for t in trials_of(postgres_url, name) if t.state == STATES.RUNNING]
+        assert len(running) == 1 and host_pid.search(running[0].user_attrs.get(WORKER_ATTR, ""))
+        killed = running[0]
         before = {t.number: t.values for t in trials_of(postgres_url, name) if t.state == STATES.COMPLETE}
         victim.send_signal(signal.SIGKILL)
         victim.wait()
-        # a worker starting after the grace period finds the trial stale, fails it and runs its retry first
+        hold.unlink()
+        # workers starting after the grace period find the trial stale, fail it and run its retry first
         time.sleep(grace_s + 2)
-        late = subprocess.Popen(worker, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-        for proc in (survivor, late):
+        others = [subprocess.Popen(worker, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT) for _ in range(2)]
+        for proc in others:
             out, _ = proc.communicate(timeout=400)
             assert proc.returncode == 0, out.decode()[-3000:]
     finally:
-        for proc in (victim, survivor, late):
-            if proc is not None and proc.poll() is None:
+        hold.unlink(missing_ok=True)
+        for proc in (victim, *others):
+            if proc.poll() is None:
                 proc.kill()
                 proc.wait()
     trials = {t.number: t for t in trials_of(postgres_url, name)}
@@ -117,24 +130,28 @@ def test_worker_killed_mid_trial_is_failed_and_retried(postgres_url: str, tiny_s
 
 @pytest.mark.slow
 def test_interrupted_driver_resumes_to_budget(tiny_space: Any, tmp_path: Path) -> None:
-    budget = 3
-    space_file = tiny_space(trials=budget, max_epochs=10)
-    space_file.write_text(space_file.read_text().replace("epochs: {low: 1, high: 10}", "epochs: {low: 6, high: 10}"))
+    budget = 6
+    plugin_dir = tmp_path / "plugins"
+    hold = write_hold_plugin(plugin_dir)
+    space_file = tiny_space(trials=budget, compressors="[hold]")
     storage = f"sqlite:///{tmp_path / 'study.db'}"
-    command = [CLI, "search", str(space_file), "--out", str(tmp_path), "--storage", storage]
-    driver = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    command = [CLI, "search", str(space_file), "--out", str(tmp_path), "--storage", storage, "--plugin", "hold_plugin"]
+    env = {**os.environ, "PYTHONPATH": str(plugin_dir)}
+    driver = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
-        def one_done_one_running() -> bool:
+        def states() -> list[optuna.trial.FrozenTrial]:
             try:
-                states = [t.state for t in trials_of(storage, "tiny")]
+                return trials_of(storage, "tiny")
             except KeyError:  # study not created yet
-                return False
-            return STATES.COMPLETE in states and states[-1] == STATES.RUNNING
+                return []
 
-        wait_for(one_done_one_running, 300, "a completed and a running trial", (driver,))
+        wait_for(lambda: any(t.state == STATES.COMPLETE for t in states()), 300, "a completed trial", (driver,))
+        hold.touch()
+        wait_for(held_marker(hold).exists, 300, "a trial held mid-run", (driver,))
         driver.send_signal(signal.SIGINT)
         _, err = driver.communicate(timeout=120)
     finally:
+        hold.unlink(missing_ok=True)
         if driver.poll() is None:
             driver.kill()
             driver.wait()
@@ -144,7 +161,7 @@ def test_interrupted_driver_resumes_to_budget(tiny_space: Any, tmp_path: Path) -
     kept = {t.number: t.values for t in first if t.state == STATES.COMPLETE}
     assert 1 <= len(kept) < budget
     assert first[-1].state == STATES.FAIL  # the interrupted trial is not left RUNNING
-    rerun = subprocess.run(command, capture_output=True, timeout=600)
+    rerun = subprocess.run(command, env=env, capture_output=True, timeout=600)
     assert rerun.returncode == 0, rerun.stderr.decode()[-2000:]
     after = trials_of(storage, "tiny")
     assert sum(t.state == STATES.COMPLETE for t in after) == budget

@@ -16,15 +16,15 @@ import pytest
 
 from vae_automl.study import FAILURE_ATTR, RECORD_ATTR
 
+from conftest import write_hold_plugin
+
 CLI = str(Path(sys.executable).parent / "vae-automl")
 STATES = optuna.trial.TrialState
 
 PLUGIN = '''
-"""Test plugin: marks each trial's artifact with the pid of the process that ran it."""
-import os
-from pathlib import Path
 
-from vae_automl.plugin_manager import hookimpl
+# and marks each trial's artifact with the pid of the process that ran it
+import os
 
 
 @hookimpl
@@ -57,9 +57,8 @@ def completed(storage: str, name: str) -> list[optuna.trial.FrozenTrial]:
 @pytest.mark.slow
 def test_ray_cluster_search_interrupt_and_resume(ray_head: str, tiny_space: Any, tmp_path: Path) -> None:
     budget = 4
-    space_file = tiny_space(trials=budget, pruner="median", max_epochs=4)
-    (tmp_path / "plugin_pkg").mkdir()
-    (tmp_path / "plugin_pkg" / "pid_marker.py").write_text(PLUGIN)
+    space_file = tiny_space(trials=budget, pruner="median", max_epochs=4, compressors="[hold]")
+    hold = write_hold_plugin(tmp_path / "plugin_pkg", "pid_marker", extra=PLUGIN)
     storage = f"sqlite:///{tmp_path / 'study.db'}"
     out = tmp_path / "out"
     # the head uses token auth (Ray's default); the token is in ~/.ray/auth_token on this machine
@@ -82,16 +81,18 @@ def test_ray_cluster_search_interrupt_and_resume(ray_head: str, tiny_space: Any,
         ran_by = Path(record["artifact"] + ".ran-by")
         assert ran_by.is_file() and int(ran_by.read_text()) != first.pid
 
-    # 2. no --trials: complete the budget; interrupt the driver while a trial runs
+    # 2. no --trials: complete the budget; interrupt the driver while a trial is held mid-run
+    hold.touch()
     driver = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 300
-        while not any(t.state == STATES.RUNNING for t in optuna.load_study(study_name="tiny", storage=storage).trials):
-            assert driver.poll() is None and time.monotonic() < deadline, "no trial started on Ray"
+        while not hold.with_name(hold.name + ".held").exists():
+            assert driver.poll() is None and time.monotonic() < deadline, "no trial held on Ray"
             time.sleep(0.5)
         driver.send_signal(signal.SIGINT)
         _, err = driver.communicate(timeout=120)
     finally:
+        hold.unlink(missing_ok=True)
         if driver.poll() is None:
             driver.kill()
             driver.wait()
