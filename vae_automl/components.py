@@ -50,6 +50,27 @@ class Param:
             bounds = self.type
         return f"{self.name}: {bounds} (default {self.default})"
 
+    def check(self, value: Any) -> None:
+        """Raise ValueError if ``value`` breaks this parameter's type, bounds or choices, naming both."""
+        if value is None and self.default is None:
+            return
+        if self.choices is not None:
+            if value not in self.choices:
+                raise ValueError(f"`{self.name}` must be one of {', '.join(map(str, self.choices))}, "
+                                 f"but got {self.name}={value!r}")
+            return
+        if self.type == "bool":
+            if not isinstance(value, bool):
+                raise ValueError(f"`{self.name}` must be true or false, but got {self.name}={value!r}")
+            return
+        if self.type in ("int", "float"):
+            kind = int if self.type == "int" else (int, float)
+            if isinstance(value, bool) or not isinstance(value, kind):
+                what = "an integer" if self.type == "int" else "a number"
+                raise ValueError(f"`{self.name}` must be {what}, but got {self.name}={value!r}")
+            if (self.minimum is not None and value < self.minimum) or (self.maximum is not None and value > self.maximum):
+                raise ValueError(f"`{self.name}` must be in [{self.minimum}, {self.maximum}], but got {self.name}={value!r}")
+
 
 class Component(abc.ABC):
     """What every registered component has: a name, parameters, a help line."""
@@ -67,6 +88,23 @@ class Component(abc.ABC):
 
     def validate_params(self, values: dict[str, Any]) -> None:  # noqa: B027 - optional override
         """Check relations between parameter values; raise ValueError with the rule broken."""
+
+    def resolve_params(self, params: dict[str, Any]) -> dict[str, Any]:
+        """Every parameter's value (defaults filled in), each checked against its ``Param``, then ``validate_params``.
+
+        Components call this first in their work, so a direct call with bad
+        values fails as clearly as a bad search space does.
+        """
+        known = {p.name: p for p in self.params}
+        unknown = sorted(set(params) - set(known))
+        if unknown:
+            raise ValueError(f"{self.kind} {self.name!r} has no parameter {unknown[0]!r}; "
+                             f"its parameters: {', '.join(sorted(known)) or '(none)'}")
+        values = {name: params.get(name, p.default) for name, p in known.items()}
+        for p in self.params:
+            p.check(values[p.name])
+        self.validate_params(values)
+        return values
 
 
 class Architecture(Component):

@@ -30,8 +30,6 @@ import torch
 from torch.nn import functional as F
 
 from vae_automl.builtin.pruning import (
-    _check_choice,
-    _check_range,
     channel_groups,
     keep_top,
     magnitude_unit_scores,
@@ -39,7 +37,7 @@ from vae_automl.builtin.pruning import (
 )
 from vae_automl.components import Compressor, Param
 from vae_automl.plugin_manager import hookimpl
-from vae_automl.vae import VAE, kl_to_prior
+from vae_automl.vae import VAE
 
 if TYPE_CHECKING:
     from vae_automl.components import CompressionContext
@@ -101,19 +99,8 @@ class Distiller(Compressor):
               help="teacher: start from the teacher's strongest units; scratch: random initialization"),
     )
 
-    def validate_params(self, values: dict[str, Any]) -> None:
-        for name, low, high in (("width_ratio", 0.05, 1.0), ("latent_dim_ratio", 0.05, 1.0),
-                                ("alpha", 0.0, 100.0), ("beta", 0.0, 100.0)):
-            if name in values:
-                _check_range(name, values[name], low, high)
-        if "epochs" in values:
-            _check_range("epochs", values["epochs"], 0, 1000, integer=True)
-        if "init" in values:
-            _check_choice("init", values["init"], INITS)
-
     def apply(self, model: VAE, params: dict[str, Any], ctx: CompressionContext) -> VAE:
-        values = {p.name: params.get(p.name, p.default) for p in self.params}
-        self.validate_params(values)
+        values = self.resolve_params(params)
         if ctx.build_model is None:
             raise ValueError("distillation builds its student from a config and needs ctx.build_model")
         # A private frozen copy: the caller's teacher (and the input model) keep their mode and weights.

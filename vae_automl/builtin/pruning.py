@@ -100,24 +100,6 @@ def fine_tune_masked(model: VAE, masks: dict[str, torch.Tensor], epochs: int, ct
     return model
 
 
-def _check_choice(name: str, value: Any, choices: tuple[Any, ...]) -> None:
-    if value not in choices:
-        raise ValueError(f"`{name}` must be one of {', '.join(map(str, choices))}, but got {name}={value!r}")
-
-
-def _check_range(name: str, value: Any, low: float, high: float, integer: bool = False) -> None:
-    kind = int if integer else (int, float)
-    if isinstance(value, bool) or not isinstance(value, kind) or not low <= value <= high:
-        what = "an integer" if integer else "a number"
-        raise ValueError(f"`{name}` must be {what} in [{low}, {high}], but got {name}={value!r}")
-
-
-def _check_unstructured(values: dict[str, Any]) -> None:
-    _check_range("sparsity", values["sparsity"], 0.0, 0.99)
-    _check_choice("scope", values["scope"], SCOPES)
-    _check_range("finetune_epochs", values["finetune_epochs"], 0, 200, integer=True)
-
-
 def elbo_batches(ctx: CompressionContext, batches: int, batch_size: int = 128) -> list[torch.Tensor]:
     """``batches`` fixed training batches chosen by the trial seed (repeatable saliency estimates)."""
     generator = torch.Generator().manual_seed(ctx.seed)
@@ -148,17 +130,11 @@ def taylor_weight_scores(model: VAE, ctx: CompressionContext, batches: int) -> d
 class _UnstructuredPruner(Compressor):
     stage = "prune"
 
-    def validate_params(self, values: dict[str, Any]) -> None:
-        if {"sparsity", "scope", "finetune_epochs"} <= values.keys():
-            _check_unstructured(values)
-
     def scores(self, model: VAE, params: dict[str, Any], ctx: CompressionContext) -> dict[str, torch.Tensor]:
         raise NotImplementedError
 
     def apply(self, model: VAE, params: dict[str, Any], ctx: CompressionContext) -> VAE:
-        values = {p.name: params.get(p.name, p.default) for p in self.params}
-        _check_unstructured(values)
-        self.validate_params(values)
+        values = self.resolve_params(params)
         torch.manual_seed(ctx.seed)
         pruned = copy.deepcopy(model).to(ctx.device)
         scores = self.scores(pruned, values, ctx)
@@ -184,11 +160,6 @@ class TaylorPruner(_UnstructuredPruner):
     params = (SPARSITY, SCOPE, FINETUNE_EPOCHS,
               Param("batches", "int", 8, minimum=1, maximum=1000, help="training batches the saliency sums over"))
 
-    def validate_params(self, values: dict[str, Any]) -> None:
-        super().validate_params(values)
-        if "batches" in values:
-            _check_range("batches", values["batches"], 1, 1000, integer=True)
-
     def scores(self, model: VAE, params: dict[str, Any], ctx: CompressionContext) -> dict[str, torch.Tensor]:
         return taylor_weight_scores(model, ctx, params["batches"])
 
@@ -200,13 +171,6 @@ class L1Pruner(_UnstructuredPruner):
               Param("l1_strength", "float", 1e-4, minimum=1e-8, maximum=1e-1, log=True,
                     help="weight of sum |w| (nats per image per unit of |w|) during the L1 phase"),
               Param("l1_epochs", "int", 3, minimum=1, maximum=200, help="epochs of L1-regularized training"))
-
-    def validate_params(self, values: dict[str, Any]) -> None:
-        super().validate_params(values)
-        if "l1_strength" in values:
-            _check_range("l1_strength", values["l1_strength"], 1e-8, 1e-1)
-        if "l1_epochs" in values:
-            _check_range("l1_epochs", values["l1_epochs"], 1, 200, integer=True)
 
     def scores(self, model: VAE, params: dict[str, Any], ctx: CompressionContext) -> dict[str, torch.Tensor]:
         names = tuple(prunable_weights(model))
@@ -404,19 +368,8 @@ class StructuredPruner(Compressor):
         FINETUNE_EPOCHS,
     )
 
-    def validate_params(self, values: dict[str, Any]) -> None:
-        if "ratio" in values:
-            _check_range("ratio", values["ratio"], 0.0, 0.95)
-        if "criterion" in values:
-            _check_choice("criterion", values["criterion"], STRUCTURED_CRITERIA)
-        if "batches" in values:
-            _check_range("batches", values["batches"], 1, 1000, integer=True)
-        if "finetune_epochs" in values:
-            _check_range("finetune_epochs", values["finetune_epochs"], 0, 200, integer=True)
-
     def apply(self, model: VAE, params: dict[str, Any], ctx: CompressionContext) -> VAE:
-        values = {p.name: params.get(p.name, p.default) for p in self.params}
-        self.validate_params(values)
+        values = self.resolve_params(params)
         if ctx.build_model is None:
             raise ValueError("structured pruning rebuilds the model from its config and needs ctx.build_model")
         torch.manual_seed(ctx.seed)

@@ -280,22 +280,6 @@ class _Quantizer(Compressor):
         if isinstance(qat, int) and qat < 0:
             raise ValueError(f"`qat_epochs` must be >= 0, but got qat_epochs={qat}")
 
-    def _checked(self, params: dict[str, Any]) -> dict[str, Any]:
-        values = {p.name: params.get(p.name, p.default) for p in self.params}
-        unknown = set(params) - set(values)
-        if unknown:
-            raise ValueError(f"{self.name} has no parameter(s) {sorted(unknown)}; its parameters: {sorted(values)}")
-        for p in self.params:
-            v = values[p.name]
-            if v is None:
-                continue
-            if p.choices is not None and v not in p.choices:
-                raise ValueError(f"`{p.name}` must be one of {list(p.choices)}, but got {p.name}={v!r}")
-            if p.minimum is not None and v < p.minimum or p.maximum is not None and v > p.maximum:
-                raise ValueError(f"`{p.name}` must be in [{p.minimum}, {p.maximum}], but got {p.name}={v!r}")
-        self.validate_params(values)
-        return values
-
     # Subclasses: the grid of one weight.
     def fit(self, w: torch.Tensor, bits: int, values: dict[str, Any], x: torch.Tensor | None,
             seed: int) -> dict[str, Any]:
@@ -315,7 +299,7 @@ class _Quantizer(Compressor):
         return False
 
     def apply(self, model: VAE, params: dict[str, Any], ctx: CompressionContext) -> VAE:
-        values = self._checked(params)
+        values = self.resolve_params(params)
         out = copy.deepcopy(model)
         device = next(out.parameters()).device
         layers = quantizable_layers(out)

@@ -36,8 +36,6 @@ import torch
 from torch import nn
 
 from vae_automl.builtin.pruning import (
-    _check_choice,
-    _check_range,
     apply_masks,
     channel_groups,
     elbo_batches,
@@ -114,19 +112,8 @@ class NniPruner(Compressor):
         Param("taylor_steps", "int", 8, minimum=1, maximum=1000, help="training steps TaylorPruner collects gradients over"),
     )
 
-    def validate_params(self, values: dict[str, Any]) -> None:
-        if "pruner" in values:
-            _check_choice("pruner", values["pruner"], PRUNERS)
-        if "sparsity" in values:
-            _check_range("sparsity", values["sparsity"], 0.0, 0.99)
-        if "finetune_epochs" in values:
-            _check_range("finetune_epochs", values["finetune_epochs"], 0, 200, integer=True)
-        if "taylor_steps" in values:
-            _check_range("taylor_steps", values["taylor_steps"], 1, 1000, integer=True)
-
     def apply(self, model: VAE, params: dict[str, Any], ctx: CompressionContext) -> VAE:
-        values = {p.name: params.get(p.name, p.default) for p in self.params}
-        self.validate_params(values)
+        values = self.resolve_params(params)
         nni = import_nni()
         torch.manual_seed(ctx.seed)
         work = copy.deepcopy(model).to(ctx.device)
@@ -201,21 +188,8 @@ class NniQuantizer(Compressor):
               help="calibration (ptq) or quantization-aware training (qat) steps"),
     )
 
-    def validate_params(self, values: dict[str, Any]) -> None:
-        if "quantizer" in values:
-            _check_choice("quantizer", values["quantizer"], QUANTIZERS)
-        if "bits" in values:
-            _check_range("bits", values["bits"], 2, 8, integer=True)
-        if "scheme" in values:
-            _check_choice("scheme", values["scheme"], SCHEMES)
-        if "granularity" in values:
-            _check_choice("granularity", values["granularity"], ("default", "out_channel"))
-        if "steps" in values:
-            _check_range("steps", values["steps"], 1, 100_000, integer=True)
-
     def apply(self, model: VAE, params: dict[str, Any], ctx: CompressionContext) -> VAE:
-        values = {p.name: params.get(p.name, p.default) for p in self.params}
-        self.validate_params(values)
+        values = self.resolve_params(params)
         nni = import_nni()
         from nni.compression.quantization import PtqQuantizer, QATQuantizer
 
