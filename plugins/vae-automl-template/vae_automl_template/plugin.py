@@ -40,9 +40,9 @@ class Float16Compressor(Compressor):
             raise ValueError(f"`min_numel` must not exceed `max_numel`, but got min_numel={low}, max_numel={high}")
 
     def apply(self, model: VAE, params: dict[str, Any], ctx: CompressionContext) -> VAE:
-        self.validate_params(params)
+        values = self.resolve_params(params)  # defaults filled, bounds and validate_params checked
         out = copy.deepcopy(model)  # never mutate the input
-        low, high = params.get("min_numel", 0), params.get("max_numel")
+        low, high = values["min_numel"], values["max_numel"]
         with torch.no_grad():
             for name, tensor in out.state_dict(keep_vars=True).items():
                 spec = out.encodings.get(name, {})
