@@ -136,6 +136,14 @@ def write_hold_plugin(directory: Path, module: str = "hold_plugin", extra: str =
     return flag
 
 
+def default_sigint() -> None:
+    """``preexec_fn`` for a driver a test interrupts: a CI that runs the suite as a background job
+    starts it with SIGINT ignored, which children inherit; Ctrl+C handling needs the default back."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def free_port() -> int:
     import socket
 

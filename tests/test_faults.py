@@ -21,7 +21,7 @@ from vae_automl.plugin_manager import EXTRA_PLUGINS_ENV
 from vae_automl.study import FAILURE_ATTR
 from vae_automl.worker import WORKER_ATTR
 
-from conftest import write_hold_plugin
+from conftest import default_sigint, write_hold_plugin
 
 CLI = str(Path(sys.executable).parent / "vae-automl")
 STATES = optuna.trial.TrialState
@@ -137,7 +137,8 @@ def test_interrupted_driver_resumes_to_budget(tiny_space: Any, tmp_path: Path) -
     storage = f"sqlite:///{tmp_path / 'study.db'}"
     command = [CLI, "search", str(space_file), "--out", str(tmp_path), "--storage", storage, "--plugin", "hold_plugin"]
     env = {**os.environ, "PYTHONPATH": str(plugin_dir)}
-    driver = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    driver = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              preexec_fn=default_sigint)
     try:
         def states() -> list[optuna.trial.FrozenTrial]:
             try:

@@ -16,7 +16,7 @@ import pytest
 
 from vae_automl.study import FAILURE_ATTR, RECORD_ATTR
 
-from conftest import write_hold_plugin
+from conftest import default_sigint, write_hold_plugin
 
 CLI = str(Path(sys.executable).parent / "vae-automl")
 STATES = optuna.trial.TrialState
@@ -83,7 +83,8 @@ def test_ray_cluster_search_interrupt_and_resume(ray_head: str, tiny_space: Any,
 
     # 2. no --trials: complete the budget; interrupt the driver while a trial is held mid-run
     hold.touch()
-    driver = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    driver = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              preexec_fn=default_sigint)
     try:
         deadline = time.monotonic() + 300
         while not hold.with_name(hold.name + ".held").exists():
