@@ -96,7 +96,8 @@ def tiny_space(tmp_path: Path) -> Any:
 HOLD_PLUGIN = '''
 """Test plugin: a `hold` compressor that waits while {flag} exists, so a test can catch a trial mid-run.
 
-While it waits, {flag}.held exists: the test knows a trial is held, not merely started."""
+A number N written in the flag lets N trials through before it holds. While it waits,
+{flag}.held exists: the test knows a trial is held, not merely started."""
 import time
 from pathlib import Path
 
@@ -113,6 +114,10 @@ class Hold(Compressor):
 
     def apply(self, model, params, ctx):
         while FLAG.exists():
+            passes = FLAG.read_text().strip()
+            if passes and int(passes) > 0:  # the flag may let a number of trials through first
+                FLAG.write_text(str(int(passes) - 1))
+                break
             HELD.touch()
             time.sleep(0.05)
         return model
