@@ -108,7 +108,9 @@ class _VaeGraph(nn.Module):
         return mu, logvar, decoded
 
 
-class _ReconstructGraph(nn.Module):
+class ReconstructModule(nn.Module):
+    """``forward(x)``: decoder output at the posterior mean; ``encode``/``decode`` kept for TorchScript."""
+
     def __init__(self, model: VAE) -> None:
         super().__init__()
         self.model = model
@@ -116,6 +118,12 @@ class _ReconstructGraph(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         mu, _ = self.model.encode(x)
         return self.model.decode(mu)
+
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.model.encode(x)
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        return self.model.decode(z)
 
 
 def _gemm_to_matmul(proto: onnx.ModelProto) -> None:
@@ -178,7 +186,7 @@ def export_onnx(model: VAE, graph: str = GRAPH_VAE, int8: bool | None = None) ->
         axes = {"x": {0: "n"}, "mu": {0: "n"}, "logvar": {0: "n"}, "z": {0: "m"}, "decoded": {0: "m"}}
         inputs = ["x", "z"]
     elif graph == GRAPH_RECONSTRUCT:
-        module, args, inputs, outputs = _ReconstructGraph(model), (x,), ["x"], ["decoded"]
+        module, args, inputs, outputs = ReconstructModule(model), (x,), ["x"], ["decoded"]
         axes = {"x": {0: "n"}, "decoded": {0: "n"}}
     else:
         raise ValueError(f"graph must be {GRAPH_VAE!r} or {GRAPH_RECONSTRUCT!r}, but got {graph!r}")

@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-from torch import nn
 
 from vae_automl import packing
 from vae_automl.components import Exporter
@@ -35,30 +34,14 @@ class OnnxExporter(Exporter):
         Path(path).write_bytes(export_onnx(model, GRAPH_VAE))
 
 
-class _EncodeDecode(nn.Module):
-    """The two entry points TorchScript keeps: ``encode(x) -> (mu, logvar)`` and ``decode(z)``."""
-
-    def __init__(self, model: VAE) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        mu, _ = self.model.encode(x)
-        return self.model.decode(mu)
-
-    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.model.encode(x)
-
-    def decode(self, z: torch.Tensor) -> torch.Tensor:
-        return self.model.decode(z)
-
-
 class TorchScriptExporter(Exporter):
     name = "torchscript"
     filename = "model.pt"
     help = "traced TorchScript module with forward (reconstruct logits), encode and decode methods"
 
     def export(self, model: VAE, path: str, example: torch.Tensor) -> None:
+        from vae_automl.runtime import ReconstructModule
+
         model = model.eval()
         device = next(model.parameters()).device
         x = example.to(device)
@@ -66,7 +49,7 @@ class TorchScriptExporter(Exporter):
         with warnings.catch_warnings():
             # torch.jit is deprecated upstream but still the format a C++/LibTorch user loads.
             warnings.simplefilter("ignore")
-            traced = torch.jit.trace_module(_EncodeDecode(model), {"forward": x, "encode": x, "decode": z})
+            traced = torch.jit.trace_module(ReconstructModule(model), {"forward": x, "encode": x, "decode": z})
             torch.jit.save(traced, path)
 
 
