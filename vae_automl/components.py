@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     import torch
 
     from vae_automl.data import DataSplits
+    from vae_automl.train import TrainConfig
     from vae_automl.vae import VAE
 
 ParamType = Literal["int", "float", "categorical", "bool"]
@@ -108,10 +109,15 @@ class Component(abc.ABC):
 
 
 class Architecture(Component):
-    """A VAE family: turns sampled parameters into a model, and a config back into one."""
+    """A VAE family: turns sampled parameters into a model, and a config back into one.
+
+    ``tasks`` names the tasks (see :class:`Task`) whose models this
+    architecture builds; a search space pairing it with another task is refused.
+    """
 
     kind = "architecture"
     presets: dict[str, dict[str, Any]] = {}
+    tasks: tuple[str, ...] = ("vae",)
 
     @abc.abstractmethod
     def config_from_params(self, values: dict[str, Any], input_shape: tuple[int, ...]) -> dict[str, Any]:
@@ -197,11 +203,20 @@ class MeasureContext:
 
 
 class Objective(Component):
-    """A measured figure of a trial's final model."""
+    """A measured figure of a trial's final model.
+
+    ``tasks`` names the tasks whose models it can measure (None: any task);
+    a search space of another task may not list it, and its default
+    ``record`` leaves it out. An objective with ``needs_labels`` reads the
+    dataset's labels (``ctx.data.test_labels``), which are then loaded; the
+    default ``record`` leaves it out too, so it must be asked for by name.
+    """
 
     kind = "objective"
     direction: Literal["minimize", "maximize"] = "minimize"
     unit: str = ""
+    tasks: tuple[str, ...] | None = None
+    needs_labels: bool = False
 
     @abc.abstractmethod
     def measure(self, ctx: MeasureContext) -> float:
@@ -226,6 +241,80 @@ class Dataset(Component):
             An array ``N x H x W`` or ``N x C x H x W``: uint8 (0..255) or
             float in [0, 1]. Raise :class:`vae_automl.errors.DataError`
             naming the file at fault.
+        """
+
+    def load_labels(self, arg: str | None, data_dir: str | None, download: bool) -> np.ndarray | None:
+        """The class label of every image :meth:`load` returns, in the same order; None if there are none.
+
+        Called only when a task or an objective needs labels.
+
+        Args:
+            arg: as for :meth:`load`.
+            data_dir: as for :meth:`load`.
+            download: as for :meth:`load`.
+
+        Returns:
+            An integer array of length N, or None (the default) for a dataset without labels.
+        """
+        return None
+
+
+class Task(Component):
+    """What a model is trained for and judged by: the loss the trainer steps on, and the objectives that fit.
+
+    The trainer calls :meth:`loss` once per batch (inside the CUDA graph when
+    it captures the step) and :meth:`validation_loss` once per epoch; the
+    trial calls :meth:`finalize` on the trained (and on the compressed) model
+    before measuring it. A search space picks its task with ``task:``
+    (default ``vae``); its architectures must list the task in their ``tasks``.
+
+    Attributes:
+        needs_labels: whether :meth:`loss` reads labels; the dataset's labels
+            are loaded only then (or when an objective needs them).
+        default_objectives: the objectives of a search space that names none.
+    """
+
+    kind = "task"
+    needs_labels: bool = False
+    default_objectives: tuple[str, ...] = ()
+
+    @abc.abstractmethod
+    def loss(self, model: VAE, x: torch.Tensor, y: torch.Tensor | None, config: TrainConfig) -> torch.Tensor:
+        """The training loss of one batch.
+
+        Must be capture-safe: device ops only on the tensors it is given, no
+        ``.item()``, no host sync, no branching on tensor values, so the
+        trainer can capture it in a CUDA graph.
+
+        Args:
+            model: the model being trained (in training mode).
+            x: a batch of images, ``B x C x H x W`` in [0, 1], on the model's device.
+            y: the batch's labels (``B``, int64) when :attr:`needs_labels`, else None.
+            config: the trial's training settings (``beta`` and the like).
+
+        Returns:
+            A scalar tensor to minimize (a mean over the batch).
+        """
+
+    @abc.abstractmethod
+    def validation_loss(self, model: VAE, data: DataSplits, config: TrainConfig, seed: int) -> float:
+        """The loss on ``data.validation`` after an epoch: early stopping and trial pruning compare it.
+
+        Args:
+            model: the model being trained; leave its train/eval mode as found.
+            data: the splits; ``data.validation_labels`` is set when labels were loaded.
+            config: the trial's training settings.
+            seed: the trial's seed; any noise must be fixed by it (repeatable).
+
+        Returns:
+            A finite float, lower is better.
+        """
+
+    def finalize(self, model: VAE) -> None:  # noqa: B027 - optional override
+        """Make a trained or compressed model ready to measure and store (the codec builds its integer CDF tables).
+
+        Args:
+            model: the final model of a training run or of the compression pipeline; changed in place.
         """
 
 

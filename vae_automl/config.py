@@ -123,6 +123,9 @@ class SearchSpace:
     teacher: str | None = None
     reference_point: dict[str, float] | None = None
     source: str = ""
+    task: str = "vae"
+    needs_labels: bool = False
+    """Whether the task or a measured objective reads the dataset's labels (they are loaded only then)."""
 
 
 class _Loc:
@@ -295,7 +298,7 @@ def _choice(value: Any, loc: _Loc, choices: tuple[str, ...]) -> str:
 
 
 TOP_KEYS = ("name", "dataset", "device", "seed", "architecture", "training", "compressors", "objectives",
-            "record", "sampler", "pruner", "latency", "trials", "timeout_s", "teacher", "reference_point")
+            "record", "sampler", "pruner", "latency", "trials", "timeout_s", "teacher", "reference_point", "task")
 
 
 def parse_space(data: Any, file: str, registry: Registry, source: str = "") -> SearchSpace:
@@ -322,6 +325,11 @@ def parse_space(data: Any, file: str, registry: Registry, source: str = "") -> S
     _lookup(registry.datasets, spec.partition(":")[0], ds_loc / "spec")
     dataset = DatasetConfig(spec=spec, data_dir=ds_raw.get("data_dir"), download=bool(ds_raw.get("download", False)), split=split)
 
+    task_name = data.get("task", "vae")
+    if not isinstance(task_name, str):
+        raise (root / "task").error(f"expected a task name, got {task_name!r}")
+    task = _lookup(registry.tasks, task_name, root / "task")
+
     arch_loc = root / "architecture"
     arch_raw = _mapping(data.get("architecture"), arch_loc)
     if not arch_raw:
@@ -330,6 +338,9 @@ def parse_space(data: Any, file: str, registry: Registry, source: str = "") -> S
     for name, params_raw in arch_raw.items():
         loc = arch_loc / name
         arch = _lookup(registry.architectures, name, loc)
+        if task.name not in arch.tasks:
+            raise loc.error(f"architecture {name!r} does not support task {task.name!r} (task:); "
+                            f"it supports: {', '.join(arch.tasks) or '(none)'}")
         params_raw = dict(_mapping(params_raw, loc))
         preset = params_raw.pop("preset", None)
         base = None
@@ -383,22 +394,32 @@ def parse_space(data: Any, file: str, registry: Registry, source: str = "") -> S
         slots.append(CompressorSlot(tuple(options), optional))
 
     obj_loc = root / "objectives"
-    objectives = data.get("objectives", ["test_elbo_nats", "size_bytes"])
+    objectives = data.get("objectives", list(task.default_objectives))
     if not isinstance(objectives, list) or not objectives:
         raise obj_loc.error("expected a non-empty list of objective names")
+
+    def measurable(name: str, loc: _Loc) -> Any:
+        objective = _lookup(registry.objectives, name, loc)
+        if objective.tasks is not None and task.name not in objective.tasks:
+            raise loc.error(f"objective {name!r} measures models of task {', '.join(objective.tasks)}, "
+                            f"not of task {task.name!r} (task:)")
+        return objective
+
     for i, name in enumerate(objectives):
-        _lookup(registry.objectives, name, obj_loc / i)
+        measurable(name, obj_loc / i)
     if len(set(objectives)) != len(objectives):
         raise obj_loc.error(f"an objective is listed twice: {objectives}")
     record_raw = data.get("record")
     rec_loc = root / "record"
     if record_raw is None:
-        record = [n for n in registry.objectives.names() if n not in objectives]
+        record = [n for n in registry.objectives.names() if n not in objectives
+                  and (registry.objectives.get(n).tasks is None or task.name in registry.objectives.get(n).tasks)
+                  and not registry.objectives.get(n).needs_labels]
     else:
         if not isinstance(record_raw, list):
             raise rec_loc.error("expected a list of objective names to measure without optimizing")
         for i, name in enumerate(record_raw):
-            _lookup(registry.objectives, name, rec_loc / i)
+            measurable(name, rec_loc / i)
         record = [n for n in record_raw if n not in objectives]
 
     s_loc = root / "sampler"
@@ -465,6 +486,8 @@ def parse_space(data: Any, file: str, registry: Registry, source: str = "") -> S
         teacher=data.get("teacher"),
         reference_point=reference_point,
         source=source,
+        task=task.name,
+        needs_labels=task.needs_labels or any(registry.objectives.get(n).needs_labels for n in (*objectives, *record)),
     )
 
 

@@ -45,19 +45,30 @@ class SplitConfig:
 
 @dataclass
 class DataSplits:
-    """Images as float tensors in [0, 1], shape N x C x H x W, on ``device``."""
+    """Images as float tensors in [0, 1], shape N x C x H x W, on ``device``.
+
+    The ``*_labels`` (int64, one per image) are set only when a task or an
+    objective needs them and the dataset has them.
+    """
 
     train: torch.Tensor
     validation: torch.Tensor
     test: torch.Tensor
     info: dict[str, Any]
+    train_labels: torch.Tensor | None = None
+    validation_labels: torch.Tensor | None = None
+    test_labels: torch.Tensor | None = None
 
     @property
     def input_shape(self) -> tuple[int, ...]:
         return tuple(self.train.shape[1:])
 
     def to(self, device: torch.device | str) -> DataSplits:
-        return DataSplits(self.train.to(device), self.validation.to(device), self.test.to(device), dict(self.info))
+        def move(t: torch.Tensor | None) -> torch.Tensor | None:
+            return None if t is None else t.to(device)
+
+        return DataSplits(self.train.to(device), self.validation.to(device), self.test.to(device), dict(self.info),
+                          move(self.train_labels), move(self.validation_labels), move(self.test_labels))
 
 
 def parse_spec(spec: str) -> tuple[str, str | None]:
@@ -110,6 +121,23 @@ def load_images(spec: str, data_dir: str | None = None, download: bool = False,
     return _image_cache[key]
 
 
+def load_labels(spec: str, n_images: int, data_dir: str | None = None, download: bool = False,
+                registry: Registry | None = None) -> np.ndarray:
+    """Every label of a dataset as int64, one per image of :func:`load_images`; DataError if it has none."""
+    from vae_automl.registry import get_registry
+
+    registry = registry or get_registry()
+    data_dir = data_dir or os.environ.get(DATA_DIR_ENV)
+    name, arg = parse_spec(spec)
+    labels = registry.datasets.get(name).load_labels(arg, data_dir, download)
+    if labels is None:
+        raise DataError(f"dataset {spec!r} has no labels, but the task or an objective needs them")
+    labels = np.asarray(labels)
+    if labels.shape != (n_images,) or not np.issubdtype(labels.dtype, np.integer):
+        raise DataError(f"dataset {spec!r}: expected {n_images} integer labels, got {labels.dtype} {labels.shape}")
+    return labels.astype(np.int64)
+
+
 def split_indices(n: int, split: SplitConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     if split.limit is not None:
         n = min(n, split.limit)
@@ -123,8 +151,9 @@ def split_indices(n: int, split: SplitConfig) -> tuple[np.ndarray, np.ndarray, n
     return order[:n_train], order[n_train:n_train + n_val], order[n_train + n_val:]
 
 
-def make_splits(images: np.ndarray, split: SplitConfig, device: torch.device | str, spec: str = "") -> DataSplits:
-    """Split ``images`` by ``split`` and move the three parts to ``device`` once."""
+def make_splits(images: np.ndarray, split: SplitConfig, device: torch.device | str, spec: str = "",
+                labels: np.ndarray | None = None) -> DataSplits:
+    """Split ``images`` (and ``labels`` alike, if given) by ``split`` and move the parts to ``device`` once."""
     train_idx, val_idx, test_idx = split_indices(len(images), split)
     if len(val_idx) == 0:
         # Early stopping and pruning need a validation set; fall back to the training images.
@@ -145,7 +174,10 @@ def make_splits(images: np.ndarray, split: SplitConfig, device: torch.device | s
     }
     device = torch.device(device)
 
-    def part(idx: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(np.ascontiguousarray(images[idx])).to(device)
+    def part(idx: np.ndarray, array: np.ndarray = images) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(array[idx])).to(device)
 
-    return DataSplits(part(train_idx), part(val_idx), part(test_idx), info)
+    if labels is None:
+        return DataSplits(part(train_idx), part(val_idx), part(test_idx), info)
+    return DataSplits(part(train_idx), part(val_idx), part(test_idx), info,
+                      part(train_idx, labels), part(val_idx, labels), part(test_idx, labels))

@@ -100,7 +100,7 @@ def open_study_context(storage: str, study_name: str, dataset: str | None = None
     """
     from vae_automl import study as study_mod
     from vae_automl.config import load_space_text
-    from vae_automl.data import load_images, make_splits
+    from vae_automl.data import load_images, load_labels, make_splits
     from vae_automl.registry import get_registry
 
     registry = get_registry(plugins)
@@ -120,7 +120,8 @@ def open_study_context(storage: str, study_name: str, dataset: str | None = None
     ds = dataclasses.replace(ds, spec=dataset or ds.spec, data_dir=data_dir or ds.data_dir)
     space = dataclasses.replace(space, dataset=ds)
     images = load_images(ds.spec, ds.data_dir, ds.download, registry)
-    data = make_splits(images, ds.split, "cpu", spec=ds.spec)
+    labels = load_labels(ds.spec, len(images), ds.data_dir, ds.download, registry) if space.needs_labels else None
+    data = make_splits(images, ds.split, "cpu", spec=ds.spec, labels=labels)
     names, directions = study_mod.objectives_of(study)
     return StudyContext(study, space, registry, data, names, directions)
 

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Callable
 import pluggy
 
 if TYPE_CHECKING:
-    from vae_automl.components import Architecture, Compressor, Dataset, Exporter, Objective
+    from vae_automl.components import Architecture, Compressor, Dataset, Exporter, Objective, Task
 
 hookspec = pluggy.HookspecMarker("vae_automl")
 
@@ -110,6 +110,25 @@ def register_exporters(register: Callable[[Exporter], None]) -> None:
         Nothing; the return value is ignored.
 
     Added in 0.1.
+    """
+
+
+@hookspec
+def register_tasks(register: Callable[[Task], None]) -> None:
+    """Register tasks (what a model is trained for: ``vae``, ``codec``, ...).
+
+    Called once, when the registry is first built.
+
+    Args:
+        register: call with one :class:`vae_automl.components.Task` instance
+            per task. Its ``name`` is what search spaces give as ``task:``;
+            the trainer steps on its ``loss`` and stops early on its
+            ``validation_loss``.
+
+    Returns:
+        Nothing; the return value is ignored.
+
+    Added in 0.2.
     """
 
 

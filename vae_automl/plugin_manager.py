@@ -27,6 +27,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "vae_automl.builtin.distillation",
     "vae_automl.builtin.pruning",
     "vae_automl.builtin.quantization",
+    "vae_automl.builtin.tasks",
 )
 
 hookimpl = pluggy.HookimplMarker(PROJECT)

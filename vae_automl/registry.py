@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Generic, TypeVar
 
-from vae_automl.components import Architecture, Component, Compressor, Dataset, Exporter, Objective
+from vae_automl.components import Architecture, Component, Compressor, Dataset, Exporter, Objective, Task
 from vae_automl.errors import PluginError
 
 if TYPE_CHECKING:
@@ -26,6 +26,7 @@ HOOK_FOR_KIND: dict[str, tuple[str, type[Component]]] = {
     "objective": ("register_objectives", Objective),
     "dataset": ("register_datasets", Dataset),
     "exporter": ("register_exporters", Exporter),
+    "task": ("register_tasks", Task),
 }
 
 
@@ -86,6 +87,7 @@ class Registry:
         self.objectives: Table[Objective] = Table("objective")
         self.datasets: Table[Dataset] = Table("dataset")
         self.exporters: Table[Exporter] = Table("exporter")
+        self.tasks: Table[Task] = Table("task")
 
     def table(self, kind: str) -> Table[Any]:
         return {
@@ -94,6 +96,7 @@ class Registry:
             "objective": self.objectives,
             "dataset": self.datasets,
             "exporter": self.exporters,
+            "task": self.tasks,
         }[kind]
 
     @classmethod

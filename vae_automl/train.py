@@ -18,13 +18,16 @@ import logging
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 
 from vae_automl.data import DataSplits
 from vae_automl.errors import ConfigError, TrialFailed
-from vae_automl.vae import VAE, kl_to_prior, negative_elbo, reconstruction_nll
+from vae_automl.vae import VAE, kl_to_prior, reconstruction_nll
+
+if TYPE_CHECKING:
+    from vae_automl.components import Task
 
 ExtraLoss = Callable[[VAE, torch.Tensor], torch.Tensor]
 """``extra_loss(model, x) -> scalar`` added to the negative ELBO of each batch (distillation, L1, ...).
@@ -150,21 +153,24 @@ class _Stepper:
     every later one only fills the static input buffer and replays.
     """
 
-    def __init__(self, model: VAE, optimizer: torch.optim.Optimizer, loss_of: Callable[[torch.Tensor], torch.Tensor],
-                 after_step: Callable[[VAE], None] | None, x_train: torch.Tensor, batch_size: int,
-                 capture: bool, strict: bool) -> None:
+    def __init__(self, model: VAE, optimizer: torch.optim.Optimizer,
+                 loss_of: Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor],
+                 after_step: Callable[[VAE], None] | None, x_train: torch.Tensor, y_train: torch.Tensor | None,
+                 batch_size: int, capture: bool, strict: bool) -> None:
         self.model, self.optimizer, self.loss_of, self.after_step = model, optimizer, loss_of, after_step
-        self.x_train = x_train
+        self.x_train, self.y_train = x_train, y_train
         self.loss_sum = torch.zeros((), device=x_train.device)
         self.to_capture = capture
         self.strict = strict
         self.warmup_left = CAPTURE_WARMUP_STEPS if capture else 0
         self.static_x = torch.empty((batch_size, *x_train.shape[1:]), dtype=x_train.dtype, device=x_train.device) if capture else None
+        self.static_y = (torch.empty(batch_size, dtype=y_train.dtype, device=y_train.device)
+                         if capture and y_train is not None else None)
         self.graph: Any = None
         self.failure: str | None = None
 
-    def _eager(self, xb: torch.Tensor) -> None:
-        loss = self.loss_of(xb)
+    def _eager(self, xb: torch.Tensor, yb: torch.Tensor | None) -> None:
+        loss = self.loss_of(xb, yb)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
@@ -172,12 +178,15 @@ class _Stepper:
             self.after_step(self.model)
         self.loss_sum.add_(loss.detach())
 
+    def _batch(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        return self.x_train.index_select(0, idx), None if self.y_train is None else self.y_train.index_select(0, idx)
+
     def _capture(self) -> None:
         self.optimizer.zero_grad(set_to_none=True)
         graph = torch.cuda.CUDAGraph()
         # Gradients are allocated inside the graph's memory pool, so each replay overwrites them.
         with torch.cuda.graph(graph):
-            loss = self.loss_of(self.static_x)
+            loss = self.loss_of(self.static_x, self.static_y)
             loss.backward()
             self.optimizer.step()
             if self.after_step is not None:
@@ -188,17 +197,19 @@ class _Stepper:
     def step(self, idx: torch.Tensor) -> None:
         if self.graph is not None:
             torch.index_select(self.x_train, 0, idx, out=self.static_x)
+            if self.y_train is not None:
+                torch.index_select(self.y_train, 0, idx, out=self.static_y)
             self.graph.replay()
             return
         if not self.to_capture:
-            self._eager(self.x_train.index_select(0, idx))
+            self._eager(*self._batch(idx))
             return
         if self.warmup_left > 0:
             # Warm-up on a side stream, as the CUDA-graphs notes require before capturing.
             side = torch.cuda.Stream(device=self.x_train.device)
             side.wait_stream(torch.cuda.current_stream(self.x_train.device))
             with torch.cuda.stream(side):
-                self._eager(self.x_train.index_select(0, idx))
+                self._eager(*self._batch(idx))
             torch.cuda.current_stream(self.x_train.device).wait_stream(side)
             self.warmup_left -= 1
             return
@@ -224,8 +235,13 @@ def train(
     extra_loss: ExtraLoss | None = None,
     after_step: Callable[[VAE], None] | None = None,
     lr: float | None = None,
+    task: Task | None = None,
 ) -> TrainResult:
     """Train ``model`` in place on ``data.train`` and return its curves.
+
+    ``task`` gives the loss of each batch and the validation loss of each
+    epoch (default: the ``vae`` task, the negative beta-ELBO); a task that
+    needs labels trains on ``data.train_labels``.
 
     ``on_epoch(epoch, validation_loss)`` runs after each epoch and may raise
     (``optuna.TrialPruned`` stops a bad trial early). ``after_step(model)``
@@ -238,6 +254,14 @@ def train(
     an eager one (see :class:`TrainConfig`); ``TrainResult.captured`` and
     ``TrainResult.eager_reason`` tell which ran and why.
     """
+    if task is None:
+        from vae_automl.builtin.tasks import VaeTask  # the default task; deferred: it imports this module
+
+        task = VaeTask()
+    y_train = data.train_labels if task.needs_labels else None
+    if task.needs_labels and y_train is None:
+        raise ConfigError(f"task {task.name!r} trains on labels, but dataset {data.info.get('dataset')!r} "
+                          "was loaded without them")
     device = data.train.device
     blocker = capture_blocker(device, config, extra_loss, after_step)
     if blocker is not None and config.capture == "on":
@@ -259,13 +283,13 @@ def train(
     best_loss, best_state, since_best = math.inf, None, 0
     started = time.perf_counter()
 
-    def loss_of(xb: torch.Tensor) -> torch.Tensor:
-        loss = negative_elbo(model, xb, config.beta)
+    def loss_of(xb: torch.Tensor, yb: torch.Tensor | None) -> torch.Tensor:
+        loss = task.loss(model, xb, yb, config)
         if extra_loss is not None:
             loss = loss + extra_loss(model, xb)
         return loss
 
-    stepper = _Stepper(model, optimizer, loss_of, after_step, x_train, batch_size, capture,
+    stepper = _Stepper(model, optimizer, loss_of, after_step, x_train, y_train, batch_size, capture,
                        strict=config.capture == "on")
     for epoch in range(config.epochs):
         order = torch.randperm(n, generator=generator, device=device)
@@ -276,7 +300,7 @@ def train(
                 raise TrialFailed(f"training exceeded the time limit of {config.max_seconds:g} s (epoch {epoch + 1})")
         result.samples += steps_per_epoch * batch_size
         train_loss = float(stepper.loss_sum) / max(steps_per_epoch, 1)
-        validation_loss = evaluate_elbo(model, data.validation, config.beta, seed=seed)
+        validation_loss = task.validation_loss(model, data, config, seed)
         if not (math.isfinite(train_loss) and math.isfinite(validation_loss)):
             raise TrialFailed(f"loss diverged to {train_loss if not math.isfinite(train_loss) else validation_loss} "
                               f"at epoch {epoch + 1} (lr={lr or config.lr:g})")

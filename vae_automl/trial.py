@@ -25,7 +25,7 @@ import torch
 
 from vae_automl import packing, runtime
 from vae_automl.components import CompressionContext, MeasureContext
-from vae_automl.data import DataSplits, load_images, make_splits
+from vae_automl.data import DataSplits, load_images, load_labels, make_splits
 from vae_automl.errors import PluginError, TrialFailed, VaeAutomlError
 from vae_automl.registry import call_each
 from vae_automl.train import TrainConfig, train, train_config_from
@@ -72,10 +72,11 @@ def prepare(space: SearchSpace, out_dir: str | Path, registry: Registry, pm: plu
     """Load the data onto the device once and set up the cache and artifact folders."""
     dev = resolve_device(device or space.device)
     ds = space.dataset
-    key = (ds.spec, ds.data_dir, ds.split, str(dev))
+    key = (ds.spec, ds.data_dir, ds.split, str(dev), space.needs_labels)
     if key not in _splits_cache:
         images = load_images(ds.spec, ds.data_dir, ds.download, registry)
-        _splits_cache[key] = make_splits(images, ds.split, dev, spec=ds.spec)
+        labels = load_labels(ds.spec, len(images), ds.data_dir, ds.download, registry) if space.needs_labels else None
+        _splits_cache[key] = make_splits(images, ds.split, dev, spec=ds.spec, labels=labels)
     out = Path(out_dir)
     env = TrialEnv(space, registry, pm, dev, _splits_cache[key], out / "cache", out / "models")
     env.cache_dir.mkdir(parents=True, exist_ok=True)
@@ -88,14 +89,17 @@ def prepare(space: SearchSpace, out_dir: str | Path, registry: Registry, pm: plu
     return env
 
 
-def base_cache_key(model_config: dict[str, Any], training: dict[str, Any], data: DataSplits, seed: int) -> str:
-    payload = {
+def base_cache_key(model_config: dict[str, Any], training: dict[str, Any], data: DataSplits, seed: int,
+                   task: str = "vae") -> str:
+    payload: dict[str, Any] = {
         "model": model_config,
         "training": {k: training.get(k) for k in WEIGHT_TRAINING_KEYS},
         "data": {"spec": data.info["dataset"], "split_sha256": data.info["split_sha256"]},
         "seed": seed,
         "format": packing.FORMAT_VERSION,
     }
+    if task != "vae":  # so the keys of existing vae caches stay valid
+        payload["task"] = task
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:24]
 
 
@@ -125,7 +129,8 @@ def train_base(env: TrialEnv, spec: TrialSpec, train_config: TrainConfig,
     except (ValueError, KeyError) as exc:
         raise TrialFailed(f"architecture {spec.architecture!r} (plugin {env.registry.architectures.plugin_of(spec.architecture)!r}) "
                           f"cannot be built from {spec.architecture_params}: {exc}") from exc
-    key = base_cache_key(model_config, spec.training, env.data, spec.seed)
+    task = env.registry.tasks.get(env.space.task)
+    key = base_cache_key(model_config, spec.training, env.data, spec.seed, task.name)
     weights, meta_path = env.cache_dir / f"base-{key}.safetensors", env.cache_dir / f"base-{key}.json"
     with _file_lock(env.cache_dir / f"base-{key}.lock"):
         if weights.is_file() and meta_path.is_file():
@@ -138,7 +143,8 @@ def train_base(env: TrialEnv, spec: TrialSpec, train_config: TrainConfig,
         model = arch.build(model_config).to(env.device)
         n_params = sum(p.numel() for p in model.parameters())
         callback = (lambda epoch, loss: on_epoch(epoch, loss, n_params)) if on_epoch else None
-        result = train(model, env.data, train_config, seed=spec.seed, on_epoch=callback)
+        result = train(model, env.data, train_config, seed=spec.seed, on_epoch=callback, task=task)
+        task.finalize(model)
         info = {
             "cache_key": key,
             "params": n_params,
@@ -159,10 +165,11 @@ def train_base(env: TrialEnv, spec: TrialSpec, train_config: TrainConfig,
 def compress(env: TrialEnv, base: VAE, spec: TrialSpec, train_config: TrainConfig) -> VAE:
     """Apply the pipeline in stage order; a raising compressor fails the trial, naming its plugin."""
     teacher = env.teacher if env.teacher is not None else base
+    task = env.registry.tasks.get(env.space.task)
 
     def fine_tune(model: VAE, epochs: int, extra_loss: Any = None, after_step: Any = None, lr: float | None = None) -> VAE:
         cfg = TrainConfig(**{**train_config.__dict__, "epochs": int(epochs), "patience": None})
-        train(model, env.data, cfg, seed=spec.seed, extra_loss=extra_loss, after_step=after_step, lr=lr)
+        train(model, env.data, cfg, seed=spec.seed, extra_loss=extra_loss, after_step=after_step, lr=lr, task=task)
         return model
 
     model = base
@@ -179,6 +186,8 @@ def compress(env: TrialEnv, base: VAE, spec: TrialSpec, train_config: TrainConfi
         if not isinstance(out, VAE):
             raise TrialFailed(f"compressor {name!r} (plugin {entry.plugin!r}) returned {type(out).__name__}, not a VAE")
         model = out.to(env.device)
+    if spec.pipeline:
+        task.finalize(model)
     return model
 
 

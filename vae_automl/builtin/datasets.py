@@ -49,6 +49,11 @@ class DigitsDataset(Dataset):
 
         return (load_digits().images / 16.0).astype(np.float32)
 
+    def load_labels(self, arg: str | None, data_dir: str | None, download: bool) -> np.ndarray:
+        from sklearn.datasets import load_digits
+
+        return load_digits().target
+
 
 class IdxFamilyDataset(Dataset):
     """MNIST-format datasets read from a folder, downloaded by torchvision only when asked."""
@@ -69,6 +74,19 @@ class IdxFamilyDataset(Dataset):
                 if path.is_file():
                     return path
         return None
+
+    def load_labels(self, arg: str | None, data_dir: str | None, download: bool) -> np.ndarray:
+        data_dir = arg or data_dir
+        if data_dir is None:
+            raise DataError(f"dataset {self.name!r} needs a folder: set dataset.data_dir, --data-dir or $VAE_AUTOML_DATA_DIR")
+        # The same parts as load(), in the same order, so label i belongs to image i.
+        parts = [(self._find(data_dir, f"{split}-images-idx3-ubyte"), self._find(data_dir, f"{split}-labels-idx1-ubyte"))
+                 for split in ("train", "t10k")]
+        missing = [str(images).replace("images-idx3", "labels-idx1") for images, labels in parts
+                   if images is not None and labels is None]
+        if missing:
+            raise DataError(f"dataset {self.name!r}: no labels file beside the images: {', '.join(missing)}")
+        return np.concatenate([read_idx(labels) for images, labels in parts if images is not None and labels is not None])
 
     def load(self, arg: str | None, data_dir: str | None, download: bool) -> np.ndarray:
         data_dir = arg or data_dir

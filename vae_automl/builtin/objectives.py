@@ -17,6 +17,7 @@ from vae_automl.train import evaluate_elbo, evaluate_recon_error
 class TestElbo(Objective):
     name = "test_elbo_nats"
     unit = "nats/image"
+    tasks = ("vae",)
     help = "negative ELBO per test image (single fixed-noise sample, beta=1)"
 
     def measure(self, ctx: MeasureContext) -> float:
@@ -26,6 +27,7 @@ class TestElbo(Objective):
 class ReconError(Objective):
     name = "recon_error"
     unit = "nats/pixel"
+    tasks = ("vae",)
     help = "per-pixel binary cross-entropy of the posterior-mean reconstruction, test split"
 
     def measure(self, ctx: MeasureContext) -> float:
