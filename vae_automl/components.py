@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     import torch
 
     from vae_automl.data import DataSplits
+    from vae_automl.layers import ChannelGroup
     from vae_automl.train import TrainConfig
     from vae_automl.vae import VAE
 
@@ -136,6 +137,48 @@ class Architecture(Component):
     def build(self, config: dict[str, Any]) -> VAE:
         """Build an untrained model from a canonical config (the inverse of export)."""
 
+    group_names: tuple[str, ...] = ()
+    """The layer groups :meth:`layer_groups` returns (``encoder``, ``heads``, ``decoder``); empty: none declared.
+
+    Read at YAML load: a compressor parameter per group (``bits_encoder``...)
+    on an architecture without groups is refused there.
+    """
+
+    def layer_groups(self, model: VAE) -> dict[str, tuple[str, ...]]:
+        """Module names of the model's Linear / Conv2d / ConvTranspose2d layers, by group.
+
+        Args:
+            model: a model this architecture built.
+
+        Returns:
+            ``{"encoder": (...), "heads": (...), "decoder": (...)}`` (the
+            keys of :attr:`group_names`): ``heads`` are the layers computing
+            ``mu`` and ``logvar``. ``{}`` (the default) when the architecture
+            declares none. ``vae_automl.testing.ArchitectureContract``
+            checks that every layer is in exactly one group.
+        """
+        return {}
+
+    def channel_groups(self, model: VAE, include_latent: bool = False) -> list[ChannelGroup]:
+        """The hidden units structured pruning may remove, as :class:`vae_automl.layers.ChannelGroup` s.
+
+        Args:
+            model: a model this architecture built.
+            include_latent: append the latent units (``mu``/``logvar`` rows) as the last group.
+
+        Returns:
+            The groups; :meth:`build` of the config with the groups' sizes
+            changed must give the shrunk shapes. The default raises
+            ValueError: the architecture supports no structured pruning.
+        """
+        raise ValueError(f"architecture {self.name!r} declares no channel groups, so its units cannot be removed "
+                         "(structured pruning, distillation with init: teacher)")
+
+    @property
+    def has_channel_groups(self) -> bool:
+        """Whether this architecture overrides :meth:`channel_groups`."""
+        return type(self).channel_groups is not Architecture.channel_groups
+
 
 @dataclass
 class CompressionContext:
@@ -145,14 +188,21 @@ class CompressionContext:
         data: the dataset splits, resident on ``device``.
         device: the torch device the trial runs on.
         seed: the trial's seed; a compressor seeds its own randomness from it.
-        fine_tune: ``fine_tune(model, epochs, extra_loss=None)`` trains
-            ``model`` in place on the training split with the trial's
-            training settings and returns it. ``extra_loss(model, x, out)``
-            may add a term (distillation, L1, ...).
+        fine_tune: ``fine_tune(model, epochs, extra_loss=None, after_step=None,
+            lr=None)`` trains ``model`` in place on the training split with
+            the trial's training settings and returns it. ``extra_loss(model,
+            x) -> scalar`` adds a term to each batch's loss (distillation,
+            L1, ...); ``after_step(model)`` runs after each optimizer step
+            (re-applying a pruning mask).
         teacher: the trained base model of this trial (never to be mutated).
         train_config: the trial's training settings.
-        train_model: ``train_model(config, epochs)`` builds and trains a fresh
-            model of the given canonical config (used to make students).
+        build_model: ``build_model(config)`` builds an untrained model of a
+            canonical config (structured pruning, distillation students).
+        architecture: the architecture of the model being compressed (its
+            :meth:`Architecture.layer_groups` and ``channel_groups``); None:
+            looked up by ``model.config["architecture"]``.
+        student: the canonical config of a distillation student chosen by the
+            search (a study with a ``base_model:``), or None.
     """
 
     data: DataSplits
@@ -162,14 +212,59 @@ class CompressionContext:
     teacher: VAE | None = None
     train_config: Any = None
     build_model: Callable[[dict[str, Any]], VAE] | None = None
+    architecture: Architecture | None = None
+    student: dict[str, Any] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+FORMS: tuple[str, ...] = ("dense", "masked", "quantized")
+"""What a pipeline stage hands the next: float weights (``dense``), float weights with pruned zeros
+marked ``"sparse"`` (``masked``), weights on a built-in grid codec (``quantized``), or
+``codec:NAME``: tensors in a plugin's own storage codec that only a stage declaring it may take."""
+
+
 class Compressor(Component):
-    """A compression method. ``apply`` returns a new model; it never mutates its input."""
+    """A compression method. ``apply`` returns a new model; it never mutates its input.
+
+    Composition: ``takes`` lists the forms (:data:`FORMS` or ``codec:NAME``)
+    of the previous stage's output this compressor can work on, ``gives`` the
+    form it hands on. The search-space loader refuses a pipeline in which a
+    stage's ``gives`` is not in the next stage's ``takes``, naming both (a
+    quantizer after a plugin codec would otherwise re-store, and so drop, the
+    codec's tensors). The trained base model is ``dense``.
+
+    ``group_params`` names parameters that set something per layer group
+    (``bits_encoder``...): set on an architecture without layer groups they
+    are refused at load. ``needs_channel_groups``: the compressor removes
+    units and needs :meth:`Architecture.channel_groups`.
+    ``compresses``: the result must pack smaller than dense float32 (the
+    contract suite checks it).
+    """
 
     kind = "compressor"
     stage: str = "quantize"
+    takes: tuple[str, ...] = ("dense", "masked")
+    gives: str = "dense"
+    group_params: tuple[str, ...] = ()
+    needs_channel_groups: bool = False
+    compresses: bool = True
+
+    def requirements(self, values: dict[str, Any]) -> set[str]:
+        """What the compressed model's architecture must declare for these parameter values.
+
+        Args:
+            values: parameter values (for a searched parameter, one value it may take).
+
+        Returns:
+            A subset of ``{"layer_groups", "channel_groups"}``; the loader
+            refuses the search space when an architecture lacks one.
+        """
+        needs = set()
+        if any(values.get(name) is not None for name in self.group_params):
+            needs.add("layer_groups")
+        if self.needs_channel_groups:
+            needs.add("channel_groups")
+        return needs
 
     @abc.abstractmethod
     def apply(self, model: VAE, params: dict[str, Any], ctx: CompressionContext) -> VAE:

@@ -297,6 +297,65 @@ def _choice(value: Any, loc: _Loc, choices: tuple[str, ...]) -> str:
     return value
 
 
+def _stage_order(slots: list[CompressorSlot], registry: Registry) -> list[int]:
+    order = {stage: k for k, stage in enumerate(STAGES)}
+    return sorted(range(len(slots)), key=lambda i: order[registry.compressors.get(slots[i].options[0].name).stage])
+
+
+def _check_composition(slots: list[CompressorSlot], registry: Registry, loc: _Loc) -> None:
+    """Refuse a pipeline where a stage's output form is not one the next stage takes, naming both stages."""
+    before: dict[str, str] = {"dense": "the base model"}  # form -> who gives it
+    for i in _stage_order(slots, registry):
+        slot = slots[i]
+        after: dict[str, str] = dict(before) if slot.optional else {}
+        for j, option in enumerate(slot.options):
+            comp = registry.compressors.get(option.name)
+            for form, giver in before.items():
+                if form not in comp.takes:
+                    where = loc / i / "choices" / j if len(slot.options) > 1 else loc / i
+                    raise (where / "name").error(
+                        f"compressor {option.name!r} (stage {comp.stage}) takes {', '.join(comp.takes)}, but "
+                        f"{giver} before it gives {form}; this pipeline cannot work (reorder, make a stage optional, "
+                        f"or drop one)")
+            after.setdefault(comp.gives, f"compressor {option.name!r} (stage {comp.stage})")
+        before = after
+
+
+def _value_variants(option: ComponentSpace) -> list[dict[str, Any]]:
+    """Constants plus, one searched parameter at a time, each value it may take (categoricals) or its low end."""
+    base = {k: s.value if not s.searched else (s.choices[0] if s.choices else s.low) for k, s in option.params.items()}
+    variants = [base]
+    for k, s in option.params.items():
+        if s.searched:
+            variants += [{**base, k: c} for c in (s.choices or (s.low, s.high))]
+    return variants
+
+
+def _check_requirements(slots: list[CompressorSlot], registry: Registry, loc: _Loc, arch: Any, what: str,
+                        skip_stages: tuple[str, ...] = ()) -> set[str]:
+    """Refuse compressor settings the architecture cannot serve; return the needs left for a model-time check."""
+    has = {"layer_groups": bool(getattr(arch, "group_names", ())) if arch is not None else False,
+           "channel_groups": bool(getattr(arch, "has_channel_groups", False)) if arch is not None else False}
+    deferred: set[str] = set()
+    for i, slot in enumerate(slots):
+        for j, option in enumerate(slot.options):
+            comp = registry.compressors.get(option.name)
+            if comp.stage in skip_stages:
+                continue
+            needs = set().union(*(comp.requirements(v) for v in _value_variants(option)))
+            for need in sorted(needs):
+                if arch is None:
+                    deferred.add(need)
+                    continue
+                if not has[need]:
+                    where = loc / i / "choices" / j if len(slot.options) > 1 else loc / i
+                    detail = (f"per-group settings ({', '.join(p for p in comp.group_params if p in option.params)})"
+                              if need == "layer_groups" else "units it can remove")
+                    raise where.error(f"compressor {option.name!r} needs {need.replace('_', ' ')} for its {detail}, "
+                                      f"but {what} declares none")
+    return deferred
+
+
 TOP_KEYS = ("name", "dataset", "device", "seed", "architecture", "training", "compressors", "objectives",
             "record", "sampler", "pruner", "latency", "trials", "timeout_s", "teacher", "reference_point", "task")
 
@@ -392,6 +451,10 @@ def parse_space(data: Any, file: str, registry: Registry, source: str = "") -> S
         if len({registry.compressors.get(n).stage for n in names}) > 1:
             raise loc.error(f"the choices of one slot must share a stage, got {[(n, registry.compressors.get(n).stage) for n in names]}")
         slots.append(CompressorSlot(tuple(options), optional))
+    _check_composition(slots, registry, comp_loc)
+    for arch_space in architectures:
+        _check_requirements(slots, registry, comp_loc, registry.architectures.get(arch_space.name),
+                            f"architecture {arch_space.name!r}")
 
     obj_loc = root / "objectives"
     objectives = data.get("objectives", list(task.default_objectives))

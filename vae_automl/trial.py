@@ -176,7 +176,8 @@ def compress(env: TrialEnv, base: VAE, spec: TrialSpec, train_config: TrainConfi
     for name, values in spec.pipeline:
         entry = env.registry.compressors.entry(name)
         ctx = CompressionContext(data=env.data, device=env.device, seed=spec.seed, fine_tune=fine_tune,
-                                 teacher=teacher, train_config=train_config, build_model=env.registry.build_model)
+                                 teacher=teacher, train_config=train_config, build_model=env.registry.build_model,
+                                 architecture=env.registry.architectures.get(model.config["architecture"]))
         try:
             out = entry.component.apply(model, dict(values), ctx)
         except TrialFailed:

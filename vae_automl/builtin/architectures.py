@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from vae_automl.components import Architecture, Param
+from vae_automl.layers import GROUP_NAMES, ChannelGroup, LayerGroups, groups_by_prefix
 from vae_automl.plugin_manager import hookimpl
 from vae_automl.vae import LIKELIHOODS, VAE
 
@@ -26,6 +27,13 @@ COMMON_PARAMS = (
     Param("activation", "categorical", "relu", choices=tuple(ACTIVATIONS), help="hidden non-linearity"),
     Param("likelihood", "categorical", "bernoulli", choices=LIKELIHOODS, help="decoder distribution"),
 )
+
+
+def _latent_group(model: VAE, consumer: tuple[str, int, int]) -> ChannelGroup:
+    """The latent units: rows of both heads and the decoder input's columns."""
+    return ChannelGroup("latent_dim", -1, model.latent_dim, ("mu.weight", 0),
+                        (("mu.weight", 0, 1), ("mu.bias", 0, 1), ("logvar.weight", 0, 1), ("logvar.bias", 0, 1), consumer),
+                        "mu")
 
 
 class MLPVAE(VAE):
@@ -89,6 +97,31 @@ class MLPArchitecture(Architecture):
 
     def build(self, config: dict[str, Any]) -> VAE:
         return MLPVAE(config)
+
+    group_names = GROUP_NAMES
+
+    def layer_groups(self, model: VAE) -> LayerGroups:
+        return groups_by_prefix(model, {"encoder": ("encoder",), "heads": ("mu", "logvar"), "decoder": ("decoder",)})
+
+    def channel_groups(self, model: VAE, include_latent: bool = False) -> list[ChannelGroup]:
+        # encoder = [Linear, act] * n; decoder = [Linear, act] * n + [Linear]: Linear i sits at index 2 * i.
+        config = model.config
+        enc, dec = list(config["encoder_widths"]), list(config["decoder_widths"])
+        groups: list[ChannelGroup] = []
+        for i, width in enumerate(enc):
+            consumers = ([(f"encoder.{2 * i + 2}.weight", 1, 1)] if i + 1 < len(enc)
+                         else [("mu.weight", 1, 1), ("logvar.weight", 1, 1)])
+            groups.append(ChannelGroup("encoder_widths", i, width, (f"encoder.{2 * i}.weight", 0),
+                                       ((f"encoder.{2 * i}.weight", 0, 1), (f"encoder.{2 * i}.bias", 0, 1), *consumers),
+                                       f"encoder.{2 * i + 1}"))
+        for j, width in enumerate(dec):
+            groups.append(ChannelGroup("decoder_widths", j, width, (f"decoder.{2 * j}.weight", 0),
+                                       ((f"decoder.{2 * j}.weight", 0, 1), (f"decoder.{2 * j}.bias", 0, 1),
+                                        (f"decoder.{2 * j + 2}.weight", 1, 1)),
+                                       f"decoder.{2 * j + 1}"))
+        if include_latent:
+            groups.append(_latent_group(model, ("decoder.0.weight", 1, 1)))
+        return groups
 
 
 class ConvVAE(VAE):
@@ -161,6 +194,42 @@ class ConvArchitecture(Architecture):
 
     def build(self, config: dict[str, Any]) -> VAE:
         return ConvVAE(config)
+
+    group_names = GROUP_NAMES
+
+    def layer_groups(self, model: VAE) -> LayerGroups:
+        return groups_by_prefix(model, {"encoder": ("encoder",), "heads": ("mu", "logvar"),
+                                        "decoder": ("decoder_in", "decoder", "decoder_out")})
+
+    def channel_groups(self, model: VAE, include_latent: bool = False) -> list[ChannelGroup]:
+        config = model.config
+        enc, dec = list(config["encoder_channels"]), list(config["decoder_channels"])
+        _, h, w = model.bottleneck_shape
+        hw = h * w
+        groups: list[ChannelGroup] = []
+        for i, channels in enumerate(enc):
+            consumers = ([(f"encoder.{2 * i + 2}.weight", 1, 1)] if i + 1 < len(enc)
+                         else [("mu.weight", 1, hw), ("logvar.weight", 1, hw)])
+            groups.append(ChannelGroup("encoder_channels", i, channels, (f"encoder.{2 * i}.weight", 0),
+                                       ((f"encoder.{2 * i}.weight", 0, 1), (f"encoder.{2 * i}.bias", 0, 1), *consumers),
+                                       f"encoder.{2 * i + 1}"))
+        # decoder = [act0, convT0, act1, convT1, ..., convT_{n-1}, act_n]; ConvTranspose2d weights are in x out.
+        groups.append(ChannelGroup("decoder_channels", 0, dec[0], ("decoder_in.weight", 0),
+                                   (("decoder_in.weight", 0, hw), ("decoder_in.bias", 0, hw), ("decoder.1.weight", 0, 1)),
+                                   "decoder.0"))
+        n = len(dec)
+        for j in range(1, n + 1):
+            last = j == n
+            consumer = ("decoder_out.weight", 1, 1) if last else (f"decoder.{2 * j + 1}.weight", 0, 1)
+            groups.append(ChannelGroup(None if last else "decoder_channels", j, dec[min(j, n - 1)],
+                                       (f"decoder.{2 * j - 1}.weight", 1),
+                                       ((f"decoder.{2 * j - 1}.weight", 1, 1), (f"decoder.{2 * j - 1}.bias", 0, 1), consumer),
+                                       f"decoder.{2 * j}",
+                                       # The last transposed conv keeps its input's channel count (config has one value).
+                                       tied_to=len(groups) - 1 if last else None))
+        if include_latent:
+            groups.append(_latent_group(model, ("decoder_in.weight", 1, 1)))
+        return groups
 
 
 @hookimpl

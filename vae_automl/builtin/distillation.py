@@ -19,6 +19,13 @@ posterior with the teacher's posterior restricted to those units. With
 ``init: teacher`` (the default) the student also starts from the teacher's
 weights for the kept units (the neurons / channels the structured pruner
 would keep); ``init: scratch`` starts from a fresh random initialization.
+
+With a user's model as teacher (``base_model:`` in the search space), the
+student is a built-in family sampled from the space's ``architecture:``
+section (``ctx.student``), trained from scratch; ``width_ratio``,
+``latent_dim_ratio`` and ``init`` do not apply, and the KL term compares
+the student's first ``min(student, teacher)`` latent units with the
+teacher's most active ones.
 """
 
 from __future__ import annotations
@@ -29,13 +36,9 @@ from typing import TYPE_CHECKING, Any, Callable
 import torch
 from torch.nn import functional as F
 
-from vae_automl.builtin.pruning import (
-    channel_groups,
-    keep_top,
-    magnitude_unit_scores,
-    shrink,
-)
+from vae_automl.builtin.pruning import keep_top, magnitude_unit_scores, shrink
 from vae_automl.components import Compressor, Param
+from vae_automl.layers import channel_groups
 from vae_automl.plugin_manager import hookimpl
 from vae_automl.vae import VAE
 
@@ -86,6 +89,11 @@ def active_latent_units(teacher: VAE, x: torch.Tensor, count: int, chunk: int = 
 class Distiller(Compressor):
     name = "distill"
     stage = "distill"
+    takes = ("dense",)
+
+    def requirements(self, values: dict[str, Any]) -> set[str]:
+        # Starting from the teacher's strongest units needs the teacher's channel groups.
+        return {"channel_groups"} if values.get("init", "teacher") == "teacher" else set()
     help = ("train a narrower student (width_ratio of the teacher's hidden sizes) on ELBO + alpha * posterior KL "
             "+ beta * reconstruction distance to the teacher")
     params = (
@@ -106,12 +114,18 @@ class Distiller(Compressor):
         # A private frozen copy: the caller's teacher (and the input model) keep their mode and weights.
         teacher = copy.deepcopy(ctx.teacher if ctx.teacher is not None else model).to(ctx.device).eval()
         teacher.requires_grad_(False)
-        latent_dim = max(1, round(teacher.latent_dim * values["latent_dim_ratio"]))
-        latent_idx = active_latent_units(teacher, ctx.data.train, latent_dim)
         torch.manual_seed(ctx.seed)
-        if values["init"] == "teacher":
-            student = self._shrunk_teacher(teacher, values["width_ratio"], latent_idx, ctx)
+        if ctx.student is not None:
+            # A user's teacher (base_model:): the student is a built-in family the search chose; its
+            # latent units are matched with the teacher's most active ones, the rest train on ELBO alone.
+            student = ctx.build_model(ctx.student).to(ctx.device)
+            latent_dim = min(student.latent_dim, teacher.latent_dim)
         else:
+            latent_dim = max(1, round(teacher.latent_dim * values["latent_dim_ratio"]))
+        latent_idx = active_latent_units(teacher, ctx.data.train, latent_dim)
+        if ctx.student is None and values["init"] == "teacher":
+            student = self._shrunk_teacher(teacher, values["width_ratio"], latent_idx, ctx)
+        elif ctx.student is None:
             student = ctx.build_model(student_config(teacher.config, values["width_ratio"], latent_dim)).to(ctx.device)
         alpha, beta = float(values["alpha"]), float(values["beta"])
 
@@ -121,7 +135,7 @@ class Distiller(Compressor):
                 teacher_mean = teacher.mean_image(teacher.decode(mu_full))
                 mu_t, logvar_t = mu_full[:, latent_idx], logvar_full[:, latent_idx]
             mu_s, logvar_s = m.encode(x)
-            loss = alpha * gaussian_kl(mu_s, logvar_s, mu_t, logvar_t)
+            loss = alpha * gaussian_kl(mu_s[:, :latent_dim], logvar_s[:, :latent_dim], mu_t, logvar_t)
             if beta:
                 loss = loss + beta * reconstruction_distance(m, m.decode(mu_s), teacher_mean)
             return loss.mean()
@@ -133,7 +147,7 @@ class Distiller(Compressor):
 
     @staticmethod
     def _shrunk_teacher(teacher: VAE, width_ratio: float, latent_idx: torch.Tensor, ctx: CompressionContext) -> VAE:
-        groups = channel_groups(teacher, include_latent=True)
+        groups = channel_groups(teacher, include_latent=True, architecture=ctx.architecture)
         scores = magnitude_unit_scores(teacher, groups)
         counts = [max(1, round(g.size * width_ratio)) for g in groups]
         keep = keep_top(groups, scores, counts)

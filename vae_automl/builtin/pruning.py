@@ -8,20 +8,22 @@ the tensors, updates ``model.config`` and rebuilds the model from that
 config, so ``registry.build_model(model.config)`` gives the same shapes and
 params, size and latency drop for real.
 
-The channel-group bookkeeping (:func:`channel_groups`, :func:`shrink`) is
-shared with distillation, which starts its student as a shrunk teacher.
+Which units exist and which tensors they index is declared by the model's
+architecture (:meth:`vae_automl.components.Architecture.channel_groups`);
+:func:`shrink` is shared with distillation, which starts its student as a
+shrunk teacher.
 """
 
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 from torch import nn
 
 from vae_automl.components import Compressor, Param
+from vae_automl.layers import ChannelGroup, channel_groups
 from vae_automl.plugin_manager import hookimpl
 from vae_automl.vae import VAE, negative_elbo
 
@@ -129,6 +131,7 @@ def taylor_weight_scores(model: VAE, ctx: CompressionContext, batches: int) -> d
 
 class _UnstructuredPruner(Compressor):
     stage = "prune"
+    gives = "masked"
 
     def scores(self, model: VAE, params: dict[str, Any], ctx: CompressionContext) -> dict[str, torch.Tensor]:
         raise NotImplementedError
@@ -186,85 +189,6 @@ class L1Pruner(_UnstructuredPruner):
 
 
 # --------------------------------------------------------------------------- structured
-
-
-@dataclass(frozen=True)
-class ChannelGroup:
-    """Hidden units (neurons or channels) that are removed together across the tensors they index.
-
-    Attributes:
-        config_key: the config list holding this group's size (``encoder_widths``, ...), or None.
-        config_index: the position in that list.
-        size: units in the group now.
-        producer: ``(weight_name, dim)`` of the layer computing the units (its norm ranks them).
-        slices: every ``(tensor_name, dim, block)`` indexed by the group; ``block`` consecutive
-            entries per unit (a flattened ``C x H x W`` feature map has ``H * W`` per channel).
-        activation: the module whose output holds the units (for the Taylor criterion).
-        tied_to: index of an earlier group whose kept count this one must equal (a shape the
-            config cannot set on its own).
-    """
-
-    config_key: str | None
-    config_index: int
-    size: int
-    producer: tuple[str, int]
-    slices: tuple[tuple[str, int, int], ...]
-    activation: str
-    tied_to: int | None = None
-
-
-def channel_groups(model: VAE, include_latent: bool = False) -> list[ChannelGroup]:
-    """The prunable unit groups of a built-in MLP or conv VAE (raises ValueError for other families)."""
-    config = model.config
-    arch = config.get("architecture")
-    groups: list[ChannelGroup] = []
-    if arch == "mlp":
-        enc, dec = list(config["encoder_widths"]), list(config["decoder_widths"])
-        for i, width in enumerate(enc):
-            consumers = ([(f"encoder.{2 * i + 2}.weight", 1, 1)] if i + 1 < len(enc)
-                         else [("mu.weight", 1, 1), ("logvar.weight", 1, 1)])
-            groups.append(ChannelGroup("encoder_widths", i, width, (f"encoder.{2 * i}.weight", 0),
-                                       ((f"encoder.{2 * i}.weight", 0, 1), (f"encoder.{2 * i}.bias", 0, 1), *consumers),
-                                       f"encoder.{2 * i + 1}"))
-        for j, width in enumerate(dec):
-            groups.append(ChannelGroup("decoder_widths", j, width, (f"decoder.{2 * j}.weight", 0),
-                                       ((f"decoder.{2 * j}.weight", 0, 1), (f"decoder.{2 * j}.bias", 0, 1),
-                                        (f"decoder.{2 * j + 2}.weight", 1, 1)),
-                                       f"decoder.{2 * j + 1}"))
-        latent_consumer = ("decoder.0.weight", 1, 1)
-    elif arch == "conv":
-        enc, dec = list(config["encoder_channels"]), list(config["decoder_channels"])
-        _, h, w = model.bottleneck_shape
-        hw = h * w
-        for i, channels in enumerate(enc):
-            consumers = ([(f"encoder.{2 * i + 2}.weight", 1, 1)] if i + 1 < len(enc)
-                         else [("mu.weight", 1, hw), ("logvar.weight", 1, hw)])
-            groups.append(ChannelGroup("encoder_channels", i, channels, (f"encoder.{2 * i}.weight", 0),
-                                       ((f"encoder.{2 * i}.weight", 0, 1), (f"encoder.{2 * i}.bias", 0, 1), *consumers),
-                                       f"encoder.{2 * i + 1}"))
-        # decoder = [act0, convT0, act1, convT1, ..., convT_{n-1}, act_n]; ConvTranspose2d weights are in x out.
-        groups.append(ChannelGroup("decoder_channels", 0, dec[0], ("decoder_in.weight", 0),
-                                   (("decoder_in.weight", 0, hw), ("decoder_in.bias", 0, hw), ("decoder.1.weight", 0, 1)),
-                                   "decoder.0"))
-        n = len(dec)
-        for j in range(1, n + 1):
-            last = j == n
-            consumer = ("decoder_out.weight", 1, 1) if last else (f"decoder.{2 * j + 1}.weight", 0, 1)
-            groups.append(ChannelGroup(None if last else "decoder_channels", j, dec[min(j, n - 1)],
-                                       (f"decoder.{2 * j - 1}.weight", 1),
-                                       ((f"decoder.{2 * j - 1}.weight", 1, 1), (f"decoder.{2 * j - 1}.bias", 0, 1), consumer),
-                                       f"decoder.{2 * j}",
-                                       # The last transposed conv keeps its input's channel count (config has one value).
-                                       tied_to=len(groups) - 1 if last else None))
-        latent_consumer = ("decoder_in.weight", 1, 1)
-    else:
-        raise ValueError(f"structured pruning knows the built-in 'mlp' and 'conv' architectures, not {arch!r}")
-    if include_latent:
-        groups.append(ChannelGroup("latent_dim", -1, model.latent_dim, ("mu.weight", 0),
-                                   (("mu.weight", 0, 1), ("mu.bias", 0, 1), ("logvar.weight", 0, 1),
-                                    ("logvar.bias", 0, 1), latent_consumer),
-                                   "mu"))
-    return groups
 
 
 def magnitude_unit_scores(model: VAE, groups: list[ChannelGroup]) -> list[torch.Tensor]:
@@ -358,6 +282,8 @@ def keep_top(groups: list[ChannelGroup], scores: list[torch.Tensor], counts: lis
 class StructuredPruner(Compressor):
     name = "structured_prune"
     stage = "prune"
+    gives = "masked"  # an earlier unstructured stage's masks survive the shrinking
+    needs_channel_groups = True
     help = ("remove whole hidden neurons (MLP) or channels (conv), shrinking the layers and the config; "
             "then fine-tune")
     params = (
@@ -374,7 +300,7 @@ class StructuredPruner(Compressor):
             raise ValueError("structured pruning rebuilds the model from its config and needs ctx.build_model")
         torch.manual_seed(ctx.seed)
         work = copy.deepcopy(model).to(ctx.device)
-        groups = channel_groups(work)
+        groups = channel_groups(work, architecture=ctx.architecture)
         if values["criterion"] == "taylor":
             scores = taylor_unit_scores(work, groups, ctx, values["batches"])
         else:

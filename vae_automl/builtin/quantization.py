@@ -17,9 +17,12 @@ Biases and the Gaussian ``log_sigma`` stay as they are (dense float32 unless
 an earlier stage chose otherwise): they are a tiny share of the bytes and
 the ELBO is sensitive to them.
 
-Bit widths per layer group: ``bits_encoder``, ``bits_heads`` (``mu`` and
-``logvar``) and ``bits_decoder`` (``decoder_in``, ``decoder``,
-``decoder_out``) default to ``bits``; a layer of another name takes ``bits``.
+Bit widths per layer group: ``bits_encoder``, ``bits_heads`` (the layers
+computing ``mu`` and ``logvar``) and ``bits_decoder`` default to ``bits``;
+the groups are those the model's architecture declares
+(:meth:`vae_automl.components.Architecture.layer_groups`), a layer in no
+group takes ``bits``, and per-group bits on a model without groups are
+refused (at YAML load for the search; ValueError here).
 
 Calibration (post-training): the clipping range of each grid is chosen
 among 37 candidates (0.1 to 1.0 of the largest magnitude) to minimize
@@ -53,6 +56,7 @@ from torch.nn import functional as F
 from torch.nn.utils import parametrize
 
 from vae_automl.components import Compressor, Param
+from vae_automl.layers import GROUP_NAMES, LayerGroups, group_of_layers, layer_groups
 from vae_automl.packing import FLOAT_DTYPES
 from vae_automl.plugin_manager import hookimpl
 
@@ -60,9 +64,7 @@ if TYPE_CHECKING:
     from vae_automl.components import CompressionContext
     from vae_automl.vae import VAE
 
-GROUP_OF_MODULE = {"encoder": "encoder", "mu": "heads", "logvar": "heads",
-                   "decoder_in": "decoder", "decoder": "decoder", "decoder_out": "decoder"}
-GROUPS = ("encoder", "heads", "decoder")
+GROUPS = GROUP_NAMES
 QUANTIZED_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
 CLIP_RATIOS = torch.linspace(0.1, 1.0, 37)
 CALIBRATION_ROWS = 4096
@@ -86,10 +88,16 @@ CALIBRATION_SAMPLES = Param("calibration_samples", "int", 256, minimum=1, maximu
                             help="training images whose layer inputs calibrate the clipping (calibration: output)")
 
 
-def quantizable_layers(model: nn.Module) -> list[tuple[str, nn.Module, str | None]]:
+def quantizable_layers(model: nn.Module, groups: LayerGroups | None = None) -> list[tuple[str, nn.Module, str | None]]:
     """``(module name, module, group)`` of every layer whose weight is quantized; group None: no group."""
-    return [(name, module, GROUP_OF_MODULE.get(name.split(".")[0]))
+    group_of = group_of_layers(groups or {})
+    return [(name, module, group_of.get(name))
             for name, module in model.named_modules() if isinstance(module, QUANTIZED_LAYERS)]
+
+
+def group_bits_asked(values: dict[str, Any]) -> list[str]:
+    """The ``bits_<group>`` parameters set to a value (not left to default to ``bits``)."""
+    return [f"bits_{g}" for g in GROUPS if values.get(f"bits_{g}") is not None]
 
 
 def bits_for(params: dict[str, Any], group: str | None) -> int:
@@ -269,6 +277,9 @@ class _Quantizer(Compressor):
     """Shared pipeline: calibrate a grid per layer, optionally fine-tune through fake-quant, snap, record encodings."""
 
     stage = "quantize"
+    takes = ("dense", "masked", "quantized")
+    gives = "quantized"
+    group_params = tuple(f"bits_{g}" for g in GROUPS)
     min_bits = 1
 
     def validate_params(self, values: dict[str, Any]) -> None:
@@ -302,7 +313,11 @@ class _Quantizer(Compressor):
         values = self.resolve_params(params)
         out = copy.deepcopy(model)
         device = next(out.parameters()).device
-        layers = quantizable_layers(out)
+        groups = layer_groups(out, ctx.architecture) if group_bits_asked(values) else {}
+        if group_bits_asked(values) and not groups:
+            raise ValueError(f"{', '.join(group_bits_asked(values))} need layer groups, but architecture "
+                             f"{out.config.get('architecture')!r} declares none; set `bits` only")
+        layers = quantizable_layers(out, groups)
         inputs = (calibration_inputs(out, layers, ctx, values["calibration_samples"])
                   if values.get("calibration") == "output" else {})
         states: dict[str, dict[str, Any]] = {}

@@ -37,7 +37,6 @@ from torch import nn
 
 from vae_automl.builtin.pruning import (
     apply_masks,
-    channel_groups,
     elbo_batches,
     fine_tune_masked,
     mark_sparse,
@@ -45,6 +44,7 @@ from vae_automl.builtin.pruning import (
     shrink,
 )
 from vae_automl.components import Compressor, Param
+from vae_automl.layers import channel_groups
 from vae_automl.vae import VAE, negative_elbo
 
 if TYPE_CHECKING:
@@ -103,6 +103,11 @@ def _train_lr(ctx: CompressionContext) -> float:
 class NniPruner(Compressor):
     name = "nni_prune"
     stage = "prune"
+    gives = "masked"
+
+    def requirements(self, values: dict[str, Any]) -> set[str]:
+        # The channel pruners remove units through the architecture's declared channel groups.
+        return set() if values.get("pruner") == "level" else {"channel_groups"}
     help = "NNI 3.0 pruners (level: unstructured; l1_norm, l2_norm, taylor: neurons/channels, physically removed)"
     params = (
         Param("pruner", "categorical", "level", choices=PRUNERS, help="which nni.compression.pruning pruner"),
@@ -148,7 +153,7 @@ class NniPruner(Compressor):
 
         if ctx.build_model is None:
             raise ValueError("nni_prune removes units by rebuilding the model and needs ctx.build_model")
-        groups = channel_groups(work)
+        groups = channel_groups(work, architecture=ctx.architecture)
         modules = dict(work.named_modules())
         # Only producers whose dim 0 is one unit per row: NNI's output-channel masks map onto them.
         prunable = {k: g.producer[0][: -len(".weight")] for k, g in enumerate(groups)
@@ -177,6 +182,7 @@ class NniPruner(Compressor):
 class NniQuantizer(Compressor):
     name = "nni_quantize"
     stage = "quantize"
+    gives = "quantized"
     help = "NNI 3.0 weight quantization (PtqQuantizer or QATQuantizer), stored bit-packed on NNI's grid"
     params = (
         Param("quantizer", "categorical", "ptq", choices=QUANTIZERS, help="ptq: PtqQuantizer; qat: QATQuantizer"),

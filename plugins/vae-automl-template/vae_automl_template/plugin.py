@@ -28,6 +28,8 @@ class Float16Compressor(Compressor):
 
     name = "template_fp16"
     stage = "quantize"
+    takes = ("dense", "masked", "quantized")  # tensors already on a codec are left as they are
+    gives = "quantized"
     help = "float16 weights (example plugin from docs/writing-a-compressor-plugin.md)"
     params = (
         Param("min_numel", "int", 0, minimum=0, maximum=10**9, help="leave tensors smaller than this in float32"),
