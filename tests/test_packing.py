@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import json
+import math
+from typing import Any, Callable
 
 import pytest
 import torch
 
-from vae_automl import packing
+from vae_automl import hookimpl, packing
 from vae_automl.builtin.quantization import uniform_grid
-from vae_automl.errors import ExportError
-from vae_automl.registry import get_registry
+from vae_automl.errors import ExportError, PluginError
+from vae_automl.registry import get_registry, reset_registry
+from vae_automl.storage.codec import Codec
 from vae_automl.vae import VAE
 
 SEED_MLP = {"hidden_layers": 1, "hidden_width": 400, "width_decay": 1.0, "latent_dim": 20,
@@ -176,3 +179,84 @@ def test_unknown_codec_is_named() -> None:
     model.encodings["mu.weight"] = {"codec": "zstd"}
     with pytest.raises(ExportError, match="unknown codec 'zstd'.*codebook, dense, uniform"):
         packing.serialize_model(model)
+
+
+class Int8SignCodec:
+    """A plugin codec without mask support: each value stored as one int8 (values must be -1, 0 or +1)."""
+
+    name = "sign8"
+    supports_mask = False
+
+    def header_spec(self, spec: dict[str, Any]) -> dict[str, Any]:
+        return spec
+
+    def full_spec(self, parts: dict[str, torch.Tensor], header_spec: dict[str, Any]) -> dict[str, Any]:
+        return header_spec
+
+    def pack(self, tensor: torch.Tensor, spec: dict[str, Any], mask: torch.Tensor | None = None
+             ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        assert mask is None
+        return {"": tensor.to(torch.int8).contiguous()}, {"n": tensor.numel()}
+
+    def unpack(self, parts: dict[str, torch.Tensor], meta: dict[str, Any], shape: list[int], spec: dict[str, Any],
+               mask: torch.Tensor | None = None) -> torch.Tensor:
+        assert mask is None and math.prod(shape) == meta["n"]
+        return parts[""].float().reshape(shape)
+
+    def theoretical_bits(self, tensor: torch.Tensor, spec: dict[str, Any], mask: torch.Tensor | None = None) -> int:
+        return 2 * tensor.numel()
+
+
+class SignCodecPlugin:
+    @hookimpl
+    def register_codecs(self, register: Callable[[Codec], None]) -> None:
+        register(Int8SignCodec())
+
+
+def test_every_builtin_codec_implements_the_protocol() -> None:
+    codecs = get_registry().codec_map()
+    assert sorted(codecs) == ["codebook", "dense", "uniform"]
+    for codec in codecs.values():
+        assert isinstance(codec, Codec), codec
+    assert get_registry().codecs.plugin_of("uniform") == "vae_automl.builtin.codecs"
+
+
+def test_plugin_codec_through_the_hook_round_trips_with_a_sparse_spec(register_plugin: Any) -> None:
+    model = seed_mlp()
+    w = model.get_parameter("mu.weight")
+    with torch.no_grad():
+        w.copy_(torch.sign(w) * (torch.arange(w.numel()).reshape(w.shape) % 3 == 0))
+    model.encodings["mu.weight"] = {"codec": "sign8", "sparse": True}
+    with pytest.raises(ExportError, match="unknown codec 'sign8'"):
+        packing.serialize_model(model)
+    register_plugin(SignCodecPlugin(), name="sign-codec")
+    assert get_registry().codecs.plugin_of("sign8") == "sign-codec"
+    data = assert_round_trip(model)
+    parts, _ = part_sizes(data)
+    assert parts["mu.weight"] == int((w != 0).sum())  # one byte per non-zero value, the zeros in the mask
+
+
+def test_a_codec_missing_part_of_the_protocol_is_refused_naming_the_plugin(register_plugin: Any) -> None:
+    class Broken:
+        name = "broken"
+        supports_mask = False
+
+    class BrokenPlugin:
+        @hookimpl
+        def register_codecs(self, register: Callable[[Codec], None]) -> None:
+            register(Broken())
+
+    register_plugin(BrokenPlugin(), name="broken-codec")
+    with pytest.raises(PluginError, match="broken-codec.*register_codecs.*Codec"):
+        get_registry()
+
+
+def test_deprecated_register_codec_still_registers() -> None:
+    try:
+        with pytest.warns(DeprecationWarning, match="register_codecs"):
+            packing.register_codec(Int8SignCodec())
+        assert get_registry().codecs.plugin_of("sign8") == "vae_automl.builtin.codecs"
+    finally:
+        packing._legacy.clear()
+        reset_registry()
+    assert "sign8" not in get_registry().codecs

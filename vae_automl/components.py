@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from vae_automl.data import DataSplits
     from vae_automl.layers import ChannelGroup
     from vae_automl.train import TrainConfig
+    from vae_automl.registry import Registry
     from vae_automl.vae import VAE
 
 ParamType = Literal["int", "float", "categorical", "bool"]
@@ -284,7 +285,11 @@ class Compressor(Component):
 
 @dataclass
 class MeasureContext:
-    """What an objective gets: the final model, the data, and where to measure."""
+    """What an objective gets: the final model, the data, and where to measure.
+
+    ``registry`` is the registry of the search (its codecs store the model);
+    None in a context built by hand, where only built-in codecs are known.
+    """
 
     model: VAE
     data: DataSplits
@@ -295,6 +300,7 @@ class MeasureContext:
     latency_warmup: int = 5
     latency_target: str = "cpu"
     cache: dict[str, Any] = field(default_factory=dict)
+    registry: Registry | None = None
 
 
 class Objective(Component):

@@ -29,8 +29,8 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import torch
 
-from vae_automl import packing
 from vae_automl.errors import ConfigError, ExportError
+from vae_automl.storage.format import deserialize_model
 
 if TYPE_CHECKING:
     import optuna
@@ -145,7 +145,7 @@ def load_artifact(record: dict[str, Any], registry: Registry | None = None) -> t
     if digest != record.get("artifact_sha256"):
         raise ExportError(f"trial {record.get('trial')}: {path} has sha256 {digest}, but the search recorded "
                           f"{record.get('artifact_sha256')}; the file changed since the search")
-    return packing.deserialize_model(data, registry), data
+    return deserialize_model(data, registry), data
 
 
 @torch.no_grad()
@@ -174,7 +174,7 @@ def elbo_of(encode: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
 def _remeasure_safetensors(ctx: StudyContext, record: dict[str, Any], path: Path) -> dict[str, float]:
     from vae_automl.components import MeasureContext
 
-    model = packing.deserialize_model(path.read_bytes(), ctx.registry).eval()
+    model = deserialize_model(path.read_bytes(), ctx.registry).eval()
     latency = record.get("latency", {})
     measure_ctx = MeasureContext(model=model, data=ctx.data, device=torch.device("cpu"), seed=record["config"]["seed"],
                                  latency_batch_size=latency.get("batch_size", ctx.space.latency.batch_size),

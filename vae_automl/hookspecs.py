@@ -18,6 +18,7 @@ import pluggy
 
 if TYPE_CHECKING:
     from vae_automl.components import Architecture, Compressor, Dataset, Exporter, Objective, Task
+    from vae_automl.storage.codec import Codec
 
 hookspec = pluggy.HookspecMarker("vae_automl")
 
@@ -129,6 +130,26 @@ def register_tasks(register: Callable[[Task], None]) -> None:
         Nothing; the return value is ignored.
 
     Added in 0.2.
+    """
+
+
+@hookspec
+def register_codecs(register: Callable[[Codec], None]) -> None:
+    """Register storage codecs (how a tensor is stored in ``weights.safetensors``).
+
+    Called once, when the registry is first built. A compressor whose
+    encodings need a format of its own registers its codec here, from the
+    same plugin.
+
+    Args:
+        register: call with one object implementing
+            :class:`vae_automl.storage.codec.Codec` per codec. Its ``name``
+            is what ``model.encodings[tensor]["codec"]`` names.
+
+    Returns:
+        Nothing; the return value is ignored.
+
+    Added in 0.2 (replaces ``vae_automl.packing.register_codec``).
     """
 
 

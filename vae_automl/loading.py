@@ -69,12 +69,12 @@ def load(directory: str | Path, plugins: tuple[str, ...] = ()) -> VAE:
         IntegrityError: a file does not match its recorded sha256.
         ExportError: the manifest is missing, malformed or of another version.
     """
-    from vae_automl import packing
     from vae_automl.export import WEIGHTS
     from vae_automl.registry import get_registry
+    from vae_automl.storage.format import deserialize_model
 
     manifest = read_manifest(directory)
     verify_files(directory, manifest)
-    model = packing.deserialize_model((Path(directory) / WEIGHTS).read_bytes(), get_registry(plugins))
+    model = deserialize_model((Path(directory) / WEIGHTS).read_bytes(), get_registry(plugins))
     model.manifest = manifest
     return model

@@ -8,17 +8,23 @@ plugin.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Generic, Protocol, TypeVar
 
 from vae_automl.components import Architecture, Component, Compressor, Dataset, Exporter, Objective, Task
 from vae_automl.errors import PluginError
+from vae_automl.storage.codec import Codec
 
 if TYPE_CHECKING:
     import pluggy
 
     from vae_automl.vae import VAE
 
-C = TypeVar("C", bound=Component)
+
+class Named(Protocol):
+    name: str
+
+
+C = TypeVar("C", bound=Named)
 
 HOOK_FOR_KIND: dict[str, tuple[str, type[Component]]] = {
     "architecture": ("register_architectures", Architecture),
@@ -28,6 +34,8 @@ HOOK_FOR_KIND: dict[str, tuple[str, type[Component]]] = {
     "exporter": ("register_exporters", Exporter),
     "task": ("register_tasks", Task),
 }
+"""The component kinds (``vae-automl plugins`` lists them); codecs are registered beside them."""
+CODEC_HOOK = "register_codecs"
 
 
 @dataclass(frozen=True)
@@ -88,6 +96,7 @@ class Registry:
         self.datasets: Table[Dataset] = Table("dataset")
         self.exporters: Table[Exporter] = Table("exporter")
         self.tasks: Table[Task] = Table("task")
+        self.codecs: Table[Codec] = Table("codec")
 
     def table(self, kind: str) -> Table[Any]:
         return {
@@ -101,37 +110,43 @@ class Registry:
 
     @classmethod
     def from_plugin_manager(cls, pm: pluggy.PluginManager) -> Registry:
-        from vae_automl.plugin_manager import plugin_version
-
         registry = cls()
         for kind, (hook_name, base) in HOOK_FOR_KIND.items():
-            table = registry.table(kind)
-            # One call per implementation, so each registration knows its plugin.
-            for impl in getattr(pm.hook, hook_name).get_hookimpls():
-                plugin_name = impl.plugin_name
-                version = plugin_version(pm, impl.plugin)
-                table_ref, base_ref = table, base
-
-                def register(component: Any, _p: str = plugin_name, _v: str = version,
-                             _t: Table[Any] = table_ref, _b: type = base_ref) -> None:
-                    if not isinstance(component, _b):
-                        raise PluginError(
-                            f"plugin {_p!r} passed {component!r} to {hook_name}; "
-                            f"expected an instance of {_b.__module__}.{_b.__name__}"
-                        )
-                    _t.add(component, _p, _v)
-
-                try:
-                    impl.function(register=register)
-                except PluginError:
-                    raise
-                except Exception as exc:
-                    raise PluginError(f"plugin {plugin_name!r} raised in {hook_name}: {exc!r}") from exc
+            _collect(pm, hook_name, registry.table(kind), base)
+        _collect(pm, CODEC_HOOK, registry.codecs, Codec)
         return registry
+
+    def codec_map(self) -> dict[str, Codec]:
+        """The registered codecs by name, as :mod:`vae_automl.storage` takes them."""
+        return {entry.component.name: entry.component for entry in self.codecs.entries()}
 
     def build_model(self, config: dict[str, Any]) -> VAE:
         """Build an untrained model from a canonical config (``config['architecture']`` picks the builder)."""
         return self.architectures.get(config["architecture"]).build(config)
+
+
+def _collect(pm: pluggy.PluginManager, hook_name: str, table: Table[Any], base: type) -> None:
+    """Call each implementation of a registration hook on its own, so each registration knows its plugin."""
+    from vae_automl.plugin_manager import plugin_version  # deferred: plugin_manager imports registry to reset it
+
+    for impl in getattr(pm.hook, hook_name).get_hookimpls():
+        plugin_name = impl.plugin_name
+        version = plugin_version(pm, impl.plugin)
+
+        def register(component: Any, _p: str = plugin_name, _v: str = version) -> None:
+            if not isinstance(component, base):
+                raise PluginError(
+                    f"plugin {_p!r} passed {component!r} to {hook_name}; "
+                    f"expected an instance of {base.__module__}.{base.__name__}"
+                )
+            table.add(component, _p, _v)
+
+        try:
+            impl.function(register=register)
+        except PluginError:
+            raise
+        except Exception as exc:
+            raise PluginError(f"plugin {plugin_name!r} raised in {hook_name}: {exc!r}") from exc
 
 
 def call_each(pm: pluggy.PluginManager, hook_name: str, **kwargs: Any) -> None:

@@ -23,11 +23,13 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 
-from vae_automl import packing, runtime
+from vae_automl import runtime
 from vae_automl.components import CompressionContext, MeasureContext
 from vae_automl.data import DataSplits, load_images, load_labels, make_splits
 from vae_automl.errors import PluginError, TrialFailed, VaeAutomlError
 from vae_automl.registry import call_each
+from vae_automl.storage.format import deserialize_model, serialize_model
+from vae_automl.storage.header import FORMAT_VERSION
 from vae_automl.train import TrainConfig, train, train_config_from
 from vae_automl.vae import VAE
 
@@ -85,7 +87,7 @@ def prepare(space: SearchSpace, out_dir: str | Path, registry: Registry, pm: plu
         path = Path(space.teacher)
         if not path.is_file():
             raise VaeAutomlError(f"{space.path}: teacher: no such checkpoint {path}")
-        env.teacher = packing.deserialize_model(path.read_bytes(), registry).to(dev)
+        env.teacher = deserialize_model(path.read_bytes(), registry).to(dev)
     return env
 
 
@@ -96,7 +98,7 @@ def base_cache_key(model_config: dict[str, Any], training: dict[str, Any], data:
         "training": {k: training.get(k) for k in WEIGHT_TRAINING_KEYS},
         "data": {"spec": data.info["dataset"], "split_sha256": data.info["split_sha256"]},
         "seed": seed,
-        "format": packing.FORMAT_VERSION,
+        "format": FORMAT_VERSION,
     }
     if task != "vae":  # so the keys of existing vae caches stay valid
         payload["task"] = task
@@ -134,7 +136,7 @@ def train_base(env: TrialEnv, spec: TrialSpec, train_config: TrainConfig,
     weights, meta_path = env.cache_dir / f"base-{key}.safetensors", env.cache_dir / f"base-{key}.json"
     with _file_lock(env.cache_dir / f"base-{key}.lock"):
         if weights.is_file() and meta_path.is_file():
-            model = packing.deserialize_model(weights.read_bytes(), env.registry).to(env.device)
+            model = deserialize_model(weights.read_bytes(), env.registry).to(env.device)
             info = json.loads(meta_path.read_text())
             info["cache_hit"] = True
             env.stats["base_reused"] += 1
@@ -155,7 +157,7 @@ def train_base(env: TrialEnv, spec: TrialSpec, train_config: TrainConfig,
             "captured": result.captured,
             "validation_curve": result.validation_curve,
         }
-        write_atomic(weights, packing.serialize_model(model))
+        write_atomic(weights, serialize_model(model, env.registry.codec_map()))
         write_atomic(meta_path, json.dumps(info).encode())
         env.stats["base_trained"] += 1
         info["cache_hit"] = False
@@ -194,7 +196,7 @@ def compress(env: TrialEnv, base: VAE, spec: TrialSpec, train_config: TrainConfi
 
 def measure(env: TrialEnv, model: VAE, names: tuple[str, ...], seed: int) -> tuple[dict[str, float], MeasureContext]:
     lat = env.space.latency
-    ctx = MeasureContext(model=model.eval(), data=env.data, device=env.device, seed=seed,
+    ctx = MeasureContext(model=model.eval(), data=env.data, device=env.device, seed=seed, registry=env.registry,
                          latency_batch_size=lat.batch_size, latency_repeats=lat.repeats,
                          latency_warmup=lat.warmup,
                          latency_target=str(env.device) if lat.target == "auto" else lat.target)
@@ -226,7 +228,7 @@ def run_trial(env: TrialEnv, spec: TrialSpec, number: int,
     base, base_info = train_base(env, spec, train_config, on_epoch)
     model = compress(env, base, spec, train_config)
     metrics, ctx = measure(env, model, (*env.space.objectives, *env.space.record), spec.seed)
-    data = ctx.cache.get("serialized") or packing.serialize_model(model)
+    data = ctx.cache.get("serialized") or serialize_model(model, env.registry.codec_map())
     artifact = env.artifact_dir / f"trial-{number}.safetensors"
     write_atomic(artifact, data)
     record = {

@@ -8,9 +8,10 @@ from typing import Callable
 
 import torch
 
-from vae_automl import packing
 from vae_automl.components import MeasureContext, Objective
 from vae_automl.plugin_manager import hookimpl
+from vae_automl.storage.codec import Codec
+from vae_automl.storage.format import serialize_model, theoretical_bits
 from vae_automl.train import evaluate_elbo, evaluate_recon_error
 
 
@@ -43,9 +44,14 @@ class Params(Objective):
         return float(sum(int(torch.count_nonzero(p)) for p in ctx.model.state_dict().values()))
 
 
+def codecs(ctx: MeasureContext) -> dict[str, Codec] | None:
+    """The registry's codecs (None, the built-in ones, for a context made without a registry)."""
+    return ctx.registry.codec_map() if ctx.registry is not None else None
+
+
 def serialized(ctx: MeasureContext) -> bytes:
     if "serialized" not in ctx.cache:
-        ctx.cache["serialized"] = packing.serialize_model(ctx.model)
+        ctx.cache["serialized"] = serialize_model(ctx.model, codecs(ctx))
     return ctx.cache["serialized"]
 
 
@@ -64,7 +70,7 @@ class TheoreticalBits(Objective):
     help = "bits the weight encodings need, without container overhead"
 
     def measure(self, ctx: MeasureContext) -> float:
-        return float(packing.theoretical_bits(ctx.model))
+        return float(theoretical_bits(ctx.model, codecs(ctx)))
 
 
 def deployed_forward(ctx: MeasureContext) -> Callable[[torch.Tensor], object]:

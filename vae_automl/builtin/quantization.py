@@ -57,7 +57,7 @@ from torch.nn.utils import parametrize
 
 from vae_automl.components import Compressor, Param
 from vae_automl.layers import GROUP_NAMES, LayerGroups, group_of_layers, layer_groups
-from vae_automl.packing import FLOAT_DTYPES
+from vae_automl.storage.codecs import FLOAT_DTYPES
 from vae_automl.plugin_manager import hookimpl
 
 if TYPE_CHECKING:

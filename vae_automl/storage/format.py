@@ -1,0 +1,149 @@
+"""The storage format of a model: safetensors with packed tensors and a JSON header.
+
+The byte length of :func:`serialize_model` is the ``size_bytes`` objective,
+and ``export`` writes exactly these bytes as ``weights.safetensors``: one
+piece of code decides both, so they cannot disagree.
+
+Each tensor is stored by the codec named in ``model.encodings[name]["codec"]``
+(``dense`` float32 when absent; see :mod:`vae_automl.storage.codecs`). Any
+spec may add ``"sparse": true``: the positions of the non-zero values are
+stored as a bitmask or as 16/32-bit absolute indices or 16-bit deltas,
+whichever takes fewest bytes, and only the non-zero values go through the
+codec; zeros come back exactly zero.
+
+Two guarantees hold for every built-in codec, and :func:`pack_model` checks
+the second one rather than silently re-quantizing:
+
+* ``serialize_model(deserialize_model(b)) == b``;
+* the unpacked float tensor equals the model's tensor exactly (a quantizer
+  leaves the dequantized values in the model, and the grid in the spec).
+
+The codecs are passed in (``registry.codec_map()``); left out, only the
+built-in ones are known.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+import torch
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
+
+from vae_automl.errors import ExportError
+from vae_automl.storage.bits import decode_mask, encode_mask, mask_bits
+from vae_automl.storage.codec import Codec, Parts
+from vae_automl.storage.codecs import builtin_codecs, scatter
+from vae_automl.storage.header import FORMAT_VERSION, PART_SEPARATOR, encode_header, read_header
+
+if TYPE_CHECKING:
+    from vae_automl.registry import Registry
+    from vae_automl.vae import VAE
+
+Codecs = Mapping[str, Codec]
+
+
+def codec_for(name: str, spec: dict[str, Any], codecs: Codecs) -> Codec:
+    """The codec ``spec`` asks for, or an error naming the tensor and the known codecs."""
+    codec_name = spec.get("codec", "dense")
+    if codec_name not in codecs:
+        raise ExportError(f"tensor {name!r} asks for unknown codec {codec_name!r}; known: {', '.join(sorted(codecs))}")
+    return codecs[codec_name]
+
+
+def _pack_tensor(name: str, tensor: torch.Tensor, spec: dict[str, Any], codec: Codec) -> tuple[Parts, dict[str, Any]]:
+    try:
+        if not spec.get("sparse"):
+            return codec.pack(tensor, spec)
+        mask = tensor != 0
+        mask_data, kind = encode_mask(mask)
+        parts, meta = codec.pack(tensor, spec, mask=mask) if codec.supports_mask else codec.pack(tensor[mask], spec)
+        return {**parts, "mask": mask_data}, {**meta, "mask": kind}
+    except (KeyError, ValueError, TypeError) as exc:
+        raise ExportError(f"tensor {name!r}: cannot pack with spec {codec.header_spec(spec)}: {exc!r}") from exc
+
+
+def _unpack_tensor(parts: Parts, meta: dict[str, Any], spec: dict[str, Any], shape: list[int], codec: Codec
+                   ) -> torch.Tensor:
+    if not spec.get("sparse"):
+        return codec.unpack(parts, meta, shape, spec)
+    mask = decode_mask(parts.pop("mask"), meta["mask"], math.prod(shape)).reshape(shape)
+    if codec.supports_mask:
+        return codec.unpack(parts, meta, shape, spec, mask=mask)
+    values = codec.unpack(parts, meta, [int(mask.sum())], spec)
+    return scatter(values.flatten(), shape, mask)
+
+
+def pack_model(model: VAE, codecs: Codecs | None = None) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """The safetensors tensors and metadata that store ``model``."""
+    codecs = builtin_codecs() if codecs is None else codecs
+    tensors: dict[str, torch.Tensor] = {}
+    layout: dict[str, Any] = {}
+    for name, tensor in model.state_dict().items():
+        spec = model.encodings.get(name, {})
+        codec = codec_for(name, spec, codecs)
+        parts, meta = _pack_tensor(name, tensor.detach().float().cpu(), spec, codec)
+        for suffix, part in parts.items():
+            tensors[name + (PART_SEPARATOR + suffix if suffix else "")] = part
+        layout[name] = {"spec": codec.header_spec(spec), "meta": meta, "shape": list(tensor.shape)}
+    return tensors, encode_header(model.config, layout)
+
+
+def serialize_model(model: VAE, codecs: Codecs | None = None) -> bytes:
+    """The bytes of ``weights.safetensors`` for ``model``."""
+    tensors, metadata = pack_model(model, codecs)
+    return st_save(tensors, metadata=metadata)
+
+
+def size_bytes(model: VAE, codecs: Codecs | None = None) -> int:
+    """Exactly ``len(serialize_model(model))``: the size objective and the exported file's length."""
+    return len(serialize_model(model, codecs))
+
+
+def theoretical_bits(model: VAE, codecs: Codecs | None = None) -> int:
+    """Information bits of the encodings: codes, scales, zero points, codebooks and sparse masks.
+
+    Headers, shapes, alignment and the padding of the last byte of a packed
+    tensor are left out.
+    """
+    codecs = builtin_codecs() if codecs is None else codecs
+    total = 0
+    for name, tensor in model.state_dict().items():
+        spec = model.encodings.get(name, {})
+        codec = codec_for(name, spec, codecs)
+        t = tensor.detach().float().cpu()
+        if not spec.get("sparse"):
+            total += codec.theoretical_bits(t, spec)
+            continue
+        mask = t != 0
+        values_bits = codec.theoretical_bits(t, spec, mask=mask) if codec.supports_mask else codec.theoretical_bits(t[mask], spec)
+        total += values_bits + mask_bits(mask)
+    return total
+
+
+def deserialize_model(data: bytes, registry: Registry) -> VAE:
+    """Rebuild a model from :func:`serialize_model` bytes (no pickle involved).
+
+    ``registry`` builds the model from the stored config and gives the codecs.
+    """
+    header = read_header(data)
+    if header.get("format") != FORMAT_VERSION:
+        raise ExportError(f"weights format {header.get('format')!r} is not the supported {FORMAT_VERSION}")
+    codecs = registry.codec_map()
+    stored = st_load(data)
+    model = registry.build_model(header["config"])
+    state = {}
+    for name, entry in header["tensors"].items():
+        prefix = name + PART_SEPARATOR
+        parts = {key[len(prefix):]: t for key, t in stored.items() if key.startswith(prefix)}
+        if name in stored:
+            parts[""] = stored[name]
+        codec = codec_for(name, entry["spec"], codecs)
+        spec = codec.full_spec(parts, entry["spec"])
+        state[name] = _unpack_tensor(dict(parts), entry["meta"], spec, entry["shape"], codec)
+        if spec:
+            model.encodings[name] = spec
+    model.load_state_dict(state)
+    return model.eval()
