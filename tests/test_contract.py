@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from vae_automl.builtin.entropy_coding import EntropyCode
 from vae_automl.builtin.quantization import KMeansQuantizer, Pow2Quantizer, UniformQuantizer
 from vae_automl.components import Compressor
 from vae_automl.testing import CompressorContract
@@ -49,6 +50,12 @@ class TestKMeansContract(CompressorContract):
     @pytest.fixture
     def params(self) -> dict[str, Any]:
         return {"bits": 3, "init": "kmeans++", "qat_epochs": 1}
+
+
+class TestEntropyCodeContract(CompressorContract):
+    @pytest.fixture
+    def compressor(self) -> Compressor:
+        return EntropyCode()
 
 
 try:  # the example plugin package, installed by `make install` (pip install -e plugins/vae-automl-template)

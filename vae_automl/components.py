@@ -21,7 +21,8 @@ if TYPE_CHECKING:
     from vae_automl.vae import VAE
 
 ParamType = Literal["int", "float", "categorical", "bool"]
-STAGES: tuple[str, ...] = ("distill", "prune", "quantize")
+STAGES: tuple[str, ...] = ("distill", "prune", "quantize", "code")
+"""Pipeline order. ``code`` changes no weight, only how they are stored (entropy coding)."""
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "vae_automl.builtin.objectives",
     "vae_automl.builtin.exporters",
     "vae_automl.builtin.distillation",
+    "vae_automl.builtin.entropy_coding",
     "vae_automl.builtin.pruning",
     "vae_automl.builtin.quantization",
     "vae_automl.builtin.tasks",

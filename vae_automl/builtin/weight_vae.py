@@ -44,7 +44,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from vae_automl import entropy
+from vae_automl.storage import ans
 from vae_automl.components import Compressor, Param
 from vae_automl.errors import ExportError
 from vae_automl.plugin_manager import hookimpl
@@ -313,7 +313,7 @@ class WeightVAECodec:
         codes = spec["codes"].numpy()
         radius = max(1, int(np.abs(codes).max())) if codes.size else 1
         stds = np.broadcast_to(spec["sigma"].double().numpy(), codes.shape)
-        parts = {"": torch.from_numpy(entropy.encode_gaussian(codes, stds, radius).copy())}
+        parts = {"": torch.from_numpy(ans.encode_gaussian(codes, stds, radius).copy())}
         if owner:
             parts.update({self.shared_prefix + k: t.to(FP16) for k, t in spec["decoder_state"].items()})
             parts["sigma"] = spec["sigma"].to(FP16)
@@ -325,7 +325,7 @@ class WeightVAECodec:
         sigma = shared["sigma"].float()
         n_chunks, latent_dim = int(meta["chunks"]), int(spec["latent_dim"])
         stds = np.broadcast_to(sigma.double().numpy(), (n_chunks, latent_dim))
-        codes = entropy.decode_gaussian(parts[""].numpy(), stds, int(meta["radius"])).reshape(n_chunks, latent_dim)
+        codes = ans.decode_gaussian(parts[""].numpy(), stds, int(meta["radius"])).reshape(n_chunks, latent_dim)
         state = {k[len(self.shared_prefix):]: t.float() for k, t in shared.items() if k.startswith(self.shared_prefix)}
         full = {**spec, "codes": torch.from_numpy(codes), "decoder_state": state, "sigma": sigma}
         return self.decode(full, shape), full

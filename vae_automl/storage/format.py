@@ -11,6 +11,16 @@ stored as a bitmask or as 16/32-bit absolute indices or 16-bit deltas,
 whichever takes fewest bytes, and only the non-zero values go through the
 codec; zeros come back exactly zero.
 
+Any spec may add ``"entropy": true`` (the ``entropy_code`` compressor sets
+it): the codes, the mask and the float16 grids the codec and the mask
+encoding made are then ANS-coded where that is smaller
+(:mod:`vae_automl.storage.entropy`), and decoded back to the very same
+parts before the codec unpacks them.
+
+A spec may name another tensor in ``"parts_from"``: loading then also
+gives its codec that tensor's parts, under the prefix ``from/`` (a decoder
+stored once and shared by several tensors, as ``weight_vae`` does).
+
 Two guarantees hold for every built-in codec, and :func:`pack_model` checks
 the second one rather than silently re-quantizing:
 
@@ -36,6 +46,7 @@ from vae_automl.errors import ExportError
 from vae_automl.storage.bits import decode_mask, encode_mask, mask_bits
 from vae_automl.storage.codec import Codec, Parts
 from vae_automl.storage.codecs import builtin_codecs, scatter
+from vae_automl.storage.entropy import code_parts, decode_parts
 from vae_automl.storage.header import FORMAT_VERSION, PART_SEPARATOR, encode_header, read_header
 
 if TYPE_CHECKING:
@@ -53,14 +64,22 @@ def codec_for(name: str, spec: dict[str, Any], codecs: Codecs) -> Codec:
     return codecs[codec_name]
 
 
+SHARED_PREFIX = "from/"
+"""Prefix of the parts of the tensor a spec's ``parts_from`` names, as its codec gets them on load."""
+
+
 def _pack_tensor(name: str, tensor: torch.Tensor, spec: dict[str, Any], codec: Codec) -> tuple[Parts, dict[str, Any]]:
     try:
         if not spec.get("sparse"):
-            return codec.pack(tensor, spec)
-        mask = tensor != 0
-        mask_data, kind = encode_mask(mask)
-        parts, meta = codec.pack(tensor, spec, mask=mask) if codec.supports_mask else codec.pack(tensor[mask], spec)
-        return {**parts, "mask": mask_data}, {**meta, "mask": kind}
+            parts, meta = codec.pack(tensor, spec)
+        else:
+            mask = tensor != 0
+            mask_data, kind = encode_mask(mask)
+            parts, meta = codec.pack(tensor, spec, mask=mask) if codec.supports_mask else codec.pack(tensor[mask], spec)
+            parts, meta = {**parts, "mask": mask_data}, {**meta, "mask": kind}
+        if spec.get("entropy"):
+            parts, meta = code_parts(parts, spec, meta, list(tensor.shape))
+        return parts, meta
     except (KeyError, ValueError, TypeError) as exc:
         raise ExportError(f"tensor {name!r}: cannot pack with spec {codec.header_spec(spec)}: {exc!r}") from exc
 
@@ -106,7 +125,7 @@ def theoretical_bits(model: VAE, codecs: Codecs | None = None) -> int:
     """Information bits of the encodings: codes, scales, zero points, codebooks and sparse masks.
 
     Headers, shapes, alignment and the padding of the last byte of a packed
-    tensor are left out.
+    tensor are left out; an entropy-coded tensor counts its coded bytes.
     """
     codecs = builtin_codecs() if codecs is None else codecs
     total = 0
@@ -114,6 +133,11 @@ def theoretical_bits(model: VAE, codecs: Codecs | None = None) -> int:
         spec = model.encodings.get(name, {})
         codec = codec_for(name, spec, codecs)
         t = tensor.detach().float().cpu()
+        if spec.get("entropy"):
+            # Coded parts have no fixed bits per value: their length is the information they carry.
+            parts, _ = _pack_tensor(name, t, spec, codec)
+            total += 8 * sum(p.numel() * p.element_size() for p in parts.values())
+            continue
         if not spec.get("sparse"):
             total += codec.theoretical_bits(t, spec)
             continue
@@ -135,11 +159,23 @@ def deserialize_model(data: bytes, registry: Registry) -> VAE:
     stored = st_load(data)
     model = registry.build_model(header["config"])
     state = {}
-    for name, entry in header["tensors"].items():
+
+    def parts_of(name: str) -> Parts:
         prefix = name + PART_SEPARATOR
         parts = {key[len(prefix):]: t for key, t in stored.items() if key.startswith(prefix)}
         if name in stored:
             parts[""] = stored[name]
+        return parts
+
+    for name, entry in header["tensors"].items():
+        parts = parts_of(name)
+        if entry["spec"].get("entropy"):
+            parts = decode_parts(parts, entry["spec"], entry["meta"], entry["shape"])
+        source = entry["spec"].get("parts_from")
+        if source is not None:
+            if source not in header["tensors"]:
+                raise ExportError(f"tensor {name!r} takes parts from {source!r}, which the file does not hold")
+            parts.update({SHARED_PREFIX + key: t for key, t in parts_of(source).items()})
         codec = codec_for(name, entry["spec"], codecs)
         spec = codec.full_spec(parts, entry["spec"])
         state[name] = _unpack_tensor(dict(parts), entry["meta"], spec, entry["shape"], codec)

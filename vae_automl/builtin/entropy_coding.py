@@ -1,0 +1,47 @@
+"""Built-in ``entropy_code`` compressor: Deep Compression's third stage, as the last stage of any pipeline.
+
+It changes no weight. It turns on ``"entropy": true`` in the encoding spec
+of every tensor that has something to code: codes of the built-in grid
+codecs (uniform, codebook), a sparse mask, or float16 values. The packed
+file then ANS-codes those parts wherever that is smaller (see :mod:`vae_automl.storage.entropy`). The
+loaded model is bit for bit the one before this stage, and ``size_bytes``
+is still the file's length.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import TYPE_CHECKING, Any, Callable
+
+from vae_automl.components import Compressor
+from vae_automl.plugin_manager import hookimpl
+
+if TYPE_CHECKING:
+    from vae_automl.components import CompressionContext
+
+CODED_CODECS = ("uniform", "codebook")
+"""Codecs whose ``""`` part is ``bits``-wide codes, the part entropy coding codes."""
+
+
+class EntropyCode(Compressor):
+    name = "entropy_code"
+    stage = "code"
+    help = "entropy-code (ANS, constriction) the stored codes, sparse masks and float16 codebooks/scales; weights unchanged"
+    takes = ("dense", "masked", "quantized")
+    gives = "entropy_coded"
+    params = ()
+    compresses = False  # on a dense float32 model there is nothing it can code smaller
+
+    def apply(self, model: Any, params: dict[str, Any], ctx: CompressionContext) -> Any:
+        self.resolve_params(params)
+        out = copy.deepcopy(model)
+        for name in out.state_dict():
+            spec = out.encodings.get(name, {})
+            if spec.get("codec") in CODED_CODECS or spec.get("sparse") or spec.get("dtype") == "float16":
+                out.encodings[name] = {**spec, "entropy": True}
+        return out
+
+
+@hookimpl
+def register_compressors(register: Callable[[Compressor], None]) -> None:
+    register(EntropyCode())
