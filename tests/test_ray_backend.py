@@ -36,8 +36,12 @@ def on_trial_complete(record):
 def test_outcome_of_ray_results() -> None:
     from vae_automl.backends.ray import CONFIG_KEY, FAILURE_KEY, RECORD_KEY, VALIDATION_LOSS, _outcome
 
-    record = {"objectives": {"a": 1.5, "b": 2.0}, "metrics": {"a": 1.5, "b": 2.0},
-              "base": {"validation_curve": [3.0, 2.0], "params": 10}}
+    base = {"cache_key": "k", "params": 10, "epochs_run": 2, "stopped_early": False, "train_seconds": 1.0,
+            "samples_per_s": 9.0, "captured": False, "validation_curve": [3.0, 2.0], "cache_hit": False}
+    latency = {"batch_size": 128, "target": "cpu", "repeats": 30, "runtime": "torch"}
+    record = {"trial": 0, "params": {}, "config": {"seed": 0}, "model_config": {}, "objectives": {"a": 1.5, "b": 2.0},
+              "metrics": {"a": 1.5, "b": 2.0}, "data": {}, "device": "cpu", "latency": latency, "base": base,
+              "artifact": "/x/trial-0.safetensors", "artifact_sha256": "0" * 64, "seconds": 1.0}
     state, values, attrs = _outcome({RECORD_KEY: json.dumps(record)}, False, ("b", "a"))
     assert state == STATES.COMPLETE and values == [2.0, 1.5] and attrs[RECORD_ATTR] == record
     state, values, attrs = _outcome({FAILURE_KEY: "loss diverged to nan", CONFIG_KEY: '{"seed": 0}'}, False, ("a",))

@@ -1,7 +1,7 @@
 """Export a study's models as verified artifacts: ``DIR/trial-N/{weights.safetensors, model.onnx, model.pt, manifest.json}``.
 
 A model is rebuilt exactly from the packed file the search saved
-(``record["artifact"]``, its sha256 checked against the record first),
+(``record.artifact``, its sha256 checked against the record first),
 written in each format, and re-measured from the written files: test ELBO
 of the ONNX model in onnxruntime, of the TorchScript module and of the
 model loaded back from ``weights.safetensors`` (same fixed noise as the
@@ -30,6 +30,8 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 import torch
 
 from vae_automl.errors import ConfigError, ExportError
+from vae_automl.record import TrialRecord
+from vae_automl.registry import get_registry
 from vae_automl.storage.format import deserialize_model
 
 if TYPE_CHECKING:
@@ -101,8 +103,6 @@ def open_study_context(storage: str, study_name: str, dataset: str | None = None
     from vae_automl import study as study_mod
     from vae_automl.config import load_space_text
     from vae_automl.data import load_images, load_labels, make_splits
-    from vae_automl.registry import get_registry
-
     registry = get_registry(plugins)
     study = study_mod.open_study(storage, study_name)
     text = study.user_attrs.get(study_mod.SPACE_ATTR)
@@ -114,7 +114,8 @@ def open_study_context(storage: str, study_name: str, dataset: str | None = None
     if dataset is None:
         # `search --dataset` overrides are not in the YAML, but every record names the spec it used.
         for trial in study_mod.completed_trials(study):
-            dataset = trial.user_attrs.get(study_mod.RECORD_ATTR, {}).get("data", {}).get("dataset") or None
+            record = TrialRecord.from_trial(trial)
+            dataset = (record.data.get("dataset") if record else None) or None
             if dataset:
                 break
     ds = dataclasses.replace(ds, spec=dataset or ds.spec, data_dir=data_dir or ds.data_dir)
@@ -126,26 +127,34 @@ def open_study_context(storage: str, study_name: str, dataset: str | None = None
     return StudyContext(study, space, registry, data, names, directions)
 
 
-def record_of(trial: optuna.trial.FrozenTrial) -> dict[str, Any]:
-    from vae_automl.study import RECORD_ATTR
-
-    record = trial.user_attrs.get(RECORD_ATTR)
-    if not record or "artifact" not in record:
+def record_of(trial: optuna.trial.FrozenTrial) -> TrialRecord:
+    try:
+        record = TrialRecord.from_trial(trial)
+    except (ValueError, TypeError) as exc:
+        raise ExportError(f"trial {trial.number}: its stored record is malformed: {exc}") from exc
+    if record is None:
         raise ExportError(f"trial {trial.number} has no stored record with an artifact (made by an older vae-automl?)")
     return record
 
 
-def load_artifact(record: dict[str, Any], registry: Registry | None = None) -> tuple[VAE, bytes]:
-    """The model a trial saved at search time, after checking the file's sha256 against its record."""
-    path = Path(record["artifact"])
+def load_artifact(record: TrialRecord | dict[str, Any] | None, registry: Registry | None = None) -> tuple[VAE, bytes]:
+    """The model a trial saved at search time, after checking the file's sha256 against its record.
+
+    ``record`` may be given as its stored dict; ``registry`` defaults to the process-wide one.
+    """
+    if record is None:
+        raise ExportError("the trial has no stored record, so no saved model")
+    if isinstance(record, dict):
+        record = TrialRecord.from_dict(record)
+    path = Path(record.artifact)
     if not path.is_file():
-        raise ExportError(f"trial {record.get('trial')}: saved model {path} is missing (moved out dir?)")
+        raise ExportError(f"trial {record.trial}: saved model {path} is missing (moved out dir?)")
     data = path.read_bytes()
     digest = hashlib.sha256(data).hexdigest()
-    if digest != record.get("artifact_sha256"):
-        raise ExportError(f"trial {record.get('trial')}: {path} has sha256 {digest}, but the search recorded "
-                          f"{record.get('artifact_sha256')}; the file changed since the search")
-    return deserialize_model(data, registry), data
+    if digest != record.artifact_sha256:
+        raise ExportError(f"trial {record.trial}: {path} has sha256 {digest}, but the search recorded "
+                          f"{record.artifact_sha256}; the file changed since the search")
+    return deserialize_model(data, registry or get_registry()), data
 
 
 @torch.no_grad()
@@ -171,42 +180,40 @@ def elbo_of(encode: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
     return total / len(x)
 
 
-def _remeasure_safetensors(ctx: StudyContext, record: dict[str, Any], path: Path) -> dict[str, float]:
+def _remeasure_safetensors(ctx: StudyContext, record: TrialRecord, path: Path) -> dict[str, float]:
     from vae_automl.components import MeasureContext
 
     model = deserialize_model(path.read_bytes(), ctx.registry).eval()
-    latency = record.get("latency", {})
-    measure_ctx = MeasureContext(model=model, data=ctx.data, device=torch.device("cpu"), seed=record["config"]["seed"],
-                                 latency_batch_size=latency.get("batch_size", ctx.space.latency.batch_size),
-                                 latency_repeats=latency.get("repeats", ctx.space.latency.repeats),
-                                 latency_warmup=ctx.space.latency.warmup, latency_target="cpu")
+    measure_ctx = MeasureContext(model=model, data=ctx.data, device=torch.device("cpu"), seed=record.config["seed"],
+                                 latency_batch_size=record.latency.batch_size, latency_repeats=record.latency.repeats,
+                                 latency_warmup=ctx.space.latency.warmup, latency_target="cpu", registry=ctx.registry)
     figures: dict[str, float] = {}
-    for name in dict.fromkeys([ELBO, *record.get("metrics", {})]):
+    for name in dict.fromkeys([ELBO, *record.metrics]):
         if name in ctx.registry.objectives:
             figures[name] = float(ctx.registry.objectives.get(name).measure(measure_ctx))
     figures["size_bytes"] = float(path.stat().st_size)
     return figures
 
 
-def _remeasure_onnx(ctx: StudyContext, record: dict[str, Any], path: Path, model: VAE) -> dict[str, Any]:
+def _remeasure_onnx(ctx: StudyContext, record: TrialRecord, path: Path, model: VAE) -> dict[str, Any]:
     from vae_automl import runtime
 
     onnx_bytes = path.read_bytes()
     onnx_model = runtime.OnnxVAE(onnx_bytes)
     ops = runtime.integer_ops(onnx_bytes)
     elbo = elbo_of(onnx_model.encode, onnx_model.decode, model.likelihood, onnx_model.log_sigma(), ctx.data.test,
-                   seed=record["config"]["seed"])
+                   seed=record.config["seed"])
     return {ELBO: elbo, "runtime": runtime.RUNTIME_ORT_INT8 if ops else "onnxruntime",
             "integer_ops": sorted(set(ops))}
 
 
-def _remeasure_torchscript(ctx: StudyContext, record: dict[str, Any], path: Path, model: VAE) -> dict[str, Any]:
+def _remeasure_torchscript(ctx: StudyContext, record: TrialRecord, path: Path, model: VAE) -> dict[str, Any]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # torch.jit is deprecated upstream; the file is still valid
         module = torch.jit.load(str(path), map_location="cpu")
     log_sigma = model.log_sigma.detach() if model.likelihood == "gaussian" else None
     return {ELBO: elbo_of(module.encode, module.decode, model.likelihood, log_sigma, ctx.data.test,
-                          seed=record["config"]["seed"])}
+                          seed=record.config["seed"])}
 
 
 def _check(checks: list[dict[str, Any]], figure: str, file: str, expected: float, got: float) -> None:
@@ -233,9 +240,9 @@ def export_trial(ctx: StudyContext, trial: optuna.trial.FrozenTrial, out_dir: st
                  formats: Sequence[str] = DEFAULT_FORMATS) -> Path:
     """Export one completed trial into ``out_dir/trial-N/`` and verify it; return that folder."""
     record = record_of(trial)
-    if record.get("data", {}).get("split_sha256") not in (None, ctx.data.info["split_sha256"]):
+    if record.data.get("split_sha256") not in (None, ctx.data.info["split_sha256"]):
         raise ExportError(f"trial {trial.number}: the data split differs from the search's "
-                          f"(split sha256 {ctx.data.info['split_sha256']} vs {record['data']['split_sha256']}); "
+                          f"(split sha256 {ctx.data.info['split_sha256']} vs {record.data['split_sha256']}); "
                           "pass the --dataset/--data-dir the search used")
     exporters = []
     for fmt in dict.fromkeys(["safetensors", *formats]):
@@ -255,8 +262,8 @@ def export_trial(ctx: StudyContext, trial: optuna.trial.FrozenTrial, out_dir: st
         weights = tmp / WEIGHTS
         if weights.read_bytes() != artifact_bytes:
             raise ExportError(f"trial {trial.number}: {WEIGHTS} differs from the search's saved model "
-                              f"{record['artifact']} (packing is not deterministic?)")
-        search_metrics = dict(record.get("metrics", record.get("objectives", {})))
+                              f"{record.artifact} (packing is not deterministic?)")
+        search_metrics = dict(record.metrics)
         remeasured: dict[str, dict[str, Any]] = {"safetensors": _remeasure_safetensors(ctx, record, weights)}
         by_file = {"safetensors": WEIGHTS}
         if (tmp / "model.onnx").is_file():
@@ -287,11 +294,11 @@ def export_trial(ctx: StudyContext, trial: optuna.trial.FrozenTrial, out_dir: st
             "study": ctx.study.study_name,
             "trial": trial.number,
             "params": dict(trial.params),
-            "pipeline": record.get("config"),
+            "pipeline": record.config,
             "model_config": model.config,
             "objectives": dict(zip(ctx.objective_names, ctx.directions)),
-            "search": {"objectives": record.get("objectives"), "metrics": record.get("metrics"),
-                       "latency": record.get("latency"), "device": record.get("device"), "data": record.get("data")},
+            "search": {"objectives": record.objectives, "metrics": record.metrics,
+                       "latency": record.latency.as_dict(), "device": record.device, "data": record.data},
             "remeasured": remeasured,
             "checks": checks,
             "files": files,

@@ -18,6 +18,7 @@ import pluggy
 
 if TYPE_CHECKING:
     from vae_automl.components import Architecture, Compressor, Dataset, Exporter, Objective, Task
+    from vae_automl.record import TrialRecord
     from vae_automl.storage.codec import Codec
 
 hookspec = pluggy.HookspecMarker("vae_automl")
@@ -154,7 +155,7 @@ def register_codecs(register: Callable[[Codec], None]) -> None:
 
 
 @hookspec
-def on_trial_complete(record: dict[str, Any]) -> None:
+def on_trial_complete(record: TrialRecord) -> None:
     """Observe a trial that finished measuring, before it is told to the study.
 
     Called in the process that ran the trial, once per successful trial,
@@ -162,15 +163,18 @@ def on_trial_complete(record: dict[str, Any]) -> None:
     that trial alone (its failure reason names the plugin); the study goes on.
 
     Args:
-        record: the trial record: ``trial`` (number), ``params`` (the
-            sampled parameters), ``config`` (the resolved trial config),
-            ``objectives`` (name -> value) and ``metrics`` (every measured
-            figure, objectives included).
+        record: the :class:`vae_automl.record.TrialRecord`: ``trial``
+            (number), ``params`` (the sampled parameters), ``config`` (the
+            resolved trial config), ``objectives`` (name -> value),
+            ``metrics`` (every measured figure, objectives included),
+            ``artifact`` (the saved model's path) and more. A dataclass
+            since 0.2; ``record["metrics"]`` and ``record.get("metrics")``
+            still read it as the 0.1 dict did.
 
     Returns:
         Nothing; the return value is ignored.
 
-    Added in 0.1.
+    Added in 0.1; the record is a ``TrialRecord`` since 0.2.
     """
 
 

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
 from vae_automl.errors import VaeAutomlError
 from vae_automl.progress import format_number
+from vae_automl.record import TrialRecord
 from vae_automl.study import FrontEntry
 
 if TYPE_CHECKING:
@@ -71,12 +72,13 @@ class StudyPoints:
     """Index of the uncompressed baseline (see :func:`baseline_index`), or None."""
 
 
-def baseline_index(records: list[dict[str, Any]], values: np.ndarray, directions: list[str]) -> int | None:
+def baseline_index(records: Sequence[TrialRecord | dict[str, Any] | None], values: np.ndarray, directions: list[str]
+                   ) -> int | None:
     """The uncompressed baseline: the completed trial with an empty compression pipeline and the best first objective.
 
-    None when every trial compressed its model.
+    None when every trial compressed its model. A record may be given as its stored dict.
     """
-    candidates = [i for i, r in enumerate(records) if not r.get("config", {}).get("pipeline")]
+    candidates = [i for i, r in enumerate(records) if not _pipeline(r)]
     if not candidates:
         return None
     sign = 1.0 if directions[0] == "minimize" else -1.0
@@ -85,15 +87,21 @@ def baseline_index(records: list[dict[str, Any]], values: np.ndarray, directions
 
 def study_points(study: optuna.Study) -> StudyPoints:
     from vae_automl import pareto
-    from vae_automl.study import RECORD_ATTR, completed_trials, objectives_of
+    from vae_automl.study import completed_trials, objectives_of
 
     names, directions = objectives_of(study)
     trials = completed_trials(study)
     values = np.array([t.values for t in trials], dtype=float).reshape(len(trials), len(names))
     front = pareto.non_dominated(values.tolist(), directions) if trials else []
-    records = [t.user_attrs.get(RECORD_ATTR, {}) for t in trials]
+    records = [TrialRecord.from_trial(t) for t in trials]
     baseline = baseline_index(records, values, directions) if trials else None
     return StudyPoints(names, directions, [t.number for t in trials], values, list(front), baseline)
+
+
+def _pipeline(record: TrialRecord | dict[str, Any] | None) -> list[dict[str, Any]]:
+    if isinstance(record, TrialRecord):
+        return record.pipeline
+    return list((record or {}).get("config", {}).get("pipeline") or [])
 
 
 def plot_pareto(points: StudyPoints, path: str | Path) -> Path:
@@ -218,13 +226,13 @@ def write_report(storage: str, study: str, out_dir: str | Path, *, dataset: str 
             picture, note = "", f"<p class=error>no images: {esc(str(exc))}</p>"
         params = "".join(f"<tr><td>{esc(str(key))}</td><td>{esc(str(value))}</td></tr>"
                          for key, value in entry.params.items())
-        pipeline = entry.record.get("config", {}).get("pipeline") or []
+        pipeline = entry.record.pipeline if entry.record else []
         steps = ", ".join(f"{p['compressor']}({', '.join(f'{a}={b}' for a, b in p['params'].items())})"
                           for p in pipeline) or "none (uncompressed)"
         sections.append(f"<section id=trial-{entry.trial}><h3>Trial {entry.trial}"
                         f"{' (knee)' if entry.trial == knee else ''}</h3>"
                         f"<p>compression pipeline: {esc(steps)}; latency runtime: "
-                        f"{esc(str(entry.record.get('latency', {}).get('runtime', '?')))}</p>"
+                        f"{esc(entry.record.latency.runtime if entry.record else '?')}</p>"
                         f"<table><tr><th>param</th><th>value</th></tr>{params}</table>{picture}{note}</section>")
     header = "".join(f"<th>{esc(n)} ({d[:3]})</th>" for n, d in zip(names, points.directions))
     rows = "".join(

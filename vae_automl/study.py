@@ -9,13 +9,13 @@ import optuna
 
 from vae_automl import pareto
 from vae_automl.errors import ConfigError
+from vae_automl.record import RECORD_ATTR, TrialRecord
 
 SPACE_ATTR = "vae_automl_space"
 SPACE_FILE_ATTR = "vae_automl_space_file"
 OBJECTIVES_ATTR = "vae_automl_objectives"
 OUT_DIR_ATTR = "vae_automl_out_dir"
 BUDGET_ATTR = "vae_automl_trial_budget"
-RECORD_ATTR = "record"
 FAILURE_ATTR = "failure_reason"
 
 
@@ -24,7 +24,8 @@ class FrontEntry:
     trial: int
     params: dict[str, Any]
     objectives: dict[str, float]
-    record: dict[str, Any]
+    record: TrialRecord | None
+    """None for a trial stored without a record (by another tool)."""
 
     def as_dict(self) -> dict[str, Any]:
         return {"trial": self.trial, "params": self.params, "objectives": self.objectives}
@@ -61,7 +62,7 @@ def front_of_study(study: optuna.Study) -> list[FrontEntry]:
     indices = pareto.non_dominated([t.values for t in trials], directions)
     entries = [
         FrontEntry(trials[i].number, dict(trials[i].params), dict(zip(names, trials[i].values)),
-                   trials[i].user_attrs.get(RECORD_ATTR, {}))
+                   TrialRecord.from_trial(trials[i]))
         for i in indices
     ]
     return sorted(entries, key=lambda e: e.objectives[names[0]] * (1 if directions[0] == "minimize" else -1))

@@ -27,6 +27,7 @@ from vae_automl import runtime
 from vae_automl.components import CompressionContext, MeasureContext
 from vae_automl.data import DataSplits, load_images, load_labels, make_splits
 from vae_automl.errors import PluginError, TrialFailed, VaeAutomlError
+from vae_automl.record import BaseInfo, LatencyInfo, TrialRecord
 from vae_automl.registry import call_each
 from vae_automl.storage.format import deserialize_model, serialize_model
 from vae_automl.storage.header import FORMAT_VERSION
@@ -123,7 +124,7 @@ def _file_lock(path: Path):  # noqa: ANN202
 
 
 def train_base(env: TrialEnv, spec: TrialSpec, train_config: TrainConfig,
-               on_epoch: Callable[[int, float, int], None] | None) -> tuple[VAE, dict[str, Any]]:
+               on_epoch: Callable[[int, float, int], None] | None) -> tuple[VAE, BaseInfo]:
     """The trained base model of ``spec``, from the cache or freshly trained (then cached)."""
     arch = env.registry.architectures.get(spec.architecture)
     try:
@@ -137,8 +138,8 @@ def train_base(env: TrialEnv, spec: TrialSpec, train_config: TrainConfig,
     with _file_lock(env.cache_dir / f"base-{key}.lock"):
         if weights.is_file() and meta_path.is_file():
             model = deserialize_model(weights.read_bytes(), env.registry).to(env.device)
-            info = json.loads(meta_path.read_text())
-            info["cache_hit"] = True
+            info = BaseInfo.from_dict(json.loads(meta_path.read_text()))
+            info.cache_hit = True
             env.stats["base_reused"] += 1
             return model, info
         torch.manual_seed(spec.seed)
@@ -147,20 +148,13 @@ def train_base(env: TrialEnv, spec: TrialSpec, train_config: TrainConfig,
         callback = (lambda epoch, loss: on_epoch(epoch, loss, n_params)) if on_epoch else None
         result = train(model, env.data, train_config, seed=spec.seed, on_epoch=callback, task=task)
         task.finalize(model)
-        info = {
-            "cache_key": key,
-            "params": n_params,
-            "epochs_run": result.epochs_run,
-            "stopped_early": result.stopped_early,
-            "train_seconds": result.seconds,
-            "samples_per_s": result.samples_per_s,
-            "captured": result.captured,
-            "validation_curve": result.validation_curve,
-        }
+        info = BaseInfo(cache_key=key, params=n_params, epochs_run=result.epochs_run,
+                        stopped_early=result.stopped_early, train_seconds=result.seconds,
+                        samples_per_s=result.samples_per_s, captured=result.captured,
+                        validation_curve=list(result.validation_curve))
         write_atomic(weights, serialize_model(model, env.registry.codec_map()))
-        write_atomic(meta_path, json.dumps(info).encode())
+        write_atomic(meta_path, json.dumps(info.as_dict()).encode())
         env.stats["base_trained"] += 1
-        info["cache_hit"] = False
         return model, info
 
 
@@ -214,7 +208,7 @@ def measure(env: TrialEnv, model: VAE, names: tuple[str, ...], seed: int) -> tup
 
 
 def run_trial(env: TrialEnv, spec: TrialSpec, number: int,
-              on_epoch: Callable[[int, float, int], None] | None = None) -> dict[str, Any]:
+              on_epoch: Callable[[int, float, int], None] | None = None) -> TrialRecord:
     """Run one trial end to end and return its record (see ``hookspecs.on_trial_complete``).
 
     ``on_epoch(epoch, validation_loss, base_params)`` is called while the
@@ -231,23 +225,22 @@ def run_trial(env: TrialEnv, spec: TrialSpec, number: int,
     data = ctx.cache.get("serialized") or serialize_model(model, env.registry.codec_map())
     artifact = env.artifact_dir / f"trial-{number}.safetensors"
     write_atomic(artifact, data)
-    record = {
-        "trial": number,
-        "params": spec.params,
-        "config": spec.as_dict(),
-        "model_config": model.config,
-        "objectives": {name: metrics[name] for name in env.space.objectives},
-        "metrics": metrics,
-        "data": env.data.info,
-        "device": str(env.device),
-        "latency": {"batch_size": env.space.latency.batch_size, "target": ctx.latency_target,
-                    "repeats": env.space.latency.repeats,
-                    "runtime": runtime.runtime_name(model, ctx.latency_target)},
-        "base": base_info,
-        "artifact": str(artifact.resolve()),
-        "artifact_sha256": hashlib.sha256(data).hexdigest(),
-        "seconds": time.perf_counter() - started,
-    }
+    record = TrialRecord(
+        trial=number,
+        params=dict(spec.params),
+        config=spec.as_dict(),
+        model_config=model.config,
+        objectives={name: metrics[name] for name in env.space.objectives},
+        metrics=metrics,
+        data=env.data.info,
+        device=str(env.device),
+        latency=LatencyInfo(batch_size=env.space.latency.batch_size, target=ctx.latency_target,
+                            repeats=env.space.latency.repeats, runtime=runtime.runtime_name(model, ctx.latency_target)),
+        base=base_info,
+        artifact=str(artifact.resolve()),
+        artifact_sha256=hashlib.sha256(data).hexdigest(),
+        seconds=time.perf_counter() - started,
+    )
     try:
         call_each(env.pm, "on_trial_complete", record=record)
     except PluginError as exc:

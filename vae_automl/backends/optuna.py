@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import time
 import warnings
@@ -141,11 +140,9 @@ def make_objective(env: TrialEnv, study: optuna.Study):  # noqa: ANN201
             reason = str(exc) if isinstance(exc, VaeAutomlError) else f"{type(exc).__name__}: {exc}"
             trial.set_user_attr(study_mod.FAILURE_ATTR, reason)
             raise
-        trial.set_user_attr(study_mod.RECORD_ATTR, json.loads(json.dumps(record)))
-        trial.set_user_attr("metrics", record["metrics"])
-        trial.set_user_attr("validation_curve", record["base"]["validation_curve"])
-        trial.set_user_attr("base_params", record["base"]["params"])
-        return [record["objectives"][name] for name in env.space.objectives]
+        for key, value in record.to_user_attrs().items():
+            trial.set_user_attr(key, value)
+        return [record.objectives[name] for name in env.space.objectives]
 
     return objective
 

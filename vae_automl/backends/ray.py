@@ -48,6 +48,7 @@ from vae_automl.backends import optuna as optuna_backend
 from vae_automl.errors import ConfigError, VaeAutomlError
 from vae_automl.plugin_manager import DISABLE_AUTOLOAD_ENV, EXTRA_PLUGINS_ENV
 from vae_automl.progress import Progress
+from vae_automl.record import TrialRecord
 
 if TYPE_CHECKING:
     from vae_automl.config import SearchSpace
@@ -90,10 +91,9 @@ def _outcome(result: dict[str, Any] | None, error: bool, objectives: tuple[str, 
     if result.get(CONFIG_KEY):
         attrs["config"] = json.loads(result[CONFIG_KEY])
     if result.get(RECORD_KEY):
-        record = json.loads(result[RECORD_KEY])
-        attrs.update({study_mod.RECORD_ATTR: record, "metrics": record["metrics"],
-                      "validation_curve": record["base"]["validation_curve"], "base_params": record["base"]["params"]})
-        return optuna.trial.TrialState.COMPLETE, [float(record["objectives"][n]) for n in objectives], attrs
+        record = TrialRecord.from_dict(json.loads(result[RECORD_KEY]))
+        attrs.update(record.to_user_attrs())
+        return optuna.trial.TrialState.COMPLETE, [float(record.objectives[n]) for n in objectives], attrs
     if result.get(FAILURE_KEY):
         attrs[study_mod.FAILURE_ATTR] = result[FAILURE_KEY]
         return optuna.trial.TrialState.FAIL, None, attrs
@@ -248,8 +248,8 @@ def _trainable(config: dict[str, Any], source: str, file: str, dataset: Any, dev
         reason = str(exc) if isinstance(exc, VaeAutomlError) else f"{type(exc).__name__}: {exc}"
         tune.report({FAILURE_KEY: reason, CONFIG_KEY: spec_json})
         return
-    tune.report({**record["objectives"], RECORD_KEY: json.dumps(record), CONFIG_KEY: spec_json,
-                 "base_cache_hit": record["base"]["cache_hit"]})
+    tune.report({**record.objectives, RECORD_KEY: json.dumps(record.as_dict()), CONFIG_KEY: spec_json,
+                 "base_cache_hit": record.base.cache_hit})
 
 
 def _runtime_env(plugins: tuple[str, ...]) -> dict[str, Any]:
