@@ -5,14 +5,17 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from vae_automl.config import SearchSpace, load_space
 from vae_automl.errors import ConfigError
 from vae_automl.plugin_manager import get_plugin_manager
 from vae_automl.registry import call_each, get_registry
-from vae_automl.study import FrontEntry, front_of_study
-from vae_automl.trial import prepare
+from vae_automl.study import BASELINE_ATTR, FrontEntry, front_of_study
+from vae_automl.trial import TrialEnv, prepare
+
+if TYPE_CHECKING:
+    import optuna
 
 
 @dataclass
@@ -23,6 +26,8 @@ class SearchResult:
     front: list[FrontEntry]
     completed: int
     stats: dict[str, int]
+    baseline: dict[str, float] | None = None
+    """A ``base_model:`` study's user model as given, measured with the study's objectives (optuna backend)."""
 
 
 def default_storage(out_dir: Path) -> str:
@@ -52,6 +57,7 @@ def search(
     plugins: tuple[str, ...] = (),
     backend: str = "optuna",
     show_progress: bool = True,
+    base_model: Any = None,
     **backend_options: Any,
 ) -> SearchResult:
     """Run (or resume) a multi-objective search and return its Pareto front.
@@ -66,11 +72,16 @@ def search(
         dataset, data_dir, device: override the space's.
         plugins: extra plugin modules to load (like ``--plugin``).
         backend: ``optuna`` or ``ray``.
+        base_model: the user's trained VAE to compress, replacing the YAML's ``base_model:``: a mapping
+            ``{factory, kwargs, checkpoint, likelihood, groups, fine_tune_epochs}`` or a ``torch.nn.Module``
+            with ``encode``/``decode`` (see docs/bring-your-own-model.md).
     """
     pm = get_plugin_manager(plugins)
     registry = get_registry(plugins)
     if not isinstance(space, SearchSpace):
-        space = load_space(space, registry)
+        space = load_space(space, registry, base_model=base_model)
+    elif base_model is not None:
+        raise ConfigError("base_model= goes with a YAML path; a loaded SearchSpace carries its own base_model")
     space = apply_overrides(space, dataset, data_dir, device)
     study_name = study_name or space.name
     out = Path(out_dir or Path("runs") / study_name)
@@ -84,6 +95,8 @@ def search(
         env = prepare(space, out, registry, pm)
         study = optuna_backend.run(space, env, storage, study_name, out, trials, timeout_s, show_progress)
         stats = env.stats
+        if env.base_model is not None:
+            measure_baseline(env, study)
     elif backend == "ray":
         from vae_automl.backends import ray as ray_backend
 
@@ -94,4 +107,19 @@ def search(
     front = front_of_study(study)
     call_each(pm, "on_search_complete", front=[e.as_dict() for e in front])
     completed = sum(1 for t in study.get_trials(deepcopy=False) if t.state.name == "COMPLETE")
-    return SearchResult(study_name, storage, out, front, completed, dict(stats))
+    baseline = study.user_attrs.get(BASELINE_ATTR)
+    return SearchResult(study_name, storage, out, front, completed, dict(stats),
+                        baseline=baseline["objectives"] if baseline else None)
+
+
+def measure_baseline(env: TrialEnv, study: optuna.Study) -> None:
+    """Measure the user's model as given (or as fine-tuned by base_model.fine_tune_epochs) once per study."""
+    import copy
+
+    from vae_automl.trial import measure
+
+    if BASELINE_ATTR in study.user_attrs or env.base_model is None:
+        return
+    metrics, _ = measure(env, copy.deepcopy(env.base_model), (*env.space.objectives, *env.space.record), env.space.seed)
+    study.set_user_attr(BASELINE_ATTR, {"objectives": {n: metrics[n] for n in env.space.objectives}, "metrics": metrics,
+                                        "base_model": env.base_model_info})

@@ -32,19 +32,22 @@ def _cmd_search(args: argparse.Namespace) -> int:
         k = pareto.knee_point([[e.objectives[n] for n in names] for e in result.front], directions)
         knee = result.front[k].trial if k is not None else None
     print(f"Pareto front of study {result.study_name!r} ({result.completed} completed trials, storage {result.storage}); * = knee")
-    print(format_front_table(result.front, knee))
+    print(format_front_table(result.front, knee, baseline=result.baseline))
     return 0
 
 
 def _cmd_front(args: argparse.Namespace) -> int:
     from vae_automl.report import format_front_table
-    from vae_automl.study import load_front
+    from vae_automl.study import BASELINE_ATTR, front_of_study, open_study
 
-    front = load_front(args.storage, args.study)
+    study = open_study(args.storage, args.study)
+    front = front_of_study(study)
+    baseline = study.user_attrs.get(BASELINE_ATTR)
     if args.json:
-        print(json.dumps([e.as_dict() for e in front], indent=2))
+        print(json.dumps({"front": [e.as_dict() for e in front], "baseline": baseline} if baseline
+                         else [e.as_dict() for e in front], indent=2))
     else:
-        print(format_front_table(front))
+        print(format_front_table(front, baseline=baseline["objectives"] if baseline else None))
     return 0
 
 

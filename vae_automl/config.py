@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +32,7 @@ SAMPLERS = ("nsga2", "tpe", "random")
 PRUNERS = ("none", "median")
 DEVICES = ("cpu", "cuda", "auto")
 NONE_CHOICE = "none"
+BASE_MODEL_ARCHITECTURE = "base_model"
 
 
 @dataclass(frozen=True)
@@ -102,6 +105,50 @@ class LatencyConfig:
 
 
 @dataclass(frozen=True)
+class BaseModelConfig:
+    """``base_model:`` of a search space.
+
+    Attributes:
+        factory: ``"pkg.module:callable"`` or ``"path/to/file.py:callable"`` (a relative file path is
+            resolved against the YAML file's folder).
+        kwargs: keyword arguments of the factory.
+        checkpoint: path of the state_dict (``.safetensors``, or ``.pt``/``.pth`` read with weights_only).
+        likelihood: ``bernoulli`` (decode gives logits) or ``gaussian`` (decode gives the mean).
+        groups: optional layer groups by module-name prefix of the user's module
+            (``{encoder: [enc], heads: [fc_mu, fc_logvar], decoder: [dec]}``); default: the traced rule.
+        fine_tune_epochs: epochs of our trainer on the base before compressing (0: the model as given).
+    """
+
+    factory: str | None
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    checkpoint: str | None = None
+    likelihood: str = "bernoulli"
+    groups: dict[str, tuple[str, ...]] | None = None
+    fine_tune_epochs: int = 0
+    needs_groups: bool = False
+    """Set by the loader: a compressor asks for per-group settings, so the traced rule must find groups."""
+    instance: Any = field(default=None, compare=False, repr=False)
+    """An ``nn.Module`` given through the Python API (``search(..., base_model=module)``) instead of factory + checkpoint."""
+
+    def checkpoint_sha256(self) -> str | None:
+        """The sha256 of the checkpoint file, or of the safetensors bytes of an instance's weights (None: neither)."""
+        if self.instance is not None:
+            from safetensors.torch import save
+
+            state = {k: v.detach().cpu().contiguous() for k, v in self.instance.state_dict().items()}
+            return hashlib.sha256(save(state)).hexdigest()
+        if self.checkpoint is None:
+            return None
+        digest = hashlib.sha256()
+        with open(self.checkpoint, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+        return digest.hexdigest()
+
+
+
+
+@dataclass(frozen=True)
 class SearchSpace:
     """A validated search space. ``source`` is the file's text, kept so workers need no copy of it."""
 
@@ -121,6 +168,7 @@ class SearchSpace:
     device: str = "auto"
     seed: int = 0
     teacher: str | None = None
+    base_model: BaseModelConfig | None = None
     reference_point: dict[str, float] | None = None
     source: str = ""
     task: str = "vae"
@@ -297,6 +345,45 @@ def _choice(value: Any, loc: _Loc, choices: tuple[str, ...]) -> str:
     return value
 
 
+BASE_MODEL_KEYS = ("factory", "kwargs", "checkpoint", "likelihood", "groups", "fine_tune_epochs")
+
+
+def _parse_base_model(raw: Any, loc: _Loc, base_dir: Path | None) -> BaseModelConfig:
+    from vae_automl.layers import GROUP_NAMES
+    from vae_automl.vae import LIKELIHOODS
+
+    raw = _mapping(raw, loc, BASE_MODEL_KEYS)
+    factory = raw.get("factory")
+    if not isinstance(factory, str) or ":" not in factory:
+        raise (loc / "factory").error(f"expected 'pkg.module:callable' or 'path/to/file.py:callable', got {factory!r}")
+    module_part, _, attr = factory.rpartition(":")
+    if module_part.endswith(".py") and base_dir is not None and not Path(module_part).is_absolute():
+        factory = f"{(base_dir / module_part).resolve()}:{attr}"
+    kwargs = _mapping(raw.get("kwargs"), loc / "kwargs")
+    checkpoint = raw.get("checkpoint")
+    if checkpoint is not None:
+        if not isinstance(checkpoint, str):
+            raise (loc / "checkpoint").error(f"expected a file path, got {checkpoint!r}")
+        if not checkpoint.endswith((".safetensors", ".pt", ".pth")):
+            raise (loc / "checkpoint").error(f"{checkpoint}: a state_dict in .safetensors (or .pt/.pth, read with "
+                                             "weights_only=True) is expected")
+        if base_dir is not None and not Path(checkpoint).is_absolute():
+            checkpoint = str((base_dir / checkpoint).resolve())
+    likelihood = _choice(raw.get("likelihood", "bernoulli"), loc / "likelihood", LIKELIHOODS)
+    groups = None
+    if raw.get("groups") is not None:
+        g_raw = _mapping(raw["groups"], loc / "groups", GROUP_NAMES)
+        groups = {}
+        for g in GROUP_NAMES:
+            names = g_raw.get(g)
+            if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
+                raise (loc / "groups" / g).error(f"expected a non-empty list of module-name prefixes, got {names!r}")
+            groups[g] = tuple(names)
+    epochs = _int(raw.get("fine_tune_epochs", 0), loc / "fine_tune_epochs", minimum=0)
+    return BaseModelConfig(factory=factory, kwargs=dict(kwargs), checkpoint=checkpoint, likelihood=likelihood,
+                           groups=groups, fine_tune_epochs=epochs)
+
+
 def _stage_order(slots: list[CompressorSlot], registry: Registry) -> list[int]:
     order = {stage: k for k, stage in enumerate(STAGES)}
     return sorted(range(len(slots)), key=lambda i: order[registry.compressors.get(slots[i].options[0].name).stage])
@@ -357,11 +444,15 @@ def _check_requirements(slots: list[CompressorSlot], registry: Registry, loc: _L
 
 
 TOP_KEYS = ("name", "dataset", "device", "seed", "architecture", "training", "compressors", "objectives",
-            "record", "sampler", "pruner", "latency", "trials", "timeout_s", "teacher", "reference_point", "task")
+            "record", "sampler", "pruner", "latency", "trials", "timeout_s", "teacher", "reference_point", "task",
+            "base_model")
 
 
-def parse_space(data: Any, file: str, registry: Registry, source: str = "") -> SearchSpace:
-    """Validate a parsed YAML document into a :class:`SearchSpace`."""
+def parse_space(data: Any, file: str, registry: Registry, source: str = "", base_dir: Path | None = None) -> SearchSpace:
+    """Validate a parsed YAML document into a :class:`SearchSpace`.
+
+    ``base_dir`` (the YAML file's folder) resolves relative paths of ``base_model:``.
+    """
     root = _Loc(file)
     data = _mapping(data, root, TOP_KEYS)
 
@@ -389,13 +480,16 @@ def parse_space(data: Any, file: str, registry: Registry, source: str = "") -> S
         raise (root / "task").error(f"expected a task name, got {task_name!r}")
     task = _lookup(registry.tasks, task_name, root / "task")
 
+    base_model = _parse_base_model(data.get("base_model"), root / "base_model", base_dir) if "base_model" in data else None
     arch_loc = root / "architecture"
     arch_raw = _mapping(data.get("architecture"), arch_loc)
-    if not arch_raw:
+    if not arch_raw and base_model is None:
         raise arch_loc.error("at least one architecture is needed, e.g. architecture: {mlp: {latent_dim: {low: 2, high: 32}}}")
     architectures = []
     for name, params_raw in arch_raw.items():
         loc = arch_loc / name
+        if name == BASE_MODEL_ARCHITECTURE:
+            raise loc.error("a user's model is given as base_model: {factory, checkpoint, ...}, not under architecture:")
         arch = _lookup(registry.architectures, name, loc)
         if task.name not in arch.tasks:
             raise loc.error(f"architecture {name!r} does not support task {task.name!r} (task:); "
@@ -452,9 +546,26 @@ def parse_space(data: Any, file: str, registry: Registry, source: str = "") -> S
             raise loc.error(f"the choices of one slot must share a stage, got {[(n, registry.compressors.get(n).stage) for n in names]}")
         slots.append(CompressorSlot(tuple(options), optional))
     _check_composition(slots, registry, comp_loc)
+    has_distill = any(registry.compressors.get(o.name).stage == "distill" for s in slots for o in s.options)
+    if base_model is not None:
+        if has_distill and not architectures:
+            raise arch_loc.error("with base_model:, a distill stage trains a student of a built-in family named under "
+                                 "architecture: (e.g. architecture: {conv: {base_channels: {low: 4, high: 16}}})")
+        if architectures and not has_distill:
+            raise arch_loc.error("with base_model:, architecture: names distillation students; add a distill stage "
+                                 "to compressors: or remove architecture:")
+        # The user's model itself: layer groups are found when it is loaded (deferred), channel groups never.
+        needs = _check_requirements(slots, registry, comp_loc, None, "base_model", skip_stages=("distill",))
+        if "channel_groups" in needs:
+            raise comp_loc.error("structured pruning removes units through an architecture's channel groups, which "
+                                 f"base_model ({base_model.factory!r}) cannot declare; use unstructured pruning "
+                                 "(magnitude_prune, taylor_prune, l1_prune) or distill to a built-in family")
+        if "layer_groups" in needs and base_model.groups is None:
+            base_model = dataclasses.replace(base_model, needs_groups=True)
     for arch_space in architectures:
         _check_requirements(slots, registry, comp_loc, registry.architectures.get(arch_space.name),
-                            f"architecture {arch_space.name!r}")
+                            f"architecture {arch_space.name!r}",
+                            skip_stages=("distill",) if base_model is not None else ())
 
     obj_loc = root / "objectives"
     objectives = data.get("objectives", list(task.default_objectives))
@@ -547,6 +658,7 @@ def parse_space(data: Any, file: str, registry: Registry, source: str = "") -> S
         device=_choice(data.get("device", "auto"), root / "device", DEVICES),
         seed=_int(data.get("seed", 0), root / "seed"),
         teacher=data.get("teacher"),
+        base_model=base_model,
         reference_point=reference_point,
         source=source,
         task=task.name,
@@ -554,22 +666,43 @@ def parse_space(data: Any, file: str, registry: Registry, source: str = "") -> S
     )
 
 
-def load_space_text(text: str, file: str, registry: Registry | None = None) -> SearchSpace:
-    """Validate YAML text (``file`` names it in errors)."""
+def load_space_text(text: str, file: str, registry: Registry | None = None, base_dir: Path | None = None,
+                    base_model: Any = None) -> SearchSpace:
+    """Validate YAML text (``file`` names it in errors).
+
+    Args:
+        text: the YAML.
+        file: its name in error messages.
+        registry: default: the process-wide one.
+        base_dir: resolves relative ``base_model:`` paths (default: the working directory).
+        base_model: replaces the YAML's ``base_model:``: a mapping of the same keys (written into the
+            stored text, so workers and export see it) or a ``torch.nn.Module`` (this process only).
+    """
     from vae_automl.registry import get_registry
 
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise ConfigError(f"{file}: not valid YAML: {exc}") from None
-    return parse_space(data, file, registry or get_registry(), source=text)
+    instance = None
+    if isinstance(base_model, dict) and isinstance(data, dict):
+        data = {**data, "base_model": base_model}
+        text = yaml.safe_dump(data, sort_keys=False)
+    elif base_model is not None and isinstance(data, dict):
+        instance = base_model
+        data = {**data, "base_model": {"factory": "instance:given"}}
+    space = parse_space(data, file, registry or get_registry(), source=text, base_dir=base_dir or Path.cwd())
+    if instance is not None:
+        assert space.base_model is not None
+        space = dataclasses.replace(space, base_model=dataclasses.replace(space.base_model, factory=None, instance=instance))
+    return space
 
 
-def load_space(path: str | Path, registry: Registry | None = None) -> SearchSpace:
-    """Read and validate a search-space YAML file."""
+def load_space(path: str | Path, registry: Registry | None = None, base_model: Any = None) -> SearchSpace:
+    """Read and validate a search-space YAML file (``base_model``: see :func:`load_space_text`)."""
     path = Path(path)
     try:
         text = path.read_text()
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
-    return load_space_text(text, path.name, registry)
+    return load_space_text(text, path.name, registry, base_dir=path.resolve().parent, base_model=base_model)

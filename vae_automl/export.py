@@ -296,6 +296,10 @@ def export_trial(ctx: StudyContext, trial: optuna.trial.FrozenTrial, out_dir: st
             "params": dict(trial.params),
             "pipeline": record.config,
             "model_config": model.config,
+            "plugins": record.plugins,
+            **({"base_model": {"factory": model.config.get("factory"),
+                               "checkpoint_sha256": model.config.get("checkpoint_sha256")}}
+               if "checkpoint_sha256" in model.config else {}),
             "objectives": dict(zip(ctx.objective_names, ctx.directions)),
             "search": {"objectives": record.objectives, "metrics": record.metrics,
                        "latency": record.latency.as_dict(), "device": record.device, "data": record.data},

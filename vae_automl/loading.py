@@ -54,6 +54,21 @@ def verify_files(directory: str | Path, manifest: dict[str, Any]) -> None:
                                  "the file was modified or corrupted after export")
 
 
+def check_plugins(path: Path, manifest: dict[str, Any], loaded: set[str]) -> None:
+    """Raise PluginError naming each plugin the model was made with that is not loaded, and the package providing it."""
+    from vae_automl.errors import PluginError
+
+    missing = {name: info for name, info in manifest.get("plugins", {}).items() if name not in loaded}
+    if missing:
+        hints = []
+        for name, info in sorted(missing.items()):
+            dist = info.get("distribution") or "(no pip package recorded)"
+            install = f"pip install '{dist}=={info.get('version')}'" if info.get("distribution") else \
+                f"--plugin {info.get('module') or name}"
+            hints.append(f"plugin {name!r} from {dist} {info.get('version', '')} ({install})")
+        raise PluginError(f"{path}: the model was made with plugins that are not loaded: {'; '.join(hints)}")
+
+
 def load(directory: str | Path, plugins: tuple[str, ...] = ()) -> VAE:
     """The model of an export folder, with ``encode``, ``decode``, ``sample`` and ``reconstruct``.
 
@@ -66,6 +81,7 @@ def load(directory: str | Path, plugins: tuple[str, ...] = ()) -> VAE:
         plugins: extra plugin modules whose architectures or codecs the model uses.
 
     Raises:
+        PluginError: a plugin the model was made with is not loaded (named, with its package).
         IntegrityError: a file does not match its recorded sha256.
         ExportError: the manifest is missing, malformed or of another version.
     """
@@ -75,6 +91,8 @@ def load(directory: str | Path, plugins: tuple[str, ...] = ()) -> VAE:
 
     manifest = read_manifest(directory)
     verify_files(directory, manifest)
-    model = deserialize_model((Path(directory) / WEIGHTS).read_bytes(), get_registry(plugins))
+    registry = get_registry(plugins)
+    check_plugins(Path(directory) / "manifest.json", manifest, registry.plugins())
+    model = deserialize_model((Path(directory) / WEIGHTS).read_bytes(), registry)
     model.manifest = manifest
     return model

@@ -59,6 +59,21 @@ def plugin_version(pm: pluggy.PluginManager, plugin: Any) -> str:
         return "unknown"
 
 
+def plugin_distribution(pm: pluggy.PluginManager, plugin: Any) -> str:
+    """The name of the distribution (pip package) a plugin comes from: ``vae-automl`` for built-ins, "" if unknown."""
+    from importlib import metadata
+
+    for registered, dist in pm.list_plugin_distinfo():
+        if registered is plugin:
+            return str(dist.metadata["Name"])
+    module = getattr(plugin, "__name__", "") or type(plugin).__module__
+    top = module.split(".")[0]
+    if top == "vae_automl":
+        return "vae-automl"
+    names = metadata.packages_distributions().get(top, [])
+    return names[0] if names else ""
+
+
 def load_plugin_module(pm: pluggy.PluginManager, module_path: str) -> None:
     if pm.has_plugin(module_path):
         return

@@ -91,6 +91,7 @@ class TrialRecord:
         artifact: absolute path of the trial's ``.safetensors`` file.
         artifact_sha256: its sha256, checked by export.
         seconds: wall time of the trial.
+        plugins: ``{plugin: {distribution, version, module}}`` of every component the trial used.
         extra: keys of a stored record this version does not know.
     """
 
@@ -107,6 +108,7 @@ class TrialRecord:
     artifact: str
     artifact_sha256: str
     seconds: float
+    plugins: dict[str, dict[str, str]] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:

@@ -43,6 +43,14 @@ class Entry(Generic[C]):
     component: C
     plugin: str
     version: str
+    distribution: str = ""
+    """The pip package providing the plugin ("" when unknown, e.g. a module on the path)."""
+    module: str = ""
+    """The plugin's module (what ``--plugin`` takes)."""
+
+    def provenance(self) -> dict[str, str]:
+        """What a manifest records about the plugin: ``{distribution, version, module}``."""
+        return {"distribution": self.distribution, "version": self.version, "module": self.module}
 
 
 class Table(Generic[C]):
@@ -52,7 +60,7 @@ class Table(Generic[C]):
         self.kind = kind
         self._entries: dict[str, Entry[C]] = {}
 
-    def add(self, component: C, plugin: str, version: str) -> None:
+    def add(self, component: C, plugin: str, version: str, distribution: str = "", module: str = "") -> None:
         name = component.name
         if not name:
             raise PluginError(f"plugin {plugin!r} registered a {self.kind} with an empty name")
@@ -61,7 +69,7 @@ class Table(Generic[C]):
             raise PluginError(
                 f"{self.kind} {name!r} is registered twice: by plugin {other!r} and by plugin {plugin!r}"
             )
-        self._entries[name] = Entry(component, plugin, version)
+        self._entries[name] = Entry(component, plugin, version, distribution, module)
 
     def get(self, name: str) -> C:
         return self.entry(name).component
@@ -120,6 +128,10 @@ class Registry:
         """The registered codecs by name, as :mod:`vae_automl.storage` takes them."""
         return {entry.component.name: entry.component for entry in self.codecs.entries()}
 
+    def plugins(self) -> set[str]:
+        """The names of every plugin that registered a component."""
+        return {e.plugin for kind in HOOK_FOR_KIND for e in self.table(kind).entries()}
+
     def build_model(self, config: dict[str, Any]) -> VAE:
         """Build an untrained model from a canonical config (``config['architecture']`` picks the builder)."""
         return self.architectures.get(config["architecture"]).build(config)
@@ -127,19 +139,23 @@ class Registry:
 
 def _collect(pm: pluggy.PluginManager, hook_name: str, table: Table[Any], base: type) -> None:
     """Call each implementation of a registration hook on its own, so each registration knows its plugin."""
-    from vae_automl.plugin_manager import plugin_version  # deferred: plugin_manager imports registry to reset it
+    # deferred: plugin_manager imports registry to reset it
+    from vae_automl.plugin_manager import plugin_distribution, plugin_version
 
     for impl in getattr(pm.hook, hook_name).get_hookimpls():
         plugin_name = impl.plugin_name
         version = plugin_version(pm, impl.plugin)
+        distribution = plugin_distribution(pm, impl.plugin)
+        module = getattr(impl.plugin, "__name__", "") or type(impl.plugin).__module__
 
-        def register(component: Any, _p: str = plugin_name, _v: str = version) -> None:
+        def register(component: Any, _p: str = plugin_name, _v: str = version, _d: str = distribution,
+                     _m: str = module) -> None:
             if not isinstance(component, base):
                 raise PluginError(
                     f"plugin {_p!r} passed {component!r} to {hook_name}; "
                     f"expected an instance of {base.__module__}.{base.__name__}"
                 )
-            table.add(component, _p, _v)
+            table.add(component, _p, _v, _d, _m)
 
         try:
             impl.function(register=register)

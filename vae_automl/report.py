@@ -29,13 +29,20 @@ def short_params(params: dict[str, Any], limit: int = 70) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-def format_front_table(front: list[FrontEntry], knee: int | None = None) -> str:
-    """A markdown table: trial, short params, one column per objective; the knee trial is starred."""
+def format_front_table(front: list[FrontEntry], knee: int | None = None,
+                       baseline: dict[str, float] | None = None) -> str:
+    """A markdown table: trial, short params, one column per objective; the knee trial is starred.
+
+    ``baseline``: the objectives of a ``base_model:`` study's user model as given, shown as a first row.
+    """
     if not front:
         return "(no completed trials)"
     names = list(front[0].objectives)
     header = ["trial", *names, "params"]
     rows = []
+    if baseline:
+        rows.append(["baseline", *(format_number(baseline[n]) if n in baseline else "" for n in names),
+                     "base_model as given"])
     for entry in front:
         mark = "*" if knee is not None and entry.trial == knee else ""
         rows.append([f"{entry.trial}{mark}", *(format_number(entry.objectives[n]) for n in names), short_params(entry.params)])

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from vae_automl.components import STAGES
-from vae_automl.config import NONE_CHOICE, ComponentSpace, ParamSpace, SearchSpace
+from vae_automl.config import BASE_MODEL_ARCHITECTURE, NONE_CHOICE, ComponentSpace, ParamSpace, SearchSpace
 from vae_automl.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -42,13 +42,20 @@ def _suggest_params(trial: optuna.Trial, prefix: str, params: dict[str, ParamSpa
             out[f"{prefix}.{name}"] = _suggest_one(trial, f"{prefix}.{name}", space)
 
 
+def _architectures(space: SearchSpace) -> dict[str, ComponentSpace]:
+    """The searched architectures; a study of a ``base_model:`` without students has only the user's model."""
+    if not space.architectures:
+        return {BASE_MODEL_ARCHITECTURE: ComponentSpace(BASE_MODEL_ARCHITECTURE, {})}
+    return {a.name: a for a in space.architectures}
+
+
 def suggest(trial: optuna.Trial, space: SearchSpace) -> dict[str, Any]:
     """Sample one point of ``space`` through ``trial``; return the flat sampled params."""
     params: dict[str, Any] = {}
-    archs = {a.name: a for a in space.architectures}
+    archs = _architectures(space)
     if len(archs) > 1:
         params[ARCHITECTURE_KEY] = trial.suggest_categorical(ARCHITECTURE_KEY, list(archs))
-    arch = archs[params.get(ARCHITECTURE_KEY, space.architectures[0].name)]
+    arch = archs[params.get(ARCHITECTURE_KEY, next(iter(archs)))]
     _suggest_params(trial, arch.name, arch.params, params)
     _suggest_params(trial, "training", space.training, params)
     for i, slot in enumerate(space.compressors):
@@ -101,8 +108,8 @@ def resolve(space: SearchSpace, params: dict[str, Any], registry: Registry | Non
     from vae_automl.registry import get_registry
 
     registry = registry or get_registry()
-    archs = {a.name: a for a in space.architectures}
-    arch_name = params.get(ARCHITECTURE_KEY, space.architectures[0].name)
+    archs = _architectures(space)
+    arch_name = params.get(ARCHITECTURE_KEY, next(iter(archs)))
     if arch_name not in archs:
         raise ConfigError(f"architecture {arch_name!r} is not in the search space ({', '.join(archs)})")
     arch: ComponentSpace = archs[arch_name]

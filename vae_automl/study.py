@@ -16,6 +16,12 @@ SPACE_FILE_ATTR = "vae_automl_space_file"
 OBJECTIVES_ATTR = "vae_automl_objectives"
 OUT_DIR_ATTR = "vae_automl_out_dir"
 BUDGET_ATTR = "vae_automl_trial_budget"
+BASE_MODEL_ATTR = "vae_automl_base_model"
+"""``{factory, checkpoint_sha256}`` of a study started from a user's model."""
+BASELINE_ATTR = "vae_automl_baseline"
+"""The user's model as given, measured with the study's objectives: ``{objectives, metrics}``."""
+PLUGINS_ATTR = "vae_automl_plugins"
+"""Every plugin a trial of the study used: ``{plugin: {distribution, version, module}}``."""
 FAILURE_ATTR = "failure_reason"
 
 
@@ -39,6 +45,24 @@ def open_study(storage: Any, study_name: str) -> optuna.Study:
     except KeyError:
         names = [s.study_name for s in optuna.get_all_study_summaries(open_storage(storage))]
         raise ConfigError(f"no study {study_name!r} in {storage}; studies there: {', '.join(names) or '(none)'}") from None
+
+
+def check_base_model(study: optuna.Study, factory: str | None, checkpoint_sha256: str | None) -> None:
+    """Record the study's base model, or refuse one whose checkpoint differs from the one the study was started with."""
+    stored = study.user_attrs.get(BASE_MODEL_ATTR)
+    if stored is None:
+        study.set_user_attr(BASE_MODEL_ATTR, {"factory": factory, "checkpoint_sha256": checkpoint_sha256})
+    elif stored.get("checkpoint_sha256") != checkpoint_sha256:
+        raise ConfigError(f"study {study.study_name!r} was started from base_model checkpoint sha256 "
+                          f"{stored.get('checkpoint_sha256')} ({stored.get('factory')}), but this one is "
+                          f"{checkpoint_sha256} ({factory}); its trials would not be comparable: use another --study name")
+
+
+def add_plugins(study: optuna.Study, plugins: dict[str, dict[str, str]]) -> None:
+    """Merge a trial's plugins into the study's :data:`PLUGINS_ATTR` (provenance of the whole study)."""
+    known = dict(study.user_attrs.get(PLUGINS_ATTR, {}))
+    if any(name not in known for name in plugins):
+        study.set_user_attr(PLUGINS_ATTR, {**known, **plugins})
 
 
 def objectives_of(study: optuna.Study) -> tuple[list[str], list[str]]:

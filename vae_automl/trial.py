@@ -25,6 +25,7 @@ import torch
 
 from vae_automl import runtime
 from vae_automl.components import CompressionContext, MeasureContext
+from vae_automl.config import BASE_MODEL_ARCHITECTURE, BaseModelConfig
 from vae_automl.data import DataSplits, load_images, load_labels, make_splits
 from vae_automl.errors import PluginError, TrialFailed, VaeAutomlError
 from vae_automl.record import BaseInfo, LatencyInfo, TrialRecord
@@ -64,6 +65,9 @@ class TrialEnv:
     cache_dir: Path
     artifact_dir: Path
     teacher: VAE | None = None
+    base_model: VAE | None = None
+    """The user's model of a ``base_model:`` study (fine-tuned if asked), shared read-only by every trial."""
+    base_model_info: dict[str, Any] = field(default_factory=dict)
     stats: dict[str, int] = field(default_factory=lambda: {"base_trained": 0, "base_reused": 0})
 
 
@@ -89,7 +93,44 @@ def prepare(space: SearchSpace, out_dir: str | Path, registry: Registry, pm: plu
         if not path.is_file():
             raise VaeAutomlError(f"{space.path}: teacher: no such checkpoint {path}")
         env.teacher = deserialize_model(path.read_bytes(), registry).to(dev)
+    if space.base_model is not None:
+        env.base_model, env.base_model_info = load_base_model(env, space.base_model)
     return env
+
+
+def load_base_model(env: TrialEnv, config: BaseModelConfig) -> tuple[VAE, dict[str, Any]]:
+    """The user's model, protocol-checked on the training images; fine-tuned (and cached by checkpoint sha256) if asked."""
+    from vae_automl import base_model as bm
+
+    space = env.space
+    images = env.data.train[:1024]
+    try:
+        model = bm.wrap(config, images)
+    except bm.BaseModelError as exc:
+        raise bm.BaseModelError(f"{space.path}: {exc}") from None
+    factory = model.config["factory"]
+    if config.needs_groups and \
+            not env.registry.architectures.get(BASE_MODEL_ARCHITECTURE).layer_groups(model):
+        raise bm.BaseModelError(
+            f"{space.path}: base_model {factory!r}: a compressor asks for per-layer-group settings (bits_encoder, ...), "
+            "but the documented rule finds no encoder / heads / decoder groups in this model; name them in "
+            "base_model.groups: {encoder: [...], heads: [...], decoder: [...]} or set `bits` only")
+    epochs = config.fine_tune_epochs
+    info: dict[str, Any] = {"base_model": factory, "checkpoint_sha256": model.config["checkpoint_sha256"],
+                            "fine_tune_epochs": epochs, "params": sum(p.numel() for p in model.parameters())}
+    if epochs > 0:
+        training = {k: s.value if not s.searched else None for k, s in space.training.items()}
+        cfg = train_config_from({k: v for k, v in training.items() if v is not None}, epochs=epochs, patience=None)
+        key = base_cache_key(model.config, {**training, "epochs": epochs}, env.data, space.seed)
+        weights = env.cache_dir / f"base-{key}.safetensors"
+        with _file_lock(env.cache_dir / f"base-{key}.lock"):
+            if weights.is_file():
+                model = deserialize_model(weights.read_bytes(), env.registry).to(env.device)
+            else:
+                train(model, env.data, cfg, seed=space.seed)
+                write_atomic(weights, serialize_model(model))
+        info["cache_key"] = key
+    return model.eval(), info
 
 
 def base_cache_key(model_config: dict[str, Any], training: dict[str, Any], data: DataSplits, seed: int,
@@ -125,7 +166,16 @@ def _file_lock(path: Path):  # noqa: ANN202
 
 def train_base(env: TrialEnv, spec: TrialSpec, train_config: TrainConfig,
                on_epoch: Callable[[int, float, int], None] | None) -> tuple[VAE, BaseInfo]:
-    """The trained base model of ``spec``, from the cache or freshly trained (then cached)."""
+    """The trained base model of ``spec``, from the cache or freshly trained (then cached).
+
+    In a ``base_model:`` study it is the user's model (distillation students are made by the distill stage).
+    """
+    if env.base_model is not None:
+        info = env.base_model_info
+        return env.base_model, BaseInfo(cache_key=info.get("cache_key", ""), params=info["params"], epochs_run=0,
+                                        stopped_early=False, train_seconds=0.0, samples_per_s=0.0, validation_curve=[],
+                                        cache_hit=True, extra={k: info[k] for k in ("base_model", "checkpoint_sha256",
+                                                                                    "fine_tune_epochs")})
     arch = env.registry.architectures.get(spec.architecture)
     try:
         model_config = arch.config_from_params(spec.architecture_params, env.data.input_shape)
@@ -168,12 +218,18 @@ def compress(env: TrialEnv, base: VAE, spec: TrialSpec, train_config: TrainConfi
         train(model, env.data, cfg, seed=spec.seed, extra_loss=extra_loss, after_step=after_step, lr=lr, task=task)
         return model
 
+    student = None
+    if env.base_model is not None and spec.architecture != BASE_MODEL_ARCHITECTURE:
+        # The user's model teaches a student of the built-in family this trial sampled.
+        student = env.registry.architectures.get(spec.architecture).config_from_params(
+            spec.architecture_params, env.data.input_shape)
     model = base
     for name, values in spec.pipeline:
         entry = env.registry.compressors.entry(name)
         ctx = CompressionContext(data=env.data, device=env.device, seed=spec.seed, fine_tune=fine_tune,
                                  teacher=teacher, train_config=train_config, build_model=env.registry.build_model,
-                                 architecture=env.registry.architectures.get(model.config["architecture"]))
+                                 architecture=env.registry.architectures.get(model.config["architecture"]),
+                                 student=student if entry.component.stage == "distill" else None)
         try:
             out = entry.component.apply(model, dict(values), ctx)
         except TrialFailed:
@@ -205,6 +261,18 @@ def measure(env: TrialEnv, model: VAE, names: tuple[str, ...], seed: int) -> tup
             raise TrialFailed(f"objective {name!r} measured {value}")
         values[name] = value
     return values, ctx
+
+
+def plugins_used(env: TrialEnv, spec: TrialSpec, model: VAE) -> dict[str, dict[str, str]]:
+    """``{plugin: {distribution, version, module}}`` of every component this trial used (what loading its files needs)."""
+    reg = env.registry
+    entries = [reg.architectures.entry(model.config["architecture"]),
+               *(reg.compressors.entry(name) for name, _ in spec.pipeline),
+               *(reg.objectives.entry(name) for name in (*env.space.objectives, *env.space.record)),
+               reg.datasets.entry(env.space.dataset.spec.partition(":")[0])]
+    if env.base_model is not None:
+        entries.append(reg.architectures.entry(env.base_model.config["architecture"]))
+    return {e.plugin: e.provenance() for e in sorted(entries, key=lambda e: e.plugin)}
 
 
 def run_trial(env: TrialEnv, spec: TrialSpec, number: int,
@@ -240,6 +308,7 @@ def run_trial(env: TrialEnv, spec: TrialSpec, number: int,
         artifact=str(artifact.resolve()),
         artifact_sha256=hashlib.sha256(data).hexdigest(),
         seconds=time.perf_counter() - started,
+        plugins=plugins_used(env, spec, model),
     )
     try:
         call_each(env.pm, "on_trial_complete", record=record)

@@ -85,6 +85,8 @@ def create_study(space: SearchSpace, storage: Any, study_name: str, out_dir: str
     if stored is not None and list(stored) != list(space.objectives):
         raise ConfigError(f"study {study_name!r} optimizes {stored}, but {space.path} asks for {list(space.objectives)}; "
                           "use another --study name")
+    if space.base_model is not None:
+        study_mod.check_base_model(study, space.base_model.factory, space.base_model.checkpoint_sha256())
     if stored is None:
         study.set_user_attr(study_mod.OBJECTIVES_ATTR, list(space.objectives))
         study.set_user_attr(study_mod.SPACE_ATTR, space.source)
@@ -142,6 +144,7 @@ def make_objective(env: TrialEnv, study: optuna.Study):  # noqa: ANN201
             raise
         for key, value in record.to_user_attrs().items():
             trial.set_user_attr(key, value)
+        study_mod.add_plugins(study, record.plugins)
         return [record.objectives[name] for name in env.space.objectives]
 
     return objective

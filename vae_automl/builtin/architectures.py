@@ -8,6 +8,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from vae_automl.base_model import BaseModelArchitecture
 from vae_automl.components import Architecture, Param
 from vae_automl.layers import GROUP_NAMES, ChannelGroup, LayerGroups, groups_by_prefix
 from vae_automl.plugin_manager import hookimpl
@@ -236,3 +237,4 @@ class ConvArchitecture(Architecture):
 def register_architectures(register: Callable[[Architecture], None]) -> None:
     register(MLPArchitecture())
     register(ConvArchitecture())
+    register(BaseModelArchitecture())
