@@ -65,7 +65,8 @@ def plugin_distribution(pm: pluggy.PluginManager, plugin: Any) -> str:
 
     for registered, dist in pm.list_plugin_distinfo():
         if registered is plugin:
-            return str(dist.metadata["Name"])
+            name = getattr(dist, "project_name", None) or dist.metadata.get("Name")
+            return str(name) if name else ""
     module = getattr(plugin, "__name__", "") or type(plugin).__module__
     top = module.split(".")[0]
     if top == "vae_automl":
