@@ -113,7 +113,10 @@ class TrialRecord:
 
     def as_dict(self) -> dict[str, Any]:
         """The JSON-ready dict stored in the study (the record's 0.1 layout)."""
-        return _as_dict(self)
+        data = _as_dict(self)
+        if not self.plugins:  # records from before provenance round-trip unchanged
+            del data["plugins"]
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrialRecord:
