@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from vae_automl.errors import (
+    CodecError,
     ConfigError,
     DataError,
     ExportError,
@@ -17,6 +18,7 @@ from vae_automl.errors import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "CodecError",
     "ConfigError",
     "DataError",
     "ExportError",

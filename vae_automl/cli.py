@@ -101,6 +101,19 @@ def _cmd_plugins(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_codec(args: argparse.Namespace) -> int:
+    from vae_automl.codec_file import decode_file, encode_file
+
+    if args.codec_command == "encode":
+        result = encode_file(args.model_dir, args.images, args.out, plugins=tuple(args.plugin))
+        print(f"{result.path}: {result.n_images} images, {result.file_bytes} bytes "
+              f"({result.bytes_per_image:.1f} bytes per image bitstream)")
+    else:
+        images = decode_file(args.model_dir, args.file, args.out, plugins=tuple(args.plugin))
+        print(f"{args.out}: {len(images)} images of {'x'.join(map(str, images.shape[1:]))} (key 'images', uint8)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vae-automl", description="Search compressed VAEs; read the Pareto front.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -160,6 +173,20 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--data-dir", help="folder of dataset files")
     r.add_argument("--plugin", action="append", default=[], metavar="MODULE", help="load a plugin module (repeatable)")
     r.set_defaults(func=_cmd_report)
+
+    c = sub.add_parser("codec", help="encode images to a file with a codec model, or decode one")
+    csub = c.add_subparsers(dest="codec_command", required=True)
+    ce = csub.add_parser("encode", help="write one container file of per-image bitstreams")
+    ce.add_argument("model_dir", help="an exported codec model folder (weights.safetensors)")
+    ce.add_argument("images", help="images: .npz (first array, or PATH#KEY) or an IDX file; uint8 or floats in [0, 1]")
+    ce.add_argument("out", help="the codec file to write")
+    cd = csub.add_parser("decode", help="read a codec file back into an .npz of uint8 images")
+    cd.add_argument("model_dir", help="the model folder that encoded the file")
+    cd.add_argument("file", help="a codec file")
+    cd.add_argument("out", help="the .npz to write (key 'images')")
+    for cp in (ce, cd):
+        cp.add_argument("--plugin", action="append", default=[], metavar="MODULE", help="load a plugin module (repeatable)")
+    c.set_defaults(func=_cmd_codec)
 
     p = sub.add_parser("plugins", help="list every registered component")
     p.add_argument("--json", action="store_true")

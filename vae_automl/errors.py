@@ -29,3 +29,7 @@ class ExportError(VaeAutomlError):
 
 class IntegrityError(ExportError):
     """An exported file does not match the sha256 recorded in its manifest."""
+
+
+class CodecError(VaeAutomlError):
+    """A codec file or its input is refused: truncated, written by another model, images of the wrong size."""

@@ -30,6 +30,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "vae_automl.builtin.pruning",
     "vae_automl.builtin.quantization",
     "vae_automl.builtin.tasks",
+    "vae_automl.builtin.codec",
 )
 
 hookimpl = pluggy.HookimplMarker(PROJECT)

@@ -1,0 +1,251 @@
+"""The built-in ``codec`` task: its architectures (MLP, conv) and its objectives (rate, PSNR, SSIM, decoder bytes, recognition)."""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Any, Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from vae_automl import packing
+from vae_automl.builtin.architectures import ACTIVATIONS
+from vae_automl.codec import CodecVAE
+from vae_automl.components import Architecture, MeasureContext, Objective, Param, Task
+from vae_automl.metrics import psnr_db, ssim
+from vae_automl.plugin_manager import hookimpl
+from vae_automl.reference_classifier import reference_classifier
+
+if TYPE_CHECKING:
+    from vae_automl.data import DataSplits
+    from vae_automl.train import TrainConfig
+    from vae_automl.vae import VAE
+
+
+def _codec(model: VAE) -> CodecVAE:
+    if not isinstance(model, CodecVAE):
+        raise TypeError(f"the codec task needs a CodecVAE, got {type(model).__name__} "
+                        "(use an architecture whose tasks include 'codec')")
+    return model
+
+
+class CodecTask(Task):
+    name = "codec"
+    help = "a VAE whose rounded latent is range-coded under a learned prior; loss bits/pixel + lmbda*255^2*MSE"
+    default_objectives = ("rate_bytes_per_image", "psnr_db", "decoder_bytes")
+
+    def loss(self, model: VAE, x: torch.Tensor, y: torch.Tensor | None, config: TrainConfig) -> torch.Tensor:
+        return _codec(model).rd_loss(x, noise=True)
+
+    @torch.no_grad()
+    def validation_loss(self, model: VAE, data: DataSplits, config: TrainConfig, seed: int) -> float:
+        codec = _codec(model)
+        was_training = codec.training
+        codec.eval()
+        x = data.validation
+        total = sum(float(codec.rd_loss(x[i:i + 2048], noise=False)) * len(x[i:i + 2048]) for i in range(0, len(x), 2048))
+        codec.train(was_training)
+        return total / len(x)
+
+    def finalize(self, model: VAE) -> None:
+        _codec(model).build_tables()
+
+
+# --- architectures ---
+
+CODEC_PARAMS = (
+    Param("latent_dim", "int", 32, minimum=1, maximum=512, log=True, help="size of the coded latent"),
+    Param("lmbda", "float", 0.01, minimum=1e-5, maximum=10.0, log=True,
+          help="rate-distortion trade-off: loss = bits/pixel + lmbda * 255^2 * MSE"),
+    Param("prior_components", "int", 3, minimum=1, maximum=8, help="logistics per latent dimension in the prior"),
+    Param("activation", "categorical", "relu", choices=tuple(ACTIVATIONS), help="hidden non-linearity"),
+)
+
+
+class MLPCodec(CodecVAE):
+    """Analysis ``D -> widths -> latent``, synthesis ``latent -> reversed widths -> D`` logits."""
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        super().__init__(config)
+        act = ACTIVATIONS[config.get("activation", "relu")]
+        pixels = math.prod(self.input_shape)
+        layers: list[nn.Module] = [nn.Flatten()]
+        width = pixels
+        for w in config["widths"]:
+            layers += [nn.Linear(width, w), act()]
+            width = w
+        self.analysis = nn.Sequential(*layers, nn.Linear(width, self.latent_dim))
+        layers, width = [], self.latent_dim
+        for w in reversed(config["widths"]):
+            layers += [nn.Linear(width, w), act()]
+            width = w
+        self.decoder = nn.Sequential(*layers, nn.Linear(width, pixels))
+
+    def synthesis(self, z: torch.Tensor) -> torch.Tensor:
+        return self.decoder(z).view(-1, *self.input_shape)
+
+
+class MLPCodecArchitecture(Architecture):
+    name = "codec_mlp"
+    help = "fully connected codec: a quantized, range-coded latent under a learned factorized prior"
+    tasks = ("codec",)
+    params = (
+        Param("hidden_layers", "int", 2, minimum=0, maximum=4, help="hidden layers in analysis and synthesis"),
+        Param("hidden_width", "int", 512, minimum=8, maximum=4096, log=True, help="width of the widest hidden layer"),
+        Param("width_decay", "float", 1.0, minimum=0.1, maximum=1.0, help="each deeper layer is this times narrower"),
+        *CODEC_PARAMS,
+    )
+
+    def config_from_params(self, values: dict[str, Any], input_shape: tuple[int, ...]) -> dict[str, Any]:
+        widths = [max(1, round(values["hidden_width"] * values["width_decay"] ** i)) for i in range(values["hidden_layers"])]
+        return {"architecture": self.name, "input_shape": list(input_shape), "widths": widths,
+                **{k: values[k] for k in ("latent_dim", "lmbda", "prior_components", "activation")}}
+
+    def build(self, config: dict[str, Any]) -> VAE:
+        return MLPCodec(config)
+
+
+class ConvCodec(CodecVAE):
+    """Stride-2 convolutions down to a linear latent; a linear layer and stride-2 transposed convolutions back up."""
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        super().__init__(config)
+        act = ACTIVATIONS[config.get("activation", "relu")]
+        c_in, h, w = self.input_shape
+        layers: list[nn.Module] = []
+        channels = c_in
+        for c in config["channels"]:
+            layers += [nn.Conv2d(channels, c, 5, stride=2, padding=2), act()]
+            channels = c
+            h, w = (h + 1) // 2, (w + 1) // 2
+        self.analysis = nn.Sequential(*layers, nn.Flatten(), nn.Linear(channels * h * w, self.latent_dim))
+        self.grid = (channels, h, w)
+        self.decoder_in = nn.Linear(self.latent_dim, channels * h * w)
+        layers = [act()]
+        chans = list(reversed(config["channels"]))
+        for c_from, c_to in zip(chans, chans[1:] + [chans[-1]]):
+            layers += [nn.ConvTranspose2d(c_from, c_to, 5, stride=2, padding=2, output_padding=1), act()]
+        self.decoder = nn.Sequential(*layers, nn.Conv2d(chans[-1], c_in, 3, padding=1))
+
+    def synthesis(self, z: torch.Tensor) -> torch.Tensor:
+        out = self.decoder(self.decoder_in(z).view(-1, *self.grid))
+        _, height, width = self.input_shape
+        return out[:, :, :height, :width]
+
+
+class ConvCodecArchitecture(Architecture):
+    name = "codec_conv"
+    help = "convolutional codec: a quantized, range-coded latent under a learned factorized prior"
+    tasks = ("codec",)
+    params = (
+        Param("blocks", "int", 2, minimum=1, maximum=4, help="stride-2 conv blocks"),
+        Param("base_channels", "int", 32, minimum=1, maximum=256, log=True, help="channels of the first block (doubling)"),
+        *CODEC_PARAMS,
+    )
+
+    def config_from_params(self, values: dict[str, Any], input_shape: tuple[int, ...]) -> dict[str, Any]:
+        if len(input_shape) != 3:
+            raise ValueError(f"the conv codec needs C x H x W images, got shape {input_shape}")
+        channels = [values["base_channels"] * 2**i for i in range(values["blocks"])]
+        return {"architecture": self.name, "input_shape": list(input_shape), "channels": channels,
+                **{k: values[k] for k in ("latent_dim", "lmbda", "prior_components", "activation")}}
+
+    def build(self, config: dict[str, Any]) -> VAE:
+        return ConvCodec(config)
+
+
+# --- objectives ---
+
+def decoded_test_images(ctx: MeasureContext) -> tuple[torch.Tensor, list[bytes]]:
+    """The test images' bitstreams and the images decoded from them (cached per measurement)."""
+    if "codec_decoded" not in ctx.cache:
+        model = _codec(ctx.model)
+        latents = model.latents(ctx.data.test.to(ctx.device))
+        streams = model.encode_latents(latents)
+        decoded = model.decode_latents(streams)
+        ctx.cache["codec_decoded"] = (model.images_from_latents(decoded), streams)
+    return ctx.cache["codec_decoded"]
+
+
+class RateBytesPerImage(Objective):
+    name = "rate_bytes_per_image"
+    unit = "bytes/image"
+    tasks = ("codec",)
+    help = "mean length of the standalone per-image bitstreams of the test images (header byte included)"
+
+    def measure(self, ctx: MeasureContext) -> float:
+        _, streams = decoded_test_images(ctx)
+        return float(np.mean([len(s) for s in streams]))
+
+
+def to_8bit(images: torch.Tensor) -> torch.Tensor:
+    """Images in [0, 1] rounded to the 256 levels an 8-bit image file holds."""
+    return torch.round(images.clamp(0, 1) * 255.0) / 255.0
+
+
+class PsnrDb(Objective):
+    name = "psnr_db"
+    unit = "dB"
+    direction = "maximize"
+    tasks = ("codec",)
+    help = "PSNR of each decoded test image (8-bit levels, peak 1.0), averaged over the images"
+
+    def measure(self, ctx: MeasureContext) -> float:
+        decoded, _ = decoded_test_images(ctx)
+        return float(psnr_db(to_8bit(ctx.data.test.cpu()), to_8bit(decoded)).mean())
+
+
+class Ssim(Objective):
+    name = "ssim"
+    unit = ""
+    direction = "maximize"
+    tasks = ("codec",)
+    help = "SSIM with a 7x7 uniform window of each decoded test image, averaged"
+
+    def measure(self, ctx: MeasureContext) -> float:
+        decoded, _ = decoded_test_images(ctx)
+        return float(ssim(to_8bit(ctx.data.test.cpu()), to_8bit(decoded)).mean())
+
+
+class DecoderBytes(Objective):
+    name = "decoder_bytes"
+    unit = "bytes"
+    tasks = ("codec",)
+    help = "bytes of the packed decoder (synthesis weights in their encodings, and the frequency tables)"
+
+    def measure(self, ctx: MeasureContext) -> float:
+        return float(len(packing.serialize_model(_codec(ctx.model).decoder_part())))
+
+
+class RecognitionAccuracy(Objective):
+    name = "recognition_accuracy"
+    unit = "fraction"
+    direction = "maximize"
+    tasks = ("codec",)
+    needs_labels = True
+    help = "accuracy of the fixed reference classifier (trained on the training split) on the decoded test images"
+
+    def measure(self, ctx: MeasureContext) -> float:
+        if ctx.data.test_labels is None or ctx.data.train_labels is None:
+            raise ValueError("recognition_accuracy needs the dataset's labels")
+        classifier = reference_classifier(ctx.data.train.cpu(), ctx.data.train_labels.cpu())
+        decoded, _ = decoded_test_images(ctx)
+        return classifier.accuracy(to_8bit(decoded), ctx.data.test_labels.cpu())
+
+
+@hookimpl
+def register_tasks(register: Callable[[Task], None]) -> None:
+    register(CodecTask())
+
+
+@hookimpl
+def register_architectures(register: Callable[[Architecture], None]) -> None:
+    register(MLPCodecArchitecture())
+    register(ConvCodecArchitecture())
+
+
+@hookimpl
+def register_objectives(register: Callable[[Objective], None]) -> None:
+    for objective in (RateBytesPerImage(), PsnrDb(), Ssim(), DecoderBytes(), RecognitionAccuracy()):
+        register(objective)
