@@ -261,3 +261,16 @@ def test_small_codec_search_end_to_end(tmp_path: Path) -> None:
         blob, _ = encode_images(codec, x.numpy())
         assert decode_bytes(codec, blob).shape == (5, 1, 8, 8)
     json.dumps(result.stats)
+
+
+def test_cli_encodes_and_decodes_and_reports_refusals(model_dir: Path, images_npz: Path, tmp_path: Path,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    from vae_automl.cli import main
+
+    out = tmp_path / "x.codec"
+    assert main(["codec", "encode", str(model_dir), str(images_npz), str(out)]) == 0
+    assert "bytes per image bitstream" in capsys.readouterr().out
+    assert main(["codec", "decode", str(model_dir), str(out), str(tmp_path / "x.npz")]) == 0
+    out.write_bytes(out.read_bytes()[:-3])
+    assert main(["codec", "decode", str(model_dir), str(out), str(tmp_path / "y.npz")]) == 2
+    assert "truncated" in capsys.readouterr().err and not (tmp_path / "y.npz").exists()

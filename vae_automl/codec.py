@@ -116,7 +116,7 @@ class CodecVAE(VAE):
 
     # --- the VAE interface ---
     def synthesis(self, z: torch.Tensor) -> torch.Tensor:
-        """Decoder logits ``B x C x H x W`` from the latent ``B x latent_dim``."""
+        """The decoded image ``B x C x H x W`` (unclamped) from the gain-normalized latent ``B x latent_dim``."""
         raise NotImplementedError
 
     def analyze(self, x: torch.Tensor) -> torch.Tensor:
@@ -124,8 +124,12 @@ class CodecVAE(VAE):
         return self.analysis(x) * torch.exp(self.gain)
 
     def synthesize(self, y_hat: torch.Tensor) -> torch.Tensor:
-        """Decoder logits from the (rounded) latent."""
+        """The decoded image (unclamped) from the (rounded) latent."""
         return self.synthesis(y_hat * torch.exp(-self.gain))
+
+    def mean_image(self, decoded: torch.Tensor) -> torch.Tensor:
+        """The decoder's output is the image itself (trained on MSE without a squashing output, as CompressAI's models)."""
+        return decoded.clamp(0.0, 1.0)
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         y = self.analyze(x)
@@ -141,7 +145,7 @@ class CodecVAE(VAE):
     @torch.no_grad()
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
         """The image the decoder makes from the rounded latent (what a bitstream decodes to)."""
-        return torch.sigmoid(self.synthesize(torch.round(self.analyze(x))))
+        return self.synthesize(torch.round(self.analyze(x))).clamp(0.0, 1.0)
 
     # --- training ---
     def rd_terms(self, x: torch.Tensor, noise: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
@@ -154,7 +158,7 @@ class CodecVAE(VAE):
         y_rate = y + (torch.rand_like(y) - 0.5) if noise else torch.round(y)
         bits = -torch.log2(self.prior.likelihood(y_rate)).sum(1)
         y_hat = y + (torch.round(y) - y).detach()
-        x_hat = torch.sigmoid(self.synthesize(y_hat))
+        x_hat = self.synthesize(y_hat)
         mse = F.mse_loss(x_hat, x, reduction="none").flatten(1).mean(1)
         return bits, mse
 
@@ -208,7 +212,7 @@ class CodecVAE(VAE):
         self.eval()
         device = self.table_offsets.device
         z = torch.from_numpy(np.asarray(values, np.float32))
-        out = [torch.sigmoid(self.synthesize(z[i:i + chunk].to(device))).cpu() for i in range(0, len(z), chunk)]
+        out = [self.synthesize(z[i:i + chunk].to(device)).clamp(0.0, 1.0).cpu() for i in range(0, len(z), chunk)]
         self.train(was_training)
         return torch.cat(out)
 

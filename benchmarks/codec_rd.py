@@ -1,0 +1,297 @@
+"""Rate-distortion of the learned codec against JPEG, WebP, AVIF (Pillow, whole files) and a PCA baseline.
+
+    python benchmarks/codec_rd.py --data ../shared/data/mnist [--json FILE] [--out DIR] [--front DIR]
+
+MNIST test set: the first 8,000 images train the codecs (and fit the PCA and
+its entropy model, and train the reference classifier); the last 2,000 are
+the evaluation images. Every rate is the mean length in bytes of a real,
+standalone per-image file or bitstream:
+
+- ours: the header byte plus the range coder's bytes (``CodecVAE.encode_latents``),
+  decoded back and compared;
+- JPEG (optimized), WebP (method 6), AVIF: the whole file Pillow writes for one image;
+- PCA: ``k`` principal components of the training images, coefficients
+  rounded with step ``delta``, range-coded (the same coder) under per-coefficient
+  integer tables fit on the training images; we keep its Pareto front over ``(k, delta)``.
+
+PSNR is per image on 8-bit levels (peak 255), then averaged. BD-rate uses the
+``bjontegaard`` package (Akima interpolation) over the PSNR range both curves
+cover. The decoder's packed size is printed alone and amortized over the 2,000
+images. The trained front is saved under ``--front`` (default
+``benchmarks/out/codec_front``) and reused on the next run; delete it to retrain.
+
+Training one model per lambda runs on one CPU thread; run it niced on a shared machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from vae_automl.codec import CodecVAE
+from vae_automl.codec_file import load_codec_model, save_codec_model
+from vae_automl.data import SplitConfig, load_images, load_labels, make_splits
+from vae_automl.entropy import Coder, FrequencyTables
+from vae_automl.metrics import psnr_db
+from vae_automl.packing import serialize_model
+from vae_automl.reference_classifier import reference_classifier
+from vae_automl.registry import get_registry
+from vae_automl.train import TrainConfig, train
+
+N_EVAL = 2000
+LAMBDAS = (0.003, 0.01, 0.03, 0.1, 0.3)
+ARCH_PARAMS = {"hidden_layers": 2, "hidden_width": 512, "latent_dim": 64}
+TRAINING = {"epochs": 60, "batch_size": 64, "lr": 2e-3}
+JPEG_QUALITIES = (5, 10, 20, 30, 40, 50, 60, 70, 80, 90, 95)
+WEBP_QUALITIES = (0, 5, 10, 20, 30, 40, 50, 60, 70, 80, 90, 95, 100)
+AVIF_QUALITIES = (5, 10, 20, 30, 40, 50, 60, 70, 80, 90, 95)
+PCA_COMPONENTS = (8, 12, 16, 24, 32, 48, 64)
+PCA_STEPS = (0.25, 0.35, 0.5, 0.7, 1.0, 1.4, 2.0)
+
+
+@dataclass
+class Point:
+    codec: str
+    setting: str
+    bytes_per_image: float
+    psnr_db: float
+
+
+def mean_psnr(original_u8: np.ndarray, decoded_u8: np.ndarray) -> float:
+    return float(psnr_db(torch.from_numpy(original_u8).double() / 255, torch.from_numpy(decoded_u8).double() / 255).mean())
+
+
+def pillow_points(images_u8: np.ndarray, fmt: str, qualities: tuple[int, ...], **options: Any) -> tuple[list[Point], dict[int, tuple[np.ndarray, np.ndarray]]]:
+    from PIL import Image
+
+    points, decoded_by_q = [], {}
+    for q in qualities:
+        sizes, decoded = [], []
+        for img in images_u8:
+            buffer = io.BytesIO()
+            Image.fromarray(img, mode="L").save(buffer, format=fmt, quality=q, **options)
+            sizes.append(buffer.tell())
+            buffer.seek(0)
+            decoded.append(np.asarray(Image.open(buffer).convert("L")))
+        decoded_arr = np.stack(decoded)
+        decoded_by_q[q] = (np.asarray(sizes), decoded_arr)
+        points.append(Point(fmt.lower(), f"quality {q}", float(np.mean(sizes)), mean_psnr(images_u8, decoded_arr)))
+    return points, decoded_by_q
+
+
+def pareto(points: list[Point]) -> list[Point]:
+    """Points no other point beats on both fewer bytes and higher PSNR, by rate."""
+    front = [p for p in points if not any(o.bytes_per_image <= p.bytes_per_image and o.psnr_db > p.psnr_db
+                                          or o.bytes_per_image < p.bytes_per_image and o.psnr_db >= p.psnr_db
+                                          for o in points)]
+    return sorted(front, key=lambda p: p.bytes_per_image)
+
+
+def pca_points(train_u8: np.ndarray, eval_u8: np.ndarray) -> list[Point]:
+    x_train = train_u8.reshape(len(train_u8), -1).astype(np.float64)
+    x_eval = eval_u8.reshape(len(eval_u8), -1).astype(np.float64)
+    mean = x_train.mean(0)
+    _, _, vt = np.linalg.svd(x_train - mean, full_matrices=False)
+    points = []
+    for k in PCA_COMPONENTS:
+        basis = vt[:k]
+        c_train, c_eval = (x_train - mean) @ basis.T, (x_eval - mean) @ basis.T
+        for step in PCA_STEPS:
+            delta = step * 255 / 16  # steps in units of 1/16 of the pixel range
+            q_train = np.round(c_train / delta).astype(np.int64)
+            q_eval = np.round(c_eval / delta).astype(np.int64)
+            pmfs, lows = [], []
+            for j in range(k):
+                lo, hi = int(q_train[:, j].min()) - 2, int(q_train[:, j].max()) + 2
+                counts = np.bincount(q_train[:, j] - lo, minlength=hi - lo + 1).astype(np.float64)
+                pmfs.append(counts + 0.5)  # add-half smoothing: unseen values stay codable
+                lows.append(lo)
+            coder = Coder(FrequencyTables.from_pmfs(pmfs, lows))
+            nbytes = [len(coder.encode(v)) for v in q_eval]
+            recon = np.clip(np.round((q_eval * delta) @ basis + mean), 0, 255).astype(np.uint8).reshape(eval_u8.shape)
+            points.append(Point("pca", f"k={k} step={step}", float(np.mean(nbytes)), mean_psnr(eval_u8, recon)))
+    return pareto(points)
+
+
+def train_front(data: Any, front_dir: Path, lambdas: tuple[float, ...], epochs: int) -> list[tuple[float, CodecVAE, str]]:
+    registry = get_registry()
+    arch, task = registry.architectures.get("codec_mlp"), registry.tasks.get("codec")
+    models = []
+    for lmbda in lambdas:
+        folder = front_dir / f"codec_mlp-lmbda{lmbda:g}"
+        if not (folder / "weights.safetensors").is_file():
+            started = time.perf_counter()
+            values = arch.resolve_params({**ARCH_PARAMS, "lmbda": lmbda})
+            torch.manual_seed(0)
+            model = arch.build(arch.config_from_params(values, data.input_shape))
+            config = TrainConfig(**{**TRAINING, "epochs": epochs})
+            train(model, data, config, seed=0, task=task)
+            task.finalize(model)
+            save_codec_model(model, folder)
+            (folder / "training.json").write_text(json.dumps({"architecture": "codec_mlp", "params": values,
+                                                              "training": asdict(config), "seed": 0,
+                                                              "data": "first 8,000 MNIST test images"}, indent=2))
+            print(f"  trained lmbda={lmbda:g} in {time.perf_counter() - started:.0f} s", file=sys.stderr, flush=True)
+        codec = load_codec_model(folder)
+        models.append((lmbda, codec.model, str(folder)))
+    return models
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", required=True, help="folder with t10k-images-idx3-ubyte.gz and its labels")
+    parser.add_argument("--json", help="write the figures here")
+    parser.add_argument("--out", default="benchmarks/out/codec_rd", help="folder for rd.png and grid.png")
+    parser.add_argument("--front", default="benchmarks/out/codec_front", help="trained codecs (reused if present)")
+    parser.add_argument("--epochs", type=int, default=TRAINING["epochs"])
+    parser.add_argument("--lambdas", default=",".join(map(str, LAMBDAS)))
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    started = time.perf_counter()
+
+    images = load_images("mnist", args.data)[-10_000:]
+    labels = load_labels("mnist", len(load_images("mnist", args.data)), args.data)[-10_000:]
+    data = make_splits(images, SplitConfig(test=N_EVAL, validation=0, shuffle=False), "cpu", spec="mnist", labels=labels)
+    train_u8 = np.round(data.train[:, 0].numpy() * 255).astype(np.uint8)
+    eval_u8 = np.round(data.test[:, 0].numpy() * 255).astype(np.uint8)
+
+    print("training / loading our front", file=sys.stderr, flush=True)
+    models = train_front(data, Path(args.front), tuple(float(v) for v in args.lambdas.split(",")), args.epochs)
+    ours, ours_decoded, decoder_sizes = [], {}, {}
+    for lmbda, model, _ in models:
+        streams = model.encode_latents(model.latents(data.test))
+        decoded = model.images_from_latents(model.decode_latents(streams))
+        decoded_u8 = torch.round(decoded[:, 0] * 255).to(torch.uint8).numpy()
+        sizes = np.asarray([len(s) for s in streams])
+        ours.append(Point("ours", f"lmbda={lmbda:g}", float(sizes.mean()), mean_psnr(eval_u8, decoded_u8)))
+        ours_decoded[lmbda] = (sizes, decoded_u8)
+        decoder_sizes[lmbda] = len(serialize_model(model.decoder_part()))
+
+    print("JPEG, WebP, AVIF, PCA", file=sys.stderr, flush=True)
+    jpeg, _ = pillow_points(eval_u8, "JPEG", JPEG_QUALITIES, optimize=True)
+    webp, webp_decoded = pillow_points(eval_u8, "WEBP", WEBP_QUALITIES, method=6)
+    avif, _ = pillow_points(eval_u8, "AVIF", AVIF_QUALITIES)
+    pca = pca_points(train_u8, eval_u8)
+
+    import bjontegaard
+
+    def curve(points: list[Point]) -> tuple[np.ndarray, np.ndarray]:
+        front = pareto(points)
+        return np.asarray([p.bytes_per_image for p in front]), np.asarray([p.psnr_db for p in front])
+
+    def bd_rate(anchor: list[Point], test: list[Point]) -> tuple[float, list[float]]:
+        ra, da = curve(anchor)
+        rt, dt = curve(test)
+        lo, hi = max(da.min(), dt.min()), min(da.max(), dt.max())
+        value = float(bjontegaard.bd_rate(ra, da, rt, dt, method="akima", require_matching_points=False, min_overlap=0.0))
+        return value, [float(lo), float(hi)]
+
+    bd_webp, range_webp = bd_rate(webp, ours)
+    bd_jpeg, range_jpeg = bd_rate(jpeg, ours)
+    bd_pca, range_pca = bd_rate(pca, ours)
+
+    classifier = reference_classifier(data.train, data.train_labels)
+    acc_original = classifier.accuracy(data.test, data.test_labels)
+    top = max(models, key=lambda m: ours_decoded[m[0]][0].mean())[0]
+    acc_top = classifier.accuracy(torch.from_numpy(ours_decoded[top][1]).float()[:, None] / 255, data.test_labels)
+
+    rows = [*pareto(ours), *pareto(webp), *pareto(jpeg), *pareto(avif), *pca]
+    print(f"\nRate-distortion on the last {N_EVAL} MNIST test images (bytes per image: whole files / standalone bitstreams)")
+    print(f"| codec | setting | bytes/image | PSNR dB |\n| --- | --- | ---: | ---: |")
+    for p in rows:
+        print(f"| {p.codec} | {p.setting} | {p.bytes_per_image:.1f} | {p.psnr_db:.2f} |")
+    print(f"\nBD-rate of ours vs WebP: {bd_webp:+.1f}% over {range_webp[0]:.1f}-{range_webp[1]:.1f} dB")
+    print(f"BD-rate of ours vs JPEG: {bd_jpeg:+.1f}% over {range_jpeg[0]:.1f}-{range_jpeg[1]:.1f} dB")
+    print(f"BD-rate of ours vs PCA:  {bd_pca:+.1f}% over {range_pca[0]:.1f}-{range_pca[1]:.1f} dB")
+    print("\nDecoder bytes (packed synthesis + frequency tables), alone and amortized over the evaluation images:")
+    for lmbda, _, _ in models:
+        size = decoder_sizes[lmbda]
+        print(f"  lmbda={lmbda:g}: {size:,} B, {size / N_EVAL:,.0f} B per image over {N_EVAL} images")
+    print(f"\nReference classifier accuracy: originals {acc_original:.4f}, ours at the highest rate "
+          f"(lmbda={top:g}) {acc_top:.4f} ({(acc_top - acc_original) * 100:+.2f} points)")
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    draw(out, rows, eval_u8, ours_decoded, webp_decoded)
+    seconds = time.perf_counter() - started
+    print(f"\nfigures: {out / 'rd.png'}, {out / 'grid.png'}; {seconds:.0f} s in all")
+    if args.json:
+        Path(args.json).write_text(json.dumps({
+            "bd_rate_vs_webp_pct": bd_webp,
+            "bd_rate_vs_jpeg_pct": bd_jpeg,
+            "bd_rate_vs_pca_pct": bd_pca,
+            "psnr_range_db": range_webp,
+            "psnr_range_vs_jpeg_db": range_jpeg,
+            "points": [{"codec": p.codec, "setting": p.setting, "bytes_per_image": p.bytes_per_image, "psnr_db": p.psnr_db}
+                       for p in rows],
+            "decoder_bytes": {f"{k:g}": v for k, v in decoder_sizes.items()},
+            "decoder_bytes_per_image_amortized": {f"{k:g}": v / N_EVAL for k, v in decoder_sizes.items()},
+            "recognition_accuracy": {"originals": acc_original, "ours_highest_rate": acc_top, "lmbda": top},
+            "seconds": seconds,
+        }, indent=2))
+    return 0
+
+
+def draw(out: Path, rows: list[Point], eval_u8: np.ndarray, ours: dict[float, tuple[np.ndarray, np.ndarray]],
+         webp: dict[int, tuple[np.ndarray, np.ndarray]]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for codec in ("ours", "webp", "jpeg", "avif", "pca"):
+        pts = sorted((p for p in rows if p.codec == codec), key=lambda p: p.bytes_per_image)
+        ax.plot([p.bytes_per_image for p in pts], [p.psnr_db for p in pts], marker="o", ms=3, label=codec)
+    ax.set_xlabel("bytes per image")
+    ax.set_ylabel("PSNR (dB)")
+    ax.set_xlim(0, 400)
+    ax.set_ylim(15, 45)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    ax.set_title(f"MNIST, last {N_EVAL} test images")
+    fig.tight_layout()
+    fig.savefig(out / "rd.png", dpi=110)
+    plt.close(fig)
+
+    # Originals | ours (a mid-rate model) | WebP at about the same bytes, image by image.
+    lmbdas = sorted(ours)
+    sizes, decoded = ours[lmbdas[len(lmbdas) // 2]]
+    picks = range(8)
+    rows_img = [eval_u8[list(picks)], decoded[list(picks)]]
+    webp_row, webp_bytes = [], []
+    for i in picks:
+        q = min(webp, key=lambda q: abs(webp[q][0][i] - sizes[i]))
+        webp_row.append(webp[q][1][i])
+        webp_bytes.append(int(webp[q][0][i]))
+    rows_img.append(np.stack(webp_row))
+    fig, axes = plt.subplots(3, 8, figsize=(8, 3.3))
+    titles = ("original", "ours", "WebP")
+    for r in range(3):
+        for c in range(8):
+            ax = axes[r][c]
+            ax.imshow(rows_img[r][c], cmap="gray", vmin=0, vmax=255)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if r == 1:
+                ax.set_title(f"{sizes[c]} B", fontsize=7)
+            if r == 2:
+                ax.set_title(f"{webp_bytes[c]} B", fontsize=7)
+            if c == 0:
+                ax.set_ylabel(titles[r], fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "grid.png", dpi=60)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
