@@ -9,7 +9,7 @@ tensor), so storage, compressors and export treat both alike.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -46,17 +46,26 @@ def cross_entropy(model: Classifier, x: torch.Tensor, y: torch.Tensor) -> torch.
 
 
 @torch.no_grad()
-def evaluate_accuracy(model: Classifier, x: torch.Tensor, y: torch.Tensor, chunk: int = 2048) -> float:
-    """Top-1 accuracy over ``x`` in percent (0..100)."""
+def accuracy_of(logits_of: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, y: torch.Tensor,
+                chunk: int = 2048) -> float:
+    """Top-1 accuracy in percent (0..100) of any ``x -> logits`` callable (a model, an ONNX session, TorchScript)."""
     if len(x) != len(y):
         raise ValueError(f"{len(x)} images but {len(y)} labels")
-    was_training = model.training
-    model.eval()
     correct = 0
     for start in range(0, len(x), chunk):
-        correct += int((model(x[start:start + chunk]).argmax(1) == y[start:start + chunk]).sum())
-    model.train(was_training)
+        logits = logits_of(x[start:start + chunk])
+        correct += int((logits.argmax(1).to(y.device) == y[start:start + chunk]).sum())
     return 100.0 * correct / len(x)
+
+
+def evaluate_accuracy(model: Classifier, x: torch.Tensor, y: torch.Tensor, chunk: int = 2048) -> float:
+    """Top-1 accuracy of ``model`` (in eval mode; its mode is restored) over ``x``, in percent."""
+    was_training = model.training
+    model.eval()
+    try:
+        return accuracy_of(model, x, y, chunk)
+    finally:
+        model.train(was_training)
 
 
 def logit_distillation(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:

@@ -205,6 +205,9 @@ class CompressionContext:
             looked up by ``model.config["architecture"]``.
         student: the canonical config of a distillation student chosen by the
             search (a study with a ``base_model:``), or None.
+        task: the trial's task: its ``loss`` is what saliency-based
+            compressors differentiate for models that are not VAEs; None
+            outside a trial (VAEs then use their ELBO).
     """
 
     data: DataSplits
@@ -216,6 +219,7 @@ class CompressionContext:
     build_model: Callable[[dict[str, Any]], VAE] | None = None
     architecture: Architecture | None = None
     student: dict[str, Any] | None = None
+    task: Task | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
 

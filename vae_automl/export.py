@@ -3,9 +3,10 @@
 A model is rebuilt exactly from the packed file the search saved
 (``record.artifact``, its sha256 checked against the record first),
 written in each format, and re-measured from the written files: test ELBO
-of the ONNX model in onnxruntime, of the TorchScript module and of the
-model loaded back from ``weights.safetensors`` (same fixed noise as the
-search's :func:`vae_automl.train.evaluate_elbo`), and the byte size of
+(a classifier: test accuracy) of the ONNX model in onnxruntime, of the
+TorchScript module and of the model loaded back from ``weights.safetensors``
+(same fixed noise as the search's :func:`vae_automl.train.evaluate_elbo`),
+and the byte size of
 ``weights.safetensors``. A figure that disagrees with the search
 (:data:`TOLERANCES`) stops the export with :class:`ExportError`; the
 trial's folder is written to a temporary name and only renamed into place
@@ -29,6 +30,7 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import torch
 
+from vae_automl.classifier import accuracy_of
 from vae_automl.errors import ConfigError, ExportError
 from vae_automl.record import TrialRecord
 from vae_automl.registry import get_registry
@@ -48,7 +50,8 @@ MANIFEST_VERSION = 1
 WEIGHTS = "weights.safetensors"
 DEFAULT_FORMATS: tuple[str, ...] = ("onnx", "torchscript", "safetensors")
 ELBO = "test_elbo_nats"
-TOLERANCES: dict[str, float] = {ELBO: 0.01, "recon_error": 0.01, "size_bytes": 0.0, "params": 0.0,
+ACCURACY = "test_accuracy"
+TOLERANCES: dict[str, float] = {ELBO: 0.01, ACCURACY: 0.005, "recon_error": 0.01, "size_bytes": 0.0, "params": 0.0,
                                 "theoretical_bits": 0.0}
 """Relative tolerance of each re-measured figure against the search's; 0 means exactly equal.
 
@@ -180,6 +183,13 @@ def elbo_of(encode: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
     return total / len(x)
 
 
+def quality_figure(model: Any) -> str:
+    """The figure every exported format is re-measured on: a VAE's test ELBO, any other model's test accuracy."""
+    from vae_automl.vae import VAE
+
+    return ELBO if isinstance(model, VAE) else ACCURACY
+
+
 def _remeasure_safetensors(ctx: StudyContext, record: TrialRecord, path: Path) -> dict[str, float]:
     from vae_automl.components import MeasureContext
 
@@ -188,9 +198,10 @@ def _remeasure_safetensors(ctx: StudyContext, record: TrialRecord, path: Path) -
                                  latency_batch_size=record.latency.batch_size, latency_repeats=record.latency.repeats,
                                  latency_warmup=ctx.space.latency.warmup, latency_target="cpu", registry=ctx.registry)
     figures: dict[str, float] = {}
-    for name in dict.fromkeys([ELBO, *record.metrics]):
-        if name in ctx.registry.objectives:
-            figures[name] = float(ctx.registry.objectives.get(name).measure(measure_ctx))
+    for name in dict.fromkeys([quality_figure(model), *record.metrics]):
+        objective = ctx.registry.objectives.get(name) if name in ctx.registry.objectives else None
+        if objective is not None and (objective.tasks is None or ctx.space.task in objective.tasks):
+            figures[name] = float(objective.measure(measure_ctx))
     figures["size_bytes"] = float(path.stat().st_size)
     return figures
 
@@ -199,6 +210,9 @@ def _remeasure_onnx(ctx: StudyContext, record: TrialRecord, path: Path, model: V
     from vae_automl import runtime
 
     onnx_bytes = path.read_bytes()
+    if quality_figure(model) == ACCURACY:
+        return {ACCURACY: accuracy_of(runtime.OnnxClassifier(onnx_bytes), ctx.data.test, ctx.data.test_labels),
+                "runtime": "onnxruntime"}
     onnx_model = runtime.OnnxVAE(onnx_bytes)
     ops = runtime.integer_ops(onnx_bytes)
     elbo = elbo_of(onnx_model.encode, onnx_model.decode, model.likelihood, onnx_model.log_sigma(), ctx.data.test,
@@ -211,6 +225,8 @@ def _remeasure_torchscript(ctx: StudyContext, record: TrialRecord, path: Path, m
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # torch.jit is deprecated upstream; the file is still valid
         module = torch.jit.load(str(path), map_location="cpu")
+    if quality_figure(model) == ACCURACY:
+        return {ACCURACY: accuracy_of(module, ctx.data.test, ctx.data.test_labels)}
     log_sigma = model.log_sigma.detach() if model.likelihood == "gaussian" else None
     return {ELBO: elbo_of(module.encode, module.decode, model.likelihood, log_sigma, ctx.data.test,
                           seed=record.config["seed"])}
@@ -277,11 +293,12 @@ def export_trial(ctx: StudyContext, trial: optuna.trial.FrozenTrial, out_dir: st
             for figure, got in figures.items():
                 if figure in search_metrics and isinstance(got, float):
                     _check(checks, figure, by_file[fmt], float(search_metrics[figure]), got)
-        if ELBO not in search_metrics:
-            # The study did not measure ELBO: the formats must still agree with the packed weights.
+        quality = quality_figure(model)
+        if quality not in search_metrics:
+            # The study did not measure it: the formats must still agree with the packed weights.
             for fmt in ("onnx", "torchscript"):
                 if fmt in remeasured:
-                    _check(checks, ELBO, by_file[fmt], remeasured["safetensors"][ELBO], remeasured[fmt][ELBO])
+                    _check(checks, quality, by_file[fmt], remeasured["safetensors"][quality], remeasured[fmt][quality])
         if not any(c["figure"] == "size_bytes" for c in checks):
             _check(checks, "size_bytes", WEIGHTS, float(len(artifact_bytes)), float(weights.stat().st_size))
         if not all(c["ok"] for c in checks):

@@ -21,6 +21,7 @@ EXTRA_PLUGINS_ENV = "VAE_AUTOML_PLUGINS"
 
 DEFAULT_PLUGINS: tuple[str, ...] = (
     "vae_automl.builtin.architectures",
+    "vae_automl.builtin.classifiers",
     "vae_automl.builtin.codecs",
     "vae_automl.builtin.datasets",
     "vae_automl.builtin.objectives",

@@ -199,6 +199,7 @@ def write_report(storage: str, study: str, out_dir: str | Path, *, dataset: str 
     import html
 
     import matplotlib
+    import torch
 
     matplotlib.use("Agg")
     from matplotlib import image as mpimg
@@ -206,6 +207,7 @@ def write_report(storage: str, study: str, out_dir: str | Path, *, dataset: str 
     from vae_automl import pareto
     from vae_automl.export import load_artifact, open_study_context
     from vae_automl.study import front_of_study
+    from vae_automl.vae import VAE
 
     ctx = open_study_context(storage, study, dataset, data_dir, plugins)
     out = Path(out_dir)
@@ -225,10 +227,18 @@ def write_report(storage: str, study: str, out_dir: str | Path, *, dataset: str 
         try:
             model, _ = load_artifact(entry.record, ctx.registry)
             grid_path = out / f"trial-{entry.trial}.png"
-            mpimg.imsave(grid_path, image_grid(model, x), cmap="gray", vmin=0.0, vmax=1.0)
+            if isinstance(model, VAE):
+                mpimg.imsave(grid_path, image_grid(model, x), cmap="gray", vmin=0.0, vmax=1.0)
+                caption = "rows: test images; their reconstructions; two rows of samples from the prior"
+            else:  # a classifier: the test images and what it calls them
+                grid = _tile(x)
+                mpimg.imsave(grid_path, grid[..., 0] if grid.shape[-1] == 1 else grid, cmap="gray", vmin=0.0, vmax=1.0)
+                with torch.no_grad():
+                    predicted = " ".join(str(int(c)) for c in model.eval()(x).argmax(1))
+                truth = " ".join(str(int(c)) for c in ctx.data.test_labels[:GRID_IMAGES]) if ctx.data.test_labels is not None else "?"
+                caption = f"test images; predicted classes: {predicted}; labels: {truth}"
             written.append(grid_path)
-            picture = (f'<img src="{grid_path.name}" alt="trial {entry.trial}: test images, reconstructions, samples">'
-                       "<p class=note>rows: test images; their reconstructions; two rows of samples from the prior</p>")
+            picture = f'<img src="{grid_path.name}" alt="trial {entry.trial}"><p class=note>{esc(caption)}</p>'
         except VaeAutomlError as exc:
             picture, note = "", f"<p class=error>no images: {esc(str(exc))}</p>"
         params = "".join(f"<tr><td>{esc(str(key))}</td><td>{esc(str(value))}</td></tr>"

@@ -204,6 +204,37 @@ def export_onnx(model: VAE, graph: str = GRAPH_VAE, int8: bool | None = None) ->
     return _quantize_dynamic(proto)
 
 
+def export_classifier_onnx(model: nn.Module) -> bytes:
+    """The ONNX bytes of a classifier: input ``x`` (N x C x H x W), output ``logits`` (N x classes), float weights.
+
+    Its weights are the model's float values (already on their quantization
+    grid): ONNX's integer kernels are used for VAEs only.
+    """
+    _require_onnx()
+    import onnx
+
+    model = model.eval()
+    x = torch.zeros(2, *model.input_shape, device=next(model.parameters()).device)
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # as in export_onnx: the TorchScript-based exporter is deprecated
+        torch.onnx.export(model, (x,), buffer, dynamo=False, input_names=["x"], output_names=["logits"],
+                          dynamic_axes={"x": {0: "n"}, "logits": {0: "n"}}, opset_version=OPSET, do_constant_folding=True)
+    proto = onnx.load_from_string(buffer.getvalue())
+    _name_outputs(proto, ["logits"])
+    return proto.SerializeToString()
+
+
+class OnnxClassifier:
+    """An :func:`export_classifier_onnx` model in onnxruntime: ``model(x)`` gives the logits as a tensor."""
+
+    def __init__(self, onnx_bytes: bytes) -> None:
+        self.session = make_session(onnx_bytes)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(self.session.run(["logits"], {"x": _numpy(x)})[0])
+
+
 def _name_outputs(proto: onnx.ModelProto, names: list[str]) -> None:
     """Give every graph output its intended name.
 
@@ -297,8 +328,13 @@ class OnnxVAE:
 
 
 def runtime_name(model: VAE, target: str) -> str:
-    """The runtime the latency objective times ``model`` with on ``target``."""
-    if str(target).startswith("cpu") and is_int8(model) and onnx_available():
+    """The runtime the latency objective times ``model`` with on ``target``.
+
+    Only VAEs have an int8 ONNX graph here; other models (classifiers) run in torch.
+    """
+    from vae_automl.vae import VAE
+
+    if isinstance(model, VAE) and str(target).startswith("cpu") and is_int8(model) and onnx_available():
         return RUNTIME_ORT_INT8
     return RUNTIME_TORCH
 

@@ -229,15 +229,16 @@ def compress(env: TrialEnv, base: VAE, spec: TrialSpec, train_config: TrainConfi
         ctx = CompressionContext(data=env.data, device=env.device, seed=spec.seed, fine_tune=fine_tune,
                                  teacher=teacher, train_config=train_config, build_model=env.registry.build_model,
                                  architecture=env.registry.architectures.get(model.config["architecture"]),
-                                 student=student if entry.component.stage == "distill" else None)
+                                 student=student if entry.component.stage == "distill" else None, task=task)
         try:
             out = entry.component.apply(model, dict(values), ctx)
         except TrialFailed:
             raise
         except Exception as exc:
             raise TrialFailed(f"compressor {name!r} (plugin {entry.plugin!r}) failed: {type(exc).__name__}: {exc}") from exc
-        if not isinstance(out, VAE):
-            raise TrialFailed(f"compressor {name!r} (plugin {entry.plugin!r}) returned {type(out).__name__}, not a VAE")
+        if not isinstance(out, torch.nn.Module) or not isinstance(getattr(out, "encodings", None), dict):
+            raise TrialFailed(f"compressor {name!r} (plugin {entry.plugin!r}) returned {type(out).__name__}, "
+                              "not a model (an nn.Module with config and encodings, like its input)")
         model = out.to(env.device)
     if spec.pipeline:
         task.finalize(model)

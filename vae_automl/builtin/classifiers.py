@@ -1,4 +1,5 @@
-"""Built-in classifier architectures: LeNet-5, LeNet-300-100 and the 2,464-parameter model-zoo CNN.
+"""The built-in ``classifier`` task: its architectures (LeNet-5, LeNet-300-100, the 2,464-parameter zoo CNN),
+its loss (cross-entropy) and its ``test_accuracy`` objective.
 
 All three build one module, :class:`ConvClassifier`: convolutions (each
 optionally followed by 2x2 max pooling, then the activation), flattened
@@ -23,15 +24,22 @@ the search can make any of them narrower or wider.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from vae_automl.builtin.architectures import ACTIVATIONS
-from vae_automl.classifier import Classifier
-from vae_automl.components import Architecture, Param
+from vae_automl.classifier import Classifier, evaluate_accuracy
+from vae_automl.components import Architecture, Objective, Param, Task
+from vae_automl.layers import ChannelGroup
 from vae_automl.plugin_manager import hookimpl
+
+if TYPE_CHECKING:
+    from vae_automl.components import MeasureContext
+    from vae_automl.data import DataSplits
+    from vae_automl.train import TrainConfig
 
 
 class ConvClassifier(Classifier):
@@ -46,17 +54,22 @@ class ConvClassifier(Classifier):
                              f"got {len(channels)}, {len(kernels)}, {len(pools)}")
         c, h, w = self.input_shape
         layers: list[nn.Module] = []
+        self.conv_at: list[tuple[int, int]] = []
+        """``(conv index, activation index)`` in ``features`` of each convolution."""
         for out_c, k, pool in zip(channels, kernels, pools):
+            conv_index = len(layers)
             layers.append(nn.Conv2d(c, out_c, k))
             h, w = h - k + 1, w - k + 1
             if pool:
                 layers.append(nn.MaxPool2d(2))
                 h, w = h // 2, w // 2
+            self.conv_at.append((conv_index, len(layers)))
             layers.append(act())
             c = out_c
             if h < 1 or w < 1:
                 raise ValueError(f"images of shape {self.input_shape} are too small for convolutions {kernels}")
         self.features = nn.Sequential(*layers)
+        self.feature_shape = (c, h, w)
         width = c * h * w
         layers = []
         for hidden in config["hidden_widths"]:
@@ -76,6 +89,7 @@ NUM_CLASSES = Param("num_classes", "int", 10, minimum=2, maximum=100_000, help="
 class _ClassifierArchitecture(Architecture):
     """A fixed layer plan scaled by ``width``; subclasses give the plan."""
 
+    tasks = ("classifier",)
     conv_channels: tuple[int, ...] = ()
     conv_kernels: tuple[int, ...] = ()
     conv_pool: tuple[bool, ...] = ()
@@ -112,6 +126,25 @@ class _ClassifierArchitecture(Architecture):
     def build(self, config: dict[str, Any]) -> ConvClassifier:  # type: ignore[override]
         return ConvClassifier(config)
 
+    def channel_groups(self, model: Any, include_latent: bool = False) -> list[ChannelGroup]:
+        # features = [conv, (pool), act] per conv; head = [Linear, act] per hidden layer + [Linear].
+        if include_latent:
+            raise ValueError(f"{self.name} is a classifier: it has no latent units")
+        _, h, w = model.feature_shape
+        groups: list[ChannelGroup] = []
+        convs = model.conv_at
+        for i, (conv, act) in enumerate(convs):
+            consumer = ((f"features.{convs[i + 1][0]}.weight", 1, 1) if i + 1 < len(convs) else ("head.0.weight", 1, h * w))
+            name = f"features.{conv}"
+            groups.append(ChannelGroup("conv_channels", i, model.config["conv_channels"][i], (f"{name}.weight", 0),
+                                       ((f"{name}.weight", 0, 1), (f"{name}.bias", 0, 1), consumer), f"features.{act}"))
+        for j, width in enumerate(model.config["hidden_widths"]):
+            name = f"head.{2 * j}"
+            groups.append(ChannelGroup("hidden_widths", j, width, (f"{name}.weight", 0),
+                                       ((f"{name}.weight", 0, 1), (f"{name}.bias", 0, 1), (f"head.{2 * j + 2}.weight", 1, 1)),
+                                       f"head.{2 * j + 1}"))
+        return groups
+
 
 class LeNet5(_ClassifierArchitecture):
     name = "lenet5"
@@ -130,6 +163,48 @@ class ZooCNN(_ClassifierArchitecture):
     help = "the model-zoo MNIST CNN (Schürholt et al.): conv 8@5x5, 6@5x5, 4@2x2, fc 20, tanh; 2,464 parameters"
     conv_channels, conv_kernels, conv_pool, hidden_widths = (8, 6, 4), (5, 5, 2), (True, True, False), (20,)
     default_activation = "tanh"
+
+
+class ClassifierTask(Task):
+    name = "classifier"
+    help = "an image classifier trained on cross-entropy with the dataset's labels; judged by test accuracy"
+    needs_labels = True
+    default_objectives = ("test_accuracy", "size_bytes")
+
+    def loss(self, model: Any, x: torch.Tensor, y: torch.Tensor | None, config: TrainConfig) -> torch.Tensor:
+        return F.cross_entropy(model(x), y)
+
+    @torch.no_grad()
+    def validation_loss(self, model: Any, data: DataSplits, config: TrainConfig, seed: int) -> float:
+        was_training = model.training
+        model.eval()
+        loss = float(F.cross_entropy(model(data.validation), data.validation_labels))
+        model.train(was_training)
+        return loss
+
+
+class TestAccuracy(Objective):
+    name = "test_accuracy"
+    unit = "%"
+    direction = "maximize"
+    tasks = ("classifier",)
+    needs_labels = True
+    help = "top-1 accuracy on the test split, in percent"
+
+    def measure(self, ctx: MeasureContext) -> float:
+        if ctx.data.test_labels is None:
+            raise ValueError("test_accuracy needs the dataset's labels, and they were not loaded")
+        return evaluate_accuracy(ctx.model, ctx.data.test, ctx.data.test_labels)
+
+
+@hookimpl
+def register_tasks(register: Callable[[Task], None]) -> None:
+    register(ClassifierTask())
+
+
+@hookimpl
+def register_objectives(register: Callable[[Objective], None]) -> None:
+    register(TestAccuracy())
 
 
 @hookimpl

@@ -20,6 +20,13 @@ posterior with the teacher's posterior restricted to those units. With
 weights for the kept units (the neurons / channels the structured pruner
 would keep); ``init: scratch`` starts from a fresh random initialization.
 
+A classifier teacher (the ``classifier`` task) is distilled on its logits
+(Hinton et al. 2015): the student (``width_ratio`` of its channels and
+hidden widths; from the teacher's strongest units with ``init: teacher``)
+trains on cross-entropy with the labels + ``alpha`` times
+``T**2 * KL(softmax(teacher / T) || softmax(student / T))`` with
+``T = temperature``; ``beta`` and ``latent_dim_ratio`` do not apply.
+
 With a user's model as teacher (``base_model:`` in the search space), the
 student is a built-in family sampled from the space's ``architecture:``
 section (``ctx.student``), trained from scratch; ``width_ratio``,
@@ -37,6 +44,7 @@ import torch
 from torch.nn import functional as F
 
 from vae_automl.builtin.pruning import keep_top, magnitude_unit_scores, shrink
+from vae_automl.classifier import logit_distillation
 from vae_automl.components import Compressor, Param
 from vae_automl.layers import channel_groups
 from vae_automl.plugin_manager import hookimpl
@@ -45,7 +53,7 @@ from vae_automl.vae import VAE
 if TYPE_CHECKING:
     from vae_automl.components import CompressionContext
 
-WIDTH_KEYS = ("encoder_widths", "decoder_widths", "encoder_channels", "decoder_channels")
+WIDTH_KEYS = ("encoder_widths", "decoder_widths", "encoder_channels", "decoder_channels", "conv_channels", "hidden_widths")
 INITS = ("teacher", "scratch")
 
 
@@ -63,8 +71,8 @@ def reconstruction_distance(student: VAE, student_out: torch.Tensor, teacher_mea
     return distance.flatten(1).sum(1)
 
 
-def student_config(teacher_config: dict[str, Any], width_ratio: float, latent_dim: int) -> dict[str, Any]:
-    """The teacher's config with every hidden width / channel count scaled by ``width_ratio``."""
+def student_config(teacher_config: dict[str, Any], width_ratio: float, latent_dim: int | None) -> dict[str, Any]:
+    """The teacher's config with every hidden width / channel count scaled by ``width_ratio`` (and ``latent_dim`` set, if given)."""
     keys = [k for k in WIDTH_KEYS if k in teacher_config]
     if not keys:
         raise ValueError(f"distillation scales {', '.join(WIDTH_KEYS)} of the teacher's config, but architecture "
@@ -72,7 +80,8 @@ def student_config(teacher_config: dict[str, Any], width_ratio: float, latent_di
     config = copy.deepcopy(teacher_config)
     for key in keys:
         config[key] = [max(1, round(w * width_ratio)) for w in teacher_config[key]]
-    config["latent_dim"] = latent_dim
+    if latent_dim is not None:
+        config["latent_dim"] = latent_dim
     return config
 
 
@@ -105,6 +114,8 @@ class Distiller(Compressor):
         Param("epochs", "int", 10, minimum=0, maximum=1000, help="student training epochs"),
         Param("init", "categorical", "teacher", choices=INITS,
               help="teacher: start from the teacher's strongest units; scratch: random initialization"),
+        Param("temperature", "float", 4.0, minimum=0.1, maximum=100.0,
+              help="classifiers: softmax temperature of the logit distillation"),
     )
 
     def apply(self, model: VAE, params: dict[str, Any], ctx: CompressionContext) -> VAE:
@@ -115,6 +126,8 @@ class Distiller(Compressor):
         teacher = copy.deepcopy(ctx.teacher if ctx.teacher is not None else model).to(ctx.device).eval()
         teacher.requires_grad_(False)
         torch.manual_seed(ctx.seed)
+        if not isinstance(teacher, VAE):
+            return self._distill_logits(teacher, values, ctx)
         if ctx.student is not None:
             # A user's teacher (base_model:): the student is a built-in family the search chose; its
             # latent units are matched with the teacher's most active ones, the rest train on ELBO alone.
@@ -143,6 +156,29 @@ class Distiller(Compressor):
         if values["epochs"] > 0:
             extra = distillation_loss if (alpha or beta) else None
             ctx.fine_tune(student, values["epochs"], extra_loss=extra)
+        return student.eval()
+
+    @staticmethod
+    def _distill_logits(teacher: Any, values: dict[str, Any], ctx: CompressionContext) -> Any:
+        """A classifier's student, trained on its task loss + alpha * the soft-target loss of the teacher's logits."""
+        if values["init"] == "teacher":
+            groups = channel_groups(teacher, architecture=ctx.architecture)
+            counts = [max(1, round(g.size * values["width_ratio"])) for g in groups]
+            student = shrink(teacher, groups, keep_top(groups, magnitude_unit_scores(teacher, groups), counts),
+                             ctx.build_model)  # type: ignore[arg-type]
+            student.encodings = {}
+            student.requires_grad_(True)
+        else:
+            student = ctx.build_model(student_config(teacher.config, values["width_ratio"], None)).to(ctx.device)  # type: ignore[misc]
+        alpha, temperature = float(values["alpha"]), float(values["temperature"])
+
+        def soft_targets(m: Any, x: torch.Tensor) -> torch.Tensor:
+            with torch.no_grad():
+                teacher_logits = teacher(x)
+            return alpha * logit_distillation(m(x), teacher_logits, temperature)
+
+        if values["epochs"] > 0:
+            ctx.fine_tune(student, values["epochs"], extra_loss=soft_targets if alpha else None)
         return student.eval()
 
     @staticmethod

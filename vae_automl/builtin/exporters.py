@@ -26,18 +26,20 @@ class SafetensorsExporter(Exporter):
 class OnnxExporter(Exporter):
     name = "onnx"
     filename = "model.onnx"
-    help = "one graph (x, z) -> (mu, logvar, decoded); MatMulInteger/ConvInteger where weights are 8-bit"
+    help = ("VAEs: one graph (x, z) -> (mu, logvar, decoded), MatMulInteger/ConvInteger where weights are 8-bit; "
+            "classifiers: x -> logits")
 
     def export(self, model: VAE, path: str, example: torch.Tensor) -> None:
-        from vae_automl.runtime import GRAPH_VAE, export_onnx
+        from vae_automl.runtime import GRAPH_VAE, export_classifier_onnx, export_onnx
 
-        Path(path).write_bytes(export_onnx(model, GRAPH_VAE))
+        Path(path).write_bytes(export_onnx(model, GRAPH_VAE) if isinstance(model, VAE) else export_classifier_onnx(model))
 
 
 class TorchScriptExporter(Exporter):
     name = "torchscript"
     filename = "model.pt"
-    help = "traced TorchScript module with forward (reconstruct logits), encode and decode methods"
+    help = ("traced TorchScript module; VAEs: forward (reconstruct logits), encode and decode methods; "
+            "classifiers: forward (logits)")
 
     def export(self, model: VAE, path: str, example: torch.Tensor) -> None:
         from vae_automl.runtime import ReconstructModule
@@ -45,11 +47,14 @@ class TorchScriptExporter(Exporter):
         model = model.eval()
         device = next(model.parameters()).device
         x = example.to(device)
-        z = torch.zeros(len(x), model.latent_dim, device=device)
         with warnings.catch_warnings():
             # torch.jit is deprecated upstream but still the format a C++/LibTorch user loads.
             warnings.simplefilter("ignore")
-            traced = torch.jit.trace_module(ReconstructModule(model), {"forward": x, "encode": x, "decode": z})
+            if isinstance(model, VAE):
+                z = torch.zeros(len(x), model.latent_dim, device=device)
+                traced = torch.jit.trace_module(ReconstructModule(model), {"forward": x, "encode": x, "decode": z})
+            else:
+                traced = torch.jit.trace(model, x)
             torch.jit.save(traced, path)
 
 

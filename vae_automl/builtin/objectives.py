@@ -13,6 +13,7 @@ from vae_automl.plugin_manager import hookimpl
 from vae_automl.storage.codec import Codec
 from vae_automl.storage.format import serialize_model, theoretical_bits
 from vae_automl.train import evaluate_elbo, evaluate_recon_error
+from vae_automl.vae import VAE
 
 
 class TestElbo(Objective):
@@ -74,13 +75,16 @@ class TheoreticalBits(Objective):
 
 
 def deployed_forward(ctx: MeasureContext) -> Callable[[torch.Tensor], object]:
-    """The callable that serves a reconstruction, as deployed: int8 onnxruntime for 8-bit models on CPU."""
+    """The callable that serves a model as deployed: a VAE's reconstruction (int8 onnxruntime for 8-bit VAEs
+    on CPU), any other model's forward (a classifier's logits)."""
     from vae_automl import runtime  # deferred: onnx and onnxruntime load only when a model needs them
 
     deployed = runtime.deployed_runtime(ctx.model, ctx.latency_target, ctx.cache)
     if deployed is not None:
         return deployed
     model = ctx.model
+    if not isinstance(model, VAE):
+        return model
 
     def forward(x: torch.Tensor) -> torch.Tensor:
         mu, _ = model.encode(x)

@@ -102,25 +102,46 @@ def fine_tune_masked(model: VAE, masks: dict[str, torch.Tensor], epochs: int, ct
     return model
 
 
-def elbo_batches(ctx: CompressionContext, batches: int, batch_size: int = 128) -> list[torch.Tensor]:
-    """``batches`` fixed training batches chosen by the trial seed (repeatable saliency estimates)."""
+def saliency_batches(ctx: CompressionContext, batches: int, batch_size: int = 128
+                     ) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
+    """``batches`` fixed training batches ``(x, labels or None)`` chosen by the trial seed (repeatable saliency estimates)."""
     generator = torch.Generator().manual_seed(ctx.seed)
     n = len(ctx.data.train)
     size = min(batch_size, n)
-    return [ctx.data.train[torch.randperm(n, generator=generator)[:size].to(ctx.data.train.device)] for _ in range(batches)]
+    labels = ctx.data.train_labels
+    out = []
+    for _ in range(batches):
+        idx = torch.randperm(n, generator=generator)[:size].to(ctx.data.train.device)
+        out.append((ctx.data.train[idx], None if labels is None else labels[idx]))
+    return out
+
+
+def elbo_batches(ctx: CompressionContext, batches: int, batch_size: int = 128) -> list[torch.Tensor]:
+    """The images of :func:`saliency_batches`."""
+    return [x for x, _ in saliency_batches(ctx, batches, batch_size)]
+
+
+def saliency_loss(model: Any, ctx: CompressionContext, x: torch.Tensor, y: torch.Tensor | None,
+                  generator: torch.Generator) -> torch.Tensor:
+    """The loss saliencies differentiate: a VAE's negative ELBO with seeded noise, else the trial's task loss."""
+    if isinstance(model, VAE):
+        eps = torch.randn(len(x), model.latent_dim, generator=generator, device=x.device)
+        return negative_elbo(model, x, eps=eps)
+    if ctx.task is None:
+        raise ValueError(f"saliency of a {type(model).__name__} needs the trial's task (ctx.task) for its loss")
+    return ctx.task.loss(model, x, y, ctx.train_config)
 
 
 def taylor_weight_scores(model: VAE, ctx: CompressionContext, batches: int) -> dict[str, torch.Tensor]:
-    """First-order Taylor saliency ``sum over batches of |w * dL/dw|`` (L: negative ELBO), per weight."""
+    """First-order Taylor saliency ``sum over batches of |w * dL/dw|`` (L: :func:`saliency_loss`), per weight."""
     weights = prunable_weights(model)
     scores = {name: torch.zeros_like(w) for name, w in weights.items()}
     generator = torch.Generator(device=ctx.data.train.device).manual_seed(ctx.seed)
     was_training = model.training
     model.train()
-    for xb in elbo_batches(ctx, batches):
+    for xb, yb in saliency_batches(ctx, batches):
         model.zero_grad(set_to_none=True)
-        eps = torch.randn(len(xb), model.latent_dim, generator=generator, device=xb.device)
-        negative_elbo(model, xb, eps=eps).backward()
+        saliency_loss(model, ctx, xb, yb, generator).backward()
         with torch.no_grad():
             for name, w in weights.items():
                 scores[name] += (w * w.grad).abs()
@@ -224,11 +245,10 @@ def taylor_unit_scores(model: VAE, groups: list[ChannelGroup], ctx: CompressionC
     was_training = model.training
     model.train()
     try:
-        for xb in elbo_batches(ctx, batches):
+        for xb, yb in saliency_batches(ctx, batches):
             captured.clear()
             model.zero_grad(set_to_none=True)
-            eps = torch.randn(len(xb), model.latent_dim, generator=generator, device=xb.device)
-            negative_elbo(model, xb, eps=eps).backward()
+            saliency_loss(model, ctx, xb, yb, generator).backward()
             for k, g in enumerate(groups):
                 a = captured[k]
                 # Linear layers give B x units; conv layers B x C x H x W; the decoder's

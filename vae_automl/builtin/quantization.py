@@ -57,12 +57,12 @@ from torch.nn.utils import parametrize
 
 from vae_automl.components import Compressor, Param
 from vae_automl.layers import GROUP_NAMES, LayerGroups, group_of_layers, layer_groups
-from vae_automl.storage.codecs import FLOAT_DTYPES
 from vae_automl.plugin_manager import hookimpl
+from vae_automl.storage.codecs import FLOAT_DTYPES
+from vae_automl.vae import VAE
 
 if TYPE_CHECKING:
     from vae_automl.components import CompressionContext
-    from vae_automl.vae import VAE
 
 GROUPS = GROUP_NAMES
 QUANTIZED_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
@@ -264,8 +264,11 @@ def calibration_inputs(model: VAE, layers: list[tuple[str, nn.Module, str | None
     try:
         model.eval()
         with torch.no_grad():
-            eps = torch.randn(len(x), model.latent_dim, generator=torch.Generator().manual_seed(ctx.seed)).to(x.device)
-            model(x, eps)
+            if isinstance(model, VAE):
+                eps = torch.randn(len(x), model.latent_dim, generator=torch.Generator().manual_seed(ctx.seed)).to(x.device)
+                model(x, eps)
+            else:  # a model without noise (a classifier): its plain forward pass
+                model(x)
     finally:
         for h in hooks:
             h.remove()
