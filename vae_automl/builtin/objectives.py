@@ -39,10 +39,26 @@ class ReconError(Objective):
 class Params(Objective):
     name = "params"
     unit = "count"
-    help = "parameters of the model (non-zero ones for pruned weights)"
+    help = ("stored parameters: non-zero values per tensor, or what its codec stores "
+            "(a codec's optional stored_values, e.g. the factors of a low-rank codec)")
 
     def measure(self, ctx: MeasureContext) -> float:
-        return float(sum(int(torch.count_nonzero(p)) for p in ctx.model.state_dict().values()))
+        return float(stored_parameters(ctx.model, codecs(ctx)))
+
+
+def stored_parameters(model: torch.nn.Module, codec_map: dict[str, Codec] | None = None) -> int:
+    """Values the packed file stores: a codec's ``stored_values(tensor, spec)`` if it has one, else the non-zeros."""
+    from vae_automl.storage.codecs import builtin_codecs
+
+    known = codec_map if codec_map is not None else builtin_codecs()
+    encodings = getattr(model, "encodings", {})
+    total = 0
+    for name, tensor in model.state_dict().items():
+        spec = encodings.get(name, {})
+        codec = known.get(spec.get("codec", "dense"))
+        count = getattr(codec, "stored_values", None)
+        total += int(count(tensor.detach().float().cpu(), spec)) if callable(count) else int(torch.count_nonzero(tensor))
+    return total
 
 
 def codecs(ctx: MeasureContext) -> dict[str, Codec] | None:

@@ -65,6 +65,8 @@ if TYPE_CHECKING:
     from vae_automl.components import CompressionContext
 
 GROUPS = GROUP_NAMES
+GRID_INPUT_CODECS = ("dense", "uniform", "codebook")
+"""The codecs a quantizer may re-store; any other (a plugin's) is refused rather than dropped."""
 QUANTIZED_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
 CLIP_RATIOS = torch.linspace(0.1, 1.0, 37)
 CALIBRATION_ROWS = 4096
@@ -321,6 +323,12 @@ class _Quantizer(Compressor):
             raise ValueError(f"{', '.join(group_bits_asked(values))} need layer groups, but architecture "
                              f"{out.config.get('architecture')!r} declares none; set `bits` only")
         layers = quantizable_layers(out, groups)
+        for name, _, _ in layers:
+            codec = out.encodings.get(f"{name}.weight", {}).get("codec", "dense")
+            if codec not in GRID_INPUT_CODECS:
+                # Re-storing on our grid would silently drop the earlier stage's codec (and its bytes).
+                raise ValueError(f"{name}.weight is stored by codec {codec!r} from an earlier stage; {self.name} "
+                                 f"quantizes only {', '.join(GRID_INPUT_CODECS)} tensors")
         inputs = (calibration_inputs(out, layers, ctx, values["calibration_samples"])
                   if values.get("calibration") == "output" else {})
         states: dict[str, dict[str, Any]] = {}

@@ -21,17 +21,23 @@ architectures on the embedded digits images::
 
 What it checks: the result is still a VAE that encodes and decodes with
 finite outputs and ELBO; the input model (weights, encodings, config) is
-untouched; ``packing.size_bytes`` equals the serialized length, and
+untouched; ``size_bytes`` equals the serialized length, and is below the
+input's dense float32 size when the compressor declares ``compresses``;
 deserializing gives identical weights that repack to identical bytes;
-the same seed gives the same bytes; out-of-bounds and invalid parameters
-are refused with a clear error naming the key; a quantize-stage compressor
-keeps pruned zeros at zero and an existing ``"sparse"`` flag.
+every tensor's codec is registered (the ``codecs`` fixture gives a plugin's
+own), implements the whole :class:`vae_automl.storage.codec.Codec`, keeps
+its grids and factors out of the JSON header, and ``full_spec`` inverts
+``header_spec``; the same seed gives the same bytes; out-of-bounds and
+invalid parameters are refused with a clear error naming the key; a
+quantize-stage compressor keeps pruned zeros at zero and the ``"sparse"``
+flag, through the file too.
 """
 
 from __future__ import annotations
 
 import copy
 import functools
+import json
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -40,7 +46,8 @@ import pytest
 import torch
 import yaml
 
-from vae_automl import packing
+from vae_automl.storage.codec import Codec
+from vae_automl.storage.format import deserialize_model, serialize_model, size_bytes, theoretical_bits
 from vae_automl.components import STAGES, CompressionContext, Compressor
 from vae_automl.data import DataSplits, SplitConfig, load_images, make_splits
 from vae_automl.errors import ConfigError
@@ -54,6 +61,8 @@ TINY_ARCHITECTURES: dict[str, dict[str, Any]] = {
     "conv": {"blocks": 2, "base_channels": 4, "kernel_size": 3, "latent_dim": 4,
              "activation": "relu", "likelihood": "bernoulli"},
 }
+MAX_HEADER_LIST = 16
+"""The longest list of numbers a codec may keep in a tensor's JSON header spec; grids and factors go in the parts."""
 TINY_EPOCHS = 2
 TINY_BATCH_SIZE = 64
 
@@ -96,11 +105,14 @@ def make_context(data: DataSplits, seed: int = 0, teacher: VAE | None = None,
                               teacher=teacher, train_config=config, build_model=registry.build_model)
 
 
-def registry_with(compressor: Compressor | None) -> Registry:
-    """The built-in registry (no installed plugins), plus ``compressor`` if its name is not already there."""
+def registry_with(compressor: Compressor | None, codecs: tuple[Codec, ...] | list[Codec] = ()) -> Registry:
+    """The built-in registry (no installed plugins), plus ``compressor`` if its name is not already there, and ``codecs``."""
     from vae_automl.plugin_manager import new_plugin_manager
 
     registry = Registry.from_plugin_manager(new_plugin_manager(autoload=False))
+    for codec in codecs:
+        if codec.name not in registry.codecs:
+            registry.codecs.add(codec, "contract-test", "0")
     if compressor is not None:
         if compressor.name in registry.compressors:
             existing = registry.compressors.get(compressor.name)
@@ -135,6 +147,13 @@ def _space_yaml(compressor: Compressor, params: dict[str, Any]) -> str:
     })
 
 
+def _count_numbers(value: Any) -> int:
+    """Numbers in a (nested) JSON list; 0 for a scalar."""
+    if isinstance(value, list):
+        return sum(_count_numbers(v) if isinstance(v, list) else 1 for v in value)
+    return 0
+
+
 def _out_of_bounds(param: Any) -> list[Any]:
     """Values a parameter's declared bounds refuse."""
     if param.type == "bool":
@@ -164,6 +183,11 @@ class CompressorContract:
     @pytest.fixture
     def invalid_params(self) -> list[dict[str, Any]]:
         """Combinations inside every bound that ``validate_params`` must refuse (cross-parameter rules)."""
+        return []
+
+    @pytest.fixture
+    def codecs(self) -> list[Codec]:
+        """The plugin's own codecs (what its ``register_codecs`` hook registers); built-in codecs are always there."""
         return []
 
     @pytest.fixture(params=sorted(TINY_ARCHITECTURES))
@@ -226,25 +250,71 @@ class CompressorContract:
         assert model.encodings == before.encodings, "the input's encodings were changed"
         assert model.config == before.config, "the input's config was changed"
 
-    def test_size_bytes_is_the_serialized_length(self, compressor: Compressor, params: dict[str, Any], base_model: VAE) -> None:
+    def test_size_bytes_is_the_serialized_length(self, compressor: Compressor, params: dict[str, Any], base_model: VAE,
+                                                 codecs: list[Codec]) -> None:
         _, _, out = self._applied(compressor, params, base_model)
-        data = packing.serialize_model(out)
-        assert packing.size_bytes(out) == len(data)
-        bits = packing.theoretical_bits(out)
+        registry = registry_with(compressor, codecs)
+        data = serialize_model(out, registry.codec_map())
+        assert size_bytes(out, registry.codec_map()) == len(data)
+        bits = theoretical_bits(out, registry.codec_map())
         assert 0 < bits <= 8 * len(data)
-        back = packing.deserialize_model(data, registry_with(compressor))
+        back = deserialize_model(data, registry)
         original = out.state_dict()
         restored = back.state_dict()
         assert set(restored) == set(original)
         for name, tensor in original.items():
             assert torch.equal(restored[name], tensor.detach().float().cpu()), f"{name} differs after deserialize"
-        assert packing.serialize_model(back) == data, "repacking the deserialized model changed the bytes"
+        assert serialize_model(back, registry.codec_map()) == data, "repacking the deserialized model changed the bytes"
 
-    def test_same_seed_same_result(self, compressor: Compressor, params: dict[str, Any], base_model: VAE) -> None:
+    def test_same_seed_same_result(self, compressor: Compressor, params: dict[str, Any], base_model: VAE,
+                                   codecs: list[Codec]) -> None:
         _, _, out = self._applied(compressor, params, base_model)
-        first = packing.serialize_model(out)
-        second = packing.serialize_model(self._apply(compressor, params, tiny_model(base_model.config["architecture"]), seed=0))
+        codec_map = registry_with(compressor, codecs).codec_map()
+        first = serialize_model(out, codec_map)
+        second = serialize_model(self._apply(compressor, params, tiny_model(base_model.config["architecture"]), seed=0), codec_map)
         assert first == second, "two runs with the same seed gave different models"
+
+    def test_compresses_below_dense_float32(self, compressor: Compressor, params: dict[str, Any], base_model: VAE,
+                                            codecs: list[Codec]) -> None:
+        if not compressor.compresses:
+            pytest.skip("the compressor declares compresses = False")
+        model, _, out = self._applied(compressor, params, base_model)
+        codec_map = registry_with(compressor, codecs).codec_map()
+        dense = copy.deepcopy(model)
+        dense.encodings = {}
+        packed, fp32 = size_bytes(out, codec_map), size_bytes(dense, codec_map)
+        assert packed < fp32, (f"{compressor.name} says it compresses, but its model packs to {packed} bytes, not less "
+                               f"than the {fp32} bytes of the input in dense float32 (is a codec's grid or factor kept "
+                               "in the JSON header instead of its parts? see header_spec/full_spec)")
+
+    def test_codec_contract(self, compressor: Compressor, params: dict[str, Any], base_model: VAE,
+                            codecs: list[Codec]) -> None:
+        """Each tensor's codec: registered, a full :class:`Codec`, a small JSON header, ``full_spec`` inverting ``header_spec``."""
+        _, _, out = self._applied(compressor, params, base_model)
+        codec_map = registry_with(compressor, codecs).codec_map()
+        state = out.state_dict()
+        for name, spec in out.encodings.items():
+            codec_name = spec.get("codec", "dense")
+            assert codec_name in codec_map, (f"{name} asks for codec {codec_name!r}, which is not registered; return it "
+                                             "from the `codecs` fixture (and register it in register_codecs)")
+            codec = codec_map[codec_name]
+            missing = [a for a in ("name", "supports_mask", "header_spec", "full_spec", "pack", "unpack", "theoretical_bits")
+                       if not hasattr(codec, a)]
+            assert not missing, f"codec {codec_name!r} lacks {', '.join(missing)} of vae_automl.storage.codec.Codec"
+            header = json.loads(json.dumps(codec.header_spec(spec)))
+            long_lists = [k for k, v in header.items() if _count_numbers(v) > MAX_HEADER_LIST]
+            assert not long_lists, (f"codec {codec_name!r} keeps {long_lists} of {name}'s spec in the JSON header "
+                                    f"(lists of over {MAX_HEADER_LIST} numbers); store them as parts in pack() and give them "
+                                    "back in full_spec()")
+            tensor = state[name].detach().float().cpu()
+            mask = tensor != 0 if spec.get("sparse") else None
+            if mask is not None and not codec.supports_mask:
+                parts, _ = codec.pack(tensor[mask], spec)
+            else:
+                parts, _ = codec.pack(tensor, spec, mask=mask) if mask is not None else codec.pack(tensor, spec)
+            full = json.loads(json.dumps(codec.full_spec(parts, header)))
+            assert full == json.loads(json.dumps(spec)), \
+                f"codec {codec_name!r}: full_spec(parts, header_spec(spec)) does not give back {name}'s spec"
 
     def test_out_of_bounds_params_refused(self, compressor: Compressor) -> None:
         from vae_automl.config import load_space_text
@@ -268,9 +338,10 @@ class CompressorContract:
             with pytest.raises(ConfigError, match="contract.yaml"):
                 load_space_text(_space_yaml(compressor, values), "contract.yaml", registry)
 
-    def test_quantizer_keeps_pruned_zeros(self, compressor: Compressor, params: dict[str, Any]) -> None:
-        if compressor.stage != "quantize":
-            pytest.skip("only quantize-stage compressors run after pruning")
+    def test_quantizer_keeps_pruned_zeros(self, compressor: Compressor, params: dict[str, Any],
+                                          codecs: list[Codec]) -> None:
+        if compressor.stage != "quantize" or "masked" not in compressor.takes:
+            pytest.skip("only quantize-stage compressors that take masked input run after pruning")
         model = tiny_model("mlp")
         name = "encoder.0.weight"
         weight = model.get_parameter(name)
@@ -281,3 +352,8 @@ class CompressorContract:
         out = self._apply(compressor, params, model)
         assert torch.all(out.get_parameter(name).detach()[zeros] == 0), "pruned zeros became non-zero"
         assert out.encodings.get(name, {}).get("sparse") is True, "the earlier stage's sparse flag was dropped"
+        # The mask goes through the file: zeros come back, and the stored weight is no larger than the dense-masked one.
+        registry = registry_with(compressor, codecs)
+        back = deserialize_model(serialize_model(out, registry.codec_map()), registry)
+        assert torch.equal(back.get_parameter(name).detach(), out.get_parameter(name).detach().float().cpu())
+        assert back.encodings.get(name, {}).get("sparse") is True, "the sparse flag was lost in the file header"
