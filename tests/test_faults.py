@@ -14,7 +14,8 @@ from typing import Any, Callable
 import optuna
 import pytest
 
-from vae_automl.backends.optuna import HEARTBEAT_GRACE_ENV, HEARTBEAT_INTERVAL_ENV, create_study
+from vae_automl.registry import get_registry
+from vae_automl.study import HEARTBEAT_GRACE_ENV, HEARTBEAT_INTERVAL_ENV, create_study
 from vae_automl.config import load_space
 from vae_automl.api import search
 from vae_automl.plugin_manager import EXTRA_PLUGINS_ENV
@@ -47,7 +48,7 @@ def wait_for(condition: Callable[[], Any], timeout_s: float, what: str, procs: t
 def test_diverging_trial_fails_with_reason_and_study_goes_on(tiny_space: Any, tmp_path: Path) -> None:
     space_file = tiny_space(trials=1, lr="{choices: [0.003, 1.0]}")
     storage = f"sqlite:///{tmp_path / 'study.db'}"
-    study = create_study(load_space(space_file), storage, "tiny", tmp_path)
+    study = create_study(load_space(space_file), storage, "tiny", tmp_path, get_registry())
     # Adam at lr 1 sends this model's loss to NaN in its first epoch
     study.enqueue_trial({"training.lr": 1.0, "mlp.hidden_width": 8, "mlp.latent_dim": 6, "training.epochs": 2})
     study.enqueue_trial({"training.lr": 0.003, "training.epochs": 1})

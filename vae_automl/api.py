@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import dataclasses
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from vae_automl import study as study_mod
+from vae_automl.backends.base import Backend, SearchPolicy
+from vae_automl.backends.optuna import OptunaBackend
 from vae_automl.config import SearchSpace, load_space
 from vae_automl.errors import ConfigError
 from vae_automl.plugin_manager import get_plugin_manager
+from vae_automl.progress import Progress
 from vae_automl.registry import call_each, get_registry
 from vae_automl.study import BASELINE_ATTR, FrontEntry, front_of_study
 from vae_automl.trial import TrialEnv, prepare
@@ -89,21 +94,33 @@ def search(
     storage = storage or default_storage(out)
     if timeout_s is None:
         timeout_s = space.timeout_s
+    runner: Backend
+    env: TrialEnv | None = None
     if backend == "optuna":
-        from vae_automl.backends import optuna as optuna_backend
-
         env = prepare(space, out, registry, pm)
-        study = optuna_backend.run(space, env, storage, study_name, out, trials, timeout_s, show_progress)
-        stats = env.stats
-        if env.base_model is not None:
-            measure_baseline(env, study)
+        runner = OptunaBackend(env)
     elif backend == "ray":
-        from vae_automl.backends import ray as ray_backend
+        from vae_automl.backends.ray import RayBackend  # deferred: ray is an optional, heavy dependency
 
-        study, stats = ray_backend.run(space, storage, study_name, out, trials, timeout_s, plugins=plugins,
-                                       show_progress=show_progress, **backend_options)
+        runner = RayBackend(space, out, plugins=plugins, **backend_options)
     else:
         raise ConfigError(f"unknown backend {backend!r}; use optuna or ray")
+    policy = SearchPolicy(space, registry)
+    study = study_mod.create_study(space, storage, study_name, out, registry, sampler=policy.sampler())
+    budget = study_mod.plan_search(study, space, trials, timeout_s)
+    progress = Progress(budget.n_trials, space.objectives, study_mod.directions_of(space, registry), timeout_s,
+                        enabled=show_progress)
+    done = len(study_mod.completed_trials(study))
+    progress.message(f"study {study_name!r} in {storage}: {done} completed trials; completing {budget.n_trials} more "
+                     f"{runner.describe()}")
+    started = time.monotonic()
+    stats = runner.run(study, budget, policy, progress)
+    if budget.n_trials > 0:
+        progress.message(f"finished in {time.monotonic() - started:.1f}s: {progress.done} completed, "
+                         f"{progress.pruned} stopped early, {progress.failed} failed; bases trained "
+                         f"{stats['base_trained']}, reused {stats['base_reused']}")
+    if env is not None and env.base_model is not None:
+        measure_baseline(env, study)
     front = front_of_study(study)
     call_each(pm, "on_search_complete", front=[e.as_dict() for e in front])
     completed = sum(1 for t in study.get_trials(deepcopy=False) if t.state.name == "COMPLETE")

@@ -104,15 +104,10 @@ def open_study_context(storage: str, study_name: str, dataset: str | None = None
         plugins: extra plugin modules (those whose codecs or architectures the models use).
     """
     from vae_automl import study as study_mod
-    from vae_automl.config import load_space_text
     from vae_automl.data import load_images, load_labels, make_splits
     registry = get_registry(plugins)
     study = study_mod.open_study(storage, study_name)
-    text = study.user_attrs.get(study_mod.SPACE_ATTR)
-    if not text:
-        raise ConfigError(f"study {study_name!r} in {storage} holds no search space ({study_mod.SPACE_ATTR!r} "
-                          "user attribute); was it made by vae-automl?")
-    space = load_space_text(text, study.user_attrs.get(study_mod.SPACE_FILE_ATTR, f"{study_name} (stored)"), registry)
+    space = study_mod.stored_space(study, registry)
     ds = space.dataset
     if dataset is None:
         # `search --dataset` overrides are not in the YAML, but every record names the spec it used.

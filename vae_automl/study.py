@@ -1,15 +1,35 @@
-"""Reading a finished or running study: completed trials, their records, the Pareto front."""
+"""The study: where trials are stored, the space and budget stored with it, and what it holds.
+
+This module owns opening a storage, creating or loading a study with its
+stored space, objectives, out dir and trial budget, planning how many
+trials a run starts, and reading the study back (completed trials, records,
+the Pareto front). Both backends and the worker come here for all of it.
+"""
 
 from __future__ import annotations
 
+import os
+import warnings
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import optuna
 
 from vae_automl import pareto
 from vae_automl.errors import ConfigError
 from vae_automl.record import RECORD_ATTR, TrialRecord
+
+if TYPE_CHECKING:
+    from vae_automl.config import SearchSpace
+    from vae_automl.registry import Registry
+
+__all__ = [
+    "ATTEMPTS_PER_TRIAL", "BASELINE_ATTR", "BASE_MODEL_ATTR", "BUDGET_ATTR", "PLUGINS_ATTR", "FAILURE_ATTR", "JOURNAL_PREFIX", "OBJECTIVES_ATTR", "OUT_DIR_ATTR",
+    "RECORD_ATTR", "SPACE_ATTR", "SPACE_FILE_ATTR", "Budget", "FrontEntry", "add_plugins", "check_base_model", "completed_trials", "create_study",
+    "directions_of", "fail_stale_trials", "front_of_study", "has_heartbeat", "load_front", "objectives_of",
+    "open_storage", "open_study", "plan_search", "plan_worker", "stored_budget", "stored_out_dir", "stored_space",
+]
 
 SPACE_ATTR = "vae_automl_space"
 SPACE_FILE_ATTR = "vae_automl_space_file"
@@ -24,6 +44,16 @@ PLUGINS_ATTR = "vae_automl_plugins"
 """Every plugin a trial of the study used: ``{plugin: {distribution, version, module}}``."""
 FAILURE_ATTR = "failure_reason"
 
+HEARTBEAT_INTERVAL_ENV = "VAE_AUTOML_HEARTBEAT_INTERVAL_S"
+HEARTBEAT_GRACE_ENV = "VAE_AUTOML_HEARTBEAT_GRACE_S"
+"""Override the heartbeat timing: a shorter grace re-queues a killed worker's trial sooner, at more storage traffic."""
+HEARTBEAT_INTERVAL_S = 10
+HEARTBEAT_GRACE_S = 30
+MAX_RETRY = 3
+JOURNAL_PREFIX = "journal:"
+ATTEMPTS_PER_TRIAL = 3
+"""``--trials N`` stops after this many attempts per wanted trial, so a space whose trials all fail ends."""
+
 
 @dataclass
 class FrontEntry:
@@ -37,11 +67,58 @@ class FrontEntry:
         return {"trial": self.trial, "params": self.params, "objectives": self.objectives}
 
 
-def open_study(storage: Any, study_name: str) -> optuna.Study:
-    from vae_automl.backends.optuna import open_storage
+def open_storage(url: str | optuna.storages.BaseStorage) -> optuna.storages.BaseStorage:
+    """An Optuna storage from a URL: ``sqlite:///``, ``postgresql://``, ``mysql://`` or ``journal:PATH``.
 
+    RDB storages get heartbeats so a worker killed mid-trial has its trial
+    marked failed and re-queued by the next worker; journal files suit
+    shared file systems where SQLite would lock.
+    """
+    if not isinstance(url, str):
+        return url
+    if url.startswith(JOURNAL_PREFIX):
+        from optuna.storages.journal import JournalFileBackend, JournalStorage
+
+        path = Path(url[len(JOURNAL_PREFIX):]).expanduser()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return JournalStorage(JournalFileBackend(str(path)))
+    if "://" not in url:
+        raise ConfigError(f"storage {url!r} is not a URL: use sqlite:///PATH, postgresql://..., or journal:PATH")
+    if url.startswith("sqlite:///"):
+        Path(url[len("sqlite:///"):]).expanduser().parent.mkdir(parents=True, exist_ok=True)
     try:
-        return optuna.load_study(study_name=study_name, storage=open_storage(storage))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.storages.RDBStorage(
+                url,
+                heartbeat_interval=int(os.environ.get(HEARTBEAT_INTERVAL_ENV, HEARTBEAT_INTERVAL_S)),
+                grace_period=int(os.environ.get(HEARTBEAT_GRACE_ENV, HEARTBEAT_GRACE_S)),
+                heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY),
+                engine_kwargs={"pool_pre_ping": True} if not url.startswith("sqlite") else None,
+            )
+    except Exception as exc:
+        raise ConfigError(f"cannot open storage {url}: {exc}") from exc
+
+
+def has_heartbeat(study: optuna.Study) -> bool:
+    """Whether the study's storage records heartbeats (RDB storages do; JournalStorage does not)."""
+    storage = study._storage
+    interval = getattr(storage, "get_heartbeat_interval", None)
+    return callable(interval) and bool(interval())
+
+
+def fail_stale_trials(study: optuna.Study) -> None:
+    """Fail (and re-queue) the trials of killed processes whose heartbeat went stale; a no-op without heartbeats."""
+    if has_heartbeat(study):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            optuna.storages.fail_stale_trials(study)
+
+
+def open_study(storage: Any, study_name: str, sampler: optuna.samplers.BaseSampler | None = None) -> optuna.Study:
+    """An existing study (with ``sampler``, else Optuna's default), or an error listing the studies there."""
+    try:
+        return optuna.load_study(study_name=study_name, storage=open_storage(storage), sampler=sampler)
     except KeyError:
         names = [s.study_name for s in optuna.get_all_study_summaries(open_storage(storage))]
         raise ConfigError(f"no study {study_name!r} in {storage}; studies there: {', '.join(names) or '(none)'}") from None
@@ -63,6 +140,102 @@ def add_plugins(study: optuna.Study, plugins: dict[str, dict[str, str]]) -> None
     known = dict(study.user_attrs.get(PLUGINS_ATTR, {}))
     if any(name not in known for name in plugins):
         study.set_user_attr(PLUGINS_ATTR, {**known, **plugins})
+
+
+def directions_of(space: SearchSpace, registry: Registry) -> tuple[str, ...]:
+    """``minimize``/``maximize`` of each objective of ``space``, as its plugin declares."""
+    return tuple(registry.objectives.get(name).direction for name in space.objectives)
+
+
+def create_study(space: SearchSpace, storage: Any, study_name: str, out_dir: str | Path, registry: Registry,
+                 sampler: optuna.samplers.BaseSampler | None = None) -> optuna.Study:
+    """Create the study, or load it if it exists (then its objectives must match).
+
+    A new study stores the space's text and file, its objectives, the out
+    dir and the trial budget, so workers need only the storage and the name.
+    """
+    study = optuna.create_study(storage=open_storage(storage), study_name=study_name,
+                                directions=list(directions_of(space, registry)), sampler=sampler, load_if_exists=True)
+    stored = study.user_attrs.get(OBJECTIVES_ATTR)
+    if stored is not None and list(stored) != list(space.objectives):
+        raise ConfigError(f"study {study_name!r} optimizes {stored}, but {space.path} asks for {list(space.objectives)}; "
+                          "use another --study name")
+    if space.base_model is not None:
+        check_base_model(study, space.base_model.factory, space.base_model.checkpoint_sha256())
+    if stored is None:
+        study.set_user_attr(OBJECTIVES_ATTR, list(space.objectives))
+        study.set_user_attr(SPACE_ATTR, space.source)
+        study.set_user_attr(SPACE_FILE_ATTR, space.path)
+        study.set_user_attr(OUT_DIR_ATTR, str(Path(out_dir).resolve()))
+        study.set_user_attr(BUDGET_ATTR, space.trials)
+    return study
+
+
+def stored_space(study: optuna.Study, registry: Registry) -> SearchSpace:
+    """The search space stored in ``study`` by ``vae-automl search``."""
+    from vae_automl.config import load_space_text  # deferred: config imports components and the YAML stack
+
+    source = study.user_attrs.get(SPACE_ATTR)
+    if not source:
+        raise ConfigError(f"study {study.study_name!r} stores no search space (user attr {SPACE_ATTR!r}); "
+                          "create it with `vae-automl search SPACE.yaml --storage URL --study NAME --trials 0`")
+    file = study.user_attrs.get(SPACE_FILE_ATTR, "space.yaml")
+    return load_space_text(source, f"{file} (stored in study {study.study_name!r})", registry)
+
+
+def stored_out_dir(study: optuna.Study) -> Path | None:
+    out = study.user_attrs.get(OUT_DIR_ATTR)
+    return Path(out) if out else None
+
+
+@dataclass(frozen=True)
+class Budget:
+    """How many trials one run of a backend starts, and when it stops.
+
+    Attributes:
+        n_trials: completed trials this run aims for (the progress total).
+        target_completed: stop once the study holds this many completed
+            trials (every process's count); None: no study-wide target.
+        own_limit: stop once this run completed this many trials itself
+            (a worker's ``--trials``); None: no such limit.
+        max_attempts: start at most this many trials, so a space whose
+            trials all fail ends.
+        timeout_s: start no trial after this many seconds.
+    """
+
+    n_trials: int
+    target_completed: int | None
+    own_limit: int | None
+    max_attempts: int
+    timeout_s: float | None
+
+
+def plan_search(study: optuna.Study, space: SearchSpace, trials: int | None, timeout_s: float | None) -> Budget:
+    """The budget of ``search``: ``trials`` more completed trials, or the space's budget counting what is done.
+
+    Failed and early-stopped trials do not count, so re-running an
+    interrupted command resumes it.
+    """
+    done = len(completed_trials(study))
+    if trials is not None:
+        n, target = trials, done + trials
+    else:
+        n, target = max(space.trials - done, 0), max(space.trials, done)
+    return Budget(n, target, None, n * ATTEMPTS_PER_TRIAL, timeout_s)
+
+
+def plan_worker(study: optuna.Study, space: SearchSpace, trials: int | None, timeout_s: float | None) -> Budget:
+    """The budget of a worker: ``trials`` completed by itself, or until the study completed its stored budget."""
+    if trials is not None:
+        return Budget(trials, None, trials, trials * ATTEMPTS_PER_TRIAL, timeout_s)
+    done = len(completed_trials(study))
+    budget = stored_budget(study, space)
+    return Budget(max(budget - done, 0), max(budget, done), None, max(budget - done, 0) * ATTEMPTS_PER_TRIAL, timeout_s)
+
+
+def stored_budget(study: optuna.Study, space: SearchSpace) -> int:
+    """The trial budget stored with the study (the space's ``trials`` when it stored none)."""
+    return int(study.user_attrs.get(BUDGET_ATTR, space.trials))
 
 
 def objectives_of(study: optuna.Study) -> tuple[list[str], list[str]]:

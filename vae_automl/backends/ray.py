@@ -44,14 +44,15 @@ import optuna
 
 from vae_automl import space as space_mod
 from vae_automl import study as study_mod
-from vae_automl.backends import optuna as optuna_backend
+from vae_automl.backends.base import PRUNED_AT_ATTR, Backend, SearchPolicy
 from vae_automl.errors import ConfigError, VaeAutomlError
 from vae_automl.plugin_manager import DISABLE_AUTOLOAD_ENV, EXTRA_PLUGINS_ENV
 from vae_automl.progress import Progress
-from vae_automl.record import TrialRecord
+from vae_automl.record import CURVE_ATTR, RECORD_ATTR, TrialRecord
 
 if TYPE_CHECKING:
     from vae_automl.config import SearchSpace
+    from vae_automl.study import Budget
     from vae_automl.trial import TrialEnv
 
 NUMBER_KEY = "__vae_automl_trial_number"
@@ -102,8 +103,8 @@ def _outcome(result: dict[str, Any] | None, error: bool, objectives: tuple[str, 
         return optuna.trial.TrialState.FAIL, None, attrs
     if result.get(VALIDATION_LOSS) is not None:
         # stopped by the scheduler between epochs
-        attrs["validation_curve"] = list(result.get("validation_curve") or [])
-        attrs["pruned_at_epoch"] = int(result.get("epoch", 0))
+        attrs[CURVE_ATTR] = list(result.get("validation_curve") or [])
+        attrs[PRUNED_AT_ATTR] = int(result.get("epoch", 0))
         return optuna.trial.TrialState.PRUNED, None, attrs
     attrs[study_mod.FAILURE_ATTR] = "the Ray trial ended before reporting anything (stopped while pending?)"
     return optuna.trial.TrialState.FAIL, None, attrs
@@ -117,11 +118,12 @@ def _make_searcher_class() -> type:
         """OptunaSearch on our study that stores records, and stops at a completed-trial target."""
 
         def __init__(self, *, objectives: tuple[str, ...], target_completed: int, done: int, max_failures: int,
-                     deadline: float | None, progress: Progress, **kwargs: Any) -> None:
+                     deadline: float | None, progress: Progress, policy: SearchPolicy | None = None,
+                     **kwargs: Any) -> None:
             super().__init__(**kwargs)
             self.objectives = objectives
             self.target_completed, self.completed, self.max_failures = target_completed, done, max_failures
-            self.deadline, self.progress = deadline, progress
+            self.deadline, self.progress, self.policy = deadline, progress, policy
             self.failed = 0
             self.in_flight: dict[str, Any] = {}
             self.stats = {"base_trained": 0, "base_reused": 0}
@@ -153,6 +155,11 @@ def _make_searcher_class() -> type:
                 return
             ot_trial = self._ot_trials[trial_id]
             state, values, attrs = _outcome(result, error, self.objectives)
+            if state == optuna.trial.TrialState.COMPLETE:
+                record = TrialRecord.from_dict(attrs[RECORD_ATTR])
+                if self.policy is not None:
+                    attrs.update(self.policy.trial_attrs(record))
+                study_mod.add_plugins(self._ot_study, record.plugins)
             self._finish(trial_id, ot_trial, state, values, attrs, result)
 
         def _finish(self, trial_id: str, ot_trial: Any, state: optuna.trial.TrialState, values: list[float] | None,
@@ -176,7 +183,7 @@ def _make_searcher_class() -> type:
                 self.failed += 1
             reason = attrs.get(study_mod.FAILURE_ATTR)
             if state == optuna.trial.TrialState.PRUNED:
-                reason = f"stopped by ASHA at epoch {attrs.get('pruned_at_epoch')}"
+                reason = f"stopped by ASHA at epoch {attrs.get(PRUNED_AT_ATTR)}"
             seconds = frozen.duration.total_seconds() if frozen.duration else None
             front = len(study_mod.front_of_study(self._ot_study)) if state == optuna.trial.TrialState.COMPLETE else None
             self.progress.trial_finished(frozen.number, state.name, values, seconds, reason, front)
@@ -192,12 +199,14 @@ def _make_searcher_class() -> type:
 
         def __getstate__(self) -> dict[str, Any]:
             # the Tuner pickles its config once; the lock and the progress stream do not pickle
-            return {k: v for k, v in self.__dict__.items() if k not in ("lock", "progress")}
+            # (nor does the policy's registry); the driver's own searcher keeps them
+            return {k: v for k, v in self.__dict__.items() if k not in ("lock", "progress", "policy")}
 
         def __setstate__(self, state: dict[str, Any]) -> None:
             self.__dict__.update(state)
             self.lock = threading.Lock()
             self.progress = Progress(None, self.objectives, (), enabled=False)
+            self.policy = None
 
         def heartbeat_ids(self) -> list[int]:
             with self.lock:
@@ -282,114 +291,121 @@ def _heartbeat_loop(storage: Any, searcher: Any, stop: threading.Event, interval
                 pass
 
 
-def run(space: SearchSpace, storage: Any, study_name: str, out: Path, trials: int | None, timeout_s: float | None,
-        plugins: tuple[str, ...] = (), show_progress: bool = True, address: str | None = None,
-        gpus_per_trial: float = 0.0, cpus_per_trial: float = 1.0, concurrency: int | None = None,
-        scheduler: str | None = None) -> tuple[optuna.Study, dict[str, int]]:
-    """Run (or resume) the search on Ray Tune; results go to the Optuna ``storage`` under ``study_name``.
+class RayBackend(Backend):
+    """Trials on a Ray cluster (or a local Ray), sampled through an Optuna study on our storage.
 
     Args:
+        space: the search space (sent to the workers as its text).
+        out: the out dir (base-model cache, artifacts, Ray's logs under ``out/ray``).
+        plugins: extra plugin modules the workers load too.
         address: ``auto`` or ``HOST:PORT`` of a running cluster; None starts a local Ray.
         gpus_per_trial: GPUs per trial, fractional to pack trials on a GPU (0.5: two per GPU).
         cpus_per_trial: CPUs per trial (Ray sets the worker's thread count from it).
         concurrency: at most this many trials at once (default: as many as the resources allow).
         scheduler: ``asha`` stops trials whose validation loss lags at the rungs; ``none`` runs
             every trial to the end. Default: ``asha`` unless the space's pruner is ``none``.
+
+    Raises:
+        ConfigError: an option is out of range.
     """
-    if scheduler is None:
-        scheduler = "none" if space.pruner.name == "none" else "asha"
-    if scheduler not in SCHEDULERS:
-        raise ConfigError(f"--scheduler must be one of {', '.join(SCHEDULERS)}, but got {scheduler!r}")
-    if gpus_per_trial < 0 or cpus_per_trial <= 0:
-        raise ConfigError(f"--gpus-per-trial must be >= 0 and --cpus-per-trial > 0, but got {gpus_per_trial} and {cpus_per_trial}")
-    if concurrency is not None and concurrency < 1:
-        raise ConfigError(f"--concurrency must be >= 1, but got {concurrency}")
-    device = "cuda" if gpus_per_trial > 0 else space.device
-    if device == "cuda" and gpus_per_trial == 0:
-        raise ConfigError(f"{space.path}: device is cuda, but Ray hides GPUs from trials without --gpus-per-trial (e.g. 0.5)")
 
-    study = optuna_backend.create_study(space, storage, study_name, out)
-    storage_obj = study._storage
-    # RDB storages beat; JournalStorage has no heartbeat methods
-    heartbeat = callable(getattr(storage_obj, "get_heartbeat_interval", None)) and bool(storage_obj.get_heartbeat_interval())
-    if heartbeat:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            optuna.storages.fail_stale_trials(study)  # trials of a killed driver or worker: failed and re-queued
-    n_trials, target = optuna_backend.plan_trials(study, space, trials)
-    directions = tuple(optuna_backend.space_registry_direction(space, o) for o in space.objectives)
-    progress = Progress(n_trials, space.objectives, directions, timeout_s, enabled=show_progress)
-    done = len(study_mod.completed_trials(study))
-    stats = {"base_trained": 0, "base_reused": 0}
-    progress.message(f"study {study_name!r} in {storage}: {done} completed trials; completing {n_trials} more on Ray "
-                     f"({address or 'local'}; {cpus_per_trial:g} CPU, {gpus_per_trial:g} GPU per trial; "
-                     f"scheduler {scheduler})")
-    if n_trials == 0:
-        return study, stats
+    name = "ray"
 
-    ray = _import_ray()
-    from ray import tune
-    from ray.tune.schedulers import ASHAScheduler
+    def __init__(self, space: SearchSpace, out: Path, plugins: tuple[str, ...] = (), address: str | None = None,
+                 gpus_per_trial: float = 0.0, cpus_per_trial: float = 1.0, concurrency: int | None = None,
+                 scheduler: str | None = None) -> None:
+        if scheduler is None:
+            scheduler = "none" if space.pruner.name == "none" else "asha"
+        if scheduler not in SCHEDULERS:
+            raise ConfigError(f"--scheduler must be one of {', '.join(SCHEDULERS)}, but got {scheduler!r}")
+        if gpus_per_trial < 0 or cpus_per_trial <= 0:
+            raise ConfigError(f"--gpus-per-trial must be >= 0 and --cpus-per-trial > 0, but got {gpus_per_trial} and {cpus_per_trial}")
+        if concurrency is not None and concurrency < 1:
+            raise ConfigError(f"--concurrency must be >= 1, but got {concurrency}")
+        device = "cuda" if gpus_per_trial > 0 else space.device
+        if device == "cuda" and gpus_per_trial == 0:
+            raise ConfigError(f"{space.path}: device is cuda, but Ray hides GPUs from trials without --gpus-per-trial (e.g. 0.5)")
+        self.space, self.out, self.plugins, self.address = space, out, plugins, address
+        self.gpus_per_trial, self.cpus_per_trial, self.concurrency = gpus_per_trial, cpus_per_trial, concurrency
+        self.scheduler, self.device = scheduler, device
 
-    # Ctrl+C must reach us as KeyboardInterrupt so running trials are told FAIL, not left RUNNING
-    os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")
-    # per-epoch results carry the validation loss only; the objectives come with the last one
-    os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
-    # Tune's own tables would interleave with our progress lines
-    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-    owns_ray = not ray.is_initialized()
-    if owns_ray:
-        init_kwargs: dict[str, Any] = {"address": address, "runtime_env": _runtime_env(plugins),
-                                       "logging_level": "WARNING", "log_to_driver": False}
-        if address is None:
-            init_kwargs["include_dashboard"] = False
-        try:
-            ray.init(**init_kwargs)
-        except ConnectionError as exc:
-            raise VaeAutomlError(
-                f"cannot connect to the Ray cluster at {address}: {exc} ({exc.__cause__}). Clusters started with "
-                "`ray start` use token authentication: export RAY_AUTH_MODE=token, with the cluster's token in "
-                "~/.ray/auth_token or RAY_AUTH_TOKEN") from None
-    searcher = _make_searcher_class()(
-        space=_DefineByRun(space), metric=list(space.objectives),
-        mode=["min" if d == "minimize" else "max" for d in directions],
-        sampler=optuna_backend.make_sampler(space.sampler), study_name=study_name, storage=storage_obj,
-        objectives=tuple(space.objectives), target_completed=target, done=done,
-        max_failures=n_trials * optuna_backend.ATTEMPTS_PER_TRIAL,
-        deadline=time.monotonic() + timeout_s if timeout_s is not None else None, progress=progress)
-    sched = None
-    if scheduler == "asha":
-        sched = ASHAScheduler(time_attr="epoch", metric=VALIDATION_LOSS, mode="min", max_t=_max_epochs(space),
-                              grace_period=max(1, space.pruner.warmup_epochs), reduction_factor=ASHA_REDUCTION_FACTOR)
-    dataset = space.dataset
-    if dataset.data_dir:
-        dataset = dataclasses.replace(dataset, data_dir=str(Path(dataset.data_dir).resolve()))
-    trainable = tune.with_resources(
-        tune.with_parameters(_trainable, source=space.source, file=space.path, dataset=dataset, device=device,
-                             out_dir=str(Path(out).resolve())),
-        {"cpu": cpus_per_trial, "gpu": gpus_per_trial})
-    tuner = tune.Tuner(
-        trainable,
-        # reused actors keep torch imported and the data resident (_envs): a fresh one per trial costs seconds
-        tune_config=tune.TuneConfig(search_alg=searcher, scheduler=sched, num_samples=-1,
-                                    max_concurrent_trials=concurrency, reuse_actors=True),
-        run_config=tune.RunConfig(name=f"{study_name}-{int(time.time())}", storage_path=str((Path(out) / "ray").resolve()),
-                                  verbose=0, log_to_file=True),
-    )
-    stop = threading.Event()
-    if heartbeat:
-        threading.Thread(target=_heartbeat_loop, daemon=True,
-                         args=(storage_obj, searcher, stop, storage_obj.get_heartbeat_interval() or 10)).start()
-    started = time.monotonic()
-    try:
-        tuner.fit()
-    finally:
-        stop.set()
-        searcher.fail_in_flight("the Ray driver stopped before this trial finished (interrupted?)")
+    def describe(self) -> str:
+        return (f"on Ray ({self.address or 'local'}; {self.cpus_per_trial:g} CPU, {self.gpus_per_trial:g} GPU per trial; "
+                f"scheduler {self.scheduler})")
+
+    def run(self, study: optuna.Study, budget: Budget, policy: SearchPolicy, progress: Progress) -> dict[str, int]:
+        """Run trials on Ray until the study holds ``budget.target_completed`` completed trials."""
+        if budget.own_limit is not None or budget.target_completed is None:
+            raise ConfigError("the ray backend runs towards a study-wide target of completed trials; "
+                              "use `vae-automl worker` for a per-process limit")
+        space, out = self.space, self.out
+        storage_obj = study._storage
+        study_mod.fail_stale_trials(study)  # trials of a killed driver or worker: failed and re-queued
+        stats = {"base_trained": 0, "base_reused": 0}
+        if budget.n_trials == 0:
+            return stats
+        done = len(study_mod.completed_trials(study))
+        directions = study_mod.objectives_of(study)[1]
+
+        ray = _import_ray()
+        from ray import tune  # deferred with ray itself: an optional, heavy dependency
+        from ray.tune.schedulers import ASHAScheduler
+
+        # Ctrl+C must reach us as KeyboardInterrupt so running trials are told FAIL, not left RUNNING
+        os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")
+        # per-epoch results carry the validation loss only; the objectives come with the last one
+        os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
+        # Tune's own tables would interleave with our progress lines
+        os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+        owns_ray = not ray.is_initialized()
         if owns_ray:
-            ray.shutdown()
-    stats = dict(searcher.stats)
-    progress.message(f"finished in {time.monotonic() - started:.1f}s: {progress.done} completed, {progress.pruned} "
-                     f"stopped early, {progress.failed} failed; bases trained {stats['base_trained']}, "
-                     f"reused {stats['base_reused']}")
-    return study, stats
+            init_kwargs: dict[str, Any] = {"address": self.address, "runtime_env": _runtime_env(self.plugins),
+                                           "logging_level": "WARNING", "log_to_driver": False}
+            if self.address is None:
+                init_kwargs["include_dashboard"] = False
+            try:
+                ray.init(**init_kwargs)
+            except ConnectionError as exc:
+                raise VaeAutomlError(
+                    f"cannot connect to the Ray cluster at {self.address}: {exc} ({exc.__cause__}). Clusters started with "
+                    "`ray start` use token authentication: export RAY_AUTH_MODE=token, with the cluster's token in "
+                    "~/.ray/auth_token or RAY_AUTH_TOKEN") from None
+        searcher = _make_searcher_class()(
+            space=_DefineByRun(space), metric=list(space.objectives),
+            mode=["min" if d == "minimize" else "max" for d in directions],
+            sampler=policy.sampler(), study_name=study.study_name, storage=storage_obj,
+            objectives=tuple(space.objectives), target_completed=budget.target_completed, done=done,
+            max_failures=budget.max_attempts,
+            deadline=time.monotonic() + budget.timeout_s if budget.timeout_s is not None else None, progress=progress,
+            policy=policy)
+        sched = None
+        if self.scheduler == "asha":
+            sched = ASHAScheduler(time_attr="epoch", metric=VALIDATION_LOSS, mode="min", max_t=_max_epochs(space),
+                                  grace_period=max(1, space.pruner.warmup_epochs), reduction_factor=ASHA_REDUCTION_FACTOR)
+        dataset = space.dataset
+        if dataset.data_dir:
+            dataset = dataclasses.replace(dataset, data_dir=str(Path(dataset.data_dir).resolve()))
+        trainable = tune.with_resources(
+            tune.with_parameters(_trainable, source=space.source, file=space.path, dataset=dataset, device=self.device,
+                                 out_dir=str(Path(out).resolve())),
+            {"cpu": self.cpus_per_trial, "gpu": self.gpus_per_trial})
+        tuner = tune.Tuner(
+            trainable,
+            # reused actors keep torch imported and the data resident (_envs): a fresh one per trial costs seconds
+            tune_config=tune.TuneConfig(search_alg=searcher, scheduler=sched, num_samples=-1,
+                                        max_concurrent_trials=self.concurrency, reuse_actors=True),
+            run_config=tune.RunConfig(name=f"{study.study_name}-{int(time.time())}",
+                                      storage_path=str((Path(out) / "ray").resolve()), verbose=0, log_to_file=True),
+        )
+        stop = threading.Event()
+        if study_mod.has_heartbeat(study):
+            threading.Thread(target=_heartbeat_loop, daemon=True,
+                             args=(storage_obj, searcher, stop, storage_obj.get_heartbeat_interval() or 10)).start()
+        try:
+            tuner.fit()
+        finally:
+            stop.set()
+            searcher.fail_in_flight("the Ray driver stopped before this trial finished (interrupted?)")
+            if owns_ray:
+                ray.shutdown()
+        return dict(searcher.stats)
