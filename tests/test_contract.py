@@ -14,6 +14,7 @@ import pytest
 
 from vae_automl.builtin.entropy_coding import EntropyCode
 from vae_automl.builtin.quantization import KMeansQuantizer, Pow2Quantizer, UniformQuantizer
+from vae_automl.builtin.weight_vae import WeightVAE
 from vae_automl.components import Compressor
 from vae_automl.testing import CompressorContract
 
@@ -56,6 +57,20 @@ class TestEntropyCodeContract(CompressorContract):
     @pytest.fixture
     def compressor(self) -> Compressor:
         return EntropyCode()
+
+
+class TestWeightVAEContract(CompressorContract):
+    @pytest.fixture
+    def compressor(self) -> Compressor:
+        return WeightVAE()
+
+    @pytest.fixture
+    def params(self) -> dict[str, Any]:
+        return {"vae_steps": 20, "finetune_epochs": 1, "chunk": 8, "latent_dim": 2, "hidden": 8}
+
+    @pytest.fixture
+    def invalid_params(self) -> list[dict[str, Any]]:
+        return [{"chunk": 4, "latent_dim": 8}]
 
 
 try:  # the example plugin package, installed by `make install` (pip install -e plugins/vae-automl-template)

@@ -73,16 +73,19 @@ def test_table_coder_boundaries() -> None:
         ans.encode_with_table(np.array([4]), 4)
 
 
-def test_gaussian_and_laplace_coders_round_trip() -> None:
+def test_signed_and_column_coders_round_trip_at_their_boundaries() -> None:
     rng = np.random.default_rng(0)
-    stds = rng.uniform(0.2, 5.0, 3000)
-    symbols = np.clip(np.round(rng.normal(0, stds)), -20, 20).astype(np.int64)
-    assert np.array_equal(ans.decode_gaussian(ans.encode_gaussian(symbols, stds, 20), stds, 20), symbols)
-    with pytest.raises(ValueError, match="-20, 20"):
-        ans.encode_gaussian(symbols * 10, stds, 20)
-    deltas = np.round(rng.laplace(0, 30, 500)).astype(np.int64)
-    radius = int(np.abs(deltas).max())
-    assert np.array_equal(ans.decode_laplace(ans.encode_laplace(deltas, 30.0, radius), 30.0, radius, 500), deltas)
+    values = np.concatenate([[0, -1, 1, 65535, -65535], np.round(rng.laplace(0, 30, 500)).astype(np.int64)])
+    assert np.array_equal(ans.decode_signed(ans.encode_signed(values), len(values)), values)
+    with pytest.raises(ValueError, match="2\\*\\*16"):
+        ans.encode_signed(np.array([1 << 16]))
+    small = np.round(rng.laplace(0, 2, 4000)).astype(np.int64)  # small deltas cost far less than 16 bits each
+    assert ans.encode_signed(small).size < 4000 * 4 / 8
+    matrix = rng.integers(0, 7, (3000, 4))
+    matrix[:, 2] = 5  # a constant column needs no stream
+    coded = ans.encode_columns(matrix, 9)
+    assert np.array_equal(ans.decode_columns(coded, 9, 3000, 4), matrix)
+    assert coded.size < 4 * 9 + 3 * 3000 * np.log2(7) / 8 * 1.03 + 8
 
 
 def pruned_kmeans_mlp(sparsity: float, bits: int) -> VAE:

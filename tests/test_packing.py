@@ -215,10 +215,11 @@ class SignCodecPlugin:
 
 def test_every_builtin_codec_implements_the_protocol() -> None:
     codecs = get_registry().codec_map()
-    assert sorted(codecs) == ["codebook", "dense", "uniform"]
+    assert sorted(codecs) == ["codebook", "dense", "uniform", "weight_vae"]
     for codec in codecs.values():
         assert isinstance(codec, Codec), codec
     assert get_registry().codecs.plugin_of("uniform") == "vae_automl.builtin.codecs"
+    assert get_registry().codecs.plugin_of("weight_vae") == "vae_automl.builtin.weight_vae"
 
 
 def test_plugin_codec_through_the_hook_round_trips_with_a_sparse_spec(register_plugin: Any) -> None:

@@ -31,6 +31,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "vae_automl.builtin.pruning",
     "vae_automl.builtin.quantization",
     "vae_automl.builtin.tasks",
+    "vae_automl.builtin.weight_vae",
     "vae_automl.builtin.codec",
 )
 

@@ -20,12 +20,17 @@ rounding in that term, as in Ballé et al. 2017). That keeps the decoded
 network accurate while pushing the latents to cheap codes.
 
 Stored (the ``weight_vae`` storage codec, :class:`WeightVAECodec`): per
-weight tensor the integer latents, ANS-coded by ``constriction`` under the
-same quantized Gaussians; per decoder its parameters (float16) and the
-standard deviations (float16), with the first tensor that uses it. Loading
-runs the decoder on the CPU in float32 on exactly those values, the very
-computation this compressor used to set the weights, so the loaded weights
-equal the trained model's bit for bit and ``size_bytes`` counts the decoder.
+weight tensor the integer latents, ANS-coded by ``constriction`` with one
+frequency table per latent unit (the learned Gaussians only shape the
+training; the file codes under the latents' own frequencies, which cost
+no more); per decoder its parameters in float16, with the first tensor
+that uses it. Loading runs the decoder on the CPU in float32 on exactly
+those values, the very computation this compressor used to set the
+weights, so the loaded weights equal the trained model's bit for bit and
+``size_bytes`` counts the decoder.
+
+Weights an earlier stage pruned (``"sparse": true``) stay zero: the
+decoded weight is masked, and the format stores the mask.
 
 ``amortize_over`` (N) declares that N models share each decoder (a model
 zoo stored with one decoder): the ``size_bytes_amortized`` objective then
@@ -39,18 +44,20 @@ import copy
 import math
 from typing import TYPE_CHECKING, Any, Callable
 
-import numpy as np
 import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from vae_automl.storage import ans
-from vae_automl.components import Compressor, Param
+from vae_automl.builtin.objectives import serialized
+from vae_automl.components import Compressor, Objective, Param
 from vae_automl.errors import ExportError
 from vae_automl.plugin_manager import hookimpl
+from vae_automl.storage import ans
+from vae_automl.storage.format import SHARED_PREFIX
 
 if TYPE_CHECKING:
-    from vae_automl.components import CompressionContext
+    from vae_automl.components import CompressionContext, MeasureContext
+    from vae_automl.storage.codec import Codec
 
 ENCODED_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
 SHARINGS = ("shared", "layer")
@@ -150,18 +157,21 @@ class _Group(nn.Module):
 class _DecodedWeight(nn.Module):
     """A parametrization: the weight is the decoder's output for the (grid-rounded) latents."""
 
-    def __init__(self, latents: torch.Tensor, group: _Group, step: float, scale: float, shape: torch.Size) -> None:
+    def __init__(self, latents: torch.Tensor, group: _Group, step: float, scale: float, shape: torch.Size,
+                 keep: torch.Tensor | None) -> None:
         super().__init__()
         self.latents = nn.Parameter(latents)
         self.group = group
         self.step, self.scale, self.shape = step, scale, tuple(shape)
+        self.register_buffer("keep", keep, persistent=False)
 
     def rounded(self) -> torch.Tensor:
         y = self.latents / self.step
         return (y + (torch.round(y) - y).detach()) * self.step
 
     def forward(self, _original: torch.Tensor) -> torch.Tensor:
-        return decode_chunks(self.group.decoder, self.rounded(), self.scale, self.shape)
+        weight = decode_chunks(self.group.decoder, self.rounded(), self.scale, self.shape)
+        return weight if self.keep is None else weight * self.keep
 
     def bits(self) -> torch.Tensor:
         y = self.latents / self.step
@@ -173,6 +183,8 @@ class _DecodedWeight(nn.Module):
 class WeightVAE(Compressor):
     name = "weight_vae"
     stage = "quantize"
+    takes = ("dense", "masked")
+    gives = "codec:weight_vae"
     help = ("encode every Linear/Conv weight with a small VAE over weight chunks; latents on a grid, "
             "entropy-coded; the decoder is stored and counted; fine-tuned on the task loss + rate")
     params = (
@@ -206,9 +218,11 @@ class WeightVAE(Compressor):
             raise ValueError("weight_vae found no Linear or Conv layer to encode")
         chunk, latent_dim, hidden, step = values["chunk"], values["latent_dim"], values["hidden"], float(values["step"])
         step = float(fp16(torch.tensor(step)))
-        scales, chunks = {}, {}
+        scales, chunks, keeps = {}, {}, {}
         for name, module in layers:
             w = module.weight.detach().float()
+            # An earlier pruning stage's zeros stay zero (the format stores the mask).
+            keeps[name] = (w != 0).float() if out.encodings.get(f"{name}.weight", {}).get("sparse") else None
             std = float(w.std()) if w.numel() > 1 else float(w.abs().max())
             scales[name] = float(fp16(torch.tensor(std if std > 0 else 1.0)))
             chunks[name] = to_chunks(w / scales[name], chunk)
@@ -227,7 +241,7 @@ class WeightVAE(Compressor):
             groups[names[0]] = group
             for n in names:
                 module = modules[n]
-                decoded = _DecodedWeight(mus[n].clone(), group, step, scales[n], module.weight.shape).to(ctx.device)
+                decoded = _DecodedWeight(mus[n].clone(), group, step, scales[n], module.weight.shape, keeps[n]).to(ctx.device)
                 parametrize.register_parametrization(module, "weight", decoded, unsafe=True)
                 params_of[n] = decoded
         rate_weight = float(values["rate_weight"])
@@ -257,44 +271,61 @@ class WeightVAE(Compressor):
                 for p in decoder.parameters():
                     p.copy_(fp16(p))
             decoder_state = {key: t.detach().clone() for key, t in decoder.state_dict().items()}
-            sigma = fp16((group.log_sigma.detach().exp() / step).clamp_min(MIN_SIGMA).cpu())
             for n in names:
                 p = params_of[n]
                 codes = torch.round(p.latents.detach().cpu() / step).to(torch.int64)
                 weight = decode_weight(decoder, codes, step, p.scale, p.shape)
+                if p.keep is not None:
+                    weight = weight * p.keep.cpu()
                 module = modules[n]
                 with torch.no_grad():
                     module.weight.copy_(weight.to(module.weight.device))
-                out.encodings[f"{n}.weight"] = {
-                    "codec": "weight_vae", "chunk": values["chunk"], "latent_dim": values["latent_dim"],
-                    "hidden": values["hidden"], "step": step, "scale": p.scale,
-                    "decoder": f"{names[0]}.weight", "amortize_over": values["amortize_over"],
-                    "codes": codes, "decoder_state": decoder_state, "sigma": sigma,
-                }
+                spec = {"codec": "weight_vae", "chunk": values["chunk"], "latent_dim": values["latent_dim"],
+                        "hidden": values["hidden"], "step": step, "scale": p.scale,
+                        "amortize_over": values["amortize_over"], "codes": codes, "decoder_state": decoder_state}
+                if n != names[0]:
+                    spec["parts_from"] = f"{names[0]}.weight"
+                if p.keep is not None:
+                    spec["sparse"] = True
+                out.encodings[f"{n}.weight"] = spec
 
 
 class WeightVAECodec:
-    """Storage of ``weight_vae`` tensors: ANS-coded latents; the decoder and code model with their first tensor.
+    """Storage of ``weight_vae`` tensors: ANS-coded latents; the decoder with the first tensor that uses it.
 
     Header spec keys: ``chunk``, ``latent_dim``, ``hidden``, ``step`` and
-    ``scale`` (float16-exact floats), ``decoder`` (the name of the tensor
-    whose parts hold the decoder), ``amortize_over``. In memory the spec
-    also holds ``codes`` (int64, ``n_chunks x latent_dim``),
-    ``decoder_state`` (float16-exact float32 tensors) and ``sigma`` (one
-    per latent unit, in grid steps).
+    ``scale`` (float16-exact floats), ``chunks`` and ``radius`` (rows of
+    latents and their largest magnitude), ``amortize_over``, and, on every
+    tensor but the decoder's own, ``parts_from``: the tensor whose parts
+    hold the decoder. In memory the spec also holds ``codes`` (int64,
+    ``chunks x latent_dim``) and ``decoder_state`` (float16-exact float32
+    tensors).
 
-    Parts: ``""`` the coded latents (uint8); on the decoder's own tensor
-    also ``decoder.<param>`` (float16) and ``sigma`` (float16). Meta:
-    ``radius``, the largest ``|code|``.
+    Parts: ``""``, the latents, one column per latent unit under its own
+    frequencies (:func:`vae_automl.storage.ans.encode_columns`); on the
+    decoder's own tensor also ``decoder.<param>`` (float16).
     """
 
     name = "weight_vae"
-    supports_mask = False
-    memory_keys = ("codes", "decoder_state", "sigma")
-    shared_prefix = "decoder."
+    supports_mask = True
+    memory_keys = ("codes", "decoder_state")
+    decoder_prefix = "decoder."
 
     def header_spec(self, spec: dict[str, Any]) -> dict[str, Any]:
-        return {k: v for k, v in spec.items() if k not in self.memory_keys}
+        codes = spec["codes"]
+        radius = max(1, int(codes.abs().max())) if codes.numel() else 1
+        return {**{k: v for k, v in spec.items() if k not in self.memory_keys},
+                "chunks": int(codes.shape[0]), "radius": radius}
+
+    def full_spec(self, parts: dict[str, torch.Tensor], header_spec: dict[str, Any]) -> dict[str, Any]:
+        prefix = (SHARED_PREFIX if "parts_from" in header_spec else "") + self.decoder_prefix
+        state = {k[len(prefix):]: t.float() for k, t in parts.items() if k.startswith(prefix)}
+        if not state:
+            raise ExportError(f"weight_vae codec: no decoder parts ({prefix}*) for a tensor with spec {header_spec}")
+        radius, rows, columns = int(header_spec["radius"]), int(header_spec["chunks"]), int(header_spec["latent_dim"])
+        codes = ans.decode_columns(parts[""].numpy(), 2 * radius + 1, rows, columns) - radius
+        spec = {k: v for k, v in header_spec.items() if k not in ("chunks", "radius")}
+        return {**spec, "codes": torch.from_numpy(codes), "decoder_state": state}
 
     @staticmethod
     def _decoder(spec: dict[str, Any]) -> nn.Module:
@@ -305,36 +336,62 @@ class WeightVAECodec:
     def decode(self, spec: dict[str, Any], shape: tuple[int, ...] | list[int]) -> torch.Tensor:
         return decode_weight(self._decoder(spec), spec["codes"], float(spec["step"]), float(spec["scale"]), shape)
 
-    def pack(self, tensor: torch.Tensor, spec: dict[str, Any], owner: bool = True
+    def decode_masked(self, spec: dict[str, Any], shape: tuple[int, ...] | list[int], mask: torch.Tensor | None
+                      ) -> torch.Tensor:
+        decoded = self.decode(spec, shape)
+        return decoded if mask is None else torch.where(mask, decoded, torch.zeros((), dtype=decoded.dtype))
+
+    def pack(self, tensor: torch.Tensor, spec: dict[str, Any], mask: torch.Tensor | None = None
              ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-        if not torch.equal(self.decode(spec, tensor.shape), tensor):
+        if not torch.equal(self.decode_masked(spec, tensor.shape, mask), tensor):
             raise ExportError("weight_vae codec: the weights are not what the decoder makes of their latents; "
                               "a compressor changed them after weight_vae")
-        codes = spec["codes"].numpy()
-        radius = max(1, int(np.abs(codes).max())) if codes.size else 1
-        stds = np.broadcast_to(spec["sigma"].double().numpy(), codes.shape)
-        parts = {"": torch.from_numpy(ans.encode_gaussian(codes, stds, radius).copy())}
-        if owner:
-            parts.update({self.shared_prefix + k: t.to(FP16) for k, t in spec["decoder_state"].items()})
-            parts["sigma"] = spec["sigma"].to(FP16)
-        return parts, {"radius": radius, "chunks": int(codes.shape[0])}
+        radius = self.header_spec(spec)["radius"]
+        coded = ans.encode_columns((spec["codes"] + radius).numpy(), 2 * radius + 1)
+        parts = {"": torch.from_numpy(coded.copy())}
+        if "parts_from" not in spec:
+            parts.update({self.decoder_prefix + k: t.to(FP16) for k, t in spec["decoder_state"].items()})
+        return parts, {}
 
     def unpack(self, parts: dict[str, torch.Tensor], meta: dict[str, Any], shape: list[int], spec: dict[str, Any],
-               shared: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, Any]]:
-        """The tensor and its full in-memory spec, from its parts and the decoder's (``shared``)."""
-        sigma = shared["sigma"].float()
-        n_chunks, latent_dim = int(meta["chunks"]), int(spec["latent_dim"])
-        stds = np.broadcast_to(sigma.double().numpy(), (n_chunks, latent_dim))
-        codes = ans.decode_gaussian(parts[""].numpy(), stds, int(meta["radius"])).reshape(n_chunks, latent_dim)
-        state = {k[len(self.shared_prefix):]: t.float() for k, t in shared.items() if k.startswith(self.shared_prefix)}
-        full = {**spec, "codes": torch.from_numpy(codes), "decoder_state": state, "sigma": sigma}
-        return self.decode(full, shape), full
+               mask: torch.Tensor | None = None) -> torch.Tensor:
+        return self.decode_masked(spec, shape, mask)
 
-    def shared_bits(self, spec: dict[str, Any]) -> int:
-        """Bits of the decoder and its code model (stored once per decoder)."""
-        return 16 * (sum(t.numel() for t in spec["decoder_state"].values()) + spec["sigma"].numel())
+    def theoretical_bits(self, tensor: torch.Tensor, spec: dict[str, Any], mask: torch.Tensor | None = None) -> int:
+        parts, _ = self.pack(tensor, spec, mask)
+        return 8 * sum(p.numel() * p.element_size() for p in parts.values())
+
+
+def decoder_bytes(spec: dict[str, Any]) -> int:
+    """Bytes of the float16 decoder a ``weight_vae`` spec owns (0 when it takes the decoder from another tensor)."""
+    return 0 if "parts_from" in spec else 2 * sum(t.numel() for t in spec["decoder_state"].values())
+
+
+class SizeBytesAmortized(Objective):
+    name = "size_bytes_amortized"
+    unit = "bytes"
+    help = ("size_bytes with each weight_vae decoder counted 1/N, N its amortize_over (the models declared to share it); "
+            "equal to size_bytes for every other model")
+
+    def measure(self, ctx: MeasureContext) -> float:
+        total = float(len(serialized(ctx)))
+        for spec in ctx.model.encodings.values():
+            if spec.get("codec") == WeightVAECodec.name:
+                n = int(spec.get("amortize_over", 1))
+                total -= decoder_bytes(spec) * (n - 1) / n
+        return total
 
 
 @hookimpl
 def register_compressors(register: Callable[[Compressor], None]) -> None:
     register(WeightVAE())
+
+
+@hookimpl
+def register_codecs(register: Callable[[Codec], None]) -> None:
+    register(WeightVAECodec())
+
+
+@hookimpl
+def register_objectives(register: Callable[[Objective], None]) -> None:
+    register(SizeBytesAmortized())

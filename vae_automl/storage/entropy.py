@@ -15,8 +15,9 @@ untouched:
     position under its own two frequencies.
 ``float16``
     a float16 grid (codebook, scales): each entry's bit pattern as an
-    ordered integer, minus the previous entry's, under a quantized Laplace
-    of the deltas' mean magnitude (sorted codebooks have small deltas).
+    ordered integer, minus the previous entry's, in an exp-Golomb code
+    whose length classes are ANS-coded (:func:`vae_automl.storage.ans.encode_signed`;
+    sorted codebooks have small deltas).
 
 A part whose coded form is not smaller stays as it was (and is not
 listed in ``meta["entropy"]``).
@@ -47,16 +48,14 @@ def _unordered(ordered: np.ndarray) -> np.ndarray:
 
 
 def _encode_float16(values: torch.Tensor) -> tuple[np.ndarray, dict[str, Any]]:
-    ordered = _ordered(values.contiguous().view(torch.int16).numpy().view(np.uint16))
-    deltas = np.diff(ordered, prepend=0)
-    radius = max(1, int(np.abs(deltas).max()))
-    scale = max(float(np.abs(deltas).mean()), 0.5)
-    return ans.encode_laplace(deltas, scale, radius), {"radius": radius, "scale": scale, "n": int(values.numel())}
+    ordered = _ordered(values.contiguous().view(torch.int16).numpy().view(np.uint16).ravel())
+    return ans.encode_signed(np.diff(ordered, prepend=0)), {"shape": list(values.shape)}
 
 
 def _decode_float16(data: np.ndarray, meta: dict[str, Any]) -> torch.Tensor:
-    deltas = ans.decode_laplace(data, float(meta["scale"]), int(meta["radius"]), int(meta["n"]))
-    return torch.from_numpy(_unordered(np.cumsum(deltas)).view(np.int16).copy()).view(torch.float16)
+    shape = meta["shape"]
+    deltas = ans.decode_signed(data, math.prod(shape))
+    return torch.from_numpy(_unordered(np.cumsum(deltas)).view(np.int16).copy()).view(torch.float16).reshape(shape)
 
 
 def _as_part(data: np.ndarray) -> torch.Tensor:
