@@ -270,7 +270,7 @@ class WeightVAE(Compressor):
             with torch.no_grad():
                 for p in decoder.parameters():
                     p.copy_(fp16(p))
-            decoder_state = {key: t.detach().clone() for key, t in decoder.state_dict().items()}
+            decoder_state = {key: t.detach().tolist() for key, t in decoder.state_dict().items()}
             for n in names:
                 p = params_of[n]
                 codes = torch.round(p.latents.detach().cpu() / step).to(torch.int64)
@@ -282,7 +282,8 @@ class WeightVAE(Compressor):
                     module.weight.copy_(weight.to(module.weight.device))
                 spec = {"codec": "weight_vae", "chunk": values["chunk"], "latent_dim": values["latent_dim"],
                         "hidden": values["hidden"], "step": step, "scale": p.scale,
-                        "amortize_over": values["amortize_over"], "codes": codes, "decoder_state": decoder_state}
+                        "amortize_over": values["amortize_over"], "codes": codes.flatten().tolist(),
+                        "decoder_state": decoder_state}
                 if n != names[0]:
                     spec["parts_from"] = f"{names[0]}.weight"
                 if p.keep is not None:
@@ -297,9 +298,9 @@ class WeightVAECodec:
     ``scale`` (float16-exact floats), ``chunks`` and ``radius`` (rows of
     latents and their largest magnitude), ``amortize_over``, and, on every
     tensor but the decoder's own, ``parts_from``: the tensor whose parts
-    hold the decoder. In memory the spec also holds ``codes`` (int64,
-    ``chunks x latent_dim``) and ``decoder_state`` (float16-exact float32
-    tensors).
+    hold the decoder. In memory the spec also holds ``codes`` (the ``chunks x latent_dim`` integer latents,
+    row-major, as a list) and ``decoder_state`` (parameter name -> nested
+    lists of float16-exact floats), so the spec stays plain JSON data.
 
     Parts: ``""``, the latents, one column per latent unit under its own
     frequencies (:func:`vae_automl.storage.ans.encode_columns`); on the
@@ -311,30 +312,35 @@ class WeightVAECodec:
     memory_keys = ("codes", "decoder_state")
     decoder_prefix = "decoder."
 
+    @staticmethod
+    def codes(spec: dict[str, Any]) -> torch.Tensor:
+        """The latents of a spec as an int64 ``chunks x latent_dim`` tensor."""
+        return torch.tensor(spec["codes"], dtype=torch.int64).reshape(-1, int(spec["latent_dim"]))
+
     def header_spec(self, spec: dict[str, Any]) -> dict[str, Any]:
-        codes = spec["codes"]
+        codes = self.codes(spec)
         radius = max(1, int(codes.abs().max())) if codes.numel() else 1
         return {**{k: v for k, v in spec.items() if k not in self.memory_keys},
                 "chunks": int(codes.shape[0]), "radius": radius}
 
     def full_spec(self, parts: dict[str, torch.Tensor], header_spec: dict[str, Any]) -> dict[str, Any]:
         prefix = (SHARED_PREFIX if "parts_from" in header_spec else "") + self.decoder_prefix
-        state = {k[len(prefix):]: t.float() for k, t in parts.items() if k.startswith(prefix)}
+        state = {k[len(prefix):]: t.float().tolist() for k, t in parts.items() if k.startswith(prefix)}
         if not state:
             raise ExportError(f"weight_vae codec: no decoder parts ({prefix}*) for a tensor with spec {header_spec}")
         radius, rows, columns = int(header_spec["radius"]), int(header_spec["chunks"]), int(header_spec["latent_dim"])
         codes = ans.decode_columns(parts[""].numpy(), 2 * radius + 1, rows, columns) - radius
         spec = {k: v for k, v in header_spec.items() if k not in ("chunks", "radius")}
-        return {**spec, "codes": torch.from_numpy(codes), "decoder_state": state}
+        return {**spec, "codes": codes.flatten().tolist(), "decoder_state": state}
 
     @staticmethod
     def _decoder(spec: dict[str, Any]) -> nn.Module:
         decoder = make_decoder(int(spec["latent_dim"]), int(spec["hidden"]), int(spec["chunk"]))
-        decoder.load_state_dict({k: t.float() for k, t in spec["decoder_state"].items()})
+        decoder.load_state_dict({k: torch.tensor(v, dtype=torch.float32) for k, v in spec["decoder_state"].items()})
         return decoder
 
     def decode(self, spec: dict[str, Any], shape: tuple[int, ...] | list[int]) -> torch.Tensor:
-        return decode_weight(self._decoder(spec), spec["codes"], float(spec["step"]), float(spec["scale"]), shape)
+        return decode_weight(self._decoder(spec), self.codes(spec), float(spec["step"]), float(spec["scale"]), shape)
 
     def decode_masked(self, spec: dict[str, Any], shape: tuple[int, ...] | list[int], mask: torch.Tensor | None
                       ) -> torch.Tensor:
@@ -347,10 +353,11 @@ class WeightVAECodec:
             raise ExportError("weight_vae codec: the weights are not what the decoder makes of their latents; "
                               "a compressor changed them after weight_vae")
         radius = self.header_spec(spec)["radius"]
-        coded = ans.encode_columns((spec["codes"] + radius).numpy(), 2 * radius + 1)
+        coded = ans.encode_columns((self.codes(spec) + radius).numpy(), 2 * radius + 1)
         parts = {"": torch.from_numpy(coded.copy())}
         if "parts_from" not in spec:
-            parts.update({self.decoder_prefix + k: t.to(FP16) for k, t in spec["decoder_state"].items()})
+            parts.update({self.decoder_prefix + k: torch.tensor(v, dtype=torch.float32).to(FP16)
+                          for k, v in spec["decoder_state"].items()})
         return parts, {}
 
     def unpack(self, parts: dict[str, torch.Tensor], meta: dict[str, Any], shape: list[int], spec: dict[str, Any],
@@ -364,7 +371,7 @@ class WeightVAECodec:
 
 def decoder_bytes(spec: dict[str, Any]) -> int:
     """Bytes of the float16 decoder a ``weight_vae`` spec owns (0 when it takes the decoder from another tensor)."""
-    return 0 if "parts_from" in spec else 2 * sum(t.numel() for t in spec["decoder_state"].values())
+    return 0 if "parts_from" in spec else 2 * sum(torch.tensor(v).numel() for v in spec["decoder_state"].values())
 
 
 class SizeBytesAmortized(Objective):

@@ -47,7 +47,7 @@ import torch
 import yaml
 
 from vae_automl.storage.codec import Codec
-from vae_automl.storage.format import deserialize_model, serialize_model, size_bytes, theoretical_bits
+from vae_automl.storage.format import SHARED_PREFIX, deserialize_model, serialize_model, size_bytes, theoretical_bits
 from vae_automl.components import STAGES, CompressionContext, Compressor
 from vae_automl.data import DataSplits, SplitConfig, load_images, make_splits
 from vae_automl.errors import ConfigError
@@ -293,6 +293,7 @@ class CompressorContract:
         _, _, out = self._applied(compressor, params, base_model)
         codec_map = registry_with(compressor, codecs).codec_map()
         state = out.state_dict()
+        own_parts: dict[str, dict[str, torch.Tensor]] = {}
         for name, spec in out.encodings.items():
             codec_name = spec.get("codec", "dense")
             assert codec_name in codec_map, (f"{name} asks for codec {codec_name!r}, which is not registered; return it "
@@ -312,6 +313,9 @@ class CompressorContract:
                 parts, _ = codec.pack(tensor[mask], spec)
             else:
                 parts, _ = codec.pack(tensor, spec, mask=mask) if mask is not None else codec.pack(tensor, spec)
+            own_parts[name] = parts
+            if "parts_from" in header:  # as the format does: the named tensor's parts come along, prefixed
+                parts = {**parts, **{SHARED_PREFIX + k: t for k, t in own_parts[header["parts_from"]].items()}}
             full = json.loads(json.dumps(codec.full_spec(parts, header)))
             assert full == json.loads(json.dumps(spec)), \
                 f"codec {codec_name!r}: full_spec(parts, header_spec(spec)) does not give back {name}'s spec"
