@@ -41,12 +41,12 @@ def test_minimal_space_defaults() -> None:
 
 def test_value_below_minimum_names_file_and_key() -> None:
     message = error_of("architecture:\n  mlp:\n    latent_dim: 0\n")
-    assert message == "quick.yaml: architecture.mlp.latent_dim: 0 is below the minimum 1"
+    assert message == "quick.yaml: architecture.mlp.latent_dim: `latent_dim` must be in [1, 512], but got latent_dim=0"
 
 
 def test_range_bound_below_minimum() -> None:
     message = error_of("architecture:\n  mlp:\n    latent_dim: {low: 0, high: 4}\n")
-    assert message == "quick.yaml: architecture.mlp.latent_dim.low: 0 is below the minimum 1"
+    assert message == "quick.yaml: architecture.mlp.latent_dim.low: `latent_dim` must be in [1, 512], but got latent_dim=0"
 
 
 def test_unknown_architecture_lists_valid_ones() -> None:

@@ -106,4 +106,4 @@ def test_bad_space_exits_with_named_key(tmp_path: Path, capsys: pytest.CaptureFi
     bad = tmp_path / "bad.yaml"
     bad.write_text("architecture:\n  mlp:\n    latent_dim: 0\n")
     assert main(["search", str(bad), "--out", str(tmp_path)]) == 2
-    assert "bad.yaml: architecture.mlp.latent_dim: 0 is below the minimum 1" in capsys.readouterr().err
+    assert "bad.yaml: architecture.mlp.latent_dim: `latent_dim` must be in [1, 512], but got latent_dim=0" in capsys.readouterr().err

@@ -7,6 +7,7 @@ A plugin subclasses one of these and passes an instance to the matching
 from __future__ import annotations
 
 import abc
+import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, ClassVar, Literal
 
@@ -54,26 +55,61 @@ class Param:
             bounds = self.type
         return f"{self.name}: {bounds} (default {self.default})"
 
-    def check(self, value: Any) -> None:
-        """Raise ValueError if ``value`` breaks this parameter's type, bounds or choices, naming both."""
+    def coerce(self, value: Any) -> Any:
+        """``value`` checked against this parameter's type, bounds or choices, and returned typed.
+
+        The one check of a parameter value, for YAML values and for direct
+        calls alike. Numbers written as strings (YAML 1.1 reads ``1e-3`` as
+        one) and integral floats for integers are accepted.
+
+        Raises:
+            ValueError: naming the rule and the value, e.g.
+                ``"`bits` must be in [1, 8], but got bits=9"``.
+        """
         if value is None and self.default is None:
-            return
+            return None
         if self.choices is not None:
             if value not in self.choices:
                 raise ValueError(f"`{self.name}` must be one of {', '.join(map(str, self.choices))}, "
                                  f"but got {self.name}={value!r}")
-            return
+            return value
         if self.type == "bool":
             if not isinstance(value, bool):
                 raise ValueError(f"`{self.name}` must be true or false, but got {self.name}={value!r}")
-            return
-        if self.type in ("int", "float"):
-            kind = int if self.type == "int" else (int, float)
-            if isinstance(value, bool) or not isinstance(value, kind):
-                what = "an integer" if self.type == "int" else "a number"
-                raise ValueError(f"`{self.name}` must be {what}, but got {self.name}={value!r}")
-            if (self.minimum is not None and value < self.minimum) or (self.maximum is not None and value > self.maximum):
-                raise ValueError(f"`{self.name}` must be in [{self.minimum}, {self.maximum}], but got {self.name}={value!r}")
+            return value
+        if self.type == "categorical":
+            return value
+        what = "an integer" if self.type == "int" else "a number"
+        number = value
+        if isinstance(value, str):
+            try:
+                number = float(value)
+            except ValueError:
+                raise ValueError(f"`{self.name}` must be {what}, but got {self.name}={value!r}") from None
+        if isinstance(number, bool) or not isinstance(number, (int, float)):
+            raise ValueError(f"`{self.name}` must be {what}, but got {self.name}={value!r}")
+        if not math.isfinite(number):
+            raise ValueError(f"`{self.name}` must be a finite number, but got {self.name}={value!r}")
+        if self.type == "int":
+            if float(number) != int(number):
+                raise ValueError(f"`{self.name}` must be an integer, but got {self.name}={value!r}")
+            number = int(number)
+        else:
+            number = float(number)
+        if (self.minimum is not None and number < self.minimum) or (self.maximum is not None and number > self.maximum):
+            raise ValueError(f"`{self.name}` must be {self._bounds()}, but got {self.name}={value!r}")
+        return number
+
+    def _bounds(self) -> str:
+        if self.maximum is None:
+            return f">= {self.minimum}"
+        if self.minimum is None:
+            return f"<= {self.maximum}"
+        return f"in [{self.minimum}, {self.maximum}]"
+
+    def check(self, value: Any) -> None:
+        """Raise ValueError if ``value`` breaks this parameter's type, bounds or choices (see :meth:`coerce`)."""
+        self.coerce(value)
 
 
 class Component(abc.ABC):
@@ -104,9 +140,7 @@ class Component(abc.ABC):
         if unknown:
             raise ValueError(f"{self.kind} {self.name!r} has no parameter {unknown[0]!r}; "
                              f"its parameters: {', '.join(sorted(known)) or '(none)'}")
-        values = {name: params.get(name, p.default) for name, p in known.items()}
-        for p in self.params:
-            p.check(values[p.name])
+        values = {name: p.coerce(params.get(name, p.default)) for name, p in known.items()}
         self.validate_params(values)
         return values
 

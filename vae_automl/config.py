@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -203,37 +202,11 @@ def _mapping(value: Any, loc: _Loc, allowed: tuple[str, ...] | None = None) -> d
 
 
 def _coerce(param: Param, value: Any, loc: _Loc) -> Any:
-    """Check one value against a parameter's type and bounds; return it typed."""
-    if value is None and param.default is None:
-        return None
-    if param.type == "bool":
-        if not isinstance(value, bool):
-            raise loc.error(f"expected true or false, got {value!r}")
-        return value
-    if param.type == "categorical":
-        if param.choices is not None and value not in param.choices:
-            raise loc.error(f"{value!r} is not one of {', '.join(map(str, param.choices))}")
-        return value
-    if isinstance(value, str):
-        try:
-            value = float(value)  # YAML 1.1 reads 1e-3 as a string
-        except ValueError:
-            raise loc.error(f"expected a number, got {value!r}") from None
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise loc.error(f"expected a number, got {value!r}")
-    if param.type == "int":
-        if float(value) != int(value):
-            raise loc.error(f"expected an integer, got {value!r}")
-        value = int(value)
-    else:
-        value = float(value)
-        if not math.isfinite(value):
-            raise loc.error(f"expected a finite number, got {value!r}")
-    if param.minimum is not None and value < param.minimum:
-        raise loc.error(f"{value} is below the minimum {param.minimum}")
-    if param.maximum is not None and value > param.maximum:
-        raise loc.error(f"{value} is above the maximum {param.maximum}")
-    return value
+    """``param.coerce(value)``, its error naming the file and key."""
+    try:
+        return param.coerce(value)
+    except ValueError as exc:
+        raise loc.error(str(exc)) from None
 
 
 def parse_param(param: Param, raw: Any, loc: _Loc, present: bool = True) -> ParamSpace:
@@ -314,35 +287,23 @@ def _lookup(table: Any, name: str, loc: _Loc) -> Any:
         raise loc.error(str(exc)) from None
 
 
+def _key(loc: _Loc) -> str:
+    return loc.path[-1] if loc.path else "value"
+
+
 def _int(value: Any, loc: _Loc, minimum: int | None = None, allow_none: bool = False) -> Any:
-    if value is None and allow_none:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise loc.error(f"expected an integer, got {value!r}")
-    if minimum is not None and value < minimum:
-        raise loc.error(f"{value} is below the minimum {minimum}")
-    return value
+    """An integer YAML value that is not a component parameter, checked the same way as one."""
+    return _coerce(Param(_key(loc), "int", None if allow_none else 0, minimum=minimum), value, loc)
 
 
 def _number(value: Any, loc: _Loc, minimum: float | None = None, allow_none: bool = False) -> Any:
-    if value is None and allow_none:
-        return None
-    if isinstance(value, str):
-        try:
-            value = float(value)
-        except ValueError:
-            raise loc.error(f"expected a number, got {value!r}") from None
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise loc.error(f"expected a number, got {value!r}")
-    if minimum is not None and value < minimum:
-        raise loc.error(f"{value} is below the minimum {minimum}")
-    return float(value)
+    """A numeric YAML value that is not a component parameter, checked the same way as one."""
+    return _coerce(Param(_key(loc), "float", None if allow_none else 0.0, minimum=minimum), value, loc)
 
 
 def _choice(value: Any, loc: _Loc, choices: tuple[str, ...]) -> str:
-    if value not in choices:
-        raise loc.error(f"{value!r} is not one of {', '.join(choices)}")
-    return value
+    result: str = _coerce(Param(_key(loc), "categorical", choices[0], choices=choices), value, loc)
+    return result
 
 
 BASE_MODEL_KEYS = ("factory", "kwargs", "checkpoint", "likelihood", "groups", "fine_tune_epochs")

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 
+from vae_automl.config import TRAINING_PARAMS
 from vae_automl.data import DataSplits
 from vae_automl.errors import ConfigError, TrialFailed
 from vae_automl.vae import VAE, kl_to_prior, reconstruction_nll
@@ -66,14 +67,9 @@ class TrainConfig:
     """Per-trial time limit for training; past it the trial fails with that reason."""
 
     def __post_init__(self) -> None:
-        if self.epochs < 0:
-            raise ValueError(f"epochs must be >= 0, but got {self.epochs}")
-        if self.batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, but got {self.batch_size}")
-        if not self.lr > 0:
-            raise ValueError(f"lr must be > 0, but got {self.lr}")
-        if self.capture not in ("auto", "on", "off"):
-            raise ValueError(f"capture must be auto, on or off, but got {self.capture!r}")
+        # the bounds of the YAML's training: keys, so a TrainConfig made in Python is checked by the same rules
+        for param in TRAINING_PARAMS:
+            param.check(getattr(self, param.name))
 
 
 @dataclass
