@@ -83,21 +83,14 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 
 def _cmd_plugins(args: argparse.Namespace) -> int:
-    from vae_automl.plugins_info import list_components
+    from vae_automl.plugins_info import format_components, list_components
     from vae_automl.registry import get_registry
 
     rows = list_components(get_registry(tuple(args.plugin)))
     if args.json:
         print(json.dumps(rows, indent=2, default=str))
         return 0
-    for row in rows:
-        extra = f" stage={row['stage']}" if "stage" in row else ""
-        extra += f" {row['direction']}" if "direction" in row else ""
-        print(f"{row['kind']:<12} {row['name']:<22} {row['plugin']} {row['version']}{extra}")
-        for p in row["params"]:
-            bounds = (f"{{{', '.join(map(str, p['choices']))}}}" if p["choices"] is not None
-                      else f"[{p['minimum']}, {p['maximum']}]")
-            print(f"{'':<14}{p['name']}: {p['type']} {bounds} default {p['default']}")
+    print(format_components(rows))
     return 0
 
 

@@ -309,9 +309,10 @@ def export_trial(ctx: StudyContext, trial: optuna.trial.FrozenTrial, out_dir: st
             "pipeline": record.config,
             "model_config": model.config,
             "plugins": record.plugins,
-            **({"base_model": {"factory": model.config.get("factory"),
-                               "checkpoint_sha256": model.config.get("checkpoint_sha256")}}
-               if "checkpoint_sha256" in model.config else {}),
+            # a base_model study's trials all start from the user's model (students too: it taught them)
+            **({"base_model": {"factory": record.base.extra["base_model"],
+                               "checkpoint_sha256": record.base.extra["checkpoint_sha256"]}}
+               if "checkpoint_sha256" in record.base.extra else {}),
             "objectives": dict(zip(ctx.objective_names, ctx.directions)),
             "search": {"objectives": record.objectives, "metrics": record.metrics,
                        "latency": record.latency.as_dict(), "device": record.device, "data": record.data},

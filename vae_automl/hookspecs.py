@@ -34,7 +34,7 @@ def register_architectures(register: Callable[[Architecture], None]) -> None:
     Args:
         register: call with one :class:`vae_automl.components.Architecture`
             instance per architecture. Its ``name`` is what search spaces use
-            under ``architectures:``.
+            under ``architecture:``.
 
     Returns:
         Nothing; the return value is ignored.
