@@ -117,3 +117,11 @@ def test_yaml_blocks_load(block: Block, workdir: Path) -> None:
     if isinstance(data, dict) and {"compressors", "architecture", "base_model"} & set(data):
         # the docs' own plugin packages (the template; conftest turns entry-point autoload off)
         load_space_text(block.code, block.id, get_registry(DOC_PLUGINS), base_dir=workdir)
+
+
+def test_every_environment_variable_is_documented() -> None:
+    names = set()
+    for path in (ROOT / "vae_automl").rglob("*.py"):
+        names |= set(re.findall(r"\bVAE_AUTOML_[A-Z_]+\b", path.read_text()))
+    readme = (ROOT / "README.md").read_text()
+    assert names and not sorted(n for n in names if n not in readme), "undocumented environment variables"
