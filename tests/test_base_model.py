@@ -287,3 +287,28 @@ def test_python_api_takes_a_module_instance(user_dir: Path, tmp_path: Path) -> N
     result = vae_automl.search(user_dir / "api.yaml", out_dir=tmp_path / "api", base_model=module, show_progress=False)
     assert result.completed == 2 and result.baseline is not None
     assert result.front[0].objectives["test_elbo_nats"] == pytest.approx(result.baseline["test_elbo_nats"], rel=0.02)
+
+
+def test_gaussian_base_model_gets_a_fitted_scale(user_dir: Path, tmp_path: Path) -> None:
+    from vae_automl.plugin_manager import get_plugin_manager
+    from vae_automl.registry import get_registry
+    from vae_automl.train import evaluate_elbo
+    from vae_automl.trial import prepare
+
+    base = {"factory": "my_vae.py:build", "checkpoint": "ckpt.safetensors", "likelihood": "gaussian"}
+    (user_dir / "gauss.yaml").write_text(space_yaml(base_model=base, architecture={}, compressors=["uniform"]))
+    env = prepare(load_space(user_dir / "gauss.yaml"), tmp_path, get_registry(), get_plugin_manager(), device="cpu")
+    model = env.base_model
+    assert model.likelihood == "gaussian"
+    fitted = evaluate_elbo(model, env.data.test)
+    with torch.no_grad():
+        model.log_sigma.fill_(-2.0)  # the VAE default, not fitted to this model's errors
+    assert fitted < evaluate_elbo(model, env.data.test)
+
+
+def test_stored_space_holds_resolved_paths(user_dir: Path) -> None:
+    (user_dir / "rel.yaml").write_text(space_yaml(architecture={}, compressors=["uniform"]))
+    space = load_space(user_dir / "rel.yaml")
+    again = load_space_text(space.source, "stored", base_dir=Path("/"))
+    assert again.base_model == space.base_model
+    assert again.base_model.checkpoint == str(user_dir / "ckpt.safetensors")

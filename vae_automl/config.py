@@ -653,6 +653,11 @@ def load_space_text(text: str, file: str, registry: Registry | None = None, base
         instance = base_model
         data = {**data, "base_model": {"factory": "instance:given"}}
     space = parse_space(data, file, registry or get_registry(), source=text, base_dir=base_dir or Path.cwd())
+    if instance is None and space.base_model is not None and isinstance(data, dict):
+        # Store the resolved paths, so workers and export that re-read the study's text find the same files.
+        resolved = {**data["base_model"], "factory": space.base_model.factory, "checkpoint": space.base_model.checkpoint}
+        if resolved != data["base_model"]:
+            space = dataclasses.replace(space, source=yaml.safe_dump({**data, "base_model": resolved}, sort_keys=False))
     if instance is not None:
         assert space.base_model is not None
         space = dataclasses.replace(space, base_model=dataclasses.replace(space.base_model, factory=None, instance=instance))

@@ -130,7 +130,8 @@ class Registry:
 
     def plugins(self) -> set[str]:
         """The names of every plugin that registered a component."""
-        return {e.plugin for kind in HOOK_FOR_KIND for e in self.table(kind).entries()}
+        return {e.plugin for kind in HOOK_FOR_KIND for e in self.table(kind).entries()} | \
+            {e.plugin for e in self.codecs.entries()}
 
     def build_model(self, config: dict[str, Any]) -> VAE:
         """Build an untrained model from a canonical config (``config['architecture']`` picks the builder)."""

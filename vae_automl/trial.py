@@ -273,6 +273,9 @@ def plugins_used(env: TrialEnv, spec: TrialSpec, model: VAE) -> dict[str, dict[s
                reg.datasets.entry(env.space.dataset.spec.partition(":")[0])]
     if env.base_model is not None:
         entries.append(reg.architectures.entry(env.base_model.config["architecture"]))
+    # the codecs the packed file needs may come from another plugin than the compressor that chose them
+    codecs = {spec.get("codec", "dense") for spec in model.encodings.values()}
+    entries += [reg.codecs.entry(name) for name in sorted(codecs) if name in reg.codecs]
     return {e.plugin: e.provenance() for e in sorted(entries, key=lambda e: e.plugin)}
 
 
