@@ -40,14 +40,17 @@ if TYPE_CHECKING:
 def __getattr__(name: str) -> Any:
     # Deferred so `import vae_automl` stays light (no torch, optuna or ray at import).
     if name == "hookimpl":
+        # deferred: `import vae_automl` stays light (no torch, optuna or ray)
         from vae_automl.plugin_manager import hookimpl
 
         return hookimpl
     if name == "search":
+        # deferred: `import vae_automl` stays light (no torch, optuna or ray)
         from vae_automl.api import search
 
         return search
     if name == "load":
+        # deferred: `import vae_automl` stays light (no torch, optuna or ray)
         from vae_automl.loading import load
 
         return load

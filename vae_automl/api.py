@@ -18,6 +18,8 @@ from vae_automl.progress import Progress
 from vae_automl.registry import call_each, get_registry
 from vae_automl.study import BASELINE_ATTR, FrontEntry, front_of_study
 from vae_automl.trial import TrialEnv, prepare
+import copy
+from vae_automl.trial import measure
 
 if TYPE_CHECKING:
     import optuna
@@ -131,9 +133,7 @@ def search(
 
 def measure_baseline(env: TrialEnv, study: optuna.Study) -> None:
     """Measure the user's model as given (or as fine-tuned by base_model.fine_tune_epochs) once per study."""
-    import copy
 
-    from vae_automl.trial import measure
 
     if BASELINE_ATTR in study.user_attrs or env.base_model is None:
         return

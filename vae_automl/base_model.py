@@ -35,6 +35,7 @@ from vae_automl.config import BaseModelConfig
 from vae_automl.errors import ConfigError
 from vae_automl.layers import GROUP_NAMES, LayerGroups, groups_by_prefix, traced_layer_groups
 from vae_automl.vae import LIKELIHOODS, VAE
+from safetensors.torch import load_file
 
 ARCHITECTURE_NAME = "base_model"
 CHECKPOINT_SUFFIXES = (".safetensors", ".pt", ".pth")
@@ -101,7 +102,6 @@ def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         raise BaseModelError(f"base_model.checkpoint: no such file {path}")
     try:
         if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
 
             return load_file(str(path))
         if path.suffix in (".pt", ".pth"):

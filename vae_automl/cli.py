@@ -11,6 +11,7 @@ from vae_automl.errors import VaeAutomlError
 
 
 def _cmd_search(args: argparse.Namespace) -> int:
+    # deferred: `vae-automl --help` and `front` must not import torch
     from vae_automl import pareto
     from vae_automl.report import format_front_table
     from vae_automl.api import search
@@ -26,6 +27,7 @@ def _cmd_search(args: argparse.Namespace) -> int:
     knee = None
     if result.front:
         names = list(result.front[0].objectives)
+        # deferred: `vae-automl --help` and `front` must not import torch
         from vae_automl.study import objectives_of, open_study
 
         _, directions = objectives_of(open_study(result.storage, result.study_name))
@@ -37,6 +39,7 @@ def _cmd_search(args: argparse.Namespace) -> int:
 
 
 def _cmd_front(args: argparse.Namespace) -> int:
+    # deferred: `vae-automl --help` and `front` must not import torch
     from vae_automl.report import format_front_table
     from vae_automl.study import BASELINE_ATTR, front_of_study, open_study
 
@@ -52,6 +55,7 @@ def _cmd_front(args: argparse.Namespace) -> int:
 
 
 def _cmd_worker(args: argparse.Namespace) -> int:
+    # deferred: `vae-automl --help` and `front` must not import torch
     from vae_automl.worker import run_worker
 
     result = run_worker(args.storage, args.study, trials=args.trials, timeout_s=args.timeout, out_dir=args.out,
@@ -62,6 +66,7 @@ def _cmd_worker(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
+    # deferred: `vae-automl --help` and `front` must not import torch
     from vae_automl.export import export_study
 
     trials = args.trials if args.trials == "front" else [int(n) for n in args.trials.split(",") if n.strip()]
@@ -74,6 +79,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
+    # deferred: `vae-automl --help` and `front` must not import torch
     from vae_automl.report import write_report
 
     for path in write_report(args.storage, args.study, args.out, dataset=args.dataset, data_dir=args.data_dir,
@@ -83,6 +89,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 
 def _cmd_plugins(args: argparse.Namespace) -> int:
+    # deferred: `vae-automl --help` and `front` must not import torch
     from vae_automl.plugins_info import format_components, list_components
     from vae_automl.registry import get_registry
 
@@ -95,6 +102,7 @@ def _cmd_plugins(args: argparse.Namespace) -> int:
 
 
 def _cmd_codec(args: argparse.Namespace) -> int:
+    # deferred: `vae-automl --help` and `front` must not import torch
     from vae_automl.codec_file import decode_file, encode_file
 
     if args.codec_command == "encode":

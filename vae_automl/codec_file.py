@@ -29,6 +29,10 @@ import torch
 
 from vae_automl.codec import CodecVAE
 from vae_automl.errors import CodecError
+from vae_automl.registry import get_registry
+from vae_automl.errors import DataError
+from vae_automl.data import to_unit_float
+from vae_automl import packing
 
 MAGIC = b"VAECODEC"
 CONTAINER_VERSION = 1
@@ -60,7 +64,6 @@ class EncodeResult:
 
 def save_codec_model(model: CodecVAE, directory: str | Path) -> Path:
     """Write ``directory/weights.safetensors`` (atomically) for :func:`load_codec_model`; returns its path."""
-    from vae_automl import packing
 
     if int(model.config.get("table_symbols", 0)) == 0:
         model.build_tables()
@@ -73,12 +76,11 @@ def save_codec_model(model: CodecVAE, directory: str | Path) -> Path:
 
 def load_codec_model(model_dir: str | Path, plugins: tuple[str, ...] = ()) -> CodecModel:
     """The codec model of ``model_dir``: an export folder (checked against its manifest) or a folder with weights.safetensors."""
-    from vae_automl import packing
-    from vae_automl.registry import get_registry
 
     directory = Path(model_dir)
     path = directory / WEIGHTS
     if (directory / "manifest.json").is_file():
+        # deferred: loading imports export, which imports this module's users
         from vae_automl.loading import load
 
         model = load(directory, plugins)
@@ -118,8 +120,6 @@ def _read_varint(data: memoryview, pos: int, where: str) -> tuple[int, int]:
 
 def as_model_images(images: np.ndarray, model: CodecVAE, source: str) -> torch.Tensor:
     """uint8 or [0, 1] images, ``N x H x W`` or ``N x C x H x W``, as a float tensor of the model's input shape."""
-    from vae_automl.data import to_unit_float
-    from vae_automl.errors import DataError
 
     try:
         x = to_unit_float(np.asarray(images), source)

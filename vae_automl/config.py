@@ -13,6 +13,9 @@ import yaml
 from vae_automl.components import STAGES, Component, Param
 from vae_automl.data import SplitConfig
 from vae_automl.errors import ConfigError, PluginError
+from vae_automl.vae import LIKELIHOODS
+from vae_automl.registry import get_registry
+from vae_automl.layers import GROUP_NAMES
 
 if TYPE_CHECKING:
     from vae_automl.registry import Registry
@@ -132,6 +135,7 @@ class BaseModelConfig:
     def checkpoint_sha256(self) -> str | None:
         """The sha256 of the checkpoint file, or of the safetensors bytes of an instance's weights (None: neither)."""
         if self.instance is not None:
+            # deferred: safetensors.torch imports torch; only a base_model given as a module needs it
             from safetensors.torch import save
 
             state = {k: v.detach().cpu().contiguous() for k, v in self.instance.state_dict().items()}
@@ -310,8 +314,6 @@ BASE_MODEL_KEYS = ("factory", "kwargs", "checkpoint", "likelihood", "groups", "f
 
 
 def _parse_base_model(raw: Any, loc: _Loc, base_dir: Path | None) -> BaseModelConfig:
-    from vae_automl.layers import GROUP_NAMES
-    from vae_automl.vae import LIKELIHOODS
 
     raw = _mapping(raw, loc, BASE_MODEL_KEYS)
     factory = raw.get("factory")
@@ -639,7 +641,6 @@ def load_space_text(text: str, file: str, registry: Registry | None = None, base
         base_model: replaces the YAML's ``base_model:``: a mapping of the same keys (written into the
             stored text, so workers and export see it) or a ``torch.nn.Module`` (this process only).
     """
-    from vae_automl.registry import get_registry
 
     try:
         data = yaml.safe_load(text)

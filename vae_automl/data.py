@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from vae_automl.errors import DataError
+from vae_automl.registry import get_registry
 
 if TYPE_CHECKING:
     from vae_automl.registry import Registry
@@ -104,7 +105,6 @@ _image_cache: dict[tuple[Any, ...], np.ndarray] = {}
 def load_images(spec: str, data_dir: str | None = None, download: bool = False,
                 registry: Registry | None = None) -> np.ndarray:
     """Every image of a dataset as float32 N x C x H x W in [0, 1], cached per process."""
-    from vae_automl.registry import get_registry
 
     registry = registry or get_registry()
     data_dir = data_dir or os.environ.get(DATA_DIR_ENV)
@@ -124,7 +124,6 @@ def load_images(spec: str, data_dir: str | None = None, download: bool = False,
 def load_labels(spec: str, n_images: int, data_dir: str | None = None, download: bool = False,
                 registry: Registry | None = None) -> np.ndarray:
     """Every label of a dataset as int64, one per image of :func:`load_images`; DataError if it has none."""
-    from vae_automl.registry import get_registry
 
     registry = registry or get_registry()
     data_dir = data_dir or os.environ.get(DATA_DIR_ENV)

@@ -26,6 +26,7 @@ ESCAPE_OFFSET = 1 << (ESCAPE_BITS - 1)
 
 def _constriction():  # noqa: ANN202 - deferred import with an install hint
     try:
+        # deferred: constriction loads only when something is entropy coded
         import constriction
     except ImportError as exc:  # pragma: no cover - constriction is a dependency
         raise ImportError("entropy coding needs the constriction package: pip install constriction") from exc

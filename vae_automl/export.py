@@ -35,6 +35,12 @@ from vae_automl.errors import ConfigError, ExportError
 from vae_automl.record import TrialRecord
 from vae_automl.registry import get_registry
 from vae_automl.storage.format import deserialize_model
+from vae_automl.vae import kl_to_prior, reconstruction_nll
+from vae_automl.vae import VAE
+from vae_automl.study import completed_trials, front_of_study
+from vae_automl.data import load_images, load_labels, make_splits
+from vae_automl.components import MeasureContext
+from vae_automl import study as study_mod
 
 if TYPE_CHECKING:
     import optuna
@@ -103,8 +109,6 @@ def open_study_context(storage: str, study_name: str, dataset: str | None = None
         dataset, data_dir: override the stored space's (as ``search --dataset/--data-dir`` did).
         plugins: extra plugin modules (those whose codecs or architectures the models use).
     """
-    from vae_automl import study as study_mod
-    from vae_automl.data import load_images, load_labels, make_splits
     registry = get_registry(plugins)
     study = study_mod.open_study(storage, study_name)
     space = study_mod.stored_space(study, registry)
@@ -164,7 +168,6 @@ def elbo_of(encode: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
     The same generator, seed and chunking draw the same ``eps``, so a
     faithful export gives the search's figure up to float rounding.
     """
-    from vae_automl.vae import kl_to_prior, reconstruction_nll
 
     shim = SimpleNamespace(likelihood=likelihood, log_sigma=log_sigma)
     generator = torch.Generator(device=x.device).manual_seed(seed)
@@ -180,13 +183,11 @@ def elbo_of(encode: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
 
 def quality_figure(model: Any) -> str:
     """The figure every exported format is re-measured on: a VAE's test ELBO, any other model's test accuracy."""
-    from vae_automl.vae import VAE
 
     return ELBO if isinstance(model, VAE) else ACCURACY
 
 
 def _remeasure_safetensors(ctx: StudyContext, record: TrialRecord, path: Path) -> dict[str, float]:
-    from vae_automl.components import MeasureContext
 
     model = deserialize_model(path.read_bytes(), ctx.registry).eval()
     measure_ctx = MeasureContext(model=model, data=ctx.data, device=torch.device("cpu"), seed=record.config["seed"],
@@ -202,6 +203,7 @@ def _remeasure_safetensors(ctx: StudyContext, record: TrialRecord, path: Path) -
 
 
 def _remeasure_onnx(ctx: StudyContext, record: TrialRecord, path: Path, model: VAE) -> dict[str, Any]:
+    # deferred: onnx and onnxruntime load only when a model is exported or deployed
     from vae_automl import runtime
 
     onnx_bytes = path.read_bytes()
@@ -332,7 +334,6 @@ def export_trial(ctx: StudyContext, trial: optuna.trial.FrozenTrial, out_dir: st
 
 def select_trials(ctx: StudyContext, trials: str | Sequence[int]) -> list[optuna.trial.FrozenTrial]:
     """The completed trials named by ``trials``: ``"front"`` (the Pareto front) or trial numbers."""
-    from vae_automl.study import completed_trials, front_of_study
 
     completed = {t.number: t for t in completed_trials(ctx.study)}
     if isinstance(trials, str):

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
+from vae_automl.registry import get_registry
 
 if TYPE_CHECKING:
     from vae_automl.components import Architecture
@@ -115,7 +116,6 @@ def architecture_of(model: VAE, architecture: Architecture | None = None) -> Arc
     """``architecture`` if given, else the registered architecture named by ``model.config``."""
     if architecture is not None:
         return architecture
-    from vae_automl.registry import get_registry
 
     return get_registry().architectures.get(model.config["architecture"])
 

@@ -7,6 +7,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from vae_automl.errors import ExportError, IntegrityError
+from vae_automl.storage.format import deserialize_model
+from vae_automl.registry import get_registry
+from vae_automl.export import sha256_file
+from vae_automl.export import WEIGHTS
+from vae_automl.export import MANIFEST, MANIFEST_FORMAT, MANIFEST_VERSION, WEIGHTS
+from vae_automl.errors import PluginError
 
 if TYPE_CHECKING:
     from vae_automl.vae import VAE
@@ -14,7 +20,6 @@ if TYPE_CHECKING:
 
 def read_manifest(directory: str | Path) -> dict[str, Any]:
     """The parsed ``manifest.json`` of an export folder; a missing or malformed one raises ExportError."""
-    from vae_automl.export import MANIFEST, MANIFEST_FORMAT, MANIFEST_VERSION, WEIGHTS
 
     path = Path(directory) / MANIFEST
     if not path.is_file():
@@ -39,7 +44,6 @@ def read_manifest(directory: str | Path) -> dict[str, Any]:
 
 def verify_files(directory: str | Path, manifest: dict[str, Any]) -> None:
     """Check every file listed in the manifest against its sha256; raise IntegrityError naming the first that differs."""
-    from vae_automl.export import sha256_file
 
     directory = Path(directory)
     for name, entry in manifest["files"].items():
@@ -56,7 +60,6 @@ def verify_files(directory: str | Path, manifest: dict[str, Any]) -> None:
 
 def check_plugins(path: Path, manifest: dict[str, Any], loaded: set[str]) -> None:
     """Raise PluginError naming each plugin the model was made with that is not loaded, and the package providing it."""
-    from vae_automl.errors import PluginError
 
     missing = {name: info for name, info in manifest.get("plugins", {}).items() if name not in loaded}
     if missing:
@@ -85,9 +88,6 @@ def load(directory: str | Path, plugins: tuple[str, ...] = ()) -> VAE:
         IntegrityError: a file does not match its recorded sha256.
         ExportError: the manifest is missing, malformed or of another version.
     """
-    from vae_automl.export import WEIGHTS
-    from vae_automl.registry import get_registry
-    from vae_automl.storage.format import deserialize_model
 
     manifest = read_manifest(directory)
     verify_files(directory, manifest)

@@ -11,6 +11,7 @@ import pluggy
 
 from vae_automl import hookspecs
 from vae_automl.errors import PluginError
+from importlib import metadata
 
 PROJECT = "vae_automl"
 ENTRY_POINT_GROUP = "vae_automl"
@@ -42,7 +43,6 @@ _pm: pluggy.PluginManager | None = None
 
 def plugin_version(pm: pluggy.PluginManager, plugin: Any) -> str:
     """The version of the distribution a plugin comes from (vae-automl's for built-ins)."""
-    from importlib import metadata
 
     for registered, dist in pm.list_plugin_distinfo():
         if registered is plugin:
@@ -64,7 +64,6 @@ def plugin_version(pm: pluggy.PluginManager, plugin: Any) -> str:
 
 def plugin_distribution(pm: pluggy.PluginManager, plugin: Any) -> str:
     """The name of the distribution (pip package) a plugin comes from: ``vae-automl`` for built-ins, "" if unknown."""
-    from importlib import metadata
 
     for registered, dist in pm.list_plugin_distinfo():
         if registered is plugin:
@@ -124,8 +123,6 @@ def get_plugin_manager(extra_plugins: tuple[str, ...] = ()) -> pluggy.PluginMana
 
 
 def reset_plugin_manager() -> None:
+    """Forget the process-wide plugin manager (the registry built from it is rebuilt with the next one)."""
     global _pm
     _pm = None
-    from vae_automl.registry import reset_registry
-
-    reset_registry()

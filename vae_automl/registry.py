@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, Callable, Generic, Protocol, TypeVar
 
 from vae_automl.components import Architecture, Component, Compressor, Dataset, Exporter, Objective, Task
 from vae_automl.errors import PluginError
+from vae_automl.plugin_manager import get_plugin_manager, plugin_distribution, plugin_version
 from vae_automl.storage.codec import Codec
 
 if TYPE_CHECKING:
@@ -140,9 +141,6 @@ class Registry:
 
 def _collect(pm: pluggy.PluginManager, hook_name: str, table: Table[Any], base: type) -> None:
     """Call each implementation of a registration hook on its own, so each registration knows its plugin."""
-    # deferred: plugin_manager imports registry to reset it
-    from vae_automl.plugin_manager import plugin_distribution, plugin_version
-
     for impl in getattr(pm.hook, hook_name).get_hookimpls():
         plugin_name = impl.plugin_name
         version = plugin_version(pm, impl.plugin)
@@ -176,19 +174,17 @@ def call_each(pm: pluggy.PluginManager, hook_name: str, **kwargs: Any) -> None:
 
 
 _default: Registry | None = None
-_default_plugins: frozenset[str] = frozenset()
+_default_key: tuple[int, frozenset[str]] = (0, frozenset())
 
 
 def get_registry(extra_plugins: tuple[str, ...] = ()) -> Registry:
-    """The process-wide registry, rebuilt whenever the set of registered plugins changed."""
-    global _default, _default_plugins
-    from vae_automl.plugin_manager import get_plugin_manager
-
+    """The process-wide registry, rebuilt whenever the plugin manager or its set of plugins changed."""
+    global _default, _default_key
     pm = get_plugin_manager(extra_plugins)
-    plugins = frozenset(name for name, _ in pm.list_name_plugin())
-    if _default is None or plugins != _default_plugins:
+    key = (id(pm), frozenset(name for name, _ in pm.list_name_plugin()))
+    if _default is None or key != _default_key:
         _default = Registry.from_plugin_manager(pm)
-        _default_plugins = plugins
+        _default_key = key
     return _default
 
 

@@ -12,6 +12,9 @@ from vae_automl.errors import VaeAutomlError
 from vae_automl.progress import format_number
 from vae_automl.record import TrialRecord
 from vae_automl.study import FrontEntry
+import html
+from vae_automl import pareto
+from vae_automl.study import completed_trials, front_of_study, objectives_of
 
 if TYPE_CHECKING:
     import optuna
@@ -93,9 +96,6 @@ def baseline_index(records: Sequence[TrialRecord | dict[str, Any] | None], value
 
 
 def study_points(study: optuna.Study) -> StudyPoints:
-    from vae_automl import pareto
-    from vae_automl.study import completed_trials, objectives_of
-
     names, directions = objectives_of(study)
     trials = completed_trials(study)
     values = np.array([t.values for t in trials], dtype=float).reshape(len(trials), len(names))
@@ -120,9 +120,11 @@ def plot_pareto(points: StudyPoints, path: str | Path) -> Path:
     ``PLOT_DPI * SUBPLOT_HEIGHT_IN`` pixels high and ``PLOT_DPI *
     SUBPLOT_WIDTH_IN`` per projection wide.
     """
+    # deferred: matplotlib is optional (the export extra) and slow to import
     import matplotlib
 
     matplotlib.use("Agg")
+    # deferred: matplotlib is optional (the export extra) and slow to import
     from matplotlib import pyplot as plt
 
     k = len(points.names)
@@ -171,6 +173,7 @@ def _tile(images: torch.Tensor) -> np.ndarray:
 
 def image_grid(model: VAE, x: torch.Tensor, seed: int = 0) -> np.ndarray:
     """Rows: test images, their reconstructions, then two rows of samples from the prior. H x W x C in [0, 1]."""
+    # deferred: `vae-automl front` imports this module and must not import torch
     import torch
 
     model = model.eval()
@@ -196,17 +199,16 @@ def write_report(storage: str, study: str, out_dir: str | Path, *, dataset: str 
     Returns:
         The files written, ``index.html`` last.
     """
-    import html
-
+    # deferred: `vae-automl front` imports this module and must not import torch (nor matplotlib)
     import matplotlib
     import torch
 
     matplotlib.use("Agg")
+    # deferred: matplotlib is optional (the export extra) and slow to import
     from matplotlib import image as mpimg
 
-    from vae_automl import pareto
+    # deferred: `vae-automl front` imports this module and must not import torch
     from vae_automl.export import load_artifact, open_study_context
-    from vae_automl.study import front_of_study
     from vae_automl.vae import VAE
 
     ctx = open_study_context(storage, study, dataset, data_dir, plugins)

@@ -42,6 +42,8 @@ import torch
 from torch import nn
 
 from vae_automl.errors import ExportError
+import logging
+from vae_automl.vae import VAE
 
 if TYPE_CHECKING:
     import onnx
@@ -132,6 +134,7 @@ def _gemm_to_matmul(proto: onnx.ModelProto) -> None:
     onnxruntime's dynamic quantizer has integer kernels for MatMul and Conv
     only, so a Gemm would stay float.
     """
+    # deferred: onnx and onnxruntime load only when a model is exported or deployed
     from onnx import helper, numpy_helper
 
     graph = proto.graph
@@ -172,6 +175,7 @@ def export_onnx(model: VAE, graph: str = GRAPH_VAE, int8: bool | None = None) ->
         A self-contained ONNX model (opset 17).
     """
     _require_onnx()
+    # deferred: onnx and onnxruntime load only when a model is exported or deployed
     import onnx
 
     int8 = is_int8(model) if int8 is None else int8
@@ -211,6 +215,7 @@ def export_classifier_onnx(model: nn.Module) -> bytes:
     grid): ONNX's integer kernels are used for VAEs only.
     """
     _require_onnx()
+    # deferred: onnx and onnxruntime load only when a model is exported or deployed
     import onnx
 
     model = model.eval()
@@ -241,6 +246,7 @@ def _name_outputs(proto: onnx.ModelProto, names: list[str]) -> None:
     A constant output (the Gaussian ``log_sigma``) is folded into an
     initializer and keeps the exporter's numeric name; an Identity renames it.
     """
+    # deferred: onnx and onnxruntime load only when a model is exported or deployed
     from onnx import helper
 
     for output, name in zip(proto.graph.output, names):
@@ -250,8 +256,8 @@ def _name_outputs(proto: onnx.ModelProto, names: list[str]) -> None:
 
 
 def _quantize_dynamic(proto: onnx.ModelProto) -> bytes:
-    import logging
 
+    # deferred: onnx and onnxruntime load only when a model is exported or deployed
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -270,6 +276,7 @@ def _quantize_dynamic(proto: onnx.ModelProto) -> bytes:
 
 def integer_ops(onnx_bytes: bytes) -> list[str]:
     """The integer operators in an ONNX model's graph, in order."""
+    # deferred: onnx and onnxruntime load only when a model is exported or deployed
     import onnx
 
     return [n.op_type for n in onnx.load_from_string(onnx_bytes).graph.node if n.op_type in INTEGER_OPS]
@@ -278,6 +285,7 @@ def integer_ops(onnx_bytes: bytes) -> list[str]:
 def make_session(onnx_bytes: bytes, threads: int | None = None) -> onnxruntime.InferenceSession:
     """A CPU InferenceSession using as many threads as torch does (so timings compare)."""
     _require_onnx()
+    # deferred: onnx and onnxruntime load only when a model is exported or deployed
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -332,7 +340,6 @@ def runtime_name(model: VAE, target: str) -> str:
 
     Only VAEs have an int8 ONNX graph here; other models (classifiers) run in torch.
     """
-    from vae_automl.vae import VAE
 
     if isinstance(model, VAE) and str(target).startswith("cpu") and is_int8(model) and onnx_available():
         return RUNTIME_ORT_INT8

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from vae_automl.components import STAGES
 from vae_automl.config import BASE_MODEL_ARCHITECTURE, NONE_CHOICE, ComponentSpace, ParamSpace, SearchSpace
 from vae_automl.errors import ConfigError
+from vae_automl.registry import get_registry
 
 if TYPE_CHECKING:
     import optuna
@@ -105,7 +106,6 @@ def _values(prefix: str, spaces: dict[str, ParamSpace], params: dict[str, Any]) 
 
 def resolve(space: SearchSpace, params: dict[str, Any], registry: Registry | None = None) -> TrialSpec:
     """The full trial spec for sampled ``params``; compressors are put in stage order."""
-    from vae_automl.registry import get_registry
 
     registry = registry or get_registry()
     archs = _architectures(space)

@@ -19,6 +19,7 @@ import optuna
 from vae_automl import pareto
 from vae_automl.errors import ConfigError
 from vae_automl.record import RECORD_ATTR, TrialRecord
+from optuna.storages.journal import JournalFileBackend, JournalStorage
 
 if TYPE_CHECKING:
     from vae_automl.config import SearchSpace
@@ -77,7 +78,6 @@ def open_storage(url: str | optuna.storages.BaseStorage) -> optuna.storages.Base
     if not isinstance(url, str):
         return url
     if url.startswith(JOURNAL_PREFIX):
-        from optuna.storages.journal import JournalFileBackend, JournalStorage
 
         path = Path(url[len(JOURNAL_PREFIX):]).expanduser()
         path.parent.mkdir(parents=True, exist_ok=True)

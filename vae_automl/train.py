@@ -25,7 +25,8 @@ import torch
 from vae_automl.config import TRAINING_PARAMS
 from vae_automl.data import DataSplits
 from vae_automl.errors import ConfigError, TrialFailed
-from vae_automl.vae import VAE, kl_to_prior, reconstruction_nll
+from vae_automl.vae import VAE
+from vae_automl.vae import evaluate_elbo, evaluate_recon_error  # noqa: F401  (re-exported: they lived here until 0.2)
 
 if TYPE_CHECKING:
     from vae_automl.components import Task
@@ -88,36 +89,6 @@ class TrainResult:
     @property
     def samples_per_s(self) -> float:
         return self.samples / self.seconds if self.seconds > 0 else 0.0
-
-
-@torch.no_grad()
-def evaluate_elbo(model: VAE, x: torch.Tensor, beta: float = 1.0, seed: int = 0, chunk: int = 2048) -> float:
-    """Negative ELBO in nats per image over ``x``, with noise fixed by ``seed`` (repeatable)."""
-    was_training = model.training
-    model.eval()
-    generator = torch.Generator(device=x.device).manual_seed(seed)
-    total = 0.0
-    for start in range(0, len(x), chunk):
-        xb = x[start:start + chunk]
-        eps = torch.randn(len(xb), model.latent_dim, generator=generator, device=x.device)
-        decoded, mu, logvar = model(xb, eps)
-        total += float((reconstruction_nll(model, decoded, xb) + beta * kl_to_prior(mu, logvar)).sum())
-    model.train(was_training)
-    return total / len(x)
-
-
-@torch.no_grad()
-def evaluate_recon_error(model: VAE, x: torch.Tensor, chunk: int = 2048) -> float:
-    """Mean per-pixel binary cross-entropy of the reconstruction through the posterior mean."""
-    was_training = model.training
-    model.eval()
-    total = 0.0
-    for start in range(0, len(x), chunk):
-        xb = x[start:start + chunk]
-        recon = model.reconstruct(xb).clamp(1e-7, 1 - 1e-7)
-        total += float(torch.nn.functional.binary_cross_entropy(recon, xb, reduction="sum"))
-    model.train(was_training)
-    return total / x.numel()
 
 
 def capture_blocker(device: torch.device, config: TrainConfig, extra_loss: ExtraLoss | None = None,

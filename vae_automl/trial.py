@@ -100,6 +100,7 @@ def prepare(space: SearchSpace, out_dir: str | Path, registry: Registry, pm: plu
 
 def load_base_model(env: TrialEnv, config: BaseModelConfig) -> tuple[VAE, dict[str, Any]]:
     """The user's model, protocol-checked on the training images; fine-tuned (and cached by checkpoint sha256) if asked."""
+    # deferred: base_model imports the user's model code; only base_model: spaces need it
     from vae_automl import base_model as bm
 
     space = env.space

@@ -93,3 +93,33 @@ def negative_elbo(model: VAE, x: torch.Tensor, beta: float = 1.0, eps: torch.Ten
     """Mean over the batch of the negative (beta-)ELBO, in nats per image."""
     decoded, mu, logvar = model(x, eps)
     return (reconstruction_nll(model, decoded, x) + beta * kl_to_prior(mu, logvar)).mean()
+
+
+@torch.no_grad()
+def evaluate_elbo(model: VAE, x: torch.Tensor, beta: float = 1.0, seed: int = 0, chunk: int = 2048) -> float:
+    """Negative ELBO in nats per image over ``x``, with noise fixed by ``seed`` (repeatable)."""
+    was_training = model.training
+    model.eval()
+    generator = torch.Generator(device=x.device).manual_seed(seed)
+    total = 0.0
+    for start in range(0, len(x), chunk):
+        xb = x[start:start + chunk]
+        eps = torch.randn(len(xb), model.latent_dim, generator=generator, device=x.device)
+        decoded, mu, logvar = model(xb, eps)
+        total += float((reconstruction_nll(model, decoded, xb) + beta * kl_to_prior(mu, logvar)).sum())
+    model.train(was_training)
+    return total / len(x)
+
+
+@torch.no_grad()
+def evaluate_recon_error(model: VAE, x: torch.Tensor, chunk: int = 2048) -> float:
+    """Mean per-pixel binary cross-entropy of the reconstruction through the posterior mean."""
+    was_training = model.training
+    model.eval()
+    total = 0.0
+    for start in range(0, len(x), chunk):
+        xb = x[start:start + chunk]
+        recon = model.reconstruct(xb).clamp(1e-7, 1 - 1e-7)
+        total += float(torch.nn.functional.binary_cross_entropy(recon, xb, reduction="sum"))
+    model.train(was_training)
+    return total / x.numel()

@@ -67,6 +67,7 @@ SCHEDULERS = ("asha", "none")
 
 def _import_ray() -> Any:
     try:
+        # deferred: Ray is optional (the ray extra) and slow to import
         import ray
         from ray import tune  # noqa: F401
     except ImportError as exc:
@@ -111,6 +112,7 @@ def _outcome(result: dict[str, Any] | None, error: bool, objectives: tuple[str, 
 
 
 def _make_searcher_class() -> type:
+    # deferred: Ray is optional (the ray extra) and slow to import
     from ray.tune.search import Searcher
     from ray.tune.search.optuna import OptunaSearch
 
@@ -222,6 +224,7 @@ def _worker_env(source: str, file: str, dataset: Any, device: str, out_dir: str)
     """The trial environment of this Ray worker process, built once (data stay resident)."""
     key = (source, file, dataset, device, out_dir)
     if key not in _envs:
+        # deferred: only the Ray worker process runs trials (and imports torch)
         from vae_automl.config import load_space_text
         from vae_automl.plugin_manager import get_plugin_manager
         from vae_automl.registry import get_registry
@@ -235,8 +238,10 @@ def _worker_env(source: str, file: str, dataset: Any, device: str, out_dir: str)
 
 def _trainable(config: dict[str, Any], source: str, file: str, dataset: Any, device: str, out_dir: str) -> None:
     """One Ray trial: resolve the sampled params, run the trial, report per-epoch losses then the record."""
+    # deferred: Ray is optional (the ray extra) and slow to import
     from ray import tune
 
+    # deferred: only the Ray worker process runs trials (and imports torch)
     from vae_automl.trial import run_trial
 
     params = {k: v for k, v in config.items() if k != NUMBER_KEY}

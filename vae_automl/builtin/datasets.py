@@ -45,11 +45,13 @@ class DigitsDataset(Dataset):
     help = "scikit-learn's 1,797 handwritten digits, 8x8 (embedded, the default)"
 
     def load(self, arg: str | None, data_dir: str | None, download: bool) -> np.ndarray:
+        # deferred: scikit-learn loads only for the digits dataset
         from sklearn.datasets import load_digits
 
         return (load_digits().images / 16.0).astype(np.float32)
 
     def load_labels(self, arg: str | None, data_dir: str | None, download: bool) -> np.ndarray:
+        # deferred: scikit-learn loads only for the digits dataset
         from sklearn.datasets import load_digits
 
         return load_digits().target
@@ -106,6 +108,7 @@ class IdxFamilyDataset(Dataset):
 
     def _download(self, data_dir: str) -> None:
         try:
+            # deferred: torchvision is optional (the vision extra)
             import torchvision.datasets as tvd
         except ImportError as exc:
             raise DataError(f"downloading {self.name!r} needs torchvision: pip install torchvision") from exc

@@ -30,6 +30,7 @@ class OnnxExporter(Exporter):
             "classifiers: x -> logits")
 
     def export(self, model: VAE, path: str, example: torch.Tensor) -> None:
+        # deferred: onnx and onnxruntime load only when a model is exported or deployed
         from vae_automl.runtime import GRAPH_VAE, export_classifier_onnx, export_onnx
 
         Path(path).write_bytes(export_onnx(model, GRAPH_VAE) if isinstance(model, VAE) else export_classifier_onnx(model))
@@ -42,6 +43,7 @@ class TorchScriptExporter(Exporter):
             "classifiers: forward (logits)")
 
     def export(self, model: VAE, path: str, example: torch.Tensor) -> None:
+        # deferred: onnx and onnxruntime load only when a model is exported or deployed
         from vae_automl.runtime import ReconstructModule
 
         model = model.eval()

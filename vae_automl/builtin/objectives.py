@@ -12,8 +12,9 @@ from vae_automl.components import MeasureContext, Objective
 from vae_automl.plugin_manager import hookimpl
 from vae_automl.storage.codec import Codec
 from vae_automl.storage.format import serialize_model, theoretical_bits
-from vae_automl.train import evaluate_elbo, evaluate_recon_error
+from vae_automl.vae import evaluate_elbo, evaluate_recon_error
 from vae_automl.vae import VAE
+from vae_automl.storage.codecs import builtin_codecs
 
 
 class TestElbo(Objective):
@@ -48,7 +49,6 @@ class Params(Objective):
 
 def stored_parameters(model: torch.nn.Module, codec_map: dict[str, Codec] | None = None) -> int:
     """Values the packed file stores: a codec's ``stored_values(tensor, spec)`` if it has one, else the non-zeros."""
-    from vae_automl.storage.codecs import builtin_codecs
 
     known = codec_map if codec_map is not None else builtin_codecs()
     encodings = getattr(model, "encodings", {})

@@ -6,8 +6,7 @@ from typing import TYPE_CHECKING, Callable
 
 from vae_automl.components import Task
 from vae_automl.plugin_manager import hookimpl
-from vae_automl.train import evaluate_elbo
-from vae_automl.vae import negative_elbo
+from vae_automl.vae import evaluate_elbo, negative_elbo
 
 if TYPE_CHECKING:
     import torch

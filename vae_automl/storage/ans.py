@@ -20,6 +20,7 @@ bytes.
 from __future__ import annotations
 
 import numpy as np
+from vae_automl.entropy import PRECISION_BITS, quantize_pmf
 
 
 def _words_to_bytes(words: np.ndarray) -> np.ndarray:
@@ -36,9 +37,9 @@ def _bytes_to_words(data: np.ndarray) -> np.ndarray:
 def _categorical(freq: np.ndarray):  # noqa: ANN202 - constriction's model type has no stub
     """The coder's model of stored byte frequencies: integer frequencies summing to ``2**PRECISION_BITS``
     (:func:`vae_automl.entropy.quantize_pmf`), so the coder sees exact dyadic probabilities in any process."""
+    # deferred: constriction loads only when something is entropy coded
     import constriction
 
-    from vae_automl.entropy import PRECISION_BITS, quantize_pmf
 
     table = quantize_pmf(np.asarray(freq, np.float64))
     return constriction.stream.model.Categorical(table.astype(np.float64) / float(1 << PRECISION_BITS), perfect=False)
@@ -70,6 +71,7 @@ def encode_with_table(symbols: np.ndarray, alphabet: int) -> np.ndarray:
     decoder's model is the encoder's exactly. A single repeated symbol (or
     none) needs no stream.
     """
+    # deferred: constriction loads only when something is entropy coded
     import constriction
 
     values = np.asarray(symbols, dtype=np.int64).ravel()
@@ -85,6 +87,7 @@ def encode_with_table(symbols: np.ndarray, alphabet: int) -> np.ndarray:
 
 def decode_with_table(data: np.ndarray, alphabet: int, count: int) -> np.ndarray:
     """The inverse of :func:`encode_with_table`: ``count`` int64 symbols."""
+    # deferred: constriction loads only when something is entropy coded
     import constriction
 
     raw = np.asarray(data, np.uint8).ravel()
@@ -109,6 +112,7 @@ def encode_columns(symbols: np.ndarray, alphabet: int) -> np.ndarray:
     Returns:
         ``[columns x alphabet frequency bytes] + [one ANS stream]``.
     """
+    # deferred: constriction loads only when something is entropy coded
     import constriction
 
     values = np.asarray(symbols, np.int64)
@@ -126,6 +130,7 @@ def encode_columns(symbols: np.ndarray, alphabet: int) -> np.ndarray:
 
 def decode_columns(data: np.ndarray, alphabet: int, rows: int, columns: int) -> np.ndarray:
     """The inverse of :func:`encode_columns`: an int64 ``rows x columns`` matrix."""
+    # deferred: constriction loads only when something is entropy coded
     import constriction
 
     raw = np.asarray(data, np.uint8).ravel()
@@ -153,6 +158,7 @@ def encode_signed(values: np.ndarray) -> np.ndarray:
     Returns:
         ``[18 frequency bytes] + [ANS stream]``.
     """
+    # deferred: constriction loads only when something is entropy coded
     import constriction
 
     v = np.asarray(values, np.int64).ravel()
@@ -175,6 +181,7 @@ def encode_signed(values: np.ndarray) -> np.ndarray:
 
 def decode_signed(data: np.ndarray, count: int) -> np.ndarray:
     """The inverse of :func:`encode_signed`: ``count`` int64 values."""
+    # deferred: constriction loads only when something is entropy coded
     import constriction
 
     raw = np.asarray(data, np.uint8).ravel()

@@ -36,11 +36,12 @@ from vae_automl.components import Architecture
 from vae_automl.layers import layer_names, traced_layer_groups
 from vae_automl.registry import Registry
 from vae_automl.vae import VAE
+from vae_automl.plugin_manager import new_plugin_manager
+from vae_automl.builtin.pruning import shrink
 
 
 def registry_with_architecture(architecture: Architecture) -> Registry:
     """The built-in registry (no installed plugins), plus ``architecture`` if its name is not already there."""
-    from vae_automl.plugin_manager import new_plugin_manager
 
     registry = Registry.from_plugin_manager(new_plugin_manager(autoload=False))
     if architecture.name not in registry.architectures:
@@ -120,7 +121,6 @@ class ArchitectureContract:
     def test_channel_groups_shrink(self, architecture: Architecture, model: VAE, images: torch.Tensor) -> None:
         if not architecture.has_channel_groups:
             pytest.skip("the architecture declares no channel groups (no structured pruning)")
-        from vae_automl.builtin.pruning import shrink
 
         groups = architecture.channel_groups(model, include_latent=True)
         assert groups, "channel_groups returned no groups"

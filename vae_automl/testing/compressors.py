@@ -52,8 +52,11 @@ from vae_automl.components import STAGES, CompressionContext, Compressor
 from vae_automl.data import DataSplits, SplitConfig, load_images, make_splits
 from vae_automl.errors import ConfigError
 from vae_automl.registry import Registry
-from vae_automl.train import TrainConfig, evaluate_elbo, train
+from vae_automl.train import TrainConfig, train
+from vae_automl.vae import evaluate_elbo
 from vae_automl.vae import VAE
+from vae_automl.plugin_manager import new_plugin_manager
+from vae_automl.config import load_space_text
 
 TINY_ARCHITECTURES: dict[str, dict[str, Any]] = {
     "mlp": {"hidden_layers": 1, "hidden_width": 32, "width_decay": 1.0, "latent_dim": 4,
@@ -107,7 +110,6 @@ def make_context(data: DataSplits, seed: int = 0, teacher: VAE | None = None,
 
 def registry_with(compressor: Compressor | None, codecs: tuple[Codec, ...] | list[Codec] = ()) -> Registry:
     """The built-in registry (no installed plugins), plus ``compressor`` if its name is not already there, and ``codecs``."""
-    from vae_automl.plugin_manager import new_plugin_manager
 
     registry = Registry.from_plugin_manager(new_plugin_manager(autoload=False))
     for codec in codecs:
@@ -321,7 +323,6 @@ class CompressorContract:
                 f"codec {codec_name!r}: full_spec(parts, header_spec(spec)) does not give back {name}'s spec"
 
     def test_out_of_bounds_params_refused(self, compressor: Compressor) -> None:
-        from vae_automl.config import load_space_text
 
         registry = registry_with(compressor)
         for param in compressor.params:
@@ -332,7 +333,6 @@ class CompressorContract:
             load_space_text(_space_yaml(compressor, {"__no_such_param__": 1}), "contract.yaml", registry)
 
     def test_invalid_params_refused(self, compressor: Compressor, invalid_params: list[dict[str, Any]]) -> None:
-        from vae_automl.config import load_space_text
 
         registry = registry_with(compressor)
         defaults = {p.name: p.default for p in compressor.params}
