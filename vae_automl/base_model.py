@@ -171,10 +171,11 @@ class UserVAE(VAE):
 
 
 def build_user_module(config: dict[str, Any]) -> nn.Module:
-    """An untrained module of a ``base_model`` config: from this process's instances, or the factory."""
+    """A module of a ``base_model`` config, its weights to be loaded by the caller: from the factory, or a copy of
+    the instance this process was given (``base_model=module`` without a factory)."""
     instance = _INSTANCES.get(config.get("checkpoint_sha256") or "")
     if instance is not None and config.get("factory") is None:
-        return copy.deepcopy(instance)  # untrained is not needed: the caller loads the weights it has
+        return copy.deepcopy(instance)
     factory = config.get("factory")
     if not factory:
         raise BaseModelError("this base_model was given as a module instance without a factory, so it can only be "

@@ -652,6 +652,7 @@ def load_space_text(text: str, file: str, registry: Registry | None = None, base
         text = yaml.safe_dump(data, sort_keys=False)
     elif base_model is not None and isinstance(data, dict):
         instance = base_model
+        # Validated as a placeholder factory, which the instance then replaces (the module is not YAML).
         data = {**data, "base_model": {"factory": "instance:given"}}
     space = parse_space(data, file, registry or get_registry(), source=text, base_dir=base_dir or Path.cwd())
     if instance is None and space.base_model is not None and isinstance(data, dict):
