@@ -108,15 +108,15 @@ def test_bash_blocks_run(block: Block, workdir: Path) -> None:
 
 
 @pytest.mark.parametrize("block", [b for b in RUN if b.lang == "yaml"], ids=lambda b: b.id)
-def test_yaml_blocks_load(block: Block, workdir: Path) -> None:
+def test_yaml_blocks_load(block: Block, workdir: Path, register_plugin: Any) -> None:
     from vae_automl.config import load_space_text
-
     from vae_automl.registry import get_registry
 
+    for module in DOC_PLUGINS:  # the docs' own plugin packages (conftest turns entry-point autoload off)
+        register_plugin(importlib.import_module(module), name=module)
     data = yaml.safe_load(block.code)
     if isinstance(data, dict) and {"compressors", "architecture", "base_model"} & set(data):
-        # the docs' own plugin packages (the template; conftest turns entry-point autoload off)
-        load_space_text(block.code, block.id, get_registry(DOC_PLUGINS), base_dir=workdir)
+        load_space_text(block.code, block.id, get_registry(), base_dir=workdir)
 
 
 def test_every_environment_variable_is_documented() -> None:
