@@ -125,3 +125,11 @@ def test_every_environment_variable_is_documented() -> None:
         names |= set(re.findall(r"\bVAE_AUTOML_[A-Z_]+\b", path.read_text()))
     readme = (ROOT / "README.md").read_text()
     assert names and not sorted(n for n in names if n not in readme), "undocumented environment variables"
+
+
+def test_hook_docstrings_name_real_yaml_keys() -> None:
+    from vae_automl import hookspecs
+    from vae_automl.config import TOP_KEYS
+
+    keys = set(re.findall(r"``([a-z_]+):``", Path(hookspecs.__file__).read_text()))
+    assert keys and keys <= set(TOP_KEYS), sorted(keys - set(TOP_KEYS))

@@ -53,7 +53,8 @@ def register_compressors(register: Callable[[Compressor], None]) -> None:
         register: call with one :class:`vae_automl.components.Compressor`
             instance per compressor. Its ``name`` is what search spaces use
             under ``compressors:``; its ``stage`` places it in the pipeline
-            (distill, then prune, then quantize).
+            (distill, then prune, then quantize); its ``takes`` and
+            ``gives`` (0.2) say which stages may come before and after it.
 
     Returns:
         Nothing; the return value is ignored.
