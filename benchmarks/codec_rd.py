@@ -48,14 +48,16 @@ from vae_automl.registry import get_registry
 from vae_automl.train import TrainConfig, train
 
 N_EVAL = 2000
-LAMBDAS = (0.003, 0.01, 0.03, 0.1, 0.3)
-ARCH_PARAMS = {"hidden_layers": 2, "hidden_width": 512, "latent_dim": 64}
-TRAINING = {"epochs": 60, "batch_size": 64, "lr": 2e-3}
+LAMBDAS = (0.003, 0.01, 0.03, 0.1, 0.3, 1.0)
+ARCH_PARAMS = {"hidden_layers": 1, "hidden_width": 256, "latent_dim": 512, "init": "pca"}
+# PCA-initialized, then fine-tuned briefly: longer or faster fine-tuning on these 8,000 images did not
+# improve the front in our CPU probes (see the README), so the front is mostly the learned prior and gain.
+TRAINING = {"epochs": 5, "batch_size": 64, "lr": 1e-4}
 JPEG_QUALITIES = (5, 10, 20, 30, 40, 50, 60, 70, 80, 90, 95)
 WEBP_QUALITIES = (0, 5, 10, 20, 30, 40, 50, 60, 70, 80, 90, 95, 100)
 AVIF_QUALITIES = (5, 10, 20, 30, 40, 50, 60, 70, 80, 90, 95)
-PCA_COMPONENTS = (8, 12, 16, 24, 32, 48, 64)
-PCA_STEPS = (0.25, 0.35, 0.5, 0.7, 1.0, 1.4, 2.0)
+PCA_COMPONENTS = (16, 32, 64, 96, 128, 192, 256, 320, 400)
+PCA_STEPS = (0.35, 0.5, 0.7, 1.0, 1.4, 2.0, 2.8)
 
 
 @dataclass
@@ -133,6 +135,7 @@ def train_front(data: Any, front_dir: Path, lambdas: tuple[float, ...], epochs: 
             values = arch.resolve_params({**ARCH_PARAMS, "lmbda": lmbda})
             torch.manual_seed(0)
             model = arch.build(arch.config_from_params(values, data.input_shape))
+            task.prepare(model, data)
             config = TrainConfig(**{**TRAINING, "epochs": epochs})
             train(model, data, config, seed=0, task=task)
             task.finalize(model)

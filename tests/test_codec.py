@@ -274,3 +274,22 @@ def test_cli_encodes_and_decodes_and_reports_refusals(model_dir: Path, images_np
     out.write_bytes(out.read_bytes()[:-3])
     assert main(["codec", "decode", str(model_dir), str(out), str(tmp_path / "y.npz")]) == 2
     assert "truncated" in capsys.readouterr().err and not (tmp_path / "y.npz").exists()
+
+
+def test_pca_init_starts_the_mlp_codec_at_transform_coding() -> None:
+    registry = get_registry()
+    arch = registry.architectures.get("codec_mlp")
+    model = arch.build(arch.config_from_params(arch.resolve_params({"hidden_width": 16, "latent_dim": 6, "lmbda": 0.1}),
+                                               (1, 8, 8)))
+    data = digits_splits()
+    registry.tasks.get("codec").prepare(model, data)
+    x = data.train.flatten(1).double()
+    mean = x.mean(0)
+    basis = torch.linalg.svd(x - mean, full_matrices=False)[2][:6]
+    with torch.no_grad():
+        y = model.analyze(data.test)
+        projection = (data.test.flatten(1).double() - mean) @ basis.T @ basis + mean
+        # Unrounded, the codec is the PCA projection; its step is high-rate theory's for lmbda.
+        assert torch.allclose(model.synthesize(y).flatten(1).double(), projection, atol=1e-4)
+    step = float(torch.exp(-model.gain[0].detach()))
+    assert step == pytest.approx((6 / (0.1 * 255**2 * np.log(2))) ** 0.5)

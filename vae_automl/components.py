@@ -404,8 +404,9 @@ class Task(Component):
 
     The trainer calls :meth:`loss` once per batch (inside the CUDA graph when
     it captures the step) and :meth:`validation_loss` once per epoch; the
-    trial calls :meth:`finalize` on the trained (and on the compressed) model
-    before measuring it. A search space picks its task with ``task:``
+    trial calls :meth:`prepare` on a fresh model before training it, and
+    :meth:`finalize` on the trained (and on the compressed) model before
+    measuring it. A search space picks its task with ``task:``
     (default ``vae``); its architectures must list the task in their ``tasks``.
 
     Attributes:
@@ -448,6 +449,14 @@ class Task(Component):
 
         Returns:
             A finite float, lower is better.
+        """
+
+    def prepare(self, model: VAE, data: DataSplits) -> None:  # noqa: B027 - optional override
+        """Initialize a freshly built model from the training data, once, before it trains.
+
+        Args:
+            model: the untrained model, on the data's device; changed in place.
+            data: the splits (``data.train`` and, when loaded, ``data.train_labels``).
         """
 
     def finalize(self, model: VAE) -> None:  # noqa: B027 - optional override

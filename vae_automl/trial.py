@@ -197,6 +197,7 @@ def train_base(env: TrialEnv, spec: TrialSpec, train_config: TrainConfig,
         model = arch.build(model_config).to(env.device)
         n_params = sum(p.numel() for p in model.parameters())
         callback = (lambda epoch, loss: on_epoch(epoch, loss, n_params)) if on_epoch else None
+        task.prepare(model, env.data)
         result = train(model, env.data, train_config, seed=spec.seed, on_epoch=callback, task=task)
         task.finalize(model)
         info = BaseInfo(cache_key=key, params=n_params, epochs_run=result.epochs_run,
