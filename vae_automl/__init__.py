@@ -33,8 +33,8 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from vae_automl.loading import load
     from vae_automl.api import search
+    from vae_automl.loading import load
 
 
 def __getattr__(name: str) -> Any:

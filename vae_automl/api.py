@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import time
 from dataclasses import dataclass
@@ -17,9 +18,7 @@ from vae_automl.plugin_manager import get_plugin_manager
 from vae_automl.progress import Progress
 from vae_automl.registry import call_each, get_registry
 from vae_automl.study import BASELINE_ATTR, FrontEntry, front_of_study
-from vae_automl.trial import TrialEnv, prepare
-import copy
-from vae_automl.trial import measure
+from vae_automl.trial import TrialEnv, measure, prepare
 
 if TYPE_CHECKING:
     import optuna
@@ -41,10 +40,12 @@ def default_storage(out_dir: Path) -> str:
     return f"sqlite:///{(out_dir / 'study.db').resolve()}"
 
 
-def apply_overrides(space: SearchSpace, dataset: str | None = None, data_dir: str | None = None,
-                    device: str | None = None) -> SearchSpace:
+def apply_overrides(
+    space: SearchSpace, dataset: str | None = None, data_dir: str | None = None, device: str | None = None
+) -> SearchSpace:
     if dataset is not None or data_dir is not None:
-        ds = dataclasses.replace(space.dataset, **{k: v for k, v in {"spec": dataset, "data_dir": data_dir}.items() if v is not None})
+        changes: dict[str, Any] = {k: v for k, v in {"spec": dataset, "data_dir": data_dir}.items() if v is not None}
+        ds = dataclasses.replace(space.dataset, **changes)
         space = dataclasses.replace(space, dataset=ds)
     if device is not None:
         space = dataclasses.replace(space, device=device)
@@ -110,33 +111,39 @@ def search(
     policy = SearchPolicy(space, registry)
     study = study_mod.create_study(space, storage, study_name, out, registry, sampler=policy.sampler())
     budget = study_mod.plan_search(study, space, trials, timeout_s)
-    progress = Progress(budget.n_trials, space.objectives, study_mod.directions_of(space, registry), timeout_s,
-                        enabled=show_progress)
+    progress = Progress(
+        budget.n_trials, space.objectives, study_mod.directions_of(space, registry), timeout_s, enabled=show_progress
+    )
     done = len(study_mod.completed_trials(study))
-    progress.message(f"study {study_name!r} in {storage}: {done} completed trials; completing {budget.n_trials} more "
-                     f"{runner.describe()}")
+    progress.message(
+        f"study {study_name!r} in {storage}: {done} completed trials; completing {budget.n_trials} more {runner.describe()}"
+    )
     started = time.monotonic()
     stats = runner.run(study, budget, policy, progress)
     if budget.n_trials > 0:
-        progress.message(f"finished in {time.monotonic() - started:.1f}s: {progress.done} completed, "
-                         f"{progress.pruned} stopped early, {progress.failed} failed; bases trained "
-                         f"{stats['base_trained']}, reused {stats['base_reused']}")
+        progress.message(
+            f"finished in {time.monotonic() - started:.1f}s: {progress.done} completed, "
+            f"{progress.pruned} stopped early, {progress.failed} failed; bases trained "
+            f"{stats['base_trained']}, reused {stats['base_reused']}"
+        )
     if env is not None and env.base_model is not None:
         measure_baseline(env, study)
     front = front_of_study(study)
     call_each(pm, "on_search_complete", front=[e.as_dict() for e in front])
     completed = sum(1 for t in study.get_trials(deepcopy=False) if t.state.name == "COMPLETE")
     baseline = study.user_attrs.get(BASELINE_ATTR)
-    return SearchResult(study_name, storage, out, front, completed, dict(stats),
-                        baseline=baseline["objectives"] if baseline else None)
+    return SearchResult(
+        study_name, storage, out, front, completed, dict(stats), baseline=baseline["objectives"] if baseline else None
+    )
 
 
 def measure_baseline(env: TrialEnv, study: optuna.Study) -> None:
     """Measure the user's model as given (or as fine-tuned by base_model.fine_tune_epochs) once per study."""
 
-
     if BASELINE_ATTR in study.user_attrs or env.base_model is None:
         return
     metrics, _ = measure(env, copy.deepcopy(env.base_model), (*env.space.objectives, *env.space.record), env.space.seed)
-    study.set_user_attr(BASELINE_ATTR, {"objectives": {n: metrics[n] for n in env.space.objectives}, "metrics": metrics,
-                                        "base_model": env.base_model_info})
+    study.set_user_attr(
+        BASELINE_ATTR,
+        {"objectives": {n: metrics[n] for n in env.space.objectives}, "metrics": metrics, "base_model": env.base_model_info},
+    )

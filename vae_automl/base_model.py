@@ -24,10 +24,12 @@ import hashlib
 import importlib
 import importlib.util
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
+from safetensors.torch import load_file
 from torch import nn
 
 from vae_automl.components import Architecture
@@ -35,7 +37,6 @@ from vae_automl.config import BaseModelConfig
 from vae_automl.errors import ConfigError
 from vae_automl.layers import GROUP_NAMES, LayerGroups, groups_by_prefix, traced_layer_groups
 from vae_automl.vae import LIKELIHOODS, VAE
-from safetensors.torch import load_file
 
 ARCHITECTURE_NAME = "base_model"
 CHECKPOINT_SUFFIXES = (".safetensors", ".pt", ".pth")
@@ -102,13 +103,14 @@ def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         raise BaseModelError(f"base_model.checkpoint: no such file {path}")
     try:
         if path.suffix == ".safetensors":
-
             return load_file(str(path))
         if path.suffix in (".pt", ".pth"):
             state = torch.load(str(path), map_location="cpu", weights_only=True)
         else:
-            raise BaseModelError(f"base_model.checkpoint {path}: use a .safetensors state_dict "
-                                 f"(or .pt/.pth, read with weights_only=True), not {path.suffix or 'no suffix'}")
+            raise BaseModelError(
+                f"base_model.checkpoint {path}: use a .safetensors state_dict "
+                f"(or .pt/.pth, read with weights_only=True), not {path.suffix or 'no suffix'}"
+            )
     except BaseModelError:
         raise
     except Exception as exc:
@@ -125,30 +127,37 @@ def check_protocol(module: nn.Module, x: torch.Tensor, factory: str) -> int:
     who = f"base_model {factory!r}"
     for method in ("encode", "decode"):
         if not callable(getattr(module, method, None)):
-            raise BaseModelError(f"{who}: the model has no {method}() method; the protocol is encode(x) -> (mu, logvar) "
-                                 "and decode(z) -> logits or mean")
+            raise BaseModelError(
+                f"{who}: the model has no {method}() method; the protocol is encode(x) -> (mu, logvar) "
+                "and decode(z) -> logits or mean"
+            )
     shape = tuple(x.shape[1:])
     with torch.no_grad():
         try:
             out = module.encode(x)
         except Exception as exc:
-            raise BaseModelError(f"{who}: encode failed on a batch of the dataset's images (N x C x H x W = "
-                                 f"{tuple(x.shape)}); does the model expect another image size? "
-                                 f"{type(exc).__name__}: {exc}") from exc
+            raise BaseModelError(
+                f"{who}: encode failed on a batch of the dataset's images (N x C x H x W = "
+                f"{tuple(x.shape)}); does the model expect another image size? "
+                f"{type(exc).__name__}: {exc}"
+            ) from exc
         if not (isinstance(out, (tuple, list)) and len(out) == 2 and all(isinstance(t, torch.Tensor) for t in out)):
             raise BaseModelError(f"{who}: encode(x) must return (mu, logvar), got {type(out).__name__}")
         mu, logvar = out
         if mu.dim() != 2 or mu.shape[0] != len(x) or logvar.shape != mu.shape:
-            raise BaseModelError(f"{who}: encode(x) must give mu and logvar of shape N x latent_dim, got "
-                                 f"{tuple(mu.shape)} and {tuple(logvar.shape)} for N = {len(x)}")
+            raise BaseModelError(
+                f"{who}: encode(x) must give mu and logvar of shape N x latent_dim, got "
+                f"{tuple(mu.shape)} and {tuple(logvar.shape)} for N = {len(x)}"
+            )
         try:
             decoded = module.decode(mu)
         except Exception as exc:
             raise BaseModelError(f"{who}: decode failed on z of shape {tuple(mu.shape)}: {type(exc).__name__}: {exc}") from exc
         if not isinstance(decoded, torch.Tensor) or tuple(decoded.shape) != tuple(x.shape):
             got = tuple(decoded.shape) if isinstance(decoded, torch.Tensor) else type(decoded).__name__
-            raise BaseModelError(f"{who}: decode(z) must give the images' shape {tuple(x.shape)} "
-                                 f"(the dataset's C x H x W is {shape}), got {got}")
+            raise BaseModelError(
+                f"{who}: decode(z) must give the images' shape {tuple(x.shape)} (the dataset's C x H x W is {shape}), got {got}"
+            )
         for name, t in (("mu", mu), ("logvar", logvar), ("decode(mu)", decoded)):
             if not torch.isfinite(t).all():
                 raise BaseModelError(f"{who}: {name} has non-finite values on the dataset's images")
@@ -178,8 +187,10 @@ def build_user_module(config: dict[str, Any]) -> nn.Module:
         return copy.deepcopy(instance)
     factory = config.get("factory")
     if not factory:
-        raise BaseModelError("this base_model was given as a module instance without a factory, so it can only be "
-                             "rebuilt in the process that gave it; pass base_model={'factory': ..., ...} to export or load it")
+        raise BaseModelError(
+            "this base_model was given as a module instance without a factory, so it can only be "
+            "rebuilt in the process that gave it; pass base_model={'factory': ..., ...} to export or load it"
+        )
     module = import_factory(factory)(**config.get("kwargs", {}))
     if not isinstance(module, nn.Module):
         raise BaseModelError(f"base_model.factory {factory!r} returned {type(module).__name__}, not a torch.nn.Module")
@@ -229,8 +240,9 @@ def wrap(config: BaseModelConfig, images: torch.Tensor) -> VAE:
             try:
                 module.load_state_dict(state, strict=True)
             except RuntimeError as exc:
-                raise BaseModelError(f"base_model {factory!r}: checkpoint {config.checkpoint} does not fit the model "
-                                     f"the factory built: {exc}") from exc
+                raise BaseModelError(
+                    f"base_model {factory!r}: checkpoint {config.checkpoint} does not fit the model the factory built: {exc}"
+                ) from exc
             sha = config.checkpoint_sha256()
     module = module.to(images.device).eval()
     latent_dim = check_protocol(module, images, factory or type(module).__qualname__)
@@ -253,7 +265,10 @@ def wrap(config: BaseModelConfig, images: torch.Tensor) -> VAE:
 
 @torch.no_grad()
 def fit_log_sigma(model: VAE, x: torch.Tensor) -> None:
-    """The per-pixel Gaussian scale that maximizes the likelihood of ``x`` under the model's mean (the user gives only the mean)."""
+    """The per-pixel Gaussian scale that maximizes the likelihood of ``x`` under the model's mean.
+
+    The user gives only the mean.
+    """
     mu, _ = model.encode(x)
     residual = (x - model.decode(mu)).pow(2).mean(0)
     model.log_sigma.copy_(0.5 * torch.log(residual.clamp_min(1e-6)))

@@ -9,7 +9,8 @@ tensor), so storage, compressors and export treat both alike.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -46,15 +47,14 @@ def cross_entropy(model: Classifier, x: torch.Tensor, y: torch.Tensor) -> torch.
 
 
 @torch.no_grad()
-def accuracy_of(logits_of: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, y: torch.Tensor,
-                chunk: int = 2048) -> float:
+def accuracy_of(logits_of: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, y: torch.Tensor, chunk: int = 2048) -> float:
     """Top-1 accuracy in percent (0..100) of any ``x -> logits`` callable (a model, an ONNX session, TorchScript)."""
     if len(x) != len(y):
         raise ValueError(f"{len(x)} images but {len(y)} labels")
     correct = 0
     for start in range(0, len(x), chunk):
-        logits = logits_of(x[start:start + chunk])
-        correct += int((logits.argmax(1).to(y.device) == y[start:start + chunk]).sum())
+        logits = logits_of(x[start : start + chunk])
+        correct += int((logits.argmax(1).to(y.device) == y[start : start + chunk]).sum())
     return 100.0 * correct / len(x)
 
 

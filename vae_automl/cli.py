@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 from vae_automl.errors import VaeAutomlError
 
@@ -13,17 +13,36 @@ from vae_automl.errors import VaeAutomlError
 def _cmd_search(args: argparse.Namespace) -> int:
     # deferred: `vae-automl --help` and `front` must not import torch
     from vae_automl import pareto
-    from vae_automl.report import format_front_table
     from vae_automl.api import search
+    from vae_automl.report import format_front_table
 
     backend_options = {}
     if args.backend == "ray":
-        backend_options = {k: v for k, v in {
-            "address": args.address, "gpus_per_trial": args.gpus_per_trial, "cpus_per_trial": args.cpus_per_trial,
-            "concurrency": args.concurrency, "scheduler": args.scheduler}.items() if v is not None}
-    result = search(args.space, trials=args.trials, timeout_s=args.timeout, storage=args.storage,
-                    study_name=args.study, out_dir=args.out, dataset=args.dataset, data_dir=args.data_dir,
-                    device=args.device, plugins=tuple(args.plugin), backend=args.backend, **backend_options)
+        backend_options = {
+            k: v
+            for k, v in {
+                "address": args.address,
+                "gpus_per_trial": args.gpus_per_trial,
+                "cpus_per_trial": args.cpus_per_trial,
+                "concurrency": args.concurrency,
+                "scheduler": args.scheduler,
+            }.items()
+            if v is not None
+        }
+    result = search(
+        args.space,
+        trials=args.trials,
+        timeout_s=args.timeout,
+        storage=args.storage,
+        study_name=args.study,
+        out_dir=args.out,
+        dataset=args.dataset,
+        data_dir=args.data_dir,
+        device=args.device,
+        plugins=tuple(args.plugin),
+        backend=args.backend,
+        **backend_options,
+    )
     knee = None
     if result.front:
         names = list(result.front[0].objectives)
@@ -33,7 +52,9 @@ def _cmd_search(args: argparse.Namespace) -> int:
         _, directions = objectives_of(open_study(result.storage, result.study_name))
         k = pareto.knee_point([[e.objectives[n] for n in names] for e in result.front], directions)
         knee = result.front[k].trial if k is not None else None
-    print(f"Pareto front of study {result.study_name!r} ({result.completed} completed trials, storage {result.storage}); * = knee")
+    print(
+        f"Pareto front of study {result.study_name!r} ({result.completed} completed trials, storage {result.storage}); * = knee"
+    )
     print(format_front_table(result.front, knee, baseline=result.baseline))
     return 0
 
@@ -47,8 +68,12 @@ def _cmd_front(args: argparse.Namespace) -> int:
     front = front_of_study(study)
     baseline = study.user_attrs.get(BASELINE_ATTR)
     if args.json:
-        print(json.dumps({"front": [e.as_dict() for e in front], "baseline": baseline} if baseline
-                         else [e.as_dict() for e in front], indent=2))
+        print(
+            json.dumps(
+                {"front": [e.as_dict() for e in front], "baseline": baseline} if baseline else [e.as_dict() for e in front],
+                indent=2,
+            )
+        )
     else:
         print(format_front_table(front, baseline=baseline["objectives"] if baseline else None))
     return 0
@@ -58,8 +83,16 @@ def _cmd_worker(args: argparse.Namespace) -> int:
     # deferred: `vae-automl --help` and `front` must not import torch
     from vae_automl.worker import run_worker
 
-    result = run_worker(args.storage, args.study, trials=args.trials, timeout_s=args.timeout, out_dir=args.out,
-                        device=args.device, data_dir=args.data_dir, plugins=tuple(args.plugin))
+    result = run_worker(
+        args.storage,
+        args.study,
+        trials=args.trials,
+        timeout_s=args.timeout,
+        out_dir=args.out,
+        device=args.device,
+        data_dir=args.data_dir,
+        plugins=tuple(args.plugin),
+    )
     total = sum(1 for t in result.study.get_trials(deepcopy=False) if t.state.name == "COMPLETE")
     print(f"worker {result.worker} completed {result.completed} trials; study {args.study!r} has {total} completed trials")
     return 0
@@ -71,8 +104,16 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
     trials = args.trials if args.trials == "front" else [int(n) for n in args.trials.split(",") if n.strip()]
     formats = tuple(f.strip() for f in args.formats.split(",") if f.strip())
-    for folder in export_study(args.storage, args.study, args.out, trials=trials, formats=formats,
-                               dataset=args.dataset, data_dir=args.data_dir, plugins=tuple(args.plugin)):
+    for folder in export_study(
+        args.storage,
+        args.study,
+        args.out,
+        trials=trials,
+        formats=formats,
+        dataset=args.dataset,
+        data_dir=args.data_dir,
+        plugins=tuple(args.plugin),
+    ):
         files = sorted(p.name for p in folder.iterdir())
         print(f"{folder}: {', '.join(files)} (verified against the search)")
     return 0
@@ -82,8 +123,9 @@ def _cmd_report(args: argparse.Namespace) -> int:
     # deferred: `vae-automl --help` and `front` must not import torch
     from vae_automl.report import write_report
 
-    for path in write_report(args.storage, args.study, args.out, dataset=args.dataset, data_dir=args.data_dir,
-                             plugins=tuple(args.plugin)):
+    for path in write_report(
+        args.storage, args.study, args.out, dataset=args.dataset, data_dir=args.data_dir, plugins=tuple(args.plugin)
+    ):
         print(path)
     return 0
 
@@ -107,8 +149,10 @@ def _cmd_codec(args: argparse.Namespace) -> int:
 
     if args.codec_command == "encode":
         result = encode_file(args.model_dir, args.images, args.out, plugins=tuple(args.plugin))
-        print(f"{result.path}: {result.n_images} images, {result.file_bytes} bytes "
-              f"({result.bytes_per_image:.1f} bytes per image bitstream)")
+        print(
+            f"{result.path}: {result.n_images} images, {result.file_bytes} bytes "
+            f"({result.bytes_per_image:.1f} bytes per image bitstream)"
+        )
     else:
         images = decode_file(args.model_dir, args.file, args.out, plugins=tuple(args.plugin))
         print(f"{args.out}: {len(images)} images of {'x'.join(map(str, images.shape[1:]))} (key 'images', uint8)")
@@ -147,7 +191,9 @@ def build_parser() -> argparse.ArgumentParser:
     w = sub.add_parser("worker", help="run trials of an existing study (one process per device; start many)")
     w.add_argument("--storage", required=True, help="the study's storage URL: postgresql://..., sqlite:///..., journal:PATH")
     w.add_argument("--study", required=True, help="a study made by `vae-automl search ... --trials 0`")
-    w.add_argument("--trials", type=int, help="stop after this worker completed N trials (default: until the study's budget is met)")
+    w.add_argument(
+        "--trials", type=int, help="stop after this worker completed N trials (default: until the study's budget is met)"
+    )
     w.add_argument("--timeout", type=float, help="seconds after which this worker starts no trial")
     w.add_argument("--out", help="base-model cache and artifact folder (default: the study's, from its creation)")
     w.add_argument("--device", choices=("cpu", "cuda", "auto"))

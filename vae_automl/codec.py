@@ -80,7 +80,7 @@ class LogisticMixturePrior(nn.Module):
             half = (MAX_TABLE_SYMBOLS - 1) // 2
             low, high = max(low, center - half), min(high, center + half)
             k = torch.arange(low, high + 1, dtype=torch.float64).unsqueeze(-1)
-            cdf = lambda t: torch.sigmoid((t - means[d]) / scales[d])  # noqa: E731
+            cdf = lambda t: torch.sigmoid((t - means[d]) / scales[d])  # noqa: E731, B023 - used in this iteration only
             mass = ((cdf(k + 0.5) - cdf(k - 0.5)) * weights[d]).sum(-1)
             pmfs.append(mass.numpy())
             lows.append(low)
@@ -201,7 +201,7 @@ class CodecVAE(VAE):
         """The integer latents of images ``x`` (``N x latent_dim`` int64)."""
         was_training = self.training
         self.eval()
-        out = [torch.round(self.analyze(x[i:i + chunk])).cpu() for i in range(0, len(x), chunk)]
+        out = [torch.round(self.analyze(x[i : i + chunk])).cpu() for i in range(0, len(x), chunk)]
         self.train(was_training)
         return torch.cat(out).numpy().astype(np.int64)
 
@@ -212,7 +212,7 @@ class CodecVAE(VAE):
         self.eval()
         device = self.table_offsets.device
         z = torch.from_numpy(np.asarray(values, np.float32))
-        out = [self.synthesize(z[i:i + chunk].to(device)).clamp(0.0, 1.0).cpu() for i in range(0, len(z), chunk)]
+        out = [self.synthesize(z[i : i + chunk].to(device)).clamp(0.0, 1.0).cpu() for i in range(0, len(z), chunk)]
         self.train(was_training)
         return torch.cat(out)
 
@@ -229,8 +229,10 @@ class CodecVAE(VAE):
             if not bitstream:
                 raise ValueError(f"bitstream {i} is empty")
             if bitstream[0] != HEADER_BYTE:
-                raise ValueError(f"bitstream {i}: header byte {bitstream[0]:#04x} is not {HEADER_BYTE:#04x} "
-                                 f"(format {BITSTREAM_VERSION}, the model's input shape)")
+                raise ValueError(
+                    f"bitstream {i}: header byte {bitstream[0]:#04x} is not {HEADER_BYTE:#04x} "
+                    f"(format {BITSTREAM_VERSION}, the model's input shape)"
+                )
             out[i] = coder.decode(bitstream[1:])
         return out
 

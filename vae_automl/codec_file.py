@@ -27,12 +27,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vae_automl.codec import CodecVAE
-from vae_automl.errors import CodecError
-from vae_automl.registry import get_registry
-from vae_automl.errors import DataError
-from vae_automl.data import to_unit_float
 from vae_automl import packing
+from vae_automl.codec import CodecVAE
+from vae_automl.data import to_unit_float
+from vae_automl.errors import CodecError, DataError
+from vae_automl.registry import get_registry
 
 MAGIC = b"VAECODEC"
 CONTAINER_VERSION = 1
@@ -89,8 +88,10 @@ def load_codec_model(model_dir: str | Path, plugins: tuple[str, ...] = ()) -> Co
     else:
         raise CodecError(f"{directory}: no {WEIGHTS}; give a folder written by `vae-automl export` or save_codec_model")
     if not isinstance(model, CodecVAE):
-        raise CodecError(f"{path}: the model ({model.config.get('architecture')!r}) is not a codec; "
-                         "train one with task: codec (e.g. search_spaces/mnist_codec.yaml)")
+        raise CodecError(
+            f"{path}: the model ({model.config.get('architecture')!r}) is not a codec; "
+            "train one with task: codec (e.g. search_spaces/mnist_codec.yaml)"
+        )
     return CodecModel(model.eval(), hashlib.sha256(path.read_bytes()).hexdigest(), path)
 
 
@@ -148,16 +149,19 @@ def encode_images(codec: CodecModel, images: np.ndarray, source: str = "images")
 def decode_bytes(codec: CodecModel, data: bytes, source: str = "file") -> np.ndarray:
     """The images (uint8, ``N x C x H x W``) of a container written by :func:`encode_images` with the same model."""
     if len(data) < _HEAD.size:
-        raise CodecError(f"{source}: truncated or not a codec file ({len(data)} bytes, shorter than the "
-                         f"{_HEAD.size}-byte header)")
+        raise CodecError(
+            f"{source}: truncated or not a codec file ({len(data)} bytes, shorter than the {_HEAD.size}-byte header)"
+        )
     magic, version, digest, c, h, w, count = _HEAD.unpack_from(data)
     if magic != MAGIC:
         raise CodecError(f"{source}: not a vae-automl codec file (magic {magic!r})")
     if version != CONTAINER_VERSION:
         raise CodecError(f"{source}: container version {version} is not the supported {CONTAINER_VERSION}")
     if digest.hex() != codec.sha256:
-        raise CodecError(f"{source}: written by another model (sha256 {digest.hex()[:16]}...), "
-                         f"not by {codec.path} (sha256 {codec.sha256[:16]}...)")
+        raise CodecError(
+            f"{source}: written by another model (sha256 {digest.hex()[:16]}...), "
+            f"not by {codec.path} (sha256 {codec.sha256[:16]}...)"
+        )
     if (c, h, w) != codec.model.input_shape:
         raise CodecError(f"{source}: images of {c}x{h}x{w}, but the model codes {codec.model.input_shape}")
     view, pos, streams = memoryview(data), _HEAD.size, []
@@ -165,7 +169,7 @@ def decode_bytes(codec: CodecModel, data: bytes, source: str = "file") -> np.nda
         n, pos = _read_varint(view, pos, source)
         if pos + n > len(data):
             raise CodecError(f"{source}: truncated: image {i + 1} of {count} needs {n} bytes, {len(data) - pos} remain")
-        streams.append(bytes(view[pos:pos + n]))
+        streams.append(bytes(view[pos : pos + n]))
         pos += n
     if pos != len(data):
         raise CodecError(f"{source}: {len(data) - pos} unexpected bytes after the last of {count} images")

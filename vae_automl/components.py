@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import abc
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 if TYPE_CHECKING:
     import numpy as np
@@ -17,8 +18,8 @@ if TYPE_CHECKING:
 
     from vae_automl.data import DataSplits
     from vae_automl.layers import ChannelGroup
-    from vae_automl.train import TrainConfig
     from vae_automl.registry import Registry
+    from vae_automl.train import TrainConfig
     from vae_automl.vae import VAE
 
 ParamType = Literal["int", "float", "categorical", "bool"]
@@ -70,8 +71,9 @@ class Param:
             return None
         if self.choices is not None:
             if value not in self.choices:
-                raise ValueError(f"`{self.name}` must be one of {', '.join(map(str, self.choices))}, "
-                                 f"but got {self.name}={value!r}")
+                raise ValueError(
+                    f"`{self.name}` must be one of {', '.join(map(str, self.choices))}, but got {self.name}={value!r}"
+                )
             return value
         if self.type == "bool":
             if not isinstance(value, bool):
@@ -112,7 +114,7 @@ class Param:
         self.coerce(value)
 
 
-class Component(abc.ABC):
+class Component(abc.ABC):  # noqa: B024 - the base of the component ABCs; it declares no method of its own
     """What every registered component has: a name, parameters, a help line."""
 
     kind: ClassVar[str] = "component"
@@ -138,8 +140,10 @@ class Component(abc.ABC):
         known = {p.name: p for p in self.params}
         unknown = sorted(set(params) - set(known))
         if unknown:
-            raise ValueError(f"{self.kind} {self.name!r} has no parameter {unknown[0]!r}; "
-                             f"its parameters: {', '.join(sorted(known)) or '(none)'}")
+            raise ValueError(
+                f"{self.kind} {self.name!r} has no parameter {unknown[0]!r}; "
+                f"its parameters: {', '.join(sorted(known)) or '(none)'}"
+            )
         values = {name: p.coerce(params.get(name, p.default)) for name, p in known.items()}
         self.validate_params(values)
         return values
@@ -207,8 +211,10 @@ class Architecture(Component):
             changed must give the shrunk shapes. The default raises
             ValueError: the architecture supports no structured pruning.
         """
-        raise ValueError(f"architecture {self.name!r} declares no channel groups, so its units cannot be removed "
-                         "(structured pruning, distillation with init: teacher)")
+        raise ValueError(
+            f"architecture {self.name!r} declares no channel groups, so its units cannot be removed "
+            "(structured pruning, distillation with init: teacher)"
+        )
 
     @property
     def has_channel_groups(self) -> bool:

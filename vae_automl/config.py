@@ -13,9 +13,9 @@ import yaml
 from vae_automl.components import STAGES, Component, Param
 from vae_automl.data import SplitConfig
 from vae_automl.errors import ConfigError, PluginError
-from vae_automl.vae import LIKELIHOODS
-from vae_automl.registry import get_registry
 from vae_automl.layers import GROUP_NAMES
+from vae_automl.registry import get_registry
+from vae_automl.vae import LIKELIHOODS
 
 if TYPE_CHECKING:
     from vae_automl.registry import Registry
@@ -149,8 +149,6 @@ class BaseModelConfig:
         return digest.hexdigest()
 
 
-
-
 @dataclass(frozen=True)
 class SearchSpace:
     """A validated search space. ``source`` is the file's text, kept so workers need no copy of it."""
@@ -261,12 +259,15 @@ def parse_param(param: Param, raw: Any, loc: _Loc, present: bool = True) -> Para
     return ParamSpace(param.name, "const", value=_coerce(param, raw, loc))
 
 
-def _component_params(component: Component, raw: dict[str, Any], loc: _Loc, base: dict[str, Any] | None = None) -> dict[str, ParamSpace]:
+def _component_params(
+    component: Component, raw: dict[str, Any], loc: _Loc, base: dict[str, Any] | None = None
+) -> dict[str, ParamSpace]:
     known = {p.name for p in component.params}
     for key in raw:
         if key not in known:
             raise (loc / key).error(
-                f"{component.kind} {component.name!r} has no parameter {key!r}; its parameters: {', '.join(sorted(known)) or '(none)'}"
+                f"{component.kind} {component.name!r} has no parameter {key!r}; "
+                f"its parameters: {', '.join(sorted(known)) or '(none)'}"
             )
     spaces = {}
     for p in component.params:
@@ -284,7 +285,7 @@ def _component_params(component: Component, raw: dict[str, Any], loc: _Loc, base
     return spaces
 
 
-def _lookup(table: Any, name: str, loc: _Loc) -> Any:
+def _lookup(table: Any, name: Any, loc: _Loc) -> Any:
     try:
         return table.get(name)
     except PluginError as exc:
@@ -328,8 +329,9 @@ def _parse_base_model(raw: Any, loc: _Loc, base_dir: Path | None) -> BaseModelCo
         if not isinstance(checkpoint, str):
             raise (loc / "checkpoint").error(f"expected a file path, got {checkpoint!r}")
         if not checkpoint.endswith((".safetensors", ".pt", ".pth")):
-            raise (loc / "checkpoint").error(f"{checkpoint}: a state_dict in .safetensors (or .pt/.pth, read with "
-                                             "weights_only=True) is expected")
+            raise (loc / "checkpoint").error(
+                f"{checkpoint}: a state_dict in .safetensors (or .pt/.pth, read with weights_only=True) is expected"
+            )
         if base_dir is not None and not Path(checkpoint).is_absolute():
             checkpoint = str((base_dir / checkpoint).resolve())
     likelihood = _choice(raw.get("likelihood", "bernoulli"), loc / "likelihood", LIKELIHOODS)
@@ -343,8 +345,9 @@ def _parse_base_model(raw: Any, loc: _Loc, base_dir: Path | None) -> BaseModelCo
                 raise (loc / "groups" / g).error(f"expected a non-empty list of module-name prefixes, got {names!r}")
             groups[g] = tuple(names)
     epochs = _int(raw.get("fine_tune_epochs", 0), loc / "fine_tune_epochs", minimum=0)
-    return BaseModelConfig(factory=factory, kwargs=dict(kwargs), checkpoint=checkpoint, likelihood=likelihood,
-                           groups=groups, fine_tune_epochs=epochs)
+    return BaseModelConfig(
+        factory=factory, kwargs=dict(kwargs), checkpoint=checkpoint, likelihood=likelihood, groups=groups, fine_tune_epochs=epochs
+    )
 
 
 def _stage_order(slots: list[CompressorSlot], registry: Registry) -> list[int]:
@@ -366,7 +369,8 @@ def _check_composition(slots: list[CompressorSlot], registry: Registry, loc: _Lo
                     raise (where / "name").error(
                         f"compressor {option.name!r} (stage {comp.stage}) takes {', '.join(comp.takes)}, but "
                         f"{giver} before it gives {form}; this pipeline cannot work (reorder, make a stage optional, "
-                        f"or drop one)")
+                        f"or drop one)"
+                    )
             after.setdefault(comp.gives, f"compressor {option.name!r} (stage {comp.stage})")
         before = after
 
@@ -381,11 +385,14 @@ def _value_variants(option: ComponentSpace) -> list[dict[str, Any]]:
     return variants
 
 
-def _check_requirements(slots: list[CompressorSlot], registry: Registry, loc: _Loc, arch: Any, what: str,
-                        skip_stages: tuple[str, ...] = ()) -> set[str]:
+def _check_requirements(
+    slots: list[CompressorSlot], registry: Registry, loc: _Loc, arch: Any, what: str, skip_stages: tuple[str, ...] = ()
+) -> set[str]:
     """Refuse compressor settings the architecture cannot serve; return the needs left for a model-time check."""
-    has = {"layer_groups": bool(getattr(arch, "group_names", ())) if arch is not None else False,
-           "channel_groups": bool(getattr(arch, "has_channel_groups", False)) if arch is not None else False}
+    has = {
+        "layer_groups": bool(getattr(arch, "group_names", ())) if arch is not None else False,
+        "channel_groups": bool(getattr(arch, "has_channel_groups", False)) if arch is not None else False,
+    }
     deferred: set[str] = set()
     for i, slot in enumerate(slots):
         for j, option in enumerate(slot.options):
@@ -399,16 +406,37 @@ def _check_requirements(slots: list[CompressorSlot], registry: Registry, loc: _L
                     continue
                 if not has[need]:
                     where = loc / i / "choices" / j if len(slot.options) > 1 else loc / i
-                    detail = (f"per-group settings ({', '.join(p for p in comp.group_params if p in option.params)})"
-                              if need == "layer_groups" else "units it can remove")
-                    raise where.error(f"compressor {option.name!r} needs {need.replace('_', ' ')} for its {detail}, "
-                                      f"but {what} declares none")
+                    detail = (
+                        f"per-group settings ({', '.join(p for p in comp.group_params if p in option.params)})"
+                        if need == "layer_groups"
+                        else "units it can remove"
+                    )
+                    raise where.error(
+                        f"compressor {option.name!r} needs {need.replace('_', ' ')} for its {detail}, but {what} declares none"
+                    )
     return deferred
 
 
-TOP_KEYS = ("name", "dataset", "device", "seed", "architecture", "training", "compressors", "objectives",
-            "record", "sampler", "pruner", "latency", "trials", "timeout_s", "teacher", "reference_point", "task",
-            "base_model")
+TOP_KEYS = (
+    "name",
+    "dataset",
+    "device",
+    "seed",
+    "architecture",
+    "training",
+    "compressors",
+    "objectives",
+    "record",
+    "sampler",
+    "pruner",
+    "latency",
+    "trials",
+    "timeout_s",
+    "teacher",
+    "reference_point",
+    "task",
+    "base_model",
+)
 
 
 def parse_space(data: Any, file: str, registry: Registry, source: str = "", base_dir: Path | None = None) -> SearchSpace:
@@ -455,14 +483,18 @@ def parse_space(data: Any, file: str, registry: Registry, source: str = "", base
             raise loc.error("a user's model is given as base_model: {factory, checkpoint, ...}, not under architecture:")
         arch = _lookup(registry.architectures, name, loc)
         if task.name not in arch.tasks:
-            raise loc.error(f"architecture {name!r} does not support task {task.name!r} (task:); "
-                            f"it supports: {', '.join(arch.tasks) or '(none)'}")
+            raise loc.error(
+                f"architecture {name!r} does not support task {task.name!r} (task:); "
+                f"it supports: {', '.join(arch.tasks) or '(none)'}"
+            )
         params_raw = dict(_mapping(params_raw, loc))
         preset = params_raw.pop("preset", None)
         base = None
         if preset is not None:
             if preset not in arch.presets:
-                raise (loc / "preset").error(f"unknown preset {preset!r}; presets of {name!r}: {', '.join(arch.presets) or '(none)'}")
+                raise (loc / "preset").error(
+                    f"unknown preset {preset!r}; presets of {name!r}: {', '.join(arch.presets) or '(none)'}"
+                )
             base = arch.presets[preset]
         architectures.append(ComponentSpace(name, _component_params(arch, params_raw, loc, base), preset))
 
@@ -501,34 +533,51 @@ def parse_space(data: Any, file: str, registry: Registry, source: str = "", base
             comp = _lookup(registry.compressors, cname, oloc / "name")
             if comp.stage not in STAGES:
                 raise (oloc / "name").error(f"compressor {cname!r} has stage {comp.stage!r}, not one of {', '.join(STAGES)}")
-            options.append(ComponentSpace(cname, _component_params(comp, _mapping(option.get("params"), oloc / "params"), oloc / "params")))
+            options.append(
+                ComponentSpace(
+                    comp.name, _component_params(comp, _mapping(option.get("params"), oloc / "params"), oloc / "params")
+                )
+            )
         names = [o.name for o in options]
         if len(set(names)) != len(names):
             raise loc.error(f"a compressor appears twice among the choices: {names}")
         if len({registry.compressors.get(n).stage for n in names}) > 1:
-            raise loc.error(f"the choices of one slot must share a stage, got {[(n, registry.compressors.get(n).stage) for n in names]}")
+            raise loc.error(
+                f"the choices of one slot must share a stage, got {[(n, registry.compressors.get(n).stage) for n in names]}"
+            )
         slots.append(CompressorSlot(tuple(options), optional))
     _check_composition(slots, registry, comp_loc)
     has_distill = any(registry.compressors.get(o.name).stage == "distill" for s in slots for o in s.options)
     if base_model is not None:
         if has_distill and not architectures:
-            raise arch_loc.error("with base_model:, a distill stage trains a student of a built-in family named under "
-                                 "architecture: (e.g. architecture: {conv: {base_channels: {low: 4, high: 16}}})")
+            raise arch_loc.error(
+                "with base_model:, a distill stage trains a student of a built-in family named under "
+                "architecture: (e.g. architecture: {conv: {base_channels: {low: 4, high: 16}}})"
+            )
         if architectures and not has_distill:
-            raise arch_loc.error("with base_model:, architecture: names distillation students; add a distill stage "
-                                 "to compressors: or remove architecture:")
+            raise arch_loc.error(
+                "with base_model:, architecture: names distillation students; add a distill stage "
+                "to compressors: or remove architecture:"
+            )
         # The user's model itself: layer groups are found when it is loaded (deferred), channel groups never.
         needs = _check_requirements(slots, registry, comp_loc, None, "base_model", skip_stages=("distill",))
         if "channel_groups" in needs:
-            raise comp_loc.error("structured pruning removes units through an architecture's channel groups, which "
-                                 f"base_model ({base_model.factory!r}) cannot declare; use unstructured pruning "
-                                 "(magnitude_prune, taylor_prune, l1_prune) or distill to a built-in family")
+            raise comp_loc.error(
+                "structured pruning removes units through an architecture's channel groups, which "
+                f"base_model ({base_model.factory!r}) cannot declare; use unstructured pruning "
+                "(magnitude_prune, taylor_prune, l1_prune) or distill to a built-in family"
+            )
         if "layer_groups" in needs and base_model.groups is None:
             base_model = dataclasses.replace(base_model, needs_groups=True)
     for arch_space in architectures:
-        _check_requirements(slots, registry, comp_loc, registry.architectures.get(arch_space.name),
-                            f"architecture {arch_space.name!r}",
-                            skip_stages=("distill",) if base_model is not None else ())
+        _check_requirements(
+            slots,
+            registry,
+            comp_loc,
+            registry.architectures.get(arch_space.name),
+            f"architecture {arch_space.name!r}",
+            skip_stages=("distill",) if base_model is not None else (),
+        )
 
     obj_loc = root / "objectives"
     objectives = data.get("objectives", list(task.default_objectives))
@@ -538,8 +587,9 @@ def parse_space(data: Any, file: str, registry: Registry, source: str = "", base
     def measurable(name: str, loc: _Loc) -> Any:
         objective = _lookup(registry.objectives, name, loc)
         if objective.tasks is not None and task.name not in objective.tasks:
-            raise loc.error(f"objective {name!r} measures models of task {', '.join(objective.tasks)}, "
-                            f"not of task {task.name!r} (task:)")
+            raise loc.error(
+                f"objective {name!r} measures models of task {', '.join(objective.tasks)}, not of task {task.name!r} (task:)"
+            )
         return objective
 
     for i, name in enumerate(objectives):
@@ -549,9 +599,13 @@ def parse_space(data: Any, file: str, registry: Registry, source: str = "", base
     record_raw = data.get("record")
     rec_loc = root / "record"
     if record_raw is None:
-        record = [n for n in registry.objectives.names() if n not in objectives
-                  and (registry.objectives.get(n).tasks is None or task.name in registry.objectives.get(n).tasks)
-                  and not registry.objectives.get(n).needs_labels]
+        record = [
+            n
+            for n in registry.objectives.names()
+            if n not in objectives
+            and ((tasks := registry.objectives.get(n).tasks) is None or task.name in tasks)
+            and not registry.objectives.get(n).needs_labels
+        ]
     else:
         if not isinstance(record_raw, list):
             raise rec_loc.error("expected a list of objective names to measure without optimizing")
@@ -629,8 +683,9 @@ def parse_space(data: Any, file: str, registry: Registry, source: str = "", base
     )
 
 
-def load_space_text(text: str, file: str, registry: Registry | None = None, base_dir: Path | None = None,
-                    base_model: Any = None) -> SearchSpace:
+def load_space_text(
+    text: str, file: str, registry: Registry | None = None, base_dir: Path | None = None, base_model: Any = None
+) -> SearchSpace:
     """Validate YAML text (``file`` names it in errors).
 
     Args:

@@ -68,8 +68,15 @@ class DataSplits:
         def move(t: torch.Tensor | None) -> torch.Tensor | None:
             return None if t is None else t.to(device)
 
-        return DataSplits(self.train.to(device), self.validation.to(device), self.test.to(device), dict(self.info),
-                          move(self.train_labels), move(self.validation_labels), move(self.test_labels))
+        return DataSplits(
+            self.train.to(device),
+            self.validation.to(device),
+            self.test.to(device),
+            dict(self.info),
+            move(self.train_labels),
+            move(self.validation_labels),
+            move(self.test_labels),
+        )
 
 
 def parse_spec(spec: str) -> tuple[str, str | None]:
@@ -102,8 +109,7 @@ def to_unit_float(images: np.ndarray, source: str) -> np.ndarray:
 _image_cache: dict[tuple[Any, ...], np.ndarray] = {}
 
 
-def load_images(spec: str, data_dir: str | None = None, download: bool = False,
-                registry: Registry | None = None) -> np.ndarray:
+def load_images(spec: str, data_dir: str | None = None, download: bool = False, registry: Registry | None = None) -> np.ndarray:
     """Every image of a dataset as float32 N x C x H x W in [0, 1], cached per process."""
 
     registry = registry or get_registry()
@@ -121,8 +127,9 @@ def load_images(spec: str, data_dir: str | None = None, download: bool = False,
     return _image_cache[key]
 
 
-def load_labels(spec: str, n_images: int, data_dir: str | None = None, download: bool = False,
-                registry: Registry | None = None) -> np.ndarray:
+def load_labels(
+    spec: str, n_images: int, data_dir: str | None = None, download: bool = False, registry: Registry | None = None
+) -> np.ndarray:
     """Every label of a dataset as int64, one per image of :func:`load_images`; DataError if it has none."""
 
     registry = registry or get_registry()
@@ -147,11 +154,12 @@ def split_indices(n: int, split: SplitConfig) -> tuple[np.ndarray, np.ndarray, n
         raise DataError(f"split leaves no training images: {n} images, test={n_test}, validation={n_val}")
     order = np.random.default_rng(split.seed).permutation(n) if split.shuffle else np.arange(n)
     n_train = n - n_val - n_test
-    return order[:n_train], order[n_train:n_train + n_val], order[n_train + n_val:]
+    return order[:n_train], order[n_train : n_train + n_val], order[n_train + n_val :]
 
 
-def make_splits(images: np.ndarray, split: SplitConfig, device: torch.device | str, spec: str = "",
-                labels: np.ndarray | None = None) -> DataSplits:
+def make_splits(
+    images: np.ndarray, split: SplitConfig, device: torch.device | str, spec: str = "", labels: np.ndarray | None = None
+) -> DataSplits:
     """Split ``images`` (and ``labels`` alike, if given) by ``split`` and move the parts to ``device`` once."""
     train_idx, val_idx, test_idx = split_indices(len(images), split)
     if len(val_idx) == 0:
@@ -178,5 +186,12 @@ def make_splits(images: np.ndarray, split: SplitConfig, device: torch.device | s
 
     if labels is None:
         return DataSplits(part(train_idx), part(val_idx), part(test_idx), info)
-    return DataSplits(part(train_idx), part(val_idx), part(test_idx), info,
-                      part(train_idx, labels), part(val_idx, labels), part(test_idx, labels))
+    return DataSplits(
+        part(train_idx),
+        part(val_idx),
+        part(test_idx),
+        info,
+        part(train_idx, labels),
+        part(val_idx, labels),
+        part(test_idx, labels),
+    )

@@ -79,10 +79,11 @@ class FrequencyTables:
         if len(self.offsets) != len(self.lows) + 1:
             raise ValueError("offsets must have one entry more than lows")
         for i in range(len(self.lows)):
-            table = self.freqs[self.offsets[i]:self.offsets[i + 1]]
+            table = self.freqs[self.offsets[i] : self.offsets[i + 1]]
             if len(table) < 2 or int(table.sum()) != 1 << PRECISION_BITS or int(table.min()) < 1:
-                raise ValueError(f"table {i} is not a valid frequency table (>= 2 symbols, each >= 1, "
-                                 f"summing to 2**{PRECISION_BITS})")
+                raise ValueError(
+                    f"table {i} is not a valid frequency table (>= 2 symbols, each >= 1, summing to 2**{PRECISION_BITS})"
+                )
 
     @classmethod
     def from_pmfs(cls, pmfs: list[np.ndarray], lows: list[int]) -> FrequencyTables:
@@ -99,14 +100,16 @@ class FrequencyTables:
         """One constriction categorical model per table (build once, reuse for many images)."""
         model = _constriction().stream.model
         scale = float(1 << PRECISION_BITS)
-        return [model.Categorical(self.freqs[self.offsets[i]:self.offsets[i + 1]].astype(np.float64) / scale,
-                                  perfect=False) for i in range(self.n_tables)]
+        return [
+            model.Categorical(self.freqs[self.offsets[i] : self.offsets[i + 1]].astype(np.float64) / scale, perfect=False)
+            for i in range(self.n_tables)
+        ]
 
     def ideal_bits(self, values: np.ndarray) -> float:
         """Information content of ``values`` (one per table) under the tables, in bits, escapes included."""
         bits = 0.0
         for i, v in enumerate(np.asarray(values, np.int64)):
-            table = self.freqs[self.offsets[i]:self.offsets[i + 1]]
+            table = self.freqs[self.offsets[i] : self.offsets[i + 1]]
             s = int(v - self.lows[i])
             if 0 <= s < len(table) - 1:
                 bits += PRECISION_BITS - np.log2(table[s])
@@ -136,8 +139,9 @@ class Coder:
             s = int(v - self.tables.lows[i])
             if not 0 <= s < self._sizes[i] - 1:
                 if not -ESCAPE_OFFSET <= v < ESCAPE_OFFSET:
-                    raise ValueError(f"value {int(v)} at position {i} is outside the codable range "
-                                     f"[{-ESCAPE_OFFSET}, {ESCAPE_OFFSET - 1}]")
+                    raise ValueError(
+                        f"value {int(v)} at position {i} is outside the codable range [{-ESCAPE_OFFSET}, {ESCAPE_OFFSET - 1}]"
+                    )
                 escape_values.append(int(v) + ESCAPE_OFFSET)
                 s = int(self._sizes[i] - 1)
             encoder.encode(s, self._models[i])

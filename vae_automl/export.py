@@ -22,25 +22,25 @@ import json
 import math
 import shutil
 import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from types import SimpleNamespace
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 import torch
 
+from vae_automl import study as study_mod
 from vae_automl.classifier import accuracy_of
-from vae_automl.errors import ConfigError, ExportError
+from vae_automl.components import MeasureContext
+from vae_automl.data import load_images, load_labels, make_splits
+from vae_automl.errors import ExportError
 from vae_automl.record import TrialRecord
 from vae_automl.registry import get_registry
 from vae_automl.storage.format import deserialize_model
-from vae_automl.vae import kl_to_prior, reconstruction_nll
-from vae_automl.vae import VAE
 from vae_automl.study import completed_trials, front_of_study
-from vae_automl.data import load_images, load_labels, make_splits
-from vae_automl.components import MeasureContext
-from vae_automl import study as study_mod
+from vae_automl.vae import VAE, kl_to_prior, reconstruction_nll
 
 if TYPE_CHECKING:
     import optuna
@@ -57,8 +57,14 @@ WEIGHTS = "weights.safetensors"
 DEFAULT_FORMATS: tuple[str, ...] = ("onnx", "torchscript", "safetensors")
 ELBO = "test_elbo_nats"
 ACCURACY = "test_accuracy"
-TOLERANCES: dict[str, float] = {ELBO: 0.01, ACCURACY: 0.005, "recon_error": 0.01, "size_bytes": 0.0, "params": 0.0,
-                                "theoretical_bits": 0.0}
+TOLERANCES: dict[str, float] = {
+    ELBO: 0.01,
+    ACCURACY: 0.005,
+    "recon_error": 0.01,
+    "size_bytes": 0.0,
+    "params": 0.0,
+    "theoretical_bits": 0.0,
+}
 """Relative tolerance of each re-measured figure against the search's; 0 means exactly equal.
 
 Figures not listed (latency_ms: it depends on the machine and its load) are
@@ -99,8 +105,9 @@ def versions() -> dict[str, str]:
     return out
 
 
-def open_study_context(storage: str, study_name: str, dataset: str | None = None, data_dir: str | None = None,
-                       plugins: tuple[str, ...] = ()) -> StudyContext:
+def open_study_context(
+    storage: str, study_name: str, dataset: str | None = None, data_dir: str | None = None, plugins: tuple[str, ...] = ()
+) -> StudyContext:
     """Open a study and load its data exactly as the search split it (from the YAML stored in the study).
 
     Args:
@@ -154,15 +161,24 @@ def load_artifact(record: TrialRecord | dict[str, Any] | None, registry: Registr
     data = path.read_bytes()
     digest = hashlib.sha256(data).hexdigest()
     if digest != record.artifact_sha256:
-        raise ExportError(f"trial {record.trial}: {path} has sha256 {digest}, but the search recorded "
-                          f"{record.artifact_sha256}; the file changed since the search")
+        raise ExportError(
+            f"trial {record.trial}: {path} has sha256 {digest}, but the search recorded "
+            f"{record.artifact_sha256}; the file changed since the search"
+        )
     return deserialize_model(data, registry or get_registry()), data
 
 
 @torch.no_grad()
-def elbo_of(encode: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
-            decode: Callable[[torch.Tensor], torch.Tensor], likelihood: str, log_sigma: torch.Tensor | None,
-            x: torch.Tensor, seed: int, beta: float = 1.0, chunk: int = 2048) -> float:
+def elbo_of(
+    encode: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
+    decode: Callable[[torch.Tensor], torch.Tensor],
+    likelihood: str,
+    log_sigma: torch.Tensor | None,
+    x: torch.Tensor,
+    seed: int,
+    beta: float = 1.0,
+    chunk: int = 2048,
+) -> float:
     """Negative ELBO per image of any encode/decode pair, with :func:`vae_automl.train.evaluate_elbo`'s noise.
 
     The same generator, seed and chunking draw the same ``eps``, so a
@@ -173,7 +189,7 @@ def elbo_of(encode: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
     generator = torch.Generator(device=x.device).manual_seed(seed)
     total = 0.0
     for start in range(0, len(x), chunk):
-        xb = x[start:start + chunk]
+        xb = x[start : start + chunk]
         mu, logvar = encode(xb)
         eps = torch.randn(len(xb), mu.shape[1], generator=generator, device=x.device)
         decoded = decode(mu + torch.exp(0.5 * logvar) * eps)
@@ -190,9 +206,17 @@ def quality_figure(model: Any) -> str:
 def _remeasure_safetensors(ctx: StudyContext, record: TrialRecord, path: Path) -> dict[str, float]:
 
     model = deserialize_model(path.read_bytes(), ctx.registry).eval()
-    measure_ctx = MeasureContext(model=model, data=ctx.data, device=torch.device("cpu"), seed=record.config["seed"],
-                                 latency_batch_size=record.latency.batch_size, latency_repeats=record.latency.repeats,
-                                 latency_warmup=ctx.space.latency.warmup, latency_target="cpu", registry=ctx.registry)
+    measure_ctx = MeasureContext(
+        model=model,
+        data=ctx.data,
+        device=torch.device("cpu"),
+        seed=record.config["seed"],
+        latency_batch_size=record.latency.batch_size,
+        latency_repeats=record.latency.repeats,
+        latency_warmup=ctx.space.latency.warmup,
+        latency_target="cpu",
+        registry=ctx.registry,
+    )
     figures: dict[str, float] = {}
     for name in dict.fromkeys([quality_figure(model), *record.metrics]):
         objective = ctx.registry.objectives.get(name) if name in ctx.registry.objectives else None
@@ -208,14 +232,22 @@ def _remeasure_onnx(ctx: StudyContext, record: TrialRecord, path: Path, model: V
 
     onnx_bytes = path.read_bytes()
     if quality_figure(model) == ACCURACY:
-        return {ACCURACY: accuracy_of(runtime.OnnxClassifier(onnx_bytes), ctx.data.test, ctx.data.test_labels),
-                "runtime": "onnxruntime"}
+        return {
+            ACCURACY: accuracy_of(runtime.OnnxClassifier(onnx_bytes), ctx.data.test, _test_labels(ctx)),
+            "runtime": "onnxruntime",
+        }
     onnx_model = runtime.OnnxVAE(onnx_bytes)
     ops = runtime.integer_ops(onnx_bytes)
-    elbo = elbo_of(onnx_model.encode, onnx_model.decode, model.likelihood, onnx_model.log_sigma(), ctx.data.test,
-                   seed=record.config["seed"])
-    return {ELBO: elbo, "runtime": runtime.RUNTIME_ORT_INT8 if ops else "onnxruntime",
-            "integer_ops": sorted(set(ops))}
+    elbo = elbo_of(
+        onnx_model.encode, onnx_model.decode, model.likelihood, onnx_model.log_sigma(), ctx.data.test, seed=record.config["seed"]
+    )
+    return {ELBO: elbo, "runtime": runtime.RUNTIME_ORT_INT8 if ops else "onnxruntime", "integer_ops": sorted(set(ops))}
+
+
+def _test_labels(ctx: StudyContext) -> torch.Tensor:
+    if ctx.data.test_labels is None:
+        raise ExportError(f"dataset {ctx.data.info.get('dataset')!r} was loaded without labels, but accuracy needs them")
+    return ctx.data.test_labels
 
 
 def _remeasure_torchscript(ctx: StudyContext, record: TrialRecord, path: Path, model: VAE) -> dict[str, Any]:
@@ -223,10 +255,9 @@ def _remeasure_torchscript(ctx: StudyContext, record: TrialRecord, path: Path, m
         warnings.simplefilter("ignore", FutureWarning)  # torch.jit is deprecated upstream; the file is still valid
         module = torch.jit.load(str(path), map_location="cpu")
     if quality_figure(model) == ACCURACY:
-        return {ACCURACY: accuracy_of(module, ctx.data.test, ctx.data.test_labels)}
+        return {ACCURACY: accuracy_of(module, ctx.data.test, _test_labels(ctx))}
     log_sigma = model.log_sigma.detach() if model.likelihood == "gaussian" else None
-    return {ELBO: elbo_of(module.encode, module.decode, model.likelihood, log_sigma, ctx.data.test,
-                          seed=record.config["seed"])}
+    return {ELBO: elbo_of(module.encode, module.decode, model.likelihood, log_sigma, ctx.data.test, seed=record.config["seed"])}
 
 
 def _check(checks: list[dict[str, Any]], figure: str, file: str, expected: float, got: float) -> None:
@@ -235,8 +266,9 @@ def _check(checks: list[dict[str, Any]], figure: str, file: str, expected: float
         return
     rel = abs(got - expected) / max(abs(expected), 1e-12)
     ok = math.isfinite(got) and (got == expected if tolerance == 0 else rel <= tolerance)
-    checks.append({"figure": figure, "file": file, "expected": expected, "got": got, "rel_diff": rel,
-                   "tolerance": tolerance, "ok": ok})
+    checks.append(
+        {"figure": figure, "file": file, "expected": expected, "got": got, "rel_diff": rel, "tolerance": tolerance, "ok": ok}
+    )
 
 
 def _failures_message(trial: int, checks: list[dict[str, Any]]) -> str:
@@ -244,19 +276,24 @@ def _failures_message(trial: int, checks: list[dict[str, Any]]) -> str:
     for c in checks:
         if not c["ok"]:
             allowed = "exactly" if c["tolerance"] == 0 else f"within {c['tolerance']:.0%}"
-            lines.append(f"  {c['file']}: {c['figure']} expected {c['expected']:.6g} ({allowed}), "
-                         f"got {c['got']:.6g} (off by {c['rel_diff']:.2%})")
+            lines.append(
+                f"  {c['file']}: {c['figure']} expected {c['expected']:.6g} ({allowed}), "
+                f"got {c['got']:.6g} (off by {c['rel_diff']:.2%})"
+            )
     return "\n".join(lines)
 
 
-def export_trial(ctx: StudyContext, trial: optuna.trial.FrozenTrial, out_dir: str | Path,
-                 formats: Sequence[str] = DEFAULT_FORMATS) -> Path:
+def export_trial(
+    ctx: StudyContext, trial: optuna.trial.FrozenTrial, out_dir: str | Path, formats: Sequence[str] = DEFAULT_FORMATS
+) -> Path:
     """Export one completed trial into ``out_dir/trial-N/`` and verify it; return that folder."""
     record = record_of(trial)
     if record.data.get("split_sha256") not in (None, ctx.data.info["split_sha256"]):
-        raise ExportError(f"trial {trial.number}: the data split differs from the search's "
-                          f"(split sha256 {ctx.data.info['split_sha256']} vs {record.data['split_sha256']}); "
-                          "pass the --dataset/--data-dir the search used")
+        raise ExportError(
+            f"trial {trial.number}: the data split differs from the search's "
+            f"(split sha256 {ctx.data.info['split_sha256']} vs {record.data['split_sha256']}); "
+            "pass the --dataset/--data-dir the search used"
+        )
     exporters = []
     for fmt in dict.fromkeys(["safetensors", *formats]):
         if fmt not in ctx.registry.exporters:
@@ -274,8 +311,10 @@ def export_trial(ctx: StudyContext, trial: optuna.trial.FrozenTrial, out_dir: st
             exporter.export(model, str(tmp / exporter.filename), example)
         weights = tmp / WEIGHTS
         if weights.read_bytes() != artifact_bytes:
-            raise ExportError(f"trial {trial.number}: {WEIGHTS} differs from the search's saved model "
-                              f"{record.artifact} (packing is not deterministic?)")
+            raise ExportError(
+                f"trial {trial.number}: {WEIGHTS} differs from the search's saved model "
+                f"{record.artifact} (packing is not deterministic?)"
+            )
         search_metrics = dict(record.metrics)
         remeasured: dict[str, dict[str, Any]] = {"safetensors": _remeasure_safetensors(ctx, record, weights)}
         by_file = {"safetensors": WEIGHTS}
@@ -300,8 +339,7 @@ def export_trial(ctx: StudyContext, trial: optuna.trial.FrozenTrial, out_dir: st
             _check(checks, "size_bytes", WEIGHTS, float(len(artifact_bytes)), float(weights.stat().st_size))
         if not all(c["ok"] for c in checks):
             raise ExportError(_failures_message(trial.number, checks))
-        files = {p.name: {"sha256": sha256_file(p), "size_bytes": p.stat().st_size}
-                 for p in sorted(tmp.iterdir()) if p.is_file()}
+        files = {p.name: {"sha256": sha256_file(p), "size_bytes": p.stat().st_size} for p in sorted(tmp.iterdir()) if p.is_file()}
         manifest = {
             "format": MANIFEST_FORMAT,
             "manifest_version": MANIFEST_VERSION,
@@ -312,17 +350,29 @@ def export_trial(ctx: StudyContext, trial: optuna.trial.FrozenTrial, out_dir: st
             "model_config": model.config,
             "plugins": record.plugins,
             # a base_model study's trials all start from the user's model (students too: it taught them)
-            **({"base_model": {"factory": record.base.extra["base_model"],
-                               "checkpoint_sha256": record.base.extra["checkpoint_sha256"]}}
-               if "checkpoint_sha256" in record.base.extra else {}),
+            **(
+                {
+                    "base_model": {
+                        "factory": record.base.extra["base_model"],
+                        "checkpoint_sha256": record.base.extra["checkpoint_sha256"],
+                    }
+                }
+                if "checkpoint_sha256" in record.base.extra
+                else {}
+            ),
             "objectives": dict(zip(ctx.objective_names, ctx.directions)),
-            "search": {"objectives": record.objectives, "metrics": record.metrics,
-                       "latency": record.latency.as_dict(), "device": record.device, "data": record.data},
+            "search": {
+                "objectives": record.objectives,
+                "metrics": record.metrics,
+                "latency": record.latency.as_dict(),
+                "device": record.device,
+                "data": record.data,
+            },
             "remeasured": remeasured,
             "checks": checks,
             "files": files,
             "versions": versions(),
-            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         }
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=False) + "\n")
         shutil.rmtree(final, ignore_errors=True)
@@ -344,16 +394,25 @@ def select_trials(ctx: StudyContext, trials: str | Sequence[int]) -> list[optuna
         numbers = [int(n) for n in trials]
     missing = [n for n in numbers if n not in completed]
     if missing:
-        raise ExportError(f"trials {missing} are not completed trials of study {ctx.study.study_name!r}; "
-                          f"completed: {sorted(completed)}")
+        raise ExportError(
+            f"trials {missing} are not completed trials of study {ctx.study.study_name!r}; completed: {sorted(completed)}"
+        )
     if not numbers:
         raise ExportError(f"study {ctx.study.study_name!r} has no completed trials to export")
     return [completed[n] for n in numbers]
 
 
-def export_study(storage: str, study: str, out_dir: str | Path, trials: str | Sequence[int] = "front",
-                 formats: Sequence[str] = DEFAULT_FORMATS, *, dataset: str | None = None,
-                 data_dir: str | None = None, plugins: tuple[str, ...] = ()) -> list[Path]:
+def export_study(
+    storage: str,
+    study: str,
+    out_dir: str | Path,
+    trials: str | Sequence[int] = "front",
+    formats: Sequence[str] = DEFAULT_FORMATS,
+    *,
+    dataset: str | None = None,
+    data_dir: str | None = None,
+    plugins: tuple[str, ...] = (),
+) -> list[Path]:
     """Export and verify models of a stored study.
 
     Args:

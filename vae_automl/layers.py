@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
+
 from vae_automl.registry import get_registry
 
 if TYPE_CHECKING:
@@ -89,6 +90,7 @@ def traced_layer_groups(model: VAE, x: torch.Tensor) -> LayerGroups:
     def hook_for(name: str) -> Any:
         def hook(_m: nn.Module, _inputs: Any, output: torch.Tensor) -> None:
             calls[phase[0]].append((name, output[0].numel()))
+
         return hook
 
     handles = [m.register_forward_hook(hook_for(n)) for n, m in modules.items()]

@@ -6,13 +6,10 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from vae_automl.errors import ExportError, IntegrityError
-from vae_automl.storage.format import deserialize_model
+from vae_automl.errors import ExportError, IntegrityError, PluginError
+from vae_automl.export import MANIFEST, MANIFEST_FORMAT, MANIFEST_VERSION, WEIGHTS, sha256_file
 from vae_automl.registry import get_registry
-from vae_automl.export import sha256_file
-from vae_automl.export import WEIGHTS
-from vae_automl.export import MANIFEST, MANIFEST_FORMAT, MANIFEST_VERSION, WEIGHTS
-from vae_automl.errors import PluginError
+from vae_automl.storage.format import deserialize_model
 
 if TYPE_CHECKING:
     from vae_automl.vae import VAE
@@ -31,11 +28,11 @@ def read_manifest(directory: str | Path) -> dict[str, Any]:
     if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
         raise ExportError(f"{path}: not a vae-automl export manifest (its 'format' must be {MANIFEST_FORMAT!r})")
     if manifest.get("manifest_version") != MANIFEST_VERSION:
-        raise ExportError(f"{path}: manifest_version {manifest.get('manifest_version')!r} is not the supported "
-                          f"{MANIFEST_VERSION}")
+        raise ExportError(
+            f"{path}: manifest_version {manifest.get('manifest_version')!r} is not the supported {MANIFEST_VERSION}"
+        )
     files = manifest.get("files")
-    if not isinstance(files, dict) or not all(isinstance(v, dict) and isinstance(v.get("sha256"), str)
-                                              for v in files.values()):
+    if not isinstance(files, dict) or not all(isinstance(v, dict) and isinstance(v.get("sha256"), str) for v in files.values()):
         raise ExportError(f"{path}: 'files' must map each file name to {{sha256, size_bytes}}")
     if WEIGHTS not in files:
         raise ExportError(f"{path}: 'files' does not list {WEIGHTS}")
@@ -54,8 +51,10 @@ def verify_files(directory: str | Path, manifest: dict[str, Any]) -> None:
             raise IntegrityError(f"{path}: listed in manifest.json but missing")
         digest = sha256_file(path)
         if digest != entry["sha256"]:
-            raise IntegrityError(f"{path}: sha256 {digest} does not match manifest.json's {entry['sha256']}; "
-                                 "the file was modified or corrupted after export")
+            raise IntegrityError(
+                f"{path}: sha256 {digest} does not match manifest.json's {entry['sha256']}; "
+                "the file was modified or corrupted after export"
+            )
 
 
 def check_plugins(path: Path, manifest: dict[str, Any], loaded: set[str]) -> None:
@@ -66,8 +65,11 @@ def check_plugins(path: Path, manifest: dict[str, Any], loaded: set[str]) -> Non
         hints = []
         for name, info in sorted(missing.items()):
             dist = info.get("distribution") or "(no pip package recorded)"
-            install = f"pip install '{dist}=={info.get('version')}'" if info.get("distribution") else \
-                f"--plugin {info.get('module') or name}"
+            install = (
+                f"pip install '{dist}=={info.get('version')}'"
+                if info.get("distribution")
+                else f"--plugin {info.get('module') or name}"
+            )
             hints.append(f"plugin {name!r} from {dist} {info.get('version', '')} ({install})")
         raise PluginError(f"{path}: the model was made with plugins that are not loaded: {'; '.join(hints)}")
 
@@ -94,5 +96,5 @@ def load(directory: str | Path, plugins: tuple[str, ...] = ()) -> VAE:
     registry = get_registry(plugins)
     check_plugins(Path(directory) / "manifest.json", manifest, registry.plugins())
     model = deserialize_model((Path(directory) / WEIGHTS).read_bytes(), registry)
-    model.manifest = manifest
+    model.manifest = manifest  # type: ignore[assignment]  # torch types unknown attributes as Tensor | Module
     return model

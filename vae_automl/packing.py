@@ -32,10 +32,29 @@ if TYPE_CHECKING:
     from vae_automl.vae import VAE
 
 __all__ = [
-    "CODECS", "FLOAT_BITS", "FLOAT_DTYPES", "FORMAT_VERSION", "HEADER_KEY", "PART_SEPARATOR", "CodebookCodec",
-    "Codec", "DenseCodec", "UniformCodec", "decode_mask", "deserialize_model", "encode_mask", "mask_bits",
-    "mask_encodings", "pack_bits", "pack_model", "read_header", "register_codec", "serialize_model", "size_bytes",
-    "theoretical_bits", "unpack_bits",
+    "CODECS",
+    "FLOAT_BITS",
+    "FLOAT_DTYPES",
+    "FORMAT_VERSION",
+    "HEADER_KEY",
+    "PART_SEPARATOR",
+    "CodebookCodec",
+    "Codec",
+    "DenseCodec",
+    "UniformCodec",
+    "decode_mask",
+    "deserialize_model",
+    "encode_mask",
+    "mask_bits",
+    "mask_encodings",
+    "pack_bits",
+    "pack_model",
+    "read_header",
+    "register_codec",
+    "serialize_model",
+    "size_bytes",
+    "theoretical_bits",
+    "unpack_bits",
 ]
 
 CODECS: dict[str, Codec] = builtin_codecs()
@@ -79,8 +98,9 @@ def register_codec(codec: Codec) -> None:
     The codec is still registered (by the built-in codecs plugin, when the
     registry is next built).
     """
-    warnings.warn("vae_automl.packing.register_codec is deprecated; implement the register_codecs hook",
-                  DeprecationWarning, stacklevel=2)
+    warnings.warn(
+        "vae_automl.packing.register_codec is deprecated; implement the register_codecs hook", DeprecationWarning, stacklevel=2
+    )
     if codec.name in _legacy and type(_legacy[codec.name]) is not type(codec):
         raise ValueError(f"codec {codec.name!r} is already registered by {type(_legacy[codec.name]).__qualname__}")
     _legacy[codec.name] = codec

@@ -12,7 +12,7 @@ def _as_minimize(points: np.ndarray, directions: Sequence[str]) -> np.ndarray:
     return np.asarray(points, dtype=float) * signs
 
 
-def non_dominated(points: Sequence[Sequence[float]], directions: Sequence[str]) -> list[int]:
+def non_dominated(points: Sequence[Sequence[float]] | np.ndarray, directions: Sequence[str]) -> list[int]:
     """Indices of the points no other point dominates (duplicates all kept)."""
     p = _as_minimize(np.asarray(points, dtype=float).reshape(len(points), len(directions)), directions)
     front = []
@@ -49,7 +49,9 @@ def _hv_minimize(points: np.ndarray, reference: np.ndarray) -> float:
     return float(volume)
 
 
-def hypervolume(points: Sequence[Sequence[float]], reference: Sequence[float], directions: Sequence[str]) -> float:
+def hypervolume(
+    points: Sequence[Sequence[float]] | np.ndarray, reference: Sequence[float] | np.ndarray, directions: Sequence[str]
+) -> float:
     """Volume of objective space dominated by ``points`` and bounded by ``reference``."""
     if len(points) == 0:
         return 0.0
@@ -58,8 +60,9 @@ def hypervolume(points: Sequence[Sequence[float]], reference: Sequence[float], d
     return _hv_minimize(p[non_dominated(p, ["minimize"] * len(r))], r)
 
 
-def normalized_hypervolume(points: Sequence[Sequence[float]], ideal: Sequence[float], reference: Sequence[float],
-                           directions: Sequence[str]) -> float:
+def normalized_hypervolume(
+    points: Sequence[Sequence[float]], ideal: Sequence[float], reference: Sequence[float], directions: Sequence[str]
+) -> float:
     """Hypervolume after scaling each objective so that ``ideal`` -> 0 and ``reference`` -> 1 (so in [0, 1])."""
     p = _as_minimize(np.asarray(points, dtype=float).reshape(-1, len(directions)), directions)
     lo = _as_minimize(np.asarray(ideal, dtype=float)[None, :], directions)[0]

@@ -5,13 +5,13 @@ from __future__ import annotations
 import importlib
 import os
 import sys
+from importlib import metadata
 from typing import Any
 
 import pluggy
 
 from vae_automl import hookspecs
 from vae_automl.errors import PluginError
-from importlib import metadata
 
 PROJECT = "vae_automl"
 ENTRY_POINT_GROUP = "vae_automl"
@@ -99,7 +99,9 @@ def new_plugin_manager(extra_plugins: tuple[str, ...] = (), autoload: bool | Non
         try:
             pm.load_setuptools_entrypoints(ENTRY_POINT_GROUP)
         except pluggy.PluginValidationError as exc:
-            raise PluginError(f"installed plugin {pm.get_name(exc.plugin) or exc.plugin!r} implements an unknown hook: {exc}") from exc
+            raise PluginError(
+                f"installed plugin {pm.get_name(exc.plugin) or exc.plugin!r} implements an unknown hook: {exc}"
+            ) from exc
         except Exception as exc:
             raise PluginError(f"an installed plugin in entry-point group {ENTRY_POINT_GROUP!r} failed to load: {exc!r}") from exc
     env_plugins = tuple(p for p in os.environ.get(EXTRA_PLUGINS_ENV, "").split(",") if p.strip())

@@ -11,8 +11,16 @@ from vae_automl.registry import HOOK_FOR_KIND, Registry, get_registry
 def param_row(p: Param) -> dict[str, Any]:
     """One parameter as ``vae-automl plugins --json`` gives it (bool parameters list their two values as choices)."""
     choices = list(p.choices) if p.choices is not None else ([False, True] if p.type == "bool" else None)
-    return {"name": p.name, "type": p.type, "default": p.default, "minimum": p.minimum, "maximum": p.maximum,
-            "choices": choices, "log": p.log, "help": p.help}
+    return {
+        "name": p.name,
+        "type": p.type,
+        "default": p.default,
+        "minimum": p.minimum,
+        "maximum": p.maximum,
+        "choices": choices,
+        "log": p.log,
+        "help": p.help,
+    }
 
 
 def _yaml_value(value: Any) -> str:

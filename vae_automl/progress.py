@@ -21,8 +21,15 @@ def format_number(value: float) -> str:
 class Progress:
     """Prints one line per finished trial to ``stream`` (stderr by default, so stdout stays parseable)."""
 
-    def __init__(self, total: int | None, objectives: tuple[str, ...], directions: tuple[str, ...],
-                 timeout_s: float | None = None, stream: TextIO | None = None, enabled: bool = True) -> None:
+    def __init__(
+        self,
+        total: int | None,
+        objectives: tuple[str, ...],
+        directions: tuple[str, ...],
+        timeout_s: float | None = None,
+        stream: TextIO | None = None,
+        enabled: bool = True,
+    ) -> None:
         self.total, self.objectives, self.directions = total, objectives, directions
         self.timeout_s = timeout_s
         self.stream = stream or sys.stderr
@@ -43,8 +50,15 @@ class Progress:
             estimates.append(max(self.timeout_s - elapsed, 0.0))
         return min(estimates) if estimates else None
 
-    def trial_finished(self, number: int, state: str, values: list[float] | None, seconds: float | None,
-                       reason: str | None = None, front_size: int | None = None) -> None:
+    def trial_finished(
+        self,
+        number: int,
+        state: str,
+        values: list[float] | None,
+        seconds: float | None,
+        reason: str | None = None,
+        front_size: int | None = None,
+    ) -> None:
         if state == "COMPLETE" and values is not None:
             self.done += 1
             for name, direction, value in zip(self.objectives, self.directions, values):
@@ -59,8 +73,10 @@ class Progress:
             return
         count = f"{self.done}/{self.total}" if self.total is not None else str(self.done)
         extra = ", ".join(f"{n} {label}" for n, label in ((self.pruned, "stopped early"), (self.failed, "failed")) if n)
-        parts = [f"[{count} completed{'; ' + extra if extra else ''}] trial {number} {state.lower()}"
-                 + (f" in {seconds:.1f}s" if seconds is not None else "")]
+        parts = [
+            f"[{count} completed{'; ' + extra if extra else ''}] trial {number} {state.lower()}"
+            + (f" in {seconds:.1f}s" if seconds is not None else "")
+        ]
         if reason:
             parts.append(reason[:160])
         if self.best:

@@ -129,8 +129,12 @@ class TrialRecord:
 
     def to_user_attrs(self) -> dict[str, Any]:
         """The trial user attributes that store this record (set them all before the trial is told)."""
-        return {RECORD_ATTR: self.as_dict(), METRICS_ATTR: dict(self.metrics),
-                CURVE_ATTR: list(self.base.validation_curve), BASE_PARAMS_ATTR: self.base.params}
+        return {
+            RECORD_ATTR: self.as_dict(),
+            METRICS_ATTR: dict(self.metrics),
+            CURVE_ATTR: list(self.base.validation_curve),
+            BASE_PARAMS_ATTR: self.base.params,
+        }
 
     @classmethod
     def from_trial(cls, trial: optuna.trial.FrozenTrial) -> TrialRecord | None:
@@ -150,7 +154,7 @@ class TrialRecord:
         return self.as_dict().get(key, default)
 
 
-_NESTED: dict[str, type] = {"latency": LatencyInfo, "base": BaseInfo}
+_NESTED: dict[str, Any] = {"latency": LatencyInfo, "base": BaseInfo}
 
 
 def _as_dict(obj: Any) -> dict[str, Any]:
@@ -171,8 +175,7 @@ def _from_dict(cls: Any, data: dict[str, Any]) -> Any:
     missing = sorted(n for n in names if n not in data and _required(cls, n))
     if missing:
         raise ValueError(f"a stored {cls.__name__} lacks {', '.join(missing)}")
-    kwargs = {k: (_NESTED[k].from_dict(v) if k in _NESTED and cls is TrialRecord else v)
-              for k, v in data.items() if k in names}
+    kwargs = {k: (_NESTED[k].from_dict(v) if k in _NESTED and cls is TrialRecord else v) for k, v in data.items() if k in names}
     return cls(**kwargs, extra={k: v for k, v in data.items() if k not in names})
 
 

@@ -50,7 +50,7 @@ def _train(images: torch.Tensor, labels: torch.Tensor) -> ReferenceClassifier:
         for _ in range(EPOCHS):
             order = torch.randperm(len(x), generator=generator)
             for start in range(0, len(x), BATCH_SIZE):
-                idx = order[start:start + BATCH_SIZE]
+                idx = order[start : start + BATCH_SIZE]
                 loss = nn.functional.cross_entropy(net(x[idx]), y[idx])
                 optimizer.zero_grad()
                 loss.backward()

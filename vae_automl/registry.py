@@ -8,7 +8,7 @@ plugin.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Generic, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
 from vae_automl.components import Architecture, Component, Compressor, Dataset, Exporter, Objective, Task
 from vae_automl.errors import PluginError
@@ -67,9 +67,7 @@ class Table(Generic[C]):
             raise PluginError(f"plugin {plugin!r} registered a {self.kind} with an empty name")
         if name in self._entries:
             other = self._entries[name].plugin
-            raise PluginError(
-                f"{self.kind} {name!r} is registered twice: by plugin {other!r} and by plugin {plugin!r}"
-            )
+            raise PluginError(f"{self.kind} {name!r} is registered twice: by plugin {other!r} and by plugin {plugin!r}")
         self._entries[name] = Entry(component, plugin, version, distribution, module)
 
     def get(self, name: str) -> C:
@@ -108,14 +106,15 @@ class Registry:
         self.codecs: Table[Codec] = Table("codec")
 
     def table(self, kind: str) -> Table[Any]:
-        return {
+        tables: dict[str, Table[Any]] = {
             "architecture": self.architectures,
             "compressor": self.compressors,
             "objective": self.objectives,
             "dataset": self.datasets,
             "exporter": self.exporters,
             "task": self.tasks,
-        }[kind]
+        }
+        return tables[kind]
 
     @classmethod
     def from_plugin_manager(cls, pm: pluggy.PluginManager) -> Registry:
@@ -131,8 +130,9 @@ class Registry:
 
     def plugins(self) -> set[str]:
         """The names of every plugin that registered a component."""
-        return {e.plugin for kind in HOOK_FOR_KIND for e in self.table(kind).entries()} | \
-            {e.plugin for e in self.codecs.entries()}
+        return {e.plugin for kind in HOOK_FOR_KIND for e in self.table(kind).entries()} | {
+            e.plugin for e in self.codecs.entries()
+        }
 
     def build_model(self, config: dict[str, Any]) -> VAE:
         """Build an untrained model from a canonical config (``config['architecture']`` picks the builder)."""
@@ -147,8 +147,7 @@ def _collect(pm: pluggy.PluginManager, hook_name: str, table: Table[Any], base: 
         distribution = plugin_distribution(pm, impl.plugin)
         module = getattr(impl.plugin, "__name__", "") or type(impl.plugin).__module__
 
-        def register(component: Any, _p: str = plugin_name, _v: str = version, _d: str = distribution,
-                     _m: str = module) -> None:
+        def register(component: Any, _p: str = plugin_name, _v: str = version, _d: str = distribution, _m: str = module) -> None:
             if not isinstance(component, base):
                 raise PluginError(
                     f"plugin {_p!r} passed {component!r} to {hook_name}; "

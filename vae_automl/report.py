@@ -2,19 +2,19 @@
 
 from __future__ import annotations
 
+import html
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from vae_automl import pareto
 from vae_automl.errors import VaeAutomlError
 from vae_automl.progress import format_number
 from vae_automl.record import TrialRecord
-from vae_automl.study import FrontEntry
-import html
-from vae_automl import pareto
-from vae_automl.study import completed_trials, front_of_study, objectives_of
+from vae_automl.study import FrontEntry, completed_trials, front_of_study, objectives_of
 
 if TYPE_CHECKING:
     import optuna
@@ -32,8 +32,7 @@ def short_params(params: dict[str, Any], limit: int = 70) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-def format_front_table(front: list[FrontEntry], knee: int | None = None,
-                       baseline: dict[str, float] | None = None) -> str:
+def format_front_table(front: list[FrontEntry], knee: int | None = None, baseline: dict[str, float] | None = None) -> str:
     """A markdown table: trial, short params, one column per objective; the knee trial is starred.
 
     ``baseline``: the objectives of a ``base_model:`` study's user model as given, shown as a first row.
@@ -44,8 +43,7 @@ def format_front_table(front: list[FrontEntry], knee: int | None = None,
     header = ["trial", *names, "params"]
     rows = []
     if baseline:
-        rows.append(["baseline", *(format_number(baseline[n]) if n in baseline else "" for n in names),
-                     "base_model as given"])
+        rows.append(["baseline", *(format_number(baseline[n]) if n in baseline else "" for n in names), "base_model as given"])
     for entry in front:
         mark = "*" if knee is not None and entry.trial == knee else ""
         rows.append([f"{entry.trial}{mark}", *(format_number(entry.objectives[n]) for n in names), short_params(entry.params)])
@@ -82,8 +80,9 @@ class StudyPoints:
     """Index of the uncompressed baseline (see :func:`baseline_index`), or None."""
 
 
-def baseline_index(records: Sequence[TrialRecord | dict[str, Any] | None], values: np.ndarray, directions: list[str]
-                   ) -> int | None:
+def baseline_index(
+    records: Sequence[TrialRecord | dict[str, Any] | None], values: np.ndarray, directions: list[str]
+) -> int | None:
     """The uncompressed baseline: the completed trial with an empty compression pipeline and the best first objective.
 
     None when every trial compressed its model. A record may be given as its stored dict.
@@ -129,8 +128,9 @@ def plot_pareto(points: StudyPoints, path: str | Path) -> Path:
 
     k = len(points.names)
     pairs = [(i, j) for i in range(k) for j in range(i + 1, k)] or [(-1, 0)]
-    fig, axes = plt.subplots(1, len(pairs), figsize=(SUBPLOT_WIDTH_IN * len(pairs), SUBPLOT_HEIGHT_IN),
-                             dpi=PLOT_DPI, squeeze=False)
+    fig, axes = plt.subplots(
+        1, len(pairs), figsize=(SUBPLOT_WIDTH_IN * len(pairs), SUBPLOT_HEIGHT_IN), dpi=PLOT_DPI, squeeze=False
+    )
     trial_numbers = np.array(points.trials, dtype=float)
     for ax, (i, j) in zip(axes[0], pairs):
         # One objective: plot it against the trial number.
@@ -143,8 +143,16 @@ def plot_pareto(points: StudyPoints, path: str | Path) -> Path:
             ax.plot(xs[order], ys[order], "-o" if k == 2 else "o", c="#d62728", ms=6, lw=1.2, label="Pareto front")
         if points.baseline is not None:
             b = points.baseline
-            ax.scatter([xs[b]], [ys[b]], marker="*", s=220, c="#1f77b4", edgecolors="black", zorder=5,
-                       label=f"uncompressed baseline (trial {points.trials[b]})")
+            ax.scatter(
+                [xs[b]],
+                [ys[b]],
+                marker="*",
+                s=220,
+                c="#1f77b4",
+                edgecolors="black",
+                zorder=5,
+                label=f"uncompressed baseline (trial {points.trials[b]})",
+            )
         ax.set_xlabel("trial" if i < 0 else points.names[i])
         ax.set_ylabel(points.names[j])
         for axis, data in (("x", xs), ("y", ys)):
@@ -178,15 +186,21 @@ def image_grid(model: VAE, x: torch.Tensor, seed: int = 0) -> np.ndarray:
 
     model = model.eval()
     generator = torch.Generator().manual_seed(seed)
-    rows = [_tile(x), _tile(model.reconstruct(x)), _tile(model.sample(len(x), generator)),
-            _tile(model.sample(len(x), generator))]
+    rows = [_tile(x), _tile(model.reconstruct(x)), _tile(model.sample(len(x), generator)), _tile(model.sample(len(x), generator))]
     gap = np.ones((4, rows[0].shape[1], rows[0].shape[2]), dtype=rows[0].dtype)
     grid = np.concatenate([part for r in rows for part in (r, gap)][:-1], axis=0)
     return grid[..., 0] if grid.shape[-1] == 1 else grid
 
 
-def write_report(storage: str, study: str, out_dir: str | Path, *, dataset: str | None = None,
-                 data_dir: str | None = None, plugins: tuple[str, ...] = ()) -> list[Path]:
+def write_report(
+    storage: str,
+    study: str,
+    out_dir: str | Path,
+    *,
+    dataset: str | None = None,
+    data_dir: str | None = None,
+    plugins: tuple[str, ...] = (),
+) -> list[Path]:
     """Write ``pareto.png``, one ``trial-N.png`` grid per front model, and ``index.html`` into ``out_dir``.
 
     Args:
@@ -237,22 +251,27 @@ def write_report(storage: str, study: str, out_dir: str | Path, *, dataset: str 
                 mpimg.imsave(grid_path, grid[..., 0] if grid.shape[-1] == 1 else grid, cmap="gray", vmin=0.0, vmax=1.0)
                 with torch.no_grad():
                     predicted = " ".join(str(int(c)) for c in model.eval()(x).argmax(1))
-                truth = " ".join(str(int(c)) for c in ctx.data.test_labels[:GRID_IMAGES]) if ctx.data.test_labels is not None else "?"
+                truth = (
+                    " ".join(str(int(c)) for c in ctx.data.test_labels[:GRID_IMAGES]) if ctx.data.test_labels is not None else "?"
+                )
                 caption = f"test images; predicted classes: {predicted}; labels: {truth}"
             written.append(grid_path)
             picture = f'<img src="{grid_path.name}" alt="trial {entry.trial}"><p class=note>{esc(caption)}</p>'
         except VaeAutomlError as exc:
             picture, note = "", f"<p class=error>no images: {esc(str(exc))}</p>"
-        params = "".join(f"<tr><td>{esc(str(key))}</td><td>{esc(str(value))}</td></tr>"
-                         for key, value in entry.params.items())
+        params = "".join(f"<tr><td>{esc(str(key))}</td><td>{esc(str(value))}</td></tr>" for key, value in entry.params.items())
         pipeline = entry.record.pipeline if entry.record else []
-        steps = ", ".join(f"{p['compressor']}({', '.join(f'{a}={b}' for a, b in p['params'].items())})"
-                          for p in pipeline) or "none (uncompressed)"
-        sections.append(f"<section id=trial-{entry.trial}><h3>Trial {entry.trial}"
-                        f"{' (knee)' if entry.trial == knee else ''}</h3>"
-                        f"<p>compression pipeline: {esc(steps)}; latency runtime: "
-                        f"{esc(entry.record.latency.runtime if entry.record else '?')}</p>"
-                        f"<table><tr><th>param</th><th>value</th></tr>{params}</table>{picture}{note}</section>")
+        steps = (
+            ", ".join(f"{p['compressor']}({', '.join(f'{a}={b}' for a, b in p['params'].items())})" for p in pipeline)
+            or "none (uncompressed)"
+        )
+        sections.append(
+            f"<section id=trial-{entry.trial}><h3>Trial {entry.trial}"
+            f"{' (knee)' if entry.trial == knee else ''}</h3>"
+            f"<p>compression pipeline: {esc(steps)}; latency runtime: "
+            f"{esc(entry.record.latency.runtime if entry.record else '?')}</p>"
+            f"<table><tr><th>param</th><th>value</th></tr>{params}</table>{picture}{note}</section>"
+        )
     header = "".join(f"<th>{esc(n)} ({d[:3]})</th>" for n, d in zip(names, points.directions))
     rows = "".join(
         f"<tr><td><a href=#trial-{e.trial}>{e.trial}</a>{'*' if e.trial == knee else ''}</td>"
@@ -260,8 +279,11 @@ def write_report(storage: str, study: str, out_dir: str | Path, *, dataset: str 
         + f"<td>{esc(short_params(e.params, 120))}</td></tr>"
         for e in front
     )
-    baseline_text = (f"trial {baseline} (the completed trial with no compression step and the best {names[0]})"
-                     if baseline is not None else "none: every completed trial compressed its model")
+    baseline_text = (
+        f"trial {baseline} (the completed trial with no compression step and the best {names[0]})"
+        if baseline is not None
+        else "none: every completed trial compressed its model"
+    )
     page = f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>vae-automl report: {esc(study)}</title>
 <style>body{{font-family:sans-serif;margin:2em;max-width:1400px}}table{{border-collapse:collapse;margin:.5em 0}}
@@ -274,7 +296,7 @@ Uncompressed baseline: {esc(baseline_text)}.</p>
 <img src="pareto.png" alt="Pareto plot">
 <table><tr><th>trial</th>{header}<th>params</th></tr>{rows}</table>
 <h2>Front models</h2>
-{''.join(sections)}
+{"".join(sections)}
 </body></html>
 """
     index = out / "index.html"

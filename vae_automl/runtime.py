@@ -32,17 +32,18 @@ all of them side by side.
 from __future__ import annotations
 
 import io
+import logging
 import tempfile
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from torch import nn
 
 from vae_automl.errors import ExportError
-import logging
 from vae_automl.vae import VAE
 
 if TYPE_CHECKING:
@@ -81,8 +82,12 @@ def onnx_available() -> bool:
 
 def is_int8_spec(spec: dict[str, Any]) -> bool:
     """Whether an encoding is the 8-bit symmetric per-output-channel grid onnxruntime reproduces."""
-    return (spec.get("codec") == "uniform" and int(spec.get("bits", 0)) == 8
-            and bool(spec.get("symmetric", True)) and spec.get("axis") == 0)
+    return (
+        spec.get("codec") == "uniform"
+        and int(spec.get("bits", 0)) == 8
+        and bool(spec.get("symmetric", True))
+        and spec.get("axis") == 0
+    )
 
 
 def int8_weight_names(model: nn.Module) -> list[str]:
@@ -142,8 +147,13 @@ def _gemm_to_matmul(proto: onnx.ModelProto) -> None:
     nodes = []
     for node in graph.node:
         attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
-        plain = (attrs.get("transA", 0) == 0 and attrs.get("alpha", 1.0) == 1.0 and attrs.get("beta", 1.0) == 1.0
-                 and len(node.input) == 3 and node.input[1] in initializers)
+        plain = (
+            attrs.get("transA", 0) == 0
+            and attrs.get("alpha", 1.0) == 1.0
+            and attrs.get("beta", 1.0) == 1.0
+            and len(node.input) == 3
+            and node.input[1] in initializers
+        )
         if node.op_type != "Gemm" or not plain:
             nodes.append(node)
             continue
@@ -198,8 +208,17 @@ def export_onnx(model: VAE, graph: str = GRAPH_VAE, int8: bool | None = None) ->
     with warnings.catch_warnings():
         # The TorchScript-based exporter is deprecated; the dynamo one needs onnxscript, which we do not require.
         warnings.simplefilter("ignore")
-        torch.onnx.export(module, args, buffer, dynamo=False, input_names=inputs, output_names=outputs,
-                          dynamic_axes=axes, opset_version=OPSET, do_constant_folding=True)
+        torch.onnx.export(
+            module,
+            args,
+            buffer,  # type: ignore[arg-type]  # torch's stub omits the file-like objects export accepts
+            dynamo=False,
+            input_names=inputs,
+            output_names=outputs,
+            dynamic_axes=axes,
+            opset_version=OPSET,
+            do_constant_folding=True,
+        )
     proto = onnx.load_from_string(buffer.getvalue())
     _name_outputs(proto, outputs)
     if not int8:
@@ -219,12 +238,21 @@ def export_classifier_onnx(model: nn.Module) -> bytes:
     import onnx
 
     model = model.eval()
-    x = torch.zeros(2, *model.input_shape, device=next(model.parameters()).device)
+    x = torch.zeros(2, *model.input_shape, device=next(model.parameters()).device)  # type: ignore[misc]  # a tuple attribute
     buffer = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # as in export_onnx: the TorchScript-based exporter is deprecated
-        torch.onnx.export(model, (x,), buffer, dynamo=False, input_names=["x"], output_names=["logits"],
-                          dynamic_axes={"x": {0: "n"}, "logits": {0: "n"}}, opset_version=OPSET, do_constant_folding=True)
+        torch.onnx.export(
+            model,
+            (x,),
+            buffer,  # type: ignore[arg-type]  # torch's stub omits the file-like objects export accepts
+            dynamo=False,
+            input_names=["x"],
+            output_names=["logits"],
+            dynamic_axes={"x": {0: "n"}, "logits": {0: "n"}},
+            opset_version=OPSET,
+            do_constant_folding=True,
+        )
     proto = onnx.load_from_string(buffer.getvalue())
     _name_outputs(proto, ["logits"])
     return proto.SerializeToString()
@@ -267,8 +295,14 @@ def _quantize_dynamic(proto: onnx.ModelProto) -> bytes:
         level = root.level
         root.setLevel(logging.ERROR)  # quantize_dynamic logs a pre-processing hint on every call
         try:
-            quantize_dynamic(src, dst, per_channel=True, reduce_range=False, weight_type=QuantType.QInt8,
-                             op_types_to_quantize=["MatMul", "Conv"])
+            quantize_dynamic(
+                src,
+                dst,
+                per_channel=True,
+                reduce_range=False,
+                weight_type=QuantType.QInt8,
+                op_types_to_quantize=["MatMul", "Conv"],
+            )
         finally:
             root.setLevel(level)
         return dst.read_bytes()
@@ -331,8 +365,7 @@ class OnnxVAE:
         """The Gaussian decoder's per-pixel log-scale (None for Bernoulli)."""
         if "log_sigma" not in self.outputs:
             return None
-        return self._run(np.zeros((0, *self.input_shape), np.float32),
-                         np.zeros((0, self.latent_dim), np.float32))["log_sigma"]
+        return self._run(np.zeros((0, *self.input_shape), np.float32), np.zeros((0, self.latent_dim), np.float32))["log_sigma"]
 
 
 def runtime_name(model: VAE, target: str) -> str:
@@ -346,8 +379,7 @@ def runtime_name(model: VAE, target: str) -> str:
     return RUNTIME_TORCH
 
 
-def deployed_runtime(model: VAE, target: str, cache: dict[str, Any] | None = None
-                     ) -> Callable[[torch.Tensor], object] | None:
+def deployed_runtime(model: VAE, target: str, cache: dict[str, Any] | None = None) -> Callable[[torch.Tensor], object] | None:
     """The int8 onnxruntime forward (x -> decoded via mu) of an 8-bit model on CPU; None otherwise.
 
     ``cache`` (a measure context's) keeps the session per model object so

@@ -28,10 +28,12 @@ def slot_key(index: int) -> str:
 
 
 def _suggest_one(trial: optuna.Trial, key: str, space: ParamSpace) -> Any:
+    if space.kind in ("int", "float"):
+        assert space.low is not None and space.high is not None  # a range always has both (config.parse_param)
     if space.kind == "int":
-        return trial.suggest_int(key, int(space.low), int(space.high), step=int(space.step or 1), log=space.log)
+        return trial.suggest_int(key, int(space.low), int(space.high), step=int(space.step or 1), log=space.log)  # type: ignore[arg-type]
     if space.kind == "float":
-        return trial.suggest_float(key, space.low, space.high, step=space.step, log=space.log)
+        return trial.suggest_float(key, space.low, space.high, step=space.step, log=space.log)  # type: ignore[arg-type]
     if space.kind == "categorical":
         return trial.suggest_categorical(key, list(space.choices))
     return space.value

@@ -12,24 +12,51 @@ import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import optuna
+from optuna.storages.journal import JournalFileBackend, JournalStorage
 
 from vae_automl import pareto
 from vae_automl.errors import ConfigError
 from vae_automl.record import RECORD_ATTR, TrialRecord
-from optuna.storages.journal import JournalFileBackend, JournalStorage
 
 if TYPE_CHECKING:
     from vae_automl.config import SearchSpace
     from vae_automl.registry import Registry
 
 __all__ = [
-    "ATTEMPTS_PER_TRIAL", "BASELINE_ATTR", "BASE_MODEL_ATTR", "BUDGET_ATTR", "PLUGINS_ATTR", "FAILURE_ATTR", "JOURNAL_PREFIX", "OBJECTIVES_ATTR", "OUT_DIR_ATTR",
-    "RECORD_ATTR", "SPACE_ATTR", "SPACE_FILE_ATTR", "Budget", "FrontEntry", "add_plugins", "check_base_model", "completed_trials", "create_study",
-    "directions_of", "fail_stale_trials", "front_of_study", "has_heartbeat", "load_front", "objectives_of",
-    "open_storage", "open_study", "plan_search", "plan_worker", "stored_budget", "stored_out_dir", "stored_space",
+    "ATTEMPTS_PER_TRIAL",
+    "BASELINE_ATTR",
+    "BASE_MODEL_ATTR",
+    "BUDGET_ATTR",
+    "PLUGINS_ATTR",
+    "FAILURE_ATTR",
+    "JOURNAL_PREFIX",
+    "OBJECTIVES_ATTR",
+    "OUT_DIR_ATTR",
+    "RECORD_ATTR",
+    "SPACE_ATTR",
+    "SPACE_FILE_ATTR",
+    "Budget",
+    "FrontEntry",
+    "add_plugins",
+    "check_base_model",
+    "completed_trials",
+    "create_study",
+    "directions_of",
+    "fail_stale_trials",
+    "front_of_study",
+    "has_heartbeat",
+    "load_front",
+    "objectives_of",
+    "open_storage",
+    "open_study",
+    "plan_search",
+    "plan_worker",
+    "stored_budget",
+    "stored_out_dir",
+    "stored_space",
 ]
 
 SPACE_ATTR = "vae_automl_space"
@@ -78,14 +105,13 @@ def open_storage(url: str | optuna.storages.BaseStorage) -> optuna.storages.Base
     if not isinstance(url, str):
         return url
     if url.startswith(JOURNAL_PREFIX):
-
-        path = Path(url[len(JOURNAL_PREFIX):]).expanduser()
+        path = Path(url[len(JOURNAL_PREFIX) :]).expanduser()
         path.parent.mkdir(parents=True, exist_ok=True)
         return JournalStorage(JournalFileBackend(str(path)))
     if "://" not in url:
         raise ConfigError(f"storage {url!r} is not a URL: use sqlite:///PATH, postgresql://..., or journal:PATH")
     if url.startswith("sqlite:///"):
-        Path(url[len("sqlite:///"):]).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        Path(url[len("sqlite:///") :]).expanduser().parent.mkdir(parents=True, exist_ok=True)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -130,9 +156,11 @@ def check_base_model(study: optuna.Study, factory: str | None, checkpoint_sha256
     if stored is None:
         study.set_user_attr(BASE_MODEL_ATTR, {"factory": factory, "checkpoint_sha256": checkpoint_sha256})
     elif stored.get("checkpoint_sha256") != checkpoint_sha256:
-        raise ConfigError(f"study {study.study_name!r} was started from base_model checkpoint sha256 "
-                          f"{stored.get('checkpoint_sha256')} ({stored.get('factory')}), but this one is "
-                          f"{checkpoint_sha256} ({factory}); its trials would not be comparable: use another --study name")
+        raise ConfigError(
+            f"study {study.study_name!r} was started from base_model checkpoint sha256 "
+            f"{stored.get('checkpoint_sha256')} ({stored.get('factory')}), but this one is "
+            f"{checkpoint_sha256} ({factory}); its trials would not be comparable: use another --study name"
+        )
 
 
 def add_plugins(study: optuna.Study, plugins: dict[str, dict[str, str]]) -> None:
@@ -142,24 +170,37 @@ def add_plugins(study: optuna.Study, plugins: dict[str, dict[str, str]]) -> None
         study.set_user_attr(PLUGINS_ATTR, {**known, **plugins})
 
 
-def directions_of(space: SearchSpace, registry: Registry) -> tuple[str, ...]:
+def directions_of(space: SearchSpace, registry: Registry) -> tuple[Literal["minimize", "maximize"], ...]:
     """``minimize``/``maximize`` of each objective of ``space``, as its plugin declares."""
     return tuple(registry.objectives.get(name).direction for name in space.objectives)
 
 
-def create_study(space: SearchSpace, storage: Any, study_name: str, out_dir: str | Path, registry: Registry,
-                 sampler: optuna.samplers.BaseSampler | None = None) -> optuna.Study:
+def create_study(
+    space: SearchSpace,
+    storage: Any,
+    study_name: str,
+    out_dir: str | Path,
+    registry: Registry,
+    sampler: optuna.samplers.BaseSampler | None = None,
+) -> optuna.Study:
     """Create the study, or load it if it exists (then its objectives must match).
 
     A new study stores the space's text and file, its objectives, the out
     dir and the trial budget, so workers need only the storage and the name.
     """
-    study = optuna.create_study(storage=open_storage(storage), study_name=study_name,
-                                directions=list(directions_of(space, registry)), sampler=sampler, load_if_exists=True)
+    study = optuna.create_study(
+        storage=open_storage(storage),
+        study_name=study_name,
+        directions=list(directions_of(space, registry)),
+        sampler=sampler,
+        load_if_exists=True,
+    )
     stored = study.user_attrs.get(OBJECTIVES_ATTR)
     if stored is not None and list(stored) != list(space.objectives):
-        raise ConfigError(f"study {study_name!r} optimizes {stored}, but {space.path} asks for {list(space.objectives)}; "
-                          "use another --study name")
+        raise ConfigError(
+            f"study {study_name!r} optimizes {stored}, but {space.path} asks for {list(space.objectives)}; "
+            "use another --study name"
+        )
     if space.base_model is not None:
         check_base_model(study, space.base_model.factory, space.base_model.checkpoint_sha256())
     if stored is None:
@@ -177,8 +218,10 @@ def stored_space(study: optuna.Study, registry: Registry) -> SearchSpace:
 
     source = study.user_attrs.get(SPACE_ATTR)
     if not source:
-        raise ConfigError(f"study {study.study_name!r} stores no search space (user attr {SPACE_ATTR!r}); "
-                          "create it with `vae-automl search SPACE.yaml --storage URL --study NAME --trials 0`")
+        raise ConfigError(
+            f"study {study.study_name!r} stores no search space (user attr {SPACE_ATTR!r}); "
+            "create it with `vae-automl search SPACE.yaml --storage URL --study NAME --trials 0`"
+        )
     file = study.user_attrs.get(SPACE_FILE_ATTR, "space.yaml")
     return load_space_text(source, f"{file} (stored in study {study.study_name!r})", registry)
 
@@ -258,8 +301,9 @@ def front_of_study(study: optuna.Study) -> list[FrontEntry]:
         return []
     indices = pareto.non_dominated([t.values for t in trials], directions)
     entries = [
-        FrontEntry(trials[i].number, dict(trials[i].params), dict(zip(names, trials[i].values)),
-                   TrialRecord.from_trial(trials[i]))
+        FrontEntry(
+            trials[i].number, dict(trials[i].params), dict(zip(names, trials[i].values)), TrialRecord.from_trial(trials[i])
+        )
         for i in indices
     ]
     return sorted(entries, key=lambda e: e.objectives[names[0]] * (1 if directions[0] == "minimize" else -1))

@@ -17,16 +17,16 @@ import copy
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from vae_automl.config import TRAINING_PARAMS
 from vae_automl.data import DataSplits
 from vae_automl.errors import ConfigError, TrialFailed
-from vae_automl.vae import VAE
-from vae_automl.vae import evaluate_elbo, evaluate_recon_error  # noqa: F401  (re-exported: they lived here until 0.2)
+from vae_automl.vae import VAE, evaluate_elbo, evaluate_recon_error  # noqa: F401  (re-exported: they lived here until 0.2)
 
 if TYPE_CHECKING:
     from vae_automl.components import Task
@@ -91,15 +91,22 @@ class TrainResult:
         return self.samples / self.seconds if self.seconds > 0 else 0.0
 
 
-def capture_blocker(device: torch.device, config: TrainConfig, extra_loss: ExtraLoss | None = None,
-                    after_step: Callable[[VAE], None] | None = None) -> str | None:
+def capture_blocker(
+    device: torch.device,
+    config: TrainConfig,
+    extra_loss: ExtraLoss | None = None,
+    after_step: Callable[[VAE], None] | None = None,
+) -> str | None:
     """Why the training step cannot be captured in a CUDA graph, or None if it can be tried."""
     if config.capture == "off":
         return "capture is off"
     if device.type != "cuda":
         return f"CUDA graphs need a CUDA device, and the data is on {device.type}"
-    unsafe = [name for name, fn in (("extra_loss", extra_loss), ("after_step", after_step))
-              if fn is not None and not getattr(fn, "capture_safe", False)]
+    unsafe = [
+        name
+        for name, fn in (("extra_loss", extra_loss), ("after_step", after_step))
+        if fn is not None and not getattr(fn, "capture_safe", False)
+    ]
     if unsafe:
         return f"{' and '.join(unsafe)} {'is' if len(unsafe) == 1 else 'are'} not marked capture_safe"
     return None
@@ -120,19 +127,30 @@ class _Stepper:
     every later one only fills the static input buffer and replays.
     """
 
-    def __init__(self, model: VAE, optimizer: torch.optim.Optimizer,
-                 loss_of: Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor],
-                 after_step: Callable[[VAE], None] | None, x_train: torch.Tensor, y_train: torch.Tensor | None,
-                 batch_size: int, capture: bool, strict: bool) -> None:
+    def __init__(
+        self,
+        model: VAE,
+        optimizer: torch.optim.Optimizer,
+        loss_of: Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor],
+        after_step: Callable[[VAE], None] | None,
+        x_train: torch.Tensor,
+        y_train: torch.Tensor | None,
+        batch_size: int,
+        capture: bool,
+        strict: bool,
+    ) -> None:
         self.model, self.optimizer, self.loss_of, self.after_step = model, optimizer, loss_of, after_step
         self.x_train, self.y_train = x_train, y_train
         self.loss_sum = torch.zeros((), device=x_train.device)
         self.to_capture = capture
         self.strict = strict
         self.warmup_left = CAPTURE_WARMUP_STEPS if capture else 0
-        self.static_x = torch.empty((batch_size, *x_train.shape[1:]), dtype=x_train.dtype, device=x_train.device) if capture else None
-        self.static_y = (torch.empty(batch_size, dtype=y_train.dtype, device=y_train.device)
-                         if capture and y_train is not None else None)
+        self.static_x = (
+            torch.empty((batch_size, *x_train.shape[1:]), dtype=x_train.dtype, device=x_train.device) if capture else None
+        )
+        self.static_y = (
+            torch.empty(batch_size, dtype=y_train.dtype, device=y_train.device) if capture and y_train is not None else None
+        )
         self.graph: Any = None
         self.failure: str | None = None
 
@@ -153,7 +171,7 @@ class _Stepper:
         graph = torch.cuda.CUDAGraph()
         # Gradients are allocated inside the graph's memory pool, so each replay overwrites them.
         with torch.cuda.graph(graph):
-            loss = self.loss_of(self.static_x, self.static_y)
+            loss = self.loss_of(self.static_x, self.static_y)  # type: ignore[arg-type]  # loss_of takes y or None
             loss.backward()
             self.optimizer.step()
             if self.after_step is not None:
@@ -227,21 +245,29 @@ def train(
         task = VaeTask()
     y_train = data.train_labels if task.needs_labels else None
     if task.needs_labels and y_train is None:
-        raise ConfigError(f"task {task.name!r} trains on labels, but dataset {data.info.get('dataset')!r} "
-                          "was loaded without them")
+        raise ConfigError(
+            f"task {task.name!r} trains on labels, but dataset {data.info.get('dataset')!r} was loaded without them"
+        )
     device = data.train.device
     blocker = capture_blocker(device, config, extra_loss, after_step)
     if blocker is not None and config.capture == "on":
-        raise ConfigError(f"training.capture is 'on' but the training step cannot be captured: {blocker}; "
-                          "use capture: auto to fall back to eager training")
+        raise ConfigError(
+            f"training.capture is 'on' but the training step cannot be captured: {blocker}; "
+            "use capture: auto to fall back to eager training"
+        )
     model.to(device).train()
     torch.manual_seed(seed)
     generator = torch.Generator(device=device).manual_seed(seed)
     capture = blocker is None
     # On the CPU the fused Adam kernel trains the seed MLP VAE about 17% faster than the default
     # (benchmarks: 3,492 vs 2,986 samples/s, one thread); torch.compile gained nothing after 98 s of compiling.
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr or config.lr, weight_decay=config.weight_decay,
-                                 capturable=capture, fused=True if device.type == "cpu" else None)
+    optimizer = torch.optim.Adam(
+        model.parameters(),
+        lr=lr or config.lr,
+        weight_decay=config.weight_decay,
+        capturable=capture,
+        fused=True if device.type == "cpu" else None,
+    )
     x_train = data.train
     n = len(x_train)
     batch_size = min(config.batch_size, n)
@@ -256,21 +282,24 @@ def train(
             loss = loss + extra_loss(model, xb)
         return loss
 
-    stepper = _Stepper(model, optimizer, loss_of, after_step, x_train, y_train, batch_size, capture,
-                       strict=config.capture == "on")
+    stepper = _Stepper(
+        model, optimizer, loss_of, after_step, x_train, y_train, batch_size, capture, strict=config.capture == "on"
+    )
     for epoch in range(config.epochs):
         order = torch.randperm(n, generator=generator, device=device)
         stepper.loss_sum.zero_()
         for step in range(steps_per_epoch):
-            stepper.step(order[step * batch_size:(step + 1) * batch_size])
+            stepper.step(order[step * batch_size : (step + 1) * batch_size])
             if config.max_seconds is not None and step % 32 == 0 and time.perf_counter() - started > config.max_seconds:
                 raise TrialFailed(f"training exceeded the time limit of {config.max_seconds:g} s (epoch {epoch + 1})")
         result.samples += steps_per_epoch * batch_size
         train_loss = float(stepper.loss_sum) / max(steps_per_epoch, 1)
         validation_loss = task.validation_loss(model, data, config, seed)
         if not (math.isfinite(train_loss) and math.isfinite(validation_loss)):
-            raise TrialFailed(f"loss diverged to {train_loss if not math.isfinite(train_loss) else validation_loss} "
-                              f"at epoch {epoch + 1} (lr={lr or config.lr:g})")
+            raise TrialFailed(
+                f"loss diverged to {train_loss if not math.isfinite(train_loss) else validation_loss} "
+                f"at epoch {epoch + 1} (lr={lr or config.lr:g})"
+            )
         result.train_curve.append(train_loss)
         result.validation_curve.append(validation_loss)
         result.epochs_run = epoch + 1

@@ -17,9 +17,10 @@ import json
 import math
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -39,7 +40,7 @@ if TYPE_CHECKING:
     import pluggy
 
     from vae_automl.config import SearchSpace
-    from vae_automl.registry import Registry
+    from vae_automl.registry import Entry, Registry
     from vae_automl.space import TrialSpec
 
 WEIGHT_TRAINING_KEYS = ("epochs", "batch_size", "lr", "beta", "weight_decay", "patience")
@@ -74,8 +75,9 @@ class TrialEnv:
 _splits_cache: dict[tuple[Any, ...], DataSplits] = {}
 
 
-def prepare(space: SearchSpace, out_dir: str | Path, registry: Registry, pm: pluggy.PluginManager,
-            device: str | None = None) -> TrialEnv:
+def prepare(
+    space: SearchSpace, out_dir: str | Path, registry: Registry, pm: pluggy.PluginManager, device: str | None = None
+) -> TrialEnv:
     """Load the data onto the device once and set up the cache and artifact folders."""
     dev = resolve_device(device or space.device)
     ds = space.dataset
@@ -110,15 +112,19 @@ def load_base_model(env: TrialEnv, config: BaseModelConfig) -> tuple[VAE, dict[s
     except bm.BaseModelError as exc:
         raise bm.BaseModelError(f"{space.path}: {exc}") from None
     factory = model.config["factory"]
-    if config.needs_groups and \
-            not env.registry.architectures.get(BASE_MODEL_ARCHITECTURE).layer_groups(model):
+    if config.needs_groups and not env.registry.architectures.get(BASE_MODEL_ARCHITECTURE).layer_groups(model):
         raise bm.BaseModelError(
             f"{space.path}: base_model {factory!r}: a compressor asks for per-layer-group settings (bits_encoder, ...), "
             "but the documented rule finds no encoder / heads / decoder groups in this model; name them in "
-            "base_model.groups: {encoder: [...], heads: [...], decoder: [...]} or set `bits` only")
+            "base_model.groups: {encoder: [...], heads: [...], decoder: [...]} or set `bits` only"
+        )
     epochs = config.fine_tune_epochs
-    info: dict[str, Any] = {"base_model": factory, "checkpoint_sha256": model.config["checkpoint_sha256"],
-                            "fine_tune_epochs": epochs, "params": sum(p.numel() for p in model.parameters())}
+    info: dict[str, Any] = {
+        "base_model": factory,
+        "checkpoint_sha256": model.config["checkpoint_sha256"],
+        "fine_tune_epochs": epochs,
+        "params": sum(p.numel() for p in model.parameters()),
+    }
     if epochs > 0:
         training = {k: s.value if not s.searched else None for k, s in space.training.items()}
         cfg = train_config_from({k: v for k, v in training.items() if v is not None}, epochs=epochs, patience=None)
@@ -134,8 +140,7 @@ def load_base_model(env: TrialEnv, config: BaseModelConfig) -> tuple[VAE, dict[s
     return model.eval(), info
 
 
-def base_cache_key(model_config: dict[str, Any], training: dict[str, Any], data: DataSplits, seed: int,
-                   task: str = "vae") -> str:
+def base_cache_key(model_config: dict[str, Any], training: dict[str, Any], data: DataSplits, seed: int, task: str = "vae") -> str:
     payload: dict[str, Any] = {
         "model": model_config,
         "training": {k: training.get(k) for k in WEIGHT_TRAINING_KEYS},
@@ -165,24 +170,34 @@ def _file_lock(path: Path):  # noqa: ANN202
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def train_base(env: TrialEnv, spec: TrialSpec, train_config: TrainConfig,
-               on_epoch: Callable[[int, float, int], None] | None) -> tuple[VAE, BaseInfo]:
+def train_base(
+    env: TrialEnv, spec: TrialSpec, train_config: TrainConfig, on_epoch: Callable[[int, float, int], None] | None
+) -> tuple[VAE, BaseInfo]:
     """The trained base model of ``spec``, from the cache or freshly trained (then cached).
 
     In a ``base_model:`` study it is the user's model (distillation students are made by the distill stage).
     """
     if env.base_model is not None:
-        info = env.base_model_info
-        return env.base_model, BaseInfo(cache_key=info.get("cache_key", ""), params=info["params"], epochs_run=0,
-                                        stopped_early=False, train_seconds=0.0, samples_per_s=0.0, validation_curve=[],
-                                        cache_hit=True, extra={k: info[k] for k in ("base_model", "checkpoint_sha256",
-                                                                                    "fine_tune_epochs")})
+        given = env.base_model_info
+        return env.base_model, BaseInfo(
+            cache_key=given.get("cache_key", ""),
+            params=given["params"],
+            epochs_run=0,
+            stopped_early=False,
+            train_seconds=0.0,
+            samples_per_s=0.0,
+            validation_curve=[],
+            cache_hit=True,
+            extra={k: given[k] for k in ("base_model", "checkpoint_sha256", "fine_tune_epochs")},
+        )
     arch = env.registry.architectures.get(spec.architecture)
     try:
         model_config = arch.config_from_params(spec.architecture_params, env.data.input_shape)
     except (ValueError, KeyError) as exc:
-        raise TrialFailed(f"architecture {spec.architecture!r} (plugin {env.registry.architectures.plugin_of(spec.architecture)!r}) "
-                          f"cannot be built from {spec.architecture_params}: {exc}") from exc
+        raise TrialFailed(
+            f"architecture {spec.architecture!r} (plugin {env.registry.architectures.plugin_of(spec.architecture)!r}) "
+            f"cannot be built from {spec.architecture_params}: {exc}"
+        ) from exc
     task = env.registry.tasks.get(env.space.task)
     key = base_cache_key(model_config, spec.training, env.data, spec.seed, task.name)
     weights, meta_path = env.cache_dir / f"base-{key}.safetensors", env.cache_dir / f"base-{key}.json"
@@ -200,10 +215,16 @@ def train_base(env: TrialEnv, spec: TrialSpec, train_config: TrainConfig,
         task.prepare(model, env.data)
         result = train(model, env.data, train_config, seed=spec.seed, on_epoch=callback, task=task)
         task.finalize(model)
-        info = BaseInfo(cache_key=key, params=n_params, epochs_run=result.epochs_run,
-                        stopped_early=result.stopped_early, train_seconds=result.seconds,
-                        samples_per_s=result.samples_per_s, captured=result.captured,
-                        validation_curve=list(result.validation_curve))
+        info = BaseInfo(
+            cache_key=key,
+            params=n_params,
+            epochs_run=result.epochs_run,
+            stopped_early=result.stopped_early,
+            train_seconds=result.seconds,
+            samples_per_s=result.samples_per_s,
+            captured=result.captured,
+            validation_curve=list(result.validation_curve),
+        )
         write_atomic(weights, serialize_model(model, env.registry.codec_map()))
         write_atomic(meta_path, json.dumps(info.as_dict()).encode())
         env.stats["base_trained"] += 1
@@ -224,14 +245,23 @@ def compress(env: TrialEnv, base: VAE, spec: TrialSpec, train_config: TrainConfi
     if env.base_model is not None and spec.architecture != BASE_MODEL_ARCHITECTURE:
         # The user's model teaches a student of the built-in family this trial sampled.
         student = env.registry.architectures.get(spec.architecture).config_from_params(
-            spec.architecture_params, env.data.input_shape)
+            spec.architecture_params, env.data.input_shape
+        )
     model = base
     for name, values in spec.pipeline:
         entry = env.registry.compressors.entry(name)
-        ctx = CompressionContext(data=env.data, device=env.device, seed=spec.seed, fine_tune=fine_tune,
-                                 teacher=teacher, train_config=train_config, build_model=env.registry.build_model,
-                                 architecture=env.registry.architectures.get(model.config["architecture"]),
-                                 student=student if entry.component.stage == "distill" else None, task=task)
+        ctx = CompressionContext(
+            data=env.data,
+            device=env.device,
+            seed=spec.seed,
+            fine_tune=fine_tune,
+            teacher=teacher,
+            train_config=train_config,
+            build_model=env.registry.build_model,
+            architecture=env.registry.architectures.get(model.config["architecture"]),
+            student=student if entry.component.stage == "distill" else None,
+            task=task,
+        )
         try:
             out = entry.component.apply(model, dict(values), ctx)
         except TrialFailed:
@@ -239,8 +269,10 @@ def compress(env: TrialEnv, base: VAE, spec: TrialSpec, train_config: TrainConfi
         except Exception as exc:
             raise TrialFailed(f"compressor {name!r} (plugin {entry.plugin!r}) failed: {type(exc).__name__}: {exc}") from exc
         if not isinstance(out, torch.nn.Module) or not isinstance(getattr(out, "encodings", None), dict):
-            raise TrialFailed(f"compressor {name!r} (plugin {entry.plugin!r}) returned {type(out).__name__}, "
-                              "not a model (an nn.Module with config and encodings, like its input)")
+            raise TrialFailed(
+                f"compressor {name!r} (plugin {entry.plugin!r}) returned {type(out).__name__}, "
+                "not a model (an nn.Module with config and encodings, like its input)"
+            )
         model = out.to(env.device)
     if spec.pipeline:
         task.finalize(model)
@@ -249,10 +281,17 @@ def compress(env: TrialEnv, base: VAE, spec: TrialSpec, train_config: TrainConfi
 
 def measure(env: TrialEnv, model: VAE, names: tuple[str, ...], seed: int) -> tuple[dict[str, float], MeasureContext]:
     lat = env.space.latency
-    ctx = MeasureContext(model=model.eval(), data=env.data, device=env.device, seed=seed, registry=env.registry,
-                         latency_batch_size=lat.batch_size, latency_repeats=lat.repeats,
-                         latency_warmup=lat.warmup,
-                         latency_target=str(env.device) if lat.target == "auto" else lat.target)
+    ctx = MeasureContext(
+        model=model.eval(),
+        data=env.data,
+        device=env.device,
+        seed=seed,
+        registry=env.registry,
+        latency_batch_size=lat.batch_size,
+        latency_repeats=lat.repeats,
+        latency_warmup=lat.warmup,
+        latency_target=str(env.device) if lat.target == "auto" else lat.target,
+    )
     values = {}
     for name in names:
         entry = env.registry.objectives.entry(name)
@@ -269,10 +308,12 @@ def measure(env: TrialEnv, model: VAE, names: tuple[str, ...], seed: int) -> tup
 def plugins_used(env: TrialEnv, spec: TrialSpec, model: VAE) -> dict[str, dict[str, str]]:
     """``{plugin: {distribution, version, module}}`` of every component this trial used (what loading its files needs)."""
     reg = env.registry
-    entries = [reg.architectures.entry(model.config["architecture"]),
-               *(reg.compressors.entry(name) for name, _ in spec.pipeline),
-               *(reg.objectives.entry(name) for name in (*env.space.objectives, *env.space.record)),
-               reg.datasets.entry(env.space.dataset.spec.partition(":")[0])]
+    entries: list[Entry[Any]] = [
+        reg.architectures.entry(model.config["architecture"]),
+        *(reg.compressors.entry(name) for name, _ in spec.pipeline),
+        *(reg.objectives.entry(name) for name in (*env.space.objectives, *env.space.record)),
+        reg.datasets.entry(env.space.dataset.spec.partition(":")[0]),
+    ]
     if env.base_model is not None:
         entries.append(reg.architectures.entry(env.base_model.config["architecture"]))
     # the codecs the packed file needs may come from another plugin than the compressor that chose them
@@ -281,8 +322,9 @@ def plugins_used(env: TrialEnv, spec: TrialSpec, model: VAE) -> dict[str, dict[s
     return {e.plugin: e.provenance() for e in sorted(entries, key=lambda e: e.plugin)}
 
 
-def run_trial(env: TrialEnv, spec: TrialSpec, number: int,
-              on_epoch: Callable[[int, float, int], None] | None = None) -> TrialRecord:
+def run_trial(
+    env: TrialEnv, spec: TrialSpec, number: int, on_epoch: Callable[[int, float, int], None] | None = None
+) -> TrialRecord:
     """Run one trial end to end and return its record (see ``hookspecs.on_trial_complete``).
 
     ``on_epoch(epoch, validation_loss, base_params)`` is called while the
@@ -308,8 +350,12 @@ def run_trial(env: TrialEnv, spec: TrialSpec, number: int,
         metrics=metrics,
         data=env.data.info,
         device=str(env.device),
-        latency=LatencyInfo(batch_size=env.space.latency.batch_size, target=ctx.latency_target,
-                            repeats=env.space.latency.repeats, runtime=runtime.runtime_name(model, ctx.latency_target)),
+        latency=LatencyInfo(
+            batch_size=env.space.latency.batch_size,
+            target=ctx.latency_target,
+            repeats=env.space.latency.repeats,
+            runtime=runtime.runtime_name(model, ctx.latency_target),
+        ),
         base=base_info,
         artifact=str(artifact.resolve()),
         artifact_sha256=hashlib.sha256(data).hexdigest(),
@@ -321,4 +367,3 @@ def run_trial(env: TrialEnv, spec: TrialSpec, number: int,
     except PluginError as exc:
         raise TrialFailed(str(exc)) from exc
     return record
-

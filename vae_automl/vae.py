@@ -103,7 +103,7 @@ def evaluate_elbo(model: VAE, x: torch.Tensor, beta: float = 1.0, seed: int = 0,
     generator = torch.Generator(device=x.device).manual_seed(seed)
     total = 0.0
     for start in range(0, len(x), chunk):
-        xb = x[start:start + chunk]
+        xb = x[start : start + chunk]
         eps = torch.randn(len(xb), model.latent_dim, generator=generator, device=x.device)
         decoded, mu, logvar = model(xb, eps)
         total += float((reconstruction_nll(model, decoded, xb) + beta * kl_to_prior(mu, logvar)).sum())
@@ -118,7 +118,7 @@ def evaluate_recon_error(model: VAE, x: torch.Tensor, chunk: int = 2048) -> floa
     model.eval()
     total = 0.0
     for start in range(0, len(x), chunk):
-        xb = x[start:start + chunk]
+        xb = x[start : start + chunk]
         recon = model.reconstruct(xb).clamp(1e-7, 1 - 1e-7)
         total += float(torch.nn.functional.binary_cross_entropy(recon, xb, reduction="sum"))
     model.train(was_training)

@@ -56,9 +56,17 @@ def space_of_study(study: optuna.Study, registry: Registry | None = None) -> Sea
     return study_mod.stored_space(study, registry or get_registry())
 
 
-def run_worker(storage: str, study_name: str, trials: int | None = None, timeout_s: float | None = None,
-               out_dir: str | Path | None = None, device: str | None = None, data_dir: str | None = None,
-               plugins: tuple[str, ...] = (), show_progress: bool = True) -> WorkerResult:
+def run_worker(
+    storage: str,
+    study_name: str,
+    trials: int | None = None,
+    timeout_s: float | None = None,
+    out_dir: str | Path | None = None,
+    device: str | None = None,
+    data_dir: str | None = None,
+    plugins: tuple[str, ...] = (),
+    show_progress: bool = True,
+) -> WorkerResult:
     """Run trials of the stored study ``study_name`` in this process.
 
     Args:
@@ -85,17 +93,22 @@ def run_worker(storage: str, study_name: str, trials: int | None = None, timeout
     backend = OptunaBackend(env, trial_attrs={WORKER_ATTR: name})
     done = len(study_mod.completed_trials(study))
     budget = study_mod.plan_worker(study, space, trials, timeout_s)
-    progress = Progress(budget.n_trials, space.objectives, study_mod.directions_of(space, registry), timeout_s,
-                        enabled=show_progress)
+    progress = Progress(
+        budget.n_trials, space.objectives, study_mod.directions_of(space, registry), timeout_s, enabled=show_progress
+    )
     journal = str(storage).startswith(study_mod.JOURNAL_PREFIX)
-    progress.message(f"worker {name}: study {study_name!r} in {storage}: {done} of "
-                     f"{study_mod.stored_budget(study, space)} trials completed; out dir {out}; device {env.device}"
-                     + ("; journal storage has no heartbeats, so a killed worker's trial is not retried" if journal else ""))
+    progress.message(
+        f"worker {name}: study {study_name!r} in {storage}: {done} of "
+        f"{study_mod.stored_budget(study, space)} trials completed; out dir {out}; device {env.device}"
+        + ("; journal storage has no heartbeats, so a killed worker's trial is not retried" if journal else "")
+    )
     started = time.monotonic()
     stats = backend.run(study, budget, policy, progress)
-    progress.message(f"worker {name} finished in {time.monotonic() - started:.1f}s: {progress.done} completed, "
-                     f"{progress.pruned} stopped early, {progress.failed} failed; the study has "
-                     f"{len(study_mod.completed_trials(study))} completed trials")
+    progress.message(
+        f"worker {name} finished in {time.monotonic() - started:.1f}s: {progress.done} completed, "
+        f"{progress.pruned} stopped early, {progress.failed} failed; the study has "
+        f"{len(study_mod.completed_trials(study))} completed trials"
+    )
     return WorkerResult(study, name, progress.done, stats)
 
 

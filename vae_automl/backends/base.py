@@ -27,7 +27,8 @@ themselves, so both backends decide alike:
 from __future__ import annotations
 
 import abc
-from typing import TYPE_CHECKING, Any, Callable, ClassVar
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import optuna
 
@@ -92,9 +93,11 @@ class SearchPolicy:
                 stopper = CurveStopper(pruner, peers, base_params)
             if not stopper.should_stop(epoch, validation_loss):
                 return None
-            return (f"validation loss {validation_loss:.3f} at epoch {epoch + 1} is above "
-                    f"{stopper.threshold(epoch):.3f}, the {pruner.percentile:g}th percentile "
-                    f"of {len(stopper.peers)} no-larger completed trials")
+            return (
+                f"validation loss {validation_loss:.3f} at epoch {epoch + 1} is above "
+                f"{stopper.threshold(epoch):.3f}, the {pruner.percentile:g}th percentile "
+                f"of {len(stopper.peers)} no-larger completed trials"
+            )
 
         return gate
 

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import optuna
 
@@ -20,8 +21,9 @@ if TYPE_CHECKING:
 Objective = Callable[[optuna.Trial], list[float]]
 
 
-def make_objective(env: TrialEnv, study: optuna.Study, policy: SearchPolicy,
-                   trial_attrs: dict[str, Any] | None = None) -> Objective:
+def make_objective(
+    env: TrialEnv, study: optuna.Study, policy: SearchPolicy, trial_attrs: dict[str, Any] | None = None
+) -> Objective:
     """The function ``study.optimize`` calls: sample, run, store the record, return the objective values.
 
     ``trial_attrs`` are set on every trial before it runs (a worker's name).
@@ -114,11 +116,16 @@ class OptunaBackend(Backend):
             return dict(self.env.stats)
         callbacks: list[Callable[[optuna.Study, optuna.trial.FrozenTrial], None]] = [progress_callback(progress)]
         if budget.target_completed is not None:
-            callbacks.append(optuna.study.MaxTrialsCallback(budget.target_completed,
-                                                            states=(optuna.trial.TrialState.COMPLETE,)))
+            callbacks.append(optuna.study.MaxTrialsCallback(budget.target_completed, states=(optuna.trial.TrialState.COMPLETE,)))
         if budget.own_limit is not None:
             callbacks.append(_OwnCompletedLimit(budget.own_limit))
         optuna.logging.set_verbosity(optuna.logging.ERROR)
-        study.optimize(make_objective(self.env, study, policy, self.trial_attrs), n_trials=budget.max_attempts,
-                       timeout=budget.timeout_s, catch=(Exception,), callbacks=callbacks, gc_after_trial=False)
+        study.optimize(
+            make_objective(self.env, study, policy, self.trial_attrs),
+            n_trials=budget.max_attempts,
+            timeout=budget.timeout_s,
+            catch=(Exception,),
+            callbacks=callbacks,
+            gc_after_trial=False,
+        )
         return dict(self.env.stats)

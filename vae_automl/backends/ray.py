@@ -38,7 +38,7 @@ import threading
 import time
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import optuna
 
@@ -85,8 +85,9 @@ class _DefineByRun:
         space_mod.suggest(trial, self.space)
 
 
-def _outcome(result: dict[str, Any] | None, error: bool, objectives: tuple[str, ...]
-             ) -> tuple[optuna.trial.TrialState, list[float] | None, dict[str, Any]]:
+def _outcome(
+    result: dict[str, Any] | None, error: bool, objectives: tuple[str, ...]
+) -> tuple[optuna.trial.TrialState, list[float] | None, dict[str, Any]]:
     """The Optuna state, values and user attrs of a finished Ray trial, from its last result."""
     result = result or {}
     attrs: dict[str, Any] = {}
@@ -119,9 +120,18 @@ def _make_searcher_class() -> type:
     class StudySearcher(OptunaSearch):
         """OptunaSearch on our study that stores records, and stops at a completed-trial target."""
 
-        def __init__(self, *, objectives: tuple[str, ...], target_completed: int, done: int, max_failures: int,
-                     deadline: float | None, progress: Progress, policy: SearchPolicy | None = None,
-                     **kwargs: Any) -> None:
+        def __init__(
+            self,
+            *,
+            objectives: tuple[str, ...],
+            target_completed: int,
+            done: int,
+            max_failures: int,
+            deadline: float | None,
+            progress: Progress,
+            policy: SearchPolicy | None = None,
+            **kwargs: Any,
+        ) -> None:
             super().__init__(**kwargs)
             self.objectives = objectives
             self.target_completed, self.completed, self.max_failures = target_completed, done, max_failures
@@ -131,10 +141,13 @@ def _make_searcher_class() -> type:
             self.stats = {"base_trained": 0, "base_reused": 0}
             self.lock = threading.Lock()
 
-        def suggest(self, trial_id: str) -> dict[str, Any] | str | None:
+        def suggest(self, trial_id: str) -> dict[str, Any] | str | None:  # type: ignore[override]  # Searcher.FINISHED is a str
             # ASHA stops most trials by design, so only failures count toward the cap that ends a hopeless space
-            finished = (self.completed >= self.target_completed or self.failed >= self.max_failures
-                        or (self.deadline is not None and time.monotonic() > self.deadline))
+            finished = (
+                self.completed >= self.target_completed
+                or self.failed >= self.max_failures
+                or (self.deadline is not None and time.monotonic() > self.deadline)
+            )
             if finished:
                 return Searcher.FINISHED
             if self.completed + len(self.in_flight) >= self.target_completed:
@@ -143,6 +156,8 @@ def _make_searcher_class() -> type:
                 # the driver beats for Ray's trials itself (see _heartbeat_loop)
                 warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
                 config = super().suggest(trial_id)
+            if not isinstance(config, dict):
+                return config
             ot_trial = self._ot_trials[trial_id]
             with self.lock:
                 self.in_flight[trial_id] = ot_trial
@@ -161,18 +176,25 @@ def _make_searcher_class() -> type:
                 record = TrialRecord.from_dict(attrs[RECORD_ATTR])
                 if self.policy is not None:
                     attrs.update(self.policy.trial_attrs(record))
-                study_mod.add_plugins(self._ot_study, record.plugins)
+                study_mod.add_plugins(cast(optuna.Study, self._ot_study), record.plugins)
             self._finish(trial_id, ot_trial, state, values, attrs, result)
 
-        def _finish(self, trial_id: str, ot_trial: Any, state: optuna.trial.TrialState, values: list[float] | None,
-                    attrs: dict[str, Any], result: dict[str, Any] | None) -> None:
+        def _finish(
+            self,
+            trial_id: str,
+            ot_trial: Any,
+            state: optuna.trial.TrialState,
+            values: list[float] | None,
+            attrs: dict[str, Any],
+            result: dict[str, Any] | None,
+        ) -> None:
             self._completed_trials.add(trial_id)
             with self.lock:
                 self.in_flight.pop(trial_id, None)
             try:
                 for key, value in attrs.items():
                     ot_trial.set_user_attr(key, value)
-                frozen = self._ot_study.tell(ot_trial, values, state=state)
+                frozen = cast(optuna.Study, self._ot_study).tell(ot_trial, values, state=state)
             except optuna.exceptions.UpdateFinishedTrialError:
                 # another process found its heartbeat stale and failed (and re-queued) it first
                 self.progress.message(f"trial {ot_trial.number} was already failed as stale by another process")
@@ -187,14 +209,17 @@ def _make_searcher_class() -> type:
             if state == optuna.trial.TrialState.PRUNED:
                 reason = f"stopped by ASHA at epoch {attrs.get(PRUNED_AT_ATTR)}"
             seconds = frozen.duration.total_seconds() if frozen.duration else None
-            front = len(study_mod.front_of_study(self._ot_study)) if state == optuna.trial.TrialState.COMPLETE else None
+            front = (
+                len(study_mod.front_of_study(cast(optuna.Study, self._ot_study)))
+                if state == optuna.trial.TrialState.COMPLETE
+                else None
+            )
             self.progress.trial_finished(frozen.number, state.name, values, seconds, reason, front)
 
         def fail_in_flight(self, reason: str) -> None:
             """Tell every asked-but-unfinished trial FAIL (the driver is going away)."""
             for trial_id, ot_trial in list(self.in_flight.items()):
-                self._finish(trial_id, ot_trial, optuna.trial.TrialState.FAIL, None,
-                             {study_mod.FAILURE_ATTR: reason}, None)
+                self._finish(trial_id, ot_trial, optuna.trial.TrialState.FAIL, None, {study_mod.FAILURE_ATTR: reason}, None)
 
         def save_to_dir(self, checkpoint_dir: str, session_str: str = "default") -> None:
             """Nothing to save: the study is the state, and re-running the command resumes from it."""
@@ -250,8 +275,9 @@ def _trainable(config: dict[str, Any], source: str, file: str, dataset: Any, dev
 
     def on_epoch(epoch: int, validation_loss: float, base_params: int) -> None:
         curve.append(validation_loss)
-        tune.report({VALIDATION_LOSS: validation_loss, "epoch": epoch + 1, "validation_curve": list(curve),
-                     CONFIG_KEY: spec_json})
+        tune.report(
+            {VALIDATION_LOSS: validation_loss, "epoch": epoch + 1, "validation_curve": list(curve), CONFIG_KEY: spec_json}
+        )
 
     try:
         env = _worker_env(source, file, dataset, device, out_dir)
@@ -262,8 +288,14 @@ def _trainable(config: dict[str, Any], source: str, file: str, dataset: Any, dev
         reason = str(exc) if isinstance(exc, VaeAutomlError) else f"{type(exc).__name__}: {exc}"
         tune.report({FAILURE_KEY: reason, CONFIG_KEY: spec_json})
         return
-    tune.report({**record.objectives, RECORD_KEY: json.dumps(record.as_dict()), CONFIG_KEY: spec_json,
-                 "base_cache_hit": record.base.cache_hit})
+    tune.report(
+        {
+            **record.objectives,
+            RECORD_KEY: json.dumps(record.as_dict()),
+            CONFIG_KEY: spec_json,
+            "base_cache_hit": record.base.cache_hit,
+        }
+    )
 
 
 def _runtime_env(plugins: tuple[str, ...]) -> dict[str, Any]:
@@ -316,15 +348,25 @@ class RayBackend(Backend):
 
     name = "ray"
 
-    def __init__(self, space: SearchSpace, out: Path, plugins: tuple[str, ...] = (), address: str | None = None,
-                 gpus_per_trial: float = 0.0, cpus_per_trial: float = 1.0, concurrency: int | None = None,
-                 scheduler: str | None = None) -> None:
+    def __init__(
+        self,
+        space: SearchSpace,
+        out: Path,
+        plugins: tuple[str, ...] = (),
+        address: str | None = None,
+        gpus_per_trial: float = 0.0,
+        cpus_per_trial: float = 1.0,
+        concurrency: int | None = None,
+        scheduler: str | None = None,
+    ) -> None:
         if scheduler is None:
             scheduler = "none" if space.pruner.name == "none" else "asha"
         if scheduler not in SCHEDULERS:
             raise ConfigError(f"--scheduler must be one of {', '.join(SCHEDULERS)}, but got {scheduler!r}")
         if gpus_per_trial < 0 or cpus_per_trial <= 0:
-            raise ConfigError(f"--gpus-per-trial must be >= 0 and --cpus-per-trial > 0, but got {gpus_per_trial} and {cpus_per_trial}")
+            raise ConfigError(
+                f"--gpus-per-trial must be >= 0 and --cpus-per-trial > 0, but got {gpus_per_trial} and {cpus_per_trial}"
+            )
         if concurrency is not None and concurrency < 1:
             raise ConfigError(f"--concurrency must be >= 1, but got {concurrency}")
         device = "cuda" if gpus_per_trial > 0 else space.device
@@ -335,14 +377,18 @@ class RayBackend(Backend):
         self.scheduler, self.device = scheduler, device
 
     def describe(self) -> str:
-        return (f"on Ray ({self.address or 'local'}; {self.cpus_per_trial:g} CPU, {self.gpus_per_trial:g} GPU per trial; "
-                f"scheduler {self.scheduler})")
+        return (
+            f"on Ray ({self.address or 'local'}; {self.cpus_per_trial:g} CPU, {self.gpus_per_trial:g} GPU per trial; "
+            f"scheduler {self.scheduler})"
+        )
 
     def run(self, study: optuna.Study, budget: Budget, policy: SearchPolicy, progress: Progress) -> dict[str, int]:
         """Run trials on Ray until the study holds ``budget.target_completed`` completed trials."""
         if budget.own_limit is not None or budget.target_completed is None:
-            raise ConfigError("the ray backend runs towards a study-wide target of completed trials; "
-                              "use `vae-automl worker` for a per-process limit")
+            raise ConfigError(
+                "the ray backend runs towards a study-wide target of completed trials; "
+                "use `vae-automl worker` for a per-process limit"
+            )
         space, out = self.space, self.out
         storage_obj = study._storage
         study_mod.fail_stale_trials(study)  # trials of a killed driver or worker: failed and re-queued
@@ -364,8 +410,12 @@ class RayBackend(Backend):
         os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
         owns_ray = not ray.is_initialized()
         if owns_ray:
-            init_kwargs: dict[str, Any] = {"address": self.address, "runtime_env": _runtime_env(self.plugins),
-                                           "logging_level": "WARNING", "log_to_driver": False}
+            init_kwargs: dict[str, Any] = {
+                "address": self.address,
+                "runtime_env": _runtime_env(self.plugins),
+                "logging_level": "WARNING",
+                "log_to_driver": False,
+            }
             if self.address is None:
                 init_kwargs["include_dashboard"] = False
             try:
@@ -374,38 +424,67 @@ class RayBackend(Backend):
                 raise VaeAutomlError(
                     f"cannot connect to the Ray cluster at {self.address}: {exc} ({exc.__cause__}). Clusters started with "
                     "`ray start` use token authentication: export RAY_AUTH_MODE=token, with the cluster's token in "
-                    "~/.ray/auth_token or RAY_AUTH_TOKEN") from None
+                    "~/.ray/auth_token or RAY_AUTH_TOKEN"
+                ) from None
         searcher = _make_searcher_class()(
-            space=_DefineByRun(space), metric=list(space.objectives),
+            space=_DefineByRun(space),
+            metric=list(space.objectives),
             mode=["min" if d == "minimize" else "max" for d in directions],
-            sampler=policy.sampler(), study_name=study.study_name, storage=storage_obj,
-            objectives=tuple(space.objectives), target_completed=budget.target_completed, done=done,
+            sampler=policy.sampler(),
+            study_name=study.study_name,
+            storage=storage_obj,
+            objectives=tuple(space.objectives),
+            target_completed=budget.target_completed,
+            done=done,
             max_failures=budget.max_attempts,
-            deadline=time.monotonic() + budget.timeout_s if budget.timeout_s is not None else None, progress=progress,
-            policy=policy)
+            deadline=time.monotonic() + budget.timeout_s if budget.timeout_s is not None else None,
+            progress=progress,
+            policy=policy,
+        )
         sched = None
         if self.scheduler == "asha":
-            sched = ASHAScheduler(time_attr="epoch", metric=VALIDATION_LOSS, mode="min", max_t=_max_epochs(space),
-                                  grace_period=max(1, space.pruner.warmup_epochs), reduction_factor=ASHA_REDUCTION_FACTOR)
+            sched = ASHAScheduler(
+                time_attr="epoch",
+                metric=VALIDATION_LOSS,
+                mode="min",
+                max_t=_max_epochs(space),
+                grace_period=max(1, space.pruner.warmup_epochs),
+                reduction_factor=ASHA_REDUCTION_FACTOR,
+            )
         dataset = space.dataset
         if dataset.data_dir:
             dataset = dataclasses.replace(dataset, data_dir=str(Path(dataset.data_dir).resolve()))
         trainable = tune.with_resources(
-            tune.with_parameters(_trainable, source=space.source, file=space.path, dataset=dataset, device=self.device,
-                                 out_dir=str(Path(out).resolve())),
-            {"cpu": self.cpus_per_trial, "gpu": self.gpus_per_trial})
+            tune.with_parameters(
+                _trainable,
+                source=space.source,
+                file=space.path,
+                dataset=dataset,
+                device=self.device,
+                out_dir=str(Path(out).resolve()),
+            ),
+            {"cpu": self.cpus_per_trial, "gpu": self.gpus_per_trial},
+        )
         tuner = tune.Tuner(
             trainable,
             # reused actors keep torch imported and the data resident (_envs): a fresh one per trial costs seconds
-            tune_config=tune.TuneConfig(search_alg=searcher, scheduler=sched, num_samples=-1,
-                                        max_concurrent_trials=self.concurrency, reuse_actors=True),
-            run_config=tune.RunConfig(name=f"{study.study_name}-{int(time.time())}",
-                                      storage_path=str((Path(out) / "ray").resolve()), verbose=0, log_to_file=True),
+            tune_config=tune.TuneConfig(
+                search_alg=searcher, scheduler=sched, num_samples=-1, max_concurrent_trials=self.concurrency, reuse_actors=True
+            ),
+            run_config=tune.RunConfig(
+                name=f"{study.study_name}-{int(time.time())}",
+                storage_path=str((Path(out) / "ray").resolve()),
+                verbose=0,
+                log_to_file=True,
+            ),
         )
         stop = threading.Event()
         if study_mod.has_heartbeat(study):
-            threading.Thread(target=_heartbeat_loop, daemon=True,
-                             args=(storage_obj, searcher, stop, storage_obj.get_heartbeat_interval() or 10)).start()
+            threading.Thread(
+                target=_heartbeat_loop,
+                daemon=True,
+                args=(storage_obj, searcher, stop, getattr(storage_obj, "get_heartbeat_interval", lambda: 10)() or 10),
+            ).start()
         try:
             tuner.fit()
         finally:

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -32,9 +33,14 @@ COMMON_PARAMS = (
 
 def _latent_group(model: VAE, consumer: tuple[str, int, int]) -> ChannelGroup:
     """The latent units: rows of both heads and the decoder input's columns."""
-    return ChannelGroup("latent_dim", -1, model.latent_dim, ("mu.weight", 0),
-                        (("mu.weight", 0, 1), ("mu.bias", 0, 1), ("logvar.weight", 0, 1), ("logvar.bias", 0, 1), consumer),
-                        "mu")
+    return ChannelGroup(
+        "latent_dim",
+        -1,
+        model.latent_dim,
+        ("mu.weight", 0),
+        (("mu.weight", 0, 1), ("mu.bias", 0, 1), ("logvar.weight", 0, 1), ("logvar.bias", 0, 1), consumer),
+        "mu",
+    )
 
 
 class MLPVAE(VAE):
@@ -79,13 +85,18 @@ class MLPArchitecture(Architecture):
     )
     presets = {
         # The seed documents' baseline: 784-400-20, ReLU, Bernoulli decoder.
-        "seed_784_400_20": {"hidden_layers": 1, "hidden_width": 400, "width_decay": 1.0, "latent_dim": 20,
-                            "activation": "relu", "likelihood": "bernoulli"},
+        "seed_784_400_20": {
+            "hidden_layers": 1,
+            "hidden_width": 400,
+            "width_decay": 1.0,
+            "latent_dim": 20,
+            "activation": "relu",
+            "likelihood": "bernoulli",
+        },
     }
 
     def config_from_params(self, values: dict[str, Any], input_shape: tuple[int, ...]) -> dict[str, Any]:
-        widths = [max(1, round(values["hidden_width"] * values["width_decay"] ** i))
-                  for i in range(values["hidden_layers"])]
+        widths = [max(1, round(values["hidden_width"] * values["width_decay"] ** i)) for i in range(values["hidden_layers"])]
         return {
             "architecture": self.name,
             "input_shape": list(input_shape),
@@ -110,16 +121,30 @@ class MLPArchitecture(Architecture):
         enc, dec = list(config["encoder_widths"]), list(config["decoder_widths"])
         groups: list[ChannelGroup] = []
         for i, width in enumerate(enc):
-            consumers = ([(f"encoder.{2 * i + 2}.weight", 1, 1)] if i + 1 < len(enc)
-                         else [("mu.weight", 1, 1), ("logvar.weight", 1, 1)])
-            groups.append(ChannelGroup("encoder_widths", i, width, (f"encoder.{2 * i}.weight", 0),
-                                       ((f"encoder.{2 * i}.weight", 0, 1), (f"encoder.{2 * i}.bias", 0, 1), *consumers),
-                                       f"encoder.{2 * i + 1}"))
+            consumers = (
+                [(f"encoder.{2 * i + 2}.weight", 1, 1)] if i + 1 < len(enc) else [("mu.weight", 1, 1), ("logvar.weight", 1, 1)]
+            )
+            groups.append(
+                ChannelGroup(
+                    "encoder_widths",
+                    i,
+                    width,
+                    (f"encoder.{2 * i}.weight", 0),
+                    ((f"encoder.{2 * i}.weight", 0, 1), (f"encoder.{2 * i}.bias", 0, 1), *consumers),
+                    f"encoder.{2 * i + 1}",
+                )
+            )
         for j, width in enumerate(dec):
-            groups.append(ChannelGroup("decoder_widths", j, width, (f"decoder.{2 * j}.weight", 0),
-                                       ((f"decoder.{2 * j}.weight", 0, 1), (f"decoder.{2 * j}.bias", 0, 1),
-                                        (f"decoder.{2 * j + 2}.weight", 1, 1)),
-                                       f"decoder.{2 * j + 1}"))
+            groups.append(
+                ChannelGroup(
+                    "decoder_widths",
+                    j,
+                    width,
+                    (f"decoder.{2 * j}.weight", 0),
+                    ((f"decoder.{2 * j}.weight", 0, 1), (f"decoder.{2 * j}.bias", 0, 1), (f"decoder.{2 * j + 2}.weight", 1, 1)),
+                    f"decoder.{2 * j + 1}",
+                )
+            )
         if include_latent:
             groups.append(_latent_group(model, ("decoder.0.weight", 1, 1)))
         return groups
@@ -199,8 +224,9 @@ class ConvArchitecture(Architecture):
     group_names = GROUP_NAMES
 
     def layer_groups(self, model: VAE) -> LayerGroups:
-        return groups_by_prefix(model, {"encoder": ("encoder",), "heads": ("mu", "logvar"),
-                                        "decoder": ("decoder_in", "decoder", "decoder_out")})
+        return groups_by_prefix(
+            model, {"encoder": ("encoder",), "heads": ("mu", "logvar"), "decoder": ("decoder_in", "decoder", "decoder_out")}
+        )
 
     def channel_groups(self, model: VAE, include_latent: bool = False) -> list[ChannelGroup]:
         config = model.config
@@ -209,25 +235,46 @@ class ConvArchitecture(Architecture):
         hw = h * w
         groups: list[ChannelGroup] = []
         for i, channels in enumerate(enc):
-            consumers = ([(f"encoder.{2 * i + 2}.weight", 1, 1)] if i + 1 < len(enc)
-                         else [("mu.weight", 1, hw), ("logvar.weight", 1, hw)])
-            groups.append(ChannelGroup("encoder_channels", i, channels, (f"encoder.{2 * i}.weight", 0),
-                                       ((f"encoder.{2 * i}.weight", 0, 1), (f"encoder.{2 * i}.bias", 0, 1), *consumers),
-                                       f"encoder.{2 * i + 1}"))
+            consumers = (
+                [(f"encoder.{2 * i + 2}.weight", 1, 1)] if i + 1 < len(enc) else [("mu.weight", 1, hw), ("logvar.weight", 1, hw)]
+            )
+            groups.append(
+                ChannelGroup(
+                    "encoder_channels",
+                    i,
+                    channels,
+                    (f"encoder.{2 * i}.weight", 0),
+                    ((f"encoder.{2 * i}.weight", 0, 1), (f"encoder.{2 * i}.bias", 0, 1), *consumers),
+                    f"encoder.{2 * i + 1}",
+                )
+            )
         # decoder = [act0, convT0, act1, convT1, ..., convT_{n-1}, act_n]; ConvTranspose2d weights are in x out.
-        groups.append(ChannelGroup("decoder_channels", 0, dec[0], ("decoder_in.weight", 0),
-                                   (("decoder_in.weight", 0, hw), ("decoder_in.bias", 0, hw), ("decoder.1.weight", 0, 1)),
-                                   "decoder.0"))
+        groups.append(
+            ChannelGroup(
+                "decoder_channels",
+                0,
+                dec[0],
+                ("decoder_in.weight", 0),
+                (("decoder_in.weight", 0, hw), ("decoder_in.bias", 0, hw), ("decoder.1.weight", 0, 1)),
+                "decoder.0",
+            )
+        )
         n = len(dec)
         for j in range(1, n + 1):
             last = j == n
             consumer = ("decoder_out.weight", 1, 1) if last else (f"decoder.{2 * j + 1}.weight", 0, 1)
-            groups.append(ChannelGroup(None if last else "decoder_channels", j, dec[min(j, n - 1)],
-                                       (f"decoder.{2 * j - 1}.weight", 1),
-                                       ((f"decoder.{2 * j - 1}.weight", 1, 1), (f"decoder.{2 * j - 1}.bias", 0, 1), consumer),
-                                       f"decoder.{2 * j}",
-                                       # The last transposed conv keeps its input's channel count (config has one value).
-                                       tied_to=len(groups) - 1 if last else None))
+            groups.append(
+                ChannelGroup(
+                    None if last else "decoder_channels",
+                    j,
+                    dec[min(j, n - 1)],
+                    (f"decoder.{2 * j - 1}.weight", 1),
+                    ((f"decoder.{2 * j - 1}.weight", 1, 1), (f"decoder.{2 * j - 1}.bias", 0, 1), consumer),
+                    f"decoder.{2 * j}",
+                    # The last transposed conv keeps its input's channel count (config has one value).
+                    tied_to=len(groups) - 1 if last else None,
+                )
+            )
         if include_latent:
             groups.append(_latent_group(model, ("decoder_in.weight", 1, 1)))
         return groups

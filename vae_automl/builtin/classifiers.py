@@ -24,7 +24,8 @@ the search can make any of them narrower or wider.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -50,8 +51,10 @@ class ConvClassifier(Classifier):
         act = ACTIVATIONS[config.get("activation", "relu")]
         channels, kernels, pools = config["conv_channels"], config["conv_kernels"], config["conv_pool"]
         if not len(channels) == len(kernels) == len(pools):
-            raise ValueError(f"conv_channels, conv_kernels and conv_pool must have one entry per conv layer, "
-                             f"got {len(channels)}, {len(kernels)}, {len(pools)}")
+            raise ValueError(
+                f"conv_channels, conv_kernels and conv_pool must have one entry per conv layer, "
+                f"got {len(channels)}, {len(kernels)}, {len(pools)}"
+            )
         c, h, w = self.input_shape
         layers: list[nn.Module] = []
         self.conv_at: list[tuple[int, int]] = []
@@ -99,8 +102,13 @@ class _ClassifierArchitecture(Architecture):
     def __init__(self) -> None:
         self.params = (
             WIDTH,
-            Param("activation", "categorical", self.default_activation, choices=tuple(ACTIVATIONS),
-                  help="non-linearity after every conv and hidden layer"),
+            Param(
+                "activation",
+                "categorical",
+                self.default_activation,
+                choices=tuple(ACTIVATIONS),
+                help="non-linearity after every conv and hidden layer",
+            ),
             NUM_CLASSES,
         )
 
@@ -134,15 +142,30 @@ class _ClassifierArchitecture(Architecture):
         groups: list[ChannelGroup] = []
         convs = model.conv_at
         for i, (conv, act) in enumerate(convs):
-            consumer = ((f"features.{convs[i + 1][0]}.weight", 1, 1) if i + 1 < len(convs) else ("head.0.weight", 1, h * w))
+            consumer = (f"features.{convs[i + 1][0]}.weight", 1, 1) if i + 1 < len(convs) else ("head.0.weight", 1, h * w)
             name = f"features.{conv}"
-            groups.append(ChannelGroup("conv_channels", i, model.config["conv_channels"][i], (f"{name}.weight", 0),
-                                       ((f"{name}.weight", 0, 1), (f"{name}.bias", 0, 1), consumer), f"features.{act}"))
+            groups.append(
+                ChannelGroup(
+                    "conv_channels",
+                    i,
+                    model.config["conv_channels"][i],
+                    (f"{name}.weight", 0),
+                    ((f"{name}.weight", 0, 1), (f"{name}.bias", 0, 1), consumer),
+                    f"features.{act}",
+                )
+            )
         for j, width in enumerate(model.config["hidden_widths"]):
             name = f"head.{2 * j}"
-            groups.append(ChannelGroup("hidden_widths", j, width, (f"{name}.weight", 0),
-                                       ((f"{name}.weight", 0, 1), (f"{name}.bias", 0, 1), (f"head.{2 * j + 2}.weight", 1, 1)),
-                                       f"head.{2 * j + 1}"))
+            groups.append(
+                ChannelGroup(
+                    "hidden_widths",
+                    j,
+                    width,
+                    (f"{name}.weight", 0),
+                    ((f"{name}.weight", 0, 1), (f"{name}.bias", 0, 1), (f"head.{2 * j + 2}.weight", 1, 1)),
+                    f"head.{2 * j + 1}",
+                )
+            )
         return groups
 
 

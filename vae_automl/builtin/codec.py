@@ -1,9 +1,10 @@
-"""The built-in ``codec`` task: its architectures (MLP, conv) and its objectives (rate, PSNR, SSIM, decoder bytes, recognition)."""
+"""The built-in ``codec`` task: its architectures (MLP, conv) and objectives (rate, PSNR, SSIM, decoder bytes, recognition)."""
 
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -25,8 +26,9 @@ if TYPE_CHECKING:
 
 def _codec(model: VAE) -> CodecVAE:
     if not isinstance(model, CodecVAE):
-        raise TypeError(f"the codec task needs a CodecVAE, got {type(model).__name__} "
-                        "(use an architecture whose tasks include 'codec')")
+        raise TypeError(
+            f"the codec task needs a CodecVAE, got {type(model).__name__} (use an architecture whose tasks include 'codec')"
+        )
     return model
 
 
@@ -44,7 +46,7 @@ class CodecTask(Task):
         was_training = codec.training
         codec.eval()
         x = data.validation
-        total = sum(float(codec.rd_loss(x[i:i + 2048], noise=False)) * len(x[i:i + 2048]) for i in range(0, len(x), 2048))
+        total = sum(float(codec.rd_loss(x[i : i + 2048], noise=False)) * len(x[i : i + 2048]) for i in range(0, len(x), 2048))
         codec.train(was_training)
         return total / len(x)
 
@@ -64,8 +66,15 @@ PRIOR_FIT_LR = 0.05
 
 CODEC_PARAMS = (
     Param("latent_dim", "int", 32, minimum=1, maximum=512, log=True, help="size of the coded latent"),
-    Param("lmbda", "float", 0.01, minimum=1e-5, maximum=10.0, log=True,
-          help="rate-distortion trade-off: loss = bits/pixel + lmbda * 255^2 * MSE"),
+    Param(
+        "lmbda",
+        "float",
+        0.01,
+        minimum=1e-5,
+        maximum=10.0,
+        log=True,
+        help="rate-distortion trade-off: loss = bits/pixel + lmbda * 255^2 * MSE",
+    ),
     Param("prior_components", "int", 3, minimum=1, maximum=8, help="logistics per latent dimension in the prior"),
     Param("activation", "categorical", "relu", choices=tuple(ACTIVATIONS), help="hidden non-linearity"),
 )
@@ -106,8 +115,9 @@ class MLPCodec(CodecVAE):
             return nn.Sequential(*layers, nn.Linear(width, out))
 
         self.analysis = _Residual(nn.Linear(pixels, self.latent_dim), mlp(pixels, list(config["widths"]), self.latent_dim))
-        self.decoder = _Residual(nn.Linear(self.latent_dim, pixels),
-                                 mlp(self.latent_dim, list(reversed(config["widths"])), pixels))
+        self.decoder = _Residual(
+            nn.Linear(self.latent_dim, pixels), mlp(self.latent_dim, list(reversed(config["widths"])), pixels)
+        )
 
     def synthesis(self, z: torch.Tensor) -> torch.Tensor:
         return self.decoder(z).view(-1, *self.input_shape)
@@ -163,15 +173,24 @@ class MLPCodecArchitecture(Architecture):
         Param("hidden_layers", "int", 2, minimum=0, maximum=4, help="hidden layers in analysis and synthesis"),
         Param("hidden_width", "int", 512, minimum=8, maximum=4096, log=True, help="width of the widest hidden layer"),
         Param("width_decay", "float", 1.0, minimum=0.1, maximum=1.0, help="each deeper layer is this times narrower"),
-        Param("init", "categorical", "pca", choices=("pca", "random"),
-              help="pca: start the linear maps at the training images' principal components"),
+        Param(
+            "init",
+            "categorical",
+            "pca",
+            choices=("pca", "random"),
+            help="pca: start the linear maps at the training images' principal components",
+        ),
         *CODEC_PARAMS,
     )
 
     def config_from_params(self, values: dict[str, Any], input_shape: tuple[int, ...]) -> dict[str, Any]:
         widths = [max(1, round(values["hidden_width"] * values["width_decay"] ** i)) for i in range(values["hidden_layers"])]
-        return {"architecture": self.name, "input_shape": list(input_shape), "widths": widths,
-                **{k: values[k] for k in ("latent_dim", "lmbda", "prior_components", "activation", "init")}}
+        return {
+            "architecture": self.name,
+            "input_shape": list(input_shape),
+            "widths": widths,
+            **{k: values[k] for k in ("latent_dim", "lmbda", "prior_components", "activation", "init")},
+        }
 
     def build(self, config: dict[str, Any]) -> VAE:
         return MLPCodec(config)
@@ -219,14 +238,19 @@ class ConvCodecArchitecture(Architecture):
         if len(input_shape) != 3:
             raise ValueError(f"the conv codec needs C x H x W images, got shape {input_shape}")
         channels = [values["base_channels"] * 2**i for i in range(values["blocks"])]
-        return {"architecture": self.name, "input_shape": list(input_shape), "channels": channels,
-                **{k: values[k] for k in ("latent_dim", "lmbda", "prior_components", "activation")}}
+        return {
+            "architecture": self.name,
+            "input_shape": list(input_shape),
+            "channels": channels,
+            **{k: values[k] for k in ("latent_dim", "lmbda", "prior_components", "activation")},
+        }
 
     def build(self, config: dict[str, Any]) -> VAE:
         return ConvCodec(config)
 
 
 # --- objectives ---
+
 
 def decoded_test_images(ctx: MeasureContext) -> tuple[torch.Tensor, list[bytes]]:
     """The test images' bitstreams and the images decoded from them (cached per measurement)."""

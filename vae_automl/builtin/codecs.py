@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from vae_automl import packing
 from vae_automl.plugin_manager import hookimpl

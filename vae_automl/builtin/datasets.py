@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import gzip
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -13,8 +13,14 @@ from vae_automl.components import Dataset
 from vae_automl.errors import DataError
 from vae_automl.plugin_manager import hookimpl
 
-IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: np.dtype(">i2"), 0x0C: np.dtype(">i4"),
-              0x0D: np.dtype(">f4"), 0x0E: np.dtype(">f8")}
+IDX_DTYPES = {
+    0x08: np.uint8,
+    0x09: np.int8,
+    0x0B: np.dtype(">i2"),
+    0x0C: np.dtype(">i4"),
+    0x0D: np.dtype(">f4"),
+    0x0E: np.dtype(">f8"),
+}
 
 
 def read_idx(path: str | Path) -> np.ndarray:
@@ -33,7 +39,7 @@ def read_idx(path: str | Path) -> np.ndarray:
     dtype = np.dtype(IDX_DTYPES[raw[2]])
     ndim = raw[3]
     header = 4 + 4 * ndim
-    shape = tuple(int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
+    shape = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
     expected = int(np.prod(shape)) * dtype.itemsize
     if len(raw) - header != expected:
         raise DataError(f"{path}: header says shape {shape} ({expected} bytes) but the file holds {len(raw) - header}")
@@ -82,10 +88,13 @@ class IdxFamilyDataset(Dataset):
         if data_dir is None:
             raise DataError(f"dataset {self.name!r} needs a folder: set dataset.data_dir, --data-dir or $VAE_AUTOML_DATA_DIR")
         # The same parts as load(), in the same order, so label i belongs to image i.
-        parts = [(self._find(data_dir, f"{split}-images-idx3-ubyte"), self._find(data_dir, f"{split}-labels-idx1-ubyte"))
-                 for split in ("train", "t10k")]
-        missing = [str(images).replace("images-idx3", "labels-idx1") for images, labels in parts
-                   if images is not None and labels is None]
+        parts = [
+            (self._find(data_dir, f"{split}-images-idx3-ubyte"), self._find(data_dir, f"{split}-labels-idx1-ubyte"))
+            for split in ("train", "t10k")
+        ]
+        missing = [
+            str(images).replace("images-idx3", "labels-idx1") for images, labels in parts if images is not None and labels is None
+        ]
         if missing:
             raise DataError(f"dataset {self.name!r}: no labels file beside the images: {', '.join(missing)}")
         return np.concatenate([read_idx(labels) for images, labels in parts if images is not None and labels is not None])
@@ -101,8 +110,10 @@ class IdxFamilyDataset(Dataset):
         found = [read_idx(p) for p in parts if p is not None]
         if not found:
             looked = ", ".join(str(d) for d in self._candidate_dirs(data_dir))
-            raise DataError(f"dataset {self.name!r}: no train-/t10k-images-idx3-ubyte[.gz] in {looked}"
-                            + ("" if download else "; set download: true to fetch it"))
+            raise DataError(
+                f"dataset {self.name!r}: no train-/t10k-images-idx3-ubyte[.gz] in {looked}"
+                + ("" if download else "; set download: true to fetch it")
+            )
         # Train images first, then test: the standard split keeps the test set last.
         return np.concatenate(found)
 

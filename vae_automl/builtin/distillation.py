@@ -38,7 +38,8 @@ teacher's most active ones.
 from __future__ import annotations
 
 import copy
-from typing import TYPE_CHECKING, Any, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch.nn import functional as F
@@ -72,11 +73,16 @@ def reconstruction_distance(student: VAE, student_out: torch.Tensor, teacher_mea
 
 
 def student_config(teacher_config: dict[str, Any], width_ratio: float, latent_dim: int | None) -> dict[str, Any]:
-    """The teacher's config with every hidden width / channel count scaled by ``width_ratio`` (and ``latent_dim`` set, if given)."""
+    """The teacher's config with every hidden width / channel count scaled by ``width_ratio``.
+
+    ``latent_dim`` is set too, if given.
+    """
     keys = [k for k in WIDTH_KEYS if k in teacher_config]
     if not keys:
-        raise ValueError(f"distillation scales {', '.join(WIDTH_KEYS)} of the teacher's config, but architecture "
-                         f"{teacher_config.get('architecture')!r} has none of them")
+        raise ValueError(
+            f"distillation scales {', '.join(WIDTH_KEYS)} of the teacher's config, but architecture "
+            f"{teacher_config.get('architecture')!r} has none of them"
+        )
     config = copy.deepcopy(teacher_config)
     for key in keys:
         config[key] = [max(1, round(w * width_ratio)) for w in teacher_config[key]]
@@ -90,7 +96,7 @@ def active_latent_units(teacher: VAE, x: torch.Tensor, count: int, chunk: int = 
     """Indices of the ``count`` latent units with the largest mean KL to the prior over ``x``, sorted."""
     total = torch.zeros(teacher.latent_dim, device=x.device)
     for start in range(0, len(x), chunk):
-        mu, logvar = teacher.encode(x[start:start + chunk])
+        mu, logvar = teacher.encode(x[start : start + chunk])
         total += (0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar)).sum(0)
     return torch.topk(total, count).indices.sort().values
 
@@ -103,19 +109,39 @@ class Distiller(Compressor):
     def requirements(self, values: dict[str, Any]) -> set[str]:
         # Starting from the teacher's strongest units needs the teacher's channel groups.
         return {"channel_groups"} if values.get("init", "teacher") == "teacher" else set()
-    help = ("train a narrower student (width_ratio of the teacher's hidden sizes) on ELBO + alpha * posterior KL "
-            "+ beta * reconstruction distance to the teacher")
+
+    help = (
+        "train a narrower student (width_ratio of the teacher's hidden sizes) on ELBO + alpha * posterior KL "
+        "+ beta * reconstruction distance to the teacher"
+    )
     params = (
         Param("width_ratio", "float", 0.5, minimum=0.05, maximum=1.0, help="student hidden sizes / teacher's"),
-        Param("latent_dim_ratio", "float", 1.0, minimum=0.05, maximum=1.0,
-              help="student latent size / teacher's (the teacher's most active units are kept)"),
+        Param(
+            "latent_dim_ratio",
+            "float",
+            1.0,
+            minimum=0.05,
+            maximum=1.0,
+            help="student latent size / teacher's (the teacher's most active units are kept)",
+        ),
         Param("alpha", "float", 1.0, minimum=0.0, maximum=100.0, help="weight of KL(q_student || q_teacher)"),
         Param("beta", "float", 1.0, minimum=0.0, maximum=100.0, help="weight of the reconstruction distance"),
         Param("epochs", "int", 10, minimum=0, maximum=1000, help="student training epochs"),
-        Param("init", "categorical", "teacher", choices=INITS,
-              help="teacher: start from the teacher's strongest units; scratch: random initialization"),
-        Param("temperature", "float", 4.0, minimum=0.1, maximum=100.0,
-              help="classifiers: softmax temperature of the logit distillation"),
+        Param(
+            "init",
+            "categorical",
+            "teacher",
+            choices=INITS,
+            help="teacher: start from the teacher's strongest units; scratch: random initialization",
+        ),
+        Param(
+            "temperature",
+            "float",
+            4.0,
+            minimum=0.1,
+            maximum=100.0,
+            help="classifiers: softmax temperature of the logit distillation",
+        ),
     )
 
     def apply(self, model: VAE, params: dict[str, Any], ctx: CompressionContext) -> VAE:
@@ -164,8 +190,7 @@ class Distiller(Compressor):
         if values["init"] == "teacher":
             groups = channel_groups(teacher, architecture=ctx.architecture)
             counts = [max(1, round(g.size * values["width_ratio"])) for g in groups]
-            student = shrink(teacher, groups, keep_top(groups, magnitude_unit_scores(teacher, groups), counts),
-                             ctx.build_model)  # type: ignore[arg-type]
+            student = shrink(teacher, groups, keep_top(groups, magnitude_unit_scores(teacher, groups), counts), ctx.build_model)  # type: ignore[arg-type]
             student.encodings = {}
             student.requires_grad_(True)
         else:
@@ -197,4 +222,3 @@ class Distiller(Compressor):
 @hookimpl
 def register_compressors(register: Callable[[Compressor], None]) -> None:
     register(Distiller())
-

@@ -11,7 +11,8 @@ is still the file's length.
 from __future__ import annotations
 
 import copy
-from typing import TYPE_CHECKING, Any, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from vae_automl.components import Compressor
 from vae_automl.plugin_manager import hookimpl

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 
@@ -26,8 +26,10 @@ class SafetensorsExporter(Exporter):
 class OnnxExporter(Exporter):
     name = "onnx"
     filename = "model.onnx"
-    help = ("VAEs: one graph (x, z) -> (mu, logvar, decoded), MatMulInteger/ConvInteger where weights are 8-bit; "
-            "classifiers: x -> logits")
+    help = (
+        "VAEs: one graph (x, z) -> (mu, logvar, decoded), MatMulInteger/ConvInteger where weights are 8-bit; "
+        "classifiers: x -> logits"
+    )
 
     def export(self, model: VAE, path: str, example: torch.Tensor) -> None:
         # deferred: onnx and onnxruntime load only when a model is exported or deployed
@@ -39,8 +41,9 @@ class OnnxExporter(Exporter):
 class TorchScriptExporter(Exporter):
     name = "torchscript"
     filename = "model.pt"
-    help = ("traced TorchScript module; VAEs: forward (reconstruct logits), encode and decode methods; "
-            "classifiers: forward (logits)")
+    help = (
+        "traced TorchScript module; VAEs: forward (reconstruct logits), encode and decode methods; classifiers: forward (logits)"
+    )
 
     def export(self, model: VAE, path: str, example: torch.Tensor) -> None:
         # deferred: onnx and onnxruntime load only when a model is exported or deployed

@@ -4,17 +4,16 @@ from __future__ import annotations
 
 import statistics
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
 from vae_automl.components import MeasureContext, Objective
 from vae_automl.plugin_manager import hookimpl
 from vae_automl.storage.codec import Codec
-from vae_automl.storage.format import serialize_model, theoretical_bits
-from vae_automl.vae import evaluate_elbo, evaluate_recon_error
-from vae_automl.vae import VAE
 from vae_automl.storage.codecs import builtin_codecs
+from vae_automl.storage.format import serialize_model, theoretical_bits
+from vae_automl.vae import VAE, evaluate_elbo, evaluate_recon_error
 
 
 class TestElbo(Objective):
@@ -40,8 +39,10 @@ class ReconError(Objective):
 class Params(Objective):
     name = "params"
     unit = "count"
-    help = ("stored parameters: non-zero values per tensor, or what its codec stores "
-            "(a codec's optional stored_values, e.g. the factors of a low-rank codec)")
+    help = (
+        "stored parameters: non-zero values per tensor, or what its codec stores "
+        "(a codec's optional stored_values, e.g. the factors of a low-rank codec)"
+    )
 
     def measure(self, ctx: MeasureContext) -> float:
         return float(stored_parameters(ctx.model, codecs(ctx)))
@@ -116,7 +117,7 @@ class LatencyMs(Objective):
 
     def measure(self, ctx: MeasureContext) -> float:
         device = torch.device(ctx.latency_target if ctx.latency_target != "auto" else ctx.device)
-        model = ctx.model.to(device).eval()
+        ctx.model.to(device).eval()
         x = ctx.data.test[: ctx.latency_batch_size].to(device)
         if len(x) < ctx.latency_batch_size:
             x = x.repeat((ctx.latency_batch_size + len(x) - 1) // len(x), 1, 1, 1)[: ctx.latency_batch_size]

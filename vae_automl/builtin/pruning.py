@@ -17,7 +17,8 @@ shrunk teacher.
 from __future__ import annotations
 
 import copy
-from typing import TYPE_CHECKING, Any, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -35,10 +36,16 @@ SCOPES = ("global", "layer")
 STRUCTURED_CRITERIA = ("magnitude", "taylor")
 
 SPARSITY = Param("sparsity", "float", 0.5, minimum=0.0, maximum=0.99, help="fraction of weights set to zero")
-SCOPE = Param("scope", "categorical", "global", choices=SCOPES,
-              help="global: one threshold over all layers; layer: each layer pruned to `sparsity`")
-FINETUNE_EPOCHS = Param("finetune_epochs", "int", 2, minimum=0, maximum=200,
-                        help="fine-tuning epochs after pruning (the mask is kept)")
+SCOPE = Param(
+    "scope",
+    "categorical",
+    "global",
+    choices=SCOPES,
+    help="global: one threshold over all layers; layer: each layer pruned to `sparsity`",
+)
+FINETUNE_EPOCHS = Param(
+    "finetune_epochs", "int", 2, minimum=0, maximum=200, help="fine-tuning epochs after pruning (the mask is kept)"
+)
 
 
 # --------------------------------------------------------------------------- unstructured
@@ -68,7 +75,7 @@ def masks_from_scores(scores: dict[str, torch.Tensor], sparsity: float, scope: s
         keep[order[:k]] = False
         masks, start = {}, 0
         for name, s in scores.items():
-            masks[name] = keep[start:start + s.numel()].view_as(s)
+            masks[name] = keep[start : start + s.numel()].view_as(s)
             start += s.numel()
         return masks
     masks = {}
@@ -102,8 +109,9 @@ def fine_tune_masked(model: VAE, masks: dict[str, torch.Tensor], epochs: int, ct
     return model
 
 
-def saliency_batches(ctx: CompressionContext, batches: int, batch_size: int = 128
-                     ) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
+def saliency_batches(
+    ctx: CompressionContext, batches: int, batch_size: int = 128
+) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
     """``batches`` fixed training batches ``(x, labels or None)`` chosen by the trial seed (repeatable saliency estimates)."""
     generator = torch.Generator().manual_seed(ctx.seed)
     n = len(ctx.data.train)
@@ -121,8 +129,9 @@ def elbo_batches(ctx: CompressionContext, batches: int, batch_size: int = 128) -
     return [x for x, _ in saliency_batches(ctx, batches, batch_size)]
 
 
-def saliency_loss(model: Any, ctx: CompressionContext, x: torch.Tensor, y: torch.Tensor | None,
-                  generator: torch.Generator) -> torch.Tensor:
+def saliency_loss(
+    model: Any, ctx: CompressionContext, x: torch.Tensor, y: torch.Tensor | None, generator: torch.Generator
+) -> torch.Tensor:
     """The loss saliencies differentiate: a VAE's negative ELBO with seeded noise, else the trial's task loss."""
     if isinstance(model, VAE):
         eps = torch.randn(len(x), model.latent_dim, generator=generator, device=x.device)
@@ -181,8 +190,12 @@ class MagnitudePruner(_UnstructuredPruner):
 class TaylorPruner(_UnstructuredPruner):
     name = "taylor_prune"
     help = "unstructured pruning by first-order Taylor saliency |w * dL/dw| over a few training batches"
-    params = (SPARSITY, SCOPE, FINETUNE_EPOCHS,
-              Param("batches", "int", 8, minimum=1, maximum=1000, help="training batches the saliency sums over"))
+    params = (
+        SPARSITY,
+        SCOPE,
+        FINETUNE_EPOCHS,
+        Param("batches", "int", 8, minimum=1, maximum=1000, help="training batches the saliency sums over"),
+    )
 
     def scores(self, model: VAE, params: dict[str, Any], ctx: CompressionContext) -> dict[str, torch.Tensor]:
         return taylor_weight_scores(model, ctx, params["batches"])
@@ -191,10 +204,21 @@ class TaylorPruner(_UnstructuredPruner):
 class L1Pruner(_UnstructuredPruner):
     name = "l1_prune"
     help = "train with an L1 penalty that drives weights to zero, then prune the smallest and fine-tune"
-    params = (SPARSITY, SCOPE, FINETUNE_EPOCHS,
-              Param("l1_strength", "float", 1e-4, minimum=1e-8, maximum=1e-1, log=True,
-                    help="weight of sum |w| (nats per image per unit of |w|) during the L1 phase"),
-              Param("l1_epochs", "int", 3, minimum=1, maximum=200, help="epochs of L1-regularized training"))
+    params = (
+        SPARSITY,
+        SCOPE,
+        FINETUNE_EPOCHS,
+        Param(
+            "l1_strength",
+            "float",
+            1e-4,
+            minimum=1e-8,
+            maximum=1e-1,
+            log=True,
+            help="weight of sum |w| (nats per image per unit of |w|) during the L1 phase",
+        ),
+        Param("l1_epochs", "int", 3, minimum=1, maximum=200, help="epochs of L1-regularized training"),
+    )
 
     def scores(self, model: VAE, params: dict[str, Any], ctx: CompressionContext) -> dict[str, torch.Tensor]:
         names = tuple(prunable_weights(model))
@@ -223,8 +247,11 @@ def magnitude_unit_scores(model: VAE, groups: list[ChannelGroup]) -> list[torch.
     for g in groups:
         name, dim = g.producer
         w_in = state[name].detach().float().transpose(0, dim).reshape(g.size, -1).norm(dim=1)
-        outgoing = [state[n].detach().float().transpose(0, d).reshape(g.size, -1)
-                    for n, d, _ in g.slices if n != name and not n.endswith(".bias")]
+        outgoing = [
+            state[n].detach().float().transpose(0, d).reshape(g.size, -1)
+            for n, d, _ in g.slices
+            if n != name and not n.endswith(".bias")
+        ]
         w_out = torch.cat(outgoing, dim=1).norm(dim=1)
         scores.append(w_in * w_out)
     return scores
@@ -236,9 +263,11 @@ def taylor_unit_scores(model: VAE, groups: list[ChannelGroup], ctx: CompressionC
     captured: dict[int, torch.Tensor] = {}
     handles = []
     for k, g in enumerate(groups):
+
         def hook(_module: nn.Module, _inputs: Any, output: torch.Tensor, _k: int = k) -> None:
             output.retain_grad()
             captured[_k] = output
+
         handles.append(modules[g.activation].register_forward_hook(hook))
     scores = [torch.zeros(g.size, device=ctx.data.train.device) for g in groups]
     generator = torch.Generator(device=ctx.data.train.device).manual_seed(ctx.seed)
@@ -263,8 +292,7 @@ def taylor_unit_scores(model: VAE, groups: list[ChannelGroup], ctx: CompressionC
     return scores
 
 
-def shrink(model: VAE, groups: list[ChannelGroup], keep: list[torch.Tensor],
-           build_model: Callable[[dict[str, Any]], VAE]) -> VAE:
+def shrink(model: VAE, groups: list[ChannelGroup], keep: list[torch.Tensor], build_model: Callable[[dict[str, Any]], VAE]) -> VAE:
     """A new model keeping unit indices ``keep[k]`` of each group, rebuilt from the updated config.
 
     Loading the sliced tensors into ``build_model(new_config)`` with
@@ -304,12 +332,16 @@ class StructuredPruner(Compressor):
     stage = "prune"
     gives = "masked"  # an earlier unstructured stage's masks survive the shrinking
     needs_channel_groups = True
-    help = ("remove whole hidden neurons (MLP) or channels (conv), shrinking the layers and the config; "
-            "then fine-tune")
+    help = "remove whole hidden neurons (MLP) or channels (conv), shrinking the layers and the config; then fine-tune"
     params = (
         Param("ratio", "float", 0.5, minimum=0.0, maximum=0.95, help="fraction of hidden units removed per layer"),
-        Param("criterion", "categorical", "magnitude", choices=STRUCTURED_CRITERIA,
-              help="magnitude: |w_in| * |w_out| per unit; taylor: |a * dL/da| summed over batches"),
+        Param(
+            "criterion",
+            "categorical",
+            "magnitude",
+            choices=STRUCTURED_CRITERIA,
+            help="magnitude: |w_in| * |w_out| per unit; taylor: |a * dL/da| summed over batches",
+        ),
         Param("batches", "int", 8, minimum=1, maximum=1000, help="batches for the taylor criterion"),
         FINETUNE_EPOCHS,
     )

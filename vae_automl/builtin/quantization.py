@@ -48,7 +48,8 @@ from __future__ import annotations
 
 import copy
 import math
-from typing import TYPE_CHECKING, Any, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -76,25 +77,41 @@ FP16_MIN_NORMAL = 2.0**-14
 def group_bits_params(minimum: int) -> tuple[Param, ...]:
     return (
         Param("bits", "int", 8 if minimum <= 8 else minimum, minimum=minimum, maximum=8, help="bits per weight"),
-        *(Param(f"bits_{g}", "int", None, minimum=minimum, maximum=8, help=f"bits of the {g} layers (default: bits)")
-          for g in GROUPS),
+        *(
+            Param(f"bits_{g}", "int", None, minimum=minimum, maximum=8, help=f"bits of the {g} layers (default: bits)")
+            for g in GROUPS
+        ),
     )
 
 
 COMMON_PARAMS = (
-    Param("qat_epochs", "int", 0, minimum=0, maximum=1000,
-          help="quantization-aware fine-tuning epochs with a straight-through estimator (0: post-training only)"),
-    Param("qat_lr", "float", None, minimum=1e-7, maximum=1.0, log=True, help="fine-tuning learning rate (default: the trial's lr)"),
+    Param(
+        "qat_epochs",
+        "int",
+        0,
+        minimum=0,
+        maximum=1000,
+        help="quantization-aware fine-tuning epochs with a straight-through estimator (0: post-training only)",
+    ),
+    Param(
+        "qat_lr", "float", None, minimum=1e-7, maximum=1.0, log=True, help="fine-tuning learning rate (default: the trial's lr)"
+    ),
 )
-CALIBRATION_SAMPLES = Param("calibration_samples", "int", 256, minimum=1, maximum=100_000, log=True,
-                            help="training images whose layer inputs calibrate the clipping (calibration: output)")
+CALIBRATION_SAMPLES = Param(
+    "calibration_samples",
+    "int",
+    256,
+    minimum=1,
+    maximum=100_000,
+    log=True,
+    help="training images whose layer inputs calibrate the clipping (calibration: output)",
+)
 
 
 def quantizable_layers(model: nn.Module, groups: LayerGroups | None = None) -> list[tuple[str, nn.Module, str | None]]:
     """``(module name, module, group)`` of every layer whose weight is quantized; group None: no group."""
     group_of = group_of_layers(groups or {})
-    return [(name, module, group_of.get(name))
-            for name, module in model.named_modules() if isinstance(module, QUANTIZED_LAYERS)]
+    return [(name, module, group_of.get(name)) for name, module in model.named_modules() if isinstance(module, QUANTIZED_LAYERS)]
 
 
 def group_bits_asked(values: dict[str, Any]) -> list[str]:
@@ -116,8 +133,9 @@ def _round_scale(scale: torch.Tensor, dtype_name: str) -> torch.Tensor:
     return scale.to(FLOAT_DTYPES[dtype_name]).float()
 
 
-def uniform_grid(w: torch.Tensor, bits: int, symmetric: bool, per_channel: bool, ratios: torch.Tensor,
-                 scale_dtype: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+def uniform_grid(
+    w: torch.Tensor, bits: int, symmetric: bool, per_channel: bool, ratios: torch.Tensor, scale_dtype: str
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Quantize ``w`` on the grid clipped at ``ratios`` (per row) of its range.
 
     Returns the dequantized weight, the scales (as stored) and the zero
@@ -154,8 +172,9 @@ def _row_errors(w: torch.Tensor, deq: torch.Tensor, x: torch.Tensor | None, per_
     return per_out if per_channel else per_out.sum().reshape(1)
 
 
-def calibrate_uniform(w: torch.Tensor, bits: int, symmetric: bool, per_channel: bool, calibration: str,
-                      x: torch.Tensor | None, scale_dtype: str) -> torch.Tensor:
+def calibrate_uniform(
+    w: torch.Tensor, bits: int, symmetric: bool, per_channel: bool, calibration: str, x: torch.Tensor | None, scale_dtype: str
+) -> torch.Tensor:
     """The clip ratio (per row) that minimizes the calibration error."""
     n_rows = w.shape[0] if per_channel else 1
     if calibration == "minmax":
@@ -235,8 +254,9 @@ class _FakeQuant(nn.Module):
         return w + (q - w).detach()
 
 
-def calibration_inputs(model: VAE, layers: list[tuple[str, nn.Module, str | None]], ctx: CompressionContext,
-                       samples: int) -> dict[str, torch.Tensor]:
+def calibration_inputs(
+    model: VAE, layers: list[tuple[str, nn.Module, str | None]], ctx: CompressionContext, samples: int
+) -> dict[str, torch.Tensor]:
     """Per layer, the rows ``X`` with ``output = X @ W.T`` (unfolded patches for convolutions), on the CPU."""
     x = ctx.data.train[:samples]
     generator = torch.Generator().manual_seed(ctx.seed)
@@ -297,8 +317,7 @@ class _Quantizer(Compressor):
             raise ValueError(f"`qat_epochs` must be >= 0, but got qat_epochs={qat}")
 
     # Subclasses: the grid of one weight.
-    def fit(self, w: torch.Tensor, bits: int, values: dict[str, Any], x: torch.Tensor | None,
-            seed: int) -> dict[str, Any]:
+    def fit(self, w: torch.Tensor, bits: int, values: dict[str, Any], x: torch.Tensor | None, seed: int) -> dict[str, Any]:
         """Calibrate the grid of ``w``; returns a state that :meth:`quantize` and :meth:`spec` use."""
         raise NotImplementedError
 
@@ -320,17 +339,22 @@ class _Quantizer(Compressor):
         device = next(out.parameters()).device
         groups = layer_groups(out, ctx.architecture) if group_bits_asked(values) else {}
         if group_bits_asked(values) and not groups:
-            raise ValueError(f"{', '.join(group_bits_asked(values))} need layer groups, but architecture "
-                             f"{out.config.get('architecture')!r} declares none; set `bits` only")
+            raise ValueError(
+                f"{', '.join(group_bits_asked(values))} need layer groups, but architecture "
+                f"{out.config.get('architecture')!r} declares none; set `bits` only"
+            )
         layers = quantizable_layers(out, groups)
         for name, _, _ in layers:
             codec = out.encodings.get(f"{name}.weight", {}).get("codec", "dense")
             if codec not in GRID_INPUT_CODECS:
                 # Re-storing on our grid would silently drop the earlier stage's codec (and its bytes).
-                raise ValueError(f"{name}.weight is stored by codec {codec!r} from an earlier stage; {self.name} "
-                                 f"quantizes only {', '.join(GRID_INPUT_CODECS)} tensors")
-        inputs = (calibration_inputs(out, layers, ctx, values["calibration_samples"])
-                  if values.get("calibration") == "output" else {})
+                raise ValueError(
+                    f"{name}.weight is stored by codec {codec!r} from an earlier stage; {self.name} "
+                    f"quantizes only {', '.join(GRID_INPUT_CODECS)} tensors"
+                )
+        inputs = (
+            calibration_inputs(out, layers, ctx, values["calibration_samples"]) if values.get("calibration") == "output" else {}
+        )
         states: dict[str, dict[str, Any]] = {}
         keeps: dict[str, torch.Tensor | None] = {}
         for name, module, group in layers:
@@ -355,9 +379,16 @@ class _Quantizer(Compressor):
             out.encodings[key] = spec
         return out
 
-    def _fine_tune(self, model: VAE, layers: list[tuple[str, nn.Module, str | None]], states: dict[str, dict[str, Any]],
-                   keeps: dict[str, torch.Tensor | None], values: dict[str, Any], ctx: CompressionContext,
-                   device: torch.device) -> None:
+    def _fine_tune(
+        self,
+        model: VAE,
+        layers: list[tuple[str, nn.Module, str | None]],
+        states: dict[str, dict[str, Any]],
+        keeps: dict[str, torch.Tensor | None],
+        values: dict[str, Any],
+        ctx: CompressionContext,
+        device: torch.device,
+    ) -> None:
         for name, module, _ in layers:
             state = states[name]
 
@@ -387,11 +418,21 @@ class UniformQuantizer(_Quantizer):
     help = "n-bit uniform weights (1..8), per channel or per tensor, symmetric or asymmetric; PTQ + optional QAT"
     params = (
         *group_bits_params(1),
-        Param("granularity", "categorical", "per_channel", choices=("per_channel", "per_tensor"),
-              help="one scale per output channel (axis 0) or per tensor"),
+        Param(
+            "granularity",
+            "categorical",
+            "per_channel",
+            choices=("per_channel", "per_tensor"),
+            help="one scale per output channel (axis 0) or per tensor",
+        ),
         Param("symmetric", "bool", True, help="symmetric grid (no zero point) or asymmetric with a zero point"),
-        Param("calibration", "categorical", "output", choices=("output", "mse", "minmax"),
-              help="clipping: min layer-output error, min weight error, or none"),
+        Param(
+            "calibration",
+            "categorical",
+            "output",
+            choices=("output", "mse", "minmax"),
+            help="clipping: min layer-output error, min weight error, or none",
+        ),
         Param("scale_dtype", "categorical", "float16", choices=("float16", "float32"), help="how scales are stored"),
         CALIBRATION_SAMPLES,
         *COMMON_PARAMS,
@@ -402,8 +443,10 @@ class UniformQuantizer(_Quantizer):
         if values.get("symmetric") is False:
             for key in ("bits", *(f"bits_{g}" for g in GROUPS)):
                 if values.get(key) == 1:
-                    raise ValueError(f"an asymmetric grid needs at least 2 bits (its zero point pins one of 2 levels at 0), "
-                                     f"but got {key}=1 with symmetric=false; 1-bit weights need symmetric: true (levels +-scale)")
+                    raise ValueError(
+                        f"an asymmetric grid needs at least 2 bits (its zero point pins one of 2 levels at 0), "
+                        f"but got {key}=1 with symmetric=false; 1-bit weights need symmetric: true (levels +-scale)"
+                    )
 
     def fit(self, w: torch.Tensor, bits: int, values: dict[str, Any], x: torch.Tensor | None, seed: int) -> dict[str, Any]:
         per_channel = values["granularity"] == "per_channel" and w.dim() > 1
@@ -413,19 +456,26 @@ class UniformQuantizer(_Quantizer):
         _, scale, _ = uniform_grid(w, bits, symmetric, per_channel, ratios, "float32")
         if scale_dtype == "float16" and bool(((scale > 0) & (scale < FP16_MIN_NORMAL)).any()):
             scale_dtype = "float32"  # float16 would make these scales subnormal and coarse
-        return {"bits": bits, "symmetric": symmetric, "per_channel": per_channel, "scale_dtype": scale_dtype,
-                "ratios": ratios}
+        return {"bits": bits, "symmetric": symmetric, "per_channel": per_channel, "scale_dtype": scale_dtype, "ratios": ratios}
 
     def quantize(self, w: torch.Tensor, state: dict[str, Any]) -> torch.Tensor:
-        deq, _, _ = uniform_grid(w, state["bits"], state["symmetric"], state["per_channel"], state["ratios"], state["scale_dtype"])
+        deq, _, _ = uniform_grid(
+            w, state["bits"], state["symmetric"], state["per_channel"], state["ratios"], state["scale_dtype"]
+        )
         return deq
 
     def spec(self, w: torch.Tensor, state: dict[str, Any]) -> dict[str, Any]:
-        _, scale, zero_point = uniform_grid(w, state["bits"], state["symmetric"], state["per_channel"],
-                                            state["ratios"], state["scale_dtype"])
-        spec: dict[str, Any] = {"codec": "uniform", "bits": state["bits"], "symmetric": state["symmetric"],
-                                "axis": 0 if state["per_channel"] else None, "scale_dtype": state["scale_dtype"],
-                                "scale": scale.double().tolist()}
+        _, scale, zero_point = uniform_grid(
+            w, state["bits"], state["symmetric"], state["per_channel"], state["ratios"], state["scale_dtype"]
+        )
+        spec: dict[str, Any] = {
+            "codec": "uniform",
+            "bits": state["bits"],
+            "symmetric": state["symmetric"],
+            "axis": 0 if state["per_channel"] else None,
+            "scale_dtype": state["scale_dtype"],
+            "scale": scale.double().tolist(),
+        }
         if zero_point is not None:
             spec["zero_point"] = [int(z) for z in zero_point.tolist()]
         return spec
@@ -439,8 +489,12 @@ class _CodebookQuantizer(_Quantizer):
         return snap_to_codebook(w, state["table"])
 
     def spec(self, w: torch.Tensor, state: dict[str, Any]) -> dict[str, Any]:
-        return {"codec": "codebook", "bits": state["bits"], "codebook_dtype": state["dtype"],
-                "codebook": state["table"].double().tolist()}
+        return {
+            "codec": "codebook",
+            "bits": state["bits"],
+            "codebook_dtype": state["dtype"],
+            "codebook": state["table"].double().tolist(),
+        }
 
     def needs_zero_mask(self, state: dict[str, Any]) -> bool:
         return not bool((state["table"] == 0).any())
@@ -452,8 +506,13 @@ class Pow2Quantizer(_CodebookQuantizer):
     min_bits = 2
     params = (
         *group_bits_params(2),
-        Param("calibration", "categorical", "output", choices=("output", "mse", "minmax"),
-              help="choice of the top level s: min layer-output error, min weight error, or max|w|"),
+        Param(
+            "calibration",
+            "categorical",
+            "output",
+            choices=("output", "mse", "minmax"),
+            help="choice of the top level s: min layer-output error, min weight error, or max|w|",
+        ),
         CALIBRATION_SAMPLES,
         *COMMON_PARAMS,
     )
@@ -475,8 +534,13 @@ class KMeansQuantizer(_CodebookQuantizer):
     help = "weight sharing: a k-means codebook of 2**bits values per tensor + packed indices; PTQ + optional QAT"
     params = (
         *group_bits_params(1),
-        Param("init", "categorical", "linear", choices=("linear", "kmeans++"),
-              help="centroid init: evenly over [min, max] (deterministic) or k-means++ from the trial seed"),
+        Param(
+            "init",
+            "categorical",
+            "linear",
+            choices=("linear", "kmeans++"),
+            help="centroid init: evenly over [min, max] (deterministic) or k-means++ from the trial seed",
+        ),
         Param("codebook_dtype", "categorical", "float16", choices=("float16", "float32"), help="how the codebook is stored"),
         *COMMON_PARAMS,
     )

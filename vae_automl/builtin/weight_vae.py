@@ -42,7 +42,8 @@ from __future__ import annotations
 
 import copy
 import math
-from typing import TYPE_CHECKING, Any, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -94,8 +95,9 @@ def decode_chunks(decoder: nn.Module, latents: torch.Tensor, scale: float, shape
 
 
 @torch.no_grad()
-def decode_weight(decoder: nn.Module, codes: torch.Tensor, step: float, scale: float,
-                  shape: tuple[int, ...] | list[int]) -> torch.Tensor:
+def decode_weight(
+    decoder: nn.Module, codes: torch.Tensor, step: float, scale: float, shape: tuple[int, ...] | list[int]
+) -> torch.Tensor:
     """The stored weight: integer ``codes`` times ``step`` through the decoder, on the CPU in float32.
 
     The compressor and the loader both call this, so they agree bit for bit.
@@ -157,8 +159,9 @@ class _Group(nn.Module):
 class _DecodedWeight(nn.Module):
     """A parametrization: the weight is the decoder's output for the (grid-rounded) latents."""
 
-    def __init__(self, latents: torch.Tensor, group: _Group, step: float, scale: float, shape: torch.Size,
-                 keep: torch.Tensor | None) -> None:
+    def __init__(
+        self, latents: torch.Tensor, group: _Group, step: float, scale: float, shape: torch.Size, keep: torch.Tensor | None
+    ) -> None:
         super().__init__()
         self.latents = nn.Parameter(latents)
         self.group = group
@@ -185,30 +188,58 @@ class WeightVAE(Compressor):
     stage = "quantize"
     takes = ("dense", "masked")
     gives = "codec:weight_vae"
-    help = ("encode every Linear/Conv weight with a small VAE over weight chunks; latents on a grid, "
-            "entropy-coded; the decoder is stored and counted; fine-tuned on the task loss + rate")
+    help = (
+        "encode every Linear/Conv weight with a small VAE over weight chunks; latents on a grid, "
+        "entropy-coded; the decoder is stored and counted; fine-tuned on the task loss + rate"
+    )
     params = (
         Param("chunk", "int", 16, minimum=2, maximum=1024, log=True, help="weights per chunk the VAE encodes"),
         Param("latent_dim", "int", 4, minimum=1, maximum=256, log=True, help="latents per chunk"),
         Param("hidden", "int", 32, minimum=0, maximum=4096, help="hidden units of the decoder (0: a linear decoder)"),
-        Param("sharing", "categorical", "shared", choices=SHARINGS,
-              help="shared: one VAE for every layer; layer: one per layer (EPR)"),
+        Param(
+            "sharing",
+            "categorical",
+            "shared",
+            choices=SHARINGS,
+            help="shared: one VAE for every layer; layer: one per layer (EPR)",
+        ),
         Param("step", "float", 0.25, minimum=1e-3, maximum=10.0, log=True, help="grid step of the latents"),
-        Param("rate_weight", "float", 1e-6, minimum=0.0, maximum=1.0,
-              help="weight of the latents' code length (bits) next to the task loss (per image)"),
+        Param(
+            "rate_weight",
+            "float",
+            1e-6,
+            minimum=0.0,
+            maximum=1.0,
+            help="weight of the latents' code length (bits) next to the task loss (per image)",
+        ),
         Param("vae_steps", "int", 500, minimum=0, maximum=100_000, log=False, help="Adam steps fitting the chunk VAE"),
         Param("finetune_epochs", "int", 5, minimum=0, maximum=1000, help="epochs fine-tuning latents, decoders and network"),
-        Param("finetune_lr", "float", None, minimum=1e-6, maximum=1.0, log=True,
-              help="fine-tuning learning rate (default: the trial's lr)"),
-        Param("amortize_over", "int", 1, minimum=1, maximum=1_000_000,
-              help="models declared to share each decoder: size_bytes_amortized counts 1/N of its bytes"),
+        Param(
+            "finetune_lr",
+            "float",
+            None,
+            minimum=1e-6,
+            maximum=1.0,
+            log=True,
+            help="fine-tuning learning rate (default: the trial's lr)",
+        ),
+        Param(
+            "amortize_over",
+            "int",
+            1,
+            minimum=1,
+            maximum=1_000_000,
+            help="models declared to share each decoder: size_bytes_amortized counts 1/N of its bytes",
+        ),
     )
 
     def validate_params(self, values: dict[str, Any]) -> None:
         chunk, latent = values.get("chunk"), values.get("latent_dim")
         if isinstance(chunk, int) and isinstance(latent, int) and latent > chunk:
-            raise ValueError(f"`latent_dim` must be at most `chunk` (a code no smaller than what it encodes saves "
-                             f"nothing), but got latent_dim={latent}, chunk={chunk}")
+            raise ValueError(
+                f"`latent_dim` must be at most `chunk` (a code no smaller than what it encodes saves "
+                f"nothing), but got latent_dim={latent}, chunk={chunk}"
+            )
 
     def apply(self, model: Any, params: dict[str, Any], ctx: CompressionContext) -> Any:
         values = self.resolve_params(params)
@@ -226,14 +257,12 @@ class WeightVAE(Compressor):
             std = float(w.std()) if w.numel() > 1 else float(w.abs().max())
             scales[name] = float(fp16(torch.tensor(std if std > 0 else 1.0)))
             chunks[name] = to_chunks(w / scales[name], chunk)
-        members = ([[name for name, _ in layers]] if values["sharing"] == "shared"
-                   else [[name] for name, _ in layers])
+        members = [[name for name, _ in layers]] if values["sharing"] == "shared" else [[name] for name, _ in layers]
         groups: dict[str, _Group] = {}
         params_of: dict[str, _DecodedWeight] = {}
         modules = dict(layers)
         for k, names in enumerate(members):
-            vae = fit_chunk_vae(torch.cat([chunks[n] for n in names]), latent_dim, hidden, values["vae_steps"],
-                                ctx.seed + k)
+            vae = fit_chunk_vae(torch.cat([chunks[n] for n in names]), latent_dim, hidden, values["vae_steps"], ctx.seed + k)
             with torch.no_grad():
                 mus = {n: vae.encode(chunks[n])[0] for n in names}
                 spread = torch.cat(list(mus.values())).std(0).clamp_min(step)
@@ -251,8 +280,9 @@ class WeightVAE(Compressor):
 
         try:
             if values["finetune_epochs"] > 0:
-                ctx.fine_tune(out, values["finetune_epochs"], extra_loss=rate_loss if rate_weight else None,
-                              lr=values["finetune_lr"])
+                ctx.fine_tune(
+                    out, values["finetune_epochs"], extra_loss=rate_loss if rate_weight else None, lr=values["finetune_lr"]
+                )
         finally:
             for _, module in layers:
                 parametrize.remove_parametrizations(module, "weight", leave_parametrized=False)
@@ -260,8 +290,15 @@ class WeightVAE(Compressor):
         return out.eval()
 
     @staticmethod
-    def _finalize(out: Any, layers: list[tuple[str, nn.Module]], members: list[list[str]], groups: dict[str, _Group],
-                  params_of: dict[str, _DecodedWeight], values: dict[str, Any], step: float) -> None:
+    def _finalize(
+        out: Any,
+        layers: list[tuple[str, nn.Module]],
+        members: list[list[str]],
+        groups: dict[str, _Group],
+        params_of: dict[str, _DecodedWeight],
+        values: dict[str, Any],
+        step: float,
+    ) -> None:
         """Snap latents to the grid and decoders to float16, set each weight to its decoded value, record the specs."""
         modules = dict(layers)
         for names in members:
@@ -280,10 +317,17 @@ class WeightVAE(Compressor):
                 module = modules[n]
                 with torch.no_grad():
                     module.weight.copy_(weight.to(module.weight.device))
-                spec = {"codec": "weight_vae", "chunk": values["chunk"], "latent_dim": values["latent_dim"],
-                        "hidden": values["hidden"], "step": step, "scale": p.scale,
-                        "amortize_over": values["amortize_over"], "codes": codes.flatten().tolist(),
-                        "decoder_state": decoder_state}
+                spec = {
+                    "codec": "weight_vae",
+                    "chunk": values["chunk"],
+                    "latent_dim": values["latent_dim"],
+                    "hidden": values["hidden"],
+                    "step": step,
+                    "scale": p.scale,
+                    "amortize_over": values["amortize_over"],
+                    "codes": codes.flatten().tolist(),
+                    "decoder_state": decoder_state,
+                }
                 if n != names[0]:
                     spec["parts_from"] = f"{names[0]}.weight"
                 if p.keep is not None:
@@ -320,12 +364,11 @@ class WeightVAECodec:
     def header_spec(self, spec: dict[str, Any]) -> dict[str, Any]:
         codes = self.codes(spec)
         radius = max(1, int(codes.abs().max())) if codes.numel() else 1
-        return {**{k: v for k, v in spec.items() if k not in self.memory_keys},
-                "chunks": int(codes.shape[0]), "radius": radius}
+        return {**{k: v for k, v in spec.items() if k not in self.memory_keys}, "chunks": int(codes.shape[0]), "radius": radius}
 
     def full_spec(self, parts: dict[str, torch.Tensor], header_spec: dict[str, Any]) -> dict[str, Any]:
         prefix = (SHARED_PREFIX if "parts_from" in header_spec else "") + self.decoder_prefix
-        state = {k[len(prefix):]: t.float().tolist() for k, t in parts.items() if k.startswith(prefix)}
+        state = {k[len(prefix) :]: t.float().tolist() for k, t in parts.items() if k.startswith(prefix)}
         if not state:
             raise ExportError(f"weight_vae codec: no decoder parts ({prefix}*) for a tensor with spec {header_spec}")
         radius, rows, columns = int(header_spec["radius"]), int(header_spec["chunks"]), int(header_spec["latent_dim"])
@@ -342,26 +385,35 @@ class WeightVAECodec:
     def decode(self, spec: dict[str, Any], shape: tuple[int, ...] | list[int]) -> torch.Tensor:
         return decode_weight(self._decoder(spec), self.codes(spec), float(spec["step"]), float(spec["scale"]), shape)
 
-    def decode_masked(self, spec: dict[str, Any], shape: tuple[int, ...] | list[int], mask: torch.Tensor | None
-                      ) -> torch.Tensor:
+    def decode_masked(self, spec: dict[str, Any], shape: tuple[int, ...] | list[int], mask: torch.Tensor | None) -> torch.Tensor:
         decoded = self.decode(spec, shape)
         return decoded if mask is None else torch.where(mask, decoded, torch.zeros((), dtype=decoded.dtype))
 
-    def pack(self, tensor: torch.Tensor, spec: dict[str, Any], mask: torch.Tensor | None = None
-             ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    def pack(
+        self, tensor: torch.Tensor, spec: dict[str, Any], mask: torch.Tensor | None = None
+    ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         if not torch.equal(self.decode_masked(spec, tensor.shape, mask), tensor):
-            raise ExportError("weight_vae codec: the weights are not what the decoder makes of their latents; "
-                              "a compressor changed them after weight_vae")
+            raise ExportError(
+                "weight_vae codec: the weights are not what the decoder makes of their latents; "
+                "a compressor changed them after weight_vae"
+            )
         radius = self.header_spec(spec)["radius"]
         coded = ans.encode_columns((self.codes(spec) + radius).numpy(), 2 * radius + 1)
         parts = {"": torch.from_numpy(coded.copy())}
         if "parts_from" not in spec:
-            parts.update({self.decoder_prefix + k: torch.tensor(v, dtype=torch.float32).to(FP16)
-                          for k, v in spec["decoder_state"].items()})
+            parts.update(
+                {self.decoder_prefix + k: torch.tensor(v, dtype=torch.float32).to(FP16) for k, v in spec["decoder_state"].items()}
+            )
         return parts, {}
 
-    def unpack(self, parts: dict[str, torch.Tensor], meta: dict[str, Any], shape: list[int], spec: dict[str, Any],
-               mask: torch.Tensor | None = None) -> torch.Tensor:
+    def unpack(
+        self,
+        parts: dict[str, torch.Tensor],
+        meta: dict[str, Any],
+        shape: list[int],
+        spec: dict[str, Any],
+        mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         return self.decode_masked(spec, shape, mask)
 
     def theoretical_bits(self, tensor: torch.Tensor, spec: dict[str, Any], mask: torch.Tensor | None = None) -> int:
@@ -377,8 +429,10 @@ def decoder_bytes(spec: dict[str, Any]) -> int:
 class SizeBytesAmortized(Objective):
     name = "size_bytes_amortized"
     unit = "bytes"
-    help = ("size_bytes with each weight_vae decoder counted 1/N, N its amortize_over (the models declared to share it); "
-            "equal to size_bytes for every other model")
+    help = (
+        "size_bytes with each weight_vae decoder counted 1/N, N its amortize_over (the models declared to share it); "
+        "equal to size_bytes for every other model"
+    )
 
     def measure(self, ctx: MeasureContext) -> float:
         total = float(len(serialized(ctx)))

@@ -19,7 +19,15 @@ if TYPE_CHECKING:
     from vae_automl.storage.bits import decode_mask, encode_mask, mask_bits, mask_encodings, pack_bits, unpack_bits
     from vae_automl.storage.codec import Codec, Parts
     from vae_automl.storage.codecs import FLOAT_BITS, FLOAT_DTYPES, CodebookCodec, DenseCodec, UniformCodec, builtin_codecs
-    from vae_automl.storage.format import Codecs, codec_for, deserialize_model, pack_model, serialize_model, size_bytes, theoretical_bits
+    from vae_automl.storage.format import (
+        Codecs,
+        codec_for,
+        deserialize_model,
+        pack_model,
+        serialize_model,
+        size_bytes,
+        theoretical_bits,
+    )
     from vae_automl.storage.header import FORMAT_VERSION, HEADER_KEY, PART_SEPARATOR, read_header
 
 _MODULE_OF = {
@@ -50,7 +58,33 @@ _MODULE_OF = {
     "read_header": "header",
 }
 
-__all__ = sorted(_MODULE_OF)
+__all__ = [
+    "CodebookCodec",
+    "Codec",
+    "Codecs",
+    "DenseCodec",
+    "FLOAT_BITS",
+    "FLOAT_DTYPES",
+    "FORMAT_VERSION",
+    "HEADER_KEY",
+    "PART_SEPARATOR",
+    "Parts",
+    "UniformCodec",
+    "builtin_codecs",
+    "codec_for",
+    "decode_mask",
+    "deserialize_model",
+    "encode_mask",
+    "mask_bits",
+    "mask_encodings",
+    "pack_bits",
+    "pack_model",
+    "read_header",
+    "serialize_model",
+    "size_bytes",
+    "theoretical_bits",
+    "unpack_bits",
+]
 
 
 def __getattr__(name: str) -> Any:

@@ -20,6 +20,7 @@ bytes.
 from __future__ import annotations
 
 import numpy as np
+
 from vae_automl.entropy import PRECISION_BITS, quantize_pmf
 
 
@@ -39,7 +40,6 @@ def _categorical(freq: np.ndarray):  # noqa: ANN202 - constriction's model type 
     (:func:`vae_automl.entropy.quantize_pmf`), so the coder sees exact dyadic probabilities in any process."""
     # deferred: constriction loads only when something is entropy coded
     import constriction
-
 
     table = quantize_pmf(np.asarray(freq, np.float64))
     return constriction.stream.model.Categorical(table.astype(np.float64) / float(1 << PRECISION_BITS), perfect=False)
@@ -105,7 +105,6 @@ def decode_with_table(data: np.ndarray, alphabet: int, count: int) -> np.ndarray
     return coder.decode(_categorical(freq), count).astype(np.int64)
 
 
-
 def encode_columns(symbols: np.ndarray, alphabet: int) -> np.ndarray:
     """Each column of ``symbols`` (``rows x columns`` ints in ``0..alphabet-1``) under its own frequencies.
 
@@ -140,7 +139,7 @@ def decode_columns(data: np.ndarray, alphabet: int, rows: int, columns: int) -> 
     head = columns * alphabet
     coder = constriction.stream.stack.AnsCoder(_bytes_to_words(raw[head:]))
     for j in range(columns):
-        freq = raw[j * alphabet:(j + 1) * alphabet]
+        freq = raw[j * alphabet : (j + 1) * alphabet]
         present = np.flatnonzero(freq)
         out[:, j] = coder.decode(_categorical(freq), rows) if len(present) > 1 else present[0]
     return out
@@ -173,8 +172,9 @@ def encode_signed(values: np.ndarray) -> np.ndarray:
     coder = constriction.stream.stack.AnsCoder()
     for zi, length in zip(z[::-1], lengths[::-1]):  # a stack: the decoder pops the first value first
         if length >= 2:
-            coder.encode_reverse(np.array([zi - (1 << (length - 1))], np.int32),
-                                 constriction.stream.model.Uniform(1 << (length - 1)))
+            coder.encode_reverse(
+                np.array([zi - (1 << (length - 1))], np.int32), constriction.stream.model.Uniform(1 << (length - 1))
+            )
         coder.encode_reverse(np.array([length], np.int32), lengths_model)
     return np.concatenate([freq, _words_to_bytes(coder.get_compressed())])
 
@@ -192,6 +192,10 @@ def decode_signed(data: np.ndarray, count: int) -> np.ndarray:
     z = np.zeros(count, np.int64)
     for i in range(count):
         length = int(coder.decode(lengths_model, 1)[0])
-        z[i] = 0 if length == 0 else (1 << (length - 1)) + (
-            int(coder.decode(constriction.stream.model.Uniform(1 << (length - 1)), 1)[0]) if length >= 2 else 0)
+        z[i] = (
+            0
+            if length == 0
+            else (1 << (length - 1))
+            + (int(coder.decode(constriction.stream.model.Uniform(1 << (length - 1)), 1)[0]) if length >= 2 else 0)
+        )
     return np.where(z % 2 == 0, z // 2, -(z + 1) // 2)

@@ -66,8 +66,7 @@ class Codec(Protocol):
             The in-memory spec, equal to the one the model had when packed.
         """
 
-    def pack(self, tensor: torch.Tensor, spec: dict[str, Any], mask: torch.Tensor | None = None
-             ) -> tuple[Parts, dict[str, Any]]:
+    def pack(self, tensor: torch.Tensor, spec: dict[str, Any], mask: torch.Tensor | None = None) -> tuple[Parts, dict[str, Any]]:
         """Encode one float32 tensor.
 
         Args:
@@ -86,8 +85,9 @@ class Codec(Protocol):
                 reports it with the tensor's name).
         """
 
-    def unpack(self, parts: Parts, meta: dict[str, Any], shape: list[int], spec: dict[str, Any],
-               mask: torch.Tensor | None = None) -> torch.Tensor:
+    def unpack(
+        self, parts: Parts, meta: dict[str, Any], shape: list[int], spec: dict[str, Any], mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Decode one tensor.
 
         Args:

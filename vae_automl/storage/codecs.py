@@ -51,14 +51,14 @@ class DenseCodec:
     def full_spec(self, parts: Parts, header_spec: dict[str, Any]) -> dict[str, Any]:
         return header_spec
 
-    def pack(self, tensor: torch.Tensor, spec: dict[str, Any], mask: torch.Tensor | None = None
-             ) -> tuple[Parts, dict[str, Any]]:
+    def pack(self, tensor: torch.Tensor, spec: dict[str, Any], mask: torch.Tensor | None = None) -> tuple[Parts, dict[str, Any]]:
         dtype = FLOAT_DTYPES[spec.get("dtype", "float32")]
         values = tensor[mask] if mask is not None else tensor
         return {"": values.detach().to("cpu", dtype).contiguous()}, {}
 
-    def unpack(self, parts: Parts, meta: dict[str, Any], shape: list[int], spec: dict[str, Any],
-               mask: torch.Tensor | None = None) -> torch.Tensor:
+    def unpack(
+        self, parts: Parts, meta: dict[str, Any], shape: list[int], spec: dict[str, Any], mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
         return scatter(parts[""].float().flatten(), shape, mask)
 
     def theoretical_bits(self, tensor: torch.Tensor, spec: dict[str, Any], mask: torch.Tensor | None = None) -> int:
@@ -98,20 +98,22 @@ class _GridCodec:
         """The in-memory spec rebuilt from the header spec and the stored grid tensors."""
         return {**header_spec, **self.grid_from_parts(parts, header_spec)}
 
-    def pack(self, tensor: torch.Tensor, spec: dict[str, Any], mask: torch.Tensor | None = None
-             ) -> tuple[Parts, dict[str, Any]]:
+    def pack(self, tensor: torch.Tensor, spec: dict[str, Any], mask: torch.Tensor | None = None) -> tuple[Parts, dict[str, Any]]:
         codes, bits = self.codes(tensor, spec)
         decoded = self.decode(codes, spec)
         exact = decoded == tensor if mask is None else (decoded == tensor) | ~mask
         if not bool(exact.all()):
             worst = float((decoded - tensor).abs().max())
-            raise ExportError(f"{self.name} codec: the weights are not on the grid of their encoding spec "
-                              f"(largest difference {worst:.3g}); a compressor changed them after quantizing")
+            raise ExportError(
+                f"{self.name} codec: the weights are not on the grid of their encoding spec "
+                f"(largest difference {worst:.3g}); a compressor changed them after quantizing"
+            )
         selected = codes[mask] if mask is not None else codes.flatten()
         return {"": pack_bits(selected, bits), **self.grid_parts(spec)}, {}
 
-    def unpack(self, parts: Parts, meta: dict[str, Any], shape: list[int], spec: dict[str, Any],
-               mask: torch.Tensor | None = None) -> torch.Tensor:
+    def unpack(
+        self, parts: Parts, meta: dict[str, Any], shape: list[int], spec: dict[str, Any], mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
         count = int(mask.sum()) if mask is not None else math.prod(shape)
         codes = unpack_bits(parts[""], int(spec["bits"]), count)
         full = torch.zeros(math.prod(shape), dtype=torch.int64)

@@ -62,8 +62,9 @@ def _as_part(data: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(data, dtype=np.uint8).copy())
 
 
-def code_parts(parts: dict[str, torch.Tensor], spec: dict[str, Any], meta: dict[str, Any], shape: list[int]
-               ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+def code_parts(
+    parts: dict[str, torch.Tensor], spec: dict[str, Any], meta: dict[str, Any], shape: list[int]
+) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Entropy-code what pays in ``parts``; returns the new parts and ``meta`` with an ``entropy`` entry."""
     coded: dict[str, torch.Tensor] = {}
     how: dict[str, Any] = {}
@@ -89,8 +90,9 @@ def code_parts(parts: dict[str, torch.Tensor], spec: dict[str, Any], meta: dict[
     return coded, ({**meta, "entropy": how} if how else meta)
 
 
-def decode_parts(parts: dict[str, torch.Tensor], spec: dict[str, Any], meta: dict[str, Any], shape: list[int]
-                 ) -> dict[str, torch.Tensor]:
+def decode_parts(
+    parts: dict[str, torch.Tensor], spec: dict[str, Any], meta: dict[str, Any], shape: list[int]
+) -> dict[str, torch.Tensor]:
     """The inverse of :func:`code_parts`: the parts exactly as the codec packed them."""
     how = meta.get("entropy", {})
     out = dict(parts)

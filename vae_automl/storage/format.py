@@ -84,8 +84,7 @@ def _pack_tensor(name: str, tensor: torch.Tensor, spec: dict[str, Any], codec: C
         raise ExportError(f"tensor {name!r}: cannot pack with spec {codec.header_spec(spec)}: {exc!r}") from exc
 
 
-def _unpack_tensor(parts: Parts, meta: dict[str, Any], spec: dict[str, Any], shape: list[int], codec: Codec
-                   ) -> torch.Tensor:
+def _unpack_tensor(parts: Parts, meta: dict[str, Any], spec: dict[str, Any], shape: list[int], codec: Codec) -> torch.Tensor:
     if not spec.get("sparse"):
         return codec.unpack(parts, meta, shape, spec)
     mask = decode_mask(parts.pop("mask"), meta["mask"], math.prod(shape)).reshape(shape)
@@ -162,7 +161,7 @@ def deserialize_model(data: bytes, registry: Registry) -> VAE:
 
     def parts_of(name: str) -> Parts:
         prefix = name + PART_SEPARATOR
-        parts = {key[len(prefix):]: t for key, t in stored.items() if key.startswith(prefix)}
+        parts = {key[len(prefix) :]: t for key, t in stored.items() if key.startswith(prefix)}
         if name in stored:
             parts[""] = stored[name]
         return parts

@@ -29,7 +29,7 @@ def read_header(data: bytes) -> dict[str, Any]:
         raise ExportError("not a safetensors file: shorter than its 8-byte length prefix")
     n = int.from_bytes(data[:8], "little")
     try:
-        st_header = json.loads(data[8:8 + n])
+        st_header = json.loads(data[8 : 8 + n])
         header: dict[str, Any] = json.loads(st_header["__metadata__"][HEADER_KEY])
     except (ValueError, KeyError, TypeError) as exc:
         raise ExportError(f"not a vae-automl weights file: {exc!r}") from exc

@@ -32,12 +32,12 @@ import pytest
 import torch
 
 from vae_automl import packing
+from vae_automl.builtin.pruning import shrink
 from vae_automl.components import Architecture
 from vae_automl.layers import layer_names, traced_layer_groups
+from vae_automl.plugin_manager import new_plugin_manager
 from vae_automl.registry import Registry
 from vae_automl.vae import VAE
-from vae_automl.plugin_manager import new_plugin_manager
-from vae_automl.builtin.pruning import shrink
 
 
 def registry_with_architecture(architecture: Architecture) -> Registry:
@@ -105,18 +105,23 @@ class ArchitectureContract:
             assert torch.equal(back.state_dict()[name], tensor), f"{name} differs after deserialize"
 
     def test_layer_groups(self, architecture: Architecture, model: VAE, images: torch.Tensor) -> None:
-        assert architecture.group_names, (f"architecture {architecture.name!r} declares no layer groups: set "
-                                          "`group_names` and implement `layer_groups(model)`")
+        assert architecture.group_names, (
+            f"architecture {architecture.name!r} declares no layer groups: set `group_names` and implement `layer_groups(model)`"
+        )
         groups = architecture.layer_groups(model)
-        assert set(groups) == set(architecture.group_names), \
+        assert set(groups) == set(architecture.group_names), (
             f"layer_groups returned {sorted(groups)}, group_names declares {sorted(architecture.group_names)}"
+        )
         placed = [layer for layers in groups.values() for layer in layers]
-        assert sorted(placed) == sorted(layer_names(model)), \
-            f"every Linear/Conv2d/ConvTranspose2d layer must be in exactly one group; layers {layer_names(model)}, groups {groups}"
+        assert sorted(placed) == sorted(layer_names(model)), (
+            f"every Linear/Conv2d/ConvTranspose2d layer must be in exactly one group; "
+            f"layers {layer_names(model)}, groups {groups}"
+        )
         traced = traced_layer_groups(model, images)
         if traced:
-            assert {g: set(v) for g, v in traced.items()} == {g: set(groups.get(g, ())) for g in traced}, \
+            assert {g: set(v) for g, v in traced.items()} == {g: set(groups.get(g, ())) for g in traced}, (
                 f"declared groups {groups} disagree with the layers that run in encode / decode {traced}"
+            )
 
     def test_channel_groups_shrink(self, architecture: Architecture, model: VAE, images: torch.Tensor) -> None:
         if not architecture.has_channel_groups:

@@ -46,23 +46,27 @@ import pytest
 import torch
 import yaml
 
-from vae_automl.storage.codec import Codec
-from vae_automl.storage.format import SHARED_PREFIX, deserialize_model, serialize_model, size_bytes, theoretical_bits
 from vae_automl.components import STAGES, CompressionContext, Compressor
+from vae_automl.config import load_space_text
 from vae_automl.data import DataSplits, SplitConfig, load_images, make_splits
 from vae_automl.errors import ConfigError
-from vae_automl.registry import Registry
-from vae_automl.train import TrainConfig, train
-from vae_automl.vae import evaluate_elbo
-from vae_automl.vae import VAE
 from vae_automl.plugin_manager import new_plugin_manager
-from vae_automl.config import load_space_text
+from vae_automl.registry import Registry
+from vae_automl.storage.codec import Codec
+from vae_automl.storage.format import SHARED_PREFIX, deserialize_model, serialize_model, size_bytes, theoretical_bits
+from vae_automl.train import TrainConfig, train
+from vae_automl.vae import VAE, evaluate_elbo
 
 TINY_ARCHITECTURES: dict[str, dict[str, Any]] = {
-    "mlp": {"hidden_layers": 1, "hidden_width": 32, "width_decay": 1.0, "latent_dim": 4,
-            "activation": "relu", "likelihood": "bernoulli"},
-    "conv": {"blocks": 2, "base_channels": 4, "kernel_size": 3, "latent_dim": 4,
-             "activation": "relu", "likelihood": "bernoulli"},
+    "mlp": {
+        "hidden_layers": 1,
+        "hidden_width": 32,
+        "width_decay": 1.0,
+        "latent_dim": 4,
+        "activation": "relu",
+        "likelihood": "bernoulli",
+    },
+    "conv": {"blocks": 2, "base_channels": 4, "kernel_size": 3, "latent_dim": 4, "activation": "relu", "likelihood": "bernoulli"},
 }
 MAX_HEADER_LIST = 16
 """The longest list of numbers a codec may keep in a tensor's JSON header spec; grids and factors go in the parts."""
@@ -73,10 +77,12 @@ TINY_BATCH_SIZE = 64
 @functools.lru_cache(maxsize=1)
 def tiny_data() -> DataSplits:
     """The embedded 8x8 digits, split 70/10/20 on the CPU."""
-    return make_splits(load_images("digits", registry=registry_with(None)), SplitConfig(validation=0.1, test=0.2, seed=0), "cpu", spec="digits")
+    return make_splits(
+        load_images("digits", registry=registry_with(None)), SplitConfig(validation=0.1, test=0.2, seed=0), "cpu", spec="digits"
+    )
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _trained(architecture: str) -> VAE:
     registry = registry_with(None)
     arch = registry.architectures.get(architecture)
@@ -92,20 +98,27 @@ def tiny_model(architecture: str) -> VAE:
     return copy.deepcopy(_trained(architecture))
 
 
-def make_context(data: DataSplits, seed: int = 0, teacher: VAE | None = None,
-                 train_config: TrainConfig | None = None) -> CompressionContext:
+def make_context(
+    data: DataSplits, seed: int = 0, teacher: VAE | None = None, train_config: TrainConfig | None = None
+) -> CompressionContext:
     """A :class:`CompressionContext` like a trial's: CPU, the given data, a real fine-tune helper."""
     config = train_config or TrainConfig(epochs=TINY_EPOCHS, batch_size=TINY_BATCH_SIZE)
     registry = registry_with(None)
 
-    def fine_tune(model: VAE, epochs: int, extra_loss: Any = None, after_step: Any = None,
-                  lr: float | None = None) -> VAE:
+    def fine_tune(model: VAE, epochs: int, extra_loss: Any = None, after_step: Any = None, lr: float | None = None) -> VAE:
         cfg = TrainConfig(**{**config.__dict__, "epochs": int(epochs), "patience": None})
         train(model, data, cfg, seed=seed, extra_loss=extra_loss, after_step=after_step, lr=lr)
         return model
 
-    return CompressionContext(data=data, device=torch.device("cpu"), seed=seed, fine_tune=fine_tune,
-                              teacher=teacher, train_config=config, build_model=registry.build_model)
+    return CompressionContext(
+        data=data,
+        device=torch.device("cpu"),
+        seed=seed,
+        fine_tune=fine_tune,
+        teacher=teacher,
+        train_config=config,
+        build_model=registry.build_model,
+    )
 
 
 def registry_with(compressor: Compressor | None, codecs: tuple[Codec, ...] | list[Codec] = ()) -> Registry:
@@ -141,12 +154,14 @@ def _state(model: VAE) -> dict[str, torch.Tensor]:
 
 
 def _space_yaml(compressor: Compressor, params: dict[str, Any]) -> str:
-    return yaml.safe_dump({
-        "dataset": "digits",
-        "architecture": {"mlp": {"hidden_width": 8, "latent_dim": 2}},
-        "compressors": [{"name": compressor.name, "params": params}],
-        "trials": 1,
-    })
+    return yaml.safe_dump(
+        {
+            "dataset": "digits",
+            "architecture": {"mlp": {"hidden_width": 8, "latent_dim": 2}},
+            "compressors": [{"name": compressor.name, "params": params}],
+            "trials": 1,
+        }
+    )
 
 
 def _count_numbers(value: Any) -> int:
@@ -198,12 +213,19 @@ class CompressorContract:
 
     def _apply(self, compressor: Compressor, params: dict[str, Any], model: VAE, seed: int = 0) -> VAE:
         values = {p.name: params.get(p.name, p.default) for p in compressor.params}
-        return compressor.apply(model, values, make_context(tiny_data(), seed=seed, teacher=_trained(model.config["architecture"])))
+        return compressor.apply(
+            model, values, make_context(tiny_data(), seed=seed, teacher=_trained(model.config["architecture"]))
+        )
 
     def _applied(self, compressor: Compressor, params: dict[str, Any], base_model: VAE) -> tuple[VAE, Snapshot, VAE]:
         """(input model, its snapshot taken before, result): one application shared by the checks of a test class."""
-        key = (type(self).__module__, type(self).__qualname__, type(compressor).__qualname__, repr(sorted(params.items())),
-               base_model.config["architecture"])
+        key = (
+            type(self).__module__,
+            type(self).__qualname__,
+            type(compressor).__qualname__,
+            repr(sorted(params.items())),
+            base_model.config["architecture"],
+        )
         if key not in _APPLIED:
             snapshot = Snapshot(_state(base_model), copy.deepcopy(base_model.encodings), copy.deepcopy(base_model.config))
             _APPLIED[key] = (base_model, snapshot, self._apply(compressor, params, base_model))
@@ -252,8 +274,9 @@ class CompressorContract:
         assert model.encodings == before.encodings, "the input's encodings were changed"
         assert model.config == before.config, "the input's config was changed"
 
-    def test_size_bytes_is_the_serialized_length(self, compressor: Compressor, params: dict[str, Any], base_model: VAE,
-                                                 codecs: list[Codec]) -> None:
+    def test_size_bytes_is_the_serialized_length(
+        self, compressor: Compressor, params: dict[str, Any], base_model: VAE, codecs: list[Codec]
+    ) -> None:
         _, _, out = self._applied(compressor, params, base_model)
         registry = registry_with(compressor, codecs)
         data = serialize_model(out, registry.codec_map())
@@ -268,16 +291,20 @@ class CompressorContract:
             assert torch.equal(restored[name], tensor.detach().float().cpu()), f"{name} differs after deserialize"
         assert serialize_model(back, registry.codec_map()) == data, "repacking the deserialized model changed the bytes"
 
-    def test_same_seed_same_result(self, compressor: Compressor, params: dict[str, Any], base_model: VAE,
-                                   codecs: list[Codec]) -> None:
+    def test_same_seed_same_result(
+        self, compressor: Compressor, params: dict[str, Any], base_model: VAE, codecs: list[Codec]
+    ) -> None:
         _, _, out = self._applied(compressor, params, base_model)
         codec_map = registry_with(compressor, codecs).codec_map()
         first = serialize_model(out, codec_map)
-        second = serialize_model(self._apply(compressor, params, tiny_model(base_model.config["architecture"]), seed=0), codec_map)
+        second = serialize_model(
+            self._apply(compressor, params, tiny_model(base_model.config["architecture"]), seed=0), codec_map
+        )
         assert first == second, "two runs with the same seed gave different models"
 
-    def test_compresses_below_dense_float32(self, compressor: Compressor, params: dict[str, Any], base_model: VAE,
-                                            codecs: list[Codec]) -> None:
+    def test_compresses_below_dense_float32(
+        self, compressor: Compressor, params: dict[str, Any], base_model: VAE, codecs: list[Codec]
+    ) -> None:
         if not compressor.compresses:
             pytest.skip("the compressor declares compresses = False")
         model, _, out = self._applied(compressor, params, base_model)
@@ -285,30 +312,38 @@ class CompressorContract:
         dense = copy.deepcopy(model)
         dense.encodings = {}
         packed, fp32 = size_bytes(out, codec_map), size_bytes(dense, codec_map)
-        assert packed < fp32, (f"{compressor.name} says it compresses, but its model packs to {packed} bytes, not less "
-                               f"than the {fp32} bytes of the input in dense float32 (is a codec's grid or factor kept "
-                               "in the JSON header instead of its parts? see header_spec/full_spec)")
+        assert packed < fp32, (
+            f"{compressor.name} says it compresses, but its model packs to {packed} bytes, not less "
+            f"than the {fp32} bytes of the input in dense float32 (is a codec's grid or factor kept "
+            "in the JSON header instead of its parts? see header_spec/full_spec)"
+        )
 
-    def test_codec_contract(self, compressor: Compressor, params: dict[str, Any], base_model: VAE,
-                            codecs: list[Codec]) -> None:
-        """Each tensor's codec: registered, a full :class:`Codec`, a small JSON header, ``full_spec`` inverting ``header_spec``."""
+    def test_codec_contract(self, compressor: Compressor, params: dict[str, Any], base_model: VAE, codecs: list[Codec]) -> None:
+        """Each tensor's codec: registered, a full :class:`Codec`, a small JSON header, ``full_spec`` undoing ``header_spec``."""
         _, _, out = self._applied(compressor, params, base_model)
         codec_map = registry_with(compressor, codecs).codec_map()
         state = out.state_dict()
         own_parts: dict[str, dict[str, torch.Tensor]] = {}
         for name, spec in out.encodings.items():
             codec_name = spec.get("codec", "dense")
-            assert codec_name in codec_map, (f"{name} asks for codec {codec_name!r}, which is not registered; return it "
-                                             "from the `codecs` fixture (and register it in register_codecs)")
+            assert codec_name in codec_map, (
+                f"{name} asks for codec {codec_name!r}, which is not registered; return it "
+                "from the `codecs` fixture (and register it in register_codecs)"
+            )
             codec = codec_map[codec_name]
-            missing = [a for a in ("name", "supports_mask", "header_spec", "full_spec", "pack", "unpack", "theoretical_bits")
-                       if not hasattr(codec, a)]
+            missing = [
+                a
+                for a in ("name", "supports_mask", "header_spec", "full_spec", "pack", "unpack", "theoretical_bits")
+                if not hasattr(codec, a)
+            ]
             assert not missing, f"codec {codec_name!r} lacks {', '.join(missing)} of vae_automl.storage.codec.Codec"
             header = json.loads(json.dumps(codec.header_spec(spec)))
             long_lists = [k for k, v in header.items() if _count_numbers(v) > MAX_HEADER_LIST]
-            assert not long_lists, (f"codec {codec_name!r} keeps {long_lists} of {name}'s spec in the JSON header "
-                                    f"(lists of over {MAX_HEADER_LIST} numbers); store them as parts in pack() and give them "
-                                    "back in full_spec()")
+            assert not long_lists, (
+                f"codec {codec_name!r} keeps {long_lists} of {name}'s spec in the JSON header "
+                f"(lists of over {MAX_HEADER_LIST} numbers); store them as parts in pack() and give them "
+                "back in full_spec()"
+            )
             tensor = state[name].detach().float().cpu()
             mask = tensor != 0 if spec.get("sparse") else None
             if mask is not None and not codec.supports_mask:
@@ -319,8 +354,9 @@ class CompressorContract:
             if "parts_from" in header:  # as the format does: the named tensor's parts come along, prefixed
                 parts = {**parts, **{SHARED_PREFIX + k: t for k, t in own_parts[header["parts_from"]].items()}}
             full = json.loads(json.dumps(codec.full_spec(parts, header)))
-            assert full == json.loads(json.dumps(spec)), \
+            assert full == json.loads(json.dumps(spec)), (
                 f"codec {codec_name!r}: full_spec(parts, header_spec(spec)) does not give back {name}'s spec"
+            )
 
     def test_out_of_bounds_params_refused(self, compressor: Compressor) -> None:
 
@@ -342,8 +378,7 @@ class CompressorContract:
             with pytest.raises(ConfigError, match="contract.yaml"):
                 load_space_text(_space_yaml(compressor, values), "contract.yaml", registry)
 
-    def test_quantizer_keeps_pruned_zeros(self, compressor: Compressor, params: dict[str, Any],
-                                          codecs: list[Codec]) -> None:
+    def test_quantizer_keeps_pruned_zeros(self, compressor: Compressor, params: dict[str, Any], codecs: list[Codec]) -> None:
         if compressor.stage != "quantize" or "masked" not in compressor.takes:
             pytest.skip("only quantize-stage compressors that take masked input run after pruning")
         model = tiny_model("mlp")
