@@ -27,12 +27,15 @@ import time
 from pathlib import Path
 from typing import Any
 
+import torch
 import yaml
 
+from vae_automl.builtin.entropy_coding import EntropyCode
 from vae_automl.config import load_space_text
 from vae_automl.plugin_manager import new_plugin_manager
 from vae_automl.registry import Registry
 from vae_automl.space import resolve
+from vae_automl.storage.format import deserialize_model, serialize_model, theoretical_bits
 from vae_automl.trial import prepare, run_trial
 
 NNI_PLUGIN = "vae_automl_nni.plugin"
@@ -79,6 +82,21 @@ def space_text(data_dir: Path, test_images: int, epochs: int, pipeline: list[dic
         "record": ["recon_error", "params", "theoretical_bits"],
         "latency": {"batch_size": 128, "repeats": 30, "warmup": 5, "target": "cpu"},
     }, sort_keys=False)
+
+
+def entropy_coded(artifact: Path, registry: Registry) -> tuple[int, int]:
+    """Bytes and theoretical bits of a trial's model with the ``entropy_code`` stage added (the same weights).
+
+    The stage changes no weight, so the row's other figures are the trial's;
+    the coded file is checked to decode to the very same tensors.
+    """
+    model = deserialize_model(artifact.read_bytes(), registry)
+    coded = EntropyCode().apply(model, {}, None)  # type: ignore[arg-type]  # the stage reads nothing from ctx
+    data = serialize_model(coded, registry.codec_map())
+    back = deserialize_model(data, registry)
+    if not all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), back.state_dict().values())):
+        raise SystemExit(f"{artifact}: the entropy-coded file decodes to other weights")
+    return len(data), theoretical_bits(coded, registry.codec_map())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -133,6 +151,10 @@ def main(argv: list[str] | None = None) -> int:
         })
         print(f"[{time.perf_counter() - started:6.0f} s] {name}: elbo {m['test_elbo_nats']:.2f}, "
               f"{int(m['size_bytes'])} bytes", file=sys.stderr, flush=True)
+        if pipeline:
+            size, bits = entropy_coded(Path(record["artifact"]), registry)
+            results.append({**results[-1], "name": f"{name}+entropy", "size_bytes": size, "theoretical_bits": bits,
+                            "pipeline": results[-1]["pipeline"] + " -> entropy_code()", "seconds": 0.0})
 
     by_name = {r["name"]: r for r in results}
     fp32_bytes = 4 * by_name["baseline"]["nonzero_params"]
