@@ -88,15 +88,18 @@ class ModelPlan:
         return ACCURACY if self.task == "classifier" else ELBO
 
 
+# Hand-set points: Deep Compression's 92-95% sparsity and 5-bit codes for the LeNets; gentler settings for the
+# 2,464-parameter CNN and the VAE, whose weights have little redundancy. weight_vae: 8 latents per 16 weights and a
+# 3e-3 fine-tuning rate were the best of six settings tried on LeNet-5 and LeNet-300-100 before this table.
+WEIGHT_VAE = {"chunk": 16, "latent_dim": 8, "hidden": 32, "step": 0.25, "rate_weight": 1e-7, "finetune_lr": 3e-3}
 PLANS = {
-    "lenet5": ModelPlan("lenet5", "classifier", {"lenet5": {}}, 12, 3, 3, 0.93, 5, 0.5, 40.0,
-                        {"chunk": 16, "latent_dim": 4, "hidden": 32, "step": 0.25, "rate_weight": 1e-6}),
-    "lenet_300_100": ModelPlan("lenet_300_100", "classifier", {"lenet_300_100": {}}, 20, 3, 3, 0.93, 5, 0.5, 40.0,
-                               {"chunk": 16, "latent_dim": 4, "hidden": 32, "step": 0.25, "rate_weight": 1e-6}),
-    "zoo_cnn": ModelPlan("zoo_cnn", "classifier", {"zoo_cnn": {}}, 40, 5, 5, 0.6, 3, 1.0, 19.7,
-                         {"chunk": 25, "latent_dim": 4, "hidden": 0, "sharing": "shared", "step": 0.25, "rate_weight": 1e-5}),
-    "mlp_vae": ModelPlan("mlp_vae", "vae", {"mlp": {"preset": "seed_784_400_20"}}, 30, 5, 5, 0.8, 4, 3.0, 32.0,
-                         {"chunk": 16, "latent_dim": 4, "hidden": 32, "step": 0.25, "rate_weight": 1e-6}),
+    "lenet5": ModelPlan("lenet5", "classifier", {"lenet5": {}}, 12, 4, 4, 0.93, 5, 0.5, 40.0, WEIGHT_VAE),
+    "lenet_300_100": ModelPlan("lenet_300_100", "classifier", {"lenet_300_100": {}}, 20, 4, 4, 0.94, 5, 0.5, 40.0,
+                               WEIGHT_VAE),
+    "zoo_cnn": ModelPlan("zoo_cnn", "classifier", {"zoo_cnn": {}}, 30, 4, 4, 0.6, 3, 1.0, 19.7,
+                         {**WEIGHT_VAE, "chunk": 25, "latent_dim": 8, "hidden": 0}),
+    "mlp_vae": ModelPlan("mlp_vae", "vae", {"mlp": {"preset": "seed_784_400_20"}}, 30, 4, 4, 0.8, 4, 3.0, 32.0,
+                         {**WEIGHT_VAE, "finetune_lr": 2e-3}),
 }
 
 
@@ -121,7 +124,10 @@ def space_text(plan: ModelPlan, data_dir: Path, test_images: int, epochs: int, c
 
 
 def describe(pipeline: list[dict[str, Any]]) -> str:
-    return " -> ".join(f"{c['name']}({', '.join(f'{k}={v}' for k, v in c.get('params', {}).items())})"
+    def value(v: Any) -> str:
+        return f"{v:.3g}" if isinstance(v, float) else str(v)
+
+    return " -> ".join(f"{c['name']}({', '.join(f'{k}={value(v)}' for k, v in c.get('params', {}).items() if v is not None)})"
                        for c in pipeline) or "-"
 
 
@@ -163,15 +169,19 @@ def row(plan: ModelPlan, method: str, pipeline: list[dict[str, Any]], metrics: d
                            "compression_ratio": fp32_bytes / size, "payload_bytes": metrics["theoretical_bits"] / 8,
                            "epochs": epochs, "seconds": round(seconds, 1)}
     value = metrics[plan.quality]
+    # The bar for weight_vae on a classifier is its seed claim, 10x at <= 1 point; else the model's target.
+    target, target_ratio = ((1.0, 10.0) if method == "weight_vae" and plan.quality == ACCURACY
+                            else (plan.target, plan.target_ratio))
     if plan.quality == ACCURACY:
         out["accuracy"] = value
         out["accuracy_delta_pts"] = value - reference
-        within = reference - value <= plan.target
+        within = reference - value <= target
     else:
         out["test_elbo_nats"] = value
         out["elbo_delta_pct"] = 100.0 * (value / reference - 1.0)
-        within = out["elbo_delta_pct"] <= plan.target
-    out["meets_target"] = bool(within and out["compression_ratio"] >= plan.target_ratio)
+        within = out["elbo_delta_pct"] <= target
+    out["target"] = {"ratio": target_ratio, "accuracy_loss_pts" if plan.quality == ACCURACY else "elbo_increase_pct": target}
+    out["meets_target"] = bool(within and out["compression_ratio"] >= target_ratio)
     if size_bytes is None and metrics.get("size_bytes_amortized", size) != size:
         out["size_bytes_amortized"] = metrics["size_bytes_amortized"]
         out["compression_ratio_amortized"] = fp32_bytes / metrics["size_bytes_amortized"]

@@ -1,8 +1,10 @@
 """Built-in ``entropy_code`` compressor: Deep Compression's third stage, as the last stage of any pipeline.
 
 It changes no weight. It turns on ``"entropy": true`` in the encoding spec
-of every tensor that has something to code: codes of the built-in grid
-codecs (uniform, codebook), a sparse mask, or float16 values. The packed
+of every tensor of a built-in codec that has something to code: codes of
+the grid codecs (uniform, codebook), a sparse mask, or float16 values.
+Tensors of other codecs (``weight_vae`` codes its own latents) are left as
+they are. The packed
 file then ANS-codes those parts wherever that is smaller (see :mod:`vae_automl.storage.entropy`). The
 loaded model is bit for bit the one before this stage, and ``size_bytes``
 is still the file's length.
@@ -28,7 +30,8 @@ class EntropyCode(Compressor):
     name = "entropy_code"
     stage = "code"
     help = "entropy-code (ANS, constriction) the stored codes, sparse masks and float16 codebooks/scales; weights unchanged"
-    takes = ("dense", "masked", "quantized")
+    # weight_vae's codec codes its latents itself: its tensors pass through untouched.
+    takes = ("dense", "masked", "quantized", "codec:weight_vae")
     gives = "entropy_coded"
     params = ()
     compresses = False  # on a dense float32 model there is nothing it can code smaller
@@ -38,7 +41,8 @@ class EntropyCode(Compressor):
         out = copy.deepcopy(model)
         for name in out.state_dict():
             spec = out.encodings.get(name, {})
-            if spec.get("codec") in CODED_CODECS or spec.get("sparse") or spec.get("dtype") == "float16":
+            codec = spec.get("codec", "dense")
+            if codec in CODED_CODECS or (codec == "dense" and (spec.get("sparse") or spec.get("dtype") == "float16")):
                 out.encodings[name] = {**spec, "entropy": True}
         return out
 
