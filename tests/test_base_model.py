@@ -312,3 +312,19 @@ def test_stored_space_holds_resolved_paths(user_dir: Path) -> None:
     again = load_space_text(space.source, "stored", base_dir=Path("/"))
     assert again.base_model == space.base_model
     assert again.base_model.checkpoint == str(user_dir / "ckpt.safetensors")
+
+
+def test_worker_runs_a_base_model_study_and_refuses_another_checkpoint(user_dir: Path, tmp_path: Path) -> None:
+    import shutil
+
+    from vae_automl.worker import run_worker
+
+    work = tmp_path / "user"
+    shutil.copytree(user_dir, work)
+    (work / "w.yaml").write_text(space_yaml(architecture={}, compressors=[{"name": "uniform", "params": {"bits": 6}}]))
+    created = vae_automl.search(work / "w.yaml", out_dir=tmp_path / "w", trials=0, show_progress=False)
+    result = run_worker(created.storage, "byom", trials=1, show_progress=False)
+    assert result.completed == 1
+    save_file({k: v * 0.5 for k, v in load_file(work / "ckpt.safetensors").items()}, work / "ckpt.safetensors")
+    with pytest.raises(ConfigError, match="was started from base_model checkpoint sha256"):
+        run_worker(created.storage, "byom", trials=1, show_progress=False)

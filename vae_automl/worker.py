@@ -89,6 +89,8 @@ def run_worker(
     study = study_mod.open_study(storage, study_name, sampler=policy.sampler())
     out = Path(out_dir or study_mod.stored_out_dir(study) or Path("runs") / study_name)
     env = prepare(space, out, registry, pm)
+    if env.base_model is not None:  # this machine's checkpoint must be the one the study started from
+        study_mod.check_base_model(study, env.base_model_info["base_model"], env.base_model_info["checkpoint_sha256"])
     name = worker_name()
     backend = OptunaBackend(env, trial_attrs={WORKER_ATTR: name})
     done = len(study_mod.completed_trials(study))
