@@ -328,3 +328,23 @@ def test_worker_runs_a_base_model_study_and_refuses_another_checkpoint(user_dir:
     save_file({k: v * 0.5 for k, v in load_file(work / "ckpt.safetensors").items()}, work / "ckpt.safetensors")
     with pytest.raises(ConfigError, match="was started from base_model checkpoint sha256"):
         run_worker(created.storage, "byom", trials=1, show_progress=False)
+
+
+def test_fine_tune_of_the_base_is_cached_by_checkpoint(user_dir: Path, tmp_path: Path) -> None:
+    from vae_automl.plugin_manager import get_plugin_manager
+    from vae_automl.registry import get_registry
+    from vae_automl.trial import prepare
+
+    base = {"factory": "my_vae.py:build", "checkpoint": "ckpt.safetensors", "fine_tune_epochs": 1}
+    (user_dir / "ft.yaml").write_text(space_yaml(base_model=base, architecture={}, compressors=["uniform"]))
+    space = load_space(user_dir / "ft.yaml")
+    env = prepare(space, tmp_path, get_registry(), get_plugin_manager(), device="cpu")
+    cached = tmp_path / "cache" / f"base-{env.base_model_info['cache_key']}.safetensors"
+    assert cached.is_file() and env.base_model_info["fine_tune_epochs"] == 1
+    given = load_file(user_dir / "ckpt.safetensors")
+    tuned = env.base_model.state_dict()
+    assert any(not torch.equal(tuned[f"net.{k}"], v) for k, v in given.items()), "the base was not fine-tuned"
+    stamp = cached.stat().st_mtime_ns
+    again = prepare(space, tmp_path, get_registry(), get_plugin_manager(), device="cpu")
+    assert cached.stat().st_mtime_ns == stamp
+    assert all(torch.equal(again.base_model.state_dict()[k], v) for k, v in tuned.items())
