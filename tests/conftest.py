@@ -50,6 +50,59 @@ def register_plugin() -> Iterator[Any]:
         reset_registry()
 
 
+# --- small real studies on the embedded digits, for the tests that read a study back (export, report) ---
+
+DIGITS_SPACE = """\
+name: {name}
+dataset: {{spec: digits, split: {{validation: 0.1, test: 0.2, seed: 0}}}}
+device: cpu
+seed: 0
+architecture:
+  mlp:
+    hidden_layers: 1
+    hidden_width: {hidden_width}
+    latent_dim: {latent_dim}
+training: {{epochs: {epochs}, batch_size: 64, lr: 3.0e-3}}
+compressors: {compressors}
+objectives: [test_elbo_nats, size_bytes, latency_ms]
+sampler: {{name: random, seed: {sampler_seed}}}
+latency: {{batch_size: {latency_batch_size}, repeats: 2, warmup: 1}}
+trials: {trials}
+"""
+
+
+def digits_space(name: str, *, hidden_width: str, latent_dim: str, epochs: int, sampler_seed: int,
+                 latency_batch_size: int, trials: int, compressors: str = "[]") -> str:
+    """A search space of 1-hidden-layer MLPs on digits measured on ELBO, bytes and latency."""
+    return DIGITS_SPACE.format(name=name, hidden_width=hidden_width, latent_dim=latent_dim, epochs=epochs,
+                               compressors=compressors, sampler_seed=sampler_seed,
+                               latency_batch_size=latency_batch_size, trials=trials)
+
+
+def run_small_study(space_text: str, root: Path, trials: int, enqueued: tuple[dict[str, Any], ...] = ()) -> str:
+    """Run ``trials`` trials of ``space_text`` (the ``enqueued`` params first) in ``root``; return the storage URL."""
+    import optuna
+
+    from vae_automl.api import search
+    from vae_automl.config import load_space_text
+
+    space = load_space_text(space_text, "space.yaml")
+    storage = f"sqlite:///{root / 'study.db'}"
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny models: one thread is faster and kinder to a shared machine
+    try:
+        if enqueued:
+            search(space, trials=0, storage=storage, out_dir=root / "run", show_progress=False)
+            handle = optuna.load_study(study_name=space.name, storage=storage)
+            for params in enqueued:
+                handle.enqueue_trial(params)
+        result = search(space, trials=trials, storage=storage, out_dir=root / "run", show_progress=False)
+        assert result.completed == trials
+    finally:
+        torch.set_num_threads(threads)
+    return storage
+
+
 # --- real servers on loopback for the distributed tests (Ray head, PostgreSQL) ---
 
 TINY_SPACE = """\
@@ -139,6 +192,41 @@ def write_hold_plugin(directory: Path, module: str = "hold_plugin", extra: str =
     flag = directory / f"{module}.hold"
     (directory / f"{module}.py").write_text(HOLD_PLUGIN.format(flag=str(flag)) + extra)
     return flag
+
+
+def held_marker(flag: Path) -> Path:
+    """The file a held trial of :func:`write_hold_plugin` creates."""
+    return flag.with_name(flag.name + ".held")
+
+
+def interrupt_when_held(command: list[str], env: dict[str, str], flag: Path, timeout_s: float = 300) -> tuple[int, str]:
+    """Start ``command``, wait until it holds a trial, send it SIGINT; return its exit code and stderr.
+
+    The hold flag is removed afterwards (so nothing else stays held) and a driver that outlives the
+    interrupt is killed.
+    """
+    import signal
+    import subprocess
+    import time
+
+    driver = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=default_sigint)
+    try:
+        deadline = time.monotonic() + timeout_s
+        while not held_marker(flag).exists():
+            if driver.poll() is not None:
+                raise AssertionError(f"{command[1]} exited with {driver.returncode} before holding a trial: "
+                                     f"{driver.communicate()[1].decode()[-2000:]}")
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no trial held after {timeout_s}s")
+            time.sleep(0.5)
+        driver.send_signal(signal.SIGINT)
+        _, err = driver.communicate(timeout=120)
+    finally:
+        flag.unlink(missing_ok=True)
+        if driver.poll() is None:
+            driver.kill()
+            driver.wait()
+    return driver.returncode, err.decode()
 
 
 def default_sigint() -> None:

@@ -18,7 +18,7 @@ pytest.importorskip("onnxruntime")
 
 import vae_automl  # noqa: E402
 from vae_automl import runtime  # noqa: E402
-from vae_automl.config import load_space_text  # noqa: E402
+from vae_automl.components import Exporter  # noqa: E402
 from vae_automl.errors import ExportError, IntegrityError  # noqa: E402
 from vae_automl.export import (  # noqa: E402
     MANIFEST,
@@ -29,28 +29,13 @@ from vae_automl.export import (  # noqa: E402
     load_artifact,
     open_study_context,
 )
-from vae_automl.api import search  # noqa: E402
+from conftest import digits_space, run_small_study  # noqa: E402
 from vae_automl.train import evaluate_elbo  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-SPACE = """
-name: export-test
-dataset: {spec: digits, split: {validation: 0.1, test: 0.2, seed: 0}}
-device: cpu
-seed: 0
-architecture:
-  mlp:
-    hidden_layers: 1
-    hidden_width: {low: 16, high: 64}
-    latent_dim: 4
-training: {epochs: 3, batch_size: 64, lr: 3.0e-3}
-compressors:
-  - {name: uniform, params: {bits: 8, calibration: minmax}, optional: true}
-objectives: [test_elbo_nats, size_bytes, latency_ms]
-sampler: {name: random, seed: 0}
-latency: {batch_size: 32, repeats: 2, warmup: 1}
-trials: 3
-"""
+SPACE = digits_space("export-test", hidden_width="{low: 16, high: 64}", latent_dim="4", epochs=3, sampler_seed=0,
+                     latency_batch_size=32, trials=3,
+                     compressors="\n  - {name: uniform, params: {bits: 8, calibration: minmax}, optional: true}")
 # Fixed points, so the test knows which trial is which: two float models and the first one quantized to 8 bits.
 ENQUEUED = [{"mlp.hidden_width": 48, "compressor0": "none"},
             {"mlp.hidden_width": 16, "compressor0": "none"},
@@ -61,25 +46,10 @@ FLOAT_TRIAL, INT8_TRIAL = 0, 2
 @pytest.fixture(scope="module")
 def study(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     """A 3-trial study on digits, with trials 0 and 2 exported in every format (run once for the module)."""
-    import optuna
-
     root = tmp_path_factory.mktemp("export")
-    space = load_space_text(SPACE, "export-test.yaml")
-    storage = f"sqlite:///{root / 'study.db'}"
-    threads = torch.get_num_threads()
-    # Models this small train faster on one thread, and a shared 2-core machine stops thrashing.
-    torch.set_num_threads(1)
-    try:
-        search(space, trials=0, storage=storage, out_dir=root / "run", show_progress=False)
-        handle = optuna.load_study(study_name="export-test", storage=storage)
-        for params in ENQUEUED:
-            handle.enqueue_trial(params)
-        result = search(space, trials=3, storage=storage, out_dir=root / "run", show_progress=False)
-        assert result.completed == 3
-        folders = export_study(storage, "export-test", root / "export", trials=[FLOAT_TRIAL, INT8_TRIAL])
-        yield {"storage": storage, "root": root, "folders": {int(f.name.split("-")[1]): f for f in folders}}
-    finally:
-        torch.set_num_threads(threads)
+    storage = run_small_study(SPACE, root, trials=3, enqueued=ENQUEUED)
+    folders = export_study(storage, "export-test", root / "export", trials=[FLOAT_TRIAL, INT8_TRIAL])
+    yield {"storage": storage, "root": root, "folders": {int(f.name.split("-")[1]): f for f in folders}}
 
 
 def manifest_of(folder: Path) -> dict[str, Any]:
@@ -230,3 +200,30 @@ def test_the_scan_catches_an_unsafe_call(tmp_path: Path) -> None:
     source = tmp_path / "x.py"
     source.write_text("import torch\ntorch.load('a')\ntorch.load('b', weights_only=True)\ntorch.load('c', weights_only=False)\n")
     assert _torch_load_calls_without_weights_only(source) == [2, 4]
+
+
+class OffByHalfExporter(Exporter):
+    """A third-party format whose re-measured ELBO is 1.5 times the search's: export must refuse it."""
+
+    name = "off-by-half"
+    filename = "model.bin"
+
+    def export(self, model: Any, path: str, example: torch.Tensor) -> None:
+        Path(path).write_bytes(b"not a model")
+
+    def remeasure(self, path: str, model: Any, ctx: Any, record: Any) -> dict[str, Any]:
+        return {"test_elbo_nats": 1.5 * record.metrics["test_elbo_nats"]}
+
+
+class OffByHalfPlugin:
+    @vae_automl.hookimpl
+    def register_exporters(self, register: Any) -> None:
+        register(OffByHalfExporter())
+
+
+def test_each_exporter_remeasures_its_own_file(study: dict[str, Any], tmp_path: Path, register_plugin: Any) -> None:
+    register_plugin(OffByHalfPlugin(), name="off-by-half")
+    ctx = open_study_context(study["storage"], "export-test")
+    with pytest.raises(ExportError, match=r"model.bin: test_elbo_nats expected .* got") as info:
+        export_trial(ctx, ctx.study.trials[FLOAT_TRIAL], tmp_path, formats=("off-by-half",))
+    assert "weights.safetensors" not in str(info.value)  # the packed weights still reproduce the search

@@ -22,7 +22,7 @@ from vae_automl.plugin_manager import EXTRA_PLUGINS_ENV
 from vae_automl.study import FAILURE_ATTR
 from vae_automl.worker import WORKER_ATTR
 
-from conftest import default_sigint, write_hold_plugin
+from conftest import held_marker, interrupt_when_held, write_hold_plugin
 
 CLI = str(Path(sys.executable).parent / "vae-automl")
 STATES = optuna.trial.TrialState
@@ -71,10 +71,6 @@ def test_time_limit_stops_a_long_trial(tiny_space: Any, tmp_path: Path) -> None:
     match = re.search(r"time limit of 0.5 s \(epoch (\d+)\)", reason)
     assert match, reason
     assert int(match.group(1)) < 400
-
-
-def held_marker(flag: Path) -> Path:
-    return flag.with_name(flag.name + ".held")
 
 
 @pytest.mark.slow
@@ -137,19 +133,9 @@ def test_interrupted_driver_resumes_to_budget(tiny_space: Any, tmp_path: Path) -
     command = [CLI, "search", str(space_file), "--out", str(tmp_path), "--storage", storage, "--plugin", "hold_plugin"]
     env = {**os.environ, "PYTHONPATH": str(plugin_dir)}
     hold.write_text("1")  # one trial completes, the next is held
-    driver = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              preexec_fn=default_sigint)
-    try:
-        wait_for(held_marker(hold).exists, 300, "a trial held mid-run", (driver,))
-        driver.send_signal(signal.SIGINT)
-        _, err = driver.communicate(timeout=120)
-    finally:
-        hold.unlink(missing_ok=True)
-        if driver.poll() is None:
-            driver.kill()
-            driver.wait()
-    assert driver.returncode == 130, err.decode()[-2000:]
-    assert "run the same command again to resume" in err.decode()
+    returncode, err = interrupt_when_held(command, env, hold)
+    assert returncode == 130, err[-2000:]
+    assert "run the same command again to resume" in err
     first = trials_of(storage, "tiny")
     kept = {t.number: t.values for t in first if t.state == STATES.COMPLETE}
     assert len(kept) == 1

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +14,7 @@ import pytest
 
 from vae_automl.study import FAILURE_ATTR, RECORD_ATTR
 
-from conftest import default_sigint, write_hold_plugin
+from conftest import interrupt_when_held, write_hold_plugin
 
 CLI = str(Path(sys.executable).parent / "vae-automl")
 STATES = optuna.trial.TrialState
@@ -87,21 +85,8 @@ def test_ray_cluster_search_interrupt_and_resume(ray_head: str, tiny_space: Any,
 
     # 2. no --trials: complete the budget; interrupt the driver while a trial is held mid-run
     hold.touch()
-    driver = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              preexec_fn=default_sigint)
-    try:
-        deadline = time.monotonic() + 300
-        while not hold.with_name(hold.name + ".held").exists():
-            assert driver.poll() is None and time.monotonic() < deadline, "no trial held on Ray"
-            time.sleep(0.5)
-        driver.send_signal(signal.SIGINT)
-        _, err = driver.communicate(timeout=120)
-    finally:
-        hold.unlink(missing_ok=True)
-        if driver.poll() is None:
-            driver.kill()
-            driver.wait()
-    assert driver.returncode == 130, err.decode()[-3000:]
+    returncode, err = interrupt_when_held(command, env, hold)
+    assert returncode == 130, err[-3000:]
     trials = optuna.load_study(study_name="tiny", storage=storage).trials
     assert not [t for t in trials if t.state == STATES.RUNNING], "the driver must not leave trials RUNNING"
     interrupted = [t for t in trials if t.state == STATES.FAIL]

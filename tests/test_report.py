@@ -7,13 +7,11 @@ from typing import Any, Iterator
 
 import numpy as np
 import pytest
-import torch
 
 pytest.importorskip("matplotlib")
 
 from matplotlib import image as mpimg  # noqa: E402
 
-from vae_automl.config import load_space_text  # noqa: E402
 from vae_automl.report import (  # noqa: E402
     PLOT_DPI,
     SUBPLOT_HEIGHT_IN,
@@ -24,26 +22,11 @@ from vae_automl.report import (  # noqa: E402
     plot_pareto,
     short_params,
 )
-from vae_automl.api import search  # noqa: E402
+from conftest import digits_space, run_small_study  # noqa: E402
 from vae_automl.study import load_front  # noqa: E402
 
-SPACE = """
-name: report-test
-dataset: {spec: digits, split: {validation: 0.1, test: 0.2, seed: 0}}
-device: cpu
-seed: 0
-architecture:
-  mlp:
-    hidden_layers: 1
-    hidden_width: {low: 8, high: 64, log: true}
-    latent_dim: {low: 2, high: 6}
-training: {epochs: 2, batch_size: 64, lr: 3.0e-3}
-compressors: []
-objectives: [test_elbo_nats, size_bytes, latency_ms]
-sampler: {name: random, seed: 1}
-latency: {batch_size: 16, repeats: 2, warmup: 1}
-trials: 2
-"""
+SPACE = digits_space("report-test", hidden_width="{low: 8, high: 64, log: true}", latent_dim="{low: 2, high: 6}",
+                     epochs=2, sampler_seed=1, latency_batch_size=16, trials=2)
 
 
 @pytest.fixture(scope="module")
@@ -52,16 +35,9 @@ def report(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]
     from vae_automl.cli import main
 
     root = tmp_path_factory.mktemp("report")
-    storage = f"sqlite:///{root / 'study.db'}"
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny models: one thread is faster and kinder to a shared machine
-    try:
-        search(load_space_text(SPACE, "report-test.yaml"), trials=2, storage=storage, out_dir=root / "run",
-               show_progress=False)
-        assert main(["report", "--storage", storage, "--study", "report-test", "--out", str(root / "report")]) == 0
-        yield {"storage": storage, "out": root / "report"}
-    finally:
-        torch.set_num_threads(threads)
+    storage = run_small_study(SPACE, root, trials=2)
+    assert main(["report", "--storage", storage, "--study", "report-test", "--out", str(root / "report")]) == 0
+    yield {"storage": storage, "out": root / "report"}
 
 
 def test_pareto_png_is_a_real_image_with_three_projections(report: dict[str, Any]) -> None:

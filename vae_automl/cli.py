@@ -162,8 +162,11 @@ def _cmd_codec(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vae-automl", description="Search compressed VAEs; read the Pareto front.")
     sub = parser.add_subparsers(dest="command", required=True)
+    # every command that builds the registry takes --plugin, declared once here
+    plugin = argparse.ArgumentParser(add_help=False)
+    plugin.add_argument("--plugin", action="append", default=[], metavar="MODULE", help="load a plugin module (repeatable)")
 
-    s = sub.add_parser("search", help="run or resume a multi-objective search")
+    s = sub.add_parser("search", parents=[plugin], help="run or resume a multi-objective search")
     s.add_argument("space", help="search-space YAML file")
     s.add_argument("--trials", type=int, help="run this many more trials (default: complete the YAML's budget)")
     s.add_argument("--timeout", type=float, help="seconds after which no new trial starts")
@@ -173,7 +176,6 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--dataset", help="dataset spec: digits, mnist, npz:PATH[#key], idx:PATH, ...")
     s.add_argument("--data-dir", help="folder of dataset files")
     s.add_argument("--device", choices=("cpu", "cuda", "auto"))
-    s.add_argument("--plugin", action="append", default=[], metavar="MODULE", help="load a plugin module (repeatable)")
     s.add_argument("--backend", choices=("optuna", "ray"), default="optuna")
     s.add_argument("--address", help="Ray cluster address (auto, HOST:PORT)")
     s.add_argument("--gpus-per-trial", type=float)
@@ -188,7 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--json", action="store_true", help="a JSON list of {trial, params, objectives}")
     f.set_defaults(func=_cmd_front)
 
-    w = sub.add_parser("worker", help="run trials of an existing study (one process per device; start many)")
+    w = sub.add_parser("worker", parents=[plugin], help="run trials of an existing study (one process per device; start many)")
     w.add_argument("--storage", required=True, help="the study's storage URL: postgresql://..., sqlite:///..., journal:PATH")
     w.add_argument("--study", required=True, help="a study made by `vae-automl search ... --trials 0`")
     w.add_argument(
@@ -198,10 +200,9 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--out", help="base-model cache and artifact folder (default: the study's, from its creation)")
     w.add_argument("--device", choices=("cpu", "cuda", "auto"))
     w.add_argument("--data-dir", help="folder of dataset files on this machine")
-    w.add_argument("--plugin", action="append", default=[], metavar="MODULE", help="load a plugin module (repeatable)")
     w.set_defaults(func=_cmd_worker)
 
-    e = sub.add_parser("export", help="write the front's models as verified ONNX / TorchScript / safetensors")
+    e = sub.add_parser("export", parents=[plugin], help="write the front's models as verified ONNX / TorchScript / safetensors")
     e.add_argument("--storage", required=True)
     e.add_argument("--study", required=True)
     e.add_argument("--out", required=True, help="folder for trial-N/ subfolders")
@@ -209,35 +210,30 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--formats", default="onnx,torchscript,safetensors", help="comma-separated exporter names")
     e.add_argument("--dataset", help="the search's --dataset, if it used one")
     e.add_argument("--data-dir", help="folder of dataset files")
-    e.add_argument("--plugin", action="append", default=[], metavar="MODULE", help="load a plugin module (repeatable)")
     e.set_defaults(func=_cmd_export)
 
-    r = sub.add_parser("report", help="write pareto.png and index.html (front table, params, reconstructions)")
+    r = sub.add_parser("report", parents=[plugin], help="write pareto.png and index.html (front table, params, reconstructions)")
     r.add_argument("--storage", required=True)
     r.add_argument("--study", required=True)
     r.add_argument("--out", required=True, help="report folder")
     r.add_argument("--dataset", help="the search's --dataset, if it used one")
     r.add_argument("--data-dir", help="folder of dataset files")
-    r.add_argument("--plugin", action="append", default=[], metavar="MODULE", help="load a plugin module (repeatable)")
     r.set_defaults(func=_cmd_report)
 
     c = sub.add_parser("codec", help="encode images to a file with a codec model, or decode one")
     csub = c.add_subparsers(dest="codec_command", required=True)
-    ce = csub.add_parser("encode", help="write one container file of per-image bitstreams")
+    ce = csub.add_parser("encode", parents=[plugin], help="write one container file of per-image bitstreams")
     ce.add_argument("model_dir", help="an exported codec model folder (weights.safetensors)")
     ce.add_argument("images", help="images: .npz (first array, or PATH#KEY) or an IDX file; uint8 or floats in [0, 1]")
     ce.add_argument("out", help="the codec file to write")
-    cd = csub.add_parser("decode", help="read a codec file back into an .npz of uint8 images")
+    cd = csub.add_parser("decode", parents=[plugin], help="read a codec file back into an .npz of uint8 images")
     cd.add_argument("model_dir", help="the model folder that encoded the file")
     cd.add_argument("file", help="a codec file")
     cd.add_argument("out", help="the .npz to write (key 'images')")
-    for cp in (ce, cd):
-        cp.add_argument("--plugin", action="append", default=[], metavar="MODULE", help="load a plugin module (repeatable)")
     c.set_defaults(func=_cmd_codec)
 
-    p = sub.add_parser("plugins", help="list every registered component")
+    p = sub.add_parser("plugins", parents=[plugin], help="list every registered component")
     p.add_argument("--json", action="store_true")
-    p.add_argument("--plugin", action="append", default=[], metavar="MODULE")
     p.set_defaults(func=_cmd_plugins)
     return parser
 

@@ -482,3 +482,18 @@ class Exporter(Component):
     @abc.abstractmethod
     def export(self, model: VAE, path: str, example: torch.Tensor) -> None:
         """Write ``model`` to ``path`` (the file named ``filename`` in the trial folder)."""
+
+    def remeasure(self, path: str, model: VAE, ctx: Any, record: Any) -> dict[str, Any]:
+        """Measure the written file again, so ``export`` can check it reproduces the search's figures.
+
+        Args:
+            path: the file :meth:`export` wrote.
+            model: the model it was written from.
+            ctx: the export's :class:`vae_automl.export.StudyContext` (data, registry, space).
+            record: the trial's :class:`vae_automl.record.TrialRecord` (seed, latency settings, metrics).
+
+        Returns:
+            Figure name -> value; floats named like a search metric are checked against it. ``{}``
+            (the default): the file is not measured.
+        """
+        return {}

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -203,12 +205,19 @@ def _mapping(value: Any, loc: _Loc, allowed: tuple[str, ...] | None = None) -> d
     return value
 
 
+@contextlib.contextmanager
+def _at(loc: _Loc, errors: tuple[type[Exception], ...] = (ValueError,)) -> Iterator[None]:
+    """Re-raise ``errors`` from the block as a ConfigError naming the file and key ``loc``."""
+    try:
+        yield
+    except errors as exc:
+        raise loc.error(str(exc)) from None
+
+
 def _coerce(param: Param, value: Any, loc: _Loc) -> Any:
     """``param.coerce(value)``, its error naming the file and key."""
-    try:
+    with _at(loc):
         return param.coerce(value)
-    except ValueError as exc:
-        raise loc.error(str(exc)) from None
 
 
 def parse_param(param: Param, raw: Any, loc: _Loc, present: bool = True) -> ParamSpace:
@@ -278,18 +287,14 @@ def _component_params(
         else:
             spaces[p.name] = parse_param(p, None, loc / p.name, present=False)
     constants = {k: s.value for k, s in spaces.items() if not s.searched}
-    try:
+    with _at(loc):
         component.validate_params(constants)
-    except ValueError as exc:
-        raise loc.error(str(exc)) from None
     return spaces
 
 
 def _lookup(table: Any, name: Any, loc: _Loc) -> Any:
-    try:
+    with _at(loc, (PluginError,)):
         return table.get(name)
-    except PluginError as exc:
-        raise loc.error(str(exc)) from None
 
 
 def _key(loc: _Loc) -> str:

@@ -203,7 +203,8 @@ def quality_figure(model: Any) -> str:
     return ELBO if isinstance(model, VAE) else ACCURACY
 
 
-def _remeasure_safetensors(ctx: StudyContext, record: TrialRecord, path: Path) -> dict[str, float]:
+def remeasure_safetensors(ctx: StudyContext, record: TrialRecord, path: Path) -> dict[str, float]:
+    """The search's objectives measured again on the packed weights file (its size is the file's length)."""
 
     model = deserialize_model(path.read_bytes(), ctx.registry).eval()
     measure_ctx = MeasureContext(
@@ -226,7 +227,8 @@ def _remeasure_safetensors(ctx: StudyContext, record: TrialRecord, path: Path) -
     return figures
 
 
-def _remeasure_onnx(ctx: StudyContext, record: TrialRecord, path: Path, model: VAE) -> dict[str, Any]:
+def remeasure_onnx(ctx: StudyContext, record: TrialRecord, path: Path, model: VAE) -> dict[str, Any]:
+    """The quality figure of an ONNX file run by onnxruntime, and which runtime (int8 kernels or not) ran it."""
     # deferred: onnx and onnxruntime load only when a model is exported or deployed
     from vae_automl import runtime
 
@@ -250,7 +252,8 @@ def _test_labels(ctx: StudyContext) -> torch.Tensor:
     return ctx.data.test_labels
 
 
-def _remeasure_torchscript(ctx: StudyContext, record: TrialRecord, path: Path, model: VAE) -> dict[str, Any]:
+def remeasure_torchscript(ctx: StudyContext, record: TrialRecord, path: Path, model: VAE) -> dict[str, Any]:
+    """The quality figure of a TorchScript file, loaded with torch.jit."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # torch.jit is deprecated upstream; the file is still valid
         module = torch.jit.load(str(path), map_location="cpu")
@@ -316,14 +319,13 @@ def export_trial(
                 f"{record.artifact} (packing is not deterministic?)"
             )
         search_metrics = dict(record.metrics)
-        remeasured: dict[str, dict[str, Any]] = {"safetensors": _remeasure_safetensors(ctx, record, weights)}
-        by_file = {"safetensors": WEIGHTS}
-        if (tmp / "model.onnx").is_file():
-            remeasured["onnx"] = _remeasure_onnx(ctx, record, tmp / "model.onnx", model)
-            by_file["onnx"] = "model.onnx"
-        if (tmp / "model.pt").is_file():
-            remeasured["torchscript"] = _remeasure_torchscript(ctx, record, tmp / "model.pt", model)
-            by_file["torchscript"] = "model.pt"
+        # each exporter measures its own file again (an exporter that measures nothing gives {})
+        remeasured: dict[str, dict[str, Any]] = {}
+        by_file: dict[str, str] = {}
+        for exporter in exporters:
+            figures = exporter.remeasure(str(tmp / exporter.filename), model, ctx, record)
+            if figures:
+                remeasured[exporter.name], by_file[exporter.name] = figures, exporter.filename
         checks: list[dict[str, Any]] = []
         for fmt, figures in remeasured.items():
             for figure, got in figures.items():
@@ -332,9 +334,9 @@ def export_trial(
         quality = quality_figure(model)
         if quality not in search_metrics:
             # The study did not measure it: the formats must still agree with the packed weights.
-            for fmt in ("onnx", "torchscript"):
-                if fmt in remeasured:
-                    _check(checks, quality, by_file[fmt], remeasured["safetensors"][quality], remeasured[fmt][quality])
+            for fmt, figures in remeasured.items():
+                if fmt != "safetensors" and quality in figures:
+                    _check(checks, quality, by_file[fmt], remeasured["safetensors"][quality], figures[quality])
         if not any(c["figure"] == "size_bytes" for c in checks):
             _check(checks, "size_bytes", WEIGHTS, float(len(artifact_bytes)), float(weights.stat().st_size))
         if not all(c["ok"] for c in checks):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -22,6 +23,12 @@ class SafetensorsExporter(Exporter):
     def export(self, model: VAE, path: str, example: torch.Tensor) -> None:
         Path(path).write_bytes(packing.serialize_model(model))
 
+    def remeasure(self, path: str, model: VAE, ctx: Any, record: Any) -> dict[str, Any]:
+        # deferred: export imports the study stack, which only `vae-automl export` needs
+        from vae_automl.export import remeasure_safetensors
+
+        return remeasure_safetensors(ctx, record, Path(path))
+
 
 class OnnxExporter(Exporter):
     name = "onnx"
@@ -36,6 +43,12 @@ class OnnxExporter(Exporter):
         from vae_automl.runtime import GRAPH_VAE, export_classifier_onnx, export_onnx
 
         Path(path).write_bytes(export_onnx(model, GRAPH_VAE) if isinstance(model, VAE) else export_classifier_onnx(model))
+
+    def remeasure(self, path: str, model: VAE, ctx: Any, record: Any) -> dict[str, Any]:
+        # deferred: export imports the study stack, which only `vae-automl export` needs
+        from vae_automl.export import remeasure_onnx
+
+        return remeasure_onnx(ctx, record, Path(path), model)
 
 
 class TorchScriptExporter(Exporter):
@@ -61,6 +74,12 @@ class TorchScriptExporter(Exporter):
             else:
                 traced = torch.jit.trace(model, x)
             torch.jit.save(traced, path)
+
+    def remeasure(self, path: str, model: VAE, ctx: Any, record: Any) -> dict[str, Any]:
+        # deferred: export imports the study stack, which only `vae-automl export` needs
+        from vae_automl.export import remeasure_torchscript
+
+        return remeasure_torchscript(ctx, record, Path(path), model)
 
 
 @hookimpl
