@@ -142,6 +142,12 @@ def cycles(modules: set[str], imports: list[Import]) -> list[list[str]]:
     return found
 
 
+def _comment(line: str) -> bool:
+    """Whether ``line`` is a comment line or ends with one (a ``#`` inside a string does not count)."""
+    stripped = line.strip()
+    return stripped.startswith("#") or "  # " in line
+
+
 def unexplained(imports: list[Import], sources: dict[str, list[str]]) -> list[Import]:
     """In-function imports without a reason: a comment on their line, or above their block of imports."""
     missing: dict[tuple[str, int], Import] = {}
@@ -149,15 +155,12 @@ def unexplained(imports: list[Import], sources: dict[str, list[str]]) -> list[Im
         if not imp.in_function:
             continue
         lines = sources[imp.source]
-        if "#" in lines[imp.line - 1]:
+        if _comment(lines[imp.line - 1]):
             continue
         above = imp.line - 2
-        while above >= 0 and lines[above].strip().startswith(("from ", "import ", ")")) or (
-                above >= 0 and lines[above].startswith(" ") and lines[above].rstrip().endswith(",")):
-            if "#" in lines[above]:
-                break
+        while above >= 0 and lines[above].strip().startswith(("from ", "import ")) and not _comment(lines[above]):
             above -= 1
-        if above >= 0 and "#" in lines[above]:
+        if above >= 0 and _comment(lines[above]):
             continue
         missing.setdefault((imp.source, imp.line), imp)
     return list(missing.values())

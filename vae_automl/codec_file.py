@@ -183,11 +183,9 @@ def decode_bytes(codec: CodecModel, data: bytes, source: str = "file") -> np.nda
 
 def read_images(path: str | Path) -> np.ndarray:
     """Images from an ``.npz`` (its first array, or ``PATH#KEY``) or an IDX file (``.gz`` or not)."""
-    from vae_automl.builtin.datasets import IdxDataset, NpzDataset
-    from vae_automl.errors import DataError
-
     text = str(path)
-    loader = NpzDataset() if text.partition("#")[0].endswith(".npz") else IdxDataset()
+    # the registered npz / idx datasets read the files, as for a search
+    loader = get_registry().datasets.get("npz" if text.partition("#")[0].endswith(".npz") else "idx")
     try:
         return np.asarray(loader.load(text, None, False))
     except DataError as exc:
