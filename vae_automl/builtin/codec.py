@@ -61,9 +61,6 @@ class CodecTask(Task):
 
 # --- architectures ---
 
-PRIOR_FIT_STEPS = 300
-PRIOR_FIT_LR = 0.05
-
 CODEC_PARAMS = (
     Param("latent_dim", "int", 32, minimum=1, maximum=512, log=True, help="size of the coded latent"),
     Param(
@@ -151,18 +148,6 @@ class MLPCodec(CodecVAE):
         self.prior.means.copy_((offsets[None, :] * spread[:, None]).to(device, self.prior.means.dtype))
         self.prior.log_scales.copy_(torch.log(spread.clamp_min(0.1))[:, None].expand(-1, components).to(device))
         self.prior.logits.zero_()
-        self.fit_prior(self.latents(images.to(device)))
-
-    def fit_prior(self, latents: np.ndarray, steps: int = PRIOR_FIT_STEPS) -> None:
-        """Fit the prior alone to integer latents by maximum likelihood (full-batch Adam; the networks stay)."""
-        values = torch.from_numpy(latents).to(self.gain.device, self.gain.dtype)
-        optimizer = torch.optim.Adam(self.prior.parameters(), lr=PRIOR_FIT_LR)
-        with torch.enable_grad():
-            for _ in range(steps):
-                loss = -torch.log2(self.prior.likelihood(values)).sum(1).mean()
-                optimizer.zero_grad()
-                loss.backward()
-                optimizer.step()
 
 
 class MLPCodecArchitecture(Architecture):
