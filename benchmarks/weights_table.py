@@ -296,7 +296,8 @@ def print_table(rows: list[dict[str, Any]], split: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", required=True, type=Path, help="folder with MNIST IDX files (t10k-images/labels-idx*-ubyte[.gz])")
+    parser.add_argument("--data", required=True, type=Path,
+                        help="folder with MNIST IDX files (t10k-images/labels-idx*-ubyte[.gz])")
     parser.add_argument("--json", type=Path, help="also write the rows as a JSON list here")
     parser.add_argument("--models", default=",".join(PLANS), help=f"comma-separated subset of {', '.join(PLANS)}")
     parser.add_argument("--search-trials", type=int, default=8, help="trials of each model's search (0: no search row)")
