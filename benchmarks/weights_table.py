@@ -55,7 +55,7 @@ from vae_automl.plugin_manager import new_plugin_manager
 from vae_automl.record import RECORD_ATTR, TrialRecord
 from vae_automl.registry import Registry
 from vae_automl.space import resolve
-from vae_automl.storage.format import deserialize_model, serialize_model
+from vae_automl.storage.format import deserialize_model, serialize_model, theoretical_bits
 from vae_automl.trial import prepare, run_trial
 
 ACCURACY, ELBO = "test_accuracy", "test_elbo_nats"
@@ -147,8 +147,8 @@ class Runner:
         return dict(record.metrics), Path(record.artifact)
 
 
-def plain_size(artifact: Path, registry: Registry) -> tuple[int, Any]:
-    """The artifact's model re-serialized without entropy coding (the bytes before the third stage), and the model."""
+def plain_size(artifact: Path, registry: Registry) -> tuple[int, int]:
+    """Bytes and theoretical bits of the artifact's model re-serialized without entropy coding (before the third stage)."""
     data = artifact.read_bytes()
     model = deserialize_model(data, registry)
     if serialize_model(model, registry.codec_map()) != data:
@@ -159,7 +159,7 @@ def plain_size(artifact: Path, registry: Registry) -> tuple[int, Any]:
     back = deserialize_model(plain_bytes, registry)
     if not all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), back.state_dict().values())):
         raise SystemExit(f"{artifact}: the entropy-coded and plain files decode to different weights")
-    return len(plain_bytes), model
+    return len(plain_bytes), theoretical_bits(plain, registry.codec_map())
 
 
 def row(plan: ModelPlan, method: str, pipeline: list[dict[str, Any]], metrics: dict[str, float], reference: float,
@@ -247,9 +247,10 @@ def run_model(plan: ModelPlan, args: argparse.Namespace, registry: Registry, pm:
           {"name": "kmeans", "params": {"bits": plan.bits, "qat_epochs": plan.quantize_epochs}}]
     t0 = time.perf_counter()
     metrics, artifact = runner.trial("prune_kmeans_entropy", [*pk, {"name": "entropy_code"}], plan.epochs)
-    plain, _ = plain_size(artifact, registry)
+    plain, plain_bits = plain_size(artifact, registry)
     seconds = time.perf_counter() - t0
-    rows.append(row(plan, "prune+kmeans", pk, metrics, reference, fp32_bytes, plan.epochs + f, seconds, size_bytes=plain))
+    rows.append(row(plan, "prune+kmeans", pk, {**metrics, "theoretical_bits": plain_bits}, reference, fp32_bytes,
+                    plan.epochs + f, seconds, size_bytes=plain))
     rows.append(row(plan, "prune+kmeans+entropy", [*pk, {"name": "entropy_code"}], metrics, reference, fp32_bytes,
                     plan.epochs + f, seconds))
     log(f"prune+kmeans {plain} B -> entropy-coded {int(metrics['size_bytes'])} B, {plan.quality} {metrics[plan.quality]:.3f}")
