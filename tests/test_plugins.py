@@ -134,6 +134,9 @@ def test_entry_point_plugins_load(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     assert registry.objectives.entry("from_entry_point").version == "9.9"
     # autoload off (the debugging switch) leaves it out
     assert "from_entry_point" not in Registry.from_plugin_manager(new_plugin_manager(autoload=False)).objectives
+    # naming an installed plugin again with --plugin is not a second registration
+    registry = Registry.from_plugin_manager(new_plugin_manager(("ep_plugin",), autoload=True))
+    assert registry.objectives.plugin_of("from_entry_point") == "ep-plugin"
 
 
 def test_every_hook_documented_with_signature() -> None:

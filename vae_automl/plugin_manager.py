@@ -84,6 +84,9 @@ def load_plugin_module(pm: pluggy.PluginManager, module_path: str) -> None:
         module = importlib.import_module(module_path)
     except ImportError as exc:
         raise PluginError(f"cannot import plugin module {module_path!r}: {exc}") from exc
+    # An installed plugin also named with --plugin is already registered under its entry-point name.
+    if pm.is_registered(module):
+        return
     pm.register(module, name=module_path)
 
 
