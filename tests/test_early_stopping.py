@@ -1,25 +1,87 @@
+"""Pareto-aware successive halving: the rung decisions, and a search that resumes with stopped trials in it."""
+
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
+import optuna
+
 from vae_automl.config import PrunerConfig
-from vae_automl.early_stopping import CurveStopper, PeerCurve
+from vae_automl.early_stopping import RUNG_VALUES_ATTR, STOPPED_AT_ATTR, decide, layers, peers_at, rungs
 
-PEERS = [PeerCurve((30.0, 28.0, 26.0, 25.0), 1000), PeerCurve((31.0, 29.0, 27.0, 26.0), 2000),
-         PeerCurve((32.0, 30.0, 28.0, 27.0), 3000), PeerCurve((29.0, 27.0, 25.0, 24.0), 50_000)]
-
-
-def test_compares_only_with_no_larger_models() -> None:
-    config = PrunerConfig(name="median", warmup_epochs=1, min_trials=3)
-    stopper = CurveStopper(config, PEERS, base_params=5000)
-    assert len(stopper.peers) == 3  # the 50k-parameter model is not a peer
-    assert stopper.threshold(2) == 27.0
-    assert stopper.should_stop(2, 27.5) and not stopper.should_stop(2, 26.5)
+MIN2 = ["minimize", "minimize"]
+RULE = PrunerConfig(name="pareto", warmup_epochs=3, min_trials=4, reduction_factor=3)
+# (validation loss, size_bytes) of trials at one rung; the front is (10, 900), (20, 500), (30, 100)
+PEERS = [[10.0, 900.0], [20.0, 500.0], [30.0, 100.0], [12.0, 950.0], [25.0, 600.0], [35.0, 150.0],
+         [40.0, 1000.0], [45.0, 990.0]]
 
 
-def test_no_verdict_in_warmup_or_without_enough_peers() -> None:
-    config = PrunerConfig(name="median", warmup_epochs=2, min_trials=3)
-    assert CurveStopper(config, PEERS, 5000).threshold(1) is None
-    assert CurveStopper(config, PEERS, 1500).threshold(3) is None  # only one peer that small
-    assert CurveStopper(PrunerConfig(name="none"), PEERS, 10**9).threshold(3) is None
-    # a peer whose curve is shorter (early-stopped) is not counted at later epochs
-    short = [PeerCurve((30.0,), 10)] * 5
-    assert CurveStopper(PrunerConfig(name="median", warmup_epochs=0, min_trials=3), short, 100).threshold(1) is None
+def test_rungs_grow_by_the_reduction_factor_below_the_trial_budget() -> None:
+    assert rungs(RULE, 30) == [3, 9, 27]
+    assert rungs(RULE, 27) == [3, 9]  # a trial ending at a rung has nothing left to save there
+    assert rungs(RULE, 3) == []
+    assert rungs(PrunerConfig(name="none", warmup_epochs=3), 30) == []
+
+
+def test_layers_are_non_dominated_sorting() -> None:
+    assert layers([[1, 5], [2, 2], [5, 1], [3, 3], [6, 6]], MIN2) == [0, 0, 0, 1, 2]
+    assert layers([[1, 1], [1, 1]], MIN2) == [0, 0]  # duplicates share a layer
+
+
+def test_a_non_dominated_trial_is_never_stopped() -> None:
+    # the worst validation loss of the rung, but the smallest model: on the rung's front
+    for point in ([99.0, 50.0], [5.0, 2000.0], [15.0, 700.0]):
+        decision = decide(point, PEERS * 5, MIN2, RULE)
+        assert decision.rank == 0 and not decision.stop
+
+
+def test_a_dominated_trial_is_stopped() -> None:
+    decision = decide([50.0, 1200.0], PEERS, MIN2, RULE)  # dominated by every peer
+    assert decision.stop and decision.rank > 0
+    assert decision.better >= decision.keep == 3  # ceil(9 / 3)
+    assert "epoch-9 rung" in decision.reason(9)
+
+
+def test_a_dominated_trial_in_the_kept_share_goes_on() -> None:
+    # dominated only by (10, 900): layer 1, with 3 front points ahead of it, but the quota keeps 3 of 3 ... of 9
+    point = [11.0, 920.0]
+    assert decide(point, PEERS, MIN2, RULE).stop  # 3 better >= keep 3
+    assert not decide(point, PEERS, MIN2, PrunerConfig(name="pareto", warmup_epochs=3, min_trials=4,
+                                                       reduction_factor=2)).stop  # keep 5
+
+
+def test_no_verdict_without_enough_peers() -> None:
+    assert not decide([50.0, 1200.0], PEERS[:3], MIN2, RULE).stop
+    assert decide([50.0, 1200.0], PEERS[:4], MIN2, RULE).stop
+
+
+def test_peers_are_read_at_the_same_rung_only() -> None:
+    stored = [{"3": [1.0, 2.0], "9": [0.5, 2.0]}, {"3": [3.0, 1.0]}, {}]
+    assert peers_at(stored, 3) == [[1.0, 2.0], [3.0, 1.0]]
+    assert peers_at(stored, 9) == [[0.5, 2.0]]
+
+
+def test_resuming_a_study_with_stopped_trials(tiny_space: Any, tmp_path: Path) -> None:
+    from vae_automl.api import search
+
+    space = tiny_space(trials=6, max_epochs=6, pruner="pareto",
+                       lr="{low: 1.0e-4, high: 3.0e-2, log: true}")
+    # one objective: the rung compares validation losses alone, so some trials surely lose
+    text = space.read_text().replace("warmup_epochs: 1, min_trials: 2", "warmup_epochs: 1, min_trials: 1, reduction_factor: 4")
+    space.write_text(text.replace("objectives: [test_elbo_nats, size_bytes]", "objectives: [test_elbo_nats]"))
+    out = tmp_path / "out"
+    first = search(space, out_dir=out, show_progress=False)
+    study = optuna.load_study(study_name=first.study_name, storage=first.storage)
+    pruned = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.PRUNED,))
+    assert first.completed == 6 and pruned, "the rule stopped nothing; the test needs stopped trials"
+    for trial in pruned:
+        at = trial.user_attrs[STOPPED_AT_ATTR]
+        assert str(at) in trial.user_attrs[RUNG_VALUES_ATTR]  # the rung values it was stopped on are kept
+    second = search(space, trials=3, out_dir=out, show_progress=False)
+    study = optuna.load_study(study_name=second.study_name, storage=second.storage)
+    states = [t.state for t in study.get_trials(deepcopy=False)]
+    # three more completed, unless the rule stopped enough that the 3 x 3 attempts ran out first
+    assert 6 < second.completed <= 9
+    assert states.count(optuna.trial.TrialState.PRUNED) >= len(pruned)
+    assert optuna.trial.TrialState.RUNNING not in states and optuna.trial.TrialState.FAIL not in states

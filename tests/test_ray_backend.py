@@ -59,14 +59,14 @@ def completed(storage: str, name: str) -> list[optuna.trial.FrozenTrial]:
 @pytest.mark.slow
 def test_ray_cluster_search_interrupt_and_resume(ray_head: str, tiny_space: Any, tmp_path: Path) -> None:
     budget = 4
-    space_file = tiny_space(trials=budget, pruner="median", max_epochs=4, compressors="[hold]")
+    space_file = tiny_space(trials=budget, pruner="pareto", max_epochs=4, compressors="[hold]")
     hold = write_hold_plugin(tmp_path / "plugin_pkg", "pid_marker", extra=PLUGIN)
     storage = f"sqlite:///{tmp_path / 'study.db'}"
     out = tmp_path / "out"
     # the head uses token auth (Ray's default); the token is in ~/.ray/auth_token on this machine
     env = {**os.environ, "PYTHONPATH": str(tmp_path / "plugin_pkg"), "RAY_AUTH_MODE": "token"}
     command = [CLI, "search", str(space_file), "--backend", "ray", "--address", ray_head, "--concurrency", "2",
-               "--cpus-per-trial", "1", "--scheduler", "asha", "--out", str(out), "--storage", storage,
+               "--cpus-per-trial", "1", "--scheduler", "pareto", "--out", str(out), "--storage", storage,
                "--plugin", "pid_marker"]
 
     # 1. two trials on the cluster

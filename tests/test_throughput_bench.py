@@ -40,48 +40,18 @@ def test_throughput_benchmark_quick_on_cpu(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_search_quality_benchmark_on_quick_space(tmp_path: Path) -> None:
+def test_search_quality_replay_writes_the_issue_keys(tmp_path: Path) -> None:
     out = tmp_path / "quality.json"
-    proc = run_script([str(ROOT / "benchmarks" / "search_quality.py"), str(ROOT / "search_spaces" / "quick.yaml"),
-                       "--trials", "3", "--json", str(out)], tmp_path)
-    assert "| nsga2 | 3 |" in proc.stdout and "| random | 3 |" in proc.stdout
+    proc = run_script([str(ROOT / "benchmarks" / "search_quality.py"), "--replay", "--seeds", "2", "--spaces", "quick",
+                       "--samplers", "random,default", "--jobs", "1", "--json", str(out)], tmp_path)
+    assert "| default |" in proc.stdout and "reference point" in proc.stdout
     report = json.loads(out.read_text())
-    for run in report["runs"]:
-        assert 0.0 <= run["hypervolume"] <= 1.0 and len(run["points"]) == 3
-    # The common box covers both runs, so at least one of them has a positive hypervolume.
-    assert max(run["hypervolume"] for run in report["runs"]) > 0
-
-
-def test_compression_search_picks_and_searches_a_compressor() -> None:
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    try:
-        import throughput
-    finally:
-        sys.path.remove(str(ROOT / "benchmarks"))
-    from vae_automl.components import Compressor, Param
-    from vae_automl.registry import Registry
-
-    registry = Registry()
-    registry.compressors.add(throughput.BenchRound(), "bench", "0")
-    assert throughput.pick_compressor(registry, "auto") == ("bench-round", {"bits": {"low": 2, "high": 8}})
-
-    class Prune(Compressor):
-        name, stage = "a_prune", "prune"
-        params = (Param("sparsity", "float", 0.5, minimum=0.0, maximum=0.9),)
-
-        def apply(self, model, params, ctx):  # noqa: ANN001, ANN202
-            return model
-
-    class Quant(Compressor):
-        name, stage = "q", "quantize"
-        params = (Param("bits", "int", 8, minimum=1, maximum=8), Param("qat_epochs", "int", 0, minimum=0, maximum=9),
-                  Param("symmetric", "bool", True), Param("lr", "float", 1e-3, minimum=1e-6, maximum=1.0))
-
-        def apply(self, model, params, ctx):  # noqa: ANN001, ANN202
-            return model
-
-    registry.compressors.add(Prune(), "p", "0")
-    registry.compressors.add(Quant(), "p", "0")
-    # A registered quantizer wins over pruning and over the benchmark's own; epochs stay at their minimum.
-    assert throughput.pick_compressor(registry, "auto") == ("q", {"bits": {"low": 2, "high": 8}, "qat_epochs": 0,
-                                                                  "symmetric": "search"})
+    block = report["spaces"][0]
+    assert block["space"] == "quick" and block["seeds"] == 2 and len(block["reference_point"]) == 2
+    for name in ("random", "default"):
+        assert set(block["samplers"][name]["hv_mean"]) == {"10", "20", "50", "100"}
+        assert all(0.0 <= v <= 1.0 for v in block["samplers"][name]["hv_mean"].values())
+        assert set(block["samplers"][name]["hv_std"]) == {"10", "20", "50", "100"}
+    assert set(block["trials_to_random_hv100"]) == {"random", "default"}
+    assert report["early_stopping"]["epochs_to_target"]["none"] > 0
+    assert report["replay_error"]["holdout_trials"] == 40

@@ -110,6 +110,10 @@ def search(
         raise ConfigError(f"unknown backend {backend!r}; use optuna or ray")
     policy = SearchPolicy(space, registry)
     study = study_mod.create_study(space, storage, study_name, out, registry, sampler=policy.sampler())
+    existing = len(study.get_trials(deepcopy=False))
+    if existing:
+        # resuming: a seeded sampler would replay the random start-up points the study already holds
+        study.sampler = policy.sampler(seed_offset=existing)
     budget = study_mod.plan_search(study, space, trials, timeout_s)
     progress = Progress(
         budget.n_trials, space.objectives, study_mod.directions_of(space, registry), timeout_s, enabled=show_progress

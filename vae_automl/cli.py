@@ -14,7 +14,7 @@ def _cmd_search(args: argparse.Namespace) -> int:
     # deferred: `vae-automl --help` and `front` must not import torch
     from vae_automl import pareto
     from vae_automl.api import search
-    from vae_automl.report import format_front_table
+    from vae_automl.report import against_baseline, format_front_table
 
     backend_options = {}
     if args.backend == "ray":
@@ -56,6 +56,8 @@ def _cmd_search(args: argparse.Namespace) -> int:
         f"Pareto front of study {result.study_name!r} ({result.completed} completed trials, storage {result.storage}); * = knee"
     )
     print(format_front_table(result.front, knee, baseline=result.baseline))
+    if result.front:
+        print(against_baseline(result.storage, result.study_name, result.front))
     return 0
 
 
@@ -181,7 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--gpus-per-trial", type=float)
     s.add_argument("--cpus-per-trial", type=float)
     s.add_argument("--concurrency", type=int, help="trials at once (Ray)")
-    s.add_argument("--scheduler", choices=("asha", "none"))
+    s.add_argument("--scheduler", choices=("pareto", "none"))
     s.set_defaults(func=_cmd_search)
 
     f = sub.add_parser("front", help="print the Pareto front of a stored study")

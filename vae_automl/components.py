@@ -363,6 +363,9 @@ class Objective(Component):
     unit: str = ""
     tasks: tuple[str, ...] | None = None
     needs_labels: bool = False
+    needs_training: bool = True
+    """False where the figure does not depend on the weights' values (size, parameter count, latency): early
+    stopping then measures it on the untrained model after the compression pipeline, before training."""
 
     @abc.abstractmethod
     def measure(self, ctx: MeasureContext) -> float:

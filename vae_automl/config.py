@@ -32,8 +32,9 @@ TRAINING_PARAMS: tuple[Param, ...] = (
     Param("capture", "categorical", "auto", choices=("auto", "on", "off"), help="CUDA-graph capture of the step"),
     Param("max_seconds", "float", None, minimum=0.0, maximum=1e9, help="per-trial training time limit"),
 )
-SAMPLERS = ("nsga2", "tpe", "random")
-PRUNERS = ("none", "median")
+SAMPLERS = ("auto", "gp", "tpe", "nsga2", "random")
+PRUNERS = ("none", "pareto")
+STOP_WHEN = ("budget", "first_feasible")
 DEVICES = ("cpu", "cuda", "auto")
 NONE_CHOICE = "none"
 BASE_MODEL_ARCHITECTURE = "base_model"
@@ -84,7 +85,9 @@ class DatasetConfig:
 
 @dataclass(frozen=True)
 class SamplerConfig:
-    name: str = "nsga2"
+    """``auto``: the rule of :func:`vae_automl.samplers.choose`; any other name is that Optuna sampler."""
+
+    name: str = "auto"
     seed: int | None = None
     population_size: int | None = None
     n_startup_trials: int | None = None
@@ -92,12 +95,25 @@ class SamplerConfig:
 
 @dataclass(frozen=True)
 class PrunerConfig:
-    """Early stopping of bad trials on their validation curve (ours: Optuna refuses pruners in multi-objective studies)."""
+    """Pareto-aware successive halving (:mod:`vae_automl.early_stopping`); ``none`` runs every trial to the end."""
 
     name: str = "none"
     warmup_epochs: int = 2
+    """Epochs of the first rung."""
     min_trials: int = 4
-    percentile: float = 50.0
+    """Peers a rung needs before it stops anyone."""
+    reduction_factor: int = 3
+    """Rungs at warmup_epochs * reduction_factor**k; each keeps about 1/reduction_factor of its trials."""
+
+
+@dataclass(frozen=True)
+class Target:
+    """A bound on one measured figure: ``max``/``min`` absolute, or ``max_relative_to_baseline`` (0.03: at most
+    3% above the trial's own uncompressed base model)."""
+
+    name: str
+    kind: str  # "max" | "min" | "max_relative_to_baseline"
+    value: float
 
 
 @dataclass(frozen=True)
@@ -173,6 +189,8 @@ class SearchSpace:
     teacher: str | None = None
     base_model: BaseModelConfig | None = None
     reference_point: dict[str, float] | None = None
+    targets: tuple[Target, ...] = ()
+    stop_when: str = "budget"
     source: str = ""
     task: str = "vae"
     needs_labels: bool = False
@@ -441,7 +459,10 @@ TOP_KEYS = (
     "reference_point",
     "task",
     "base_model",
+    "targets",
+    "stop_when",
 )
+TARGET_KINDS = ("max", "min", "max_relative_to_baseline")
 
 
 def parse_space(data: Any, file: str, registry: Registry, source: str = "", base_dir: Path | None = None) -> SearchSpace:
@@ -619,12 +640,12 @@ def parse_space(data: Any, file: str, registry: Registry, source: str = "", base
         record = [n for n in record_raw if n not in objectives]
 
     s_loc = root / "sampler"
-    s_raw = data.get("sampler", "nsga2")
+    s_raw = data.get("sampler", "auto")
     if isinstance(s_raw, str):
         s_raw = {"name": s_raw}
     s_raw = _mapping(s_raw, s_loc, ("name", "seed", "population_size", "n_startup_trials"))
     sampler = SamplerConfig(
-        name=_choice(s_raw.get("name", "nsga2"), s_loc / "name", SAMPLERS),
+        name=_choice(s_raw.get("name", "auto"), s_loc / "name", SAMPLERS),
         seed=_int(s_raw.get("seed"), s_loc / "seed", allow_none=True),
         population_size=_int(s_raw.get("population_size"), s_loc / "population_size", minimum=2, allow_none=True),
         n_startup_trials=_int(s_raw.get("n_startup_trials"), s_loc / "n_startup_trials", minimum=0, allow_none=True),
@@ -634,15 +655,13 @@ def parse_space(data: Any, file: str, registry: Registry, source: str = "", base
     p_raw = data.get("pruner", "none")
     if isinstance(p_raw, str):
         p_raw = {"name": p_raw}
-    p_raw = _mapping(p_raw, p_loc, ("name", "warmup_epochs", "min_trials", "percentile"))
+    p_raw = _mapping(p_raw, p_loc, ("name", "warmup_epochs", "min_trials", "reduction_factor"))
     pruner = PrunerConfig(
         name=_choice(p_raw.get("name", "none"), p_loc / "name", PRUNERS),
-        warmup_epochs=_int(p_raw.get("warmup_epochs", 2), p_loc / "warmup_epochs", minimum=0),
+        warmup_epochs=_int(p_raw.get("warmup_epochs", 2), p_loc / "warmup_epochs", minimum=1),
         min_trials=_int(p_raw.get("min_trials", 4), p_loc / "min_trials", minimum=1),
-        percentile=_number(p_raw.get("percentile", 50.0), p_loc / "percentile", minimum=0.0),
+        reduction_factor=_int(p_raw.get("reduction_factor", 3), p_loc / "reduction_factor", minimum=2),
     )
-    if pruner.percentile > 100:
-        raise (p_loc / "percentile").error(f"{pruner.percentile} is above the maximum 100")
 
     l_loc = root / "latency"
     l_raw = _mapping(data.get("latency"), l_loc, ("batch_size", "repeats", "warmup", "target"))
@@ -659,6 +678,23 @@ def parse_space(data: Any, file: str, registry: Registry, source: str = "", base
         ref_loc = root / "reference_point"
         ref_raw = _mapping(ref_raw, ref_loc, tuple(objectives))
         reference_point = {k: _number(v, ref_loc / k) for k, v in ref_raw.items()}
+
+    t_loc = root / "targets"
+    targets = []
+    for key, bound in _mapping(data.get("targets"), t_loc).items():
+        if key not in objectives and key not in record:
+            raise (t_loc / key).error(
+                f"no such measured figure; targets may bound the objectives and record entries: "
+                f"{', '.join([*objectives, *record])}"
+            )
+        bound = _mapping(bound, t_loc / key, TARGET_KINDS)
+        if not bound:
+            raise (t_loc / key).error(f"expected one of {', '.join(TARGET_KINDS)}, e.g. {{max: 200000}}")
+        for kind, value in bound.items():
+            targets.append(Target(key, kind, _number(value, t_loc / key / kind)))
+    stop_when = _choice(data.get("stop_when", "budget"), root / "stop_when", STOP_WHEN)
+    if stop_when == "first_feasible" and not targets:
+        raise (root / "stop_when").error("first_feasible needs targets to be feasible against")
 
     name = data.get("name") or Path(file).stem
     if not isinstance(name, str):
@@ -682,6 +718,8 @@ def parse_space(data: Any, file: str, registry: Registry, source: str = "", base
         teacher=data.get("teacher"),
         base_model=base_model,
         reference_point=reference_point,
+        targets=tuple(targets),
+        stop_when=stop_when,
         source=source,
         task=task.name,
         needs_labels=task.needs_labels or any(registry.objectives.get(n).needs_labels for n in (*objectives, *record)),

@@ -1,43 +1,101 @@
-"""Stopping bad trials of a Pareto search early, on their validation curve.
+"""Pareto-aware successive halving: which trials to stop at a rung, decided on every objective at once.
 
 Optuna refuses ``trial.report``/``should_prune`` in multi-objective studies
-and Ray's schedulers take one metric, so this is ours. A trial is stopped
-at epoch ``e`` (past ``warmup_epochs``) when its validation loss is worse
-than the ``percentile`` of the losses that completed trials with a base
-model no larger than its own had at the same epoch: a larger model that
-trains worse than smaller ones is on its way to being dominated. Trials
-with fewer than ``min_trials`` such peers are never stopped.
+and Ray's schedulers take one metric, so the rule is ours, and both
+backends call the same :func:`decide`.
+
+Rungs are epochs of base-model training: ``first_rung, first_rung * eta,
+first_rung * eta**2, ...`` (``eta`` is the reduction factor). At a rung a
+trial is a point of objective values *at that budget*: the validation loss
+its base reached so far (standing in for every objective that needs
+training), and the objectives known before training (size in bytes,
+parameter count, latency: measured on the untrained model after the
+compression pipeline, whose shapes and codes do not depend on the
+weights), taken as they are. The trial is compared with every other trial
+that reached the same rung (asynchronous successive halving: the peers
+are the trials that got there before it). It goes on when it is
+non-dominated among them (never stopped then), or when the trials in
+better non-dominated layers than its own are fewer than ``1/eta`` of the
+rung (the successive-halving quota); otherwise it is stopped.
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-import numpy as np
-
+from vae_automl import pareto
 from vae_automl.config import PrunerConfig
+
+RUNG_VALUES_ATTR = "rung_values"
+"""Trial user attribute: ``{epoch (str): [validation loss, *objectives known before training]}``."""
+STOPPED_AT_ATTR = "pruned_at_epoch"
 
 
 @dataclass(frozen=True)
-class PeerCurve:
-    validation_curve: tuple[float, ...]
-    base_params: int
+class Decision:
+    stop: bool
+    rank: int
+    """Non-dominated layer of the trial among the rung's points (0: on the rung's front)."""
+    better: int
+    """Points at the rung in layers better than the trial's."""
+    peers: int
+    """Points at the rung, the trial included."""
+    keep: int
+    """How many points the quota keeps at this rung: ``ceil(peers / eta)``."""
+
+    def reason(self, epoch: int) -> str:
+        return (
+            f"dominated at the epoch-{epoch} rung: {self.better} of {self.peers} trials there lie in better "
+            f"non-dominated layers, and successive halving keeps {self.keep}"
+        )
 
 
-class CurveStopper:
-    def __init__(self, config: PrunerConfig, peers: list[PeerCurve], base_params: int) -> None:
-        self.config = config
-        self.peers = [p for p in peers if p.base_params <= base_params]
+def rungs(config: PrunerConfig, max_epochs: int) -> list[int]:
+    """The rung epochs below ``max_epochs`` (a trial that ends at a rung's epoch has nothing left to save)."""
+    if config.name == "none" or config.warmup_epochs < 1:
+        return []
+    out, epoch = [], config.warmup_epochs
+    while epoch < max_epochs:
+        out.append(epoch)
+        epoch *= config.reduction_factor
+    return out
 
-    def threshold(self, epoch: int) -> float | None:
-        """The loss above which a trial is stopped at ``epoch`` (0-based), or None if there is no verdict."""
-        if self.config.name == "none" or epoch < self.config.warmup_epochs:
-            return None
-        losses = [p.validation_curve[epoch] for p in self.peers if len(p.validation_curve) > epoch]
-        if len(losses) < self.config.min_trials:
-            return None
-        return float(np.percentile(losses, self.config.percentile))
 
-    def should_stop(self, epoch: int, validation_loss: float) -> bool:
-        limit = self.threshold(epoch)
-        return limit is not None and validation_loss > limit
+def layers(points: Sequence[Sequence[float]], directions: Sequence[str]) -> list[int]:
+    """The non-dominated layer of each point (0: the front; 1: the front once layer 0 is removed; ...)."""
+    rank = [-1] * len(points)
+    left = list(range(len(points)))
+    layer = 0
+    while left:
+        front = set(pareto.non_dominated([points[i] for i in left], directions))
+        for k in front:
+            rank[left[k]] = layer
+        left = [i for k, i in enumerate(left) if k not in front]
+        layer += 1
+    return rank
+
+
+def decide(point: Sequence[float], peers: Sequence[Sequence[float]], directions: Sequence[str], config: PrunerConfig) -> Decision:
+    """Whether a trial at ``point`` stops at a rung where the other trials were at ``peers``.
+
+    Fewer than ``config.min_trials`` peers: no verdict, the trial goes on.
+    """
+    points = [list(point), *[list(p) for p in peers]]
+    ranks = layers(points, directions)
+    keep = max(1, math.ceil(len(points) / config.reduction_factor))
+    better = sum(1 for r in ranks[1:] if r < ranks[0])
+    if len(peers) < config.min_trials:
+        return Decision(False, ranks[0], better, len(points), keep)
+    return Decision(ranks[0] > 0 and better >= keep, ranks[0], better, len(points), keep)
+
+
+def rung_directions(static_directions: Sequence[str]) -> list[str]:
+    """Directions of a rung point: the validation loss (minimized), then the objectives known before training."""
+    return ["minimize", *static_directions]
+
+
+def peers_at(rung_values: Sequence[Mapping[str, Sequence[float]]], epoch: int) -> list[list[float]]:
+    """Points that other trials stored (their :data:`RUNG_VALUES_ATTR`) for the rung at ``epoch``."""
+    return [list(values[str(epoch)]) for values in rung_values if str(epoch) in values]

@@ -92,6 +92,8 @@ class TrialRecord:
         artifact_sha256: its sha256, checked by export.
         seconds: wall time of the trial.
         plugins: ``{plugin: {distribution, version, module}}`` of every component the trial used.
+        baseline: the objectives (and the figures targets bound) measured on the trial's uncompressed
+            base model: what ``max_relative_to_baseline`` targets and the front's "x smaller" compare with.
         extra: keys of a stored record this version does not know.
     """
 
@@ -109,13 +111,15 @@ class TrialRecord:
     artifact_sha256: str
     seconds: float
     plugins: dict[str, dict[str, str]] = field(default_factory=dict)
+    baseline: dict[str, float] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         """The JSON-ready dict stored in the study (the record's 0.1 layout)."""
         data = _as_dict(self)
-        if not self.plugins:  # records from before provenance round-trip unchanged
-            del data["plugins"]
+        for key in ("plugins", "baseline"):
+            if not data[key]:  # records from before provenance and baselines round-trip unchanged
+                del data[key]
         return data
 
     @classmethod

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     import optuna
     import torch
 
+    from vae_automl.config import Target
     from vae_automl.vae import VAE
 
 
@@ -53,6 +54,60 @@ def format_front_table(front: list[FrontEntry], knee: int | None = None, baselin
         return "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths)) + " |"
 
     return "\n".join([line(header), "|" + "|".join("-" * (w + 2) for w in widths) + "|", *(line(r) for r in rows)])
+
+
+def _change(name: str, value: float, base: float, unit: str) -> str:
+    if unit == "bytes" and value > 0:
+        return f"{name} {base / value:.1f}x smaller"
+    return f"{name} {100.0 * (value - base) / abs(base):+.1f}%" if base else f"{name} {value:.4g}"
+
+
+def format_against_baseline(front: list[FrontEntry], targets: Sequence[Target] = (), completed: Sequence[FrontEntry] = ()) -> str:
+    """Each front point against its own uncompressed base model (x smaller, % change), with its targets.
+
+    ``completed``: every completed trial; where none meets every target, the three nearest
+    to meeting them are listed with how far each missed.
+    """
+    from vae_automl import constraints
+    from vae_automl.registry import get_registry
+
+    objectives = get_registry().objectives
+
+    def checks_of(entry: FrontEntry) -> list[constraints.Check]:
+        assert entry.record is not None
+        return constraints.check(targets, entry.record.metrics, entry.record.baseline)
+
+    def describe(entry: FrontEntry) -> str:
+        baseline = entry.record.baseline if entry.record is not None else {}
+        parts = [
+            _change(n, v, baseline[n], objectives.get(n).unit) if n in baseline else f"{n} {v:.4g}"
+            for n, v in entry.objectives.items()
+        ]
+        text = f"trial {entry.trial}: " + ", ".join(parts)
+        if targets and entry.record is not None and entry.record.baseline:
+            checks = checks_of(entry)
+            text += " | " + (
+                "meets every target" if constraints.feasible(checks) else "; ".join(c.describe() for c in checks if not c.met)
+            )
+        return text
+
+    lines = ["Front against each trial's own uncompressed base model:", *(f"  {describe(e)}" for e in front)]
+    if targets:
+
+        def worst(entry: FrontEntry) -> float:
+            return max(c.violation for c in checks_of(entry))
+
+        scored = [e for e in completed if e.record is not None and e.record.baseline]
+        feasible = [e for e in scored if worst(e) <= 0]
+        if feasible:
+            lines.append(
+                f"{len(feasible)} of {len(scored)} completed trials meet every target "
+                f"(first: trial {min(e.trial for e in feasible)})"
+            )
+        else:
+            lines.append(f"no completed trial meets every target; the nearest ({len(scored)} completed):")
+            lines.extend(f"  {describe(e)}" for e in sorted(scored, key=worst)[:3])
+    return "\n".join(lines)
 
 
 # --- The HTML report: Pareto plot, front table, each front model's reconstructions and samples. ---
@@ -303,3 +358,18 @@ Uncompressed baseline: {esc(baseline_text)}.</p>
     index.write_text(page)
     written.append(index)
     return written
+
+
+def against_baseline(storage: str, study_name: str, front: list[FrontEntry]) -> str:
+    """:func:`format_against_baseline` for a stored study, with the targets of its stored search space."""
+    from vae_automl import study as study_mod
+    from vae_automl.registry import get_registry
+
+    study = study_mod.open_study(storage, study_name)
+    targets = study_mod.stored_space(study, get_registry()).targets if study.user_attrs.get(study_mod.SPACE_ATTR) else ()
+    names, _ = study_mod.objectives_of(study)
+    completed = [
+        FrontEntry(t.number, dict(t.params), dict(zip(names, t.values)), TrialRecord.from_trial(t))
+        for t in study_mod.completed_trials(study)
+    ]
+    return format_against_baseline(front, targets, completed)

@@ -231,12 +231,17 @@ def train_base(
         return model, info
 
 
-def compress(env: TrialEnv, base: VAE, spec: TrialSpec, train_config: TrainConfig) -> VAE:
-    """Apply the pipeline in stage order; a raising compressor fails the trial, naming its plugin."""
+def compress(env: TrialEnv, base: VAE, spec: TrialSpec, train_config: TrainConfig, fine_tuning: bool = True) -> VAE:
+    """Apply the pipeline in stage order; a raising compressor fails the trial, naming its plugin.
+
+    ``fine_tuning=False`` makes every fine-tune a no-op: the shapes and codes come out as usual, cheaply.
+    """
     teacher = env.teacher if env.teacher is not None else base
     task = env.registry.tasks.get(env.space.task)
 
     def fine_tune(model: VAE, epochs: int, extra_loss: Any = None, after_step: Any = None, lr: float | None = None) -> VAE:
+        if not fine_tuning:
+            return model
         cfg = TrainConfig(**{**train_config.__dict__, "epochs": int(epochs), "patience": None})
         train(model, env.data, cfg, seed=spec.seed, extra_loss=extra_loss, after_step=after_step, lr=lr, task=task)
         return model
@@ -322,6 +327,20 @@ def plugins_used(env: TrialEnv, spec: TrialSpec, model: VAE) -> dict[str, dict[s
     return {e.plugin: e.provenance() for e in sorted(entries, key=lambda e: e.plugin)}
 
 
+def measure_before_training(env: TrialEnv, spec: TrialSpec) -> dict[str, float]:
+    """The objectives that do not need training (``Objective.needs_training`` false), measured on the untrained
+    model compressed without fine-tuning: what early stopping compares at a rung besides the validation loss."""
+    names = tuple(n for n in env.space.objectives if not env.registry.objectives.get(n).needs_training)
+    if not names:
+        return {}
+    arch = env.registry.architectures.get(spec.architecture)
+    torch.manual_seed(spec.seed)
+    model = arch.build(arch.config_from_params(spec.architecture_params, env.data.input_shape)).to(env.device)
+    compressed = compress(env, model, spec, train_config_from(spec.training), fine_tuning=False)
+    values, _ = measure(env, compressed, names, spec.seed)
+    return values
+
+
 def run_trial(
     env: TrialEnv, spec: TrialSpec, number: int, on_epoch: Callable[[int, float, int], None] | None = None
 ) -> TrialRecord:
@@ -336,6 +355,9 @@ def run_trial(
     except ValueError as exc:
         raise TrialFailed(f"training settings {spec.training}: {exc}") from exc
     base, base_info = train_base(env, spec, train_config, on_epoch)
+    # the uncompressed base's figures: targets relative to the baseline, and the front's "x smaller, % ELBO"
+    baseline_names = tuple(dict.fromkeys([*env.space.objectives, *(t.name for t in env.space.targets)]))
+    baseline, _ = measure(env, base, baseline_names, spec.seed)
     model = compress(env, base, spec, train_config)
     metrics, ctx = measure(env, model, (*env.space.objectives, *env.space.record), spec.seed)
     data = ctx.cache.get("serialized") or serialize_model(model, env.registry.codec_map())
@@ -361,6 +383,7 @@ def run_trial(
         artifact_sha256=hashlib.sha256(data).hexdigest(),
         seconds=time.perf_counter() - started,
         plugins=plugins_used(env, spec, model),
+        baseline=baseline,
     )
     try:
         call_each(env.pm, "on_trial_complete", record=record)

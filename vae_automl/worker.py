@@ -86,7 +86,10 @@ def run_worker(
     space = apply_overrides(study_mod.stored_space(study, registry), data_dir=data_dir, device=device)
     policy = SearchPolicy(space, registry)
     # load again with the space's sampler: load_study would otherwise pick a default one
-    study = study_mod.open_study(storage, study_name, sampler=policy.sampler())
+    # workers offset a fixed seed by the trials so far and their pid, or they would sample the same points
+    study = study_mod.open_study(
+        storage, study_name, sampler=policy.sampler(seed_offset=len(study.get_trials(deepcopy=False)) + os.getpid())
+    )
     out = Path(out_dir or study_mod.stored_out_dir(study) or Path("runs") / study_name)
     env = prepare(space, out, registry, pm)
     if env.base_model is not None:  # this machine's checkpoint must be the one the study started from

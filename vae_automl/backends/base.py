@@ -15,13 +15,15 @@ Two backends implement it: :class:`vae_automl.backends.optuna.OptunaBackend`
 :class:`SearchPolicy` is the one place for what decides besides the trials
 themselves, so both backends decide alike:
 
-* :meth:`SearchPolicy.sampler`: the sampler factory (which Optuna sampler
-  a study gets);
-* :meth:`SearchPolicy.epoch_gate`: the early-stopping decision per epoch
-  (the Optuna backend asks it after every epoch of the base; the Ray
-  backend's scheduler decides per rung on the same validation loss);
+* :meth:`SearchPolicy.sampler`: the sampler factory (:mod:`vae_automl.samplers`:
+  which Optuna sampler a study gets);
+* :meth:`SearchPolicy.epoch_gate`: the early-stopping decision at the rungs
+  (:mod:`vae_automl.early_stopping`; the Optuna backend asks it after every
+  epoch of the base; the Ray backend's scheduler calls the same
+  :func:`~vae_automl.early_stopping.decide` on the rung points its trials report);
 * :meth:`SearchPolicy.trial_attrs`: what a finished trial stores besides
-  its record (constraint values for a constrained sampler go here).
+  its record, and :meth:`SearchPolicy.constraints`: the targets' constraint
+  values, which both backends store with ``trial.set_constraint``.
 """
 
 from __future__ import annotations
@@ -32,9 +34,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import optuna
 
-from vae_automl.early_stopping import CurveStopper, PeerCurve
-from vae_automl.record import BASE_PARAMS_ATTR, CURVE_ATTR
-from vae_automl.study import completed_trials
+from vae_automl import constraints, early_stopping, samplers
 
 if TYPE_CHECKING:
     from vae_automl.config import SearchSpace
@@ -45,8 +45,8 @@ if TYPE_CHECKING:
 
 EpochGate = Callable[[int, float, int], "str | None"]
 """``gate(epoch, validation_loss, base_params)``: why to stop the trial after this (0-based) epoch, or None."""
-PRUNED_AT_ATTR = "pruned_at_epoch"
-"""Trial user attribute: the epoch (1-based) after which early stopping stopped the trial."""
+PRUNED_AT_ATTR = early_stopping.STOPPED_AT_ATTR
+"""Trial user attribute: the rung epoch (1-based) at which early stopping stopped the trial."""
 
 
 class SearchPolicy:
@@ -61,49 +61,63 @@ class SearchPolicy:
         self.space = space
         self.registry = registry
 
-    def sampler(self) -> optuna.samplers.BaseSampler:
-        """The Optuna sampler for the study (the same settings in every process of a search)."""
-        config = self.space.sampler
-        if config.name == "nsga2":
-            kwargs: dict[str, Any] = {"seed": config.seed}
-            if config.population_size:
-                kwargs["population_size"] = config.population_size
-            return optuna.samplers.NSGAIISampler(**kwargs)
-        if config.name == "tpe":
-            kwargs = {"seed": config.seed}
-            if config.n_startup_trials is not None:
-                kwargs["n_startup_trials"] = config.n_startup_trials
-            return optuna.samplers.TPESampler(**kwargs)
-        return optuna.samplers.RandomSampler(seed=config.seed)
+    def sampler(self, seed_offset: int = 0) -> optuna.samplers.BaseSampler:
+        """The Optuna sampler for the study (the same settings in every process of a search).
 
-    def epoch_gate(self, study: optuna.Study) -> EpochGate:
-        """The early-stopping decision for one trial about to start, against the study's completed trials now."""
+        ``seed_offset`` shifts a fixed seed: a resumed study or a second worker would otherwise
+        replay the random start-up points the study already holds.
+        """
+        return samplers.make_sampler(self.space.sampler, self.space, seed_offset=seed_offset)
+
+    def epoch_gate(
+        self, study: optuna.Study, trial: optuna.Trial, epochs: int, before_training: Callable[[], dict[str, float]]
+    ) -> EpochGate:
+        """The rung decisions for one trial of ``epochs`` epochs, against every other trial's rung points.
+
+        ``before_training()`` measures the objectives known before training (called once, at the
+        first rung). At each rung the gate stores the trial's point (user attribute
+        :data:`~vae_automl.early_stopping.RUNG_VALUES_ATTR`, which peers read, stopped trials included).
+        """
         pruner = self.space.pruner
-        peers: list[PeerCurve] = []
-        if pruner.name != "none":
-            for t in completed_trials(study):
-                curve, params = t.user_attrs.get(CURVE_ATTR), t.user_attrs.get(BASE_PARAMS_ATTR)
-                if curve and params is not None:
-                    peers.append(PeerCurve(tuple(curve), int(params)))
-        stopper: CurveStopper | None = None
+        rung_epochs = set(early_stopping.rungs(pruner, epochs))
+        static: dict[str, float] | None = None
+        points: dict[str, list[float]] = {}
 
         def gate(epoch: int, validation_loss: float, base_params: int) -> str | None:
-            nonlocal stopper
-            if stopper is None:
-                stopper = CurveStopper(pruner, peers, base_params)
-            if not stopper.should_stop(epoch, validation_loss):
+            nonlocal static
+            done = epoch + 1
+            if done not in rung_epochs:
                 return None
-            return (
-                f"validation loss {validation_loss:.3f} at epoch {epoch + 1} is above "
-                f"{stopper.threshold(epoch):.3f}, the {pruner.percentile:g}th percentile "
-                f"of {len(stopper.peers)} no-larger completed trials"
-            )
+            if static is None:
+                static = before_training()
+            point = [validation_loss, *static.values()]
+            points[str(done)] = point
+            trial.set_user_attr(early_stopping.RUNG_VALUES_ATTR, points)
+            others = [
+                t.user_attrs.get(early_stopping.RUNG_VALUES_ATTR) or {}
+                for t in study.get_trials(deepcopy=False)
+                if t.number != trial.number
+            ]
+            directions = early_stopping.rung_directions([self.registry.objectives.get(n).direction for n in static])
+            decision = early_stopping.decide(point, early_stopping.peers_at(others, done), directions, pruner)
+            return decision.reason(done) if decision.stop else None
 
         return gate
+
+    def rung_directions(self) -> list[str]:
+        """Directions of a rung point: the validation loss, then the space's objectives known before training."""
+        objectives = self.registry.objectives
+        return early_stopping.rung_directions(
+            [objectives.get(n).direction for n in self.space.objectives if not objectives.get(n).needs_training]
+        )
 
     def trial_attrs(self, record: TrialRecord) -> dict[str, Any]:
         """User attributes a completed trial stores besides its record (none by default)."""
         return {}
+
+    def constraints(self, record: TrialRecord) -> list[constraints.Check]:
+        """The space's targets checked on a completed trial (stored with :func:`vae_automl.constraints.set_constraints`)."""
+        return constraints.check(self.space.targets, record.metrics, record.baseline) if self.space.targets else []
 
 
 class Backend(abc.ABC):

@@ -7,12 +7,13 @@ from typing import TYPE_CHECKING, Any
 
 import optuna
 
+from vae_automl import constraints
 from vae_automl import space as space_mod
 from vae_automl import study as study_mod
 from vae_automl.backends.base import PRUNED_AT_ATTR, Backend, SearchPolicy
 from vae_automl.errors import VaeAutomlError
 from vae_automl.record import CURVE_ATTR
-from vae_automl.trial import TrialEnv, run_trial
+from vae_automl.trial import TrialEnv, measure_before_training, run_trial
 
 if TYPE_CHECKING:
     from vae_automl.progress import Progress
@@ -35,7 +36,7 @@ def make_objective(
         params = space_mod.suggest(trial, env.space)
         spec = space_mod.resolve(env.space, params, env.registry)
         trial.set_user_attr("config", spec.as_dict())
-        gate = policy.epoch_gate(study)
+        gate = policy.epoch_gate(study, trial, int(spec.training.get("epochs") or 0), lambda: measure_before_training(env, spec))
         curve: list[float] = []
 
         def on_epoch(epoch: int, validation_loss: float, base_params: int) -> None:
@@ -56,6 +57,7 @@ def make_objective(
             raise
         for key, value in {**record.to_user_attrs(), **policy.trial_attrs(record)}.items():
             trial.set_user_attr(key, value)
+        constraints.set_constraints(trial, policy.constraints(record))
         study_mod.add_plugins(study, record.plugins)
         return [record.objectives[name] for name in env.space.objectives]
 
@@ -67,11 +69,19 @@ def progress_callback(progress: Progress) -> Callable[[optuna.Study, optuna.tria
         seconds = trial.duration.total_seconds() if trial.duration else None
         reason = trial.user_attrs.get(study_mod.FAILURE_ATTR)
         if trial.state == optuna.trial.TrialState.PRUNED:
-            reason = f"stopped at epoch {trial.user_attrs.get(PRUNED_AT_ATTR)}"
+            reason = f"stopped at the epoch-{trial.user_attrs.get(PRUNED_AT_ATTR)} rung"
         front = len(study_mod.front_of_study(study)) if trial.state == optuna.trial.TrialState.COMPLETE else None
         progress.trial_finished(trial.number, trial.state.name, trial.values, seconds, reason, front)
 
     return callback
+
+
+class StopAtFirstFeasible:
+    """``stop_when: first_feasible``: stop the study once a completed trial met every target."""
+
+    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        if trial.state == optuna.trial.TrialState.COMPLETE and constraints.is_feasible_trial(trial):
+            study.stop()
 
 
 class _OwnCompletedLimit:
@@ -119,6 +129,8 @@ class OptunaBackend(Backend):
             callbacks.append(optuna.study.MaxTrialsCallback(budget.target_completed, states=(optuna.trial.TrialState.COMPLETE,)))
         if budget.own_limit is not None:
             callbacks.append(_OwnCompletedLimit(budget.own_limit))
+        if self.env.space.stop_when == "first_feasible":
+            callbacks.append(StopAtFirstFeasible())
         optuna.logging.set_verbosity(optuna.logging.ERROR)
         study.optimize(
             make_objective(self.env, study, policy, self.trial_attrs),

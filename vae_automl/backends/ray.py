@@ -13,19 +13,23 @@ running ones from other workers and from a resumed run.
 
 * store the trial's record and failure reason as user attrs before telling
   Optuna the outcome (a finished trial's attrs can no longer change);
-* tell an ASHA-stopped trial PRUNED and a failed one FAIL (stock OptunaSearch
+* tell a trial stopped at a rung PRUNED (with its rung values) and a failed one FAIL (stock OptunaSearch
   tells a multi-objective trial without values COMPLETE, which Optuna
   refuses, leaving it RUNNING forever);
 * decide when to stop: no new trial once the study reached its target of
-  completed trials, the timeout, or 3N failed trials, so ``--trials N`` means
-  N more *completed* trials, like the Optuna backend (ASHA-stopped trials do
-  not count toward that cap: ASHA stops most trials by design);
+  completed trials, the timeout, 3N failed trials, or (``stop_when:
+  first_feasible``) a trial that met every target, so ``--trials N`` means
+  N more *completed* trials, like the Optuna backend (trials stopped at a
+  rung do not count toward that cap: successive halving stops most by design);
 * send heartbeats for running trials on RDB storages, so a killed driver's
   trials go stale and the next run (or any Optuna worker) fails and retries them.
 
-The trainable runs on the Ray workers: it trains, reports the validation
-loss each epoch with ``tune.report`` (ASHA's metric), then reports the
-objective values and the trial record. A raising trial reports its reason
+Early stopping is the Optuna backend's rule (:func:`vae_automl.early_stopping.decide`)
+in a Tune scheduler on the driver (:class:`ParetoRungScheduler`), which
+keeps every trial's rung points, those of the study's earlier trials
+included. The trainable runs on the Ray workers: it trains, reports the
+validation loss each epoch with ``tune.report`` (with its rung point at a
+rung), then reports the objective values and the trial record. A raising trial reports its reason
 instead of raising, so the reason reaches the study and the run goes on.
 """
 
@@ -42,6 +46,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 import optuna
 
+from vae_automl import constraints, early_stopping
 from vae_automl import space as space_mod
 from vae_automl import study as study_mod
 from vae_automl.backends.base import PRUNED_AT_ATTR, Backend, SearchPolicy
@@ -61,8 +66,8 @@ VALIDATION_LOSS = "validation_loss"
 FAILURE_KEY = "failure_reason"
 RECORD_KEY = "record_json"
 CONFIG_KEY = "config_json"
-ASHA_REDUCTION_FACTOR = 3
-SCHEDULERS = ("asha", "none")
+RUNG_KEY = "rung_values"
+SCHEDULERS = ("pareto", "none")
 
 
 def _import_ray() -> Any:
@@ -96,6 +101,8 @@ def _outcome(
     if result.get(RECORD_KEY):
         record = TrialRecord.from_dict(json.loads(result[RECORD_KEY]))
         attrs.update(record.to_user_attrs())
+        if result.get(RUNG_KEY):
+            attrs[early_stopping.RUNG_VALUES_ATTR] = result[RUNG_KEY]
         return optuna.trial.TrialState.COMPLETE, [float(record.objectives[n]) for n in objectives], attrs
     if result.get(FAILURE_KEY):
         attrs[study_mod.FAILURE_ATTR] = result[FAILURE_KEY]
@@ -104,8 +111,9 @@ def _outcome(
         attrs[study_mod.FAILURE_ATTR] = "the Ray trial errored (its worker process died?); see its error.txt under out/ray"
         return optuna.trial.TrialState.FAIL, None, attrs
     if result.get(VALIDATION_LOSS) is not None:
-        # stopped by the scheduler between epochs
+        # stopped by the scheduler at a rung
         attrs[CURVE_ATTR] = list(result.get("validation_curve") or [])
+        attrs[early_stopping.RUNG_VALUES_ATTR] = dict(result.get(RUNG_KEY) or {})
         attrs[PRUNED_AT_ATTR] = int(result.get("epoch", 0))
         return optuna.trial.TrialState.PRUNED, None, attrs
     attrs[study_mod.FAILURE_ATTR] = "the Ray trial ended before reporting anything (stopped while pending?)"
@@ -134,6 +142,8 @@ def _make_searcher_class() -> type:
         ) -> None:
             super().__init__(**kwargs)
             self.objectives = objectives
+            self.stop_at_feasible = policy is not None and policy.space.stop_when == "first_feasible"
+            self.found_feasible = False
             self.target_completed, self.completed, self.max_failures = target_completed, done, max_failures
             self.deadline, self.progress, self.policy = deadline, progress, policy
             self.failed = 0
@@ -142,10 +152,11 @@ def _make_searcher_class() -> type:
             self.lock = threading.Lock()
 
         def suggest(self, trial_id: str) -> dict[str, Any] | str | None:  # type: ignore[override]  # Searcher.FINISHED is a str
-            # ASHA stops most trials by design, so only failures count toward the cap that ends a hopeless space
+            # successive halving stops most trials by design, so only failures count toward the cap that ends a hopeless space
             finished = (
                 self.completed >= self.target_completed
                 or self.failed >= self.max_failures
+                or self.found_feasible
                 or (self.deadline is not None and time.monotonic() > self.deadline)
             )
             if finished:
@@ -172,12 +183,14 @@ def _make_searcher_class() -> type:
                 return
             ot_trial = self._ot_trials[trial_id]
             state, values, attrs = _outcome(result, error, self.objectives)
+            checks: list[Any] = []
             if state == optuna.trial.TrialState.COMPLETE:
                 record = TrialRecord.from_dict(attrs[RECORD_ATTR])
                 if self.policy is not None:
                     attrs.update(self.policy.trial_attrs(record))
+                    checks = self.policy.constraints(record)
                 study_mod.add_plugins(cast(optuna.Study, self._ot_study), record.plugins)
-            self._finish(trial_id, ot_trial, state, values, attrs, result)
+            self._finish(trial_id, ot_trial, state, values, attrs, result, checks)
 
         def _finish(
             self,
@@ -187,6 +200,7 @@ def _make_searcher_class() -> type:
             values: list[float] | None,
             attrs: dict[str, Any],
             result: dict[str, Any] | None,
+            checks: Any = (),
         ) -> None:
             self._completed_trials.add(trial_id)
             with self.lock:
@@ -194,6 +208,7 @@ def _make_searcher_class() -> type:
             try:
                 for key, value in attrs.items():
                     ot_trial.set_user_attr(key, value)
+                constraints.set_constraints(ot_trial, checks)
                 frozen = cast(optuna.Study, self._ot_study).tell(ot_trial, values, state=state)
             except optuna.exceptions.UpdateFinishedTrialError:
                 # another process found its heartbeat stale and failed (and re-queued) it first
@@ -201,13 +216,14 @@ def _make_searcher_class() -> type:
                 return
             if state == optuna.trial.TrialState.COMPLETE:
                 self.completed += 1
+                self.found_feasible |= self.stop_at_feasible and constraints.is_feasible_trial(frozen) is True
                 hit = bool((result or {}).get("base_cache_hit"))
                 self.stats["base_reused" if hit else "base_trained"] += 1
             elif state == optuna.trial.TrialState.FAIL:
                 self.failed += 1
             reason = attrs.get(study_mod.FAILURE_ATTR)
             if state == optuna.trial.TrialState.PRUNED:
-                reason = f"stopped by ASHA at epoch {attrs.get(PRUNED_AT_ATTR)}"
+                reason = f"stopped at the epoch-{attrs.get(PRUNED_AT_ATTR)} rung"
             seconds = frozen.duration.total_seconds() if frozen.duration else None
             front = (
                 len(study_mod.front_of_study(cast(optuna.Study, self._ot_study)))
@@ -242,6 +258,30 @@ def _make_searcher_class() -> type:
     return StudySearcher
 
 
+def _make_scheduler_class() -> type:
+    from ray.tune.schedulers import FIFOScheduler, TrialScheduler
+
+    class ParetoRungScheduler(FIFOScheduler):
+        """The Optuna backend's early-stopping rule as a Tune scheduler: a trial reports its rung point, this stops it or not."""
+
+        def __init__(self, config: Any, directions: list[str], known: list[dict[str, list[float]]]) -> None:
+            super().__init__()
+            self.config, self.directions = config, directions
+            self.points: dict[str, dict[str, list[float]]] = {f"study-{i}": dict(v) for i, v in enumerate(known)}
+
+        def on_trial_result(self, tune_controller: Any, trial: Any, result: dict[str, Any]) -> str:
+            epoch = str(result.get("epoch"))
+            point = (result.get(RUNG_KEY) or {}).get(epoch)
+            if point is None or epoch in self.points.get(trial.trial_id, {}):
+                return TrialScheduler.CONTINUE
+            peers = early_stopping.peers_at([v for k, v in self.points.items() if k != trial.trial_id], int(epoch))
+            self.points.setdefault(trial.trial_id, {})[epoch] = list(point)
+            decision = early_stopping.decide(point, peers, self.directions, self.config)
+            return TrialScheduler.STOP if decision.stop else TrialScheduler.CONTINUE
+
+    return ParetoRungScheduler
+
+
 _envs: dict[tuple[Any, ...], TrialEnv] = {}
 
 
@@ -267,22 +307,35 @@ def _trainable(config: dict[str, Any], source: str, file: str, dataset: Any, dev
     from ray import tune
 
     # deferred: only the Ray worker process runs trials (and imports torch)
-    from vae_automl.trial import run_trial
+    from vae_automl.trial import measure_before_training, run_trial
 
     params = {k: v for k, v in config.items() if k != NUMBER_KEY}
     curve: list[float] = []
     spec_json = ""
+    rung_values: dict[str, list[float]] = {}
+    static: dict[str, float] | None = None
 
     def on_epoch(epoch: int, validation_loss: float, base_params: int) -> None:
+        nonlocal static
         curve.append(validation_loss)
+        if epoch + 1 in rungs:
+            static = static if static is not None else measure_before_training(env, spec)
+            rung_values[str(epoch + 1)] = [validation_loss, *static.values()]
         tune.report(
-            {VALIDATION_LOSS: validation_loss, "epoch": epoch + 1, "validation_curve": list(curve), CONFIG_KEY: spec_json}
+            {
+                VALIDATION_LOSS: validation_loss,
+                "epoch": epoch + 1,
+                "validation_curve": list(curve),
+                CONFIG_KEY: spec_json,
+                RUNG_KEY: dict(rung_values),
+            }
         )
 
     try:
         env = _worker_env(source, file, dataset, device, out_dir)
         spec = space_mod.resolve(env.space, params, env.registry)
         spec_json = json.dumps(spec.as_dict())
+        rungs = set(early_stopping.rungs(env.space.pruner, int(spec.training.get("epochs") or 0)))
         record = run_trial(env, spec, int(config[NUMBER_KEY]), on_epoch=on_epoch)
     except Exception as exc:  # the reason goes to the study; the search goes on
         reason = str(exc) if isinstance(exc, VaeAutomlError) else f"{type(exc).__name__}: {exc}"
@@ -294,6 +347,7 @@ def _trainable(config: dict[str, Any], source: str, file: str, dataset: Any, dev
             RECORD_KEY: json.dumps(record.as_dict()),
             CONFIG_KEY: spec_json,
             "base_cache_hit": record.base.cache_hit,
+            RUNG_KEY: dict(rung_values),
         }
     )
 
@@ -310,13 +364,6 @@ def _runtime_env(plugins: tuple[str, ...]) -> dict[str, Any]:
     paths = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p] + [os.getcwd()]
     env_vars["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
     return {"env_vars": env_vars}
-
-
-def _max_epochs(space: SearchSpace) -> int:
-    epochs = space.training.get("epochs")
-    if epochs is None:
-        return 1
-    return int(epochs.high if epochs.searched and epochs.high is not None else epochs.value or 1)
 
 
 def _heartbeat_loop(storage: Any, searcher: Any, stop: threading.Event, interval_s: float) -> None:
@@ -339,8 +386,9 @@ class RayBackend(Backend):
         gpus_per_trial: GPUs per trial, fractional to pack trials on a GPU (0.5: two per GPU).
         cpus_per_trial: CPUs per trial (Ray sets the worker's thread count from it).
         concurrency: at most this many trials at once (default: as many as the resources allow).
-        scheduler: ``asha`` stops trials whose validation loss lags at the rungs; ``none`` runs
-            every trial to the end. Default: ``asha`` unless the space's pruner is ``none``.
+        scheduler: ``pareto`` stops trials at the rungs by the space's pruner settings, the rule of the
+            Optuna backend; ``none`` runs every trial to the end. Default: ``pareto`` unless the space's
+            pruner is ``none``.
 
     Raises:
         ConfigError: an option is out of range.
@@ -360,9 +408,11 @@ class RayBackend(Backend):
         scheduler: str | None = None,
     ) -> None:
         if scheduler is None:
-            scheduler = "none" if space.pruner.name == "none" else "asha"
+            scheduler = "none" if space.pruner.name == "none" else "pareto"
         if scheduler not in SCHEDULERS:
             raise ConfigError(f"--scheduler must be one of {', '.join(SCHEDULERS)}, but got {scheduler!r}")
+        if scheduler == "pareto" and space.pruner.name == "none":
+            raise ConfigError(f"{space.path}: --scheduler pareto needs rungs: set pruner: {{name: pareto}} in the space")
         if gpus_per_trial < 0 or cpus_per_trial <= 0:
             raise ConfigError(
                 f"--gpus-per-trial must be >= 0 and --cpus-per-trial > 0, but got {gpus_per_trial} and {cpus_per_trial}"
@@ -400,7 +450,6 @@ class RayBackend(Backend):
 
         ray = _import_ray()
         from ray import tune  # deferred with ray itself: an optional, heavy dependency
-        from ray.tune.schedulers import ASHAScheduler
 
         # Ctrl+C must reach us as KeyboardInterrupt so running trials are told FAIL, not left RUNNING
         os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")
@@ -430,7 +479,7 @@ class RayBackend(Backend):
             space=_DefineByRun(space),
             metric=list(space.objectives),
             mode=["min" if d == "minimize" else "max" for d in directions],
-            sampler=policy.sampler(),
+            sampler=study.sampler,
             study_name=study.study_name,
             storage=storage_obj,
             objectives=tuple(space.objectives),
@@ -442,15 +491,9 @@ class RayBackend(Backend):
             policy=policy,
         )
         sched = None
-        if self.scheduler == "asha":
-            sched = ASHAScheduler(
-                time_attr="epoch",
-                metric=VALIDATION_LOSS,
-                mode="min",
-                max_t=_max_epochs(space),
-                grace_period=max(1, space.pruner.warmup_epochs),
-                reduction_factor=ASHA_REDUCTION_FACTOR,
-            )
+        if self.scheduler == "pareto":
+            known = [t.user_attrs.get(early_stopping.RUNG_VALUES_ATTR) or {} for t in study.get_trials(deepcopy=False)]
+            sched = _make_scheduler_class()(space.pruner, policy.rung_directions(), known)
         dataset = space.dataset
         if dataset.data_dir:
             dataset = dataclasses.replace(dataset, data_dir=str(Path(dataset.data_dir).resolve()))

@@ -43,6 +43,7 @@ class Params(Objective):
         "stored parameters: non-zero values per tensor, or what its codec stores "
         "(a codec's optional stored_values, e.g. the factors of a low-rank codec)"
     )
+    needs_training = False
 
     def measure(self, ctx: MeasureContext) -> float:
         return float(stored_parameters(ctx.model, codecs(ctx)))
@@ -77,6 +78,7 @@ class SizeBytes(Objective):
     name = "size_bytes"
     unit = "bytes"
     help = "byte length of the packed weights file export writes (weights.safetensors)"
+    needs_training = False
 
     def measure(self, ctx: MeasureContext) -> float:
         return float(len(serialized(ctx)))
@@ -86,6 +88,7 @@ class TheoreticalBits(Objective):
     name = "theoretical_bits"
     unit = "bits"
     help = "bits the weight encodings need, without container overhead"
+    needs_training = False
 
     def measure(self, ctx: MeasureContext) -> float:
         return float(theoretical_bits(ctx.model, codecs(ctx)))
@@ -114,6 +117,7 @@ class LatencyMs(Objective):
     name = "latency_ms"
     unit = "ms"
     help = "median time of one encode+decode batch after warm-up (device and batch size in the record)"
+    needs_training = False
 
     def measure(self, ctx: MeasureContext) -> float:
         device = torch.device(ctx.latency_target if ctx.latency_target != "auto" else ctx.device)

@@ -1,0 +1,183 @@
+"""The recorded table of real quick.yaml trials that ``search_quality.py --replay`` replays.
+
+Recording (``python benchmarks/search_quality.py --record``) trains every
+base model of a finite grid over search_spaces/quick.yaml once, for the
+space's largest epoch count, and measures the real objectives (real
+training, real uniform quantizer, real packed size) of every compressor
+choice on snapshots taken at :data:`EPOCHS` epochs. Training is a
+constant-learning-rate Adam run whose batch order depends only on the seed
+and the epoch, so the snapshot at epoch ``e`` *is* the model an ``epochs: e``
+trial trains. Every base also stores its validation loss after each
+epoch and its training seconds, which the early-stopping replay needs.
+
+The replay answers a configuration the grid lacks with its nearest grid
+point (per coordinate, on the parameter's own scale: log for log ranges).
+The recording also runs :data:`HOLDOUT` configurations drawn at random from
+the continuous space, off the grid, as ordinary trials; the replay error
+reported next to the tables is how far their nearest grid point's values
+are from their measured ones.
+"""
+
+from __future__ import annotations
+
+import copy
+import gzip
+import itertools
+import json
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+SPACE = ROOT / "search_spaces" / "quick.yaml"
+TABLE = Path(__file__).resolve().parent / "data" / "search_quality_quick.json.gz"
+
+GRID: dict[str, tuple[Any, ...]] = {
+    "mlp.hidden_layers": (1, 2),
+    "mlp.hidden_width": (16, 32, 64, 128, 256),
+    "mlp.latent_dim": (2, 4, 8, 16),
+    "mlp.activation": ("relu", "gelu"),
+    "training.lr": (1.0e-3, 2.154e-3, 4.642e-3, 1.0e-2),
+}
+"""Base-model grid: 320 bases, every one trained once."""
+EPOCHS = (10, 15, 20, 25, 30)
+"""Snapshots of each base: the ``training.epochs`` values of the grid."""
+BITS = (None, 2, 3, 4, 5, 6, 7, 8)
+"""Compressor choices measured on every snapshot: none (float32) or uniform n-bit."""
+HOLDOUT = 40
+OBJECTIVES = ("test_elbo_nats", "size_bytes")
+
+
+@dataclass
+class Table:
+    """The loaded table: ``values[base, epoch_index, bits_index, objective]`` plus per-base curves and costs."""
+
+    bases: list[dict[str, Any]]
+    values: np.ndarray
+    validation_curves: np.ndarray
+    train_seconds: np.ndarray
+    holdout: list[dict[str, Any]]
+    meta: dict[str, Any]
+
+    def index_of(self, params: dict[str, Any]) -> tuple[int, int, int]:
+        """Nearest grid point of sampled quick.yaml params: (base, epochs, bits) indices."""
+        key = tuple(_nearest(name, GRID[name], params[name]) for name in GRID)
+        base = self._base_index[key]
+        epoch = _nearest("training.epochs", EPOCHS, params["training.epochs"])
+        bits = params.get("compressor0.uniform.bits") if params.get("compressor0", "uniform") != "none" else None
+        b = 0 if bits is None else 1 + _nearest("bits", BITS[1:], bits)
+        return base, epoch, b
+
+    def __post_init__(self) -> None:
+        self._base_index = {tuple(GRID[n].index(base[n]) for n in GRID): i for i, base in enumerate(self.bases)}
+
+
+def _nearest(name: str, grid: tuple[Any, ...], value: Any) -> int:
+    if isinstance(grid[0], str):
+        return grid.index(value)
+    scale = math.log if name in ("mlp.hidden_width", "mlp.latent_dim", "training.lr") else float
+    distances = [abs(scale(float(g)) - scale(float(value))) for g in grid]
+    return int(np.argmin(distances))
+
+
+def load(path: Path = TABLE) -> Table:
+    with gzip.open(path, "rt") as handle:
+        raw = json.load(handle)
+    return Table(raw["bases"], np.array(raw["values"], dtype=float), np.array(raw["validation_curves"], dtype=float),
+                 np.array(raw["train_seconds"], dtype=float), raw["holdout"], raw["meta"])
+
+
+def _write(path: Path, payload: dict[str, Any]) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with gzip.open(tmp, "wt") as handle:
+        json.dump(payload, handle, separators=(",", ":"))
+    os.replace(tmp, path)
+
+
+def record(path: Path = TABLE, log_every: int = 10) -> None:
+    """Train the grid and the hold-out trials (resumes from a partial table at ``path``)."""
+    import optuna
+    import torch
+
+    from vae_automl import space as space_mod
+    from vae_automl import trial as trial_mod
+    from vae_automl.config import load_space
+    from vae_automl.plugin_manager import get_plugin_manager
+    from vae_automl.registry import get_registry
+    from vae_automl.train import train, train_config_from
+
+    torch.set_num_threads(1)
+    registry, pm = get_registry(), get_plugin_manager()
+    space = load_space(SPACE, registry)
+    env = trial_mod.prepare(space, "/tmp/vae-automl-search-table", registry, pm, device="cpu")
+    partial: dict[str, Any] = {"bases": [], "values": [], "validation_curves": [], "train_seconds": [], "holdout": []}
+    if path.is_file():
+        with gzip.open(path, "rt") as handle:
+            partial = json.load(handle)
+    done = {json.dumps(b, sort_keys=True) for b in partial["bases"]}
+    grid = [dict(zip(GRID, combo)) for combo in itertools.product(*GRID.values())]
+    started = time.monotonic()
+
+    def params_of(base: dict[str, Any], epochs: int, bits: int | None) -> dict[str, Any]:
+        params = {**base, "training.epochs": epochs, "compressor0": "none" if bits is None else "uniform"}
+        if bits is not None:
+            params["compressor0.uniform.bits"] = bits
+        return params
+
+    def measure_all(model: Any, params: dict[str, Any]) -> list[float]:
+        spec = space_mod.resolve(space, params, registry)
+        compressed = trial_mod.compress(env, model, spec, train_config_from(spec.training))
+        values, _ = trial_mod.measure(env, compressed, OBJECTIVES, spec.seed)
+        return [values[o] for o in OBJECTIVES]
+
+    def save(final: bool) -> None:
+        partial["meta"] = {"space": str(SPACE.relative_to(ROOT)), "grid": GRID, "epochs": EPOCHS,
+                           "bits": BITS, "objectives": OBJECTIVES, "data": env.data.info, "complete": final,
+                           "torch": torch.__version__, "optuna": optuna.__version__, "threads": 1}
+        _write(path, partial)
+
+    for k, base in enumerate(grid):
+        if json.dumps(base, sort_keys=True) in done:
+            continue
+        spec = space_mod.resolve(space, params_of(base, max(EPOCHS), None), registry)
+        arch = registry.architectures.get(spec.architecture)
+        snapshots: dict[int, Any] = {}
+
+        def on_epoch(epoch: int, loss: float) -> None:
+            if epoch + 1 in EPOCHS:
+                snapshots[epoch + 1] = copy.deepcopy(model.state_dict())
+
+        torch.manual_seed(spec.seed)
+        model = arch.build(arch.config_from_params(spec.architecture_params, env.data.input_shape))
+        result = train(model, env.data, train_config_from(spec.training), seed=spec.seed, on_epoch=on_epoch)
+        cube = []
+        for epochs in EPOCHS:
+            model.load_state_dict(snapshots[epochs])
+            cube.append([measure_all(model, params_of(base, epochs, bits)) for bits in BITS])
+        partial["bases"].append(base)
+        partial["values"].append(cube)
+        partial["validation_curves"].append(result.validation_curve)
+        partial["train_seconds"].append(result.seconds)
+        if len(partial["bases"]) % log_every == 0:
+            save(False)
+            print(f"[record] {len(partial['bases'])}/{len(grid)} bases, {time.monotonic() - started:.0f}s", flush=True)
+    sampler = optuna.samplers.RandomSampler(seed=12345)
+    study = optuna.create_study(sampler=sampler)
+    while len(partial["holdout"]) < HOLDOUT:
+        trial = study.ask()
+        params = space_mod.suggest(trial, space)
+        study.tell(trial, 0.0)
+        spec = space_mod.resolve(space, params, registry)
+        arch = registry.architectures.get(spec.architecture)
+        torch.manual_seed(spec.seed)
+        model = arch.build(arch.config_from_params(spec.architecture_params, env.data.input_shape))
+        train(model, env.data, train_config_from(spec.training), seed=spec.seed)
+        partial["holdout"].append({"params": params, "values": measure_all(model, params)})
+    save(True)
+    print(f"[record] done: {len(partial['bases'])} bases, {len(partial['holdout'])} hold-out trials, "
+          f"{time.monotonic() - started:.0f}s; {path} {path.stat().st_size / 1e6:.2f} MB", flush=True)
