@@ -39,13 +39,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import math
 import sys
 import tempfile
 import time
 import warnings
-from concurrent.futures import ProcessPoolExecutor
 from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -125,7 +124,8 @@ class QuickTable(Problem):
 
         self.table = table
         self.space = load_space(search_table.SPACE, get_registry())
-        self.description = (f"{search_table.SPACE.name} replayed: {len(table.bases)} bases x {len(search_table.EPOCHS)} "
+        self.description = (f"{search_table.SPACE.name} replayed: {len(table.bases)} bases x "
+                            f"{len(search_table.EPOCHS)} "
                             f"epoch counts x {len(search_table.BITS)} compressor choices, nearest grid point")
         self.points = table.values.reshape(-1, len(self.objectives))
         super().__init__()
@@ -420,7 +420,8 @@ def real_mode(seeds: int, trials: int, progress: Callable[[str], None]) -> dict[
                 result = search(s, trials=trials, out_dir=out, device="cpu", show_progress=False)
                 seconds = time.perf_counter() - started
                 study = optuna.load_study(study_name=result.study_name, storage=result.storage)
-                points = [t.values for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))]
+                done = (optuna.trial.TrialState.COMPLETE,)
+                points = [t.values for t in study.get_trials(deepcopy=False, states=done)]
                 pruned = len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.PRUNED,)))
             runs.append({"sampler": name, "seed": seed, "seconds": seconds, "completed": len(points), "pruned": pruned,
                          "hv": problem.hypervolume(points)})
@@ -475,7 +476,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             parser.error(f"--samplers: choose among {', '.join(SAMPLERS)}, random included")
         report = replay_mode(args.seeds or 10, trials, spaces, args.jobs, progress, names)
     if args.json:
-        args.json.write_text(json.dumps(report, indent=2, default=lambda v: None if isinstance(v, float) and math.isnan(v) else v))
+        args.json.write_text(json.dumps(report, indent=2))
     return report
 
 

@@ -77,9 +77,8 @@ def test_first_feasible_stops_the_search(tiny_space: Any, tmp_path: Path) -> Non
 
 
 def test_report_lists_misses_when_no_trial_is_feasible() -> None:
-    from vae_automl.report import format_against_baseline
-
     from vae_automl.record import BaseInfo, LatencyInfo, TrialRecord
+    from vae_automl.report import format_against_baseline
 
     def entry(n: int, elbo: float, size: float) -> FrontEntry:
         values = {"test_elbo_nats": elbo, "size_bytes": size}

@@ -68,7 +68,8 @@ def test_resuming_a_study_with_stopped_trials(tiny_space: Any, tmp_path: Path) -
     space = tiny_space(trials=6, max_epochs=6, pruner="pareto",
                        lr="{low: 1.0e-4, high: 3.0e-2, log: true}")
     # one objective: the rung compares validation losses alone, so some trials surely lose
-    text = space.read_text().replace("warmup_epochs: 1, min_trials: 2", "warmup_epochs: 1, min_trials: 1, reduction_factor: 4")
+    text = space.read_text().replace("warmup_epochs: 1, min_trials: 2",
+                                     "warmup_epochs: 1, min_trials: 1, reduction_factor: 4")
     space.write_text(text.replace("objectives: [test_elbo_nats, size_bytes]", "objectives: [test_elbo_nats]"))
     out = tmp_path / "out"
     first = search(space, out_dir=out, show_progress=False)

@@ -14,7 +14,7 @@ from vae_automl import pareto
 from vae_automl.errors import VaeAutomlError
 from vae_automl.progress import format_number
 from vae_automl.record import TrialRecord
-from vae_automl.study import FrontEntry, completed_trials, front_of_study, objectives_of
+from vae_automl.study import SPACE_ATTR, FrontEntry, completed_trials, front_of_study, objectives_of, open_study, stored_space
 
 if TYPE_CHECKING:
     import optuna
@@ -68,8 +68,8 @@ def format_against_baseline(front: list[FrontEntry], targets: Sequence[Target] =
     ``completed``: every completed trial; where none meets every target, the three nearest
     to meeting them are listed with how far each missed.
     """
-    from vae_automl import constraints
-    from vae_automl.registry import get_registry
+    from vae_automl import constraints  # deferred: it imports the config stack, which `front` does not need
+    from vae_automl.registry import get_registry  # deferred: the registry loads every plugin
 
     objectives = get_registry().objectives
 
@@ -362,14 +362,13 @@ Uncompressed baseline: {esc(baseline_text)}.</p>
 
 def against_baseline(storage: str, study_name: str, front: list[FrontEntry]) -> str:
     """:func:`format_against_baseline` for a stored study, with the targets of its stored search space."""
-    from vae_automl import study as study_mod
-    from vae_automl.registry import get_registry
+    from vae_automl.registry import get_registry  # deferred: the registry loads every plugin
 
-    study = study_mod.open_study(storage, study_name)
-    targets = study_mod.stored_space(study, get_registry()).targets if study.user_attrs.get(study_mod.SPACE_ATTR) else ()
-    names, _ = study_mod.objectives_of(study)
+    study = open_study(storage, study_name)
+    targets = stored_space(study, get_registry()).targets if study.user_attrs.get(SPACE_ATTR) else ()
+    names, _ = objectives_of(study)
     completed = [
         FrontEntry(t.number, dict(t.params), dict(zip(names, t.values)), TrialRecord.from_trial(t))
-        for t in study_mod.completed_trials(study)
+        for t in completed_trials(study)
     ]
     return format_against_baseline(front, targets, completed)

@@ -259,6 +259,7 @@ def _make_searcher_class() -> type:
 
 
 def _make_scheduler_class() -> type:
+    # deferred: Ray is optional (the ray extra) and slow to import
     from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 
     class ParetoRungScheduler(FIFOScheduler):
