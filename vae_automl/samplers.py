@@ -8,7 +8,7 @@ space it reached random search's 100-trial hypervolume in 31 trials, as
 fast as any sampler tried (GP 32, NSGA-II 89), with the best hypervolume at
 20 trials; Optuna's GPSampler, which OptunaHub's AutoSampler picks below 250
 trials, ended higher there at 50 and 100 trials but trailed TPE at every
-budget on the public HPOLib table and cost 30-70x more time per trial.
+budget on the public HPOLib table and cost 10-70x more time per trial.
 Multivariate/grouped TPE trailed plain TPE on both. :func:`choose` is where
 a rule that depends on the space or the budget goes once a benchmark
 supports one.
