@@ -82,7 +82,18 @@ def test_resuming_a_study_with_stopped_trials(tiny_space: Any, tmp_path: Path) -
     second = search(space, trials=3, out_dir=out, show_progress=False)
     study = optuna.load_study(study_name=second.study_name, storage=second.storage)
     states = [t.state for t in study.get_trials(deepcopy=False)]
-    # three more completed, unless the rule stopped enough that the 3 x 3 attempts ran out first
-    assert 6 < second.completed <= 9
+    # three more completed: stopped trials do not use up the attempts a failing space is allowed
+    assert second.completed == 9
     assert states.count(optuna.trial.TrialState.PRUNED) >= len(pruned)
     assert optuna.trial.TrialState.RUNNING not in states and optuna.trial.TrialState.FAIL not in states
+
+
+def test_a_space_whose_trials_all_fail_still_ends(tiny_space: Any, tmp_path: Path) -> None:
+    from vae_automl.api import search
+
+    # no time to train: every trial fails; the search stops after 3 failures per wanted trial
+    space = tiny_space(trials=2, pruner="pareto", extra_training="  max_seconds: 0.0\n")
+    result = search(space, out_dir=tmp_path / "out", show_progress=False)
+    study = optuna.load_study(study_name=result.study_name, storage=result.storage)
+    states = [t.state for t in study.get_trials(deepcopy=False)]
+    assert result.completed == 0 and states == [optuna.trial.TrialState.FAIL] * 6

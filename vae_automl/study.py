@@ -241,8 +241,8 @@ class Budget:
             trials (every process's count); None: no study-wide target.
         own_limit: stop once this run completed this many trials itself
             (a worker's ``--trials``); None: no such limit.
-        max_attempts: start at most this many trials, so a space whose
-            trials all fail ends.
+        max_attempts: stop after this many failed trials, so a space whose
+            trials all fail ends (trials stopped early do not count).
         timeout_s: start no trial after this many seconds.
     """
 

@@ -84,6 +84,19 @@ class StopAtFirstFeasible:
             study.stop()
 
 
+class _FailureCap:
+    """Stop this process's ``study.optimize`` after ``limit`` of its trials failed (a space whose trials all fail ends)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit, self.failed = limit, 0
+
+    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        if trial.state == optuna.trial.TrialState.FAIL:
+            self.failed += 1
+            if self.failed >= self.limit:
+                study.stop()
+
+
 class _OwnCompletedLimit:
     """Stop this process's ``study.optimize`` after it completed ``limit`` trials (other workers' do not count)."""
 
@@ -117,8 +130,9 @@ class OptunaBackend(Backend):
 
     def run(self, study: optuna.Study, budget: Budget, policy: SearchPolicy, progress: Progress) -> dict[str, int]:
         """Run trials until the study holds ``budget.target_completed`` completed trials, or this
-        process completed ``budget.own_limit``; stop early after ``budget.max_attempts`` trials or
+        process completed ``budget.own_limit``; stop early after ``budget.max_attempts`` failed trials or
         ``budget.timeout_s``. A failing trial fails alone: it is stored with its reason and the study goes on.
+        Trials stopped at a rung do not count toward ``max_attempts``: successive halving stops most by design.
         """
         # a process joining late cleans up after dead ones even if the budget leaves it nothing to run
         study_mod.fail_stale_trials(study)
@@ -131,10 +145,11 @@ class OptunaBackend(Backend):
             callbacks.append(_OwnCompletedLimit(budget.own_limit))
         if self.env.space.stop_when == "first_feasible":
             callbacks.append(StopAtFirstFeasible())
+        callbacks.append(_FailureCap(budget.max_attempts))
         optuna.logging.set_verbosity(optuna.logging.ERROR)
         study.optimize(
             make_objective(self.env, study, policy, self.trial_attrs),
-            n_trials=budget.max_attempts,
+            n_trials=None,  # the callbacks end it: completed target, own limit, failures, first feasible
             timeout=budget.timeout_s,
             catch=(Exception,),
             callbacks=callbacks,
