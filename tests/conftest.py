@@ -316,7 +316,13 @@ def ray_head() -> Iterator[str]:
     that process (it takes its Ray processes with it), rather than with
     ``ray stop``, which would stop every Ray cluster on a shared machine.
     Its own temp dir keeps ``ray.init()`` elsewhere from finding it.
+
+    The head uses token authentication with a fresh token, as a real cluster
+    does; the token is in ``RAY_AUTH_TOKEN`` (with ``RAY_AUTH_MODE=token``)
+    for the session, so drivers the tests start inherit it. Without it the
+    head's mode would depend on whether this machine has ``~/.ray/auth_token``.
     """
+    import secrets
     import shutil
     import signal
     import subprocess
@@ -330,12 +336,16 @@ def ray_head() -> Iterator[str]:
     temp_dir = tempfile.mkdtemp(prefix="vr")  # short: Ray's unix socket paths live under it
     port = free_port()
     log = open(Path(temp_dir) / "head.log", "w")
+    token = secrets.token_hex(32)
     proc = subprocess.Popen(
         [str(ray_cli), "start", "--head", "--block", "--node-ip-address", "127.0.0.1", "--port", str(port),
          "--num-cpus", "2", "--num-gpus", "0", "--include-dashboard", "false", "--disable-usage-stats",
          "--temp-dir", temp_dir],
-        stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        env={**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token})
     address = f"127.0.0.1:{port}"
+    saved_auth = {name: os.environ.get(name) for name in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN")}
+    os.environ.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token)
     try:
         deadline = time.monotonic() + 180
         while "Ray runtime started" not in (Path(temp_dir) / "head.log").read_text():
@@ -344,6 +354,11 @@ def ray_head() -> Iterator[str]:
             time.sleep(1)
         yield address
     finally:
+        for name, value in saved_auth.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
         proc.send_signal(signal.SIGTERM)
         try:
             proc.wait(timeout=60)

@@ -63,8 +63,8 @@ def test_ray_cluster_search_interrupt_and_resume(ray_head: str, tiny_space: Any,
     hold = write_hold_plugin(tmp_path / "plugin_pkg", "pid_marker", extra=PLUGIN)
     storage = f"sqlite:///{tmp_path / 'study.db'}"
     out = tmp_path / "out"
-    # the head uses token auth (Ray's default); the token is in ~/.ray/auth_token on this machine
-    env = {**os.environ, "PYTHONPATH": str(tmp_path / "plugin_pkg"), "RAY_AUTH_MODE": "token"}
+    # the head uses token auth; ray_head put its token in this process's RAY_AUTH_TOKEN
+    env = {**os.environ, "PYTHONPATH": str(tmp_path / "plugin_pkg")}
     command = [CLI, "search", str(space_file), "--backend", "ray", "--address", ray_head, "--concurrency", "2",
                "--cpus-per-trial", "1", "--scheduler", "pareto", "--out", str(out), "--storage", storage,
                "--plugin", "pid_marker"]
