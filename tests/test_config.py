@@ -104,3 +104,20 @@ def test_missing_file_and_invalid_yaml(tmp_path: Path) -> None:
 def test_split_validation() -> None:
     assert "dataset.split.test" in error_of(MINIMAL + "dataset: {spec: digits, split: {test: -1}}\n")
     assert "dataset.spec" in error_of(MINIMAL + "dataset: {spec: 'nosuch:x'}\n")
+
+
+def test_median_pruner_of_0_1_runs_the_pareto_rule_with_a_warning() -> None:
+    text = MINIMAL + "pruner: {name: median, warmup_epochs: 4, min_trials: 8, percentile: 60}\n"
+    with pytest.warns(FutureWarning, match=r"old\.yaml: pruner\.name: 'median' was replaced in 0\.2 by 'pareto'"):
+        space = load_space_text(text, "old.yaml")
+    assert (space.pruner.name, space.pruner.warmup_epochs, space.pruner.min_trials) == ("pareto", 4, 8)
+    # percentile means nothing to the pareto rule: refused there rather than silently ignored
+    assert "quick.yaml: pruner.percentile" in error_of(MINIMAL + "pruner: {name: pareto, percentile: 60}\n")
+
+
+def test_asha_scheduler_of_0_1_runs_pareto(capsys: pytest.CaptureFixture[str]) -> None:
+    from vae_automl.cli import _scheduler
+
+    assert _scheduler("asha") == "pareto"
+    assert "--scheduler asha was replaced in 0.2 by --scheduler pareto" in capsys.readouterr().err
+    assert (_scheduler("none"), _scheduler(None)) == ("none", None)

@@ -10,6 +10,18 @@ from collections.abc import Sequence
 from vae_automl.errors import VaeAutomlError
 
 
+def _scheduler(name: str | None) -> str | None:
+    # 0.1 scripts pass --scheduler asha; 0.2 replaced ASHA on one metric by the Pareto rung rule
+    if name == "asha":
+        print(
+            "vae-automl: --scheduler asha was replaced in 0.2 by --scheduler pareto (successive halving on "
+            "every objective), which this search runs",
+            file=sys.stderr,
+        )
+        return "pareto"
+    return name
+
+
 def _cmd_search(args: argparse.Namespace) -> int:
     # deferred: `vae-automl --help` and `front` must not import torch
     from vae_automl import pareto
@@ -25,7 +37,7 @@ def _cmd_search(args: argparse.Namespace) -> int:
                 "gpus_per_trial": args.gpus_per_trial,
                 "cpus_per_trial": args.cpus_per_trial,
                 "concurrency": args.concurrency,
-                "scheduler": args.scheduler,
+                "scheduler": _scheduler(args.scheduler),
             }.items()
             if v is not None
         }
@@ -183,7 +195,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--gpus-per-trial", type=float)
     s.add_argument("--cpus-per-trial", type=float)
     s.add_argument("--concurrency", type=int, help="trials at once (Ray)")
-    s.add_argument("--scheduler", choices=("pareto", "none"))
+    s.add_argument(
+        "--scheduler",
+        choices=("pareto", "none", "asha"),
+        help="Ray's early stopping: pareto (the space's pruner rule), none; asha is 0.1's name for pareto",
+    )
     s.set_defaults(func=_cmd_search)
 
     f = sub.add_parser("front", help="print the Pareto front of a stored study")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +35,8 @@ TRAINING_PARAMS: tuple[Param, ...] = (
 )
 SAMPLERS = ("auto", "gp", "tpe", "nsga2", "random")
 PRUNERS = ("none", "pareto")
+RENAMED_PRUNERS = {"median": "pareto"}
+"""Pruner names of 0.1 still accepted, with a warning: 0.2 replaced the median rule by Pareto-aware successive halving."""
 STOP_WHEN = ("budget", "first_feasible")
 DEVICES = ("cpu", "cuda", "auto")
 NONE_CHOICE = "none"
@@ -655,9 +658,23 @@ def parse_space(data: Any, file: str, registry: Registry, source: str = "", base
     p_raw = data.get("pruner", "none")
     if isinstance(p_raw, str):
         p_raw = {"name": p_raw}
-    p_raw = _mapping(p_raw, p_loc, ("name", "warmup_epochs", "min_trials", "reduction_factor"))
+    p_raw = _mapping(p_raw, p_loc, ("name", "warmup_epochs", "min_trials", "reduction_factor", "percentile"))
+    p_name = p_raw.get("name", "none")
+    if p_name in RENAMED_PRUNERS:
+        # 0.1 spaces keep working; `percentile` belonged to the median rule and has no meaning now
+        p_name = RENAMED_PRUNERS[p_name]
+        warnings.warn(
+            f"{p_loc.file}: pruner.name: 'median' was replaced in 0.2 by '{p_name}' (successive halving "
+            f"on every objective), which this search runs; write name: {p_name}",
+            FutureWarning,
+            stacklevel=2,
+        )
+    elif "percentile" in p_raw:
+        raise (p_loc / "percentile").error(
+            "`percentile` belonged to the 0.1 median rule; the pareto rule has warmup_epochs, min_trials and reduction_factor"
+        )
     pruner = PrunerConfig(
-        name=_choice(p_raw.get("name", "none"), p_loc / "name", PRUNERS),
+        name=_choice(p_name, p_loc / "name", PRUNERS),
         warmup_epochs=_int(p_raw.get("warmup_epochs", 2), p_loc / "warmup_epochs", minimum=1),
         min_trials=_int(p_raw.get("min_trials", 4), p_loc / "min_trials", minimum=1),
         reduction_factor=_int(p_raw.get("reduction_factor", 3), p_loc / "reduction_factor", minimum=2),
