@@ -54,6 +54,18 @@ def test_npz_loader_first_array_and_key(tmp_path: Path) -> None:
         load_images(f"npz:{path}#third")
 
 
+def test_npz_loader_refuses_channels_last(tmp_path: Path) -> None:
+    path = tmp_path / "nhwc.npz"
+    np.savez(path, images=np.zeros((5, 8, 8, 3), dtype=np.uint8))
+    with pytest.raises(DataError, match=r"nhwc\.npz'?: images of shape \(5, 8, 8, 3\) look channels-last"):
+        load_images(f"npz:{path}")
+    # channels-first RGB, and single-channel images whose width is 3, are read as they are
+    np.savez(tmp_path / "nchw.npz", images=np.zeros((5, 3, 8, 8), dtype=np.uint8))
+    assert load_images(f"npz:{tmp_path / 'nchw.npz'}").shape == (5, 3, 8, 8)
+    np.savez(tmp_path / "narrow.npz", images=np.zeros((5, 1, 8, 3), dtype=np.uint8))
+    assert load_images(f"npz:{tmp_path / 'narrow.npz'}").shape == (5, 1, 8, 3)
+
+
 def test_npz_loader_rejects_out_of_range_floats(tmp_path: Path) -> None:
     path = tmp_path / "bad.npz"
     np.savez(path, x=np.full((3, 4, 4), 2.5, dtype=np.float32))

@@ -68,6 +68,19 @@ def test_resume_adds_completed_trials(quick_study: tuple[str, Path]) -> None:
     assert len(completed(storage)) == 14
 
 
+def test_resume_on_other_data_is_refused(quick_study: tuple[str, Path], tmp_path: Path,
+                                        capsys: pytest.CaptureFixture[str]) -> None:
+    storage, out = quick_study
+    before = len(completed(storage))
+    npz = tmp_path / "other.npz"
+    np.savez(npz, images=np.random.default_rng(0).integers(0, 256, (60, 8, 8), dtype=np.uint8))
+    assert main(["search", QUICK, "--trials", "1", "--out", str(out), "--storage", storage,
+                 "--dataset", f"npz:{npz}#images"]) == 2
+    err = capsys.readouterr().err
+    assert "was searched on dataset 'digits'" in err and f"npz:{npz}#images" in err and "another --study" in err
+    assert len(completed(storage)) == before
+
+
 def test_unknown_study_is_a_clear_error(quick_study: tuple[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
     storage, _ = quick_study
     assert main(["front", "--storage", storage, "--study", "nope"]) == 2

@@ -93,6 +93,12 @@ def to_unit_float(images: np.ndarray, source: str) -> np.ndarray:
         images = images[:, None]
     if images.ndim != 4:
         raise DataError(f"{source}: expected images N x H x W or N x C x H x W, got shape {images.shape}")
+    if images.shape[-1] in (1, 3, 4) and images.shape[1] not in (1, 3, 4):
+        # channels-last arrays (PIL, TensorFlow) would otherwise train as W channels of H x C images
+        raise DataError(
+            f"{source}: images of shape {images.shape} look channels-last (N x H x W x C); vae-automl reads "
+            "N x C x H x W: store np.transpose(images, (0, 3, 1, 2))"
+        )
     if len(images) == 0:
         raise DataError(f"{source}: holds no images")
     if images.dtype == np.uint8:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import warnings
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -64,6 +64,8 @@ SPACE_FILE_ATTR = "vae_automl_space_file"
 OBJECTIVES_ATTR = "vae_automl_objectives"
 OUT_DIR_ATTR = "vae_automl_out_dir"
 BUDGET_ATTR = "vae_automl_trial_budget"
+DATASET_ATTR = "vae_automl_dataset"
+"""The dataset spec and split a study was searched on (after --dataset), so a resume on other data is refused."""
 BASE_MODEL_ATTR = "vae_automl_base_model"
 """``{factory, checkpoint_sha256}`` of a study started from a user's model."""
 BASELINE_ATTR = "vae_automl_baseline"
@@ -203,6 +205,24 @@ def create_study(
         )
     if space.base_model is not None:
         check_base_model(study, space.base_model.factory, space.base_model.checkpoint_sha256())
+    dataset = {"spec": space.dataset.spec, "split": asdict(space.dataset.split)}
+    stored_dataset = study.user_attrs.get(DATASET_ATTR)
+    if stored_dataset is not None and stored_dataset != dataset:
+        # trials on other data would share one front and fail export's split check later
+        raise ConfigError(
+            f"study {study_name!r} in {storage} was searched on dataset {stored_dataset['spec']!r} "
+            f"(split {stored_dataset['split']}), but this run asks for {dataset['spec']!r} (split {dataset['split']}); "
+            "use another --study name or --out"
+        )
+    if stored is not None and study.user_attrs.get(SPACE_ATTR) not in (None, space.source):
+        warnings.warn(
+            f"study {study_name!r} was created from another version of {space.path}; its trials and this run's "
+            "share one front (use another --study name or --out to keep them apart)",
+            UserWarning,
+            stacklevel=2,
+        )
+    if stored_dataset is None:
+        study.set_user_attr(DATASET_ATTR, dataset)
     if stored is None:
         study.set_user_attr(OBJECTIVES_ATTR, list(space.objectives))
         study.set_user_attr(SPACE_ATTR, space.source)
