@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import subprocess
 import sys
@@ -14,7 +15,7 @@ import yaml
 from safetensors.torch import load_file, save_file
 
 import vae_automl
-from vae_automl.base_model import BaseModelError, sha256_of
+from vae_automl.base_model import BaseModelError
 from vae_automl.config import load_space, load_space_text
 from vae_automl.errors import ConfigError, PluginError
 from vae_automl.export import export_study
@@ -145,7 +146,7 @@ def test_search_front_export_load(user_dir: Path, tmp_path: Path) -> None:
                      for c in t.user_attrs["record"]["config"]["pipeline"]}
     assert all_pipelines == {"distill", "magnitude_prune", "uniform"}, all_pipelines
     sha = study.user_attrs["vae_automl_base_model"]["checkpoint_sha256"]
-    assert sha == sha256_of(user_dir / "ckpt.safetensors")
+    assert sha == hashlib.sha256((user_dir / "ckpt.safetensors").read_bytes()).hexdigest()
     plugins = study.user_attrs["vae_automl_plugins"]
     assert plugins["vae_automl.builtin.quantization"]["distribution"] == "vae-automl"
     assert plugins["vae_automl.builtin.quantization"]["version"] == vae_automl.__version__

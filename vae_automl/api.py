@@ -134,7 +134,7 @@ def search(
         measure_baseline(env, study)
     front = front_of_study(study)
     call_each(pm, "on_search_complete", front=[e.as_dict() for e in front])
-    completed = sum(1 for t in study.get_trials(deepcopy=False) if t.state.name == "COMPLETE")
+    completed = len(study_mod.completed_trials(study))
     baseline = study.user_attrs.get(BASELINE_ATTR)
     return SearchResult(
         study_name, storage, out, front, completed, dict(stats), baseline=baseline["objectives"] if baseline else None

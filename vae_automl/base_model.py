@@ -52,14 +52,6 @@ class BaseModelError(ConfigError):
     """The user's model breaks the protocol, or its factory or checkpoint cannot be used."""
 
 
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def import_factory(spec: str) -> Callable[..., nn.Module]:
     """The callable named by ``"pkg.module:name"`` or ``"path/to/file.py:name"``; BaseModelError naming it otherwise."""
     module_part, sep, attr = spec.rpartition(":")

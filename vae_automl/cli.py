@@ -95,6 +95,7 @@ def _cmd_front(args: argparse.Namespace) -> int:
 
 def _cmd_worker(args: argparse.Namespace) -> int:
     # deferred: `vae-automl --help` and `front` must not import torch
+    from vae_automl.study import completed_trials
     from vae_automl.worker import run_worker
 
     result = run_worker(
@@ -107,7 +108,7 @@ def _cmd_worker(args: argparse.Namespace) -> int:
         data_dir=args.data_dir,
         plugins=tuple(args.plugin),
     )
-    total = sum(1 for t in result.study.get_trials(deepcopy=False) if t.state.name == "COMPLETE")
+    total = len(completed_trials(result.study))
     print(f"worker {result.worker} completed {result.completed} trials; study {args.study!r} has {total} completed trials")
     return 0
 

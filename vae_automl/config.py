@@ -163,11 +163,8 @@ class BaseModelConfig:
             return hashlib.sha256(save(state)).hexdigest()
         if self.checkpoint is None:
             return None
-        digest = hashlib.sha256()
         with open(self.checkpoint, "rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
-        return digest.hexdigest()
+            return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 @dataclass(frozen=True)
