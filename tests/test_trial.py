@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -8,6 +9,7 @@ from vae_automl.config import load_space_text
 from vae_automl.plugin_manager import get_plugin_manager
 from vae_automl.registry import get_registry
 from vae_automl.space import resolve
+from vae_automl import trial as trial_mod
 from vae_automl.trial import prepare, run_trial
 
 SPACE = """
@@ -21,9 +23,17 @@ record: [recon_error, params, theoretical_bits]
 """
 
 
-def test_base_cache_reused_for_same_training(tmp_path: Path) -> None:
+def test_base_cache_reused_for_same_training(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     space = load_space_text(SPACE, "t.yaml")
     env = prepare(space, tmp_path, get_registry(), get_plugin_manager())
+    measured: list[tuple[str, ...]] = []
+    real_measure = trial_mod.measure
+
+    def counting_measure(env_: Any, model: Any, names: tuple[str, ...], seed: int) -> Any:
+        measured.append(names)
+        return real_measure(env_, model, names, seed)
+
+    monkeypatch.setattr(trial_mod, "measure", counting_measure)
     first = run_trial(env, resolve(space, {"training.lr": 0.005}), 0)
     again = run_trial(env, resolve(space, {"training.lr": 0.005}), 1)
     other = run_trial(env, resolve(space, {"training.lr": 0.002}), 2)
@@ -33,3 +43,6 @@ def test_base_cache_reused_for_same_training(tmp_path: Path) -> None:
     assert first["metrics"]["test_elbo_nats"] == pytest.approx(again["metrics"]["test_elbo_nats"])
     assert first["metrics"]["theoretical_bits"] == 32 * first["metrics"]["params"]
     assert Path(first["artifact"]).stat().st_size == first["metrics"]["size_bytes"]
+    # each trial measures its model; each base's uncompressed baseline is measured once, the reused one not again
+    assert len(measured) == 3 + 2
+    assert again["baseline"] == first["baseline"] and set(first["baseline"]) == {"test_elbo_nats", "size_bytes"}

@@ -70,6 +70,9 @@ class TrialEnv:
     """The user's model of a ``base_model:`` study (fine-tuned if asked), shared read-only by every trial."""
     base_model_info: dict[str, Any] = field(default_factory=dict)
     stats: dict[str, int] = field(default_factory=lambda: {"base_trained": 0, "base_reused": 0})
+    baselines: dict[str, dict[str, float]] = field(default_factory=dict)
+    """The uncompressed figures of each base this process measured, by base cache key: trials sharing a base
+    (compression-only search) measure it once."""
 
 
 _splits_cache: dict[tuple[Any, ...], DataSplits] = {}
@@ -357,7 +360,9 @@ def run_trial(
     base, base_info = train_base(env, spec, train_config, on_epoch)
     # the uncompressed base's figures: targets relative to the baseline, and the front's "x smaller, % ELBO"
     baseline_names = tuple(dict.fromkeys([*env.space.objectives, *(t.name for t in env.space.targets)]))
-    baseline, _ = measure(env, base, baseline_names, spec.seed)
+    if base_info.cache_key not in env.baselines:
+        env.baselines[base_info.cache_key], _ = measure(env, base, baseline_names, spec.seed)
+    baseline = dict(env.baselines[base_info.cache_key])
     model = compress(env, base, spec, train_config)
     metrics, ctx = measure(env, model, (*env.space.objectives, *env.space.record), spec.seed)
     data = ctx.cache.get("serialized") or serialize_model(model, env.registry.codec_map())
