@@ -54,7 +54,7 @@ def test_user_attrs_and_from_trial_round_trip() -> None:
     record = TrialRecord.from_dict(stored_record())
     attrs = record.to_user_attrs()
     assert attrs == {RECORD_ATTR: stored_record(), "metrics": record.metrics, "validation_curve": [9.0, 8.5],
-                     "base_params": 40}
+                     "base_params": 40, "metric_size_bytes": 1200.0, "metric_params": 40.0}
     study = optuna.create_study(directions=["minimize"])
     trial = study.ask()
     for key, value in attrs.items():

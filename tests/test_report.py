@@ -23,6 +23,7 @@ from vae_automl.report import (  # noqa: E402
     short_params,
 )
 from conftest import digits_space, run_small_study  # noqa: E402
+from vae_automl.progress import format_number  # noqa: E402
 from vae_automl.study import load_front  # noqa: E402
 
 SPACE = digits_space("report-test", hidden_width="{low: 8, high: 64, log: true}", latent_dim="{low: 2, high: 6}",
@@ -31,12 +32,23 @@ SPACE = digits_space("report-test", hidden_width="{low: 8, high: 64, log: true}"
 
 @pytest.fixture(scope="module")
 def report(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
-    """A 2-trial, 3-objective study and its report (run once for the module)."""
+    """A 2-trial, 3-objective study and its report (run once for the module), written under a backend that
+    must stay the caller's: ``matplotlib.use`` raises while the report is written."""
+    import matplotlib
+
     from vae_automl.cli import main
 
     root = tmp_path_factory.mktemp("report")
     storage = run_small_study(SPACE, root, trials=2)
-    assert main(["report", "--storage", storage, "--study", "report-test", "--out", str(root / "report")]) == 0
+    backend = matplotlib.get_backend()
+
+    def refuse(name: str, *args: Any, **kwargs: Any) -> None:
+        raise AssertionError(f"the report switched the global matplotlib backend to {name}")
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(matplotlib, "use", refuse)
+        assert main(["report", "--storage", storage, "--study", "report-test", "--out", str(root / "report")]) == 0
+    assert matplotlib.get_backend() == backend
     yield {"storage": storage, "out": root / "report"}
 
 
@@ -62,6 +74,20 @@ def test_index_html_has_the_table_plot_params_and_image_grids(report: dict[str, 
         assert grid.shape[0] >= 4 * 56 and grid.shape[1] >= 8 * 56
         assert f'src="trial-{entry.trial}.png"' in page
     assert "Uncompressed baseline: trial" in page  # no trial compressed, so the baseline exists
+
+
+def test_index_html_table_shows_every_recorded_metric(report: dict[str, Any]) -> None:
+    page = (report["out"] / "index.html").read_text()
+    table = page.split("<h2>Pareto front</h2>")[1].split("</table>")[0]
+    header = [cell.split("</th>")[0] for cell in table.split("<th>")[1:]]
+    front = load_front(report["storage"], "report-test")
+    recorded = [n for n in front[0].record.metrics if n not in front[0].objectives]
+    assert {"recon_error", "params"} <= set(recorded)  # figures recorded besides the three objectives
+    assert header == ["trial", "test_elbo_nats (min)", "size_bytes (min)", "latency_ms (min)", *recorded, "params"]
+    for entry in front:
+        row = table.split(f"<a href=#trial-{entry.trial}>")[1].split("</tr>")[0]
+        cells = [c.split("</td>")[0] for c in row.split("<td>")[1:]]
+        assert cells[3:3 + len(recorded)] == [format_number(entry.record.metrics[n]) for n in recorded]
 
 
 def test_baseline_is_the_best_uncompressed_trial() -> None:

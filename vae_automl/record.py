@@ -21,6 +21,10 @@ if TYPE_CHECKING:
 RECORD_ATTR = "record"
 """Trial user attribute holding :meth:`TrialRecord.as_dict`."""
 METRICS_ATTR = "metrics"
+METRIC_ATTR_PREFIX = "metric_"
+"""Each measured figure also gets its own trial user attribute, ``metric_latency_ms``: optuna-dashboard lists it
+and ``study.trials_dataframe()`` makes it a column (``user_attrs_metric_latency_ms``), which the dict under
+:data:`METRICS_ATTR` is not."""
 CURVE_ATTR = "validation_curve"
 """Trial user attribute: the base's validation loss per epoch (early stopping compares against it)."""
 BASE_PARAMS_ATTR = "base_params"
@@ -136,6 +140,7 @@ class TrialRecord:
         return {
             RECORD_ATTR: self.as_dict(),
             METRICS_ATTR: dict(self.metrics),
+            **{METRIC_ATTR_PREFIX + name: value for name, value in self.metrics.items()},
             CURVE_ATTR: list(self.base.validation_curve),
             BASE_PARAMS_ATTR: self.base.params,
         }

@@ -174,18 +174,14 @@ def plot_pareto(points: StudyPoints, path: str | Path) -> Path:
     ``PLOT_DPI * SUBPLOT_HEIGHT_IN`` pixels high and ``PLOT_DPI *
     SUBPLOT_WIDTH_IN`` per projection wide.
     """
+    # A Figure of its own, not pyplot: the caller's backend (a notebook's inline one) stays as it was.
     # deferred: matplotlib is optional (the export extra) and slow to import
-    import matplotlib
-
-    matplotlib.use("Agg")
-    # deferred: matplotlib is optional (the export extra) and slow to import
-    from matplotlib import pyplot as plt
+    from matplotlib.figure import Figure
 
     k = len(points.names)
     pairs = [(i, j) for i in range(k) for j in range(i + 1, k)] or [(-1, 0)]
-    fig, axes = plt.subplots(
-        1, len(pairs), figsize=(SUBPLOT_WIDTH_IN * len(pairs), SUBPLOT_HEIGHT_IN), dpi=PLOT_DPI, squeeze=False
-    )
+    fig = Figure(figsize=(SUBPLOT_WIDTH_IN * len(pairs), SUBPLOT_HEIGHT_IN), dpi=PLOT_DPI)
+    axes = fig.subplots(1, len(pairs), squeeze=False)
     trial_numbers = np.array(points.trials, dtype=float)
     for ax, (i, j) in zip(axes[0], pairs):
         # One objective: plot it against the trial number.
@@ -220,7 +216,6 @@ def plot_pareto(points: StudyPoints, path: str | Path) -> Path:
     fig.tight_layout()
     path = Path(path)
     fig.savefig(path, dpi=PLOT_DPI)
-    plt.close(fig)
     return path
 
 
@@ -247,6 +242,17 @@ def image_grid(model: VAE, x: torch.Tensor, seed: int = 0) -> np.ndarray:
     return grid[..., 0] if grid.shape[-1] == 1 else grid
 
 
+def recorded_metrics(front: Sequence[FrontEntry], objectives: Sequence[str]) -> list[str]:
+    """Every figure the front's trials recorded besides the objectives (``latency_ms``, ``recon_error``, ...),
+    in the order first met, for the report's table."""
+    seen: dict[str, None] = {}
+    for entry in front:
+        for name in entry.record.metrics if entry.record else {}:
+            if name not in objectives:
+                seen.setdefault(name)
+    return list(seen)
+
+
 def write_report(
     storage: str,
     study: str,
@@ -268,11 +274,10 @@ def write_report(
     Returns:
         The files written, ``index.html`` last.
     """
-    # deferred: `vae-automl front` imports this module and must not import torch (nor matplotlib)
-    import matplotlib
+    # deferred: `vae-automl front` imports this module and must not import torch
     import torch
 
-    matplotlib.use("Agg")
+    # imsave draws on a Figure of its own, so the caller's backend is left alone.
     # deferred: matplotlib is optional (the export extra) and slow to import
     from matplotlib import image as mpimg
 
@@ -327,10 +332,18 @@ def write_report(
             f"{esc(entry.record.latency.runtime if entry.record else '?')}</p>"
             f"<table><tr><th>param</th><th>value</th></tr>{params}</table>{picture}{note}</section>"
         )
+    recorded = recorded_metrics(front, names)
     header = "".join(f"<th>{esc(n)} ({d[:3]})</th>" for n, d in zip(names, points.directions))
+    header += "".join(f"<th>{esc(n)}</th>" for n in recorded)
+
+    def metric_cell(entry: FrontEntry, name: str) -> str:
+        value = entry.record.metrics.get(name) if entry.record else None
+        return f"<td>{format_number(value)}</td>" if isinstance(value, int | float) else "<td></td>"
+
     rows = "".join(
         f"<tr><td><a href=#trial-{e.trial}>{e.trial}</a>{'*' if e.trial == knee else ''}</td>"
         + "".join(f"<td>{format_number(e.objectives[n])}</td>" for n in names)
+        + "".join(metric_cell(e, n) for n in recorded)
         + f"<td>{esc(short_params(e.params, 120))}</td></tr>"
         for e in front
     )

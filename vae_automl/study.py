@@ -49,6 +49,7 @@ __all__ = [
     "front_of_study",
     "has_heartbeat",
     "load_front",
+    "name_objectives",
     "objectives_of",
     "open_storage",
     "open_study",
@@ -144,12 +145,32 @@ def fail_stale_trials(study: optuna.Study) -> None:
 
 
 def open_study(storage: Any, study_name: str, sampler: optuna.samplers.BaseSampler | None = None) -> optuna.Study:
-    """An existing study (with ``sampler``, else Optuna's default), or an error listing the studies there."""
+    """An existing study (with ``sampler``, else Optuna's default), or an error listing the studies there.
+
+    A study stored before objective names went through Optuna gets them now (:func:`name_objectives`).
+    """
     try:
-        return optuna.load_study(study_name=study_name, storage=open_storage(storage), sampler=sampler)
+        study = optuna.load_study(study_name=study_name, storage=open_storage(storage), sampler=sampler)
     except KeyError:
         names = [s.study_name for s in optuna.get_all_study_summaries(open_storage(storage))]
         raise ConfigError(f"no study {study_name!r} in {storage}; studies there: {', '.join(names) or '(none)'}") from None
+    stored = study.user_attrs.get(OBJECTIVES_ATTR)
+    if stored is not None:
+        name_objectives(study, list(stored))
+    return study
+
+
+def name_objectives(study: optuna.Study, names: list[str]) -> None:
+    """Give the study's objectives their names through ``study.set_metric_names``, unless they have them.
+
+    Optuna keeps them where optuna-dashboard, ``trials_dataframe()`` (``values_test_elbo_nats``) and its
+    plots read them; :data:`OBJECTIVES_ATTR` stays for readers of studies written before 0.3.
+    """
+    if study.metric_names == names or len(names) != len(study.directions):
+        return
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study.set_metric_names(names)
 
 
 def check_base_model(study: optuna.Study, factory: str | None, checkpoint_sha256: str | None) -> None:
@@ -223,6 +244,7 @@ def create_study(
         )
     if stored_dataset is None:
         study.set_user_attr(DATASET_ATTR, dataset)
+    name_objectives(study, list(space.objectives))
     if stored is None:
         study.set_user_attr(OBJECTIVES_ATTR, list(space.objectives))
         study.set_user_attr(SPACE_ATTR, space.source)
@@ -302,7 +324,8 @@ def stored_budget(study: optuna.Study, space: SearchSpace) -> int:
 
 
 def objectives_of(study: optuna.Study) -> tuple[list[str], list[str]]:
-    names = study.user_attrs.get(OBJECTIVES_ATTR)
+    """The objective names (Optuna's metric names, else our 0.2 user attribute) and their directions."""
+    names = study.metric_names or study.user_attrs.get(OBJECTIVES_ATTR)
     if names is None:
         names = [f"objective{i}" for i in range(len(study.directions))]
     directions = ["minimize" if d == optuna.study.StudyDirection.MINIMIZE else "maximize" for d in study.directions]
