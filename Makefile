@@ -17,7 +17,7 @@ $(VENV)/.installed: pyproject.toml $(wildcard plugins/*/pyproject.toml)
 	touch $@
 
 demo: install
-	$(BIN)/vae-automl search search_spaces/quick.yaml --trials 10 --out runs/demo
+	$(BIN)/vae-automl search search_spaces/quick.yaml --n-trials 10 --out runs/demo
 
 # ruff (lint, then the format check) and mypy on vae_automl/, configured in pyproject.toml
 lint: install

@@ -167,13 +167,13 @@ def test_figure_that_disagrees_with_the_search_stops_the_export(study: dict[str,
 def test_cli_export_prints_what_it_wrote(study: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from vae_automl.cli import main
 
-    code = main(["export", "--storage", study["storage"], "--study", "export-test", "--out", str(tmp_path),
-                 "--trials", str(FLOAT_TRIAL), "--formats", "safetensors"])
+    code = main(["export", "--storage", study["storage"], "--study", "export-test", "--dest", str(tmp_path),
+                 "--select", str(FLOAT_TRIAL), "--formats", "safetensors"])
     assert code == 0
     assert sorted(p.name for p in (tmp_path / f"trial-{FLOAT_TRIAL}").iterdir()) == [MANIFEST, WEIGHTS]
     assert f"trial-{FLOAT_TRIAL}" in capsys.readouterr().out
-    assert main(["export", "--storage", study["storage"], "--study", "export-test", "--out", str(tmp_path),
-                 "--formats", "tflite"]) == 2
+    assert main(["export", "--storage", study["storage"], "--study", "export-test", "--dest", str(tmp_path),
+                 "--formats", "tflite"]) == 1
     assert "unknown export format 'tflite'" in capsys.readouterr().err
 
 

@@ -21,7 +21,7 @@ QUICK = str(REPO / "search_spaces" / "quick.yaml")
 def quick_study(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Path]:
     out = tmp_path_factory.mktemp("quick")
     storage = f"sqlite:///{out / 'study.db'}"
-    assert main(["search", QUICK, "--trials", "10", "--out", str(out), "--storage", storage]) == 0
+    assert main(["search", QUICK, "--n-trials", "10", "--out", str(out), "--storage", storage]) == 0
     return storage, out
 
 
@@ -61,7 +61,7 @@ def test_front_json(quick_study: tuple[str, Path], capsys: pytest.CaptureFixture
 
 def test_resume_adds_completed_trials(quick_study: tuple[str, Path]) -> None:
     storage, out = quick_study
-    assert main(["search", QUICK, "--trials", "4", "--out", str(out), "--storage", storage]) == 0
+    assert main(["search", QUICK, "--n-trials", "4", "--out", str(out), "--storage", storage]) == 0
     assert len(completed(storage)) == 14
     # no --trials: the YAML's budget (10) is already met, so nothing runs
     assert main(["search", QUICK, "--out", str(out), "--storage", storage]) == 0
@@ -74,8 +74,8 @@ def test_resume_on_other_data_is_refused(quick_study: tuple[str, Path], tmp_path
     before = len(completed(storage))
     npz = tmp_path / "other.npz"
     np.savez(npz, images=np.random.default_rng(0).integers(0, 256, (60, 8, 8), dtype=np.uint8))
-    assert main(["search", QUICK, "--trials", "1", "--out", str(out), "--storage", storage,
-                 "--dataset", f"npz:{npz}#images"]) == 2
+    assert main(["search", QUICK, "--n-trials", "1", "--out", str(out), "--storage", storage,
+                 "--dataset", f"npz:{npz}#images"]) == 1
     err = capsys.readouterr().err
     assert "was searched on dataset 'digits'" in err and f"npz:{npz}#images" in err and "another --study" in err
     assert len(completed(storage)) == before
@@ -83,7 +83,7 @@ def test_resume_on_other_data_is_refused(quick_study: tuple[str, Path], tmp_path
 
 def test_unknown_study_is_a_clear_error(quick_study: tuple[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
     storage, _ = quick_study
-    assert main(["front", "--storage", storage, "--study", "nope"]) == 2
+    assert main(["front", "--storage", storage, "--study", "nope"]) == 1
     assert "no study 'nope'" in capsys.readouterr().err
 
 
@@ -97,7 +97,7 @@ def test_search_on_npz_images(tmp_path: Path) -> None:
     npz = tmp_path / "blobs.npz"
     np.savez(npz, images=images)
     storage = f"sqlite:///{tmp_path / 'study.db'}"
-    assert main(["search", QUICK, "--trials", "2", "--out", str(tmp_path), "--storage", storage,
+    assert main(["search", QUICK, "--n-trials", "2", "--out", str(tmp_path), "--storage", storage,
                  "--study", "blobs", "--dataset", f"npz:{npz}#images"]) == 0
     trials = completed(storage, "blobs")
     assert len(trials) == 2
@@ -118,5 +118,5 @@ def test_plugins_json(capsys: pytest.CaptureFixture[str]) -> None:
 def test_bad_space_exits_with_named_key(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_text("architecture:\n  mlp:\n    latent_dim: 0\n")
-    assert main(["search", str(bad), "--out", str(tmp_path)]) == 2
+    assert main(["search", str(bad), "--out", str(tmp_path)]) == 1
     assert "bad.yaml: architecture.mlp.latent_dim: `latent_dim` must be in [1, 512], but got latent_dim=0" in capsys.readouterr().err

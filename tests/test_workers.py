@@ -23,7 +23,7 @@ COMPLETE = optuna.trial.TrialState.COMPLETE
 def test_trials_zero_creates_the_study_and_a_worker_runs_it(tiny_space: Any, tmp_path: Path) -> None:
     space_file = tiny_space(max_epochs=1)
     storage = f"sqlite:///{tmp_path / 'study.db'}"
-    assert main(["search", str(space_file), "--trials", "0", "--out", str(tmp_path / "out"), "--storage", storage]) == 0
+    assert main(["search", str(space_file), "--n-trials", "0", "--out", str(tmp_path / "out"), "--storage", storage]) == 0
     study = optuna.load_study(study_name="tiny", storage=storage)
     assert study.trials == []
     assert study.user_attrs[SPACE_ATTR] == space_file.read_text()
@@ -77,7 +77,7 @@ def test_two_workers_share_a_postgresql_study(postgres_url: str, tiny_space: Any
     name = f"pg-{int(time.time() * 1000)}"
     budget = 6
     space_file = tiny_space(name=name, trials=budget)
-    assert main(["search", str(space_file), "--trials", "0", "--out", str(tmp_path), "--storage", postgres_url]) == 0
+    assert main(["search", str(space_file), "--n-trials", "0", "--out", str(tmp_path), "--storage", postgres_url]) == 0
     run_two_workers(postgres_url, name)
     check_shared_study(postgres_url, name, budget)
     assert main(["front", "--storage", postgres_url, "--study", name]) == 0
@@ -88,7 +88,7 @@ def test_two_workers_share_a_journal_file(tiny_space: Any, tmp_path: Path) -> No
     budget = 6
     space_file = tiny_space(trials=budget)
     storage = f"journal:{tmp_path / 'study.log'}"
-    assert main(["search", str(space_file), "--trials", "0", "--out", str(tmp_path), "--storage", storage]) == 0
+    assert main(["search", str(space_file), "--n-trials", "0", "--out", str(tmp_path), "--storage", storage]) == 0
     outputs = run_two_workers(storage, "tiny")
     assert "journal storage has no heartbeats" in outputs[0]
     check_shared_study(storage, "tiny", budget)

@@ -14,6 +14,7 @@ from vae_automl.backends.base import Backend, SearchPolicy
 from vae_automl.backends.optuna import OptunaBackend
 from vae_automl.config import SearchSpace, load_space
 from vae_automl.errors import ConfigError
+from vae_automl.locations import default_storage
 from vae_automl.plugin_manager import get_plugin_manager
 from vae_automl.progress import Progress
 from vae_automl.registry import call_each, get_registry
@@ -34,10 +35,6 @@ class SearchResult:
     stats: dict[str, int]
     baseline: dict[str, float] | None = None
     """A ``base_model:`` study's user model as given, measured with the study's objectives (optuna backend)."""
-
-
-def default_storage(out_dir: Path) -> str:
-    return f"sqlite:///{(out_dir / 'study.db').resolve()}"
 
 
 def apply_overrides(

@@ -1,13 +1,59 @@
-"""The ``vae-automl`` command: parses arguments and calls the library; no logic of its own."""
+"""The ``vae-automl`` command: parses arguments and calls the library; no logic of its own.
+
+Conventions every command follows (tests/test_cli.py holds them):
+
+- exit status 0 on success, 1 for a runtime or project error (a :class:`VaeAutomlError`:
+  bad YAML, unknown study, failed export), 2 for a usage error (argparse's own), 130 on Ctrl-C;
+- ``--json`` on every command that prints results: one JSON document on stdout, nothing else there;
+- one meaning per option name: ``--storage`` an Optuna storage URL (default ``$VAE_AUTOML_STORAGE``),
+  ``--out`` the run folder a search writes (its ``study.db`` is the storage when neither is given),
+  ``--n-trials`` how many more trials this process completes, ``--device`` cpu | cuda | cuda:N | mps | auto;
+  0.1's ``--trials`` is a deprecated alias that warns;
+- help text on every option and an example on every command.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
 
+from vae_automl import __version__
 from vae_automl.errors import VaeAutomlError
+from vae_automl.locations import STORAGE_ENV, require_storage, resolve_storage, resolve_study_name
+
+DEST_HELP = "the folder to write (default: RUN_DIR/COMMAND, e.g. runs/quick/export)"
+DEVICE_HELP = "cpu, cuda, cuda:N, mps or auto (default: the YAML's device)"
+
+
+def _device(value: str) -> str:
+    # checked here too so a typo is a usage error (exit 2) before any torch import
+    name, _, index = value.partition(":")
+    if value in ("cpu", "cuda", "mps", "auto") or (name == "cuda" and index.isdigit()):
+        return value
+    raise argparse.ArgumentTypeError(f"invalid device {value!r}: use {DEVICE_HELP.split(' (')[0]}")
+
+
+class _DeprecatedAlias(argparse.Action):
+    """An 0.1 option name kept working: it stores into the new option's dest and says so on stderr."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, new: str = "", **kwargs: Any) -> None:
+        self.new = new
+        super().__init__(option_strings, dest, **kwargs)
+
+    def __call__(
+        self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any, option_string: str | None = None
+    ) -> None:
+        print(f"vae-automl: warning: {option_string} is deprecated; use {self.new}", file=sys.stderr)
+        setattr(namespace, self.dest, values)
+
+
+def _print_json(data: Any) -> None:
+    print(json.dumps(data, indent=2, default=str))
 
 
 def _scheduler(name: str | None) -> str | None:
@@ -20,6 +66,32 @@ def _scheduler(name: str | None) -> str | None:
         )
         return "pareto"
     return name
+
+
+def _study(args: argparse.Namespace) -> tuple[str, str]:
+    """(storage URL, study name) of a command that reads an existing study."""
+    storage = require_storage(args.storage, args.out)
+    return storage, resolve_study_name(storage, args.study)
+
+
+def _destination(args: argparse.Namespace, default_sub: str) -> tuple[str | None, str]:
+    """(run folder, destination folder) of export and report.
+
+    ``--dest`` names the destination; without it, it is ``--out``/``default_sub``. An 0.1 command line
+    (``--storage URL --out DIR``, no ``--dest``) keeps meaning DIR as the destination, with a warning.
+    """
+    if args.dest:
+        return args.out, args.dest
+    if args.out and args.storage:
+        print(
+            f"vae-automl: warning: --out with --storage as the {default_sub} folder is deprecated: --out is the "
+            f"search's run folder in every command; write --dest {args.out}",
+            file=sys.stderr,
+        )
+        return None, args.out
+    if args.out:
+        return args.out, str(Path(args.out) / default_sub)
+    raise VaeAutomlError(f"no {default_sub} folder: give --dest DIR, or --out RUN_DIR to write RUN_DIR/{default_sub}")
 
 
 def _cmd_search(args: argparse.Namespace) -> int:
@@ -43,9 +115,9 @@ def _cmd_search(args: argparse.Namespace) -> int:
         }
     result = search(
         args.space,
-        trials=args.trials,
+        trials=args.n_trials,
         timeout_s=args.timeout,
-        storage=args.storage,
+        storage=resolve_storage(args.storage),
         study_name=args.study,
         out_dir=args.out,
         dataset=args.dataset,
@@ -55,6 +127,18 @@ def _cmd_search(args: argparse.Namespace) -> int:
         backend=args.backend,
         **backend_options,
     )
+    if args.json:
+        _print_json(
+            {
+                "study": result.study_name,
+                "storage": result.storage,
+                "out": str(result.out_dir),
+                "completed": result.completed,
+                "front": [e.as_dict() for e in result.front],
+                "baseline": result.baseline,
+            }
+        )
+        return 0
     knee = None
     if result.front:
         names = list(result.front[0].objectives)
@@ -78,16 +162,11 @@ def _cmd_front(args: argparse.Namespace) -> int:
     from vae_automl.report import format_front_table
     from vae_automl.study import BASELINE_ATTR, front_of_study, open_study
 
-    study = open_study(args.storage, args.study)
+    study = open_study(*_study(args))
     front = front_of_study(study)
     baseline = study.user_attrs.get(BASELINE_ATTR)
     if args.json:
-        print(
-            json.dumps(
-                {"front": [e.as_dict() for e in front], "baseline": baseline} if baseline else [e.as_dict() for e in front],
-                indent=2,
-            )
-        )
+        _print_json({"front": [e.as_dict() for e in front], "baseline": baseline} if baseline else [e.as_dict() for e in front])
     else:
         print(format_front_table(front, baseline=baseline["objectives"] if baseline else None))
     return 0
@@ -98,10 +177,11 @@ def _cmd_worker(args: argparse.Namespace) -> int:
     from vae_automl.study import completed_trials
     from vae_automl.worker import run_worker
 
+    storage, study_name = _study(args)
     result = run_worker(
-        args.storage,
-        args.study,
-        trials=args.trials,
+        storage,
+        study_name,
+        trials=args.n_trials,
         timeout_s=args.timeout,
         out_dir=args.out,
         device=args.device,
@@ -109,7 +189,10 @@ def _cmd_worker(args: argparse.Namespace) -> int:
         plugins=tuple(args.plugin),
     )
     total = len(completed_trials(result.study))
-    print(f"worker {result.worker} completed {result.completed} trials; study {args.study!r} has {total} completed trials")
+    if args.json:
+        _print_json({"worker": result.worker, "completed": result.completed, "study": study_name, "study_completed": total})
+    else:
+        print(f"worker {result.worker} completed {result.completed} trials; study {study_name!r} has {total} completed trials")
     return 0
 
 
@@ -117,19 +200,24 @@ def _cmd_export(args: argparse.Namespace) -> int:
     # deferred: `vae-automl --help` and `front` must not import torch
     from vae_automl.export import export_study
 
-    trials = args.trials if args.trials == "front" else [int(n) for n in args.trials.split(",") if n.strip()]
+    run_dir, dest = _destination(args, "export")
+    storage = require_storage(args.storage, run_dir)
+    trials = args.select if args.select == "front" else [int(n) for n in args.select.split(",") if n.strip()]
     formats = tuple(f.strip() for f in args.formats.split(",") if f.strip())
-    for folder in export_study(
-        args.storage,
-        args.study,
-        args.out,
+    folders = export_study(
+        storage,
+        resolve_study_name(storage, args.study),
+        dest,
         trials=trials,
         formats=formats,
         dataset=args.dataset,
         data_dir=args.data_dir,
         plugins=tuple(args.plugin),
-    ):
-        files = sorted(p.name for p in folder.iterdir())
+    )
+    listing = [(folder, sorted(p.name for p in folder.iterdir())) for folder in folders]
+    if args.json:
+        _print_json({"exported": [{"folder": str(folder), "files": files} for folder, files in listing]})
+    for folder, files in [] if args.json else listing:
         print(f"{folder}: {', '.join(files)} (verified against the search)")
     return 0
 
@@ -138,10 +226,21 @@ def _cmd_report(args: argparse.Namespace) -> int:
     # deferred: `vae-automl --help` and `front` must not import torch
     from vae_automl.report import write_report
 
-    for path in write_report(
-        args.storage, args.study, args.out, dataset=args.dataset, data_dir=args.data_dir, plugins=tuple(args.plugin)
-    ):
-        print(path)
+    run_dir, dest = _destination(args, "report")
+    storage = require_storage(args.storage, run_dir)
+    paths = write_report(
+        storage,
+        resolve_study_name(storage, args.study),
+        dest,
+        dataset=args.dataset,
+        data_dir=args.data_dir,
+        plugins=tuple(args.plugin),
+    )
+    if args.json:
+        _print_json({"files": [str(p) for p in paths]})
+    else:
+        for path in paths:
+            print(path)
     return 0
 
 
@@ -152,7 +251,7 @@ def _cmd_plugins(args: argparse.Namespace) -> int:
 
     rows = list_components(get_registry(tuple(args.plugin)))
     if args.json:
-        print(json.dumps(rows, indent=2, default=str))
+        _print_json(rows)
         return 0
     print(format_components(rows))
     return 0
@@ -163,111 +262,238 @@ def _cmd_codec(args: argparse.Namespace) -> int:
     from vae_automl.codec_file import decode_file, encode_file
 
     if args.codec_command == "encode":
-        result = encode_file(args.model_dir, args.images, args.out, plugins=tuple(args.plugin))
-        print(
-            f"{result.path}: {result.n_images} images, {result.file_bytes} bytes "
-            f"({result.bytes_per_image:.1f} bytes per image bitstream)"
-        )
+        result = encode_file(args.model_dir, args.images, args.out_file, plugins=tuple(args.plugin))
+        if args.json:
+            _print_json(
+                {
+                    "path": str(result.path),
+                    "n_images": result.n_images,
+                    "file_bytes": result.file_bytes,
+                    "bytes_per_image": result.bytes_per_image,
+                }
+            )
+        else:
+            print(
+                f"{result.path}: {result.n_images} images, {result.file_bytes} bytes "
+                f"({result.bytes_per_image:.1f} bytes per image bitstream)"
+            )
     else:
-        images = decode_file(args.model_dir, args.file, args.out, plugins=tuple(args.plugin))
-        print(f"{args.out}: {len(images)} images of {'x'.join(map(str, images.shape[1:]))} (key 'images', uint8)")
+        images = decode_file(args.model_dir, args.file, args.out_file, plugins=tuple(args.plugin))
+        if args.json:
+            _print_json({"path": str(args.out_file), "n_images": len(images), "image_shape": list(images.shape[1:])})
+        else:
+            print(f"{args.out_file}: {len(images)} images of {'x'.join(map(str, images.shape[1:]))} (key 'images', uint8)")
     return 0
 
 
+def _cmd_completion(args: argparse.Namespace) -> int:
+    # deferred: shtab is needed only to print a completion script
+    import shtab
+
+    print(shtab.complete(build_parser(), shell=args.shell))
+    return 0
+
+
+def _add_command(
+    sub: argparse._SubParsersAction[argparse.ArgumentParser],
+    name: str,
+    help: str,
+    example: str,
+    func: Callable[[argparse.Namespace], int] | None,
+    parents: Sequence[argparse.ArgumentParser] = (),
+) -> argparse.ArgumentParser:
+    command = sub.add_parser(
+        name,
+        parents=list(parents),
+        help=help,
+        description=help[0].upper() + help[1:] + ".",
+        epilog="example:\n  " + example.replace("\n", "\n  "),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    if func is not None:
+        command.set_defaults(func=func)
+    return command
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="vae-automl", description="Search compressed VAEs; read the Pareto front.")
-    sub = parser.add_subparsers(dest="command", required=True)
-    # every command that builds the registry takes --plugin, declared once here
+    parser = argparse.ArgumentParser(
+        prog="vae-automl",
+        description="Search compressed VAEs; read the Pareto front.",
+        epilog=(
+            "example:\n  vae-automl search search_spaces/quick.yaml --n-trials 10 --out runs/quick\n"
+            "  vae-automl front --out runs/quick\n\n"
+            f"exit status: 0 ok, 1 runtime or project error, 2 usage error. ${STORAGE_ENV} is the default --storage."
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"vae-automl {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    # Options shared by several commands are declared once, so each name has one meaning.
     plugin = argparse.ArgumentParser(add_help=False)
     plugin.add_argument("--plugin", action="append", default=[], metavar="MODULE", help="load a plugin module (repeatable)")
+    as_json = argparse.ArgumentParser(add_help=False)
+    as_json.add_argument("--json", action="store_true", help="print one JSON document on stdout instead of text")
+    where = argparse.ArgumentParser(add_help=False)
+    where.add_argument(
+        "--storage",
+        metavar="URL",
+        help=f"Optuna storage: sqlite:///F, postgresql://..., journal:PATH (default: ${STORAGE_ENV}, else --out's study.db)",
+    )
+    where.add_argument("--study", metavar="NAME", help="study name (default: the YAML's name, or the storage's only study)")
+    where.add_argument("--out", metavar="RUN_DIR", help="the search's run folder: study.db, base-model cache, trial models")
+    data = argparse.ArgumentParser(add_help=False)
+    data.add_argument("--dataset", metavar="SPEC", help="dataset spec: digits, mnist, npz:PATH[#KEY], idx:PATH, folder:PATH, ...")
+    data.add_argument("--data-dir", metavar="DIR", help="folder of dataset files on this machine")
+    device = argparse.ArgumentParser(add_help=False)
+    device.add_argument("--device", type=_device, metavar="DEVICE", help=DEVICE_HELP)
+    n_trials = argparse.ArgumentParser(add_help=False)
+    n_trials.add_argument("--timeout", type=float, metavar="SECONDS", help="seconds after which no new trial starts")
 
-    s = sub.add_parser("search", parents=[plugin], help="run or resume a multi-objective search")
+    def add_n_trials(command: argparse.ArgumentParser) -> None:
+        command.add_argument(
+            "--n-trials", type=int, metavar="N", help="complete N more trials, then stop (default: the study's trial budget)"
+        )
+        command.add_argument(
+            "--trials",
+            dest="n_trials",
+            type=int,
+            action=_DeprecatedAlias,
+            new="--n-trials",
+            metavar="N",
+            help="deprecated: --n-trials",
+        )
+
+    s = _add_command(
+        sub,
+        "search",
+        "run or resume a multi-objective search",
+        "vae-automl search search_spaces/quick.yaml --n-trials 10 --out runs/quick",
+        _cmd_search,
+        [where, data, device, n_trials, as_json, plugin],
+    )
     s.add_argument("space", help="search-space YAML file")
-    s.add_argument("--trials", type=int, help="run this many more trials (default: complete the YAML's budget)")
-    s.add_argument("--timeout", type=float, help="seconds after which no new trial starts")
-    s.add_argument("--storage", help="Optuna storage URL (default: sqlite in --out); journal:PATH for a journal file")
-    s.add_argument("--study", help="study name (default: the YAML's name)")
-    s.add_argument("--out", help="output folder (default: runs/STUDY)")
-    s.add_argument("--dataset", help="dataset spec: digits, mnist, npz:PATH[#key], idx:PATH, ...")
-    s.add_argument("--data-dir", help="folder of dataset files")
-    s.add_argument("--device", choices=("cpu", "cuda", "auto"))
-    s.add_argument("--backend", choices=("optuna", "ray"), default="optuna")
-    s.add_argument("--address", help="Ray cluster address (auto, HOST:PORT)")
-    s.add_argument("--gpus-per-trial", type=float)
-    s.add_argument("--cpus-per-trial", type=float)
-    s.add_argument("--concurrency", type=int, help="trials at once (Ray)")
+    add_n_trials(s)
+    s.add_argument("--backend", choices=("optuna", "ray"), default="optuna", help="who runs the trials (default: optuna)")
+    s.add_argument("--address", help="Ray cluster address: auto or HOST:PORT (--backend ray)")
+    s.add_argument(
+        "--gpus-per-trial", type=float, metavar="N", help="GPUs Ray reserves per trial; fractions share a GPU (--backend ray)"
+    )
+    s.add_argument("--cpus-per-trial", type=float, metavar="N", help="CPUs Ray reserves per trial (--backend ray)")
+    s.add_argument("--concurrency", type=int, metavar="N", help="trials at once (--backend ray)")
     s.add_argument(
         "--scheduler",
         choices=("pareto", "none", "asha"),
         help="Ray's early stopping: pareto (the space's pruner rule), none; asha is 0.1's name for pareto",
     )
-    s.set_defaults(func=_cmd_search)
 
-    f = sub.add_parser("front", help="print the Pareto front of a stored study")
-    f.add_argument("--storage", required=True)
-    f.add_argument("--study", required=True)
-    f.add_argument("--json", action="store_true", help="a JSON list of {trial, params, objectives}")
-    f.set_defaults(func=_cmd_front)
-
-    w = sub.add_parser("worker", parents=[plugin], help="run trials of an existing study (one process per device; start many)")
-    w.add_argument("--storage", required=True, help="the study's storage URL: postgresql://..., sqlite:///..., journal:PATH")
-    w.add_argument("--study", required=True, help="a study made by `vae-automl search ... --trials 0`")
-    w.add_argument(
-        "--trials", type=int, help="stop after this worker completed N trials (default: until the study's budget is met)"
+    _add_command(
+        sub,
+        "front",
+        "print the Pareto front of a stored study",
+        "vae-automl front --out runs/quick --json | head",
+        _cmd_front,
+        [where, as_json],
     )
-    w.add_argument("--timeout", type=float, help="seconds after which this worker starts no trial")
-    w.add_argument("--out", help="base-model cache and artifact folder (default: the study's, from its creation)")
-    w.add_argument("--device", choices=("cpu", "cuda", "auto"))
-    w.add_argument("--data-dir", help="folder of dataset files on this machine")
-    w.set_defaults(func=_cmd_worker)
 
-    e = sub.add_parser("export", parents=[plugin], help="write the front's models as verified ONNX / TorchScript / safetensors")
-    e.add_argument("--storage", required=True)
-    e.add_argument("--study", required=True)
-    e.add_argument("--out", required=True, help="folder for trial-N/ subfolders")
-    e.add_argument("--trials", default="front", help="'front' (default) or trial numbers N,M,...")
+    w = _add_command(
+        sub,
+        "worker",
+        "run trials of an existing study (one process per device; start many)",
+        "vae-automl worker --storage postgresql://USER@HOST/vae --study quick --n-trials 5 --device cuda:0",
+        _cmd_worker,
+        [where, device, n_trials, as_json, plugin],
+    )
+    add_n_trials(w)
+    w.add_argument("--data-dir", metavar="DIR", help="folder of dataset files on this machine")
+
+    e = _add_command(
+        sub,
+        "export",
+        "write the front's models as verified ONNX / TorchScript / safetensors",
+        "vae-automl export --out runs/quick --select front --formats onnx,safetensors",
+        _cmd_export,
+        [where, data, as_json, plugin],
+    )
+    e.add_argument("--dest", metavar="DIR", help=DEST_HELP)
+    e.add_argument("--select", default="front", metavar="front|N,M", help="'front' (default) or trial numbers N,M,...")
+    e.add_argument(
+        "--trials", dest="select", action=_DeprecatedAlias, new="--select", metavar="front|N,M", help="deprecated: --select"
+    )
     e.add_argument("--formats", default="onnx,torchscript,safetensors", help="comma-separated exporter names")
-    e.add_argument("--dataset", help="the search's --dataset, if it used one")
-    e.add_argument("--data-dir", help="folder of dataset files")
-    e.set_defaults(func=_cmd_export)
 
-    r = sub.add_parser("report", parents=[plugin], help="write pareto.png and index.html (front table, params, reconstructions)")
-    r.add_argument("--storage", required=True)
-    r.add_argument("--study", required=True)
-    r.add_argument("--out", required=True, help="report folder")
-    r.add_argument("--dataset", help="the search's --dataset, if it used one")
-    r.add_argument("--data-dir", help="folder of dataset files")
-    r.set_defaults(func=_cmd_report)
+    r = _add_command(
+        sub,
+        "report",
+        "write pareto.png and index.html (front table, params, reconstructions)",
+        "vae-automl report --out runs/quick    # writes runs/quick/report/index.html",
+        _cmd_report,
+        [where, data, as_json, plugin],
+    )
+    r.add_argument("--dest", metavar="DIR", help=DEST_HELP)
 
-    c = sub.add_parser("codec", help="encode images to a file with a codec model, or decode one")
-    csub = c.add_subparsers(dest="codec_command", required=True)
-    ce = csub.add_parser("encode", parents=[plugin], help="write one container file of per-image bitstreams")
+    c = _add_command(
+        sub,
+        "codec",
+        "encode images to a file with a codec model, or decode one",
+        "vae-automl codec encode runs/codec/export/trial-3 images.npz images.vaec",
+        None,
+    )
+    csub = c.add_subparsers(dest="codec_command", required=True, metavar="ACTION")
+    ce = _add_command(
+        csub,
+        "encode",
+        "write one container file of per-image bitstreams",
+        "vae-automl codec encode runs/codec/export/trial-3 images.npz images.vaec",
+        _cmd_codec,
+        [as_json, plugin],
+    )
     ce.add_argument("model_dir", help="an exported codec model folder (weights.safetensors)")
     ce.add_argument("images", help="images: .npz (first array, or PATH#KEY) or an IDX file; uint8 or floats in [0, 1]")
-    ce.add_argument("out", help="the codec file to write")
-    cd = csub.add_parser("decode", parents=[plugin], help="read a codec file back into an .npz of uint8 images")
+    ce.add_argument("out_file", metavar="out", help="the codec file to write")
+    cd = _add_command(
+        csub,
+        "decode",
+        "read a codec file back into an .npz of uint8 images",
+        "vae-automl codec decode runs/codec/export/trial-3 images.vaec decoded.npz",
+        _cmd_codec,
+        [as_json, plugin],
+    )
     cd.add_argument("model_dir", help="the model folder that encoded the file")
     cd.add_argument("file", help="a codec file")
-    cd.add_argument("out", help="the .npz to write (key 'images')")
-    c.set_defaults(func=_cmd_codec)
+    cd.add_argument("out_file", metavar="out", help="the .npz to write (key 'images')")
 
-    p = sub.add_parser("plugins", parents=[plugin], help="list every registered component")
-    p.add_argument("--json", action="store_true")
-    p.set_defaults(func=_cmd_plugins)
+    _add_command(sub, "plugins", "list every registered component", "vae-automl plugins --json", _cmd_plugins, [as_json, plugin])
+
+    comp = _add_command(
+        sub,
+        "completion",
+        "print a shell completion script",
+        "vae-automl completion bash > ~/.local/share/bash-completion/completions/vae-automl\n"
+        'vae-automl completion zsh > "${fpath[1]}/_vae-automl"',
+        _cmd_completion,
+    )
+    comp.add_argument("shell", choices=("bash", "zsh", "tcsh"), help="the shell to complete in")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(argv)  # exits 2 on a usage error
     try:
         return args.func(args)
     except VaeAutomlError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return 1
     except KeyboardInterrupt:
         print("interrupted: completed trials are stored; run the same command again to resume", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # The reader (`| head`) went away: stop quietly. Point stdout at devnull so the interpreter's
+        # final flush does not raise again (the recipe of Python's signal module docs).
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 1
 
 
 if __name__ == "__main__":

@@ -83,7 +83,7 @@ HEARTBEAT_GRACE_S = 30
 MAX_RETRY = 3
 JOURNAL_PREFIX = "journal:"
 ATTEMPTS_PER_TRIAL = 3
-"""``--trials N`` stops after this many attempts per wanted trial, so a space whose trials all fail ends."""
+"""``--n-trials N`` stops after this many attempts per wanted trial, so a space whose trials all fail ends."""
 
 
 @dataclass
@@ -262,7 +262,7 @@ def stored_space(study: optuna.Study, registry: Registry) -> SearchSpace:
     if not source:
         raise ConfigError(
             f"study {study.study_name!r} stores no search space (user attr {SPACE_ATTR!r}); "
-            "create it with `vae-automl search SPACE.yaml --storage URL --study NAME --trials 0`"
+            "create it with `vae-automl search SPACE.yaml --storage URL --study NAME --n-trials 0`"
         )
     file = study.user_attrs.get(SPACE_FILE_ATTR, "space.yaml")
     return load_space_text(source, f"{file} (stored in study {study.study_name!r})", registry)
@@ -282,7 +282,7 @@ class Budget:
         target_completed: stop once the study holds this many completed
             trials (every process's count); None: no study-wide target.
         own_limit: stop once this run completed this many trials itself
-            (a worker's ``--trials``); None: no such limit.
+            (a worker's ``--n-trials``); None: no such limit.
         max_attempts: stop after this many failed trials, so a space whose
             trials all fail ends (trials stopped early do not count).
         timeout_s: start no trial after this many seconds.

@@ -1,6 +1,6 @@
 """Optuna workers: run trials of an existing study from any machine that reaches its storage.
 
-A study made by ``vae-automl search SPACE.yaml --storage URL --trials 0``
+A study made by ``vae-automl search SPACE.yaml --storage URL --n-trials 0``
 stores the search space, objectives, out dir and budget as study user
 attributes, so a worker needs only the storage URL and the study name.
 Workers share nothing but the storage (and, for the base-model cache and

@@ -18,7 +18,7 @@ running ones from other workers and from a resumed run.
   refuses, leaving it RUNNING forever);
 * decide when to stop: no new trial once the study reached its target of
   completed trials, the timeout, 3N failed trials, or (``stop_when:
-  first_feasible``) a trial that met every target, so ``--trials N`` means
+  first_feasible``) a trial that met every target, so ``--n-trials N`` means
   N more *completed* trials, like the Optuna backend (trials stopped at a
   rung do not count toward that cap: successive halving stops most by design);
 * send heartbeats for running trials on RDB storages, so a killed driver's

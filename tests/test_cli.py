@@ -1,0 +1,194 @@
+"""The command line's conventions: version, exit codes, --json, option names, storage lookup, help, completion, pipes."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import optuna
+import pytest
+
+from tests.test_record import stored_record
+from vae_automl.cli import build_parser, main
+from vae_automl.locations import STORAGE_ENV
+from vae_automl.record import TrialRecord
+from vae_automl.study import OBJECTIVES_ATTR
+
+REPO = Path(__file__).resolve().parents[1]
+# commands that only write a script or hold subcommands print no results of their own
+NO_RESULTS = {"completion", "codec"}
+
+
+def make_study(folder: Path, name: str = "s", values: tuple[tuple[float, float], ...] = ((1.0, 2.0), (2.0, 1.0))) -> str:
+    """A stored two-objective study (no torch), in FOLDER/study.db as a search's run folder holds it."""
+    folder.mkdir(parents=True, exist_ok=True)
+    storage = f"sqlite:///{folder / 'study.db'}"
+    study = optuna.create_study(storage=storage, study_name=name, directions=["minimize", "minimize"])
+    study.set_user_attr(OBJECTIVES_ATTR, ["size_bytes", "recon_error"])
+    for number, value in enumerate(values):
+        trial = study.ask()
+        for key, attr in TrialRecord.from_dict(stored_record(trial=number)).to_user_attrs().items():
+            trial.set_user_attr(key, attr)
+        study.tell(trial, list(value))
+    return storage
+
+
+def commands(parser: argparse.ArgumentParser, prefix: str = "") -> dict[str, argparse.ArgumentParser]:
+    found = {}
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                found[prefix + name] = sub
+                found.update(commands(sub, prefix + name + " "))
+    return found
+
+
+@pytest.fixture(autouse=True)
+def no_storage_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(STORAGE_ENV, raising=False)
+
+
+def test_version_is_the_package_version(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0
+    version = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"]
+    assert capsys.readouterr().out.strip() == f"vae-automl {version}"
+
+
+def test_usage_error_exits_2_project_error_exits_1(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["front", "--no-such-option"])
+    assert exit_info.value.code == 2
+    with pytest.raises(SystemExit) as exit_info:
+        main(["search", "x.yaml", "--device", "gpu"])  # checked at parse time: a usage error
+    assert exit_info.value.code == 2 and "invalid device 'gpu'" in capsys.readouterr().err
+    storage = make_study(tmp_path)
+    assert main(["front", "--storage", storage, "--study", "nope"]) == 1
+    assert "no study 'nope'" in capsys.readouterr().err
+
+
+def test_every_command_has_help_an_example_and_json() -> None:
+    found = commands(build_parser())
+    assert {"search", "front", "worker", "export", "report", "plugins", "codec encode", "codec decode", "completion"} <= set(
+        found
+    )
+    for name, parser in found.items():
+        assert parser.description, name
+        assert f"example:\n  vae-automl {name}" in (parser.epilog or ""), name
+        options = {opt for action in parser._actions for opt in action.option_strings}
+        for action in parser._actions:
+            if not isinstance(action, argparse._SubParsersAction):
+                assert action.help, f"{name} {action.option_strings or action.dest} has no help"
+        if name not in NO_RESULTS:
+            assert "--json" in options, f"{name} has no --json"
+
+
+def test_one_meaning_per_option_name() -> None:
+    # an option name shared by commands carries the same help (and so the same meaning) in each
+    meanings: dict[str, dict[str, str]] = {}
+    for name, parser in commands(build_parser()).items():
+        for action in parser._actions:
+            for opt in action.option_strings:
+                if opt not in ("-h", "--help") and not str(action.help).startswith("deprecated:"):
+                    meanings.setdefault(opt, {})[name] = str(action.help)
+    mixed = {opt: by for opt, by in meanings.items() if len(set(by.values())) > 1}
+    assert not mixed, mixed
+    for opt in ("--storage", "--study", "--out", "--json"):
+        assert {"search", "front", "export", "report", "worker"} <= set(meanings[opt]), opt
+    assert set(meanings["--n-trials"]) == {"search", "worker"}  # export's trial numbers are --select
+
+
+def test_deprecated_trials_alias_warns_and_maps(capsys: pytest.CaptureFixture[str]) -> None:
+    parser = build_parser()
+    args = parser.parse_args(["search", "x.yaml", "--trials", "3"])
+    assert args.n_trials == 3 and "--trials is deprecated; use --n-trials" in capsys.readouterr().err
+    args = parser.parse_args(["worker", "--study", "s", "--trials", "4"])
+    assert args.n_trials == 4
+    args = parser.parse_args(["export", "--out", "r", "--trials", "1,2"])
+    assert args.select == "1,2" and "use --select" in capsys.readouterr().err
+    assert parser.parse_args(["search", "x.yaml", "--n-trials", "5"]).n_trials == 5
+    assert "deprecated" not in capsys.readouterr().err
+
+
+def test_storage_from_flag_env_or_run_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run_a = tmp_path / "a"
+    run_b = tmp_path / "b"
+    make_study(run_a, "a")
+    storage_b = make_study(run_b, "b", ((5.0, 5.0),))
+
+    def front_trials(*argv: str) -> list[int]:
+        capsys.readouterr()
+        assert main(["front", "--json", *argv]) == 0
+        return [row["trial"] for row in json.loads(capsys.readouterr().out)]
+
+    assert front_trials("--out", str(run_a)) == [0, 1]  # the run folder's study.db and its only study
+    monkeypatch.setenv(STORAGE_ENV, storage_b)
+    assert front_trials() == [0]  # the environment variable
+    assert front_trials("--out", str(run_a)) == [0]  # it beats a run folder, like --storage does
+    assert front_trials("--storage", f"sqlite:///{run_a / 'study.db'}") == [0, 1]  # the flag beats it
+    monkeypatch.delenv(STORAGE_ENV)
+    assert main(["front"]) == 1 and STORAGE_ENV in capsys.readouterr().err
+    assert main(["front", "--out", str(tmp_path / "none")]) == 1
+    assert f"{tmp_path / 'none' / 'study.db'}: no such study file" in capsys.readouterr().err
+    assert not (tmp_path / "none").exists()  # no empty study file made on the way
+
+
+def test_the_storage_s_only_study_is_used_else_the_names_are_listed(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    storage = make_study(tmp_path, "first")
+    optuna.create_study(storage=storage, study_name="second")
+    assert main(["front", "--out", str(tmp_path)]) == 1
+    assert "holds 2 studies (first, second); name one with --study" in capsys.readouterr().err
+    assert main(["front", "--out", str(tmp_path), "--study", "first"]) == 0
+
+
+def test_export_and_report_destinations(capsys: pytest.CaptureFixture[str]) -> None:
+    from vae_automl.cli import _destination
+
+    parser = build_parser()
+    args = parser.parse_args(["export", "--out", "runs/q"])
+    assert _destination(args, "export") == ("runs/q", str(Path("runs/q") / "export"))
+    args = parser.parse_args(["report", "--out", "runs/q", "--dest", "site"])
+    assert _destination(args, "report") == ("runs/q", "site")
+    # 0.1's spelling: --storage and --out, where --out was the destination; kept, with a warning
+    args = parser.parse_args(["export", "--storage", "sqlite:///x.db", "--out", "exported"])
+    assert _destination(args, "export") == (None, "exported")
+    assert "write --dest exported" in capsys.readouterr().err
+
+
+def test_closed_pipe_prints_no_traceback(tmp_path: Path) -> None:
+    storage = make_study(tmp_path)
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader is gone before anything is written, as with `| head` after its lines
+    script = f"import sys\nfrom vae_automl.cli import main\nsys.exit(main(['front', '--json', '--storage', {storage!r}]))\n"
+    try:
+        result = subprocess.run(
+            [sys.executable, "-c", script], stdout=write_end, stderr=subprocess.PIPE, text=True, timeout=120, cwd=REPO
+        )
+    finally:
+        os.close(write_end)
+    assert "Traceback" not in result.stderr and "BrokenPipe" not in result.stderr, result.stderr
+    assert result.returncode == 1
+
+
+def test_bash_completion_script(capsys: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("shtab")
+    assert main(["completion", "bash"]) == 0
+    script = capsys.readouterr().out
+    for word in ("search", "front", "compare", "--n-trials", "--storage", "--select"):
+        if word == "compare" and "compare" not in commands(build_parser()):
+            continue
+        assert word in script, word
+    bash = shutil.which("bash")
+    if bash is None:
+        pytest.skip("no bash to check the script's syntax")
+    check = subprocess.run([bash, "-n"], input=script, capture_output=True, text=True, timeout=60)
+    assert check.returncode == 0, check.stderr

@@ -1,0 +1,75 @@
+"""Where a study lives: its storage URL (from ``--storage``, ``$VAE_AUTOML_STORAGE`` or a run folder) and its name.
+
+Every command finds a study the same way, so ``--storage`` and ``--out`` mean
+the same thing everywhere: ``--storage`` is an Optuna storage URL, ``--out``
+the run folder a search writes (``study.db``, the base-model cache, trial
+models). Without ``--storage`` the environment variable
+:data:`STORAGE_ENV` is used (like Optuna's ``OPTUNA_STORAGE``), then the
+run folder's ``study.db``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from vae_automl.errors import ConfigError
+
+STORAGE_ENV = "VAE_AUTOML_STORAGE"
+STUDY_FILE = "study.db"
+"""The SQLite file a search keeps in its run folder when no storage is given."""
+
+
+def default_storage(out_dir: str | Path) -> str:
+    """The SQLite URL of a run folder's study file (the folder need not exist yet)."""
+    return f"sqlite:///{(Path(out_dir) / STUDY_FILE).resolve()}"
+
+
+def resolve_storage(storage: str | None, out_dir: str | Path | None = None, *, must_exist: bool = False) -> str | None:
+    """The storage URL a command uses: ``storage``, else ``$VAE_AUTOML_STORAGE``, else ``out_dir``'s study file.
+
+    Args:
+        storage: an explicit URL (``--storage``), or None.
+        out_dir: the run folder (``--out``), or None.
+        must_exist: for commands that only read a study: refuse a run folder without a study file,
+            instead of letting SQLite create an empty one.
+
+    Returns:
+        The URL, or None when none of the three is given.
+
+    Raises:
+        ConfigError: ``must_exist`` and ``out_dir`` holds no study file.
+    """
+    if storage:
+        return storage
+    from_env = os.environ.get(STORAGE_ENV)
+    if from_env:
+        return from_env
+    if out_dir is None:
+        return None
+    if must_exist and not (Path(out_dir) / STUDY_FILE).is_file():
+        raise ConfigError(f"{Path(out_dir) / STUDY_FILE}: no such study file; is {out_dir} the --out of a search?")
+    return default_storage(out_dir)
+
+
+def require_storage(storage: str | None, out_dir: str | Path | None = None) -> str:
+    """:func:`resolve_storage` for commands that read an existing study: one of the three must be given."""
+    url = resolve_storage(storage, out_dir, must_exist=True)
+    if url is None:
+        raise ConfigError(f"no study storage: give --storage URL, --out RUN_DIR (the search's --out) or set ${STORAGE_ENV}")
+    return url
+
+
+def resolve_study_name(storage: str, study_name: str | None) -> str:
+    """``study_name``, or the only study in ``storage``; a ConfigError listing them when there are several."""
+    if study_name:
+        return study_name
+    # deferred: optuna loads only once a study is read (keeps `vae-automl --help` light)
+    import optuna
+
+    from vae_automl.study import open_storage  # deferred: with optuna, as above
+
+    names = [s.study_name for s in optuna.get_all_study_summaries(open_storage(storage), include_best_trial=False)]
+    if len(names) == 1:
+        return names[0]
+    raise ConfigError(f"{storage} holds {len(names)} studies ({', '.join(names) or 'none'}); name one with --study")
