@@ -237,133 +237,42 @@ def default_sigint() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _postgres_bin() -> Path | None:
-    import glob
-    import shutil
-
-    found = shutil.which("initdb")
-    if found:
-        return Path(found).resolve().parent
-    candidates = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
-    return Path(candidates[-1]).parent if candidates else None
-
-
 @pytest.fixture(scope="session")
 def postgres_url() -> Iterator[str]:
-    """A throwaway PostgreSQL server on 127.0.0.1 (Debian's binaries; as user postgres/nobody when root)."""
-    import pwd
-    import shutil
-    import subprocess
-    import tempfile
+    """A throwaway PostgreSQL server on 127.0.0.1 (see :func:`vae_automl.testing.loopback.postgres_server`)."""
+    from vae_automl.testing.loopback import Unavailable, postgres_server
 
-    bin_dir = _postgres_bin()
-    if bin_dir is None:
-        pytest.skip("PostgreSQL binaries (initdb, pg_ctl) not found; apt-get install postgresql (.ci/run does)")
     try:
-        import sqlalchemy
-
-        sqlalchemy.create_engine("postgresql://postgres@127.0.0.1/postgres")  # loads the driver, connects not
-    except ImportError as exc:
-        pytest.skip(f"no PostgreSQL driver for SQLAlchemy ({exc}); pip install 'vae-automl[postgres]'")
-    user = None
-    if os.geteuid() == 0:  # initdb refuses to run as root
-        for name in ("postgres", "nobody"):
-            try:
-                user = pwd.getpwnam(name)
-                break
-            except KeyError:
-                continue
-        if user is None:
-            pytest.skip("running as root and no postgres/nobody user to run PostgreSQL as")
-    # not under pytest's tmp dir: that one is private to root
-    base = Path(tempfile.mkdtemp(prefix="vae-pg-"))
-    os.chmod(base, 0o755)
-    data = base / "data"
-    if user is not None:
-        os.chown(base, user.pw_uid, user.pw_gid)
-    run_as = {"user": user.pw_uid, "group": user.pw_gid} if user is not None else {}
-    port = free_port()
+        server = postgres_server()
+        url = server.__enter__()
+    except Unavailable as exc:
+        pytest.skip(str(exc))
+    except RuntimeError as exc:
+        pytest.fail(str(exc))
     try:
-        subprocess.run([str(bin_dir / "initdb"), "-D", str(data), "-U", "postgres", "--auth", "trust", "-E", "UTF8"],
-                       check=True, capture_output=True, **run_as)
-        subprocess.run([str(bin_dir / "pg_ctl"), "-D", str(data), "-l", str(base / "log"), "-w", "-t", "60",
-                        "-o", f"-p {port} -h 127.0.0.1 -k {base} -c max_connections=200", "start"],
-                       check=True, capture_output=True, **run_as)
-    except subprocess.CalledProcessError as exc:
-        log = (base / "log").read_text() if (base / "log").is_file() else ""
-        shutil.rmtree(base, ignore_errors=True)
-        pytest.fail(f"could not start PostgreSQL: {exc.stderr.decode()}\n{log}")
-    try:
-        yield f"postgresql://postgres@127.0.0.1:{port}/postgres"
+        yield url
     finally:
-        subprocess.run([str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"], capture_output=True, **run_as)
-        shutil.rmtree(base, ignore_errors=True)
+        server.__exit__(None, None, None)
 
 
 @pytest.fixture(scope="session")
 def ray_head() -> Iterator[str]:
-    """A Ray head bound to 127.0.0.1 with 2 CPUs; yields its ``HOST:PORT``.
+    """A Ray head bound to 127.0.0.1 with 2 CPUs and token auth; yields its ``HOST:PORT``.
 
-    Started with ``ray start --head --block`` and stopped by terminating
-    that process (it takes its Ray processes with it), rather than with
-    ``ray stop``, which would stop every Ray cluster on a shared machine.
-    Its own temp dir keeps ``ray.init()`` elsewhere from finding it.
-
-    The head uses token authentication with a fresh token, as a real cluster
-    does; the token is in ``RAY_AUTH_TOKEN`` (with ``RAY_AUTH_MODE=token``)
-    for the session, so drivers the tests start inherit it. Without it the
-    head's mode would depend on whether this machine has ``~/.ray/auth_token``.
+    See :func:`vae_automl.testing.loopback.ray_head`: the token is in the environment for the session,
+    so drivers the tests start inherit it.
     """
-    import secrets
-    import shutil
-    import signal
-    import subprocess
-    import sys
-    import tempfile
-    import time
+    from vae_automl.testing.loopback import Unavailable
+    from vae_automl.testing.loopback import ray_head as start_ray_head
 
-    ray_cli = Path(sys.executable).parent / "ray"
-    if not ray_cli.is_file():
-        pytest.skip(f"no ray command beside {sys.executable}; pip install 'vae-automl[ray]'")
-    temp_dir = tempfile.mkdtemp(prefix="vr")  # short: Ray's unix socket paths live under it
-    port = free_port()
-    log = open(Path(temp_dir) / "head.log", "w")
-    token = secrets.token_hex(32)
-    proc = subprocess.Popen(
-        [str(ray_cli), "start", "--head", "--block", "--node-ip-address", "127.0.0.1", "--port", str(port),
-         "--num-cpus", "2", "--num-gpus", "0", "--include-dashboard", "false", "--disable-usage-stats",
-         "--temp-dir", temp_dir],
-        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        env={**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token})
-    address = f"127.0.0.1:{port}"
-    saved_auth = {name: os.environ.get(name) for name in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN")}
-    os.environ.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token)
     try:
-        deadline = time.monotonic() + 180
-        while "Ray runtime started" not in (Path(temp_dir) / "head.log").read_text():
-            if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"ray start failed: {(Path(temp_dir) / 'head.log').read_text()[-3000:]}")
-            time.sleep(1)
+        head = start_ray_head(num_cpus=2)
+        address = head.__enter__()
+    except Unavailable as exc:
+        pytest.skip(str(exc))
+    except RuntimeError as exc:
+        pytest.fail(str(exc))
+    try:
         yield address
     finally:
-        for name, value in saved_auth.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-        log.close()
-        shutil.rmtree(temp_dir, ignore_errors=True)
+        head.__exit__(None, None, None)
