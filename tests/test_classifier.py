@@ -15,6 +15,7 @@ from vae_automl.classifier import accuracy_of, evaluate_accuracy, logit_distilla
 from vae_automl.config import load_space_text
 from vae_automl.errors import ConfigError
 from vae_automl.layers import channel_groups
+from vae_automl.loading import load
 from vae_automl.registry import get_registry
 
 
@@ -67,7 +68,7 @@ compressors:
   - {name: distill, optional: true, params: {width_ratio: 0.5, epochs: 2}}
   - {name: magnitude_prune, optional: true, params: {sparsity: 0.7, finetune_epochs: 1}}
   - {name: kmeans, optional: true, params: {bits: 4}}
-  - {name: entropy_code, optional: true}
+  - {name: entropy_code, optional: true, params: {container: compact}}
 objectives: [test_accuracy, size_bytes]
 record: [params, latency_ms]
 sampler: {name: random, seed: 0}
@@ -110,6 +111,9 @@ def test_classifier_search_front_export_and_report(tmp_path: Path) -> None:
         assert all(c["ok"] for c in manifest["checks"])
         assert {c["figure"] for c in manifest["checks"]} >= {"test_accuracy", "size_bytes"}
         assert (folder / "weights.safetensors").stat().st_size == record["metrics"]["size_bytes"]
+        loaded = load(folder)  # sha256-verified, then decoded from either container
+        assert loaded.container == ("compact" if record is compressed else "safetensors")
+        assert ((folder / "weights.safetensors").read_bytes()[:3] == b"VAC") == (record is compressed)
 
     written = write_report(storage, "classifier-test", tmp_path / "report")
     page = written[-1].read_text()

@@ -27,6 +27,8 @@ class VAE(nn.Module):
 
     config: dict[str, Any]
     encodings: dict[str, dict[str, Any]]
+    container: str = "safetensors"
+    """The file the packer writes: ``"safetensors"`` or ``"compact"`` (see :mod:`vae_automl.storage.compact`)."""
 
     def __init__(self, config: dict[str, Any]) -> None:
         super().__init__()

@@ -8,6 +8,11 @@ they are. The packed
 file then ANS-codes those parts wherever that is smaller (see :mod:`vae_automl.storage.entropy`). The
 loaded model is bit for bit the one before this stage, and ``size_bytes``
 is still the file's length.
+
+``container: compact`` also stores the model in the compact container
+(:mod:`vae_automl.storage.compact`): the same parts under a deflated header
+of tens of bytes instead of safetensors' kilobytes, which is most of a tiny
+model's file.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ import copy
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from vae_automl.components import Compressor
+from vae_automl.components import Compressor, Param
 from vae_automl.plugin_manager import hookimpl
 
 if TYPE_CHECKING:
@@ -33,12 +38,21 @@ class EntropyCode(Compressor):
     # weight_vae's codec codes its latents itself: its tensors pass through untouched.
     takes = ("dense", "masked", "quantized", "codec:weight_vae")
     gives = "entropy_coded"
-    params = ()
+    params = (
+        Param(
+            "container",
+            "categorical",
+            "safetensors",
+            choices=("safetensors", "compact"),
+            help="the file: safetensors, or the compact container (a deflated header of tens of bytes, for tiny models)",
+        ),
+    )
     compresses = False  # on a dense float32 model there is nothing it can code smaller
 
     def apply(self, model: Any, params: dict[str, Any], ctx: CompressionContext) -> Any:
-        self.resolve_params(params)
+        values = self.resolve_params(params)
         out = copy.deepcopy(model)
+        out.container = values["container"]
         for name in out.state_dict():
             spec = out.encodings.get(name, {})
             codec = spec.get("codec", "dense")

@@ -43,6 +43,7 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 from vae_automl.errors import ExportError
+from vae_automl.storage import compact
 from vae_automl.storage.bits import decode_mask, encode_mask, mask_bits
 from vae_automl.storage.codec import Codec, Parts
 from vae_automl.storage.codecs import builtin_codecs, scatter
@@ -54,6 +55,10 @@ if TYPE_CHECKING:
     from vae_automl.vae import VAE
 
 Codecs = Mapping[str, Codec]
+
+SAFETENSORS, COMPACT = "safetensors", "compact"
+CONTAINERS = (SAFETENSORS, COMPACT)
+"""Where a model's packed parts go: a safetensors file (the default) or :mod:`vae_automl.storage.compact`."""
 
 
 def codec_for(name: str, spec: dict[str, Any], codecs: Codecs) -> Codec:
@@ -94,23 +99,45 @@ def _unpack_tensor(parts: Parts, meta: dict[str, Any], spec: dict[str, Any], sha
     return scatter(values.flatten(), shape, mask)
 
 
+Entry = tuple[str, list[int], dict[str, Any], dict[str, Any], Parts]
+"""One packed model tensor: name, shape, header spec, codec metadata, parts."""
+
+
+def _pack_entries(model: VAE, codecs: Codecs) -> list[Entry]:
+    entries = []
+    for name, tensor in model.state_dict().items():
+        spec = model.encodings.get(name, {})
+        codec = codec_for(name, spec, codecs)
+        parts, meta = _pack_tensor(name, tensor.detach().float().cpu(), spec, codec)
+        entries.append((name, list(tensor.shape), codec.header_spec(spec), meta, parts))
+    return entries
+
+
 def pack_model(model: VAE, codecs: Codecs | None = None) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """The safetensors tensors and metadata that store ``model``."""
     codecs = builtin_codecs() if codecs is None else codecs
     tensors: dict[str, torch.Tensor] = {}
     layout: dict[str, Any] = {}
-    for name, tensor in model.state_dict().items():
-        spec = model.encodings.get(name, {})
-        codec = codec_for(name, spec, codecs)
-        parts, meta = _pack_tensor(name, tensor.detach().float().cpu(), spec, codec)
+    for name, shape, header_spec, meta, parts in _pack_entries(model, codecs):
         for suffix, part in parts.items():
             tensors[name + (PART_SEPARATOR + suffix if suffix else "")] = part
-        layout[name] = {"spec": codec.header_spec(spec), "meta": meta, "shape": list(tensor.shape)}
+        layout[name] = {"spec": header_spec, "meta": meta, "shape": shape}
     return tensors, encode_header(model.config, layout)
 
 
+def container_of(model: Any) -> str:
+    """The container ``model`` is stored in: ``model.container`` (``"safetensors"`` when it has none)."""
+    container = getattr(model, "container", SAFETENSORS)
+    if container not in CONTAINERS:
+        raise ExportError(f"unknown container {container!r}; known: {', '.join(CONTAINERS)}")
+    return str(container)
+
+
 def serialize_model(model: VAE, codecs: Codecs | None = None) -> bytes:
-    """The bytes of ``weights.safetensors`` for ``model``."""
+    """The bytes of ``weights.safetensors`` for ``model``, in the container ``model.container`` names."""
+    if container_of(model) == COMPACT:
+        entries = _pack_entries(model, builtin_codecs() if codecs is None else codecs)
+        return compact.write(model.config, [(spec, meta, parts) for _, _, spec, meta, parts in entries])
     tensors, metadata = pack_model(model, codecs)
     return st_save(tensors, metadata=metadata)
 
@@ -151,12 +178,15 @@ def deserialize_model(data: bytes, registry: Registry) -> VAE:
 
     ``registry`` builds the model from the stored config and gives the codecs.
     """
-    header = read_header(data)
-    if header.get("format") != FORMAT_VERSION:
-        raise ExportError(f"weights format {header.get('format')!r} is not the supported {FORMAT_VERSION}")
+    if compact.is_compact(data):
+        header, stored, model = _read_compact(data, registry)
+    else:
+        header = read_header(data)
+        if header.get("format") != FORMAT_VERSION:
+            raise ExportError(f"weights format {header.get('format')!r} is not the supported {FORMAT_VERSION}")
+        stored = st_load(data)
+        model = registry.build_model(header["config"])
     codecs = registry.codec_map()
-    stored = st_load(data)
-    model = registry.build_model(header["config"])
     state = {}
 
     def parts_of(name: str) -> Parts:
@@ -182,3 +212,23 @@ def deserialize_model(data: bytes, registry: Registry) -> VAE:
             model.encodings[name] = spec
     model.load_state_dict(state)
     return model.eval()
+
+
+def _read_compact(data: bytes, registry: Registry) -> tuple[dict[str, Any], dict[str, torch.Tensor], VAE]:
+    """A compact container as the safetensors path sees a file: the header, the stored parts by name, the model.
+
+    The tensor names and shapes are the ones of the model its config builds.
+    """
+    config, entries = compact.read(data)
+    model = registry.build_model(config)
+    model.container = COMPACT  # re-serializing must give these bytes again
+    state = model.state_dict()
+    if len(entries) != len(state):
+        raise ExportError(f"compact weights file: {len(entries)} tensors stored, but its config builds a model of {len(state)}")
+    layout: dict[str, Any] = {}
+    stored: dict[str, torch.Tensor] = {}
+    for (name, tensor), (spec, meta, parts) in zip(state.items(), entries):
+        layout[name] = {"spec": spec, "meta": meta, "shape": list(tensor.shape)}
+        for suffix, part in parts.items():
+            stored[name + (PART_SEPARATOR + suffix if suffix else "")] = part
+    return {"format": FORMAT_VERSION, "config": config, "tensors": layout}, stored, model
