@@ -83,6 +83,20 @@ def test_digits_embedded() -> None:
     assert images.shape == (1797, 1, 8, 8) and 0.0 <= images.min() and images.max() <= 1.0
 
 
+def test_shipped_digits_equal_scikit_learn_s() -> None:
+    # the array replaced scikit-learn as a core dependency; results stay identical only if it holds the same values
+    sklearn_datasets = pytest.importorskip("sklearn.datasets", reason="scikit-learn (the dev extra) is the oracle")
+    from vae_automl.builtin.datasets import DigitsDataset
+
+    original = sklearn_datasets.load_digits()
+    dataset = DigitsDataset()
+    images = dataset.load(None, None, False)
+    assert images.dtype == np.float32
+    assert np.array_equal(images, (original.images / 16.0).astype(np.float32))
+    labels = dataset.load_labels(None, None, False)
+    assert labels.dtype == np.int64 and np.array_equal(labels, original.target)
+
+
 def test_split_is_seeded_and_disjoint() -> None:
     a = split_indices(100, SplitConfig(validation=0.1, test=0.2, seed=3))
     b = split_indices(100, SplitConfig(validation=0.1, test=0.2, seed=3))

@@ -39,7 +39,7 @@ def test_trials_zero_creates_the_study_and_a_worker_runs_it(tiny_space: Any, tmp
 def test_worker_on_a_study_without_a_space_is_a_clear_error(tmp_path: Path) -> None:
     storage = f"sqlite:///{tmp_path / 'study.db'}"
     optuna.create_study(study_name="bare", storage=storage)
-    with pytest.raises(ConfigError, match="stores no search space.*--trials 0"):
+    with pytest.raises(ConfigError, match="stores no search space.*--n-trials 0"):
         run_worker(storage, "bare", show_progress=False)
     with pytest.raises(ConfigError, match="no study 'missing'.*bare"):
         run_worker(storage, "missing", show_progress=False)

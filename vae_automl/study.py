@@ -98,6 +98,21 @@ class FrontEntry:
         return {"trial": self.trial, "params": self.params, "objectives": self.objectives}
 
 
+POSTGRES_DRIVER = "postgresql+psycopg://"
+
+
+def rdb_url(url: str) -> str:
+    """``url`` with PostgreSQL's driver named: psycopg 3, the one the ``postgres`` extra installs.
+
+    SQLAlchemy 2.0 maps a bare ``postgresql://`` to psycopg2 and 2.1 to psycopg 3; naming it makes one
+    driver enough whatever SQLAlchemy is installed. A URL that names a driver is kept.
+    """
+    for bare in ("postgresql://", "postgres://"):
+        if url.startswith(bare):
+            return POSTGRES_DRIVER + url[len(bare) :]
+    return url
+
+
 def open_storage(url: str | optuna.storages.BaseStorage) -> optuna.storages.BaseStorage:
     """An Optuna storage from a URL: ``sqlite:///``, ``postgresql://``, ``mysql://`` or ``journal:PATH``.
 
@@ -119,7 +134,7 @@ def open_storage(url: str | optuna.storages.BaseStorage) -> optuna.storages.Base
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             return optuna.storages.RDBStorage(
-                url,
+                rdb_url(url),
                 heartbeat_interval=int(os.environ.get(HEARTBEAT_INTERVAL_ENV, HEARTBEAT_INTERVAL_S)),
                 grace_period=int(os.environ.get(HEARTBEAT_GRACE_ENV, HEARTBEAT_GRACE_S)),
                 heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY),

@@ -10,8 +10,6 @@ in their compression pipeline share a base.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import hashlib
 import json
 import math
@@ -23,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
+from filelock import FileLock
 
 from vae_automl import runtime
 from vae_automl.components import CompressionContext, MeasureContext
@@ -133,7 +132,8 @@ def load_base_model(env: TrialEnv, config: BaseModelConfig) -> tuple[VAE, dict[s
         cfg = train_config_from({k: v for k, v in training.items() if v is not None}, epochs=epochs, patience=None)
         key = base_cache_key(model.config, {**training, "epochs": epochs}, env.data, space.seed)
         weights = env.cache_dir / f"base-{key}.safetensors"
-        with _file_lock(env.cache_dir / f"base-{key}.lock"):
+        # concurrent workers wanting the same base wait for the first to train it (POSIX and Windows)
+        with FileLock(env.cache_dir / f"base-{key}.lock"):
             if weights.is_file():
                 model = deserialize_model(weights.read_bytes(), env.registry).to(env.device)
             else:
@@ -160,17 +160,6 @@ def write_atomic(path: Path, data: bytes) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_bytes(data)
     os.replace(tmp, path)
-
-
-@contextlib.contextmanager
-def _file_lock(path: Path):  # noqa: ANN202
-    # Concurrent workers wanting the same base wait for the first to train it.
-    with open(path, "a+") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def train_base(
@@ -204,7 +193,8 @@ def train_base(
     task = env.registry.tasks.get(env.space.task)
     key = base_cache_key(model_config, spec.training, env.data, spec.seed, task.name)
     weights, meta_path = env.cache_dir / f"base-{key}.safetensors", env.cache_dir / f"base-{key}.json"
-    with _file_lock(env.cache_dir / f"base-{key}.lock"):
+    # concurrent workers wanting the same base wait for the first to train it (POSIX and Windows)
+    with FileLock(env.cache_dir / f"base-{key}.lock"):
         if weights.is_file() and meta_path.is_file():
             model = deserialize_model(weights.read_bytes(), env.registry).to(env.device)
             info = BaseInfo.from_dict(json.loads(meta_path.read_text()))

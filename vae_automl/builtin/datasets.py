@@ -1,4 +1,4 @@
-"""Built-in datasets: scikit-learn digits (embedded), torchvision's MNIST family, local npz and IDX files."""
+"""Built-in datasets: scikit-learn's digits (shipped as an array), torchvision's MNIST family, local npz and IDX files."""
 
 from __future__ import annotations
 
@@ -46,21 +46,32 @@ def read_idx(path: str | Path) -> np.ndarray:
     return np.frombuffer(raw, dtype=dtype, offset=header).reshape(shape).astype(dtype.newbyteorder("="))
 
 
+DIGITS_FILE = Path(__file__).with_name("digits.npz")
+"""scikit-learn's digits (BSD-3, from the UCI optdigits test set) as uint8 0..16: ``images`` 1797 x 8 x 8, ``labels``.
+
+Shipped so that scikit-learn (and scipy under it) need not be installed for the default dataset;
+tests/test_data.py checks it equals ``sklearn.datasets.load_digits()`` where scikit-learn is installed.
+"""
+
+
+def _digits() -> tuple[np.ndarray, np.ndarray]:
+    try:
+        with np.load(DIGITS_FILE, allow_pickle=False) as archive:
+            return archive["images"], archive["labels"]
+    except (OSError, KeyError, ValueError) as exc:
+        raise DataError(f"{DIGITS_FILE}: the embedded digits dataset cannot be read ({exc}); reinstall vae-automl") from exc
+
+
 class DigitsDataset(Dataset):
     name = "digits"
     help = "scikit-learn's 1,797 handwritten digits, 8x8 (embedded, the default)"
 
     def load(self, arg: str | None, data_dir: str | None, download: bool) -> np.ndarray:
-        # deferred: scikit-learn loads only for the digits dataset
-        from sklearn.datasets import load_digits
-
-        return (load_digits().images / 16.0).astype(np.float32)
+        # 0..16 grey levels scaled as scikit-learn's users do, so results match those made with load_digits()
+        return (_digits()[0] / 16.0).astype(np.float32)
 
     def load_labels(self, arg: str | None, data_dir: str | None, download: bool) -> np.ndarray:
-        # deferred: scikit-learn loads only for the digits dataset
-        from sklearn.datasets import load_digits
-
-        return load_digits().target
+        return _digits()[1].astype(np.int64)
 
 
 class IdxFamilyDataset(Dataset):
