@@ -227,3 +227,70 @@ def test_each_exporter_remeasures_its_own_file(study: dict[str, Any], tmp_path: 
     with pytest.raises(ExportError, match=r"model.bin: test_elbo_nats expected .* got") as info:
         export_trial(ctx, ctx.study.trials[FLOAT_TRIAL], tmp_path, formats=("off-by-half",))
     assert "weights.safetensors" not in str(info.value)  # the packed weights still reproduce the search
+
+
+# --- export never deletes what it did not write (issue 16) ---
+
+def test_export_refuses_a_non_empty_folder_and_keeps_a_users_file(study: dict[str, Any], tmp_path: Path) -> None:
+    mine = tmp_path / f"trial-{FLOAT_TRIAL}" / "notes.txt"
+    mine.parent.mkdir()
+    mine.write_text("my notes")
+    with pytest.raises(ExportError, match=r"trial-0 is not empty \(notes\.txt\); pass --overwrite"):
+        export_study(study["storage"], "export-test", tmp_path, trials=[FLOAT_TRIAL], formats=("safetensors",))
+    with pytest.raises(ExportError, match=r"holds files an export did not write \(notes\.txt\)"):
+        export_study(study["storage"], "export-test", tmp_path, trials=[FLOAT_TRIAL], formats=("safetensors",),
+                     overwrite=True)
+    assert mine.read_text() == "my notes" and sorted(p.name for p in mine.parent.iterdir()) == ["notes.txt"]
+
+
+def test_export_into_an_empty_folder_needs_no_overwrite(study: dict[str, Any], tmp_path: Path) -> None:
+    (tmp_path / f"trial-{FLOAT_TRIAL}").mkdir()
+    [folder] = export_study(study["storage"], "export-test", tmp_path, trials=[FLOAT_TRIAL], formats=("safetensors",))
+    assert sorted(p.name for p in folder.iterdir()) == [MANIFEST, WEIGHTS]
+
+
+def test_overwrite_replaces_only_the_earlier_exports_files(study: dict[str, Any], tmp_path: Path) -> None:
+    [folder] = export_study(study["storage"], "export-test", tmp_path, trials=[FLOAT_TRIAL],
+                            formats=("safetensors", "torchscript"))
+    assert sorted(p.name for p in folder.iterdir()) == [MANIFEST, "model.pt", WEIGHTS]
+    before = manifest_of(folder)["created"]
+    with pytest.raises(ExportError, match="not empty"):
+        export_study(study["storage"], "export-test", tmp_path, trials=[FLOAT_TRIAL], formats=("safetensors",))
+    [again] = export_study(study["storage"], "export-test", tmp_path, trials=[FLOAT_TRIAL], formats=("safetensors",),
+                           overwrite=True)
+    # model.pt was the earlier export's own file: replaced by nothing, so removed; no partial folder left behind
+    assert again == folder and sorted(p.name for p in folder.iterdir()) == [MANIFEST, WEIGHTS]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f"trial-{FLOAT_TRIAL}"]
+    assert manifest_of(folder)["created"] >= before
+
+
+def test_a_manifest_of_another_format_vouches_for_nothing(tmp_path: Path) -> None:
+    from vae_automl.export import own_files
+
+    (tmp_path / MANIFEST).write_text(json.dumps({"format": "other", "files": {"a.bin": {}}}))
+    (tmp_path / "a.bin").write_bytes(b"x")
+    with pytest.raises(ExportError, match=r"did not write \(a\.bin, manifest\.json\)"):
+        own_files(tmp_path, overwrite=True)
+    assert own_files(tmp_path / "absent", overwrite=False) == set()
+
+
+@pytest.mark.parametrize("text, expected", [("front", "front"), ("3", [3]), ("0, 7,", [0, 7])])
+def test_trials_option_parses(text: str, expected: Any) -> None:
+    from vae_automl.export import parse_trials
+
+    assert parse_trials(text) == expected
+
+
+@pytest.mark.parametrize("text", ["../../x", "-1", "1.5", "", ",", "²", "front,1"])
+def test_trials_option_refuses_what_is_not_a_trial_number(text: str) -> None:
+    from vae_automl.export import parse_trials
+
+    with pytest.raises(ExportError, match=r"--select must be 'front' or trial numbers like 3,7, but got"):
+        parse_trials(text)
+
+
+def test_export_out_that_is_a_file_is_refused(study: dict[str, Any], tmp_path: Path) -> None:
+    target = tmp_path / "file"
+    target.write_text("x")
+    with pytest.raises(ExportError, match=r"export folder .*file: is a file, not a folder"):
+        export_study(study["storage"], "export-test", target)

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from vae_automl import study as study_mod
 from vae_automl.backends.base import Backend, SearchPolicy
 from vae_automl.backends.optuna import OptunaBackend
-from vae_automl.config import SearchSpace, load_space
+from vae_automl.config import SearchSpace, load_space, study_name_problem
 from vae_automl.errors import ConfigError
 from vae_automl.locations import default_storage
 from vae_automl.plugin_manager import get_plugin_manager
@@ -35,6 +35,18 @@ class SearchResult:
     stats: dict[str, int]
     baseline: dict[str, float] | None = None
     """A ``base_model:`` study's user model as given, measured with the study's objectives (optuna backend)."""
+    failure: str | None = None
+    """Set when every trial this run finished failed: why (the CLI exits 1 with it)."""
+
+
+def make_out_dir(out: Path) -> None:
+    """Create the output folder, or say which path is in the way and why."""
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out}: is a file, not a folder; give a folder path")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"--out {out}: cannot create the output folder: {exc.strerror}") from None
 
 
 def apply_overrides(
@@ -89,8 +101,10 @@ def search(
         raise ConfigError("base_model= goes with a YAML path; a loaded SearchSpace carries its own base_model")
     space = apply_overrides(space, dataset, data_dir, device)
     study_name = study_name or space.name
+    if problem := study_name_problem(study_name):
+        raise ConfigError(f"--study: {problem}")
     out = Path(out_dir or Path("runs") / study_name)
-    out.mkdir(parents=True, exist_ok=True)
+    make_out_dir(out)
     storage = storage or default_storage(out)
     if timeout_s is None:
         timeout_s = space.timeout_s
@@ -134,7 +148,14 @@ def search(
     completed = len(study_mod.completed_trials(study))
     baseline = study.user_attrs.get(BASELINE_ATTR)
     return SearchResult(
-        study_name, storage, out, front, completed, dict(stats), baseline=baseline["objectives"] if baseline else None
+        study_name,
+        storage,
+        out,
+        front,
+        completed,
+        dict(stats),
+        baseline=baseline["objectives"] if baseline else None,
+        failure=progress.all_failed(),
     )
 
 

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from vae_automl import __version__
-from vae_automl.errors import VaeAutomlError
+from vae_automl.errors import TrialFailed, VaeAutomlError
 from vae_automl.locations import STORAGE_ENV, require_storage, resolve_storage, resolve_study_name
 
 DEST_HELP = "the folder to write (default: RUN_DIR/COMMAND, e.g. runs/quick/export)"
@@ -138,7 +138,7 @@ def _cmd_search(args: argparse.Namespace) -> int:
                 "baseline": result.baseline,
             }
         )
-        return 0
+        return _check_failure(result.failure)
     knee = None
     if result.front:
         names = list(result.front[0].objectives)
@@ -154,6 +154,13 @@ def _cmd_search(args: argparse.Namespace) -> int:
     print(format_front_table(result.front, knee, baseline=result.baseline))
     if result.front:
         print(against_baseline(result.storage, result.study_name, result.front))
+    return _check_failure(result.failure)
+
+
+def _check_failure(failure: str | None) -> int:
+    # a run whose every trial failed is a failed run (exit 1), whatever the study held before
+    if failure:
+        raise TrialFailed(failure)
     return 0
 
 
@@ -193,16 +200,16 @@ def _cmd_worker(args: argparse.Namespace) -> int:
         _print_json({"worker": result.worker, "completed": result.completed, "study": study_name, "study_completed": total})
     else:
         print(f"worker {result.worker} completed {result.completed} trials; study {study_name!r} has {total} completed trials")
-    return 0
+    return _check_failure(result.failure)
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
     # deferred: `vae-automl --help` and `front` must not import torch
-    from vae_automl.export import export_study
+    from vae_automl.export import export_study, parse_trials
 
     run_dir, dest = _destination(args, "export")
     storage = require_storage(args.storage, run_dir)
-    trials = args.select if args.select == "front" else [int(n) for n in args.select.split(",") if n.strip()]
+    trials = parse_trials(args.select)
     formats = tuple(f.strip() for f in args.formats.split(",") if f.strip())
     folders = export_study(
         storage,
@@ -213,6 +220,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
         dataset=args.dataset,
         data_dir=args.data_dir,
         plugins=tuple(args.plugin),
+        overwrite=args.overwrite,
     )
     listing = [(folder, sorted(p.name for p in folder.iterdir())) for folder in folders]
     if args.json:
@@ -421,6 +429,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--trials", dest="select", action=_DeprecatedAlias, new="--select", metavar="front|N,M", help="deprecated: --select"
     )
     e.add_argument("--formats", default="onnx,torchscript,safetensors", help="comma-separated exporter names")
+    e.add_argument(
+        "--overwrite", action="store_true", help="replace an earlier export in trial-N/ (only the files its manifest lists)"
+    )
 
     r = _add_command(
         sub,

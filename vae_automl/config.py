@@ -197,6 +197,20 @@ class SearchSpace:
     """Whether the task or a measured objective reads the dataset's labels (they are loaded only then)."""
 
 
+def study_name_problem(name: str) -> str | None:
+    """Why ``name`` cannot name a study, or None.
+
+    A study name becomes a folder (``runs/NAME``) and is joined to paths, so
+    it is a name, never a path: a shared YAML's ``name: ../../x`` or ``/etc``
+    must not decide where files go.
+    """
+    if not name or not name.strip():
+        return f"a study name must not be empty, but got {name!r}"
+    if any(sep in name for sep in ("/", "\\", "\0")) or name in (".", ".."):
+        return f"a study name is a name, not a path (no '/', '\\', '.' or '..'), but got {name!r}"
+    return None
+
+
 class _Loc:
     """A place in a file, for error messages: ``quick.yaml: architecture.mlp.latent_dim``."""
 
@@ -713,6 +727,8 @@ def parse_space(data: Any, file: str, registry: Registry, source: str = "", base
     name = data.get("name") or Path(file).stem
     if not isinstance(name, str):
         raise (root / "name").error(f"expected a string, got {name!r}")
+    if problem := study_name_problem(name):
+        raise (root / "name").error(problem)
     return SearchSpace(
         path=file,
         name=name,

@@ -106,6 +106,14 @@ def to_unit_float(images: np.ndarray, source: str) -> np.ndarray:
     if not np.issubdtype(images.dtype, np.floating) and not np.issubdtype(images.dtype, np.integer):
         raise DataError(f"{source}: images must be uint8 or float, got dtype {images.dtype}")
     images = images.astype(np.float32)
+    finite = np.isfinite(images)
+    if not finite.all():
+        # a min/max check is fooled by NaN, and every trial would then fail with a "diverged" loss
+        bad = np.flatnonzero(~finite.reshape(len(images), -1).all(axis=1))
+        raise DataError(
+            f"{source}: {int((~finite).sum())} pixel values are NaN or infinite, in {len(bad)} images "
+            f"(first: image {int(bad[0])}); remove or repair those images"
+        )
     low, high = float(images.min()), float(images.max())
     if low < 0.0 or high > 1.0:
         raise DataError(f"{source}: images must be uint8 or floats in [0, 1], got values in [{low}, {high}]")

@@ -283,10 +283,75 @@ def _failures_message(trial: int, checks: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def exporters_of(ctx: StudyContext, formats: Sequence[str]) -> list[Any]:
+    """The exporters of ``formats``, safetensors always first (what ``load`` reads); unknown names refused."""
+    exporters = []
+    for fmt in dict.fromkeys(["safetensors", *formats]):
+        if fmt not in ctx.registry.exporters:
+            raise ExportError(f"unknown export format {fmt!r}; known: {', '.join(ctx.registry.exporters.names())}")
+        exporters.append(ctx.registry.exporters.get(fmt))
+    return exporters
+
+
+def own_files(folder: Path, overwrite: bool) -> set[str]:
+    """The files of ``folder`` an earlier export wrote (its manifest lists them), which ``overwrite`` may replace.
+
+    Raises:
+        ExportError: ``folder`` holds files and ``overwrite`` is false, or it
+            holds a file export did not write (export never deletes those).
+    """
+    if not folder.exists():
+        return set()
+    if not folder.is_dir():
+        raise ExportError(f"{folder} is a file, not a trial folder; move it or export to another folder")
+    present = {p.name for p in folder.iterdir()}
+    if not present:
+        return set()
+    if not overwrite:
+        raise ExportError(f"{folder} is not empty ({', '.join(sorted(present))}); pass --overwrite to replace an earlier export")
+    own: set[str] = set()
+    try:
+        manifest = json.loads((folder / MANIFEST).read_text())
+        if manifest.get("format") == MANIFEST_FORMAT:
+            own = {*manifest.get("files", {}), MANIFEST}
+    except (OSError, ValueError, AttributeError):
+        pass  # no readable manifest: nothing there was written by export
+    foreign = sorted(present - own)
+    if foreign:
+        raise ExportError(
+            f"{folder} holds files an export did not write ({', '.join(foreign)}); export deletes only its own "
+            "files, so move those or export to another folder"
+        )
+    return own
+
+
+def place(tmp: Path, final: Path, overwrite: bool) -> None:
+    """Move the verified files of ``tmp`` into ``final``, removing only the earlier export's own files."""
+    own = own_files(final, overwrite)
+    if not own:
+        if final.exists():
+            final.rmdir()  # empty: own_files refused anything else
+        tmp.rename(final)
+        return
+    new = sorted(p.name for p in tmp.iterdir())
+    for name in sorted(new, key=lambda n: n == MANIFEST):  # the manifest last: it vouches for the others
+        (tmp / name).replace(final / name)
+    for name in own - set(new):
+        (final / name).unlink(missing_ok=True)
+
+
 def export_trial(
-    ctx: StudyContext, trial: optuna.trial.FrozenTrial, out_dir: str | Path, formats: Sequence[str] = DEFAULT_FORMATS
+    ctx: StudyContext,
+    trial: optuna.trial.FrozenTrial,
+    out_dir: str | Path,
+    formats: Sequence[str] = DEFAULT_FORMATS,
+    overwrite: bool = False,
 ) -> Path:
-    """Export one completed trial into ``out_dir/trial-N/`` and verify it; return that folder."""
+    """Export one completed trial into ``out_dir/trial-N/`` and verify it; return that folder.
+
+    A non-empty ``trial-N/`` is refused unless ``overwrite``; even then only
+    the files its manifest lists are replaced, never a file export did not write.
+    """
     record = record_of(trial)
     if record.data.get("split_sha256") not in (None, ctx.data.info["split_sha256"]):
         raise ExportError(
@@ -294,14 +359,11 @@ def export_trial(
             f"(split sha256 {ctx.data.info['split_sha256']} vs {record.data['split_sha256']}); "
             "pass the --dataset/--data-dir the search used"
         )
-    exporters = []
-    for fmt in dict.fromkeys(["safetensors", *formats]):
-        if fmt not in ctx.registry.exporters:
-            raise ExportError(f"unknown export format {fmt!r}; known: {', '.join(ctx.registry.exporters.names())}")
-        exporters.append(ctx.registry.exporters.get(fmt))
+    exporters = exporters_of(ctx, formats)
     model, artifact_bytes = load_artifact(record, ctx.registry)
     model = model.to("cpu").eval()
     final = Path(out_dir) / f"trial-{trial.number}"
+    own_files(final, overwrite)  # refuse before the minutes of exporting and re-measuring
     tmp = Path(out_dir) / f".trial-{trial.number}.partial"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -374,8 +436,7 @@ def export_trial(
             "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         }
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=False) + "\n")
-        shutil.rmtree(final, ignore_errors=True)
-        tmp.rename(final)
+        place(tmp, final, overwrite)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return final
@@ -411,6 +472,7 @@ def export_study(
     dataset: str | None = None,
     data_dir: str | None = None,
     plugins: tuple[str, ...] = (),
+    overwrite: bool = False,
 ) -> list[Path]:
     """Export and verify models of a stored study.
 
@@ -424,14 +486,37 @@ def export_study(
             what :func:`vae_automl.load` reads and what ``size_bytes`` is checked on.
         dataset, data_dir: the search's ``--dataset`` / ``--data-dir`` if it used them.
         plugins: extra plugin modules (as given to the search).
+        overwrite: replace an earlier export's files in ``trial-N/`` (only those its manifest lists).
 
     Returns:
         The written ``trial-N`` folders, each with a ``manifest.json``.
 
     Raises:
-        ExportError: a saved model changed since the search, or an exported
-            file does not reproduce the search's figures.
+        ExportError: a saved model changed since the search, an exported
+            file does not reproduce the search's figures, or ``trial-N/`` is
+            not empty (without ``overwrite``) or holds files export did not write.
     """
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise ExportError(f"export folder {out}: is a file, not a folder; give a folder for the trial-N/ subfolders")
     ctx = open_study_context(storage, study, dataset, data_dir, plugins)
-    Path(out_dir).mkdir(parents=True, exist_ok=True)
-    return [export_trial(ctx, trial, out_dir, formats) for trial in select_trials(ctx, trials)]
+    chosen = select_trials(ctx, trials)
+    exporters_of(ctx, formats)
+    for trial in chosen:  # refuse before exporting any, so a refusal leaves nothing half done
+        own_files(out / f"trial-{trial.number}", overwrite)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ExportError(f"export folder {out}: cannot create it: {exc.strerror}") from None
+    return [export_trial(ctx, trial, out, formats, overwrite) for trial in chosen]
+
+
+def parse_trials(text: str) -> str | list[int]:
+    """``--trials``: ``front`` or comma-separated trial numbers (``3,7``), else an error naming the value."""
+    if text.strip() == "front":
+        return "front"
+    numbers = [n.strip() for n in text.split(",") if n.strip()]
+    bad = [n for n in numbers if not (n.isascii() and n.isdigit())]
+    if bad or not numbers:
+        raise ExportError(f"--select must be 'front' or trial numbers like 3,7, but got {text!r}")
+    return [int(n) for n in numbers]

@@ -38,6 +38,7 @@ class Progress:
         self.done = 0
         self.failed = 0
         self.pruned = 0
+        self.last_failure: str | None = None
         self.best: dict[str, tuple[float, int]] = {}
 
     def time_left_s(self) -> float | None:
@@ -69,6 +70,7 @@ class Progress:
             self.pruned += 1
         else:
             self.failed += 1
+            self.last_failure = reason
         if not self.enabled:
             return
         count = f"{self.done}/{self.total}" if self.total is not None else str(self.done)
@@ -87,6 +89,15 @@ class Progress:
         if left is not None:
             parts.append(f"~{left:.0f}s left")
         print(" | ".join(parts), file=self.stream, flush=True)
+
+    def all_failed(self) -> str | None:
+        """Why the run as a whole failed: every trial it finished failed (None: one completed, or none failed)."""
+        if not self.failed or self.done:
+            return None
+        return (
+            f"all {self.failed} trials this run finished failed (none completed); the last: {self.last_failure or 'no reason'}; "
+            "each failed trial stores its reason (user attribute failure_reason)"
+        )
 
     def message(self, text: str, **_: Any) -> None:
         if self.enabled:

@@ -226,6 +226,10 @@ def create_study(
     A new study stores the space's text and file, its objectives, the out
     dir and the trial budget, so workers need only the storage and the name.
     """
+    from vae_automl.config import study_name_problem  # deferred: config imports components and the YAML stack
+
+    if problem := study_name_problem(study_name):
+        raise ConfigError(problem)
     study = optuna.create_study(
         storage=open_storage(storage),
         study_name=study_name,

@@ -45,6 +45,8 @@ class WorkerResult:
     completed: int
     """Trials this worker completed."""
     stats: dict[str, int]
+    failure: str | None = None
+    """Set when every trial this worker finished failed: why (the CLI exits 1 with it)."""
 
 
 def worker_name() -> str:
@@ -114,7 +116,7 @@ def run_worker(
         f"{progress.pruned} stopped early, {progress.failed} failed; the study has "
         f"{len(study_mod.completed_trials(study))} completed trials"
     )
-    return WorkerResult(study, name, progress.done, stats)
+    return WorkerResult(study, name, progress.done, stats, failure=progress.all_failed())
 
 
 __all__ = ["WORKER_ATTR", "WorkerResult", "run_worker", "space_of_study", "worker_name"]

@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import optuna
 
 from vae_automl import constraints, early_stopping, samplers
+from vae_automl.errors import VaeAutomlError
 
 if TYPE_CHECKING:
     from vae_automl.config import SearchSpace
@@ -47,6 +48,11 @@ EpochGate = Callable[[int, float, int], "str | None"]
 """``gate(epoch, validation_loss, base_params)``: why to stop the trial after this (0-based) epoch, or None."""
 PRUNED_AT_ATTR = early_stopping.STOPPED_AT_ATTR
 """Trial user attribute: the rung epoch (1-based) at which early stopping stopped the trial."""
+
+
+def failure_reason(exc: BaseException) -> str:
+    """What a failed trial stores (``study.FAILURE_ATTR``): our errors' messages as they are, others with their type."""
+    return str(exc) if isinstance(exc, VaeAutomlError) else f"{type(exc).__name__}: {exc}"
 
 
 class SearchPolicy:

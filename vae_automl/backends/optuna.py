@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import optuna
 
 from vae_automl import constraints
 from vae_automl import space as space_mod
 from vae_automl import study as study_mod
-from vae_automl.backends.base import PRUNED_AT_ATTR, Backend, SearchPolicy
-from vae_automl.errors import VaeAutomlError
+from vae_automl.backends.base import PRUNED_AT_ATTR, Backend, SearchPolicy, failure_reason
 from vae_automl.record import CURVE_ATTR
 from vae_automl.trial import TrialEnv, measure_before_training, run_trial
 
@@ -30,30 +29,38 @@ def make_objective(
     ``trial_attrs`` are set on every trial before it runs (a worker's name).
     """
 
+    beats = study_mod.has_heartbeat(study)
+
     def objective(trial: optuna.Trial) -> list[float]:
+        if beats:
+            # Optuna's heartbeat thread may not have beaten yet: a process killed before then would leave
+            # this trial without a heartbeat row, so RUNNING for ever instead of stale and retried
+            cast(Any, study._storage).record_heartbeat(trial._trial_id)
         for key, value in (trial_attrs or {}).items():
             trial.set_user_attr(key, value)
-        params = space_mod.suggest(trial, env.space)
-        spec = space_mod.resolve(env.space, params, env.registry)
-        trial.set_user_attr("config", spec.as_dict())
-        gate = policy.epoch_gate(study, trial, int(spec.training.get("epochs") or 0), lambda: measure_before_training(env, spec))
         curve: list[float] = []
-
-        def on_epoch(epoch: int, validation_loss: float, base_params: int) -> None:
-            curve.append(validation_loss)
-            reason = gate(epoch, validation_loss, base_params)
-            if reason is not None:
-                trial.set_user_attr(CURVE_ATTR, curve)
-                trial.set_user_attr(PRUNED_AT_ATTR, epoch + 1)
-                raise optuna.TrialPruned(reason)
-
+        # sampling raises too (a stored parameter whose distribution changed): its reason must be stored like any other
         try:
+            params = space_mod.suggest(trial, env.space)
+            spec = space_mod.resolve(env.space, params, env.registry)
+            trial.set_user_attr("config", spec.as_dict())
+            gate = policy.epoch_gate(
+                study, trial, int(spec.training.get("epochs") or 0), lambda: measure_before_training(env, spec)
+            )
+
+            def on_epoch(epoch: int, validation_loss: float, base_params: int) -> None:
+                curve.append(validation_loss)
+                reason = gate(epoch, validation_loss, base_params)
+                if reason is not None:
+                    trial.set_user_attr(CURVE_ATTR, curve)
+                    trial.set_user_attr(PRUNED_AT_ATTR, epoch + 1)
+                    raise optuna.TrialPruned(reason)
+
             record = run_trial(env, spec, trial.number, on_epoch=on_epoch)
         except optuna.TrialPruned:
             raise
         except Exception as exc:
-            reason = str(exc) if isinstance(exc, VaeAutomlError) else f"{type(exc).__name__}: {exc}"
-            trial.set_user_attr(study_mod.FAILURE_ATTR, reason)
+            trial.set_user_attr(study_mod.FAILURE_ATTR, failure_reason(exc))
             raise
         for key, value in {**record.to_user_attrs(), **policy.trial_attrs(record)}.items():
             trial.set_user_attr(key, value)

@@ -49,7 +49,7 @@ import optuna
 from vae_automl import constraints, early_stopping
 from vae_automl import space as space_mod
 from vae_automl import study as study_mod
-from vae_automl.backends.base import PRUNED_AT_ATTR, Backend, SearchPolicy
+from vae_automl.backends.base import PRUNED_AT_ATTR, Backend, SearchPolicy, failure_reason
 from vae_automl.errors import ConfigError, VaeAutomlError
 from vae_automl.plugin_manager import DISABLE_AUTOLOAD_ENV, EXTRA_PLUGINS_ENV
 from vae_automl.progress import Progress
@@ -166,12 +166,24 @@ def _make_searcher_class() -> type:
             with warnings.catch_warnings():
                 # the driver beats for Ray's trials itself (see _heartbeat_loop)
                 warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
-                config = super().suggest(trial_id)
+                try:
+                    config = super().suggest(trial_id)
+                except Exception as exc:
+                    # a sampling error (a stored parameter whose distribution changed) fails this trial with its reason
+                    if trial_id not in self._ot_trials:
+                        raise
+                    attrs = {study_mod.FAILURE_ATTR: failure_reason(exc)}
+                    self._finish(trial_id, self._ot_trials[trial_id], optuna.trial.TrialState.FAIL, None, attrs, None)
+                    return None
             if not isinstance(config, dict):
                 return config
             ot_trial = self._ot_trials[trial_id]
             with self.lock:
                 self.in_flight[trial_id] = ot_trial
+            study = cast(optuna.Study, self._ot_study)
+            if study_mod.has_heartbeat(study):
+                # the first beat now, not an interval later: a driver killed before it would leave the trial RUNNING for ever
+                cast(Any, study._storage).record_heartbeat(ot_trial._trial_id)
             return {**config, NUMBER_KEY: ot_trial.number}
 
         def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
@@ -339,7 +351,7 @@ def _trainable(config: dict[str, Any], source: str, file: str, dataset: Any, dev
         rungs = set(early_stopping.rungs(env.space.pruner, int(spec.training.get("epochs") or 0)))
         record = run_trial(env, spec, int(config[NUMBER_KEY]), on_epoch=on_epoch)
     except Exception as exc:  # the reason goes to the study; the search goes on
-        reason = str(exc) if isinstance(exc, VaeAutomlError) else f"{type(exc).__name__}: {exc}"
+        reason = failure_reason(exc)
         tune.report({FAILURE_KEY: reason, CONFIG_KEY: spec_json})
         return
     tune.report(

@@ -1,0 +1,195 @@
+"""Regression tests of issue 16's bad cases: nothing lost, nothing mixed, nothing repeated, every failure explained."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import optuna
+import pytest
+
+from vae_automl import space as space_mod
+from vae_automl.api import search
+from vae_automl.cli import main
+from vae_automl.config import load_space_text, study_name_problem
+from vae_automl.data import to_unit_float
+from vae_automl.errors import ConfigError, DataError
+from vae_automl.registry import get_registry
+from vae_automl.study import FAILURE_ATTR, create_study, open_storage
+
+STATES = optuna.trial.TrialState
+
+
+def _trials(storage: str, name: str) -> list[optuna.trial.FrozenTrial]:
+    return optuna.load_study(study_name=name, storage=storage).get_trials(deepcopy=False)
+
+
+# --- study names are names, not paths ---
+
+@pytest.mark.parametrize("name", ["../../x", "a/b", "/abs", "..", ".", "a\\b", "", "  ", "x\0y"])
+def test_a_study_name_that_is_a_path_is_refused(name: str) -> None:
+    assert study_name_problem(name) is not None
+
+
+@pytest.mark.parametrize("name", ["x", "a..b", "..x", "x.y", "my study-2", "~x"])
+def test_a_plain_name_is_a_name(name: str) -> None:
+    assert study_name_problem(name) is None
+
+
+def test_yaml_name_with_separators_is_refused_naming_the_key(tiny_space: Any) -> None:
+    text = tiny_space().read_text().replace("name: tiny", 'name: "../../x"')
+    with pytest.raises(ConfigError, match=r"space\.yaml: name: a study name is a name, not a path .*'\.\./\.\./x'"):
+        load_space_text(text, "space.yaml")
+
+
+def test_cli_study_with_separators_writes_nothing_outside_out(tiny_space: Any, tmp_path: Path) -> None:
+    work = tmp_path / "a" / "b"
+    work.mkdir(parents=True)
+    with pytest.raises(ConfigError, match=r"--study: .*'\.\./\.\./x'"):
+        search(tiny_space(), trials=0, study_name="../../x", show_progress=False)
+    with pytest.raises(ConfigError, match="not a path"):
+        search(tiny_space(), trials=0, study_name=str(tmp_path / "abs"), out_dir=work, show_progress=False)
+    assert not (tmp_path / "x").exists() and not (tmp_path / "abs").exists()
+    assert list(work.iterdir()) == []
+
+
+def test_create_study_refuses_a_path_name_too(tiny_space: Any, tmp_path: Path) -> None:
+    from vae_automl.config import load_space
+
+    with pytest.raises(ConfigError, match="not a path"):
+        create_study(load_space(tiny_space()), f"sqlite:///{tmp_path / 's.db'}", "a/b", tmp_path, get_registry())
+
+
+# --- data is checked for NaN and inf ---
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_non_finite_pixels_are_refused_naming_the_image(bad: float) -> None:
+    images = np.zeros((5, 1, 4, 4), dtype=np.float32)
+    images[3, 0, 2, 1] = bad
+    with pytest.raises(DataError, match=r"src: 1 pixel values are NaN or infinite, in 1 images \(first: image 3\)"):
+        to_unit_float(images, "src")
+
+
+def test_finite_pixels_at_the_bounds_pass() -> None:
+    images = np.zeros((2, 1, 2, 2), dtype=np.float64)
+    images[1] = 1.0
+    out = to_unit_float(images, "src")
+    assert out.dtype == np.float32 and out.min() == 0.0 and out.max() == 1.0
+
+
+def test_float64_values_beyond_float32_are_refused_as_infinite() -> None:
+    images = np.zeros((2, 1, 2, 2), dtype=np.float64)
+    images[0, 0, 0, 0] = 1e300
+    with pytest.raises(DataError, match="infinite"):
+        to_unit_float(images, "src")
+
+
+# --- every trial failure records its reason, sampling included; exit 1 when every trial failed ---
+
+def test_an_error_raised_while_sampling_is_stored_as_the_reason(tiny_space: Any, tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(trial: Any, space: Any) -> dict[str, Any]:
+        raise ValueError("Cannot set different log configuration to the same parameter name")
+
+    monkeypatch.setattr(space_mod, "suggest", broken)
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    result = search(tiny_space(), trials=1, storage=storage, out_dir=tmp_path, show_progress=False)
+    trials = _trials(storage, "tiny")
+    assert trials and all(t.state == STATES.FAIL for t in trials)
+    assert all(t.user_attrs[FAILURE_ATTR] == "ValueError: Cannot set different log configuration to the same "
+               "parameter name" for t in trials)
+    assert result.failure is not None and "all 3 trials this run finished failed" in result.failure
+    assert "Cannot set different log configuration" in result.failure
+
+
+def test_cli_exits_nonzero_when_every_trial_failed(tiny_space: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(trial: Any, space: Any) -> dict[str, Any]:
+        raise ValueError("no point")
+
+    monkeypatch.setattr(space_mod, "suggest", broken)
+    rc = main(["search", str(tiny_space()), "--out", str(tmp_path), "--trials", "1"])
+    assert rc != 0
+    assert "all 3 trials this run finished failed (none completed); the last: ValueError: no point" in capsys.readouterr().err
+
+
+def test_cli_exits_zero_when_one_trial_completed(tiny_space: Any, tmp_path: Path) -> None:
+    assert main(["search", str(tiny_space(trials=1, max_epochs=1)), "--out", str(tmp_path), "--trials", "1"]) == 0
+
+
+# --- the first heartbeat is beaten at trial start, in both backends ---
+
+def _heartbeat_rows(db: Path) -> list[int]:
+    with sqlite3.connect(db) as conn:
+        return [row[0] for row in conn.execute("SELECT trial_id FROM trial_heartbeats")]
+
+
+def test_optuna_backend_beats_before_the_trial_runs(tiny_space: Any, tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    from vae_automl.backends import optuna as optuna_backend
+
+    monkeypatch.setenv("VAE_AUTOML_HEARTBEAT_INTERVAL_S", "3600")  # no second beat can come in time
+    seen: list[list[int]] = []
+    real = optuna_backend.run_trial
+
+    def spy(env: Any, spec: Any, number: int, **kwargs: Any) -> Any:
+        seen.append(_heartbeat_rows(tmp_path / "study.db"))
+        return real(env, spec, number, **kwargs)
+
+    monkeypatch.setattr(optuna_backend, "run_trial", spy)
+    search(tiny_space(max_epochs=1), trials=1, storage=f"sqlite:///{tmp_path / 'study.db'}", out_dir=tmp_path,
+           show_progress=False)
+    assert seen == [[1]]  # trial 0 has storage id 1, and beat before it ran
+
+
+def test_ray_searcher_beats_when_it_hands_out_a_trial(tiny_space: Any, tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("ray.tune")
+    from vae_automl.backends.base import SearchPolicy
+    from vae_automl.backends.ray import _DefineByRun, _make_searcher_class
+    from vae_automl.config import load_space
+    from vae_automl.progress import Progress
+
+    monkeypatch.setenv("VAE_AUTOML_HEARTBEAT_INTERVAL_S", "3600")
+    space = load_space(tiny_space())
+    db = tmp_path / "study.db"
+    storage = open_storage(f"sqlite:///{db}")
+    study = create_study(space, storage, "tiny", tmp_path, get_registry())
+    searcher = _make_searcher_class()(
+        space=_DefineByRun(space), metric=list(space.objectives), mode=["min", "min"], sampler=study.sampler,
+        study_name="tiny", storage=storage, objectives=tuple(space.objectives), target_completed=2, done=0,
+        max_failures=3, deadline=None, progress=Progress(None, space.objectives, (), enabled=False),
+        policy=SearchPolicy(space, get_registry()),
+    )
+    assert _heartbeat_rows(db) == []
+    config = searcher.suggest("t0")
+    assert isinstance(config, dict)
+    assert _heartbeat_rows(db) == [1]
+    searcher.fail_in_flight("test over")
+
+
+def test_ray_searcher_stores_a_sampling_error_as_the_reason(tiny_space: Any, tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("ray.tune")
+    from vae_automl.backends.ray import _DefineByRun, _make_searcher_class
+    from vae_automl.config import load_space
+    from vae_automl.progress import Progress
+
+    def broken(trial: Any, space: Any) -> dict[str, Any]:
+        raise ValueError("bad distribution")
+
+    space = load_space(tiny_space())
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    study = create_study(space, storage, "tiny", tmp_path, get_registry())
+    monkeypatch.setattr(space_mod, "suggest", broken)
+    searcher = _make_searcher_class()(
+        space=_DefineByRun(space), metric=list(space.objectives), mode=["min", "min"], sampler=study.sampler,
+        study_name="tiny", storage=open_storage(storage), objectives=tuple(space.objectives), target_completed=2,
+        done=0, max_failures=1, deadline=None, progress=Progress(None, space.objectives, (), enabled=False),
+    )
+    assert searcher.suggest("t0") is None
+    [trial] = _trials(storage, "tiny")
+    assert trial.state == STATES.FAIL and trial.user_attrs[FAILURE_ATTR] == "ValueError: bad distribution"
+    assert searcher.suggest("t1") == "FINISHED"  # the failure counts toward the cap that ends a hopeless space
