@@ -105,7 +105,8 @@ def to_unit_float(images: np.ndarray, source: str) -> np.ndarray:
         return images.astype(np.float32) / 255.0
     if not np.issubdtype(images.dtype, np.floating) and not np.issubdtype(images.dtype, np.integer):
         raise DataError(f"{source}: images must be uint8 or float, got dtype {images.dtype}")
-    images = images.astype(np.float32)
+    with np.errstate(over="ignore"):  # values beyond float32 become inf, refused just below
+        images = images.astype(np.float32)
     finite = np.isfinite(images)
     if not finite.all():
         # a min/max check is fooled by NaN, and every trial would then fail with a "diverged" loss
