@@ -104,14 +104,14 @@ def test_an_error_raised_while_sampling_is_stored_as_the_reason(tiny_space: Any,
     assert "Cannot set different log configuration" in result.failure
 
 
-def test_cli_exits_nonzero_when_every_trial_failed(tiny_space: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+def test_cli_exits_1_when_every_trial_failed(tiny_space: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     def broken(trial: Any, space: Any) -> dict[str, Any]:
         raise ValueError("no point")
 
     monkeypatch.setattr(space_mod, "suggest", broken)
     rc = main(["search", str(tiny_space()), "--out", str(tmp_path), "--trials", "1"])
-    assert rc != 0
+    assert rc == 1
     assert "all 3 trials this run finished failed (none completed); the last: ValueError: no point" in capsys.readouterr().err
 
 

@@ -512,7 +512,7 @@ def export_study(
 
 
 def parse_trials(text: str) -> str | list[int]:
-    """``--trials``: ``front`` or comma-separated trial numbers (``3,7``), else an error naming the value."""
+    """``--select``: ``front`` or comma-separated trial numbers (``3,7``), else an error naming the value."""
     if text.strip() == "front":
         return "front"
     numbers = [n.strip() for n in text.split(",") if n.strip()]
