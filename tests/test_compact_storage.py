@@ -72,6 +72,21 @@ def test_compact_round_trip_is_bit_exact_and_its_length_is_size_bytes() -> None:
     assert serialize_model(back, registry.codec_map()) == data
 
 
+def test_a_state_dict_in_another_order_than_the_built_models_round_trips() -> None:
+    """Pruning re-registers weights after their biases; the file must not depend on that order."""
+    registry = get_registry()
+    model = zoo_model()
+    for layer in (model.features[0], model.head[0]):
+        weight = layer.weight
+        del layer.weight
+        layer.weight = weight  # now after the bias in the state dict
+    assert list(model.state_dict())[:2] == ["features.0.bias", "features.0.weight"]
+    data = serialize_model(model, registry.codec_map())
+    back = deserialize_model(data, registry)
+    assert weights_digest(back) == weights_digest(zoo_model())
+    assert serialize_model(back, registry.codec_map()) == data
+
+
 def test_compact_holds_the_same_parts_as_safetensors_under_a_far_smaller_header() -> None:
     registry = get_registry()
     compact_bytes = serialize_model(zoo_model("compact"), registry.codec_map())

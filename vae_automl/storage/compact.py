@@ -8,7 +8,9 @@ container stores the very same parts and the very same header, without
 what the model's config already says:
 
 * tensor names and shapes are not stored: they are those of the model the
-  config builds (loading builds it anyway, and refuses a mismatch);
+  config builds (loading builds it anyway, and refuses a mismatch), taken
+  in name order (a state dict's own order changes when pruning re-registers
+  a parameter);
 * part names, dtypes and lengths are a short list per tensor;
 * the header is canonical JSON, raw-deflated (``zlib``, level 9) against a
   fixed preset dictionary of the strings headers are made of (:data:`ZDICT`).

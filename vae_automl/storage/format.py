@@ -136,7 +136,8 @@ def container_of(model: Any) -> str:
 def serialize_model(model: VAE, codecs: Codecs | None = None) -> bytes:
     """The bytes of ``weights.safetensors`` for ``model``, in the container ``model.container`` names."""
     if container_of(model) == COMPACT:
-        entries = _pack_entries(model, builtin_codecs() if codecs is None else codecs)
+        # In name order: a state dict's order is not the built model's after a parameter is re-registered (pruning does).
+        entries = sorted(_pack_entries(model, builtin_codecs() if codecs is None else codecs), key=lambda e: e[0])
         return compact.write(model.config, [(spec, meta, parts) for _, _, spec, meta, parts in entries])
     tensors, metadata = pack_model(model, codecs)
     return st_save(tensors, metadata=metadata)
@@ -217,7 +218,7 @@ def deserialize_model(data: bytes, registry: Registry) -> VAE:
 def _read_compact(data: bytes, registry: Registry) -> tuple[dict[str, Any], dict[str, torch.Tensor], VAE]:
     """A compact container as the safetensors path sees a file: the header, the stored parts by name, the model.
 
-    The tensor names and shapes are the ones of the model its config builds.
+    The tensor names and shapes are the ones of the model its config builds, in name order.
     """
     config, entries = compact.read(data)
     model = registry.build_model(config)
@@ -227,7 +228,7 @@ def _read_compact(data: bytes, registry: Registry) -> tuple[dict[str, Any], dict
         raise ExportError(f"compact weights file: {len(entries)} tensors stored, but its config builds a model of {len(state)}")
     layout: dict[str, Any] = {}
     stored: dict[str, torch.Tensor] = {}
-    for (name, tensor), (spec, meta, parts) in zip(state.items(), entries):
+    for (name, tensor), (spec, meta, parts) in zip(sorted(state.items()), entries):
         layout[name] = {"spec": spec, "meta": meta, "shape": list(tensor.shape)}
         for suffix, part in parts.items():
             stored[name + (PART_SEPARATOR + suffix if suffix else "")] = part
