@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: install demo lint test test-slow ci clean
+.PHONY: install demo lint test test-slow mutation ci clean
 
 install: $(VENV)/.installed
 
@@ -25,11 +25,18 @@ lint: install
 	$(BIN)/ruff format --check vae_automl
 	$(BIN)/mypy
 
+# Tests run in a random order (pytest-randomly prints the seed; `--randomly-seed=N` replays an order,
+# `-p no:randomly` keeps file order) and report coverage (pytest-cov). test-slow appends to test's coverage data.
 test: install lint
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(BIN)/python -m pytest -q -m "not slow" --cov --cov-report=term
 
 test-slow: install
-	$(BIN)/python -m pytest -q -m slow
+	$(BIN)/python -m pytest -q -m slow --cov --cov-append --cov-report=term
+
+# Mutation testing of the modules that decide results (tools/mutation.py, [tool.mutmut] in pyproject.toml):
+# writes mutation.json and prints the table. Long: run it niced on a shared machine.
+mutation: install
+	$(BIN)/python tools/mutation.py
 
 clean:
-	rm -rf $(VENV) runs
+	rm -rf $(VENV) runs mutants .coverage mutation.json

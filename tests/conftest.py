@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 
@@ -18,6 +20,9 @@ torch.set_num_threads(1)
 
 SHARED_MNIST = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"
 
+# the skip policy's hooks (tests/skip_policy.py lists the reasons a test may skip under VAE_AUTOML_STRICT_SKIPS=1)
+from skip_policy import pytest_make_collect_report, pytest_runtest_makereport  # noqa: E402, F401
+
 
 @pytest.fixture
 def mnist_dir() -> Path:
@@ -27,9 +32,9 @@ def mnist_dir() -> Path:
     return SHARED_MNIST
 
 
-@pytest.fixture
-def register_plugin() -> Iterator[Any]:
-    """Register plugin objects/modules on the process-wide plugin manager for one test, unregistered in finally."""
+@contextmanager
+def registered_plugins() -> Iterator[Any]:
+    """Register plugin objects/modules on the process-wide plugin manager; all unregistered on exit (in finally)."""
     from vae_automl.plugin_manager import get_plugin_manager
     from vae_automl.registry import reset_registry
 
@@ -48,6 +53,13 @@ def register_plugin() -> Iterator[Any]:
         for plugin in registered:
             pm.unregister(plugin)
         reset_registry()
+
+
+@pytest.fixture
+def register_plugin() -> Iterator[Any]:
+    """Register plugin objects/modules on the process-wide plugin manager for one test, unregistered in finally."""
+    with registered_plugins() as register:
+        yield register
 
 
 # --- small real studies on the embedded digits, for the tests that read a study back (export, report) ---

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+import pytest
 
 from vae_automl.config import PrunerConfig
 from vae_automl.early_stopping import RUNG_VALUES_ATTR, STOPPED_AT_ATTR, decide, layers, peers_at, rungs
@@ -62,6 +63,7 @@ def test_peers_are_read_at_the_same_rung_only() -> None:
     assert peers_at(stored, 9) == [[0.5, 2.0]]
 
 
+@pytest.mark.study
 def test_resuming_a_study_with_stopped_trials(tiny_space: Any, tmp_path: Path) -> None:
     from vae_automl.api import search
 
@@ -88,6 +90,7 @@ def test_resuming_a_study_with_stopped_trials(tiny_space: Any, tmp_path: Path) -
     assert optuna.trial.TrialState.RUNNING not in states and optuna.trial.TrialState.FAIL not in states
 
 
+@pytest.mark.study
 def test_a_space_whose_trials_all_fail_still_ends(tiny_space: Any, tmp_path: Path) -> None:
     from vae_automl.api import search
 
@@ -97,3 +100,78 @@ def test_a_space_whose_trials_all_fail_still_ends(tiny_space: Any, tmp_path: Pat
     study = optuna.load_study(study_name=result.study_name, storage=result.storage)
     states = [t.state for t in study.get_trials(deepcopy=False)]
     assert result.completed == 0 and states == [optuna.trial.TrialState.FAIL] * 6
+
+
+# --- boundaries of every comparison in the rule (issue 17) ---
+
+def test_rung_boundaries() -> None:
+    doubling = PrunerConfig(name="pareto", warmup_epochs=1, reduction_factor=2)
+    assert rungs(doubling, 9) == [1, 2, 4, 8]
+    assert rungs(doubling, 8) == [1, 2, 4]  # a rung at the last epoch saves nothing
+    assert rungs(doubling, 2) == [1]
+    assert rungs(doubling, 1) == []
+    assert rungs(PrunerConfig(name="pareto", warmup_epochs=0, reduction_factor=2), 9) == []  # no warm-up: no rungs
+
+
+def brute_force_layers(points: list[list[float]]) -> list[int]:
+    """Peel fronts with O(n^2) dominance written here (minimize all)."""
+    def dominates(a: list[float], b: list[float]) -> bool:
+        return all(x <= y for x, y in zip(a, b)) and a != b
+
+    rank, left, layer = [-1] * len(points), set(range(len(points))), 0
+    while left:
+        front = {i for i in left if not any(dominates(points[j], points[i]) for j in left)}
+        for i in front:
+            rank[i] = layer
+        left -= front
+        layer += 1
+    return rank
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_layers_match_brute_force_peeling(seed: int) -> None:
+    import numpy as np
+
+    points = np.random.default_rng(seed).integers(0, 5, size=(20, 2)).astype(float).tolist()
+    assert layers(points, MIN2) == brute_force_layers(points)
+
+
+def test_keep_is_the_ceiling_of_peers_over_eta() -> None:
+    rule = PrunerConfig(name="pareto", warmup_epochs=1, min_trials=0, reduction_factor=3)
+    assert decide([1.0, 1.0], [], MIN2, rule).keep == 1
+    assert decide([1.0, 1.0], [[2.0, 2.0]] * 2, MIN2, rule).keep == 1  # 3 points / 3
+    assert decide([1.0, 1.0], [[2.0, 2.0]] * 3, MIN2, rule).keep == 2  # 4 points: ceil(4 / 3)
+    assert decide([1.0, 1.0], [[2.0, 2.0]] * 3, MIN2, rule).peers == 4
+
+
+def test_stop_exactly_when_better_reaches_keep() -> None:
+    rule = PrunerConfig(name="pareto", warmup_epochs=1, min_trials=0, reduction_factor=2)
+    # layer 1: two points ahead of it, 4 points in all -> keep 2: better == keep stops
+    at_quota = decide([5.0, 5.0], [[1.0, 4.0], [4.0, 1.0], [9.0, 9.0]], MIN2, rule)
+    assert (at_quota.rank, at_quota.better, at_quota.keep, at_quota.stop) == (1, 2, 2, True)
+    # one point ahead, 4 points in all -> keep 2: better == keep - 1 goes on
+    below = decide([5.0, 5.0], [[1.0, 4.0], [9.0, 9.0], [9.0, 8.0]], MIN2, rule)
+    assert (below.rank, below.better, below.keep, below.stop) == (1, 1, 2, False)
+
+
+def test_peers_in_the_same_layer_are_not_better() -> None:
+    rule = PrunerConfig(name="pareto", warmup_epochs=1, min_trials=0, reduction_factor=4)
+    # layer 1 with two layer-1 neighbours and one layer-0 point: only the layer-0 one is better
+    decision = decide([5.0, 5.0], [[1.0, 1.0], [4.0, 6.0], [6.0, 4.0]], MIN2, rule)
+    assert (decision.rank, decision.better) == (1, 1)
+    assert decision.stop  # keep = ceil(4 / 4) = 1
+
+
+def test_min_trials_boundary_and_a_dominated_duplicate() -> None:
+    rule = PrunerConfig(name="pareto", warmup_epochs=1, min_trials=2, reduction_factor=2)
+    assert not decide([9.0, 9.0], [[1.0, 1.0]], MIN2, rule).stop  # 1 peer < min_trials 2: no verdict
+    assert decide([9.0, 9.0], [[1.0, 1.0]] * 2, MIN2, rule).stop  # 2 peers: a verdict
+    # a duplicate of a front point is on the front too: never stopped
+    assert not decide([1.0, 1.0], [[1.0, 1.0]] * 5, MIN2, rule).stop
+
+
+def test_a_decision_on_the_front_reports_its_counts() -> None:
+    decision = decide([1.0, 9.0], [[9.0, 1.0], [9.0, 9.0]], MIN2, RULE)
+    assert (decision.stop, decision.rank, decision.better, decision.peers, decision.keep) == (False, 0, 0, 3, 1)
+    assert decision.reason(3) == ("dominated at the epoch-3 rung: 0 of 3 trials there lie in better non-dominated "
+                                  "layers, and successive halving keeps 1")

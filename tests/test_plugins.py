@@ -59,6 +59,14 @@ def test_plugin_registration_and_metadata(register_plugin: Any) -> None:
 
 
 def test_plugin_unregistered_after_fixture() -> None:
+    from conftest import registered_plugins  # the context manager behind the register_plugin fixture
+
+    # in one test: alone, the check after the `with` passed whatever the cleanup did
+    assert "always_one" not in get_registry().objectives
+    with pytest.raises(RuntimeError, match="boom"), registered_plugins() as register:
+        register(OneObjectivePlugin(), name="one-objective")
+        assert "always_one" in get_registry().objectives
+        raise RuntimeError("boom")  # a failing test still unregisters (the cleanup runs in finally)
     assert "always_one" not in get_registry().objectives
 
 

@@ -1,0 +1,183 @@
+"""Golden files: the exact bytes of ``weights.safetensors`` for small fixed models, checked in under tests/golden/.
+
+Any change to the packed format (bit order, code offsets, grid dtypes, mask encodings, entropy coding,
+header layout, the format or manifest version) fails here until it is made on purpose: then bump
+``FORMAT_VERSION`` / ``MANIFEST_VERSION`` as the change needs, and rewrite the files with
+``VAE_AUTOML_REGENERATE_GOLDEN=1 python -m pytest tests/test_golden_format.py``.
+
+The models are built from integer formulas and hand-written grids, not from a seeded initializer or the
+quantizers, so the golden bytes depend on the storage code alone.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from vae_automl.export import MANIFEST_FORMAT, MANIFEST_VERSION
+from vae_automl.registry import get_registry
+from vae_automl.storage.format import deserialize_model, serialize_model, size_bytes, theoretical_bits
+from vae_automl.storage.header import FORMAT_VERSION, HEADER_KEY, read_header
+from vae_automl.vae import VAE
+
+GOLDEN = Path(__file__).parent / "golden"
+REGENERATE = os.environ.get("VAE_AUTOML_REGENERATE_GOLDEN") == "1"
+
+
+def ints(shape: tuple[int, ...], k: int, low: int, high: int) -> torch.Tensor:
+    """A fixed integer pattern in [low, high] of ``shape`` (no random generator involved)."""
+    n = 1
+    for d in shape:
+        n *= d
+    return ((torch.arange(n) * k + 3) % (high - low + 1) + low).reshape(shape)
+
+
+def mlp(width: int, side: int) -> VAE:
+    arch = get_registry().architectures.get("mlp")
+    params = {"hidden_layers": 1, "hidden_width": width, "width_decay": 1.0, "latent_dim": 2,
+              "activation": "relu", "likelihood": "bernoulli"}
+    return arch.build(arch.config_from_params(params, (1, side, side)))
+
+
+def set_tensor(model: VAE, name: str, values: torch.Tensor, spec: dict[str, Any] | None = None) -> None:
+    with torch.no_grad():
+        model.state_dict()[name].copy_(values.float())
+    if spec is not None:
+        model.encodings[name] = spec
+
+
+def dense_model() -> VAE:
+    """Every tensor float32 (no encoding): values k/8 of small integers."""
+    model = mlp(6, 4)
+    for i, (name, tensor) in enumerate(model.state_dict().items()):
+        set_tensor(model, name, ints(tuple(tensor.shape), 5 + 2 * i, -8, 8) / 8)
+    return model
+
+
+def codecs_model() -> VAE:
+    """One tensor per codec and option: uniform symmetric/asymmetric/1-bit, codebook, float16, sparse masks."""
+    model = mlp(6, 4)
+    for name, tensor in model.state_dict().items():
+        set_tensor(model, name, ints(tuple(tensor.shape), 3, -4, 4) / 4)
+    # 4-bit symmetric, one float16 scale per output row: w = q * scale, q in [-7, 7] stored as q + 7
+    scale = [0.125, 0.25, 0.5, 0.0625, 1.0, 0.375]
+    q = ints((6, 16), 7, -7, 7)
+    set_tensor(model, "encoder.0.weight", q * torch.tensor(scale)[:, None],
+               {"codec": "uniform", "bits": 4, "symmetric": True, "axis": 0, "scale_dtype": "float16", "scale": scale})
+    set_tensor(model, "encoder.0.bias", ints((6,), 5, -6, 6) / 16, {"codec": "dense", "dtype": "float16"})
+    # 3-bit asymmetric per tensor: w = (c - zero_point) * scale, c in [0, 7]
+    c = ints((2, 6), 3, 0, 7)
+    set_tensor(model, "mu.weight", (c - 2) * 0.5,
+               {"codec": "uniform", "bits": 3, "symmetric": False, "axis": None, "scale_dtype": "float32",
+                "scale": [0.5], "zero_point": [2]})
+    # 1-bit symmetric: w = (2c - 1) * scale
+    set_tensor(model, "logvar.weight", (2 * ints((2, 6), 5, 0, 1) - 1) * 0.75,
+               {"codec": "uniform", "bits": 1, "symmetric": True, "axis": None, "scale": [0.75]})
+    # 2-bit codebook
+    book = [-0.5, -0.125, 0.25, 1.0]
+    set_tensor(model, "decoder.0.weight", torch.tensor(book)[ints((6, 2), 3, 0, 3)],
+               {"codec": "codebook", "bits": 2, "codebook": book})
+    # sparse: about half zeros, 8-bit uniform values; and two float32 values of 16 (bitmasks both)
+    w = ints((16, 6), 5, -127, 127) * (ints((16, 6), 1, 0, 1))
+    set_tensor(model, "decoder.2.weight", w / 64,
+               {"codec": "uniform", "bits": 8, "symmetric": True, "axis": None, "scale": [1 / 64], "sparse": True})
+    bias = torch.zeros(16)
+    bias[[1, 9]] = torch.tensor([0.5, -2.0])
+    set_tensor(model, "decoder.2.bias", bias, {"sparse": True})
+    return model
+
+
+def entropy_model() -> VAE:
+    """Entropy-coded codebook codes, mask and codebook (``entropy: true``) on a skewed 2048-value tensor."""
+    model = mlp(32, 8)
+    for name, tensor in model.state_dict().items():
+        set_tensor(model, name, ints(tuple(tensor.shape), 3, -4, 4) / 4)
+    book = [-0.25, 0.5, 0.75, 1.5]
+    idx = torch.where(ints((64, 32), 7, 0, 9) < 7, 1, ints((64, 32), 11, 0, 3))  # mostly entry 1: skewed codes
+    keep = ints((64, 32), 13, 0, 3) != 0  # a quarter pruned
+    set_tensor(model, "decoder.2.weight", torch.tensor(book)[idx] * keep,
+               {"codec": "codebook", "bits": 2, "codebook": book, "sparse": True, "entropy": True})
+    return model
+
+
+MODELS: dict[str, Callable[[], VAE]] = {"mlp_float32": dense_model, "mlp_codecs": codecs_model, "mlp_entropy": entropy_model}
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_packed_bytes_equal_the_golden_file(name: str) -> None:
+    model = MODELS[name]()
+    data = serialize_model(model)
+    path = GOLDEN / f"{name}.safetensors"
+    if REGENERATE:
+        path.write_bytes(data)
+    golden = path.read_bytes()
+    assert data == golden, f"{path.name}: the packed format changed; if on purpose, bump FORMAT_VERSION and regenerate"
+    assert size_bytes(model) == len(golden) == os.path.getsize(path)
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_golden_file_loads_to_the_fixed_model(name: str) -> None:
+    golden = (GOLDEN / f"{name}.safetensors").read_bytes()
+    model = MODELS[name]()
+    back = deserialize_model(golden, get_registry())
+    for key, tensor in model.state_dict().items():
+        assert torch.equal(back.state_dict()[key], tensor), key
+    assert back.encodings == model.encodings
+    assert back.config == model.config
+
+
+def test_golden_headers_state_the_format_version_and_each_codec() -> None:
+    assert FORMAT_VERSION == 1 and HEADER_KEY == "vae_automl"
+    header = read_header((GOLDEN / "mlp_codecs.safetensors").read_bytes())
+    assert header["format"] == 1
+    tensors = header["tensors"]
+    assert tensors["encoder.0.weight"]["spec"] == {"codec": "uniform", "bits": 4, "symmetric": True, "axis": 0,
+                                                   "scale_dtype": "float16"}  # the scales live in a tensor
+    assert tensors["decoder.2.weight"]["meta"] == {"mask": "bitmask"}
+    assert tensors["decoder.2.bias"]["meta"] == {"mask": "bitmask"}  # 2 bytes, against 4 for two 16-bit indices
+    entropy = read_header((GOLDEN / "mlp_entropy.safetensors").read_bytes())["tensors"]["decoder.2.weight"]["meta"]
+    assert set(entropy["entropy"]) == {"", "mask"}, "the golden entropy file must exercise coded codes and mask"
+
+
+def test_golden_codes_sit_where_the_format_says() -> None:
+    """Read one packed tensor by hand: 4-bit codes q + 7, least significant nibble first, after the header."""
+    data = (GOLDEN / "mlp_codecs.safetensors").read_bytes()
+    n = int.from_bytes(data[:8], "little")
+    layout = json.loads(data[8 : 8 + n])
+    start, end = layout["encoder.0.weight"]["data_offsets"]
+    raw = data[8 + n + start : 8 + n + end]
+    assert layout["encoder.0.weight"]["dtype"] == "U8" and len(raw) == 6 * 16 // 2
+    codes = [nibble for byte in raw for nibble in (byte & 0xF, byte >> 4)]
+    assert codes == (ints((6, 16), 7, -7, 7) + 7).flatten().tolist()
+    scale_start, scale_end = layout["encoder.0.weight::scale"]["data_offsets"]
+    assert layout["encoder.0.weight::scale"]["dtype"] == "F16"
+    scales = torch.frombuffer(bytearray(data[8 + n + scale_start : 8 + n + scale_end]), dtype=torch.float16)
+    assert scales.tolist() == [0.125, 0.25, 0.5, 0.0625, 1.0, 0.375]
+
+
+def test_theoretical_bits_of_the_codecs_model_by_hand() -> None:
+    model = codecs_model()
+    expected = (
+        6 * 16 * 4 + 6 * 16  # encoder.0.weight: 4-bit codes, six float16 scales
+        + 6 * 16  # encoder.0.bias: float16
+        + 2 * 6 * 3 + 32 + 3  # mu.weight: 3-bit codes, one float32 scale, one 3-bit zero point
+        + 2 * 32  # mu.bias
+        + 2 * 6 * 1 + 16  # logvar.weight: 1-bit codes, one float16 scale
+        + 2 * 32  # logvar.bias
+        + 6 * 2 * 2 + 4 * 16  # decoder.0.weight: 2-bit indices, four float16 entries
+        + 6 * 32  # decoder.0.bias
+        + int((model.state_dict()["decoder.2.weight"] != 0).sum()) * 8 + 16 + 16 * 6  # nnz codes, scale, bitmask
+        + 2 * 32 + 16  # decoder.2.bias: two float32 values, a 16-bit bitmask
+    )
+    assert theoretical_bits(model, None) == expected
+
+
+def test_manifest_schema_version() -> None:
+    """The export manifest's schema: a change to its keys or meaning bumps MANIFEST_VERSION (loading refuses others)."""
+    assert (MANIFEST_FORMAT, MANIFEST_VERSION) == ("vae-automl-export", 1)
