@@ -1,7 +1,7 @@
 """Compressed bytes vs accuracy (or ELBO) of three MNIST classifiers and the seed MLP VAE, per method.
 
     python benchmarks/weights_table.py --data ../shared/data/mnist [--json FILE] [--models lenet5,zoo_cnn]
-                                       [--search-trials N] [--out DIR]
+                                       [--search-trials N] [--seeds 0,1,2] [--out DIR]
 
 With only the MNIST test set in DIR (10,000 images) it trains on the first
 8,000 and tests on the last 2,000 (the project's split); with the full MNIST
@@ -17,17 +17,35 @@ the 2,464-parameter zoo CNN, the 784-400-20 MLP VAE) the rows are:
     fine-tuning (Deep Compression's first two stages), stored packed.
 ``prune+kmeans+entropy``
     the same model with the ``entropy_code`` stage: codes, masks and
-    codebooks ANS-coded. One trial gives both rows: the first is that
-    trial's model re-serialized without entropy coding.
+    codebooks ANS-coded, in a safetensors file.
+``prune+kmeans+entropy+compact``
+    the same coded parts in the compact container
+    (``entropy_code(container=compact)``: a deflated header of ~100 bytes
+    instead of safetensors' JSON). One trial gives the three rows: it runs
+    with the compact container, and the first two rows are its model
+    re-serialized without entropy coding / in safetensors, checked to decode
+    to the very same weights.
+``distill+prune+kmeans+entropy+compact`` (the MLP VAE only)
+    logit-free VAE distillation into a narrower student first, then the
+    same stages; its reference is an fp32 model trained for its own total
+    epochs (base + distillation + fine-tuning).
 ``weight_vae``
     weights encoded by a small VAE; its decoder is in the file.
     ``size_bytes_amortized`` also gives the size with the decoder shared by
     the declared ``--amortize-over`` models.
 ``search``
-    the smallest model within the target that a search of ``--search-trials``
-    trials finds (pruning sparsity, k-means bits or weight_vae, entropy coding
-    always on), each trial with the same fine-tuning epochs as the hand-set
-    rows. It is chosen on the test split, as a front is read.
+    the smallest model within the target that a TPE search of
+    ``--search-trials`` trials finds over each model's range of pruning
+    sparsity and k-means bits (entropy coding and the compact container
+    always on; weight_vae, which lost on every model, is left out), each
+    trial with the same fine-tuning epochs as the hand-set rows. It is
+    chosen on the test split, as a front is read.
+
+``--seeds 0,1,2`` repeats every row for each seed (training, pruning and
+k-means draws, and the search's sampler); the table then also gives, per
+model and method, the mean and the standard deviation over the seeds, and
+``--json`` appends those summaries (with ``seeds`` and ``*_std`` keys) to
+the per-seed rows (each with its ``seed``).
 
 Every row is a trial of the library (``run_trial`` / ``search``); size is the
 byte length of the packed ``weights.safetensors``, ``payload`` its codes
@@ -40,6 +58,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import statistics
 import sys
 import tempfile
 import time
@@ -78,6 +97,10 @@ class ModelPlan:
     target_ratio: float
     """Smallest compression ratio the issue asks for at ``target``."""
     weight_vae: dict[str, Any] = field(default_factory=dict)
+    search_sparsity: tuple[float, float] = (0.5, 0.98)
+    search_bits: tuple[int, int] = (2, 6)
+    distill: dict[str, Any] = field(default_factory=dict)
+    """Distillation before prune + k-means (``distill`` params); empty: no distilled row."""
 
     @property
     def finetune_epochs(self) -> int:
@@ -91,20 +114,24 @@ class ModelPlan:
 # Hand-set points: Deep Compression's 92-95% sparsity and 5-bit codes for the LeNets; gentler settings for the
 # 2,464-parameter CNN and the VAE, whose weights have little redundancy. weight_vae: 8 latents per 16 weights and a
 # 3e-3 fine-tuning rate were the best of six settings tried on LeNet-5 and LeNet-300-100 before this table.
+DISTILL_VAE = {"width_ratio": 0.5, "epochs": 8}
 WEIGHT_VAE = {"chunk": 16, "latent_dim": 8, "hidden": 32, "step": 0.25, "rate_weight": 1e-7, "finetune_lr": 3e-3}
+# Search ranges: around Deep Compression's operating points (85-97% sparsity, 3-6 bits) for the LeNets; the zoo CNN
+# loses over a point past 70% sparsity (96.05% at 70%, 82.6% at 80%, 3-bit), the VAE degrades past ~85%.
 PLANS = {
-    "lenet5": ModelPlan("lenet5", "classifier", {"lenet5": {}}, 12, 4, 4, 0.93, 5, 0.5, 40.0, WEIGHT_VAE),
+    "lenet5": ModelPlan("lenet5", "classifier", {"lenet5": {}}, 12, 4, 4, 0.93, 5, 0.5, 40.0, WEIGHT_VAE,
+                        (0.85, 0.97), (3, 6)),
     "lenet_300_100": ModelPlan("lenet_300_100", "classifier", {"lenet_300_100": {}}, 20, 4, 4, 0.94, 5, 0.5, 40.0,
-                               WEIGHT_VAE),
+                               WEIGHT_VAE, (0.85, 0.97), (3, 6)),
     "zoo_cnn": ModelPlan("zoo_cnn", "classifier", {"zoo_cnn": {}}, 30, 4, 4, 0.6, 3, 1.0, 19.7,
-                         {**WEIGHT_VAE, "chunk": 25, "latent_dim": 8, "hidden": 0}),
+                         {**WEIGHT_VAE, "chunk": 25, "latent_dim": 8, "hidden": 0}, (0.3, 0.75), (2, 4)),
     "mlp_vae": ModelPlan("mlp_vae", "vae", {"mlp": {"preset": "seed_784_400_20"}}, 30, 4, 4, 0.8, 4, 3.0, 32.0,
-                         {**WEIGHT_VAE, "finetune_lr": 2e-3}),
+                         {**WEIGHT_VAE, "finetune_lr": 2e-3}, (0.6, 0.9), (3, 5), DISTILL_VAE),
 }
 
 
 def space_text(plan: ModelPlan, data_dir: Path, test_images: int, epochs: int, compressors: list[dict[str, Any]],
-               name: str, trials: int = 1) -> str:
+               name: str, trials: int = 1, seed: int = 0) -> str:
     objectives = [plan.quality, "size_bytes"]
     return yaml.safe_dump({
         "name": name,
@@ -112,13 +139,13 @@ def space_text(plan: ModelPlan, data_dir: Path, test_images: int, epochs: int, c
         "dataset": {"spec": "mnist", "data_dir": str(data_dir),
                     "split": {"test": test_images, "validation": 0, "shuffle": False}},
         "device": "cpu",
-        "seed": 0,
+        "seed": seed,
         "architecture": plan.architecture,
         "training": {"epochs": epochs, "batch_size": 128, "lr": 1.0e-3},
         "compressors": compressors,
         "objectives": objectives,
         "record": ["params", "theoretical_bits", "size_bytes_amortized"],
-        "sampler": {"name": "tpe", "seed": 0},
+        "sampler": {"name": "tpe", "seed": seed},
         "trials": trials,
     }, sort_keys=False)
 
@@ -134,38 +161,46 @@ def describe(pipeline: list[dict[str, Any]]) -> str:
 class Runner:
     """Runs single-point trials of one model against one output folder (the base is trained once, cached)."""
 
-    def __init__(self, plan: ModelPlan, args: argparse.Namespace, registry: Registry, pm: Any, test_images: int) -> None:
+    def __init__(self, plan: ModelPlan, args: argparse.Namespace, registry: Registry, pm: Any, test_images: int,
+                 seed: int = 0) -> None:
         self.plan, self.args, self.registry, self.pm, self.test_images = plan, args, registry, pm, test_images
+        self.seed = seed
         self.number = 0
 
     def trial(self, name: str, pipeline: list[dict[str, Any]], epochs: int) -> tuple[dict[str, Any], Any]:
-        text = space_text(self.plan, self.args.data, self.test_images, epochs, pipeline, f"{self.plan.key}-{name}")
+        text = space_text(self.plan, self.args.data, self.test_images, epochs, pipeline, f"{self.plan.key}-{name}",
+                          seed=self.seed)
         space = load_space_text(text, f"weights_table:{self.plan.key}:{name}", self.registry)
-        env = prepare(space, self.args.out / self.plan.key, self.registry, self.pm)
+        env = prepare(space, self.args.out / self.plan.key / f"seed{self.seed}", self.registry, self.pm)
         record = run_trial(env, resolve(space, {}, self.registry), self.number)
         self.number += 1
         return dict(record.metrics), Path(record.artifact)
 
 
-def plain_size(artifact: Path, registry: Registry) -> tuple[int, int]:
-    """Bytes and theoretical bits of the artifact's model re-serialized without entropy coding (before the third stage)."""
+def variant_size(artifact: Path, registry: Registry, entropy: bool) -> tuple[int, int]:
+    """Bytes and theoretical bits of the artifact's model re-serialized in safetensors, with or without entropy coding.
+
+    The variant must decode to the very same weights as the artifact.
+    """
     data = artifact.read_bytes()
     model = deserialize_model(data, registry)
     if serialize_model(model, registry.codec_map()) != data:
         raise SystemExit(f"{artifact}: loading and re-serializing did not give the same bytes")
-    plain = copy.deepcopy(model)
-    plain.encodings = {k: {kk: vv for kk, vv in v.items() if kk != "entropy"} for k, v in plain.encodings.items()}
-    plain_bytes = serialize_model(plain, registry.codec_map())
-    back = deserialize_model(plain_bytes, registry)
+    variant = copy.deepcopy(model)
+    variant.container = "safetensors"
+    if not entropy:
+        variant.encodings = {k: {kk: vv for kk, vv in v.items() if kk != "entropy"} for k, v in variant.encodings.items()}
+    variant_bytes = serialize_model(variant, registry.codec_map())
+    back = deserialize_model(variant_bytes, registry)
     if not all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), back.state_dict().values())):
-        raise SystemExit(f"{artifact}: the entropy-coded and plain files decode to different weights")
-    return len(plain_bytes), theoretical_bits(plain, registry.codec_map())
+        raise SystemExit(f"{artifact}: the compact and safetensors files decode to different weights")
+    return len(variant_bytes), theoretical_bits(variant, registry.codec_map())
 
 
 def row(plan: ModelPlan, method: str, pipeline: list[dict[str, Any]], metrics: dict[str, float], reference: float,
-        fp32_bytes: int, epochs: int, seconds: float, size_bytes: int | None = None) -> dict[str, Any]:
+        fp32_bytes: int, epochs: int, seconds: float, seed: int, size_bytes: int | None = None) -> dict[str, Any]:
     size = int(size_bytes if size_bytes is not None else metrics["size_bytes"])
-    out: dict[str, Any] = {"model": plan.key, "method": method, "pipeline": describe(pipeline), "size_bytes": size,
+    out: dict[str, Any] = {"model": plan.key, "method": method, "seed": seed, "pipeline": describe(pipeline), "size_bytes": size,
                            "compression_ratio": fp32_bytes / size, "payload_bytes": metrics["theoretical_bits"] / 8,
                            "epochs": epochs, "seconds": round(seconds, 1)}
     value = metrics[plan.quality]
@@ -189,35 +224,33 @@ def row(plan: ModelPlan, method: str, pipeline: list[dict[str, Any]], metrics: d
 
 
 def search_best(plan: ModelPlan, args: argparse.Namespace, registry: Registry, test_images: int, reference: float,
-                fp32_bytes: int) -> dict[str, Any]:
+                fp32_bytes: int, seed: int) -> dict[str, Any]:
     """Run the same-budget search and return the row of its smallest point within the target (or its least lossy one)."""
     from vae_automl.api import search
 
     f_prune, f_quant = plan.prune_epochs, plan.quantize_epochs
+    low, high = plan.search_sparsity
     compressors = [
-        {"name": "magnitude_prune", "params": {"sparsity": {"low": 0.5, "high": 0.98}, "finetune_epochs": f_prune}},
-        {"choices": [
-            {"name": "kmeans", "params": {"bits": {"low": 2, "high": 6}, "qat_epochs": f_quant}},
-            {"name": "weight_vae", "params": {**plan.weight_vae, "finetune_epochs": f_quant,
-                                              "step": {"low": 0.05, "high": 1.0, "log": True},
-                                              "latent_dim": {"choices": [2, 4, 8]}}},
-        ]},
-        {"name": "entropy_code"},
+        {"name": "magnitude_prune", "params": {"sparsity": {"low": low, "high": high}, "finetune_epochs": f_prune}},
+        {"name": "kmeans", "params": {"bits": {"low": plan.search_bits[0], "high": plan.search_bits[1]},
+                                      "qat_epochs": f_quant}},
+        {"name": "entropy_code", "params": {"container": "compact"}},
     ]
     name = f"{plan.key}-search"
-    text = space_text(plan, args.data, test_images, plan.epochs, compressors, name, trials=args.search_trials)
+    text = space_text(plan, args.data, test_images, plan.epochs, compressors, name, trials=args.search_trials, seed=seed)
     space = load_space_text(text, f"weights_table:{name}", registry)
     started = time.perf_counter()
-    search(space, trials=args.search_trials, out_dir=args.out / plan.key / "search", show_progress=False)
+    folder = args.out / plan.key / f"seed{seed}" / "search"
+    search(space, trials=args.search_trials, out_dir=folder, show_progress=False)
     import optuna
 
-    study = optuna.load_study(study_name=name, storage=f"sqlite:///{(args.out / plan.key / 'search' / 'study.db').resolve()}")
+    study = optuna.load_study(study_name=name, storage=f"sqlite:///{(folder / 'study.db').resolve()}")
     rows = []
     for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
         record = TrialRecord.from_dict(t.user_attrs[RECORD_ATTR])
         pipeline = [{"name": p["compressor"], "params": p["params"]} for p in record.config.get("pipeline") or []]
         rows.append(row(plan, "search", pipeline, record.metrics, reference, fp32_bytes,
-                        plan.epochs + plan.finetune_epochs, time.perf_counter() - started))
+                        plan.epochs + plan.finetune_epochs, time.perf_counter() - started, seed))
     if not rows:
         raise SystemExit(f"{plan.key}: the search completed no trial")
     key = "accuracy_delta_pts" if plan.quality == ACCURACY else "elbo_delta_pct"
@@ -225,13 +258,16 @@ def search_best(plan: ModelPlan, args: argparse.Namespace, registry: Registry, t
     best = min(within, key=lambda r: r["size_bytes"]) if within else max(
         rows, key=lambda r: r[key] if key == "accuracy_delta_pts" else -r[key])
     best["search_trials"] = len(rows)
+    best["search_trials_meeting_target"] = sum(r["meets_target"] for r in rows)
     best["seconds"] = round(time.perf_counter() - started, 1)
     return best
 
 
-def run_model(plan: ModelPlan, args: argparse.Namespace, registry: Registry, pm: Any, test_images: int) -> list[dict[str, Any]]:
-    runner = Runner(plan, args, registry, pm, test_images)
-    log = lambda msg: print(f"[{time.perf_counter() - STARTED:6.0f} s] {plan.key}: {msg}", file=sys.stderr, flush=True)  # noqa: E731
+def run_model(plan: ModelPlan, args: argparse.Namespace, registry: Registry, pm: Any, test_images: int,
+              seed: int) -> list[dict[str, Any]]:
+    runner = Runner(plan, args, registry, pm, test_images, seed)
+    log = lambda msg: print(f"[{time.perf_counter() - STARTED:6.0f} s] {plan.key} seed {seed}: {msg}",  # noqa: E731
+                            file=sys.stderr, flush=True)
     f = plan.finetune_epochs
     t0 = time.perf_counter()
     base_metrics, _ = runner.trial("fp32", [], plan.epochs)
@@ -241,35 +277,77 @@ def run_model(plan: ModelPlan, args: argparse.Namespace, registry: Registry, pm:
     reference = ref_metrics[plan.quality]
     log(f"fp32 {plan.quality} {base_metrics[plan.quality]:.3f} ({plan.epochs} epochs), "
         f"reference {reference:.3f} ({plan.epochs + f} epochs), {time.perf_counter() - t0:.0f} s")
-    rows = [row(plan, "fp32", [], base_metrics, reference, fp32_bytes, plan.epochs, time.perf_counter() - t0)]
+    rows = [row(plan, "fp32", [], base_metrics, reference, fp32_bytes, plan.epochs, time.perf_counter() - t0, seed)]
 
     pk = [{"name": "magnitude_prune", "params": {"sparsity": plan.sparsity, "finetune_epochs": plan.prune_epochs}},
           {"name": "kmeans", "params": {"bits": plan.bits, "qat_epochs": plan.quantize_epochs}}]
+    compact = {"name": "entropy_code", "params": {"container": "compact"}}
     t0 = time.perf_counter()
-    metrics, artifact = runner.trial("prune_kmeans_entropy", [*pk, {"name": "entropy_code"}], plan.epochs)
-    plain, plain_bits = plain_size(artifact, registry)
+    metrics, artifact = runner.trial("prune_kmeans_entropy", [*pk, compact], plan.epochs)
+    plain, plain_bits = variant_size(artifact, registry, entropy=False)
+    coded, _ = variant_size(artifact, registry, entropy=True)
     seconds = time.perf_counter() - t0
     rows.append(row(plan, "prune+kmeans", pk, {**metrics, "theoretical_bits": plain_bits}, reference, fp32_bytes,
-                    plan.epochs + f, seconds, size_bytes=plain))
+                    plan.epochs + f, seconds, seed, size_bytes=plain))
     rows.append(row(plan, "prune+kmeans+entropy", [*pk, {"name": "entropy_code"}], metrics, reference, fp32_bytes,
-                    plan.epochs + f, seconds))
-    log(f"prune+kmeans {plain} B -> entropy-coded {int(metrics['size_bytes'])} B, {plan.quality} {metrics[plan.quality]:.3f}")
+                    plan.epochs + f, seconds, seed, size_bytes=coded))
+    rows.append(row(plan, "prune+kmeans+entropy+compact", [*pk, compact], metrics, reference, fp32_bytes,
+                    plan.epochs + f, seconds, seed))
+    log(f"prune+kmeans {plain} B -> entropy-coded {coded} B -> compact {int(metrics['size_bytes'])} B, "
+        f"{plan.quality} {metrics[plan.quality]:.3f}")
 
-    wv = [{"name": "weight_vae", "params": {**plan.weight_vae, "finetune_epochs": f, "amortize_over": args.amortize_over}}]
-    t0 = time.perf_counter()
-    metrics, _ = runner.trial("weight_vae", wv, plan.epochs)
-    rows.append(row(plan, "weight_vae", wv, metrics, reference, fp32_bytes, plan.epochs + f, time.perf_counter() - t0))
-    log(f"weight_vae {int(metrics['size_bytes'])} B (amortized over {args.amortize_over}: "
-        f"{metrics['size_bytes_amortized']:.0f} B), {plan.quality} {metrics[plan.quality]:.3f}")
+    if plan.distill:
+        total = plan.epochs + int(plan.distill["epochs"]) + f
+        t0 = time.perf_counter()
+        distill_ref = runner.trial(f"fp32_ref_{total}ep", [], total)[0][plan.quality]
+        dpk = [{"name": "distill", "params": dict(plan.distill)}, *pk, compact]
+        metrics, _ = runner.trial("distill_prune_kmeans_entropy", dpk, plan.epochs)
+        rows.append(row(plan, "distill+prune+kmeans+entropy+compact", dpk, metrics, distill_ref, fp32_bytes, total,
+                        time.perf_counter() - t0, seed))
+        rows[-1]["reference"] = distill_ref
+        log(f"distill+prune+kmeans {int(metrics['size_bytes'])} B, {plan.quality} {metrics[plan.quality]:.3f} "
+            f"(reference {distill_ref:.3f} at {total} epochs)")
+
+    if not args.no_weight_vae:
+        wv = [{"name": "weight_vae", "params": {**plan.weight_vae, "finetune_epochs": f,
+                                                "amortize_over": args.amortize_over}}]
+        t0 = time.perf_counter()
+        metrics, _ = runner.trial("weight_vae", wv, plan.epochs)
+        rows.append(row(plan, "weight_vae", wv, metrics, reference, fp32_bytes, plan.epochs + f,
+                        time.perf_counter() - t0, seed))
+        log(f"weight_vae {int(metrics['size_bytes'])} B (amortized over {args.amortize_over}: "
+            f"{metrics['size_bytes_amortized']:.0f} B), {plan.quality} {metrics[plan.quality]:.3f}")
 
     if args.search_trials > 0:
-        best = search_best(plan, args, registry, test_images, reference, fp32_bytes)
+        best = search_best(plan, args, registry, test_images, reference, fp32_bytes, seed)
         rows.append(best)
-        log(f"search ({best['search_trials']} trials): {best['size_bytes']} B, {best['pipeline']}")
+        log(f"search ({best['search_trials']} trials, {best['search_trials_meeting_target']} meet the target): "
+            f"{best['size_bytes']} B, {best['pipeline']}")
     for r in rows:
-        r["reference"] = reference
+        r.setdefault("reference", reference)
         r["fp32_params"] = base_params
     return rows
+
+
+SUMMARY_KEYS = ("size_bytes", "compression_ratio", "accuracy", "accuracy_delta_pts", "test_elbo_nats", "elbo_delta_pct")
+
+
+def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per (model, method): the mean and the sample standard deviation over the seeds of each figure."""
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for r in rows:
+        groups.setdefault((r["model"], r["method"]), []).append(r)
+    out = []
+    for (model, method), group in groups.items():
+        summary: dict[str, Any] = {"model": model, "method": method, "seeds": [r["seed"] for r in group],
+                                   "meets_target": sum(bool(r.get("meets_target")) for r in group)}
+        for key in SUMMARY_KEYS:
+            values = [float(r[key]) for r in group if key in r]
+            if values:
+                summary[key] = statistics.fmean(values)
+                summary[f"{key}_std"] = statistics.stdev(values) if len(values) > 1 else 0.0
+        out.append(summary)
+    return out
 
 
 STARTED = time.perf_counter()
@@ -278,8 +356,9 @@ STARTED = time.perf_counter()
 def print_table(rows: list[dict[str, Any]], split: str) -> None:
     print(f"MNIST, {split}; CPU, one thread. Δ against an fp32 model trained for the same total epochs; "
           "ratio = 4 bytes x base parameters / file bytes; payload = file without the safetensors/JSON header.\n")
-    print("| model | method | size bytes | payload bytes | ratio vs fp32 | accuracy % / test ELBO | Δ | target met | pipeline |")
-    print("| --- | --- | ---: | ---: | ---: | ---: | ---: | :---: | --- |")
+    print("| model | method | seed | size bytes | payload bytes | ratio vs fp32 | accuracy % / test ELBO | Δ | target met "
+          "| pipeline |")
+    print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | :---: | --- |")
     for r in rows:
         if "accuracy" in r:
             quality, delta = f"{r['accuracy']:.2f}", f"{r['accuracy_delta_pts']:+.2f} pts"
@@ -291,8 +370,25 @@ def print_table(rows: list[dict[str, Any]], split: str) -> None:
             size += f" ({r['size_bytes_amortized']:,.0f} amortized)"
             ratio += f" ({r['compression_ratio_amortized']:.1f}x)"
         met = "-" if r["method"] == "fp32" else ("yes" if r["meets_target"] else "no")
-        print(f"| {r['model']} | {r['method']} | {size} | {r['payload_bytes']:,.0f} | {ratio} | {quality} | {delta} | "
-              f"{met} | {r['pipeline']} |")
+        print(f"| {r['model']} | {r['method']} | {r['seed']} | {size} | {r['payload_bytes']:,.0f} | {ratio} | {quality} "
+              f"| {delta} | {met} | {r['pipeline']} |")
+
+
+def print_summary(summary: list[dict[str, Any]]) -> None:
+    print("\nMean ± standard deviation over the seeds (target met: in how many seeds).\n")
+    print("| model | method | seeds | size bytes | ratio vs fp32 | accuracy % / test ELBO | Δ | target met |")
+    print("| --- | --- | --- | ---: | ---: | ---: | ---: | :---: |")
+    for r in summary:
+        if "accuracy" in r:
+            quality = f"{r['accuracy']:.2f} ± {r['accuracy_std']:.2f}"
+            delta = f"{r['accuracy_delta_pts']:+.2f} ± {r['accuracy_delta_pts_std']:.2f} pts"
+        else:
+            quality = f"{r['test_elbo_nats']:.2f} ± {r['test_elbo_nats_std']:.2f}"
+            delta = f"{r['elbo_delta_pct']:+.2f} ± {r['elbo_delta_pct_std']:.2f} %"
+        met = "-" if r["method"] == "fp32" else f"{r['meets_target']}/{len(r['seeds'])}"
+        print(f"| {r['model']} | {r['method']} | {','.join(map(str, r['seeds']))} | "
+              f"{r['size_bytes']:,.0f} ± {r['size_bytes_std']:,.0f} | "
+              f"{r['compression_ratio']:.1f} ± {r['compression_ratio_std']:.1f}x | {quality} | {delta} | {met} |")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -304,8 +400,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--search-trials", type=int, default=8, help="trials of each model's search (0: no search row)")
     parser.add_argument("--amortize-over", type=int, default=100,
                         help="models declared to share weight_vae's decoder (size_bytes_amortized)")
+    parser.add_argument("--seeds", default="0", help="comma-separated seeds; every row is run for each (default 0)")
+    parser.add_argument("--no-weight-vae", action="store_true", help="leave out the weight_vae rows")
     parser.add_argument("--out", type=Path, help="keep caches and artifacts here (default: a temp dir)")
     args = parser.parse_args(argv)
+    try:
+        seeds = [int(x) for x in args.seeds.split(",")]
+    except ValueError:
+        parser.error(f"--seeds must be comma-separated integers, got {args.seeds!r}")
     unknown = sorted(set(args.models.split(",")) - set(PLANS))
     if unknown:
         parser.error(f"unknown models {unknown}; known: {', '.join(PLANS)}")
@@ -318,12 +420,17 @@ def main(argv: list[str] | None = None) -> int:
     registry = Registry.from_plugin_manager(pm)
     torch.set_num_threads(1)
     rows: list[dict[str, Any]] = []
+    summary: list[dict[str, Any]] = []
     for key in args.models.split(","):
-        rows += run_model(PLANS[key], args, registry, pm, test_images)
-        if args.json:  # written after every model, so a long run that is stopped keeps what it measured
-            args.json.write_text(json.dumps(rows, indent=2))
+        for seed in seeds:
+            rows += run_model(PLANS[key], args, registry, pm, test_images, seed)
+            summary = summarize(rows) if len(seeds) > 1 else []
+            if args.json:  # written after every model, so a long run that is stopped keeps what it measured
+                args.json.write_text(json.dumps(rows + summary, indent=2))
     split = "60,000 train / 10,000 test" if full else "first 8,000 of the MNIST test set for training, last 2,000 for testing"
     print_table(rows, split)
+    if summary:
+        print_summary(summary)
     print(f"\ntotal {time.perf_counter() - STARTED:.0f} s")
     return 0
 
