@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import subprocess
 import sys
 import textwrap
@@ -15,11 +16,16 @@ import yaml
 from safetensors.torch import load_file, save_file
 
 import vae_automl
-from vae_automl.base_model import BaseModelError
+from vae_automl.base_model import BaseModelArchitecture, BaseModelError
+from vae_automl.components import Architecture
 from vae_automl.config import load_space, load_space_text
 from vae_automl.errors import ConfigError, PluginError
 from vae_automl.export import export_study
+from vae_automl.storage.format import deserialize_model, serialize_model, size_bytes
 from vae_automl.study import open_study
+from vae_automl.testing import ArchitectureContract, make_context, registry_with, tiny_model
+from vae_automl.testing.compressors import tiny_data
+from vae_automl.vae import VAE
 
 USER_MODEL = '''
 """A user's conv VAE, written without vae-automl."""
@@ -218,8 +224,11 @@ def test_pt_checkpoint_loads_with_weights_only(user_dir: Path, tmp_path: Path) -
 
 def test_yaml_load_refusals(user_dir: Path) -> None:
     base = {"factory": "my_vae.py:build", "checkpoint": "ckpt.safetensors"}
-    with pytest.raises(ConfigError, match="base_model.*cannot declare; use unstructured pruning"):
-        load_space_text(space_yaml(base_model=base, architecture={}, compressors=["structured_prune"]), "s.yaml")
+    # Structured pruning is accepted: its units are traced when the model loads.
+    space = load_space_text(space_yaml(base_model=base, architecture={}, compressors=["structured_prune"]), "s.yaml")
+    assert space.base_model is not None and space.base_model.needs_channel_groups
+    assert not load_space_text(space_yaml(base_model=base, architecture={}, compressors=["uniform"]),
+                               "s.yaml").base_model.needs_channel_groups
     with pytest.raises(ConfigError, match="architecture: names distillation students"):
         load_space_text(space_yaml(base_model=base, compressors=["uniform"]), "s.yaml")
     with pytest.raises(ConfigError, match="a distill stage trains a student of a built-in family"):
@@ -349,3 +358,122 @@ def test_fine_tune_of_the_base_is_cached_by_checkpoint(user_dir: Path, tmp_path:
     again = prepare(space, tmp_path, get_registry(), get_plugin_manager(), device="cpu")
     assert cached.stat().st_mtime_ns == stamp
     assert all(torch.equal(again.base_model.state_dict()[k], v) for k, v in tuned.items())
+
+
+# --------------------------------------------------------------------------- structured pruning of a user model
+
+
+class TestUserModelArchitectureContract(ArchitectureContract):
+    """The architecture contract on a user's conv VAE (a fixed view in decode) given as base_model:."""
+
+    @pytest.fixture
+    def architecture(self) -> Architecture:
+        return BaseModelArchitecture()
+
+    @pytest.fixture
+    def model(self) -> VAE:
+        return tiny_model("user")
+
+
+def test_traced_groups_skip_the_hard_coded_view(caplog: pytest.LogCaptureFixture) -> None:
+    from vae_automl.traced_pruning import traced_channel_groups
+
+    model = tiny_model("user")  # width 4: enc.0 4 channels, enc.2 8 (2 x 2 cells each into the heads), latent 4
+    with caplog.at_level(logging.INFO, logger="vae_automl.traced_pruning"):
+        traced = traced_channel_groups(model.net, model.input_shape, prefix="net.")
+    by_root = {g.plan_root: g for g in traced.groups}
+    assert set(by_root) == {"enc.0", "enc.2", "dec.1"}
+    assert [(g.size, g.producer) for g in (by_root["enc.0"], by_root["enc.2"], by_root["dec.1"])] == [
+        (4, ("net.enc.0.weight", 0)), (8, ("net.enc.2.weight", 0)), (4, ("net.dec.1.weight", 1))]
+    assert set(by_root["enc.2"].slices) == {("net.enc.2.weight", 0, 1), ("net.enc.2.bias", 0, 1),
+                                            ("net.fc_mu.weight", 1, 4), ("net.fc_logvar.weight", 1, 4)}
+    assert set(by_root["dec.1"].slices) == {("net.dec.1.weight", 1, 1), ("net.dec.1.bias", 0, 1), ("net.dec.3.weight", 0, 1)}
+    assert traced.latent is not None and traced.latent.config_key == "latent_dim" and traced.latent.size == 4
+    assert {s[0] for s in traced.latent.slices} >= {"net.fc_mu.weight", "net.fc_logvar.weight", "net.fc_dec.weight"}
+    reasons = dict(traced.excluded)
+    assert set(reasons) == {"fc_dec", "dec.3"}
+    assert "fails once one unit is removed" in reasons["fc_dec"] and "[-1, 8, 2, 2]" in reasons["fc_dec"]
+    assert reasons["dec.3"] == "a single unit"
+
+    from vae_automl.traced_pruning import log_exclusions
+
+    log_exclusions("test-key", "base_model 'x'", traced)
+    log_exclusions("test-key", "base_model 'x'", traced)  # once per model
+    warned = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warned) == 1 and "fc_dec" in warned[0].getMessage()
+
+
+def test_structured_prune_of_a_user_model_shrinks_and_packs() -> None:
+    model = tiny_model("user")
+    registry = registry_with(None)
+    out = registry.compressors.get("structured_prune").apply(
+        model, {"ratio": 0.5, "criterion": "magnitude", "batches": 1, "finetune_epochs": 1}, make_context(tiny_data()))
+    net = out.net
+    assert (net.enc[0].out_channels, net.enc[2].out_channels, net.dec[1].out_channels) == (2, 4, 2)
+    assert net.fc_mu.in_features == 16 and net.fc_dec.out_features == 32 and out.latent_dim == 4  # the view's side is kept
+    plan = out.config["pruning_plan"]
+    assert sorted(layer for layer, _ in plan) == ["dec.1", "enc.0", "enc.2"]
+    assert all(len(removed) == {"enc.2": 4}.get(layer, 2) for layer, removed in plan)
+    data = serialize_model(out, registry.codec_map())
+    assert size_bytes(out, registry.codec_map()) == len(data) < size_bytes(model, registry.codec_map())
+    back = deserialize_model(data, registry)  # rebuilt from the factory, the plan replayed: no pickle
+    assert back.config["pruning_plan"] == plan
+    for name, tensor in out.state_dict().items():
+        assert torch.equal(back.state_dict()[name], tensor), name
+    x = tiny_data().test[:8]
+    with torch.no_grad():
+        assert torch.equal(back.reconstruct(x), out.reconstruct(x))
+
+
+def test_replay_names_the_factory_when_the_code_changed() -> None:
+    model = tiny_model("user")
+    config = {**model.config, "pruning_plan": [["enc.9", [0]]]}
+    with pytest.raises(BaseModelError, match=r"'vae_automl.testing.user_model:build': cannot replay the recorded"):
+        registry_with(None).build_model(config)
+
+
+def test_a_model_without_removable_units_is_refused_at_load(user_dir: Path, tmp_path: Path) -> None:
+    from vae_automl.plugin_manager import get_plugin_manager
+    from vae_automl.registry import get_registry
+    from vae_automl.trial import prepare
+
+    (user_dir / "linear.py").write_text(textwrap.dedent('''
+        from torch import nn
+        class Linear(nn.Module):  # no hidden layer: the latent heads and the output layer only
+            def __init__(self):
+                super().__init__()
+                self.mu, self.logvar, self.out = nn.Linear(64, 4), nn.Linear(64, 4), nn.Linear(4, 64)
+            def encode(self, x):
+                return self.mu(x.flatten(1)), self.logvar(x.flatten(1))
+            def decode(self, z):
+                return self.out(z).view(-1, 1, 8, 8)
+        def build():
+            return Linear()
+    '''))
+    (user_dir / "lin.yaml").write_text(space_yaml(base_model={"factory": "linear.py:build"}, architecture={},
+                                                  compressors=["structured_prune"]))
+    with pytest.raises(BaseModelError, match=r"linear.py:build'.*no units can be removed \(.*out: .*\); use unstructured"):
+        prepare(load_space(user_dir / "lin.yaml"), tmp_path, get_registry(), get_plugin_manager(), device="cpu")
+
+
+def test_structured_prune_search_export_load(user_dir: Path, tmp_path: Path) -> None:
+    prune = {"name": "structured_prune", "params": {"ratio": 0.5, "finetune_epochs": 2}}
+    (user_dir / "sp.yaml").write_text(space_yaml(name="sp", architecture={}, trials=2, compressors=[
+        prune, {"name": "uniform", "optional": True, "params": {"bits": 8}}]))
+    result = vae_automl.search(user_dir / "sp.yaml", out_dir=tmp_path / "sp", show_progress=False)
+    assert result.completed == 2 and result.baseline is not None
+    folders = export_study(result.storage, "sp", tmp_path / "export", trials=[e.trial for e in result.front])
+    study = open_study(result.storage, "sp")
+    for folder in folders:
+        manifest = json.loads((folder / "manifest.json").read_text())
+        record = study.trials[manifest["trial"]].user_attrs["record"]
+        assert (folder / "weights.safetensors").stat().st_size == record["objectives"]["size_bytes"]
+        assert {c["file"] for c in manifest["checks"]} >= {"model.onnx", "model.pt"} and all(c["ok"] for c in manifest["checks"])
+        plan = manifest["model_config"]["pruning_plan"]
+        assert sorted(layer for layer, _ in plan) == ["dec.1", "enc.0", "enc.2"]
+        model = vae_automl.load(folder)
+        assert model.net.enc[0].out_channels == 8 and model.net.fc_dec.out_features == 128  # 16 -> 8; the view's side kept
+        assert record["objectives"]["size_bytes"] < 0.6 * result.baseline["size_bytes"]
+        x = torch.rand(3, 1, 8, 8)
+        assert model.reconstruct(x).shape == x.shape
+

@@ -23,10 +23,11 @@ import copy
 import hashlib
 import importlib
 import importlib.util
+import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from safetensors.torch import load_file
@@ -35,8 +36,11 @@ from torch import nn
 from vae_automl.components import Architecture
 from vae_automl.config import BaseModelConfig
 from vae_automl.errors import ConfigError
-from vae_automl.layers import GROUP_NAMES, LayerGroups, groups_by_prefix, traced_layer_groups
+from vae_automl.layers import GROUP_NAMES, PRUNING_PLAN, ChannelGroup, LayerGroups, groups_by_prefix, traced_layer_groups
 from vae_automl.vae import LIKELIHOODS, VAE
+
+if TYPE_CHECKING:
+    from vae_automl.traced_pruning import TracedGroups
 
 ARCHITECTURE_NAME = "base_model"
 CHECKPOINT_SUFFIXES = (".safetensors", ".pt", ".pth")
@@ -176,7 +180,7 @@ def build_user_module(config: dict[str, Any]) -> nn.Module:
     the instance this process was given (``base_model=module`` without a factory)."""
     instance = _INSTANCES.get(config.get("checkpoint_sha256") or "")
     if instance is not None and config.get("factory") is None:
-        return copy.deepcopy(instance)
+        return with_plan(copy.deepcopy(instance), config)
     factory = config.get("factory")
     if not factory:
         raise BaseModelError(
@@ -186,7 +190,24 @@ def build_user_module(config: dict[str, Any]) -> nn.Module:
     module = import_factory(factory)(**config.get("kwargs", {}))
     if not isinstance(module, nn.Module):
         raise BaseModelError(f"base_model.factory {factory!r} returned {type(module).__name__}, not a torch.nn.Module")
-    return module
+    return with_plan(module, config)
+
+
+def with_plan(module: nn.Module, config: dict[str, Any]) -> nn.Module:
+    """``module`` with the units of the config's pruning plan removed (structured pruning recorded them)."""
+    plan = config.get(PRUNING_PLAN)
+    if not plan:
+        return module
+    # deferred: Torch-Pruning is needed only for a structurally pruned user model
+    from vae_automl.traced_pruning import replay
+
+    try:
+        return replay(module, plan, config["input_shape"])
+    except Exception as exc:
+        raise BaseModelError(
+            f"base_model {config.get('factory')!r}: cannot replay the recorded structured pruning {plan} on the "
+            f"model the factory builds now (was its code changed?): {type(exc).__name__}: {exc}"
+        ) from exc
 
 
 class BaseModelArchitecture(Architecture):
@@ -208,6 +229,40 @@ class BaseModelArchitecture(Architecture):
             return groups_by_prefix(model, {g: tuple(f"{WRAPPED}.{p}" for p in named.get(g, ())) for g in GROUP_NAMES})
         x = torch.rand(2, *model.input_shape, generator=torch.Generator().manual_seed(0))
         return traced_layer_groups(model, x.to(next(model.parameters()).device))
+
+    def channel_groups(self, model: VAE, include_latent: bool = False) -> list[ChannelGroup]:
+        """The unit groups Torch-Pruning's DepGraph traces in the user's module (:mod:`vae_automl.traced_pruning`).
+
+        Groups whose removal breaks the user's code (a hard-coded ``view``) or
+        changes the protocol's output shapes are left out, and logged. The
+        latent group, with ``include_latent``, is appended when tracing finds
+        one; ValueError when no group can be removed.
+        """
+        traced = traced_groups(model)
+        groups = list(traced.groups)
+        if include_latent and traced.latent is not None:
+            groups.append(traced.latent)
+        if not groups:
+            reasons = "; ".join(f"{layer}: {why}" for layer, why in traced.excluded) or "no Linear or conv layers"
+            raise ValueError(f"base_model {model.config.get('factory')!r}: no units can be removed ({reasons})")
+        return groups
+
+
+_TRACED: dict[str, TracedGroups] = {}
+
+
+def traced_groups(model: VAE) -> TracedGroups:
+    """:func:`~vae_automl.traced_pruning.traced_channel_groups` of a UserVAE, once per config (the shapes follow from it)."""
+    # deferred: Torch-Pruning is needed only for structured pruning of a user model
+    from vae_automl.traced_pruning import log_exclusions, traced_channel_groups
+
+    key = json.dumps(model.config, sort_keys=True, default=str)
+    if key not in _TRACED:
+        _TRACED[key] = traced_channel_groups(model.net, model.input_shape, prefix=f"{WRAPPED}.")
+        # once per user model, however it was pruned since
+        who = json.dumps([model.config.get(k) for k in ("factory", "kwargs", "checkpoint_sha256")], default=str)
+        log_exclusions(who, f"base_model {model.config.get('factory')!r}", _TRACED[key])
+    return _TRACED[key]
 
 
 def wrap(config: BaseModelConfig, images: torch.Tensor) -> VAE:

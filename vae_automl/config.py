@@ -150,6 +150,8 @@ class BaseModelConfig:
     fine_tune_epochs: int = 0
     needs_groups: bool = False
     """Set by the loader: a compressor asks for per-group settings, so the traced rule must find groups."""
+    needs_channel_groups: bool = False
+    """Set by the loader: a compressor removes units (structured pruning), so tracing must find removable ones."""
     instance: Any = field(default=None, compare=False, repr=False)
     """An ``nn.Module`` given through the Python API (``search(..., base_model=module)``) instead of factory + checkpoint."""
 
@@ -599,14 +601,10 @@ def parse_space(data: Any, file: str, registry: Registry, source: str = "", base
                 "with base_model:, architecture: names distillation students; add a distill stage "
                 "to compressors: or remove architecture:"
             )
-        # The user's model itself: layer groups are found when it is loaded (deferred), channel groups never.
+        # The user's model itself: its layer groups and channel groups are found by tracing when it is loaded.
         needs = _check_requirements(slots, registry, comp_loc, None, "base_model", skip_stages=("distill",))
         if "channel_groups" in needs:
-            raise comp_loc.error(
-                "structured pruning removes units through an architecture's channel groups, which "
-                f"base_model ({base_model.factory!r}) cannot declare; use unstructured pruning "
-                "(magnitude_prune, taylor_prune, l1_prune) or distill to a built-in family"
-            )
+            base_model = dataclasses.replace(base_model, needs_channel_groups=True)
         if "layer_groups" in needs and base_model.groups is None:
             base_model = dataclasses.replace(base_model, needs_groups=True)
     for arch_space in architectures:

@@ -38,6 +38,9 @@ LAYER_TYPES = (nn.Linear, nn.Conv2d, nn.ConvTranspose2d)
 
 LayerGroups = dict[str, tuple[str, ...]]
 
+PRUNING_PLAN = "pruning_plan"
+"""The config key listing the units removed from a model rebuilt by replaying them: ``[[layer, [indices]], ...]``."""
+
 
 @dataclass(frozen=True)
 class ChannelGroup:
@@ -53,6 +56,10 @@ class ChannelGroup:
         activation: the module whose output holds the units (for the Taylor criterion).
         tied_to: index of an earlier group whose kept count this one must equal (a shape the
             config cannot set on its own).
+        plan_root: for a group traced in a user's model (:mod:`vae_automl.traced_pruning`), the
+            layer whose outputs are the units, named inside the user's module; :func:`shrink
+            <vae_automl.builtin.pruning.shrink>` appends ``[plan_root, removed indices]`` to the
+            config's :data:`PRUNING_PLAN`, which the architecture's ``build`` replays.
     """
 
     config_key: str | None
@@ -62,6 +69,7 @@ class ChannelGroup:
     slices: tuple[tuple[str, int, int], ...]
     activation: str
     tied_to: int | None = None
+    plan_root: str | None = None
 
 
 def layer_names(model: nn.Module) -> list[str]:

@@ -120,6 +120,14 @@ def load_base_model(env: TrialEnv, config: BaseModelConfig) -> tuple[VAE, dict[s
             "but the documented rule finds no encoder / heads / decoder groups in this model; name them in "
             "base_model.groups: {encoder: [...], heads: [...], decoder: [...]} or set `bits` only"
         )
+    if config.needs_channel_groups:
+        try:
+            env.registry.architectures.get(BASE_MODEL_ARCHITECTURE).channel_groups(model)
+        except ValueError as exc:
+            raise bm.BaseModelError(
+                f"{space.path}: a compressor removes units (structured pruning), but {exc}; use unstructured pruning "
+                "(magnitude_prune, taylor_prune, l1_prune) or distill to a built-in family"
+            ) from None
     epochs = config.fine_tune_epochs
     info: dict[str, Any] = {
         "base_model": factory,

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from vae_automl.components import Compressor, Param
-from vae_automl.layers import ChannelGroup, channel_groups
+from vae_automl.layers import PRUNING_PLAN, ChannelGroup, channel_groups
 from vae_automl.plugin_manager import hookimpl
 from vae_automl.vae import VAE, negative_elbo
 
@@ -243,6 +243,7 @@ def magnitude_unit_scores(model: VAE, groups: list[ChannelGroup]) -> list[torch.
     in opposite directions, unlike either norm alone.
     """
     state = model.state_dict()
+    weights = {n for n, _ in model.named_parameters()}  # a traced group also slices BatchNorm statistics: not weights
     scores = []
     for g in groups:
         name, dim = g.producer
@@ -250,7 +251,7 @@ def magnitude_unit_scores(model: VAE, groups: list[ChannelGroup]) -> list[torch.
         outgoing = [
             state[n].detach().float().transpose(0, d).reshape(g.size, -1)
             for n, d, _ in g.slices
-            if n != name and not n.endswith(".bias")
+            if n != name and not n.endswith(".bias") and n in weights
         ]
         w_out = torch.cat(outgoing, dim=1).norm(dim=1)
         scores.append(w_in * w_out)
@@ -295,8 +296,11 @@ def taylor_unit_scores(model: VAE, groups: list[ChannelGroup], ctx: CompressionC
 def shrink(model: VAE, groups: list[ChannelGroup], keep: list[torch.Tensor], build_model: Callable[[dict[str, Any]], VAE]) -> VAE:
     """A new model keeping unit indices ``keep[k]`` of each group, rebuilt from the updated config.
 
-    Loading the sliced tensors into ``build_model(new_config)`` with
-    ``strict=True`` checks that config and shapes agree.
+    A group with a ``config_key`` sets that size in the config; a traced group
+    (``plan_root``, a user's model) appends its removed indices to the config's
+    ``pruning_plan``, which the architecture's build replays. Loading the
+    sliced tensors into ``build_model(new_config)`` with ``strict=True``
+    checks that config and shapes agree.
     """
     state = {name: t.detach().clone() for name, t in model.state_dict().items()}
     config = copy.deepcopy(model.config)
@@ -311,6 +315,10 @@ def shrink(model: VAE, groups: list[ChannelGroup], keep: list[torch.Tensor], bui
         elif g.config_key is not None:
             config[g.config_key] = list(config[g.config_key])
             config[g.config_key][g.config_index] = len(idx)
+        if g.plan_root is not None:
+            removed = sorted(set(range(g.size)) - set(idx.tolist()))
+            if removed:
+                config[PRUNING_PLAN] = [*config.get(PRUNING_PLAN, []), [g.plan_root, removed]]
     new = build_model(config)
     new.load_state_dict(state, strict=True)
     new.encodings = {name: dict(spec) for name, spec in model.encodings.items() if name in state}

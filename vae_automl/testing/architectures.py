@@ -20,7 +20,8 @@ the packed file round-trips; the layer groups (``group_names`` and
 ``layer_groups``) put every Linear / Conv2d / ConvTranspose2d layer in
 exactly one group, agree with the traced rule of :mod:`vae_automl.layers`,
 and the heads compute the latent; and, if the architecture declares channel
-groups, that removing half of each group's units rebuilds a working model.
+groups, that removing half of each group's units rebuilds a working model
+whose packed file rebuilds it again.
 """
 
 from __future__ import annotations
@@ -135,3 +136,7 @@ class ArchitectureContract:
             mu, _ = small.encode(images)
             assert small.decode(mu).shape == images.shape
         assert sum(p.numel() for p in small.parameters()) < sum(p.numel() for p in model.parameters())
+        # The shrunk model's file rebuilds it from its config alone (the JSON header: no pickled module).
+        back = packing.deserialize_model(packing.serialize_model(small), registry_with_architecture(architecture))
+        for name, tensor in small.state_dict().items():
+            assert torch.equal(back.state_dict()[name], tensor), f"{name} differs after deserializing the shrunk model"

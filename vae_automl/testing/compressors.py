@@ -4,7 +4,9 @@ Like optuna's ``BasicSamplerTestCase``: subclass :class:`CompressorContract`
 in a test module named ``test_*.py``, override the ``compressor`` fixture
 (and optionally ``params`` and ``invalid_params``), and pytest runs every
 check on tiny trained MLP and convolutional VAEs built from the built-in
-architectures on the embedded digits images::
+architectures, and on a user's own conv VAE given as ``base_model:``
+(:mod:`vae_automl.testing.user_model`, with a hard-coded ``view``), on the
+embedded digits images::
 
     import pytest
     from vae_automl.testing import CompressorContract
@@ -68,6 +70,10 @@ TINY_ARCHITECTURES: dict[str, dict[str, Any]] = {
     },
     "conv": {"blocks": 2, "base_channels": 4, "kernel_size": 3, "latent_dim": 4, "activation": "relu", "likelihood": "bernoulli"},
 }
+USER_MODEL = "user"
+"""The tiny model given as ``base_model:``: :mod:`vae_automl.testing.user_model`, a user's conv VAE with a fixed view."""
+USER_FACTORY = "vae_automl.testing.user_model:build"
+TINY_MODELS: tuple[str, ...] = (*sorted(TINY_ARCHITECTURES), USER_MODEL)
 MAX_HEADER_LIST = 16
 """The longest list of numbers a codec may keep in a tensor's JSON header spec; grids and factors go in the parts."""
 TINY_EPOCHS = 2
@@ -85,16 +91,29 @@ def tiny_data() -> DataSplits:
 @functools.cache
 def _trained(architecture: str) -> VAE:
     registry = registry_with(None)
-    arch = registry.architectures.get(architecture)
     data = tiny_data()
     torch.manual_seed(0)
-    model = arch.build(arch.config_from_params(TINY_ARCHITECTURES[architecture], data.input_shape))
+    if architecture == USER_MODEL:
+        # deferred: base_model imports the user's model code; only this case needs it
+        from vae_automl.base_model import wrap
+        from vae_automl.config import BaseModelConfig
+
+        model = wrap(BaseModelConfig(USER_FACTORY), data.train[:256])
+    else:
+        arch = registry.architectures.get(architecture)
+        model = arch.build(arch.config_from_params(TINY_ARCHITECTURES[architecture], data.input_shape))
     train(model, data, TrainConfig(epochs=TINY_EPOCHS, batch_size=TINY_BATCH_SIZE), seed=0)
     return model.eval()
 
 
+def tiny_name(model: VAE) -> str:
+    """The :data:`TINY_MODELS` name of a tiny model (``user`` for the base_model one)."""
+    architecture = model.config["architecture"]
+    return USER_MODEL if architecture == "base_model" else architecture
+
+
 def tiny_model(architecture: str) -> VAE:
-    """A fresh copy of a tiny VAE (``mlp`` or ``conv``) trained for a few epochs on digits."""
+    """A fresh copy of a tiny VAE trained a few epochs on digits: ``mlp``, ``conv``, or ``user`` (a base_model)."""
     return copy.deepcopy(_trained(architecture))
 
 
@@ -207,15 +226,13 @@ class CompressorContract:
         """The plugin's own codecs (what its ``register_codecs`` hook registers); built-in codecs are always there."""
         return []
 
-    @pytest.fixture(params=sorted(TINY_ARCHITECTURES))
+    @pytest.fixture(params=TINY_MODELS)
     def base_model(self, request: pytest.FixtureRequest) -> VAE:
         return tiny_model(request.param)
 
     def _apply(self, compressor: Compressor, params: dict[str, Any], model: VAE, seed: int = 0) -> VAE:
         values = {p.name: params.get(p.name, p.default) for p in compressor.params}
-        return compressor.apply(
-            model, values, make_context(tiny_data(), seed=seed, teacher=_trained(model.config["architecture"]))
-        )
+        return compressor.apply(model, values, make_context(tiny_data(), seed=seed, teacher=_trained(tiny_name(model))))
 
     def _applied(self, compressor: Compressor, params: dict[str, Any], base_model: VAE) -> tuple[VAE, Snapshot, VAE]:
         """(input model, its snapshot taken before, result): one application shared by the checks of a test class."""
@@ -297,9 +314,7 @@ class CompressorContract:
         _, _, out = self._applied(compressor, params, base_model)
         codec_map = registry_with(compressor, codecs).codec_map()
         first = serialize_model(out, codec_map)
-        second = serialize_model(
-            self._apply(compressor, params, tiny_model(base_model.config["architecture"]), seed=0), codec_map
-        )
+        second = serialize_model(self._apply(compressor, params, tiny_model(tiny_name(base_model)), seed=0), codec_map)
         assert first == second, "two runs with the same seed gave different models"
 
     def test_compresses_below_dense_float32(
