@@ -105,8 +105,8 @@ def test_classifier_search_front_export_and_report(tmp_path: Path) -> None:
     folders = export_study(storage, "classifier-test", tmp_path / "export", trials=[0, 1])
     for folder, record in zip(folders, (float_trial, compressed)):
         manifest = json.loads((folder / "manifest.json").read_text())
-        assert {"model.onnx", "model.pt", "weights.safetensors"} <= set(manifest["files"])
-        for fmt in ("safetensors", "onnx", "torchscript"):
+        assert {"model.onnx", "model.pt2", "model.pt", "weights.safetensors"} <= set(manifest["files"])
+        for fmt in ("safetensors", "onnx", "pt2", "torchscript"):
             assert manifest["remeasured"][fmt]["test_accuracy"] == pytest.approx(record["metrics"]["test_accuracy"], abs=0.3)
         assert all(c["ok"] for c in manifest["checks"])
         assert {c["figure"] for c in manifest["checks"]} >= {"test_accuracy", "size_bytes"}

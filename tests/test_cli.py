@@ -68,7 +68,7 @@ def test_usage_error_exits_2_project_error_exits_1(tmp_path: Path, capsys: pytes
     assert exit_info.value.code == 2
     with pytest.raises(SystemExit) as exit_info:
         main(["search", "x.yaml", "--device", "gpu"])  # checked at parse time: a usage error
-    assert exit_info.value.code == 2 and "invalid device 'gpu'" in capsys.readouterr().err
+    assert exit_info.value.code == 2 and "device must be cpu, cuda, cuda:N, mps or auto, but got 'gpu'" in capsys.readouterr().err
     storage = make_study(tmp_path)
     assert main(["front", "--storage", storage, "--study", "nope"]) == 1
     assert "no study 'nope'" in capsys.readouterr().err

@@ -59,16 +59,16 @@ def manifest_of(folder: Path) -> dict[str, Any]:
 @pytest.mark.parametrize("trial", [FLOAT_TRIAL, INT8_TRIAL])
 def test_export_writes_every_format_and_verifies_it(study: dict[str, Any], trial: int) -> None:
     folder = study["folders"][trial]
-    assert sorted(p.name for p in folder.iterdir()) == [MANIFEST, "model.onnx", "model.pt", WEIGHTS]
+    assert sorted(p.name for p in folder.iterdir()) == [MANIFEST, "model.onnx", "model.pt", "model.pt2", WEIGHTS]
     manifest = manifest_of(folder)
     assert manifest["study"] == "export-test" and manifest["trial"] == trial
     assert manifest["params"]["mlp.hidden_width"] == ENQUEUED[trial]["mlp.hidden_width"]
     search_elbo = manifest["search"]["metrics"]["test_elbo_nats"]
-    for fmt in ("safetensors", "onnx", "torchscript"):
+    for fmt in ("safetensors", "onnx", "pt2", "torchscript"):
         assert manifest["remeasured"][fmt]["test_elbo_nats"] == pytest.approx(search_elbo, rel=0.01)
     assert (folder / WEIGHTS).stat().st_size == manifest["search"]["metrics"]["size_bytes"]
     assert all(c["ok"] for c in manifest["checks"]) and {c["file"] for c in manifest["checks"]} >= {
-        WEIGHTS, "model.onnx", "model.pt"}
+        WEIGHTS, "model.onnx", "model.pt2", "model.pt"}
     for name, entry in manifest["files"].items():
         assert entry["size_bytes"] == (folder / name).stat().st_size
     assert set(manifest["versions"]) >= {"vae_automl", "torch", "onnx", "onnxruntime"}
@@ -91,8 +91,11 @@ def test_load_round_trip_remeasures_the_search_figure(study: dict[str, Any]) -> 
     # A trained model reconstructs test images better than their mean image does.
     assert float(((recon - x[:5]) ** 2).mean()) < float(((x.mean(0, keepdim=True) - x[:5]) ** 2).mean())
     assert model.sample(3, torch.Generator().manual_seed(0)).shape == (3, 1, 8, 8)
-    # The other two formats, loaded on their own, give the same figure.
+    # The other formats, loaded on their own, give the same figure.
     onnx_model = runtime.OnnxVAE((folder / "model.onnx").read_bytes())
+    program = torch.export.load(str(folder / "model.pt2")).module()
+    program_mu, _, program_decoded = program(x[:5], mu)
+    assert torch.allclose(program_mu, mu, atol=1e-5) and torch.allclose(program_decoded, model.decode(mu), atol=1e-5)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # torch.jit is deprecated upstream
         scripted = torch.jit.load(str(folder / "model.pt"))

@@ -23,19 +23,20 @@ from pathlib import Path
 from typing import Any
 
 from vae_automl import __version__
+from vae_automl.devices import DEVICE_NAMES, check_device
 from vae_automl.errors import TrialFailed, VaeAutomlError
 from vae_automl.locations import STORAGE_ENV, require_storage, resolve_storage, resolve_study_name
 
 DEST_HELP = "the folder to write (default: RUN_DIR/COMMAND, e.g. runs/quick/export)"
-DEVICE_HELP = "cpu, cuda, cuda:N, mps or auto (default: the YAML's device)"
+DEVICE_HELP = f"{DEVICE_NAMES} (default: the YAML's device)"
 
 
 def _device(value: str) -> str:
-    # checked here too so a typo is a usage error (exit 2) before any torch import
-    name, _, index = value.partition(":")
-    if value in ("cpu", "cuda", "mps", "auto") or (name == "cuda" and index.isdigit()):
-        return value
-    raise argparse.ArgumentTypeError(f"invalid device {value!r}: use {DEVICE_HELP.split(' (')[0]}")
+    # checked at parse time, so a typo is a usage error (exit 2) before any torch import
+    try:
+        return check_device(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 class _DeprecatedAlias(argparse.Action):
@@ -418,7 +419,7 @@ def build_parser() -> argparse.ArgumentParser:
     e = _add_command(
         sub,
         "export",
-        "write the front's models as verified ONNX / TorchScript / safetensors",
+        "write the front's models as verified ONNX / torch.export (.pt2) / TorchScript / safetensors",
         "vae-automl export --out runs/quick --select front --formats onnx,safetensors",
         _cmd_export,
         [where, data, as_json, plugin],
@@ -428,7 +429,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument(
         "--trials", dest="select", action=_DeprecatedAlias, new="--select", metavar="front|N,M", help="deprecated: --select"
     )
-    e.add_argument("--formats", default="onnx,torchscript,safetensors", help="comma-separated exporter names")
+    e.add_argument(
+        "--formats", default="onnx,pt2,torchscript,safetensors", help="comma-separated exporter names (vae-automl plugins)"
+    )
     e.add_argument(
         "--overwrite", action="store_true", help="replace an earlier export in trial-N/ (only the files its manifest lists)"
     )

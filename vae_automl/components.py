@@ -407,6 +407,27 @@ class Dataset(Component):
         """
         return None
 
+    def load_resized(
+        self, arg: str | None, data_dir: str | None, download: bool, image_size: tuple[int, int] | None, color: str | None
+    ) -> np.ndarray | None:
+        """Load every image at the size and in the colour the YAML's ``dataset.image_size`` and ``dataset.color`` ask.
+
+        Called before :meth:`load` when the YAML sets either (added in 0.2). A dataset that decodes image
+        files overrides it to resize while decoding, so files of mixed sizes load.
+
+        Args:
+            arg: as for :meth:`load`.
+            data_dir: as for :meth:`load`.
+            download: as for :meth:`load`.
+            image_size: ``(height, width)``, or None to keep the dataset's.
+            color: ``"grey"`` (1 channel) or ``"rgb"`` (3 channels), or None to keep the dataset's.
+
+        Returns:
+            An array ``N x C x H x W`` as :meth:`load` returns, already at ``image_size`` and in ``color``;
+            or None (the default): the caller resizes and converts what :meth:`load` returns.
+        """
+        return None
+
 
 class Task(Component):
     """What a model is trained for and judged by: the loss the trainer steps on, and the objectives that fit.

@@ -15,7 +15,9 @@ import yaml
 
 from vae_automl.components import STAGES, Component, Param
 from vae_automl.data import SplitConfig
+from vae_automl.devices import check_device
 from vae_automl.errors import ConfigError, PluginError
+from vae_automl.images import COLORS, check_image_size
 from vae_automl.layers import GROUP_NAMES
 from vae_automl.registry import get_registry
 from vae_automl.vae import LIKELIHOODS
@@ -38,7 +40,6 @@ PRUNERS = ("none", "pareto")
 RENAMED_PRUNERS = {"median": "pareto"}
 """Pruner names of 0.1 still accepted, with a warning: 0.2 replaced the median rule by Pareto-aware successive halving."""
 STOP_WHEN = ("budget", "first_feasible")
-DEVICES = ("cpu", "cuda", "auto")
 NONE_CHOICE = "none"
 BASE_MODEL_ARCHITECTURE = "base_model"
 
@@ -84,6 +85,10 @@ class DatasetConfig:
     data_dir: str | None = None
     download: bool = False
     split: SplitConfig = field(default_factory=SplitConfig)
+    image_size: tuple[int, int] | None = None
+    """``(height, width)`` every image is resized to; None keeps the dataset's (a folder's images must then agree)."""
+    color: str | None = None
+    """``grey`` (1 channel) or ``rgb`` (3 channels); None keeps the dataset's."""
 
 
 @dataclass(frozen=True)
@@ -350,6 +355,13 @@ def _choice(value: Any, loc: _Loc, choices: tuple[str, ...]) -> str:
     return result
 
 
+def _device(value: Any, loc: _Loc) -> str:
+    try:
+        return check_device(value)
+    except ValueError as exc:
+        raise loc.error(str(exc)) from None
+
+
 BASE_MODEL_KEYS = ("factory", "kwargs", "checkpoint", "likelihood", "groups", "fine_tune_epochs")
 
 
@@ -493,7 +505,7 @@ def parse_space(data: Any, file: str, registry: Registry, source: str = "", base
     ds_raw = data.get("dataset", "digits")
     if isinstance(ds_raw, str):
         ds_raw = {"spec": ds_raw}
-    ds_raw = _mapping(ds_raw, ds_loc, ("spec", "data_dir", "download", "split"))
+    ds_raw = _mapping(ds_raw, ds_loc, ("spec", "data_dir", "download", "split", "image_size", "color"))
     split_raw = _mapping(ds_raw.get("split"), ds_loc / "split", ("validation", "test", "seed", "shuffle", "limit"))
     for key in ("validation", "test"):
         if key in split_raw:
@@ -506,7 +518,23 @@ def parse_space(data: Any, file: str, registry: Registry, source: str = "", base
     if not isinstance(spec, str):
         raise (ds_loc / "spec").error(f"expected a dataset spec string, got {spec!r}")
     _lookup(registry.datasets, spec.partition(":")[0], ds_loc / "spec")
-    dataset = DatasetConfig(spec=spec, data_dir=ds_raw.get("data_dir"), download=bool(ds_raw.get("download", False)), split=split)
+    image_size = None
+    if ds_raw.get("image_size") is not None:
+        try:
+            image_size = check_image_size(ds_raw["image_size"])
+        except ValueError as exc:
+            raise (ds_loc / "image_size").error(str(exc)) from None
+    color = ds_raw.get("color")
+    if color is not None:
+        color = _choice(color, ds_loc / "color", COLORS)
+    dataset = DatasetConfig(
+        spec=spec,
+        data_dir=ds_raw.get("data_dir"),
+        download=bool(ds_raw.get("download", False)),
+        split=split,
+        image_size=image_size,
+        color=color,
+    )
 
     task_name = data.get("task", "vae")
     if not isinstance(task_name, str):
@@ -695,7 +723,7 @@ def parse_space(data: Any, file: str, registry: Registry, source: str = "", base
         batch_size=_int(l_raw.get("batch_size", 128), l_loc / "batch_size", minimum=1),
         repeats=_int(l_raw.get("repeats", 30), l_loc / "repeats", minimum=1),
         warmup=_int(l_raw.get("warmup", 5), l_loc / "warmup", minimum=0),
-        target=_choice(l_raw.get("target", "cpu"), l_loc / "target", DEVICES),
+        target=_device(l_raw.get("target", "cpu"), l_loc / "target"),
     )
 
     ref_raw = data.get("reference_point")
@@ -741,7 +769,7 @@ def parse_space(data: Any, file: str, registry: Registry, source: str = "", base
         latency=latency,
         trials=_int(data.get("trials", 10), root / "trials", minimum=0),
         timeout_s=_number(data.get("timeout_s"), root / "timeout_s", minimum=0, allow_none=True),
-        device=_choice(data.get("device", "auto"), root / "device", DEVICES),
+        device=_device(data.get("device", "auto"), root / "device"),
         seed=_int(data.get("seed", 0), root / "seed"),
         teacher=data.get("teacher"),
         base_model=base_model,

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from vae_automl.errors import DataError
+from vae_automl.images import reshape_images
 from vae_automl.registry import get_registry
 
 if TYPE_CHECKING:
@@ -124,8 +125,19 @@ def to_unit_float(images: np.ndarray, source: str) -> np.ndarray:
 _image_cache: dict[tuple[Any, ...], np.ndarray] = {}
 
 
-def load_images(spec: str, data_dir: str | None = None, download: bool = False, registry: Registry | None = None) -> np.ndarray:
-    """Every image of a dataset as float32 N x C x H x W in [0, 1], cached per process."""
+def load_images(
+    spec: str,
+    data_dir: str | None = None,
+    download: bool = False,
+    registry: Registry | None = None,
+    image_size: tuple[int, int] | None = None,
+    color: str | None = None,
+) -> np.ndarray:
+    """Every image of a dataset as float32 N x C x H x W in [0, 1], cached per process.
+
+    ``image_size`` (height, width) and ``color`` (``grey`` or ``rgb``) resize and convert them, as the YAML's
+    ``dataset.image_size`` and ``dataset.color`` ask; None keeps the dataset's own.
+    """
 
     registry = registry or get_registry()
     data_dir = data_dir or os.environ.get(DATA_DIR_ENV)
@@ -134,9 +146,15 @@ def load_images(spec: str, data_dir: str | None = None, download: bool = False, 
         dataset = registry.datasets.get(name)
     except Exception as exc:
         raise DataError(str(exc)) from None
-    key = (type(dataset).__qualname__, spec, data_dir, download)
+    key = (type(dataset).__qualname__, spec, data_dir, download, image_size, color)
     if key not in _image_cache:
-        images = to_unit_float(np.asarray(dataset.load(arg, data_dir, download)), f"dataset {spec!r}")
+        source = f"dataset {spec!r}"
+        shaped = dataset.load_resized(arg, data_dir, download, image_size, color) if image_size or color else None
+        if shaped is not None:
+            images = to_unit_float(np.asarray(shaped), source)
+        else:
+            images = to_unit_float(np.asarray(dataset.load(arg, data_dir, download)), source)
+            images = reshape_images(images, image_size, color, source)
         images.setflags(write=False)
         _image_cache[key] = images
     return _image_cache[key]

@@ -1,10 +1,10 @@
-"""Export a study's models as verified artifacts: ``DIR/trial-N/{weights.safetensors, model.onnx, model.pt, manifest.json}``.
+"""Export a study's models as verified artifacts: ``DIR/trial-N/{weights.safetensors, model.onnx, model.pt2, ...}``.
 
 A model is rebuilt exactly from the packed file the search saved
 (``record.artifact``, its sha256 checked against the record first),
 written in each format, and re-measured from the written files: test ELBO
 (a classifier: test accuracy) of the ONNX model in onnxruntime, of the
-TorchScript module and of the model loaded back from ``weights.safetensors``
+``torch.export`` program, of the TorchScript module and of the model loaded back from ``weights.safetensors``
 (same fixed noise as the search's :func:`vae_automl.train.evaluate_elbo`),
 and the byte size of
 ``weights.safetensors``. A figure that disagrees with the search
@@ -54,7 +54,7 @@ MANIFEST = "manifest.json"
 MANIFEST_FORMAT = "vae-automl-export"
 MANIFEST_VERSION = 1
 WEIGHTS = "weights.safetensors"
-DEFAULT_FORMATS: tuple[str, ...] = ("onnx", "torchscript", "safetensors")
+DEFAULT_FORMATS: tuple[str, ...] = ("onnx", "pt2", "torchscript", "safetensors")
 ELBO = "test_elbo_nats"
 ACCURACY = "test_accuracy"
 TOLERANCES: dict[str, float] = {
@@ -126,7 +126,7 @@ def open_study_context(
                 break
     ds = dataclasses.replace(ds, spec=dataset or ds.spec, data_dir=data_dir or ds.data_dir)
     space = dataclasses.replace(space, dataset=ds)
-    images = load_images(ds.spec, ds.data_dir, ds.download, registry)
+    images = load_images(ds.spec, ds.data_dir, ds.download, registry, ds.image_size, ds.color)
     labels = load_labels(ds.spec, len(images), ds.data_dir, ds.download, registry) if space.needs_labels else None
     data = make_splits(images, ds.split, "cpu", spec=ds.spec, labels=labels)
     names, directions = study_mod.objectives_of(study)
@@ -247,6 +247,27 @@ def _test_labels(ctx: StudyContext) -> torch.Tensor:
     if ctx.data.test_labels is None:
         raise ExportError(f"dataset {ctx.data.info.get('dataset')!r} was loaded without labels, but accuracy needs them")
     return ctx.data.test_labels
+
+
+def remeasure_pt2(ctx: StudyContext, record: TrialRecord, path: Path, model: VAE) -> dict[str, Any]:
+    """The quality figure of a ``torch.export`` (.pt2) file, loaded with ``torch.export.load``."""
+    program = torch.export.load(str(path)).module()
+    if quality_figure(model) == ACCURACY:
+        return {ACCURACY: accuracy_of(program, ctx.data.test, _test_labels(ctx))}
+    latent_dim, input_shape = model.latent_dim, tuple(model.input_shape)
+
+    # The program maps (x, z) to (mu, logvar, decoded[, log_sigma]): a dummy of the same batch fills the unused input.
+    def encode(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mu, logvar = program(x, torch.zeros(len(x), latent_dim, device=x.device))[:2]
+        return mu, logvar
+
+    def decode(z: torch.Tensor) -> torch.Tensor:
+        return program(torch.zeros(len(z), *input_shape, device=z.device), z)[2]
+
+    log_sigma = None
+    if model.likelihood == "gaussian":
+        log_sigma = program(torch.zeros(1, *input_shape), torch.zeros(1, latent_dim))[3].detach()
+    return {ELBO: elbo_of(encode, decode, model.likelihood, log_sigma, ctx.data.test, seed=record.config["seed"])}
 
 
 def remeasure_torchscript(ctx: StudyContext, record: TrialRecord, path: Path, model: VAE) -> dict[str, Any]:
@@ -481,7 +502,7 @@ def export_study(
         study: the study name.
         out_dir: where ``trial-N/`` folders go.
         trials: ``"front"`` (default) or a list of trial numbers.
-        formats: exporter names (``onnx``, ``torchscript``, ``safetensors``,
+        formats: exporter names (``onnx``, ``pt2``, ``torchscript``, ``safetensors``,
             or a plugin's). ``weights.safetensors`` is always written: it is
             what :func:`vae_automl.load` reads and what ``size_bytes`` is checked on.
         dataset, data_dir: the search's ``--dataset`` / ``--data-dir`` if it used them.

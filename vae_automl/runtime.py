@@ -227,6 +227,22 @@ def export_onnx(model: VAE, graph: str = GRAPH_VAE, int8: bool | None = None) ->
     return _quantize_dynamic(proto)
 
 
+def export_program(model: nn.Module) -> torch.export.ExportedProgram:
+    """A ``torch.export`` program of ``model`` with a dynamic batch size, on the model's device.
+
+    VAEs give the ONNX file's graph, ``(x, z) -> (mu, logvar, decoded[, log_sigma])``; other models (classifiers)
+    ``x -> logits``. ``torch.export.save`` writes it as a ``.pt2`` file; ``torch.export.load(f).module()`` runs it.
+    """
+    model = model.eval()
+    device = next(model.parameters()).device
+    x = torch.zeros(2, *model.input_shape, device=device)  # type: ignore[misc]  # a tuple attribute
+    n = torch.export.Dim("n", min=1)
+    if isinstance(model, VAE):
+        z = torch.zeros(3, model.latent_dim, device=device)
+        return torch.export.export(_VaeGraph(model), (x, z), dynamic_shapes=({0: n}, {0: torch.export.Dim("m", min=1)}))
+    return torch.export.export(model, (x,), dynamic_shapes=({0: n},))
+
+
 def export_classifier_onnx(model: nn.Module) -> bytes:
     """The ONNX bytes of a classifier: input ``x`` (N x C x H x W), output ``logits`` (N x classes), float weights.
 

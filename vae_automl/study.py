@@ -245,7 +245,12 @@ def create_study(
         )
     if space.base_model is not None:
         check_base_model(study, space.base_model.factory, space.base_model.checkpoint_sha256())
-    dataset = {"spec": space.dataset.spec, "split": asdict(space.dataset.split)}
+    dataset: dict[str, Any] = {"spec": space.dataset.spec, "split": asdict(space.dataset.split)}
+    # only when set, so studies made before these keys existed compare equal
+    if space.dataset.image_size is not None:
+        dataset["image_size"] = list(space.dataset.image_size)
+    if space.dataset.color is not None:
+        dataset["color"] = space.dataset.color
     stored_dataset = study.user_attrs.get(DATASET_ATTR)
     if stored_dataset is not None and stored_dataset != dataset:
         # trials on other data would share one front and fail export's split check later

@@ -27,6 +27,7 @@ from vae_automl import runtime
 from vae_automl.components import CompressionContext, MeasureContext
 from vae_automl.config import BASE_MODEL_ARCHITECTURE, BaseModelConfig
 from vae_automl.data import DataSplits, load_images, load_labels, make_splits
+from vae_automl.devices import resolve_device
 from vae_automl.errors import PluginError, TrialFailed, VaeAutomlError
 from vae_automl.record import BaseInfo, LatencyInfo, TrialRecord
 from vae_automl.registry import call_each
@@ -43,14 +44,6 @@ if TYPE_CHECKING:
     from vae_automl.space import TrialSpec
 
 WEIGHT_TRAINING_KEYS = ("epochs", "batch_size", "lr", "beta", "weight_decay", "patience")
-
-
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise VaeAutomlError("device 'cuda' was asked for but torch sees no CUDA device; use --device cpu or auto")
-    return torch.device(device)
 
 
 @dataclass
@@ -82,10 +75,13 @@ def prepare(
 ) -> TrialEnv:
     """Load the data onto the device once and set up the cache and artifact folders."""
     dev = resolve_device(device or space.device)
+    if dev.type == "cuda" and dev.index is not None:
+        # CUDA graphs and bare torch.cuda calls act on the current device: make it the asked one
+        torch.cuda.set_device(dev)
     ds = space.dataset
-    key = (ds.spec, ds.data_dir, ds.split, str(dev), space.needs_labels)
+    key = (ds.spec, ds.data_dir, ds.split, ds.image_size, ds.color, str(dev), space.needs_labels)
     if key not in _splits_cache:
-        images = load_images(ds.spec, ds.data_dir, ds.download, registry)
+        images = load_images(ds.spec, ds.data_dir, ds.download, registry, ds.image_size, ds.color)
         labels = load_labels(ds.spec, len(images), ds.data_dir, ds.download, registry) if space.needs_labels else None
         _splits_cache[key] = make_splits(images, ds.split, dev, spec=ds.spec, labels=labels)
     out = Path(out_dir)

@@ -1,4 +1,4 @@
-"""Built-in exporters: packed safetensors weights, ONNX (int8 where the model is 8-bit), TorchScript."""
+"""Built-in exporters: packed safetensors weights, ONNX (int8 where the model is 8-bit), torch.export (.pt2), TorchScript."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import torch
 
 from vae_automl import packing
 from vae_automl.components import Exporter
+from vae_automl.errors import ExportError
 from vae_automl.plugin_manager import hookimpl
 from vae_automl.vae import VAE
 
@@ -51,6 +52,27 @@ class OnnxExporter(Exporter):
         return remeasure_onnx(ctx, record, Path(path), model)
 
 
+class TorchExportExporter(Exporter):
+    name = "pt2"
+    filename = "model.pt2"
+    help = (
+        "torch.export program, run with torch.export.load(path).module(); VAEs: (x, z) -> (mu, logvar, decoded), "
+        "as the ONNX graph; classifiers: x -> logits"
+    )
+
+    def export(self, model: VAE, path: str, example: torch.Tensor) -> None:
+        # deferred: runtime imports onnx helpers, needed only when a model is exported
+        from vae_automl.runtime import export_program
+
+        torch.export.save(export_program(model), path)
+
+    def remeasure(self, path: str, model: VAE, ctx: Any, record: Any) -> dict[str, Any]:
+        # deferred: export imports the study stack, which only `vae-automl export` needs
+        from vae_automl.export import remeasure_pt2
+
+        return remeasure_pt2(ctx, record, Path(path), model)
+
+
 class TorchScriptExporter(Exporter):
     name = "torchscript"
     filename = "model.pt"
@@ -61,6 +83,10 @@ class TorchScriptExporter(Exporter):
     def export(self, model: VAE, path: str, example: torch.Tensor) -> None:
         # deferred: onnx and onnxruntime load only when a model is exported or deployed
         from vae_automl.runtime import ReconstructModule
+
+        if not hasattr(torch.jit, "trace_module"):
+            # kept as long as torch ships TorchScript; pt2 is its successor
+            raise ExportError(f"torch {torch.__version__} no longer ships TorchScript: export --formats pt2 instead")
 
         model = model.eval()
         device = next(model.parameters()).device
@@ -86,4 +112,5 @@ class TorchScriptExporter(Exporter):
 def register_exporters(register: Callable[[Exporter], None]) -> None:
     register(SafetensorsExporter())
     register(OnnxExporter())
+    register(TorchExportExporter())
     register(TorchScriptExporter())

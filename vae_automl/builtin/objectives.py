@@ -9,6 +9,7 @@ from collections.abc import Callable
 import torch
 
 from vae_automl.components import MeasureContext, Objective
+from vae_automl.devices import synchronizer
 from vae_automl.plugin_manager import hookimpl
 from vae_automl.storage.codec import Codec
 from vae_automl.storage.codecs import builtin_codecs
@@ -126,7 +127,7 @@ class LatencyMs(Objective):
         if len(x) < ctx.latency_batch_size:
             x = x.repeat((ctx.latency_batch_size + len(x) - 1) // len(x), 1, 1, 1)[: ctx.latency_batch_size]
         forward = deployed_forward(ctx)
-        sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+        sync = synchronizer(device)
         timings = []
         with torch.inference_mode():
             for i in range(ctx.latency_warmup + ctx.latency_repeats):
