@@ -17,6 +17,7 @@ dependency (nni, PostgreSQL, Ray, onnxruntime, matplotlib, a plugin package) goe
 
 ALLOWED_SKIP_REASONS = (
     "CUDA",  # no CUDA device: CI runs on CPU
+    "MPS",  # no Apple GPU: CI runs on Linux
     "real MNIST not found",  # ../shared/data/mnist sits beside a checkout here, not in a fresh clone
     # contract suites (vae_automl.testing): a check that does not apply to the component under test
     "the compressor declares compresses = False",
