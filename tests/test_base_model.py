@@ -477,3 +477,24 @@ def test_structured_prune_search_export_load(user_dir: Path, tmp_path: Path) -> 
         x = torch.rand(3, 1, 8, 8)
         assert model.reconstruct(x).shape == x.shape
 
+
+def test_the_baseline_row_is_measured_once_per_process(user_dir: Path, tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    from vae_automl import trial as trial_mod
+    from vae_automl.plugin_manager import get_plugin_manager
+    from vae_automl.registry import get_registry
+
+    (user_dir / "bl.yaml").write_text(space_yaml(architecture={}, compressors=["uniform"]))
+    env = trial_mod.prepare(load_space(user_dir / "bl.yaml"), tmp_path, get_registry(), get_plugin_manager(), device="cpu")
+    calls: list[tuple[str, ...]] = []
+    real = trial_mod.measure
+    monkeypatch.setattr(trial_mod, "measure", lambda e, m, names, seed: (calls.append(names), real(e, m, names, seed))[1])
+    first = trial_mod.base_model_baseline(env)
+    assert first is not None and trial_mod.base_model_baseline(env) is first and len(calls) == 1
+    assert set(first["objectives"]) == {"test_elbo_nats", "size_bytes"}
+    # the user's model as given: its dense float32 file, not a compressed one
+    assert first["objectives"]["size_bytes"] > 4 * first["base_model"]["params"]
+    assert first["base_model"]["checkpoint_sha256"] == hashlib.sha256((user_dir / "ckpt.safetensors").read_bytes()).hexdigest()
+    env.base_model = None
+    env.study_baseline = None
+    assert trial_mod.base_model_baseline(env) is None

@@ -102,3 +102,64 @@ def test_ray_cluster_search_interrupt_and_resume(ray_head: str, tiny_space: Any,
         assert trial.user_attrs["validation_curve"]  # ASHA stopped it between epochs
     front = subprocess.run([CLI, "front", "--storage", storage, "--study", "tiny", "--json"], capture_output=True)
     assert front.returncode == 0 and json.loads(front.stdout)
+
+
+def test_store_baseline_keeps_the_first_reported_row() -> None:
+    from vae_automl.backends.ray import BASELINE_KEY, store_baseline
+    from vae_automl.study import BASELINE_ATTR
+
+    study = optuna.create_study(directions=["minimize"])
+    assert store_baseline(study, {BASELINE_KEY: ""}) is False and store_baseline(study, None) is False
+    assert BASELINE_ATTR not in study.user_attrs
+    row = {"objectives": {"test_elbo_nats": 25.0}, "metrics": {"test_elbo_nats": 25.0}, "base_model": {"params": 3}}
+    assert store_baseline(study, {BASELINE_KEY: json.dumps(row)}) is True
+    assert study.user_attrs[BASELINE_ATTR] == row
+    # a later trial's report (another worker measured it too) does not replace the stored row
+    assert store_baseline(study, {BASELINE_KEY: json.dumps({**row, "objectives": {"test_elbo_nats": 1.0}})}) is True
+    assert study.user_attrs[BASELINE_ATTR] == row
+
+
+BASE_MODEL_SPACE = """
+name: byom-ray
+dataset: digits
+base_model: {factory: "vae_automl.testing.user_model:build", kwargs: {latent: 4, width: 4}, checkpoint: ckpt.safetensors}
+training: {epochs: 1, batch_size: 64}
+compressors: [{name: uniform, params: {bits: 8}}]
+objectives: [test_elbo_nats, size_bytes]
+latency: {repeats: 2, warmup: 1}
+sampler: {name: random, seed: 0}
+trials: 2
+"""
+
+
+@pytest.mark.slow
+def test_ray_search_stores_the_base_models_baseline_row(ray_head: str, tmp_path: Path) -> None:
+    import vae_automl
+    from vae_automl.config import load_space
+    from vae_automl.plugin_manager import get_plugin_manager
+    from vae_automl.registry import get_registry
+    from vae_automl.study import BASELINE_ATTR
+    from vae_automl.trial import base_model_baseline, prepare
+
+    import torch
+    from safetensors.torch import save_file
+
+    from vae_automl.testing.user_model import build
+
+    torch.manual_seed(0)
+    save_file(build(latent=4, width=4).state_dict(), tmp_path / "ckpt.safetensors")
+    path = tmp_path / "byom.yaml"
+    path.write_text(BASE_MODEL_SPACE)
+    result = vae_automl.search(path, out_dir=tmp_path / "out", backend="ray", address=ray_head, concurrency=1,
+                               show_progress=False)
+    assert result.completed == 2
+    # the same row the Optuna backend's driver measures, here measured in this process
+    env = prepare(load_space(path), tmp_path / "local", get_registry(), get_plugin_manager(), device="cpu")
+    local = base_model_baseline(env)
+    assert local is not None and result.baseline is not None
+    assert result.baseline == pytest.approx(local["objectives"], rel=1e-5)
+    stored = optuna.load_study(study_name="byom-ray", storage=result.storage).user_attrs[BASELINE_ATTR]
+    assert stored["metrics"]["size_bytes"] == local["metrics"]["size_bytes"]
+    assert stored["base_model"]["base_model"] == "vae_automl.testing.user_model:build"
+    # the compressed trials differ from it: the row is the uncompressed model's, not a trial's
+    assert all(e.objectives["size_bytes"] < result.baseline["size_bytes"] for e in result.front)

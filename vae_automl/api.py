@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import time
 from dataclasses import dataclass
@@ -19,7 +18,7 @@ from vae_automl.plugin_manager import get_plugin_manager
 from vae_automl.progress import Progress
 from vae_automl.registry import call_each, get_registry
 from vae_automl.study import BASELINE_ATTR, FrontEntry, front_of_study
-from vae_automl.trial import TrialEnv, measure, prepare
+from vae_automl.trial import TrialEnv, base_model_baseline, prepare
 
 if TYPE_CHECKING:
     import optuna
@@ -160,12 +159,10 @@ def search(
 
 
 def measure_baseline(env: TrialEnv, study: optuna.Study) -> None:
-    """Measure the user's model as given (or as fine-tuned by base_model.fine_tune_epochs) once per study."""
+    """Store the user's model's baseline row (:func:`vae_automl.trial.base_model_baseline`) once per study."""
 
-    if BASELINE_ATTR in study.user_attrs or env.base_model is None:
+    if BASELINE_ATTR in study.user_attrs:
         return
-    metrics, _ = measure(env, copy.deepcopy(env.base_model), (*env.space.objectives, *env.space.record), env.space.seed)
-    study.set_user_attr(
-        BASELINE_ATTR,
-        {"objectives": {n: metrics[n] for n in env.space.objectives}, "metrics": metrics, "base_model": env.base_model_info},
-    )
+    baseline = base_model_baseline(env)
+    if baseline is not None:
+        study.set_user_attr(BASELINE_ATTR, baseline)

@@ -10,6 +10,7 @@ in their compression pipeline share a base.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import math
@@ -65,6 +66,8 @@ class TrialEnv:
     baselines: dict[str, dict[str, float]] = field(default_factory=dict)
     """The uncompressed figures of each base this process measured, by base cache key: trials sharing a base
     (compression-only search) measure it once."""
+    study_baseline: dict[str, Any] | None = None
+    """The baseline row of a ``base_model:`` study (:func:`base_model_baseline`), once measured in this process."""
 
 
 _splits_cache: dict[tuple[Any, ...], DataSplits] = {}
@@ -279,6 +282,25 @@ def compress(env: TrialEnv, base: VAE, spec: TrialSpec, train_config: TrainConfi
     if spec.pipeline:
         task.finalize(model)
     return model
+
+
+def base_model_baseline(env: TrialEnv) -> dict[str, Any] | None:
+    """The baseline row of a ``base_model:`` study: the user's model as given (or as fine-tuned by
+    ``base_model.fine_tune_epochs``), measured with the study's objectives and recorded figures.
+
+    Measured once per process; None for a study without a base model. What the study stores
+    under :data:`vae_automl.study.BASELINE_ATTR`: ``{"objectives", "metrics", "base_model"}``.
+    """
+    if env.base_model is None:
+        return None
+    if env.study_baseline is None:
+        metrics, _ = measure(env, copy.deepcopy(env.base_model), (*env.space.objectives, *env.space.record), env.space.seed)
+        env.study_baseline = {
+            "objectives": {n: metrics[n] for n in env.space.objectives},
+            "metrics": metrics,
+            "base_model": env.base_model_info,
+        }
+    return env.study_baseline
 
 
 def measure(env: TrialEnv, model: VAE, names: tuple[str, ...], seed: int) -> tuple[dict[str, float], MeasureContext]:

@@ -22,7 +22,12 @@ running ones from other workers and from a resumed run.
   N more *completed* trials, like the Optuna backend (trials stopped at a
   rung do not count toward that cap: successive halving stops most by design);
 * send heartbeats for running trials on RDB storages, so a killed driver's
-  trials go stale and the next run (or any Optuna worker) fails and retries them.
+  trials go stale and the next run (or any Optuna worker) fails and retries them;
+* store the baseline row of a ``base_model:`` study (the user's model as
+  given), which the driver never loads: trials asked while the study lacks
+  it measure it in their worker (once per worker process, as the Optuna
+  backend does per process) and report it with their record; the first one
+  to complete is stored.
 
 Early stopping is the Optuna backend's rule (:func:`vae_automl.early_stopping.decide`)
 in a Tune scheduler on the driver (:class:`ParetoRungScheduler`), which
@@ -62,6 +67,9 @@ if TYPE_CHECKING:
 
 NUMBER_KEY = "__vae_automl_trial_number"
 """Config key carrying the Optuna trial number to the trainable (it names the artifact)."""
+WANTS_BASELINE_KEY = "__vae_automl_wants_baseline"
+"""Config key telling the trainable the study has no baseline row yet (a ``base_model:`` study): measure it."""
+BASELINE_KEY = "baseline_json"
 VALIDATION_LOSS = "validation_loss"
 FAILURE_KEY = "failure_reason"
 RECORD_KEY = "record_json"
@@ -120,6 +128,17 @@ def _outcome(
     return optuna.trial.TrialState.FAIL, None, attrs
 
 
+def store_baseline(study: optuna.Study, result: dict[str, Any] | None) -> bool:
+    """Store the baseline row a trial reported (``BASELINE_KEY``) unless the study has one; whether it has one now."""
+    if study_mod.BASELINE_ATTR in study.user_attrs:
+        return True
+    reported = (result or {}).get(BASELINE_KEY)
+    if not reported:
+        return False
+    study.set_user_attr(study_mod.BASELINE_ATTR, json.loads(reported))
+    return True
+
+
 def _make_searcher_class() -> type:
     # deferred: Ray is optional (the ray extra) and slow to import
     from ray.tune.search import Searcher
@@ -138,9 +157,11 @@ def _make_searcher_class() -> type:
             deadline: float | None,
             progress: Progress,
             policy: SearchPolicy | None = None,
+            has_baseline: bool = True,
             **kwargs: Any,
         ) -> None:
             super().__init__(**kwargs)
+            self.has_baseline = has_baseline
             self.objectives = objectives
             self.stop_at_feasible = policy is not None and policy.space.stop_when == "first_feasible"
             self.found_feasible = False
@@ -184,7 +205,7 @@ def _make_searcher_class() -> type:
             if study_mod.has_heartbeat(study):
                 # the first beat now, not an interval later: a driver killed before it would leave the trial RUNNING for ever
                 cast(Any, study._storage).record_heartbeat(ot_trial._trial_id)
-            return {**config, NUMBER_KEY: ot_trial.number}
+            return {**config, NUMBER_KEY: ot_trial.number, WANTS_BASELINE_KEY: not self.has_baseline}
 
         def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
             # intermediate results are for the scheduler; Optuna pruners are not used here
@@ -202,6 +223,8 @@ def _make_searcher_class() -> type:
                     attrs.update(self.policy.trial_attrs(record))
                     checks = self.policy.constraints(record)
                 study_mod.add_plugins(cast(optuna.Study, self._ot_study), record.plugins)
+                if not self.has_baseline:
+                    self.has_baseline = store_baseline(cast(optuna.Study, self._ot_study), result)
             self._finish(trial_id, ot_trial, state, values, attrs, result, checks)
 
         def _finish(
@@ -320,9 +343,9 @@ def _trainable(config: dict[str, Any], source: str, file: str, dataset: Any, dev
     from ray import tune
 
     # deferred: only the Ray worker process runs trials (and imports torch)
-    from vae_automl.trial import measure_before_training, run_trial
+    from vae_automl.trial import base_model_baseline, measure_before_training, run_trial
 
-    params = {k: v for k, v in config.items() if k != NUMBER_KEY}
+    params = {k: v for k, v in config.items() if k not in (NUMBER_KEY, WANTS_BASELINE_KEY)}
     curve: list[float] = []
     spec_json = ""
     rung_values: dict[str, list[float]] = {}
@@ -350,6 +373,7 @@ def _trainable(config: dict[str, Any], source: str, file: str, dataset: Any, dev
         spec_json = json.dumps(spec.as_dict())
         rungs = set(early_stopping.rungs(env.space.pruner, int(spec.training.get("epochs") or 0)))
         record = run_trial(env, spec, int(config[NUMBER_KEY]), on_epoch=on_epoch)
+        baseline = base_model_baseline(env) if config.get(WANTS_BASELINE_KEY) else None
     except Exception as exc:  # the reason goes to the study; the search goes on
         reason = failure_reason(exc)
         tune.report({FAILURE_KEY: reason, CONFIG_KEY: spec_json})
@@ -361,6 +385,7 @@ def _trainable(config: dict[str, Any], source: str, file: str, dataset: Any, dev
             CONFIG_KEY: spec_json,
             "base_cache_hit": record.base.cache_hit,
             RUNG_KEY: dict(rung_values),
+            BASELINE_KEY: json.dumps(baseline) if baseline is not None else "",
         }
     )
 
@@ -502,6 +527,7 @@ class RayBackend(Backend):
             deadline=time.monotonic() + budget.timeout_s if budget.timeout_s is not None else None,
             progress=progress,
             policy=policy,
+            has_baseline=space.base_model is None or study_mod.BASELINE_ATTR in study.user_attrs,
         )
         sched = None
         if self.scheduler == "pareto":
