@@ -101,6 +101,9 @@ class ModelPlan:
     search_bits: tuple[int, int] = (2, 6)
     distill: dict[str, Any] = field(default_factory=dict)
     """Distillation before prune + k-means (``distill`` params); empty: no distilled row."""
+    distill_sparsity: float = 0.6
+    distill_bits: int = 4
+    """Pruning and k-means of the distilled student (a half-width student keeps fewer weights to prune)."""
 
     @property
     def finetune_epochs(self) -> int:
@@ -296,11 +299,14 @@ def run_model(plan: ModelPlan, args: argparse.Namespace, registry: Registry, pm:
     log(f"prune+kmeans {plain} B -> entropy-coded {coded} B -> compact {int(metrics['size_bytes'])} B, "
         f"{plan.quality} {metrics[plan.quality]:.3f}")
 
-    if plan.distill:
+    if plan.distill and not args.no_distill:
         total = plan.epochs + int(plan.distill["epochs"]) + f
         t0 = time.perf_counter()
         distill_ref = runner.trial(f"fp32_ref_{total}ep", [], total)[0][plan.quality]
-        dpk = [{"name": "distill", "params": dict(plan.distill)}, *pk, compact]
+        dpk = [{"name": "distill", "params": dict(plan.distill)},
+               {"name": "magnitude_prune", "params": {"sparsity": plan.distill_sparsity,
+                                                      "finetune_epochs": plan.prune_epochs}},
+               {"name": "kmeans", "params": {"bits": plan.distill_bits, "qat_epochs": plan.quantize_epochs}}, compact]
         metrics, _ = runner.trial("distill_prune_kmeans_entropy", dpk, plan.epochs)
         rows.append(row(plan, "distill+prune+kmeans+entropy+compact", dpk, metrics, distill_ref, fp32_bytes, total,
                         time.perf_counter() - t0, seed))
@@ -402,6 +408,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="models declared to share weight_vae's decoder (size_bytes_amortized)")
     parser.add_argument("--seeds", default="0", help="comma-separated seeds; every row is run for each (default 0)")
     parser.add_argument("--no-weight-vae", action="store_true", help="leave out the weight_vae rows")
+    parser.add_argument("--no-distill", action="store_true", help="leave out the distilled row")
     parser.add_argument("--out", type=Path, help="keep caches and artifacts here (default: a temp dir)")
     args = parser.parse_args(argv)
     try:
