@@ -22,7 +22,8 @@ def test_weights_table_rows_for_lenet_300_100(mnist_dir: Path, tmp_path: Path) -
     assert weights_table.main(["--data", str(mnist_dir), "--models", "lenet_300_100", "--search-trials", "1",
                                "--out", str(tmp_path / "run"), "--json", str(out)]) == 0
     rows = json.loads(out.read_text())
-    assert [r["method"] for r in rows] == ["fp32", "prune+kmeans", "prune+kmeans+entropy", "weight_vae", "search"]
+    methods = ["fp32", "prune+kmeans", "prune+kmeans+entropy", "prune+kmeans+entropy+compact", "weight_vae", "search"]
+    assert [r["method"] for r in rows] == methods
     for r in rows:
         assert {"model", "method", "size_bytes", "compression_ratio", "accuracy_delta_pts"} <= set(r)
         assert r["compression_ratio"] == pytest.approx(4 * r["fp32_params"] / r["size_bytes"])
@@ -31,3 +32,6 @@ def test_weights_table_rows_for_lenet_300_100(mnist_dir: Path, tmp_path: Path) -
     assert by["prune+kmeans"]["accuracy"] == by["prune+kmeans+entropy"]["accuracy"]
     assert by["prune+kmeans+entropy"]["size_bytes"] < 0.8 * by["prune+kmeans"]["size_bytes"]
     assert by["weight_vae"]["size_bytes_amortized"] < by["weight_vae"]["size_bytes"]
+    # The compact container holds the same coded parts under a smaller header.
+    assert by["prune+kmeans+entropy+compact"]["accuracy"] == by["prune+kmeans+entropy"]["accuracy"]
+    assert by["prune+kmeans+entropy+compact"]["size_bytes"] < by["prune+kmeans+entropy"]["size_bytes"] - 1000

@@ -22,6 +22,11 @@ points, and stores the weights on exactly that grid with vae-automl's
 ``uniform`` codec (asymmetric form ``(c - zero_point) * scale``, float32
 scales), so ``size_bytes`` counts NNI's grid bit-packed.
 
+They work on every task: NNI's training steps (QAT, Taylor's gradients,
+PTQ's calibration passes) use the trial's loss, a VAE's negative ELBO or a
+classifier's cross-entropy (``tests/test_nni_plugin.py`` runs them on a
+classifier).
+
 NNI is imported only when a compressor runs, so ``vae-automl plugins`` lists
 these even where nni is missing; running one then says how to install it.
 """
@@ -37,15 +42,16 @@ from torch import nn
 
 from vae_automl.builtin.pruning import (
     apply_masks,
-    elbo_batches,
     fine_tune_masked,
     mark_sparse,
     prunable_weights,
+    saliency_batches,
+    saliency_loss,
     shrink,
 )
 from vae_automl.components import Compressor, Param
 from vae_automl.layers import channel_groups
-from vae_automl.vae import VAE, negative_elbo
+from vae_automl.vae import VAE
 
 if TYPE_CHECKING:
     from vae_automl.components import CompressionContext
@@ -70,15 +76,19 @@ def import_nni() -> Any:
 
 
 def _evaluator(nni: Any, model: VAE, ctx: CompressionContext, lr: float) -> Any:
-    """An NNI TorchEvaluator that trains on the trial's training images with the negative ELBO."""
+    """An NNI TorchEvaluator that trains on the trial's training batches with the trial's loss.
+
+    A VAE's loss is the negative ELBO (seeded noise); any other model's is
+    its task's loss with the batch labels (a classifier's cross-entropy).
+    """
     from nni.compression import TorchEvaluator
 
-    batches = elbo_batches(ctx, 64)
+    batches = saliency_batches(ctx, 64)
     generator = torch.Generator(device=ctx.data.train.device).manual_seed(ctx.seed)
 
-    def training_step(batch: torch.Tensor, m: nn.Module) -> torch.Tensor:
-        eps = torch.randn(len(batch), m.latent_dim, generator=generator, device=batch.device)
-        return negative_elbo(m, batch, eps=eps)
+    def training_step(batch: tuple[torch.Tensor, torch.Tensor | None], m: nn.Module) -> torch.Tensor:
+        x, y = batch
+        return saliency_loss(m, ctx, x, y, generator)
 
     def training_func(m: nn.Module, optimizers: Any, step: Any, lr_schedulers: Any = None,
                       max_steps: int | None = None, max_epochs: int | None = None) -> None:
