@@ -3,6 +3,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import yaml
 
 from vae_automl.config import load_space, load_space_text
 from vae_automl.errors import ConfigError
@@ -23,9 +24,15 @@ def error_of(text: str, file: str = "quick.yaml") -> str:
 
 
 def test_shipped_spaces_load() -> None:
-    for path in sorted((REPO / "search_spaces").glob("*.yaml")):
+    paths = sorted((REPO / "search_spaces").glob("*.yaml"))
+    assert len(paths) >= 3
+    for path in paths:
         space = load_space(path)
-        assert space.objectives, path
+        raw = yaml.safe_load(path.read_text())
+        # what the file says, not a default every space has
+        assert space.name == raw["name"], path
+        if "objectives" in raw:
+            assert list(space.objectives) == raw["objectives"], path
 
 
 def test_minimal_space_defaults() -> None:

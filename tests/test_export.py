@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import ast
 import copy
+import hashlib
 import json
+import os
 import shutil
 import warnings
 from pathlib import Path
@@ -70,7 +72,8 @@ def test_export_writes_every_format_and_verifies_it(study: dict[str, Any], trial
     assert all(c["ok"] for c in manifest["checks"]) and {c["file"] for c in manifest["checks"]} >= {
         WEIGHTS, "model.onnx", "model.pt2", "model.pt"}
     for name, entry in manifest["files"].items():
-        assert entry["size_bytes"] == (folder / name).stat().st_size
+        assert entry["size_bytes"] == os.path.getsize(folder / name)
+        assert entry["sha256"] == hashlib.sha256((folder / name).read_bytes()).hexdigest()  # not via sha256_file
     assert set(manifest["versions"]) >= {"vae_automl", "torch", "onnx", "onnxruntime"}
     assert manifest["model_config"]["architecture"] == "mlp"
     assert not list(study["root"].joinpath("export").glob(".*partial"))

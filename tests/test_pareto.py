@@ -141,3 +141,15 @@ def test_knee_point_indexes_the_input_not_the_front() -> None:
     assert pareto.knee_point([[0.0, 0.0], [2.0, 9.0], [10.0, 10.0], [5.0, 1.0]], ["minimize", "maximize"]) == 1
     # one objective without spread: scaled by 1, the knee is the best in the other
     assert pareto.knee_point([[1.0, 3.0], [1.0, 2.0]], ["minimize", "minimize"]) == 1
+
+
+def test_normalized_hypervolume_divides_by_spans_below_one() -> None:
+    hv = pareto.normalized_hypervolume([[0.25, 0.25]], ideal=[0.0, 0.0], reference=[0.5, 0.5], directions=["minimize"] * 2)
+    assert hv == pytest.approx(0.25)  # scaled to (0.5, 0.5) under (1, 1)
+
+
+def test_knee_point_scales_each_objective_by_its_own_range() -> None:
+    # offset and spread differ per objective: scaled, (102, 100) is nearest the ideal (0.2, 0.1)
+    assert pareto.knee_point([[100.0, 1000.0], [102.0, 100.0], [110.0, 0.0]], ["minimize", "minimize"]) == 1
+    # an objective without spread counts as 0 for all: the knee is decided by the others
+    assert pareto.knee_point([[1.0, 5.0, 0.0], [1.0, 1.0, 1.0], [1.0, 0.0, 5.0]], ["minimize"] * 3) == 1

@@ -162,7 +162,9 @@ trials: 2
 """, "quant-e2e.yaml")
     result = search(space, trials=2, out_dir=tmp_path, show_progress=False)
     assert result.completed == 2
-    for path in sorted((tmp_path / "models").glob("trial-*.safetensors")):
+    paths = sorted((tmp_path / "models").glob("trial-*.safetensors"))
+    assert len(paths) == 2  # the loop below must see every trial's file
+    for path in paths:
         header = packing.read_header(path.read_bytes())
         codecs = {t["spec"].get("codec") for t in header["tensors"].values()}
         assert codecs & {"uniform", "codebook"}

@@ -73,3 +73,10 @@ def test_dict_access_of_plugins_written_for_0_1() -> None:
     with pytest.raises(KeyError):
         record["nope"]
     assert record.pipeline == []
+
+
+def test_dict_access_names_the_missing_key_and_reads_the_asked_one() -> None:
+    record = TrialRecord.from_dict(stored_record())
+    with pytest.raises(KeyError, match="nope"):
+        record["nope"]
+    assert record.get("trial") == 3 and record.get("seconds") == record["seconds"]

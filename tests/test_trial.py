@@ -46,3 +46,23 @@ def test_base_cache_reused_for_same_training(tmp_path: Path, monkeypatch: pytest
     # each trial measures its model; each base's uncompressed baseline is measured once, the reused one not again
     assert len(measured) == 3 + 2
     assert again["baseline"] == first["baseline"] and set(first["baseline"]) == {"test_elbo_nats", "size_bytes"}
+
+
+def test_a_missing_teacher_checkpoint_is_refused_naming_it(tmp_path: Path) -> None:
+    from vae_automl.errors import VaeAutomlError
+
+    space = load_space_text(SPACE + f"teacher: {tmp_path / 'nope.safetensors'}\n", "t.yaml")
+    with pytest.raises(VaeAutomlError, match=f"t.yaml: teacher: no such checkpoint {tmp_path / 'nope.safetensors'}"):
+        prepare(space, tmp_path, get_registry(), get_plugin_manager())
+
+
+def test_a_teacher_checkpoint_is_loaded_from_its_file(tmp_path: Path) -> None:
+    import torch
+
+    from test_golden_format import GOLDEN, dense_model
+
+    space = load_space_text(SPACE + f"teacher: {GOLDEN / 'mlp_float32.safetensors'}\n", "t.yaml")
+    env = prepare(space, tmp_path, get_registry(), get_plugin_manager())
+    assert env.teacher is not None
+    for name, tensor in dense_model().state_dict().items():
+        assert torch.equal(env.teacher.state_dict()[name], tensor), name

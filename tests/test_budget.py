@@ -1,0 +1,86 @@
+"""Budget counting at its boundaries: how many trials a run starts, which trials count, when a run stops."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+from typing import Any
+
+import optuna
+import pytest
+
+from vae_automl.backends.optuna import _FailureCap, _OwnCompletedLimit
+from vae_automl.study import ATTEMPTS_PER_TRIAL, BUDGET_ATTR, Budget, plan_search, plan_worker
+
+STATES = optuna.trial.TrialState
+
+
+def study_with(complete: int, failed: int = 0, pruned: int = 0) -> optuna.Study:
+    study = optuna.create_study(directions=["minimize", "minimize"])
+    for _ in range(complete):
+        study.add_trial(optuna.trial.create_trial(state=STATES.COMPLETE, values=[1.0, 2.0]))
+    for state, n in ((STATES.FAIL, failed), (STATES.PRUNED, pruned)):
+        for _ in range(n):
+            study.add_trial(optuna.trial.create_trial(state=state))
+    return study
+
+
+SPACE = SimpleNamespace(trials=5)
+
+
+def test_attempts_per_trial_is_three() -> None:
+    assert ATTEMPTS_PER_TRIAL == 3  # the figures below and test_early_stopping's 6 failed attempts depend on it
+
+
+@pytest.mark.parametrize(("done", "n", "target"), [(0, 5, 5), (4, 1, 5), (5, 0, 5), (7, 0, 7)])
+def test_search_without_trials_completes_the_space_budget(done: int, n: int, target: int) -> None:
+    # failed and stopped trials do not count: an interrupted command resumes where it was
+    budget = plan_search(study_with(done, failed=2, pruned=3), SPACE, None, None)
+    assert budget == Budget(n, target, None, n * 3, None)
+
+
+@pytest.mark.parametrize(("done", "trials"), [(0, 1), (3, 4), (6, 0)])
+def test_search_with_trials_adds_that_many_completed(done: int, trials: int) -> None:
+    budget = plan_search(study_with(done, failed=1), SPACE, trials, 12.5)
+    assert budget == Budget(trials, done + trials, None, trials * 3, 12.5)
+
+
+def test_worker_with_trials_counts_only_its_own() -> None:
+    assert plan_worker(study_with(9), SPACE, 2, None) == Budget(2, None, 2, 6, None)
+
+
+@pytest.mark.parametrize(("stored", "done", "n", "target"), [(None, 3, 2, 5), (8, 3, 5, 8), (8, 8, 0, 8), (8, 9, 0, 9)])
+def test_worker_without_trials_completes_the_stored_budget(stored: int | None, done: int, n: int, target: int) -> None:
+    study = study_with(done, failed=1, pruned=1)
+    if stored is not None:
+        study.set_user_attr(BUDGET_ATTR, stored)
+    assert plan_worker(study, SPACE, None, None) == Budget(n, target, None, n * 3, None)
+
+
+class Stoppable:
+    def __init__(self) -> None:
+        self.stops = 0
+
+    def stop(self) -> None:
+        self.stops += 1
+
+
+def frozen(state: Any) -> optuna.trial.FrozenTrial:
+    return optuna.trial.create_trial(state=state, values=[1.0] if state == STATES.COMPLETE else None)
+
+
+def test_failure_cap_stops_at_exactly_the_limit_and_counts_only_failures() -> None:
+    cap, study = _FailureCap(2), Stoppable()
+    for state in (STATES.COMPLETE, STATES.PRUNED, STATES.FAIL, STATES.COMPLETE, STATES.PRUNED):
+        cap(study, frozen(state))  # type: ignore[arg-type]
+    assert study.stops == 0  # one failure of two
+    cap(study, frozen(STATES.FAIL))  # type: ignore[arg-type]
+    assert study.stops == 1
+
+
+def test_own_limit_stops_at_exactly_the_limit_and_counts_only_completed() -> None:
+    limit, study = _OwnCompletedLimit(2), Stoppable()
+    for state in (STATES.FAIL, STATES.PRUNED, STATES.COMPLETE, STATES.FAIL):
+        limit(study, frozen(state))  # type: ignore[arg-type]
+    assert study.stops == 0
+    limit(study, frozen(STATES.COMPLETE))  # type: ignore[arg-type]
+    assert study.stops == 1
