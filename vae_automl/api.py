@@ -1,31 +1,92 @@
-"""The search entry point of the Python API (``vae-automl search`` calls it)."""
+"""The Python API: one function per command (``vae-automl search`` calls :func:`search`, and so on).
+
+``vae_automl.search``, ``front``, ``export``, ``report``, ``worker`` and
+``plugins`` are these functions; the CLI parses its arguments and calls
+them. Importing this module stays light: ``front`` and ``plugins`` need no
+torch, so what trains is imported when :func:`search` runs.
+"""
 
 from __future__ import annotations
 
-import dataclasses
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import optuna
+
+from vae_automl import pareto
 from vae_automl import study as study_mod
-from vae_automl.backends.base import Backend, SearchPolicy
-from vae_automl.backends.optuna import OptunaBackend
-from vae_automl.config import SearchSpace, load_space, study_name_problem
 from vae_automl.errors import ConfigError
 from vae_automl.locations import default_storage
 from vae_automl.plugin_manager import get_plugin_manager
+from vae_automl.plugins_info import list_components
 from vae_automl.progress import Progress
 from vae_automl.registry import call_each, get_registry
-from vae_automl.study import BASELINE_ATTR, FrontEntry, front_of_study
-from vae_automl.trial import TrialEnv, base_model_baseline, prepare
+from vae_automl.study import BASELINE_ATTR, FrontEntry, TrialCallback, front_of_study
 
 if TYPE_CHECKING:
-    import optuna
+    from vae_automl.config import SearchSpace
+    from vae_automl.trial import TrialEnv
+    from vae_automl.worker import WorkerResult
+
+__all__ = [
+    "Front",
+    "SearchResult",
+    "TrialCallback",
+    "export",
+    "front",
+    "plugins",
+    "report",
+    "search",
+    "worker",
+]
+
+
+def knee_of(study: optuna.Study, entries: Sequence[FrontEntry]) -> int | None:
+    """The trial number of the front's knee point (:func:`vae_automl.pareto.knee_point`), or None for an empty front."""
+    if not entries:
+        return None
+    names, directions = study_mod.objectives_of(study)
+    k = pareto.knee_point([[e.objectives[n] for n in names] for e in entries], directions)
+    return entries[k].trial if k is not None else None
+
+
+@dataclass
+class Front:
+    """The Pareto front of a stored study, as :func:`front` reads it.
+
+    Attributes:
+        study: the Optuna study (``study.trials_dataframe()``, optuna's plots, ``study.best_trials``).
+        entries: the non-dominated completed trials, ordered by the first objective.
+        knee: the trial number of the knee point, or None for an empty front.
+        baseline: a ``base_model:`` study's user model as given, measured with the study's objectives
+            (``{objectives, metrics, base_model}``), or None.
+    """
+
+    study: optuna.Study
+    entries: list[FrontEntry]
+    knee: int | None
+    baseline: dict[str, Any] | None = None
 
 
 @dataclass
 class SearchResult:
+    """What :func:`search` returns: the study and its front after the run.
+
+    Attributes:
+        study: the ``optuna.Study`` the search ran (resume it, plot it, or hand it to other Optuna tools).
+        study_name, storage: where it is stored.
+        out_dir: the storage, base-model cache and trial models' folder.
+        front: the Pareto front after the run (every process's trials, not this run's only).
+        completed: the study's completed trials.
+        stats: counters of the run (``base_trained``, ``base_reused``).
+        baseline: a ``base_model:`` study's user model as given, measured with the study's objectives
+            (optuna backend).
+        knee: the trial number of the front's knee point, or None.
+    """
+
     study_name: str
     storage: str
     out_dir: Path
@@ -33,7 +94,8 @@ class SearchResult:
     completed: int
     stats: dict[str, int]
     baseline: dict[str, float] | None = None
-    """A ``base_model:`` study's user model as given, measured with the study's objectives (optuna backend)."""
+    study: optuna.Study | None = None
+    knee: int | None = None
     failure: str | None = None
     """Set when every trial this run finished failed: why (the CLI exits 1 with it)."""
 
@@ -46,18 +108,6 @@ def make_out_dir(out: Path) -> None:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise ConfigError(f"--out {out}: cannot create the output folder: {exc.strerror}") from None
-
-
-def apply_overrides(
-    space: SearchSpace, dataset: str | None = None, data_dir: str | None = None, device: str | None = None
-) -> SearchSpace:
-    if dataset is not None or data_dir is not None:
-        changes: dict[str, Any] = {k: v for k, v in {"spec": dataset, "data_dir": data_dir}.items() if v is not None}
-        ds = dataclasses.replace(space.dataset, **changes)
-        space = dataclasses.replace(space, dataset=ds)
-    if device is not None:
-        space = dataclasses.replace(space, device=device)
-    return space
 
 
 def search(
@@ -74,9 +124,10 @@ def search(
     backend: str = "optuna",
     show_progress: bool = True,
     base_model: Any = None,
+    callbacks: Sequence[TrialCallback] = (),
     **backend_options: Any,
 ) -> SearchResult:
-    """Run (or resume) a multi-objective search and return its Pareto front.
+    """Run (or resume) a multi-objective search and return its study and Pareto front.
 
     Args:
         space: a search-space YAML path, or a loaded :class:`SearchSpace`.
@@ -88,10 +139,25 @@ def search(
         dataset, data_dir, device: override the space's.
         plugins: extra plugin modules to load (like ``--plugin``).
         backend: ``optuna`` or ``ray``.
+        show_progress: print progress lines on stderr.
         base_model: the user's trained VAE to compress, replacing the YAML's ``base_model:``: a mapping
             ``{factory, kwargs, checkpoint, likelihood, groups, fine_tune_epochs}`` or a ``torch.nn.Module``
             with ``encode``/``decode`` (see docs/bring-your-own-model.md).
+        callbacks: Optuna callbacks ``f(study, frozen_trial)``, called after each finished trial (complete,
+            stopped early or failed) once its record is stored, as ``study.optimize(callbacks=...)`` calls them;
+            ``optuna.study.MaxTrialsCallback`` and ``study.stop()`` work as there.
+        backend_options: the Ray backend's ``address``, ``gpus_per_trial``, ``cpus_per_trial``,
+            ``concurrency``, ``scheduler``.
+
+    Returns:
+        A :class:`SearchResult` holding the ``optuna.Study`` and its front.
     """
+    # deferred: these import torch; `front` and `plugins` use this module without it
+    from vae_automl.backends.base import Backend, SearchPolicy
+    from vae_automl.backends.optuna import OptunaBackend  # deferred: imports torch (above)
+    from vae_automl.config import SearchSpace, apply_overrides, load_space, study_name_problem  # deferred: torch (above)
+    from vae_automl.trial import prepare  # deferred: imports torch (above)
+
     pm = get_plugin_manager(plugins)
     registry = get_registry(plugins)
     if not isinstance(space, SearchSpace):
@@ -133,7 +199,7 @@ def search(
         f"study {study_name!r} in {storage}: {done} completed trials; completing {budget.n_trials} more {runner.describe()}"
     )
     started = time.monotonic()
-    stats = runner.run(study, budget, policy, progress)
+    stats = runner.run(study, budget, policy, progress, callbacks=tuple(callbacks))
     if budget.n_trials > 0:
         progress.message(
             f"finished in {time.monotonic() - started:.1f}s: {progress.done} completed, "
@@ -142,27 +208,186 @@ def search(
         )
     if env is not None and env.base_model is not None:
         measure_baseline(env, study)
-    front = front_of_study(study)
-    call_each(pm, "on_search_complete", front=[e.as_dict() for e in front])
+    entries = front_of_study(study)
+    call_each(pm, "on_search_complete", front=[e.as_dict() for e in entries])
     completed = len(study_mod.completed_trials(study))
     baseline = study.user_attrs.get(BASELINE_ATTR)
     return SearchResult(
         study_name,
         storage,
         out,
-        front,
+        entries,
         completed,
         dict(stats),
         baseline=baseline["objectives"] if baseline else None,
+        study=study,
+        knee=knee_of(study, entries),
         failure=progress.all_failed(),
     )
 
 
 def measure_baseline(env: TrialEnv, study: optuna.Study) -> None:
     """Store the user's model's baseline row (:func:`vae_automl.trial.base_model_baseline`) once per study."""
+    from vae_automl.trial import base_model_baseline  # deferred: imports torch; `front` uses this module without it
 
     if BASELINE_ATTR in study.user_attrs:
         return
     baseline = base_model_baseline(env)
     if baseline is not None:
         study.set_user_attr(BASELINE_ATTR, baseline)
+
+
+def front(storage: str, study_name: str) -> Front:
+    """The Pareto front of a stored study (either backend); imports no torch.
+
+    Args:
+        storage: the study's Optuna storage URL (``sqlite:///...``, ``postgresql://...``, ``journal:PATH``).
+        study_name: the study's name.
+
+    Returns:
+        A :class:`Front`: the study, its non-dominated completed trials, the knee and a ``base_model:`` baseline.
+
+    Raises:
+        ConfigError: no such study there (the message lists the studies it holds).
+    """
+    study = study_mod.open_study(storage, study_name)
+    entries = front_of_study(study)
+    return Front(study, entries, knee_of(study, entries), study.user_attrs.get(BASELINE_ATTR))
+
+
+def export(
+    storage: str,
+    study_name: str,
+    out_dir: str | Path,
+    trials: str | Sequence[int] = "front",
+    formats: Sequence[str] | None = None,
+    *,
+    dataset: str | None = None,
+    data_dir: str | None = None,
+    plugins: tuple[str, ...] = (),
+    overwrite: bool = False,
+) -> list[Path]:
+    """Write the chosen trials' models as files, each re-measured against the search (``vae-automl export``).
+
+    Args:
+        storage: the study's Optuna storage URL.
+        study_name: the study's name.
+        out_dir: where ``trial-N/`` folders go.
+        trials: ``"front"`` (default) or a list of trial numbers.
+        formats: exporter names (``onnx``, ``torchscript``, ``safetensors`` or a plugin's); None: the
+            default set of :func:`vae_automl.export.export_study`.
+        dataset, data_dir: the search's ``dataset`` / ``data_dir`` if it overrode the space's.
+        plugins: extra plugin modules, as given to the search.
+        overwrite: replace an earlier export in ``trial-N/`` (only the files its manifest lists); without it a
+            non-empty ``trial-N/`` is refused.
+
+    Returns:
+        The written ``trial-N`` folders, each with a ``manifest.json``.
+
+    Raises:
+        ExportError: a saved model changed since the search, or an exported file does not reproduce its figures.
+    """
+    # deferred: export imports torch and the exporters; `front` uses this module without them
+    from vae_automl.export import export_study
+
+    options: dict[str, Any] = {"formats": tuple(formats)} if formats is not None else {}
+    return export_study(
+        storage,
+        study_name,
+        out_dir,
+        trials=trials,
+        dataset=dataset,
+        data_dir=data_dir,
+        plugins=plugins,
+        overwrite=overwrite,
+        **options,
+    )
+
+
+def report(
+    storage: str,
+    study_name: str,
+    out_dir: str | Path,
+    *,
+    dataset: str | None = None,
+    data_dir: str | None = None,
+    plugins: tuple[str, ...] = (),
+) -> list[Path]:
+    """Write the HTML report of a stored study (``vae-automl report``).
+
+    ``pareto.png``, one image grid per front model and ``index.html`` (the front with every recorded
+    metric, each model's parameters). matplotlib draws on figures of its own: the caller's backend stays.
+
+    Args:
+        storage: the study's Optuna storage URL.
+        study_name: the study's name.
+        out_dir: the report folder (created).
+        dataset, data_dir: the search's ``dataset`` / ``data_dir`` if it overrode the space's.
+        plugins: extra plugin modules, as given to the search.
+
+    Returns:
+        The files written, ``index.html`` last.
+    """
+    # deferred: the report's images need torch and matplotlib; `front` uses this module without them
+    from vae_automl.report import write_report
+
+    return write_report(storage, study_name, out_dir, dataset=dataset, data_dir=data_dir, plugins=plugins)
+
+
+def worker(
+    storage: str,
+    study_name: str,
+    trials: int | None = None,
+    timeout_s: float | None = None,
+    out_dir: str | Path | None = None,
+    device: str | None = None,
+    data_dir: str | None = None,
+    plugins: tuple[str, ...] = (),
+    show_progress: bool = True,
+    callbacks: Sequence[TrialCallback] = (),
+) -> WorkerResult:
+    """Run trials of a study made by :func:`search` in this process (``vae-automl worker``); start one per device.
+
+    Args:
+        storage: the study's storage URL, shared by every worker (``postgresql://...``, ``journal:PATH``).
+        study_name: a study created by ``search(..., trials=0)`` or ``vae-automl search ... --trials 0``.
+        trials: stop after this worker completed that many trials; None: until the study completed its budget.
+        timeout_s: start no trial after this many seconds.
+        out_dir: the base-model cache and artifact folder (default: the study's).
+        device, data_dir: override the stored space's (another machine, another mount).
+        plugins: extra plugin modules, as given to the search.
+        show_progress: print progress lines on stderr.
+        callbacks: Optuna callbacks ``f(study, frozen_trial)`` after each of this worker's finished trials.
+
+    Returns:
+        A :class:`vae_automl.worker.WorkerResult`: the study, this worker's name and its completed trials.
+    """
+    # deferred: the worker trains (torch); `front` uses this module without it
+    from vae_automl.worker import run_worker
+
+    return run_worker(
+        storage,
+        study_name,
+        trials=trials,
+        timeout_s=timeout_s,
+        out_dir=out_dir,
+        device=device,
+        data_dir=data_dir,
+        plugins=plugins,
+        show_progress=show_progress,
+        callbacks=callbacks,
+    )
+
+
+def plugins(extra: tuple[str, ...] = ()) -> list[dict[str, Any]]:
+    """Every registered component (``vae-automl plugins --json``): kind, name, plugin, version, parameters.
+
+    Args:
+        extra: plugin modules to load besides the built-ins and installed ones (like ``--plugin``).
+
+    Returns:
+        One dict per component: ``kind``, ``name``, ``plugin``, ``version``, ``distribution``, ``help``,
+        ``params`` (each ``name``, ``type``, ``default``, ``minimum``, ``maximum``, ``choices``, ``log``,
+        ``help``); compressors add ``stage``, ``takes``, ``gives``; objectives ``direction`` and ``unit``.
+    """
+    return list_components(get_registry(tuple(extra)))

@@ -97,7 +97,6 @@ def _destination(args: argparse.Namespace, default_sub: str) -> tuple[str | None
 
 def _cmd_search(args: argparse.Namespace) -> int:
     # deferred: `vae-automl --help` and `front` must not import torch
-    from vae_automl import pareto
     from vae_automl.api import search
     from vae_automl.report import against_baseline, format_front_table
 
@@ -140,19 +139,10 @@ def _cmd_search(args: argparse.Namespace) -> int:
             }
         )
         return _check_failure(result.failure)
-    knee = None
-    if result.front:
-        names = list(result.front[0].objectives)
-        # deferred: `vae-automl --help` and `front` must not import torch
-        from vae_automl.study import objectives_of, open_study
-
-        _, directions = objectives_of(open_study(result.storage, result.study_name))
-        k = pareto.knee_point([[e.objectives[n] for n in names] for e in result.front], directions)
-        knee = result.front[k].trial if k is not None else None
     print(
         f"Pareto front of study {result.study_name!r} ({result.completed} completed trials, storage {result.storage}); * = knee"
     )
-    print(format_front_table(result.front, knee, baseline=result.baseline))
+    print(format_front_table(result.front, result.knee, baseline=result.baseline))
     if result.front:
         print(against_baseline(result.storage, result.study_name, result.front))
     return _check_failure(result.failure)
@@ -166,13 +156,12 @@ def _check_failure(failure: str | None) -> int:
 
 
 def _cmd_front(args: argparse.Namespace) -> int:
-    # deferred: `vae-automl --help` and `front` must not import torch
+    # deferred: `vae-automl --help` must not import optuna; `front` needs no torch (the api defers it)
+    from vae_automl.api import front as read_front
     from vae_automl.report import format_front_table
-    from vae_automl.study import BASELINE_ATTR, front_of_study, open_study
 
-    study = open_study(*_study(args))
-    front = front_of_study(study)
-    baseline = study.user_attrs.get(BASELINE_ATTR)
+    result = read_front(*_study(args))
+    front, baseline = result.entries, result.baseline
     if args.json:
         _print_json({"front": [e.as_dict() for e in front], "baseline": baseline} if baseline else [e.as_dict() for e in front])
     else:
@@ -182,11 +171,11 @@ def _cmd_front(args: argparse.Namespace) -> int:
 
 def _cmd_worker(args: argparse.Namespace) -> int:
     # deferred: `vae-automl --help` and `front` must not import torch
+    from vae_automl.api import worker
     from vae_automl.study import completed_trials
-    from vae_automl.worker import run_worker
 
     storage, study_name = _study(args)
-    result = run_worker(
+    result = worker(
         storage,
         study_name,
         trials=args.n_trials,
@@ -206,13 +195,14 @@ def _cmd_worker(args: argparse.Namespace) -> int:
 
 def _cmd_export(args: argparse.Namespace) -> int:
     # deferred: `vae-automl --help` and `front` must not import torch
-    from vae_automl.export import export_study, parse_trials
+    from vae_automl.api import export
+    from vae_automl.export import parse_trials
 
     run_dir, dest = _destination(args, "export")
     storage = require_storage(args.storage, run_dir)
     trials = parse_trials(args.select)
     formats = tuple(f.strip() for f in args.formats.split(",") if f.strip())
-    folders = export_study(
+    folders = export(
         storage,
         resolve_study_name(storage, args.study),
         dest,
@@ -233,11 +223,11 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 def _cmd_report(args: argparse.Namespace) -> int:
     # deferred: `vae-automl --help` and `front` must not import torch
-    from vae_automl.report import write_report
+    from vae_automl.api import report
 
     run_dir, dest = _destination(args, "report")
     storage = require_storage(args.storage, run_dir)
-    paths = write_report(
+    paths = report(
         storage,
         resolve_study_name(storage, args.study),
         dest,
@@ -255,10 +245,10 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 def _cmd_plugins(args: argparse.Namespace) -> int:
     # deferred: `vae-automl --help` and `front` must not import torch
-    from vae_automl.plugins_info import format_components, list_components
-    from vae_automl.registry import get_registry
+    from vae_automl.api import plugins
+    from vae_automl.plugins_info import format_components
 
-    rows = list_components(get_registry(tuple(args.plugin)))
+    rows = plugins(tuple(args.plugin))
     if args.json:
         _print_json(rows)
         return 0

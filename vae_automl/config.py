@@ -828,3 +828,16 @@ def load_space(path: str | Path, registry: Registry | None = None, base_model: A
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
     return load_space_text(text, path.name, registry, base_dir=path.resolve().parent, base_model=base_model)
+
+
+def apply_overrides(
+    space: SearchSpace, dataset: str | None = None, data_dir: str | None = None, device: str | None = None
+) -> SearchSpace:
+    """``space`` with the command line's ``--dataset``, ``--data-dir`` and ``--device`` in place of its own (None keeps it)."""
+    if dataset is not None or data_dir is not None:
+        changes: dict[str, Any] = {k: v for k, v in {"spec": dataset, "data_dir": data_dir}.items() if v is not None}
+        ds = dataclasses.replace(space.dataset, **changes)
+        space = dataclasses.replace(space, dataset=ds)
+    if device is not None:
+        space = dataclasses.replace(space, device=device)
+    return space

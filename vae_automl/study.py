@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import warnings
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -40,6 +41,7 @@ __all__ = [
     "SPACE_FILE_ATTR",
     "Budget",
     "FrontEntry",
+    "TrialCallback",
     "add_plugins",
     "check_base_model",
     "completed_trials",
@@ -84,6 +86,10 @@ MAX_RETRY = 3
 JOURNAL_PREFIX = "journal:"
 ATTEMPTS_PER_TRIAL = 3
 """``--n-trials N`` stops after this many attempts per wanted trial, so a space whose trials all fail ends."""
+
+
+TrialCallback = Callable[[optuna.Study, optuna.trial.FrozenTrial], None]
+"""An ordinary Optuna callback, as ``study.optimize(callbacks=...)`` takes it: the study and a finished trial."""
 
 
 @dataclass

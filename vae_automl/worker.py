@@ -19,16 +19,16 @@ from __future__ import annotations
 import os
 import socket
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import optuna
 
 from vae_automl import study as study_mod
-from vae_automl.api import apply_overrides
-from vae_automl.backends.base import SearchPolicy
+from vae_automl.backends.base import SearchPolicy, TrialCallback
 from vae_automl.backends.optuna import OptunaBackend
-from vae_automl.config import SearchSpace
+from vae_automl.config import SearchSpace, apply_overrides
 from vae_automl.plugin_manager import get_plugin_manager
 from vae_automl.progress import Progress
 from vae_automl.registry import Registry, get_registry
@@ -68,6 +68,7 @@ def run_worker(
     data_dir: str | None = None,
     plugins: tuple[str, ...] = (),
     show_progress: bool = True,
+    callbacks: Sequence[TrialCallback] = (),
 ) -> WorkerResult:
     """Run trials of the stored study ``study_name`` in this process.
 
@@ -81,6 +82,8 @@ def run_worker(
             which should be a shared file system when workers run on several machines).
         device, data_dir: override the stored space's (another machine, another mount).
         plugins: extra plugin modules, as ``--plugin``.
+        show_progress: print progress lines on stderr.
+        callbacks: Optuna callbacks ``f(study, frozen_trial)`` after each trial this worker finishes.
     """
     pm = get_plugin_manager(plugins)
     registry = get_registry(plugins)
@@ -110,7 +113,7 @@ def run_worker(
         + ("; journal storage has no heartbeats, so a killed worker's trial is not retried" if journal else "")
     )
     started = time.monotonic()
-    stats = backend.run(study, budget, policy, progress)
+    stats = backend.run(study, budget, policy, progress, callbacks=tuple(callbacks))
     progress.message(
         f"worker {name} finished in {time.monotonic() - started:.1f}s: {progress.done} completed, "
         f"{progress.pruned} stopped early, {progress.failed} failed; the study has "

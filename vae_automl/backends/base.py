@@ -29,13 +29,14 @@ themselves, so both backends decide alike:
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import optuna
 
 from vae_automl import constraints, early_stopping, samplers
 from vae_automl.errors import VaeAutomlError
+from vae_automl.study import TrialCallback
 
 if TYPE_CHECKING:
     from vae_automl.config import SearchSpace
@@ -141,7 +142,14 @@ class Backend(abc.ABC):
         """Where trials run, for the progress line (``on cpu (...)``, ``on Ray (...)``)."""
 
     @abc.abstractmethod
-    def run(self, study: optuna.Study, budget: Budget, policy: SearchPolicy, progress: Progress) -> dict[str, int]:
+    def run(
+        self,
+        study: optuna.Study,
+        budget: Budget,
+        policy: SearchPolicy,
+        progress: Progress,
+        callbacks: Sequence[TrialCallback] = (),
+    ) -> dict[str, int]:
         """Run trials of ``study`` until ``budget`` is spent.
 
         Args:
@@ -150,6 +158,8 @@ class Backend(abc.ABC):
             budget: how many trials to complete, start at most, and for how long.
             policy: the sampler, early stopping and extra attributes.
             progress: told about every finished trial.
+            callbacks: the user's Optuna callbacks, called with the study and each finished
+                trial once it is stored (record, state and values), after ``progress``.
 
         Returns:
             Counters of the run: ``base_trained`` and ``base_reused``.

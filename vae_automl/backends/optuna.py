@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, cast
 
 import optuna
@@ -10,7 +10,7 @@ import optuna
 from vae_automl import constraints
 from vae_automl import space as space_mod
 from vae_automl import study as study_mod
-from vae_automl.backends.base import PRUNED_AT_ATTR, Backend, SearchPolicy, failure_reason
+from vae_automl.backends.base import PRUNED_AT_ATTR, Backend, SearchPolicy, TrialCallback, failure_reason
 from vae_automl.record import CURVE_ATTR
 from vae_automl.trial import TrialEnv, measure_before_training, run_trial
 
@@ -135,7 +135,14 @@ class OptunaBackend(Backend):
         info = self.env.data.info
         return f"on {self.env.device} ({info['n_train']} training images of {info['dataset']})"
 
-    def run(self, study: optuna.Study, budget: Budget, policy: SearchPolicy, progress: Progress) -> dict[str, int]:
+    def run(
+        self,
+        study: optuna.Study,
+        budget: Budget,
+        policy: SearchPolicy,
+        progress: Progress,
+        callbacks: Sequence[TrialCallback] = (),
+    ) -> dict[str, int]:
         """Run trials until the study holds ``budget.target_completed`` completed trials, or this
         process completed ``budget.own_limit``; stop early after ``budget.max_attempts`` failed trials or
         ``budget.timeout_s``. A failing trial fails alone: it is stored with its reason and the study goes on.
@@ -145,21 +152,22 @@ class OptunaBackend(Backend):
         study_mod.fail_stale_trials(study)
         if budget.max_attempts <= 0:
             return dict(self.env.stats)
-        callbacks: list[Callable[[optuna.Study, optuna.trial.FrozenTrial], None]] = [progress_callback(progress)]
+        # the user's callbacks right after progress: a callback that calls study.stop() ends the run as in optuna
+        ours: list[TrialCallback] = [progress_callback(progress), *callbacks]
         if budget.target_completed is not None:
-            callbacks.append(optuna.study.MaxTrialsCallback(budget.target_completed, states=(optuna.trial.TrialState.COMPLETE,)))
+            ours.append(optuna.study.MaxTrialsCallback(budget.target_completed, states=(optuna.trial.TrialState.COMPLETE,)))
         if budget.own_limit is not None:
-            callbacks.append(_OwnCompletedLimit(budget.own_limit))
+            ours.append(_OwnCompletedLimit(budget.own_limit))
         if self.env.space.stop_when == "first_feasible":
-            callbacks.append(StopAtFirstFeasible())
-        callbacks.append(_FailureCap(budget.max_attempts))
+            ours.append(StopAtFirstFeasible())
+        ours.append(_FailureCap(budget.max_attempts))
         optuna.logging.set_verbosity(optuna.logging.ERROR)
         study.optimize(
             make_objective(self.env, study, policy, self.trial_attrs),
             n_trials=None,  # the callbacks end it: completed target, own limit, failures, first feasible
             timeout=budget.timeout_s,
             catch=(Exception,),
-            callbacks=callbacks,
+            callbacks=ours,
             gc_after_trial=False,
         )
         return dict(self.env.stats)

@@ -46,6 +46,7 @@ import os
 import threading
 import time
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
@@ -54,7 +55,7 @@ import optuna
 from vae_automl import constraints, early_stopping
 from vae_automl import space as space_mod
 from vae_automl import study as study_mod
-from vae_automl.backends.base import PRUNED_AT_ATTR, Backend, SearchPolicy, failure_reason
+from vae_automl.backends.base import PRUNED_AT_ATTR, Backend, SearchPolicy, TrialCallback, failure_reason
 from vae_automl.errors import ConfigError, VaeAutomlError
 from vae_automl.plugin_manager import DISABLE_AUTOLOAD_ENV, EXTRA_PLUGINS_ENV
 from vae_automl.progress import Progress
@@ -157,6 +158,7 @@ def _make_searcher_class() -> type:
             deadline: float | None,
             progress: Progress,
             policy: SearchPolicy | None = None,
+            callbacks: Sequence[TrialCallback] = (),
             has_baseline: bool = True,
             **kwargs: Any,
         ) -> None:
@@ -167,6 +169,7 @@ def _make_searcher_class() -> type:
             self.found_feasible = False
             self.target_completed, self.completed, self.max_failures = target_completed, done, max_failures
             self.deadline, self.progress, self.policy = deadline, progress, policy
+            self.callbacks = tuple(callbacks)
             self.failed = 0
             self.in_flight: dict[str, Any] = {}
             self.stats = {"base_trained": 0, "base_reused": 0}
@@ -266,6 +269,8 @@ def _make_searcher_class() -> type:
                 else None
             )
             self.progress.trial_finished(frozen.number, state.name, values, seconds, reason, front)
+            for callback in self.callbacks:  # the user's Optuna callbacks, as study.optimize calls them
+                callback(cast(optuna.Study, self._ot_study), frozen)
 
         def fail_in_flight(self, reason: str) -> None:
             """Tell every asked-but-unfinished trial FAIL (the driver is going away)."""
@@ -278,13 +283,14 @@ def _make_searcher_class() -> type:
         def __getstate__(self) -> dict[str, Any]:
             # the Tuner pickles its config once; the lock and the progress stream do not pickle
             # (nor does the policy's registry); the driver's own searcher keeps them
-            return {k: v for k, v in self.__dict__.items() if k not in ("lock", "progress", "policy")}
+            return {k: v for k, v in self.__dict__.items() if k not in ("lock", "progress", "policy", "callbacks")}
 
         def __setstate__(self, state: dict[str, Any]) -> None:
             self.__dict__.update(state)
             self.lock = threading.Lock()
             self.progress = Progress(None, self.objectives, (), enabled=False)
             self.policy = None
+            self.callbacks = ()
 
         def heartbeat_ids(self) -> list[int]:
             with self.lock:
@@ -470,7 +476,14 @@ class RayBackend(Backend):
             f"scheduler {self.scheduler})"
         )
 
-    def run(self, study: optuna.Study, budget: Budget, policy: SearchPolicy, progress: Progress) -> dict[str, int]:
+    def run(
+        self,
+        study: optuna.Study,
+        budget: Budget,
+        policy: SearchPolicy,
+        progress: Progress,
+        callbacks: Sequence[TrialCallback] = (),
+    ) -> dict[str, int]:
         """Run trials on Ray until the study holds ``budget.target_completed`` completed trials."""
         if budget.own_limit is not None or budget.target_completed is None:
             raise ConfigError(
@@ -527,6 +540,7 @@ class RayBackend(Backend):
             deadline=time.monotonic() + budget.timeout_s if budget.timeout_s is not None else None,
             progress=progress,
             policy=policy,
+            callbacks=callbacks,
             has_baseline=space.base_model is None or study_mod.BASELINE_ATTR in study.user_attrs,
         )
         sched = None
