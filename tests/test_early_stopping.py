@@ -175,3 +175,10 @@ def test_a_decision_on_the_front_reports_its_counts() -> None:
     assert (decision.stop, decision.rank, decision.better, decision.peers, decision.keep) == (False, 0, 0, 3, 1)
     assert decision.reason(3) == ("dominated at the epoch-3 rung: 0 of 3 trials there lie in better non-dominated "
                                   "layers, and successive halving keeps 1")
+
+
+def test_rung_points_put_the_validation_loss_first() -> None:
+    from vae_automl.early_stopping import rung_directions
+
+    assert rung_directions(["minimize", "maximize"]) == ["minimize", "minimize", "maximize"]
+    assert rung_directions([]) == ["minimize"]

@@ -171,3 +171,16 @@ def test_code_parts_keeps_a_part_raw_when_coding_would_not_pay() -> None:
     coded, meta = code_parts(parts, {"bits": 4}, {}, [4096])
     assert meta["entropy"][""]["kind"] == "codes" and coded[""].numel() < parts[""].numel()
     assert torch.equal(decode_parts(coded, {"bits": 4}, meta, [4096])[""], parts[""])
+
+
+def test_float16_grids_with_signed_zeros_and_extremes_come_back_bit_exact() -> None:
+    # +0.0 orders to 0 and -0.0 to -1: the boundary between the two halves of the ordering
+    # consecutive float16 values (subnormal steps of 2**-24) across -0.0 and +0.0: small deltas, so coding pays
+    values = [k * 2.0**-24 for k in range(-40, 0)] + [-0.0, 0.0] + [k * 2.0**-24 for k in range(1, 41)]
+    grid = torch.tensor(values, dtype=torch.float16)
+    assert grid[40].item() == 0.0 and math.copysign(1.0, grid[40].item()) == -1.0
+    coded, meta = code_parts({"codebook": grid}, {}, {}, [len(values)])
+    assert "codebook" in meta.get("entropy", {}), "the grid must be coded for the test to mean anything"
+    back = decode_parts(coded, {}, meta, [len(values)])["codebook"]
+    assert back.dtype == torch.float16
+    assert torch.equal(back.view(torch.int16), grid.view(torch.int16))  # bit patterns, so -0.0 stays -0.0

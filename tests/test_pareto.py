@@ -151,5 +151,6 @@ def test_normalized_hypervolume_divides_by_spans_below_one() -> None:
 def test_knee_point_scales_each_objective_by_its_own_range() -> None:
     # offset and spread differ per objective: scaled, (102, 100) is nearest the ideal (0.2, 0.1)
     assert pareto.knee_point([[100.0, 1000.0], [102.0, 100.0], [110.0, 0.0]], ["minimize", "minimize"]) == 1
+    assert pareto.knee_point([[1.0, 10.0], [1.02, 1.0], [1.1, 0.0]], ["minimize", "minimize"]) == 1  # a range below 1
     # an objective without spread counts as 0 for all: the knee is decided by the others
     assert pareto.knee_point([[1.0, 5.0, 0.0], [1.0, 1.0, 1.0], [1.0, 0.0, 5.0]], ["minimize"] * 3) == 1

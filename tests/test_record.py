@@ -80,3 +80,11 @@ def test_dict_access_names_the_missing_key_and_reads_the_asked_one() -> None:
     with pytest.raises(KeyError, match="nope"):
         record["nope"]
     assert record.get("trial") == 3 and record.get("seconds") == record["seconds"]
+
+
+def test_a_stored_key_named_extra_is_kept_as_unknown_data() -> None:
+    # a newer version's field called "extra" is data like any other unknown key, not this version's extra
+    stored = stored_record(extra={"a": 1})
+    record = TrialRecord.from_dict(stored)
+    assert record.extra == {"extra": {"a": 1}}
+    assert record.as_dict() == stored
