@@ -192,3 +192,45 @@ def test_bash_completion_script(capsys: pytest.CaptureFixture[str]) -> None:
         pytest.skip("no bash to check the script's syntax")
     check = subprocess.run([bash, "-n"], input=script, capture_output=True, text=True, timeout=60)
     assert check.returncode == 0, check.stderr
+
+
+def test_compare_two_studies_at_one_reference_point(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    make_study(tmp_path / "a", "a", ((1.0, 4.0), (2.0, 2.0), (4.0, 1.0)))
+    make_study(tmp_path / "b", "b", ((1.0, 3.0), (3.0, 1.0), (3.5, 3.5)))  # the last point is dominated
+    assert main(["compare", str(tmp_path / "a"), str(tmp_path / "b"), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    # pooled nadir (4, 4) plus 10% of the pooled range (3): the reference both hypervolumes use
+    assert result["reference_point"] == pytest.approx([4.3, 4.3])
+    a, b = result["studies"]
+    # by hand, rectangles of the sorted fronts up to the reference point
+    assert a["hypervolume"] == pytest.approx(1 * 0.3 + 2 * 2.3 + 0.3 * 3.3)
+    assert b["hypervolume"] == pytest.approx(2 * 1.3 + 1.3 * 3.3)
+    assert result["pooled_hypervolume"] == pytest.approx(1 * 1.3 + 1 * 2.3 + 1.3 * 3.3)  # (1,3), (2,2), (3,1)
+    assert b["share_of_pooled"] == pytest.approx(b["hypervolume"] / result["pooled_hypervolume"])
+    assert [row["trial"] for row in b["front"]] == [0, 1] and a["study"] == "a" and b["completed"] == 3
+
+    assert main(["compare", str(tmp_path / "a"), str(tmp_path / "b"), "--reference", "5,5"]) == 0
+    table = capsys.readouterr().out
+    assert "| study" in table and "hypervolume" in table and "size_bytes=5" in table
+    assert f"| a     | 0     | 1          | 4           | {1 * 1 + 2 * 3 + 1 * 4:<11} |" in table  # HV on the study's first row
+
+
+def test_compare_finds_studies_by_name_url_and_refuses_other_objectives(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    storage = make_study(tmp_path, "x", ((1.0, 1.0),))
+    make_study(tmp_path, "y", ((2.0, 2.0),))
+    assert main(["compare", "--storage", storage, "x", f"{storage}#y", "--json"]) == 0
+    assert [s["study"] for s in json.loads(capsys.readouterr().out)["studies"]] == ["x", "y"]
+    other = optuna.create_study(storage=storage, study_name="z", directions=["minimize", "maximize"])
+    other.set_metric_names(["size_bytes", "psnr_db"])
+    assert main(["compare", "--storage", storage, "x", "z"]) == 1
+    assert "hypervolumes of different objectives do not compare" in capsys.readouterr().err
+    assert main(["compare", "--storage", storage, "x"]) == 1 and "at least two studies" in capsys.readouterr().err
+
+
+def test_new_commands_are_library_functions_first() -> None:
+    import vae_automl
+    from vae_automl.comparison import compare_studies
+    from vae_automl.preview import dry_run
+
+    assert vae_automl.compare is compare_studies and vae_automl.dry_run is dry_run
+    assert {"compare", "dry_run"} <= set(vae_automl.__all__)

@@ -36,6 +36,8 @@ __all__ = [
     "TrialFailed",
     "VaeAutomlError",
     "__version__",
+    "compare",
+    "dry_run",
     "export",
     "front",
     "hookimpl",
@@ -48,8 +50,10 @@ __all__ = [
 
 if TYPE_CHECKING:
     from vae_automl.api import export, front, plugins, report, search, worker
+    from vae_automl.comparison import compare_studies as compare
     from vae_automl.loading import load
     from vae_automl.plugin_manager import hookimpl
+    from vae_automl.preview import dry_run
 
 API_FUNCTIONS = ("search", "front", "export", "report", "worker", "plugins")
 """Names of :mod:`vae_automl.api` functions; ``export``, ``report`` and ``worker`` are also submodules."""
@@ -90,4 +94,14 @@ def __getattr__(name: str) -> Any:
         from vae_automl.loading import load
 
         return load
+    if name == "compare":
+        # deferred: `import vae_automl` stays light (no torch, optuna or ray)
+        from vae_automl.comparison import compare_studies
+
+        return compare_studies
+    if name == "dry_run":
+        # deferred: `import vae_automl` stays light (no torch, optuna or ray)
+        from vae_automl.preview import dry_run
+
+        return dry_run
     raise AttributeError(f"module 'vae_automl' has no attribute {name!r}")

@@ -25,7 +25,7 @@ from typing import Any
 from vae_automl import __version__
 from vae_automl.devices import DEVICE_NAMES, check_device
 from vae_automl.errors import TrialFailed, VaeAutomlError
-from vae_automl.locations import STORAGE_ENV, require_storage, resolve_storage, resolve_study_name
+from vae_automl.locations import STORAGE_ENV, require_storage, resolve_storage, resolve_study_name, resolve_study_ref
 
 DEST_HELP = "the folder to write (default: RUN_DIR/COMMAND, e.g. runs/quick/export)"
 DEVICE_HELP = f"{DEVICE_NAMES} (default: the YAML's device)"
@@ -95,7 +95,21 @@ def _destination(args: argparse.Namespace, default_sub: str) -> tuple[str | None
     raise VaeAutomlError(f"no {default_sub} folder: give --dest DIR, or --out RUN_DIR to write RUN_DIR/{default_sub}")
 
 
+def _cmd_dry_run(args: argparse.Namespace) -> int:
+    # deferred: `vae-automl --help` and `front` must not import torch
+    from vae_automl.preview import dry_run, format_dry_run
+
+    result = dry_run(args.space, dataset=args.dataset, data_dir=args.data_dir, plugins=tuple(args.plugin))
+    if args.json:
+        _print_json(result.as_dict())
+    else:
+        print(format_dry_run(result))
+    return 0
+
+
 def _cmd_search(args: argparse.Namespace) -> int:
+    if args.dry_run:
+        return _cmd_dry_run(args)
     # deferred: `vae-automl --help` and `front` must not import torch
     from vae_automl.api import search
     from vae_automl.report import against_baseline, format_front_table
@@ -285,6 +299,24 @@ def _cmd_codec(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_compare(args: argparse.Namespace) -> int:
+    # deferred: `vae-automl --help` and `front` must not import torch
+    from vae_automl.comparison import compare_studies, format_comparison
+
+    reference = None
+    if args.reference:
+        try:
+            reference = [float(v) for v in args.reference.split(",")]
+        except ValueError:
+            raise VaeAutomlError(f"--reference takes numbers V1,V2,..., but got {args.reference!r}") from None
+    comparison = compare_studies([resolve_study_ref(ref, args.storage, args.out) for ref in args.studies], reference)
+    if args.json:
+        _print_json(comparison.as_dict())
+    else:
+        print(format_comparison(comparison))
+    return 0
+
+
 def _cmd_completion(args: argparse.Namespace) -> int:
     # deferred: shtab is needed only to print a completion script
     import shtab
@@ -341,6 +373,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     where.add_argument("--study", metavar="NAME", help="study name (default: the YAML's name, or the storage's only study)")
     where.add_argument("--out", metavar="RUN_DIR", help="the search's run folder: study.db, base-model cache, trial models")
+    # compare names its studies itself, so it takes the storage options without --study
+    storage_only = argparse.ArgumentParser(add_help=False)
+    for action in where._actions:
+        if action.dest in ("storage", "out"):
+            storage_only._add_action(action)
     data = argparse.ArgumentParser(add_help=False)
     data.add_argument("--dataset", metavar="SPEC", help="dataset spec: digits, mnist, npz:PATH[#KEY], idx:PATH, folder:PATH, ...")
     data.add_argument("--data-dir", metavar="DIR", help="folder of dataset files on this machine")
@@ -372,6 +409,11 @@ def build_parser() -> argparse.ArgumentParser:
         [where, data, device, n_trials, as_json, plugin],
     )
     s.add_argument("space", help="search-space YAML file")
+    s.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print the resolved space, the model parameter count and the estimated size range; train nothing",
+    )
     add_n_trials(s)
     s.add_argument("--backend", choices=("optuna", "ray"), default="optuna", help="who runs the trials (default: optuna)")
     s.add_argument("--address", help="Ray cluster address: auto or HOST:PORT (--backend ray)")
@@ -468,6 +510,25 @@ def build_parser() -> argparse.ArgumentParser:
     cd.add_argument("out_file", metavar="out", help="the .npz to write (key 'images')")
 
     _add_command(sub, "plugins", "list every registered component", "vae-automl plugins --json", _cmd_plugins, [as_json, plugin])
+
+    cmp = _add_command(
+        sub,
+        "compare",
+        "print two or more studies' Pareto fronts and hypervolumes at one reference point",
+        "vae-automl compare runs/tpe runs/nsga2\n"
+        "vae-automl compare --storage postgresql://USER@HOST/vae quick-tpe quick-nsga2 --json",
+        _cmd_compare,
+        [storage_only, as_json],
+    )
+    cmp.add_argument(
+        "studies",
+        nargs="+",
+        metavar="STUDY",
+        help="a run folder, a storage URL[#NAME], or a study NAME in --storage (two or more)",
+    )
+    cmp.add_argument(
+        "--reference", metavar="V1,V2,...", help="the reference point (default: the pooled nadir + 10%% of each range)"
+    )
 
     comp = _add_command(
         sub,

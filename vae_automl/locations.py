@@ -73,3 +73,23 @@ def resolve_study_name(storage: str, study_name: str | None) -> str:
     if len(names) == 1:
         return names[0]
     raise ConfigError(f"{storage} holds {len(names)} studies ({', '.join(names) or 'none'}); name one with --study")
+
+
+def resolve_study_ref(ref: str, storage: str | None, out_dir: str | Path | None = None) -> tuple[str, str]:
+    """``(storage URL, study name)`` of one ``vae-automl compare`` argument.
+
+    ``ref`` is a run folder (its study file's only study), a storage URL (its only study) or ``URL#NAME``,
+    or a study NAME in the storage of ``--storage`` / ``$VAE_AUTOML_STORAGE`` / ``--out``.
+    """
+    if Path(ref).is_dir():
+        # a folder names its own study file, whatever $VAE_AUTOML_STORAGE says
+        url = default_storage(ref)
+        if not (Path(ref) / STUDY_FILE).is_file():
+            raise ConfigError(f"{Path(ref) / STUDY_FILE}: no such study file; is {ref} the --out of a search?")
+        return url, resolve_study_name(url, None)
+    if "://" in ref or ref.startswith("journal:"):
+        url, sep, name = ref.rpartition("#")
+        if not sep:
+            url, name = ref, ""
+        return url, resolve_study_name(url, name or None)
+    return require_storage(storage, out_dir), ref
