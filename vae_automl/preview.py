@@ -18,8 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vae_automl.api import apply_overrides
-from vae_automl.config import BASE_MODEL_ARCHITECTURE, SearchSpace, load_space
+from vae_automl.config import BASE_MODEL_ARCHITECTURE, SearchSpace, apply_overrides, load_space
 from vae_automl.data import load_images
 from vae_automl.packing import serialize_model
 from vae_automl.progress import format_number
