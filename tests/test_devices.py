@@ -72,3 +72,12 @@ def test_latency_timer_waits_for_asynchronous_devices(monkeypatch: pytest.Monkey
     synchronizer(torch.device("mps"))()
     synchronizer(torch.device("cpu"))()
     assert calls == [("cuda", torch.device("cuda:1")), "mps"]
+
+
+@pytest.mark.parametrize("device", ["cuda", "cuda:1"])
+def test_ray_refuses_a_cuda_device_without_gpus_per_trial(device: str, tmp_path: object) -> None:
+    from vae_automl.backends.ray import RayBackend
+
+    space = load_space_text(SPACE + f"device: '{device}'\n", "d.yaml")
+    with pytest.raises(ConfigError, match=f"device is {device}, but Ray hides GPUs"):
+        RayBackend(space, tmp_path)  # type: ignore[arg-type]

@@ -464,8 +464,10 @@ class RayBackend(Backend):
         if concurrency is not None and concurrency < 1:
             raise ConfigError(f"--concurrency must be >= 1, but got {concurrency}")
         device = "cuda" if gpus_per_trial > 0 else space.device
-        if device == "cuda" and gpus_per_trial == 0:
-            raise ConfigError(f"{space.path}: device is cuda, but Ray hides GPUs from trials without --gpus-per-trial (e.g. 0.5)")
+        if device.startswith("cuda") and gpus_per_trial == 0:
+            raise ConfigError(
+                f"{space.path}: device is {device}, but Ray hides GPUs from trials without --gpus-per-trial (e.g. 0.5)"
+            )
         self.space, self.out, self.plugins, self.address = space, out, plugins, address
         self.gpus_per_trial, self.cpus_per_trial, self.concurrency = gpus_per_trial, cpus_per_trial, concurrency
         self.scheduler, self.device = scheduler, device
