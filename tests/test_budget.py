@@ -84,3 +84,37 @@ def test_own_limit_stops_at_exactly_the_limit_and_counts_only_completed() -> Non
     assert study.stops == 0
     limit(study, frozen(STATES.COMPLETE))  # type: ignore[arg-type]
     assert study.stops == 1
+
+
+class Quiet:
+    def message(self, text: str) -> None:
+        pass
+
+
+def test_ray_searcher_finishes_at_the_target_and_the_failure_cap_and_waits_for_running_trials() -> None:
+    pytest.importorskip("ray.tune")
+    import time
+
+    from ray.tune.search import Searcher
+
+    from vae_automl.backends.ray import _make_searcher_class
+
+    def searcher(**changes: Any) -> Any:
+        s = _make_searcher_class()(metric=["a"], mode=["min"], objectives=("a",), target_completed=3, done=2,
+                                   max_failures=2, deadline=None, progress=Quiet())
+        s.in_flight = {"running": object()}  # 2 completed + 1 running reach the target: wait rather than sample
+        for key, value in changes.items():
+            setattr(s, key, value)
+        return s
+
+    assert searcher().suggest("t") is None
+    assert searcher(completed=3).suggest("t") == Searcher.FINISHED  # the target reached exactly
+    assert searcher(completed=4).suggest("t") == Searcher.FINISHED
+    assert searcher(failed=1).suggest("t") is None  # one failure below the cap
+    assert searcher(failed=2).suggest("t") == Searcher.FINISHED  # the cap reached exactly
+    assert searcher(found_feasible=True).suggest("t") == Searcher.FINISHED
+    assert searcher(deadline=time.monotonic() - 1).suggest("t") == Searcher.FINISHED
+    assert searcher(deadline=time.monotonic() + 600).suggest("t") is None
+    # nothing running and one trial short: it samples (no space here, so Ray's own error shows it tried)
+    with pytest.raises(RuntimeError, match="no search space has been defined"):
+        searcher(in_flight={}).suggest("t")
