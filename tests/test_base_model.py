@@ -498,3 +498,17 @@ def test_the_baseline_row_is_measured_once_per_process(user_dir: Path, tmp_path:
     env.base_model = None
     env.study_baseline = None
     assert trial_mod.base_model_baseline(env) is None
+
+
+def test_without_a_checkpoint_every_process_starts_from_the_same_weights() -> None:
+    from vae_automl.base_model import wrap
+    from vae_automl.config import BaseModelConfig
+
+    images = tiny_data().train[:16]
+    torch.manual_seed(1)
+    first = wrap(BaseModelConfig("vae_automl.testing.user_model:build"), images)
+    torch.manual_seed(2)  # another process's random state
+    state = torch.get_rng_state()
+    second = wrap(BaseModelConfig("vae_automl.testing.user_model:build"), images)
+    assert all(torch.equal(v, second.state_dict()[k]) for k, v in first.state_dict().items())
+    assert torch.equal(torch.get_rng_state(), state), "building the base must leave the caller's random state alone"

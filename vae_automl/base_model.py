@@ -280,7 +280,11 @@ def wrap(config: BaseModelConfig, images: torch.Tensor) -> VAE:
         if factory is not None:  # the factory must rebuild the same shapes, or export/load would fail later
             build_user_module({"factory": factory, "kwargs": kwargs}).load_state_dict(module.state_dict())
     else:
-        module = build_user_module({"factory": factory, "kwargs": kwargs})
+        # Without a checkpoint the factory's initialization is the model: seeded, so the driver, every worker
+        # and a resumed run start from the same weights (and the baseline row is theirs).
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            module = build_user_module({"factory": factory, "kwargs": kwargs})
         sha = None
         if config.checkpoint is not None:
             state = load_state_dict(config.checkpoint)
