@@ -140,8 +140,14 @@ class QuickTable(Problem):
         values = [float(v) for v in self.table.values[base, epoch, bits]]
         if stopping is not None:
             size = values[1]  # known before training
+            if stopping.score == "compressed" and self.table.compressed_validation is None:
+                raise SystemExit("score: compressed needs the table's compressed_validation: run --record")
             for rung in early_stopping.rungs(stopping, epochs):
-                point = [float(self.table.validation_curves[base, rung - 1]), size]
+                if stopping.score == "compressed":  # the base so far, quantized as the trial asks, no fine-tuning
+                    loss = self.table.compressed_validation[base, rung - 1, bits]
+                else:
+                    loss = self.table.validation_curves[base, rung - 1]
+                point = [float(loss), size]
                 peers = rung_points.setdefault(rung, [])
                 decision = early_stopping.decide(point, peers, ["minimize", "minimize"], stopping)
                 peers.append(point)
@@ -259,13 +265,13 @@ def first_reaching(curve: np.ndarray, target: float) -> int | None:
 
 
 def compare_samplers(problem: Problem, seeds: int, trials: int, runner: Runner, progress: Callable[[str], None],
-                     names: Sequence[str] = SAMPLERS) -> dict[str, Any]:
+                     names: Sequence[str] = SAMPLERS, first_seed: int = 0) -> dict[str, Any]:
     curves: dict[str, np.ndarray] = {}
     seconds: dict[str, float] = {}
     default_is = samplers.choose(None, trials)
     for name in names:
         started = time.perf_counter()
-        tasks = [(problem.name, name, seed, trials, None, None) for seed in range(seeds)]
+        tasks = [(problem.name, name, seed, trials, None, None) for seed in range(first_seed, first_seed + seeds)]
         curves[name] = np.array([hv_curve(problem, r) for r in runner.map(tasks)])
         seconds[name] = time.perf_counter() - started
         progress(f"  {problem.name}: {name} done in {seconds[name]:.0f}s")
@@ -274,7 +280,7 @@ def compare_samplers(problem: Problem, seeds: int, trials: int, runner: Runner, 
         "space": problem.name, "description": problem.description, "objectives": list(problem.objectives),
         "hypervolume_of": [f"log10 {o}" for o in problem.objectives],
         "reference_point": problem.reference_point(), "ideal_point": [float(10 ** v) for v in problem.ideal],
-        "seeds": seeds, "default_is": default_is, "samplers": {},
+        "seeds": seeds, "first_seed": first_seed, "default_is": default_is, "samplers": {},
         "trials_to_random_hv100": {}, "seconds": seconds}
     for name, c in curves.items():
         block["samplers"][name] = {"hv_mean": {str(b): float(c[:, b - 1].mean()) for b in BUDGETS if b <= trials},
@@ -284,14 +290,35 @@ def compare_samplers(problem: Problem, seeds: int, trials: int, runner: Runner, 
     return block
 
 
+def parse_rule(text: str) -> PrunerConfig:
+    """``WARMUP/FACTOR/MIN_TRIALS/SCORE`` (``3/3/4/compressed``) as a pareto rule."""
+    try:
+        warmup, factor, min_trials, score = text.split("/")
+        rule = PrunerConfig(name="pareto", warmup_epochs=int(warmup), reduction_factor=int(factor),
+                            min_trials=int(min_trials), score=score)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"--rule {text!r}: write WARMUP/FACTOR/MIN_TRIALS/SCORE, "
+                                         f"e.g. 3/3/4/compressed ({exc})") from exc
+    if score not in ("base", "compressed") or rule.warmup_epochs < 1 or rule.reduction_factor < 2:
+        raise argparse.ArgumentTypeError(f"--rule {text!r}: score is base or compressed, warmup >= 1, factor >= 2")
+    return rule
+
+
+def rule_label(rule: PrunerConfig) -> str:
+    return f"{rule.warmup_epochs}/{rule.reduction_factor}/{rule.min_trials}/{rule.score}"
+
+
 def compare_early_stopping(problem: QuickTable, seeds: int, trials: int, runner: Runner,
-                           progress: Callable[[str], None]) -> dict[str, Any]:
-    """Our default with and without the rung rule, as hypervolume against epochs spent."""
-    stopping = problem.space.pruner
-    full = runner.map([(problem.name, "default", seed, trials, None, None) for seed in range(seeds)])
+                           progress: Callable[[str], None], rules: Sequence[PrunerConfig], first_seed: int = 0
+                           ) -> dict[str, Any]:
+    """Our default without and with each rung rule, as hypervolume against epochs spent.
+
+    The target is the full-budget search's mean HV after its ``trials`` trials; a stopped search runs until it
+    has spent that search's mean epochs. Per seed, the HV a rule holds at half those epochs gives the spread.
+    """
+    seed_range = range(first_seed, first_seed + seeds)
+    full = runner.map([(problem.name, "default", seed, trials, None, None) for seed in seed_range])
     budget = float(np.mean([sum(o.epochs for o in r) for r in full]))
-    # with stopping, each seed runs until it has spent the full search's mean epochs (at most 10x the trials)
-    stopped = runner.map([(problem.name, "default", seed, 10 * trials, stopping, budget) for seed in range(seeds)])
     grid = np.linspace(0, budget, 201)
 
     def on_grid(runs: list[list[Outcome]]) -> np.ndarray:
@@ -303,26 +330,36 @@ def compare_early_stopping(problem: QuickTable, seeds: int, trials: int, runner:
             out.append(np.where(idx >= 0, hv[np.clip(idx, 0, None)], 0.0))
         return np.array(out)
 
-    full_grid, stopped_grid = on_grid(full), on_grid(stopped)
-    # the target: the full-budget search's mean HV after its 100 trials, which cost ``budget`` epochs on average
     target = float(np.mean([hv_curve(problem, r)[-1] for r in full]))
-    reach_stopped = first_reaching(stopped_grid.mean(axis=0), target)
-    epochs_full = budget
-    epochs_stopped = float(grid[reach_stopped - 1]) if reach_stopped else None
     fractions = (0.1, 0.25, 0.5, 1.0)
-    progress("  quick: early stopping done")
-    return {
-        "space": problem.name, "sampler": "default", "seeds": seeds,
-        "rule": dataclasses.asdict(stopping), "rungs_epochs": early_stopping.rungs(stopping, max(search_table.EPOCHS)),
-        "full_budget_epochs_mean": budget, "target_hv": target,
-        "epochs_to_target": {"none": epochs_full, "pareto": epochs_stopped},
-        "epochs_ratio": (epochs_stopped / epochs_full) if epochs_full and epochs_stopped else None,
-        "hv_at_epoch_fraction": {
-            "none": {str(f): float(full_grid[:, int(f * 200)].mean()) for f in fractions},
-            "pareto": {str(f): float(stopped_grid[:, int(f * 200)].mean()) for f in fractions}},
-        "trials_mean": {"none": float(trials), "pareto": float(np.mean([len(r) for r in stopped]))},
-        "stopped_fraction": float(np.mean([np.mean([o.values is None for o in r]) for r in stopped])),
-    }
+    grids = {"none": on_grid(full)}
+    runs = {"none": full}
+    labels = {"none": None}
+    for rule in rules:
+        key = rule_label(rule)
+        # each seed runs until it has spent the full search's mean epochs (at most 10x the trials)
+        runs[key] = runner.map([(problem.name, "default", seed, 10 * trials, rule, budget) for seed in seed_range])
+        grids[key] = on_grid(runs[key])
+        labels[key] = dataclasses.asdict(rule)
+        progress(f"  quick: early stopping {key} done")
+    block: dict[str, Any] = {
+        "space": problem.name, "sampler": "default", "seeds": seeds, "first_seed": first_seed,
+        "rules": labels, "rungs_epochs": {k: early_stopping.rungs(r, max(search_table.EPOCHS)) for k, r in
+                                          zip(list(runs)[1:], rules)},
+        "full_budget_epochs_mean": budget, "target_hv": target, "epochs_to_target": {}, "epochs_ratio": {},
+        "hv_at_epoch_fraction": {}, "hv_at_half_epochs_std": {}, "seeds_reaching_target_at_half_epochs": {},
+        "trials_mean": {}, "stopped_fraction": {}}
+    for key, g in grids.items():
+        reach = first_reaching(g.mean(axis=0), target)
+        epochs = float(grid[reach - 1]) if reach else None
+        block["epochs_to_target"][key] = epochs
+        block["epochs_ratio"][key] = epochs / budget if epochs is not None else None
+        block["hv_at_epoch_fraction"][key] = {str(f): float(g[:, int(f * 200)].mean()) for f in fractions}
+        block["hv_at_half_epochs_std"][key] = float(g[:, 100].std(ddof=1)) if seeds > 1 else 0.0
+        block["seeds_reaching_target_at_half_epochs"][key] = int(np.sum(g[:, 100] >= target - 1e-12))
+        block["trials_mean"][key] = float(np.mean([len(r) for r in runs[key]]))
+        block["stopped_fraction"][key] = float(np.mean([np.mean([o.values is None for o in r]) for r in runs[key]]))
+    return block
 
 
 def replay_error(table: search_table.Table) -> dict[str, Any]:
@@ -358,38 +395,49 @@ def format_block(block: dict[str, Any]) -> str:
 
 def format_early_stopping(es: dict[str, Any]) -> str:
     fr = list(es["hv_at_epoch_fraction"]["none"])
-    lines = [f"### early stopping on {es['space']} ({es['sampler']} sampler, {es['seeds']} seeds): rule {es['rule']}, "
-             f"rungs at epochs {es['rungs_epochs']}",
-             "", "| stopping | " + " | ".join(f"HV at {float(f):.0%} of the epochs" for f in fr)
-             + " | epochs to the full search's mean HV@100 | trials run |",
-             "| --- | " + " | ".join("---:" for _ in fr) + " | ---: | ---: |"]
-    for key in ("none", "pareto"):
-        epochs = es["epochs_to_target"][key]
-        reach = f"{epochs:.0f}" if epochs is not None else "not reached"
-        lines.append(f"| {key} | " + " | ".join(f"{es['hv_at_epoch_fraction'][key][f]:.4f}" for f in fr)
-                     + f" | {reach} | {es['trials_mean'][key]:.0f} |")
-    ratio = es["epochs_ratio"]
-    lines.append(f"\nfull budget: {es['full_budget_epochs_mean']:.0f} epochs (100 trials); the Pareto rule stops "
-                 f"{es['stopped_fraction']:.0%} of its trials; epochs ratio (pareto / none) to the same HV: "
-                 + (f"{ratio:.2f}" if ratio is not None else "n/a"))
+    lines = [f"### early stopping on {es['space']} ({es['sampler']} sampler, seeds {es['first_seed']}.."
+             f"{es['first_seed'] + es['seeds'] - 1}); rule = warmup/factor/min_trials/score; the full search spends "
+             f"{es['full_budget_epochs_mean']:.0f} epochs (mean) on its 100 trials and reaches HV {es['target_hv']:.4f}",
+             "", "| rule | rungs | " + " | ".join(f"HV at {float(f):.0%} of the epochs" for f in fr)
+             + " | seeds at the target by 50% | epochs to the target | ratio | trials run | stopped |",
+             "| --- | --- | " + " | ".join("---:" for _ in fr) + " | ---: | ---: | ---: | ---: | ---: |"]
+    for key in es["epochs_to_target"]:
+        epochs, ratio = es["epochs_to_target"][key], es["epochs_ratio"][key]
+        cells = [f"{es['hv_at_epoch_fraction'][key][f]:.4f}" for f in fr]
+        cells[fr.index("0.5")] += f" ± {es['hv_at_half_epochs_std'][key]:.4f}"
+        lines.append(f"| {key} | {es['rungs_epochs'].get(key, '-')} | " + " | ".join(cells)
+                     + f" | {es['seeds_reaching_target_at_half_epochs'][key]}/{es['seeds']}"
+                     + f" | {f'{epochs:.0f}' if epochs is not None else 'not reached'}"
+                     + f" | {f'{ratio:.2f}' if ratio is not None else '-'} | {es['trials_mean'][key]:.0f}"
+                     + f" | {es['stopped_fraction'][key]:.0%} |")
+    lines.append("\nratio: epochs the mean curve over the seeds needs to reach the target, over the full search's; "
+                 "the HV at 50% is mean ± std over the seeds")
     return "\n".join(lines)
 
 
 def replay_mode(seeds: int, trials: int, spaces: Sequence[str], jobs: int, progress: Callable[[str], None],
-                names: Sequence[str] = SAMPLERS) -> dict[str, Any]:
+                names: Sequence[str] = SAMPLERS, rules: Sequence[PrunerConfig] | None = None, first_seed: int = 0
+                ) -> dict[str, Any]:
     started = time.perf_counter()
-    report: dict[str, Any] = {"spaces": [], "budgets": list(BUDGETS), "trials": trials, "jobs": jobs}
+    report: dict[str, Any] = {"spaces": [], "budgets": list(BUDGETS), "trials": trials, "jobs": jobs,
+                              "first_seed": first_seed}
     table = None
     runner = Runner(jobs)
     for name in spaces:
         problem = problem_named(name)
         if isinstance(problem, QuickTable):
             table = problem.table
-        block = compare_samplers(problem, seeds, trials, runner, progress, names)
+        block = compare_samplers(problem, seeds, trials, runner, progress, names, first_seed)
         report["spaces"].append(block)
         print(format_block(block) + "\n", flush=True)
         if isinstance(problem, QuickTable):
-            report["early_stopping"] = compare_early_stopping(problem, seeds, trials, runner, progress)
+            shipped = problem.space.pruner
+            scored = problem.table.compressed_validation is not None
+            chosen = list(rules) if rules else [dataclasses.replace(shipped, score="base"),
+                                                *([dataclasses.replace(shipped, score="compressed")] if scored else [])]
+            chosen = list({rule_label(r): r for r in chosen}.values())
+            report["early_stopping"] = compare_early_stopping(problem, seeds, trials, runner, progress, chosen,
+                                                              first_seed)
             print(format_early_stopping(report["early_stopping"]) + "\n", flush=True)
     if table is not None:
         report["replay_error"] = replay_error(table)
@@ -452,6 +500,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--samplers", default=",".join(SAMPLERS),
                         help=f"samplers to compare, comma-separated (default {','.join(SAMPLERS)}; random is needed)")
     parser.add_argument("--jobs", type=int, default=2, help="processes for the replay's seeds (default 2)")
+    parser.add_argument("--first-seed", type=int, default=0,
+                        help="seeds are FIRST_SEED.. FIRST_SEED+SEEDS-1 (tune on one range, report on another)")
+    parser.add_argument("--rule", type=parse_rule, action="append",
+                        help="an early-stopping rule to compare, WARMUP/FACTOR/MIN_TRIALS/SCORE (repeatable; "
+                             "default: quick.yaml's pruner with score base, and with score compressed)")
     parser.add_argument("--json", type=Path, help="write the figures to this file")
     args = parser.parse_args(argv)
 
@@ -460,6 +513,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     if args.record:
         search_table.record()
+        search_table.record_rungs()
         return {}
     if args.real:
         report = real_mode(args.seeds or 3, args.trials or 20, progress)
@@ -474,7 +528,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         names = [s.strip() for s in args.samplers.split(",") if s.strip()]
         if "random" not in names or set(names) - set(SAMPLERS):
             parser.error(f"--samplers: choose among {', '.join(SAMPLERS)}, random included")
-        report = replay_mode(args.seeds or 10, trials, spaces, args.jobs, progress, names)
+        report = replay_mode(args.seeds or 10, trials, spaces, args.jobs, progress, names, args.rule,
+                             args.first_seed)
     if args.json:
         args.json.write_text(json.dumps(report, indent=2))
     return report

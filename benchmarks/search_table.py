@@ -50,6 +50,9 @@ EPOCHS = (10, 15, 20, 25, 30)
 BITS = (None, 2, 3, 4, 5, 6, 7, 8)
 """Compressor choices measured on every snapshot: none (float32) or uniform n-bit."""
 HOLDOUT = 40
+RUNG_EPOCHS = (1, 2, 3, 4, 5, 6, 8, 9, 10, 12, 15, 16, 18, 20, 24, 27)
+"""Epochs after which :func:`record_rungs` scores the compressed base: the rungs of first rung 1-5 and
+reduction factor 2 or 3 (the first 50 bases were recorded at every epoch); NaN elsewhere."""
 OBJECTIVES = ("test_elbo_nats", "size_bytes")
 
 
@@ -63,6 +66,9 @@ class Table:
     train_seconds: np.ndarray
     holdout: list[dict[str, Any]]
     meta: dict[str, Any]
+    compressed_validation: np.ndarray | None = None
+    """``[base, epoch - 1, bits_index]``: validation loss of the base after that epoch, compressed without
+    fine-tuning (:func:`record_rungs`); None in a table recorded before it."""
 
     def index_of(self, params: dict[str, Any]) -> tuple[int, int, int]:
         """Nearest grid point of sampled quick.yaml params: (base, epochs, bits) indices."""
@@ -89,7 +95,8 @@ def load(path: Path = TABLE) -> Table:
     with gzip.open(path, "rt") as handle:
         raw = json.load(handle)
     return Table(raw["bases"], np.array(raw["values"], dtype=float), np.array(raw["validation_curves"], dtype=float),
-                 np.array(raw["train_seconds"], dtype=float), raw["holdout"], raw["meta"])
+                 np.array(raw["train_seconds"], dtype=float), raw["holdout"], raw["meta"],
+                 np.array(raw["compressed_validation"], dtype=float) if raw.get("compressed_validation") else None)
 
 
 def _write(path: Path, payload: dict[str, Any]) -> None:
@@ -181,3 +188,72 @@ def record(path: Path = TABLE, log_every: int = 10) -> None:
     save(True)
     print(f"[record] done: {len(partial['bases'])} bases, {len(partial['holdout'])} hold-out trials, "
           f"{time.monotonic() - started:.0f}s; {path} {path.stat().st_size / 1e6:.2f} MB", flush=True)
+
+
+def compressed_validation(env: Any, model: Any, spec: Any, train_config: Any, bits: int | None) -> float:
+    """Validation loss of ``model`` (a base, possibly mid-training) compressed with ``bits`` and no fine-tuning."""
+    import torch
+
+    from vae_automl import space as space_mod
+    from vae_automl import trial as trial_mod
+
+    params = {**spec.params, "compressor0": "none" if bits is None else "uniform"}
+    if bits is not None:
+        params["compressor0.uniform.bits"] = bits
+    spec = space_mod.resolve(env.space, params, env.registry)
+    task = env.registry.tasks.get(env.space.task)
+    state = torch.get_rng_state()  # the training run's noise must not see this measurement
+    try:
+        compressed = trial_mod.compress(env, model, spec, train_config, fine_tuning=False)
+        return float(task.validation_loss(compressed, env.data, train_config, spec.seed))
+    finally:
+        torch.set_rng_state(state)
+        model.train()
+
+
+def record_rungs(path: Path = TABLE, log_every: int = 10) -> None:
+    """Add ``compressed_validation[base][epoch - 1][bits]`` to the table: every base retrained (the same run, checked
+    against its recorded validation curve), and after each of :data:`RUNG_EPOCHS` the validation loss of the base so far compressed
+    with each compressor choice and no fine-tuning (what a ``rung_metric: compressed`` rung compares)."""
+    import torch
+
+    from vae_automl import space as space_mod
+    from vae_automl import trial as trial_mod
+    from vae_automl.config import load_space
+    from vae_automl.plugin_manager import get_plugin_manager
+    from vae_automl.registry import get_registry
+    from vae_automl.train import train, train_config_from
+
+    torch.set_num_threads(1)
+    registry, pm = get_registry(), get_plugin_manager()
+    space = load_space(SPACE, registry)
+    env = trial_mod.prepare(space, "/tmp/vae-automl-search-table", registry, pm, device="cpu")
+    with gzip.open(path, "rt") as handle:
+        raw = json.load(handle)
+    rows: list[Any] = raw.setdefault("compressed_validation", [])
+    started = time.monotonic()
+    for k in range(len(rows), len(raw["bases"])):
+        base = raw["bases"][k]
+        params = {**base, "training.epochs": max(EPOCHS), "compressor0": "none"}
+        spec = space_mod.resolve(space, params, registry)
+        train_config = train_config_from(spec.training)
+        arch = registry.architectures.get(spec.architecture)
+        per_epoch: list[list[float]] = []
+
+        def on_epoch(epoch: int, loss: float) -> None:
+            if epoch + 1 in RUNG_EPOCHS:
+                per_epoch.append([compressed_validation(env, model, spec, train_config, bits) for bits in BITS])
+            else:
+                per_epoch.append([math.nan] * len(BITS))
+
+        torch.manual_seed(spec.seed)
+        model = arch.build(arch.config_from_params(spec.architecture_params, env.data.input_shape))
+        result = train(model, env.data, train_config, seed=spec.seed, on_epoch=on_epoch)
+        recorded = np.array(raw["validation_curves"][k])
+        if not np.allclose(result.validation_curve, recorded, rtol=1e-5):
+            raise RuntimeError(f"base {k} did not retrain to its recorded validation curve: "
+                               f"{result.validation_curve[:3]} vs {recorded[:3].tolist()}")
+        rows.append(per_epoch)
+        if len(rows) % log_every == 0 or len(rows) == len(raw["bases"]):
+            _write(path, raw)
+            print(f"[record-rungs] {len(rows)}/{len(raw['bases'])} bases, {time.monotonic() - started:.0f}s", flush=True)

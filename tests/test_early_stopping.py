@@ -8,8 +8,19 @@ from typing import Any
 import optuna
 import pytest
 
-from vae_automl.config import PrunerConfig
-from vae_automl.early_stopping import RUNG_VALUES_ATTR, STOPPED_AT_ATTR, decide, layers, peers_at, rungs
+from vae_automl.config import PrunerConfig, load_space_text
+from vae_automl.errors import ConfigError
+from vae_automl.early_stopping import (
+    FINE_TUNE_RUNG,
+    RUNG_VALUES_ATTR,
+    STOPPED_AT_ATTR,
+    decide,
+    layers,
+    peers_at,
+    rung_name,
+    rung_score,
+    rungs,
+)
 
 MIN2 = ["minimize", "minimize"]
 RULE = PrunerConfig(name="pareto", warmup_epochs=3, min_trials=4, reduction_factor=3)
@@ -52,15 +63,124 @@ def test_a_dominated_trial_in_the_kept_share_goes_on() -> None:
                                                        reduction_factor=2)).stop  # keep 5
 
 
+def test_the_quota_boundary_one_better_point_decides() -> None:
+    # (2, 11) is dominated by (1, 10) alone; 9 points at the rung keep ceil(9 / 3) = 3
+    far = [[20.0, 20.0]]
+    two_ahead = decide([2.0, 11.0], [[1.0, 10.0], [10.0, 1.0], *far * 6], MIN2, RULE)
+    assert (two_ahead.rank, two_ahead.better, two_ahead.keep) == (1, 2, 3) and not two_ahead.stop
+    three_ahead = decide([2.0, 11.0], [[1.0, 10.0], [10.0, 1.0], [3.0, 3.0], *far * 5], MIN2, RULE)
+    assert (three_ahead.rank, three_ahead.better, three_ahead.keep) == (1, 3, 3) and three_ahead.stop
+
+
+def test_a_point_equal_to_a_front_point_is_on_the_front() -> None:
+    # weak dominance does not stop: a tie with the best trial of the rung is non-dominated
+    assert not decide([10.0, 900.0], PEERS * 5, MIN2, RULE).stop
+
+
 def test_no_verdict_without_enough_peers() -> None:
     assert not decide([50.0, 1200.0], PEERS[:3], MIN2, RULE).stop
     assert decide([50.0, 1200.0], PEERS[:4], MIN2, RULE).stop
 
 
 def test_peers_are_read_at_the_same_rung_only() -> None:
-    stored = [{"3": [1.0, 2.0], "9": [0.5, 2.0]}, {"3": [3.0, 1.0]}, {}]
+    stored = [{"3": [1.0, 2.0], "9": [0.5, 2.0]}, {"3": [3.0, 1.0], FINE_TUNE_RUNG: [7.0, 1.0]}, {}]
     assert peers_at(stored, 3) == [[1.0, 2.0], [3.0, 1.0]]
-    assert peers_at(stored, 9) == [[0.5, 2.0]]
+    assert peers_at(stored, "9") == [[0.5, 2.0]]
+    assert peers_at(stored, FINE_TUNE_RUNG) == [[7.0, 1.0]]
+    assert rung_name(3) == "epoch-3 rung" and rung_name(FINE_TUNE_RUNG) == "before-fine-tuning rung"
+
+
+def test_the_rung_score_is_the_base_loss_or_the_compressed_one() -> None:
+    calls: list[int] = []
+
+    def compressed() -> float:
+        calls.append(1)
+        return 7.0
+
+    assert rung_score(RULE, 5.0, compressed) == 5.0 and not calls  # base: the compressed model is never built
+    assert rung_score(PrunerConfig(name="pareto", score="compressed"), 5.0, compressed) == 7.0 and calls == [1]
+
+
+def test_the_pruner_score_key_is_checked() -> None:
+    base = "architecture: {mlp: {latent_dim: 2}}\nobjectives: [test_elbo_nats]\npruner: {name: pareto, score: %s}\n"
+    assert load_space_text(base % "compressed", "s.yaml").pruner.score == "compressed"
+    assert load_space_text(base % "base", "s.yaml").pruner.score == "base"
+    with pytest.raises(ConfigError, match=r"s.yaml: pruner.score"):
+        load_space_text(base % "fine_tuned", "s.yaml")
+
+
+SCORED = """
+dataset: {spec: digits, split: {test: 0.2, validation: 0.1, limit: 300}}
+device: cpu
+architecture:
+  mlp: {hidden_layers: 1, hidden_width: 16, latent_dim: 2}
+training: {epochs: 3, batch_size: 64, lr: 5.0e-3}
+compressors:
+  - {name: distill, optional: true, params: {width_ratio: 0.5, epochs: 1}}
+  - {name: magnitude_prune, params: {sparsity: {low: 0.1, high: 0.95}, finetune_epochs: 1}}
+objectives: [test_elbo_nats]
+"""
+
+
+def test_the_compressed_score_is_the_pipeline_without_fine_tuning_and_leaves_the_base_alone(tmp_path: Path) -> None:
+    import torch
+
+    from vae_automl import trial as trial_mod
+    from vae_automl.plugin_manager import get_plugin_manager
+    from vae_automl.registry import get_registry
+    from vae_automl.space import resolve
+    from vae_automl.train import train_config_from
+
+    space = load_space_text(SCORED, "s.yaml")
+    env = trial_mod.prepare(space, tmp_path, get_registry(), get_plugin_manager())
+    spec = resolve(space, {"compressor0": "none", "compressor1.magnitude_prune.sparsity": 0.9})
+    config = train_config_from(spec.training)
+    base, _ = trial_mod.train_base(env, spec, config, None)
+    base.train()
+    before = {k: v.clone() for k, v in base.state_dict().items()}
+    torch.manual_seed(123)
+    rng = torch.get_rng_state()
+    task = env.registry.tasks.get(space.task)
+    score = trial_mod.compressed_validation_loss(env, base, spec, config)
+    assert torch.equal(torch.get_rng_state(), rng) and base.training
+    assert all(torch.equal(before[k], v) for k, v in base.state_dict().items())
+    pruned = trial_mod.compress(env, base, spec, config, fine_tuning=False)
+    assert score == pytest.approx(task.validation_loss(pruned, env.data, config, spec.seed))
+    base_loss = task.validation_loss(base, env.data, config, spec.seed)
+    assert score > base_loss  # 90% of the weights gone, no fine-tuning: worse than the base
+    # a distill stage is left out of the score (its student would be untrained), the rest of the pipeline kept
+    distilled = resolve(space, {"compressor0": "distill", "compressor1.magnitude_prune.sparsity": 0.9})
+    assert trial_mod._Scorer(env, distilled, config)(base) == pytest.approx(score)
+    assert trial_mod.compressed_validation_loss(env, base, resolve(space, {"compressor0": "none",
+        "compressor1.magnitude_prune.sparsity": 0.1}), config) < score
+
+
+def test_cached_bases_are_stopped_before_fine_tuning(tmp_path: Path) -> None:
+    from vae_automl.api import search
+
+    path = tmp_path / "scored.yaml"
+    # one architecture and training: every trial after the first reuses the cached base, so no epoch rung can
+    # stop it; one objective, so the rung compares compressed losses alone and some trial surely loses
+    path.write_text("name: scored\n" + SCORED.replace("  - {name: distill, optional: true, params: {width_ratio: 0.5, "
+                                                        "epochs: 1}}\n", "")
+                    + "sampler: {name: random, seed: 0}\n"
+                    + "pruner: {name: pareto, warmup_epochs: 1, min_trials: 1, reduction_factor: 4, score: compressed}\n"
+                    + "latency: {batch_size: 32, repeats: 1, warmup: 0}\ntrials: 6\n")
+    result = search(path, out_dir=tmp_path / "out", show_progress=False)
+    study = optuna.load_study(study_name=result.study_name, storage=result.storage)
+    trials = study.get_trials(deepcopy=False)
+    pruned = [t for t in trials if t.state == optuna.trial.TrialState.PRUNED]
+    assert result.completed == 6 and pruned, "the rule stopped nothing; the test needs stopped trials"
+    for t in pruned:
+        assert t.user_attrs[STOPPED_AT_ATTR] == FINE_TUNE_RUNG
+        assert set(t.user_attrs[RUNG_VALUES_ATTR]) == {FINE_TUNE_RUNG, "1"} or \
+            set(t.user_attrs[RUNG_VALUES_ATTR]) == {FINE_TUNE_RUNG}
+    # every trial, kept or stopped, was scored at the rung (peers of the later ones)
+    assert all(FINE_TUNE_RUNG in t.user_attrs.get(RUNG_VALUES_ATTR, {}) for t in trials)
+    # a stopped trial scored worse there than the best trial that reached the rung before it
+    for t in pruned:
+        earlier = [u.user_attrs[RUNG_VALUES_ATTR][FINE_TUNE_RUNG][0] for u in trials if u.number < t.number]
+        assert t.user_attrs[RUNG_VALUES_ATTR][FINE_TUNE_RUNG][0] > min(earlier)
 
 
 @pytest.mark.study

@@ -48,6 +48,8 @@ def test_outcome_of_ray_results() -> None:
     # stopped by ASHA after an epoch: no objectives, a validation loss
     state, _, attrs = _outcome({VALIDATION_LOSS: 9.0, "epoch": 2, "validation_curve": [10.0, 9.0]}, False, ("a",))
     assert state == STATES.PRUNED and attrs["pruned_at_epoch"] == 2
+    state, _, attrs = _outcome({VALIDATION_LOSS: 9.0, "epoch": 2, "rung": "before_fine_tuning"}, False, ("a",))
+    assert state == STATES.PRUNED and attrs["pruned_at_epoch"] == "before_fine_tuning"
     state, _, attrs = _outcome(None, True, ("a",))
     assert state == STATES.FAIL and "errored" in attrs[FAILURE_ATTR]
 

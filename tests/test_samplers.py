@@ -69,7 +69,7 @@ def test_worker_and_ray_use_the_same_sampler_and_stopping_rule(tmp_path: Path, m
     pytest.importorskip("ray.tune")
     from vae_automl.api import search
     from vae_automl.backends import ray as ray_backend
-    from vae_automl.early_stopping import decide, rung_directions
+    from vae_automl.early_stopping import FINE_TUNE_RUNG, decide, rung_directions
     from vae_automl.worker import run_worker
 
     space = dataclasses.replace(quick(), trials=3)
@@ -113,12 +113,24 @@ def test_worker_and_ray_use_the_same_sampler_and_stopping_rule(tmp_path: Path, m
 
     seen: list[list[float]] = []
     for k, point in enumerate(points):
-        verdict = scheduler.on_trial_result(None, Trial(f"t{k}"), {"epoch": 3, "rung_values": {"3": point}})
+        verdict = scheduler.on_trial_result(None, Trial(f"t{k}"), {"epoch": 3, "rung": "3", "rung_values": {"3": point}})
         expected = decide(point, seen, scheduler.directions, space.pruner).stop
         assert (verdict == "STOP") == expected
         seen.append(point)
-    assert scheduler.on_trial_result(None, Trial("t5b"), {"epoch": 3, "rung_values": {"3": [70.0, 2000.0]}}) == "STOP"
-    assert scheduler.on_trial_result(None, Trial("t6b"), {"epoch": 3, "rung_values": {"3": [1.0, 10.0]}}) == "CONTINUE"
+    assert scheduler.on_trial_result(None, Trial("t5b"), {"epoch": 3, "rung": "3",
+                                                          "rung_values": {"3": [70.0, 2000.0]}}) == "STOP"
+    assert scheduler.on_trial_result(None, Trial("t6b"), {"epoch": 3, "rung": "3",
+                                                          "rung_values": {"3": [1.0, 10.0]}}) == "CONTINUE"
+    # an epoch report that is no rung is never judged
+    assert scheduler.on_trial_result(None, Trial("t7"), {"epoch": 3, "rung_values": {"3": [99.0, 9e9]}}) == "CONTINUE"
+    # the before-fine-tuning rung compares with its own peers only, as the Optuna backend's gate does
+    ft = [[10.0, 900.0], [20.0, 500.0], [30.0, 100.0], [12.0, 950.0]]
+    for k, point in enumerate(ft):
+        scheduler.on_trial_result(None, Trial(f"f{k}"), {"epoch": 5, "rung": FINE_TUNE_RUNG,
+                                                         "rung_values": {FINE_TUNE_RUNG: point}})
+    worse = {"epoch": 5, "rung": FINE_TUNE_RUNG, "rung_values": {FINE_TUNE_RUNG: [65.0, 1250.0]}}
+    assert decide([65.0, 1250.0], ft, scheduler.directions, space.pruner).stop
+    assert scheduler.on_trial_result(None, Trial("f9"), worse) == "STOP"
 
 
 def test_a_resumed_seeded_search_does_not_replay_its_start_up_points(tiny_space: Any, tmp_path: Path) -> None:

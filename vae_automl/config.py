@@ -37,6 +37,7 @@ TRAINING_PARAMS: tuple[Param, ...] = (
 )
 SAMPLERS = ("auto", "gp", "tpe", "nsga2", "random")
 PRUNERS = ("none", "pareto")
+RUNG_SCORES = ("base", "compressed")
 RENAMED_PRUNERS = {"median": "pareto"}
 """Pruner names of 0.1 still accepted, with a warning: 0.2 replaced the median rule by Pareto-aware successive halving."""
 STOP_WHEN = ("budget", "first_feasible")
@@ -112,6 +113,11 @@ class PrunerConfig:
     """Peers a rung needs before it stops anyone."""
     reduction_factor: int = 3
     """Rungs at warmup_epochs * reduction_factor**k; each keeps about 1/reduction_factor of its trials."""
+    score: str = "base"
+    """What a rung compares besides the objectives known before training: ``base``, the validation loss of the
+    base model so far; ``compressed``, that of the base so far compressed by the trial's pipeline without
+    fine-tuning, with one more rung after the base is trained (or taken from the cache) and before any
+    fine-tuning (:mod:`vae_automl.early_stopping`)."""
 
 
 @dataclass(frozen=True)
@@ -695,7 +701,7 @@ def parse_space(data: Any, file: str, registry: Registry, source: str = "", base
     p_raw = data.get("pruner", "none")
     if isinstance(p_raw, str):
         p_raw = {"name": p_raw}
-    p_raw = _mapping(p_raw, p_loc, ("name", "warmup_epochs", "min_trials", "reduction_factor", "percentile"))
+    p_raw = _mapping(p_raw, p_loc, ("name", "warmup_epochs", "min_trials", "reduction_factor", "score", "percentile"))
     p_name = p_raw.get("name", "none")
     if p_name in RENAMED_PRUNERS:
         # 0.1 spaces keep working; `percentile` belonged to the median rule and has no meaning now
@@ -715,6 +721,7 @@ def parse_space(data: Any, file: str, registry: Registry, source: str = "", base
         warmup_epochs=_int(p_raw.get("warmup_epochs", 2), p_loc / "warmup_epochs", minimum=1),
         min_trials=_int(p_raw.get("min_trials", 4), p_loc / "min_trials", minimum=1),
         reduction_factor=_int(p_raw.get("reduction_factor", 3), p_loc / "reduction_factor", minimum=2),
+        score=_choice(p_raw.get("score", "base"), p_loc / "score", RUNG_SCORES),
     )
 
     l_loc = root / "latency"

@@ -17,20 +17,36 @@ are the trials that got there before it). It goes on when it is
 non-dominated among them (never stopped then), or when the trials in
 better non-dominated layers than its own are fewer than ``1/eta`` of the
 rung (the successive-halving quota); otherwise it is stopped.
+
+What stands for the objectives that need training is the pruner's
+``score``: ``base``, the validation loss of the base so far; or
+``compressed``, the validation loss of the base so far compressed by the
+trial's own pipeline without any fine-tuning (the AMC idea, He et al.
+2018: a compression setting scored on the trained model before
+fine-tuning; a distill stage, whose student would be untrained, is left
+out of it). ``compressed`` adds the cheapest rung, :data:`FINE_TUNE_RUNG`:
+once the base is trained, or taken from the cache at no training cost,
+and before any fine-tuning, every trial whose pipeline (less a distill
+stage) fine-tunes is scored so and compared with the others there. A trial that reuses a
+cached base never passes an epoch rung, so this rung is the only one
+that can stop it.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from vae_automl import pareto
 from vae_automl.config import PrunerConfig
 
 RUNG_VALUES_ATTR = "rung_values"
-"""Trial user attribute: ``{epoch (str): [validation loss, *objectives known before training]}``."""
+"""Trial user attribute: ``{rung (str: an epoch or FINE_TUNE_RUNG): [score, *objectives known before training]}``."""
 STOPPED_AT_ATTR = "pruned_at_epoch"
+"""Trial user attribute: the rung that stopped the trial (its epoch, or :data:`FINE_TUNE_RUNG`)."""
+FINE_TUNE_RUNG = "before_fine_tuning"
+"""Key of the rung after base training and before fine-tuning (``score: compressed`` only)."""
 
 
 @dataclass(frozen=True)
@@ -45,11 +61,21 @@ class Decision:
     keep: int
     """How many points the quota keeps at this rung: ``ceil(peers / eta)``."""
 
-    def reason(self, epoch: int) -> str:
+    def reason(self, rung: int | str) -> str:
         return (
-            f"dominated at the epoch-{epoch} rung: {self.better} of {self.peers} trials there lie in better "
+            f"dominated at the {rung_name(rung)}: {self.better} of {self.peers} trials there lie in better "
             f"non-dominated layers, and successive halving keeps {self.keep}"
         )
+
+
+def rung_name(rung: int | str) -> str:
+    """``epoch-3 rung`` or ``before-fine-tuning rung``, for messages."""
+    return "before-fine-tuning rung" if str(rung) == FINE_TUNE_RUNG else f"epoch-{rung} rung"
+
+
+def rung_score(config: PrunerConfig, validation_loss: float, compressed_loss: Callable[[], float]) -> float:
+    """The figure a rung point starts with under ``config.score`` (``compressed_loss`` is only called for ``compressed``)."""
+    return compressed_loss() if config.score == "compressed" else validation_loss
 
 
 def rungs(config: PrunerConfig, max_epochs: int) -> list[int]:
@@ -96,6 +122,6 @@ def rung_directions(static_directions: Sequence[str]) -> list[str]:
     return ["minimize", *static_directions]
 
 
-def peers_at(rung_values: Sequence[Mapping[str, Sequence[float]]], epoch: int) -> list[list[float]]:
-    """Points that other trials stored (their :data:`RUNG_VALUES_ATTR`) for the rung at ``epoch``."""
-    return [list(values[str(epoch)]) for values in rung_values if str(epoch) in values]
+def peers_at(rung_values: Sequence[Mapping[str, Sequence[float]]], rung: int | str) -> list[list[float]]:
+    """Points that other trials stored (their :data:`RUNG_VALUES_ATTR`) for ``rung`` (an epoch or :data:`FINE_TUNE_RUNG`)."""
+    return [list(values[str(rung)]) for values in rung_values if str(rung) in values]

@@ -11,6 +11,7 @@ in their compression pipeline share a base.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import hashlib
 import json
 import math
@@ -44,6 +45,8 @@ if TYPE_CHECKING:
     from vae_automl.registry import Entry, Registry
     from vae_automl.space import TrialSpec
 
+OnEpoch = Callable[[int, float, int, Callable[[], float]], None]
+"""``on_epoch(epoch, validation_loss, base_params, compressed_loss)`` while a base trains (see :func:`run_trial`)."""
 WEIGHT_TRAINING_KEYS = ("epochs", "batch_size", "lr", "beta", "weight_decay", "patience")
 
 
@@ -169,9 +172,7 @@ def write_atomic(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
-def train_base(
-    env: TrialEnv, spec: TrialSpec, train_config: TrainConfig, on_epoch: Callable[[int, float, int], None] | None
-) -> tuple[VAE, BaseInfo]:
+def train_base(env: TrialEnv, spec: TrialSpec, train_config: TrainConfig, on_epoch: OnEpoch | None) -> tuple[VAE, BaseInfo]:
     """The trained base model of ``spec``, from the cache or freshly trained (then cached).
 
     In a ``base_model:`` study it is the user's model (distillation students are made by the distill stage).
@@ -211,7 +212,13 @@ def train_base(
         torch.manual_seed(spec.seed)
         model = arch.build(model_config).to(env.device)
         n_params = sum(p.numel() for p in model.parameters())
-        callback = (lambda epoch, loss: on_epoch(epoch, loss, n_params)) if on_epoch else None
+        callback = None
+        if on_epoch is not None:
+            score = _Scorer(env, spec, train_config)
+
+            def callback(epoch: int, loss: float) -> None:
+                on_epoch(epoch, loss, n_params, lambda: score(model))
+
         task.prepare(model, env.data)
         result = train(model, env.data, train_config, seed=spec.seed, on_epoch=callback, task=task)
         task.finalize(model)
@@ -231,16 +238,26 @@ def train_base(
         return model, info
 
 
-def compress(env: TrialEnv, base: VAE, spec: TrialSpec, train_config: TrainConfig, fine_tuning: bool = True) -> VAE:
+def compress(
+    env: TrialEnv,
+    base: VAE,
+    spec: TrialSpec,
+    train_config: TrainConfig,
+    fine_tuning: bool = True,
+    skipped_epochs: list[int] | None = None,
+) -> VAE:
     """Apply the pipeline in stage order; a raising compressor fails the trial, naming its plugin.
 
-    ``fine_tuning=False`` makes every fine-tune a no-op: the shapes and codes come out as usual, cheaply.
+    ``fine_tuning=False`` makes every fine-tune a no-op: the shapes and codes come out as usual, cheaply;
+    the epochs each skipped fine-tune asked for are appended to ``skipped_epochs``.
     """
     teacher = env.teacher if env.teacher is not None else base
     task = env.registry.tasks.get(env.space.task)
 
     def fine_tune(model: VAE, epochs: int, extra_loss: Any = None, after_step: Any = None, lr: float | None = None) -> VAE:
         if not fine_tuning:
+            if skipped_epochs is not None:
+                skipped_epochs.append(int(epochs))
             return model
         cfg = TrainConfig(**{**train_config.__dict__, "epochs": int(epochs), "patience": None})
         train(model, env.data, cfg, seed=spec.seed, extra_loss=extra_loss, after_step=after_step, lr=lr, task=task)
@@ -346,6 +363,40 @@ def plugins_used(env: TrialEnv, spec: TrialSpec, model: VAE) -> dict[str, dict[s
     return {e.plugin: e.provenance() for e in sorted(entries, key=lambda e: e.plugin)}
 
 
+class _Scorer:
+    """:func:`compressed_validation_loss` of one trial's bases (the pipeline resolved once)."""
+
+    def __init__(self, env: TrialEnv, spec: TrialSpec, train_config: TrainConfig) -> None:
+        self.env, self.train_config = env, train_config
+        stages = {name: env.registry.compressors.get(name).stage for name, _ in spec.pipeline}
+        # a distill stage trains its student from scratch: unscored without fine-tuning, so it is left out
+        self.spec = dataclasses.replace(spec, pipeline=[(n, v) for n, v in spec.pipeline if stages[n] != "distill"])
+
+    def __call__(self, base: VAE, skipped_epochs: list[int] | None = None) -> float:
+        return compressed_validation_loss(self.env, base, self.spec, self.train_config, skipped_epochs)
+
+
+def compressed_validation_loss(
+    env: TrialEnv, base: VAE, spec: TrialSpec, train_config: TrainConfig, skipped_epochs: list[int] | None = None
+) -> float:
+    """The validation loss of ``base`` (trained or part-trained) compressed by ``spec``'s pipeline without fine-tuning.
+
+    The fine-tuning epochs the pipeline asked for are appended to ``skipped_epochs``.
+
+    The AMC idea (He et al. 2018): the compressed model's quality before fine-tuning is a cheap, early
+    score of the compression setting. ``base`` is left as found (its weights, mode and the global RNG
+    state, so a training run that asks mid-way goes on exactly as without).
+    """
+    task = env.registry.tasks.get(env.space.task)
+    state, was_training = torch.get_rng_state(), base.training
+    try:
+        model = compress(env, base, spec, train_config, False, skipped_epochs) if spec.pipeline else base
+        return float(task.validation_loss(model, env.data, train_config, spec.seed))
+    finally:
+        torch.set_rng_state(state)
+        base.train(was_training)
+
+
 def measure_before_training(env: TrialEnv, spec: TrialSpec) -> dict[str, float]:
     """The objectives that do not need training (``Objective.needs_training`` false), measured on the untrained
     model compressed without fine-tuning: what early stopping compares at a rung besides the validation loss."""
@@ -361,12 +412,21 @@ def measure_before_training(env: TrialEnv, spec: TrialSpec) -> dict[str, float]:
 
 
 def run_trial(
-    env: TrialEnv, spec: TrialSpec, number: int, on_epoch: Callable[[int, float, int], None] | None = None
+    env: TrialEnv,
+    spec: TrialSpec,
+    number: int,
+    on_epoch: OnEpoch | None = None,
+    before_fine_tuning: Callable[[float], None] | None = None,
 ) -> TrialRecord:
     """Run one trial end to end and return its record (see ``hookspecs.on_trial_complete``).
 
-    ``on_epoch(epoch, validation_loss, base_params)`` is called while the
-    base trains (not on a cache hit) and may raise to stop the trial.
+    ``on_epoch(epoch, validation_loss, base_params, compressed_loss)`` is called while the
+    base trains (not on a cache hit) and may raise to stop the trial; ``compressed_loss()``
+    scores the base so far as :func:`compressed_validation_loss` does.
+    ``before_fine_tuning(compressed_loss)`` is called once the base is trained or taken from
+    the cache, before any fine-tuning, with that score of the base, when the pipeline (less a
+    distill stage, which the score leaves out) fine-tunes at all; it may raise to stop the trial
+    (the cheapest rung: no training spent).
     """
     started = time.perf_counter()
     try:
@@ -379,6 +439,11 @@ def run_trial(
     if base_info.cache_key not in env.baselines:
         env.baselines[base_info.cache_key], _ = measure(env, base, baseline_names, spec.seed)
     baseline = dict(env.baselines[base_info.cache_key])
+    if before_fine_tuning is not None and spec.pipeline:
+        skipped: list[int] = []
+        score = _Scorer(env, spec, train_config)(base, skipped)
+        if any(skipped):  # a pipeline that does not fine-tune has nothing left to save here
+            before_fine_tuning(score)
     model = compress(env, base, spec, train_config)
     metrics, ctx = measure(env, model, (*env.space.objectives, *env.space.record), spec.seed)
     data = ctx.cache.get("serialized") or serialize_model(model, env.registry.codec_map())

@@ -19,8 +19,9 @@ themselves, so both backends decide alike:
   which Optuna sampler a study gets);
 * :meth:`SearchPolicy.epoch_gate`: the early-stopping decision at the rungs
   (:mod:`vae_automl.early_stopping`; the Optuna backend asks it after every
-  epoch of the base; the Ray backend's scheduler calls the same
-  :func:`~vae_automl.early_stopping.decide` on the rung points its trials report);
+  epoch of the base, and before fine-tuning under ``score: compressed``; the
+  Ray backend's scheduler calls the same :func:`~vae_automl.early_stopping.decide`
+  on the rung points its trials report);
 * :meth:`SearchPolicy.trial_attrs`: what a finished trial stores besides
   its record, and :meth:`SearchPolicy.constraints`: the targets' constraint
   values, which both backends store with ``trial.set_constraint``.
@@ -45,10 +46,9 @@ if TYPE_CHECKING:
     from vae_automl.registry import Registry
     from vae_automl.study import Budget
 
-EpochGate = Callable[[int, float, int], "str | None"]
-"""``gate(epoch, validation_loss, base_params)``: why to stop the trial after this (0-based) epoch, or None."""
 PRUNED_AT_ATTR = early_stopping.STOPPED_AT_ATTR
-"""Trial user attribute: the rung epoch (1-based) at which early stopping stopped the trial."""
+"""Trial user attribute: the rung at which early stopping stopped the trial (its 1-based epoch, or
+:data:`~vae_automl.early_stopping.FINE_TUNE_RUNG`)."""
 
 
 def failure_reason(exc: BaseException) -> str:
@@ -78,38 +78,14 @@ class SearchPolicy:
 
     def epoch_gate(
         self, study: optuna.Study, trial: optuna.Trial, epochs: int, before_training: Callable[[], dict[str, float]]
-    ) -> EpochGate:
+    ) -> RungGate:
         """The rung decisions for one trial of ``epochs`` epochs, against every other trial's rung points.
 
         ``before_training()`` measures the objectives known before training (called once, at the
         first rung). At each rung the gate stores the trial's point (user attribute
         :data:`~vae_automl.early_stopping.RUNG_VALUES_ATTR`, which peers read, stopped trials included).
         """
-        pruner = self.space.pruner
-        rung_epochs = set(early_stopping.rungs(pruner, epochs))
-        static: dict[str, float] | None = None
-        points: dict[str, list[float]] = {}
-
-        def gate(epoch: int, validation_loss: float, base_params: int) -> str | None:
-            nonlocal static
-            done = epoch + 1
-            if done not in rung_epochs:
-                return None
-            if static is None:
-                static = before_training()
-            point = [validation_loss, *static.values()]
-            points[str(done)] = point
-            trial.set_user_attr(early_stopping.RUNG_VALUES_ATTR, points)
-            others = [
-                t.user_attrs.get(early_stopping.RUNG_VALUES_ATTR) or {}
-                for t in study.get_trials(deepcopy=False)
-                if t.number != trial.number
-            ]
-            directions = early_stopping.rung_directions([self.registry.objectives.get(n).direction for n in static])
-            decision = early_stopping.decide(point, early_stopping.peers_at(others, done), directions, pruner)
-            return decision.reason(done) if decision.stop else None
-
-        return gate
+        return RungGate(self, study, trial, epochs, before_training)
 
     def rung_directions(self) -> list[str]:
         """Directions of a rung point: the validation loss, then the space's objectives known before training."""
@@ -125,6 +101,56 @@ class SearchPolicy:
     def constraints(self, record: TrialRecord) -> list[constraints.Check]:
         """The space's targets checked on a completed trial (stored with :func:`vae_automl.constraints.set_constraints`)."""
         return constraints.check(self.space.targets, record.metrics, record.baseline) if self.space.targets else []
+
+
+class RungGate:
+    """One Optuna trial's rung decisions (:meth:`SearchPolicy.epoch_gate`); each call says why to stop, or None."""
+
+    def __init__(
+        self,
+        policy: SearchPolicy,
+        study: optuna.Study,
+        trial: optuna.Trial,
+        epochs: int,
+        before_training: Callable[[], dict[str, float]],
+    ) -> None:
+        self.policy, self.study, self.trial = policy, study, trial
+        self.pruner = policy.space.pruner
+        self.rung_epochs = set(early_stopping.rungs(self.pruner, epochs))
+        self.before_training = before_training
+        self.static: dict[str, float] | None = None
+        self.points: dict[str, list[float]] = {}
+
+    def __call__(self, epoch: int, validation_loss: float, base_params: int, compressed_loss: Callable[[], float]) -> str | None:
+        """After the (0-based) ``epoch`` of base training; ``compressed_loss()`` scores the base so far."""
+        done = epoch + 1
+        if done not in self.rung_epochs:
+            return None
+        return self._decide(done, early_stopping.rung_score(self.pruner, validation_loss, compressed_loss))
+
+    def before_fine_tuning(self, compressed_loss: float) -> str | None:
+        """Once the base is ready and before fine-tuning (``score: compressed`` only; see :func:`run_trial`)."""
+        return self._decide(early_stopping.FINE_TUNE_RUNG, compressed_loss)
+
+    @property
+    def wants_fine_tune_rung(self) -> bool:
+        return self.pruner.name != "none" and self.pruner.score == "compressed"
+
+    def _decide(self, rung: int | str, score: float) -> str | None:
+        if self.static is None:
+            self.static = self.before_training()
+        point = [score, *self.static.values()]
+        self.points[str(rung)] = point
+        self.trial.set_user_attr(early_stopping.RUNG_VALUES_ATTR, self.points)
+        others = [
+            t.user_attrs.get(early_stopping.RUNG_VALUES_ATTR) or {}
+            for t in self.study.get_trials(deepcopy=False)
+            if t.number != self.trial.number
+        ]
+        objectives = self.policy.registry.objectives
+        directions = early_stopping.rung_directions([objectives.get(n).direction for n in self.static])
+        decision = early_stopping.decide(point, early_stopping.peers_at(others, rung), directions, self.pruner)
+        return decision.reason(rung) if decision.stop else None
 
 
 class Backend(abc.ABC):

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 import optuna
 
-from vae_automl import constraints
+from vae_automl import constraints, early_stopping
 from vae_automl import space as space_mod
 from vae_automl import study as study_mod
 from vae_automl.backends.base import PRUNED_AT_ATTR, Backend, SearchPolicy, TrialCallback, failure_reason
@@ -48,15 +48,28 @@ def make_objective(
                 study, trial, int(spec.training.get("epochs") or 0), lambda: measure_before_training(env, spec)
             )
 
-            def on_epoch(epoch: int, validation_loss: float, base_params: int) -> None:
+            def on_epoch(epoch: int, validation_loss: float, base_params: int, compressed_loss: Callable[[], float]) -> None:
                 curve.append(validation_loss)
-                reason = gate(epoch, validation_loss, base_params)
+                reason = gate(epoch, validation_loss, base_params, compressed_loss)
                 if reason is not None:
                     trial.set_user_attr(CURVE_ATTR, curve)
                     trial.set_user_attr(PRUNED_AT_ATTR, epoch + 1)
                     raise optuna.TrialPruned(reason)
 
-            record = run_trial(env, spec, trial.number, on_epoch=on_epoch)
+            def before_fine_tuning(compressed_loss: float) -> None:
+                reason = gate.before_fine_tuning(compressed_loss)
+                if reason is not None:
+                    trial.set_user_attr(CURVE_ATTR, curve)
+                    trial.set_user_attr(PRUNED_AT_ATTR, early_stopping.FINE_TUNE_RUNG)
+                    raise optuna.TrialPruned(reason)
+
+            record = run_trial(
+                env,
+                spec,
+                trial.number,
+                on_epoch=on_epoch,
+                before_fine_tuning=before_fine_tuning if gate.wants_fine_tune_rung else None,
+            )
         except optuna.TrialPruned:
             raise
         except Exception as exc:
@@ -76,7 +89,7 @@ def progress_callback(progress: Progress) -> Callable[[optuna.Study, optuna.tria
         seconds = trial.duration.total_seconds() if trial.duration else None
         reason = trial.user_attrs.get(study_mod.FAILURE_ATTR)
         if trial.state == optuna.trial.TrialState.PRUNED:
-            reason = f"stopped at the epoch-{trial.user_attrs.get(PRUNED_AT_ATTR)} rung"
+            reason = f"stopped at the {early_stopping.rung_name(trial.user_attrs.get(PRUNED_AT_ATTR, '?'))}"
         front = len(study_mod.front_of_study(study)) if trial.state == optuna.trial.TrialState.COMPLETE else None
         progress.trial_finished(trial.number, trial.state.name, trial.values, seconds, reason, front)
 

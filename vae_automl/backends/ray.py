@@ -33,8 +33,9 @@ Early stopping is the Optuna backend's rule (:func:`vae_automl.early_stopping.de
 in a Tune scheduler on the driver (:class:`ParetoRungScheduler`), which
 keeps every trial's rung points, those of the study's earlier trials
 included. The trainable runs on the Ray workers: it trains, reports the
-validation loss each epoch with ``tune.report`` (with its rung point at a
-rung), then reports the objective values and the trial record. A raising trial reports its reason
+validation loss each epoch with ``tune.report`` (with its rung point and
+``rung`` key at a rung, and once more before fine-tuning under ``score:
+compressed``), then reports the objective values and the trial record. A raising trial reports its reason
 instead of raising, so the reason reaches the study and the run goes on.
 """
 
@@ -46,7 +47,7 @@ import os
 import threading
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
@@ -123,7 +124,8 @@ def _outcome(
         # stopped by the scheduler at a rung
         attrs[CURVE_ATTR] = list(result.get("validation_curve") or [])
         attrs[early_stopping.RUNG_VALUES_ATTR] = dict(result.get(RUNG_KEY) or {})
-        attrs[PRUNED_AT_ATTR] = int(result.get("epoch", 0))
+        rung = result.get("rung")
+        attrs[PRUNED_AT_ATTR] = int(result.get("epoch", 0)) if rung != early_stopping.FINE_TUNE_RUNG else rung
         return optuna.trial.TrialState.PRUNED, None, attrs
     attrs[study_mod.FAILURE_ATTR] = "the Ray trial ended before reporting anything (stopped while pending?)"
     return optuna.trial.TrialState.FAIL, None, attrs
@@ -261,7 +263,7 @@ def _make_searcher_class() -> type:
                 self.failed += 1
             reason = attrs.get(study_mod.FAILURE_ATTR)
             if state == optuna.trial.TrialState.PRUNED:
-                reason = f"stopped at the epoch-{attrs.get(PRUNED_AT_ATTR)} rung"
+                reason = f"stopped at the {early_stopping.rung_name(attrs.get(PRUNED_AT_ATTR, '?'))}"
             seconds = frozen.duration.total_seconds() if frozen.duration else None
             front = (
                 len(study_mod.front_of_study(cast(optuna.Study, self._ot_study)))
@@ -312,12 +314,12 @@ def _make_scheduler_class() -> type:
             self.points: dict[str, dict[str, list[float]]] = {f"study-{i}": dict(v) for i, v in enumerate(known)}
 
         def on_trial_result(self, tune_controller: Any, trial: Any, result: dict[str, Any]) -> str:
-            epoch = str(result.get("epoch"))
-            point = (result.get(RUNG_KEY) or {}).get(epoch)
-            if point is None or epoch in self.points.get(trial.trial_id, {}):
+            rung = str(result.get("rung"))
+            point = (result.get(RUNG_KEY) or {}).get(rung) if "rung" in result else None
+            if point is None or rung in self.points.get(trial.trial_id, {}):
                 return TrialScheduler.CONTINUE
-            peers = early_stopping.peers_at([v for k, v in self.points.items() if k != trial.trial_id], int(epoch))
-            self.points.setdefault(trial.trial_id, {})[epoch] = list(point)
+            peers = early_stopping.peers_at([v for k, v in self.points.items() if k != trial.trial_id], rung)
+            self.points.setdefault(trial.trial_id, {})[rung] = list(point)
             decision = early_stopping.decide(point, peers, self.directions, self.config)
             return TrialScheduler.STOP if decision.stop else TrialScheduler.CONTINUE
 
@@ -357,12 +359,26 @@ def _trainable(config: dict[str, Any], source: str, file: str, dataset: Any, dev
     rung_values: dict[str, list[float]] = {}
     static: dict[str, float] | None = None
 
-    def on_epoch(epoch: int, validation_loss: float, base_params: int) -> None:
+    def report_rung(rung: int | str, score: float, validation_loss: float) -> None:
         nonlocal static
+        static = static if static is not None else measure_before_training(env, spec)
+        rung_values[str(rung)] = [score, *static.values()]
+        tune.report(
+            {
+                VALIDATION_LOSS: validation_loss,
+                "epoch": len(curve),
+                RUNG_KEY: dict(rung_values),
+                "rung": str(rung),
+                "validation_curve": list(curve),
+                CONFIG_KEY: spec_json,
+            }
+        )
+
+    def on_epoch(epoch: int, validation_loss: float, base_params: int, compressed_loss: Callable[[], float]) -> None:
         curve.append(validation_loss)
         if epoch + 1 in rungs:
-            static = static if static is not None else measure_before_training(env, spec)
-            rung_values[str(epoch + 1)] = [validation_loss, *static.values()]
+            report_rung(epoch + 1, early_stopping.rung_score(env.space.pruner, validation_loss, compressed_loss), validation_loss)
+            return
         tune.report(
             {
                 VALIDATION_LOSS: validation_loss,
@@ -373,12 +389,24 @@ def _trainable(config: dict[str, Any], source: str, file: str, dataset: Any, dev
             }
         )
 
+    def before_fine_tuning(compressed_loss: float) -> None:
+        # the cheapest rung (score: compressed): the scheduler may stop the trial on this report
+        report_rung(early_stopping.FINE_TUNE_RUNG, compressed_loss, curve[-1] if curve else compressed_loss)
+
     try:
         env = _worker_env(source, file, dataset, device, out_dir)
         spec = space_mod.resolve(env.space, params, env.registry)
         spec_json = json.dumps(spec.as_dict())
         rungs = set(early_stopping.rungs(env.space.pruner, int(spec.training.get("epochs") or 0)))
-        record = run_trial(env, spec, int(config[NUMBER_KEY]), on_epoch=on_epoch)
+        pruner = env.space.pruner
+        fine_tune_rung = pruner.name != "none" and pruner.score == "compressed"
+        record = run_trial(
+            env,
+            spec,
+            int(config[NUMBER_KEY]),
+            on_epoch=on_epoch,
+            before_fine_tuning=before_fine_tuning if fine_tune_rung else None,
+        )
         baseline = base_model_baseline(env) if config.get(WANTS_BASELINE_KEY) else None
     except Exception as exc:  # the reason goes to the study; the search goes on
         reason = failure_reason(exc)
