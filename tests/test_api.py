@@ -50,7 +50,8 @@ def test_a_callback_that_stops_the_study_ends_the_run(searched: dict[str, Any]) 
         study.stop()
 
     root = searched["root"]
-    result = vae_automl.search(searched["space"], trials=3, storage=f"sqlite:///{root / 'stop.db'}", out_dir=root / "run",
+    # its own storage and out dir: trial-0's model must not replace the "api" study's, which export checks
+    result = vae_automl.search(searched["space"], trials=3, storage=f"sqlite:///{root / 'stop.db'}", out_dir=root / "stop",
                                show_progress=False, callbacks=[stop])
     assert result.completed == 1
 
@@ -78,7 +79,7 @@ def test_export_and_report_from_python(searched: dict[str, Any], tmp_path: Path)
 def test_worker_from_python(searched: dict[str, Any]) -> None:
     root = searched["root"]
     storage = f"sqlite:///{root / 'worker.db'}"  # a study of its own: the other tests read "api" as the search left it
-    made = vae_automl.search(searched["space"], trials=0, storage=storage, out_dir=root / "run", show_progress=False)
+    made = vae_automl.search(searched["space"], trials=0, storage=storage, out_dir=root / "worker", show_progress=False)
     assert made.completed == 0 and made.knee is None
     seen: list[int] = []
     done = vae_automl.worker(storage, "api", trials=1, show_progress=False,
