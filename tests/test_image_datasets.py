@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import json
 import struct
 from pathlib import Path
 
@@ -170,3 +171,31 @@ def test_torchvision_dataset_from_disk_never_downloads(tmp_path: Path) -> None:
     assert not any(empty.iterdir())  # nothing fetched, nothing written
     with pytest.raises(DataError, match="torchvision has no dataset 'NoSuchSet'; it has .*MNIST"):
         load("torchvision:NoSuchSet", data_dir=str(empty))
+
+
+def test_a_search_and_its_export_run_on_a_resized_image_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # the YAML's image_size and color reach the trials and the export's re-measurement alike (same images, same split)
+    from vae_automl.cli import main
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    rgb = np.random.default_rng(4).integers(0, 256, size=(40, 12, 10, 3), dtype=np.uint8)
+    for i, image in enumerate(rgb):
+        Image.fromarray(image, "RGB").save(folder / f"{i:03d}.png")
+    space = tmp_path / "photos.yaml"
+    space.write_text(
+        f"name: photos\ndataset:\n  spec: folder:{folder}\n  image_size: [6, 5]\n  color: grey\n"
+        "  split: {validation: 0.1, test: 0.2, seed: 0}\n"
+        "device: cpu\narchitecture:\n  mlp:\n    hidden_layers: 1\n    hidden_width: 8\n    latent_dim: 2\n"
+        "training:\n  epochs: 1\n  batch_size: 16\nobjectives: [test_elbo_nats, size_bytes]\n"
+        "latency: {batch_size: 4, repeats: 2, warmup: 1}\ntrials: 1\n"
+    )
+    run = tmp_path / "run"
+    assert main(["search", str(space), "--out", str(run), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["completed"] == 1
+    assert main(["export", "--out", str(run), "--formats", "safetensors", "--json"]) == 0
+    exported = json.loads(capsys.readouterr().out)["exported"]
+    manifest = json.loads((Path(exported[0]["folder"]) / "manifest.json").read_text())
+    assert manifest["model_config"]["input_shape"] == [1, 6, 5]
+    assert all(check["ok"] for check in manifest["checks"])
