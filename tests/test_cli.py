@@ -215,7 +215,9 @@ def test_compare_two_studies_at_one_reference_point(tmp_path: Path, capsys: pyte
     assert f"| a     | 0     | 1          | 4           | {1 * 1 + 2 * 3 + 1 * 4:<11} |" in table  # HV on the study's first row
 
 
-def test_compare_finds_studies_by_name_url_and_refuses_other_objectives(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_compare_finds_studies_by_name_url_and_refuses_other_objectives(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     storage = make_study(tmp_path, "x", ((1.0, 1.0),))
     make_study(tmp_path, "y", ((2.0, 2.0),))
     assert main(["compare", "--storage", storage, "x", f"{storage}#y", "--json"]) == 0

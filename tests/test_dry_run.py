@@ -9,8 +9,8 @@ import pytest
 
 from vae_automl.cli import main
 from vae_automl.config import load_space_text
-from vae_automl.preview import dry_run
 from vae_automl.packing import serialize_model
+from vae_automl.preview import dry_run
 from vae_automl.registry import get_registry
 
 SPACE = """
@@ -61,7 +61,9 @@ def test_dry_run_reports_the_space_and_sizes_without_training(monkeypatch: pytes
     assert result.size_bytes_min == overhead + mlp_params(16) * 4 // 8  # 4 bits, the fewest the space allows
 
 
-def test_cli_dry_run_json_writes_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_dry_run_json_writes_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     space = tmp_path / "dry.yaml"
     space.write_text(SPACE)
     monkeypatch.chdir(tmp_path)
