@@ -236,3 +236,17 @@ def test_new_commands_are_library_functions_first() -> None:
 
     assert vae_automl.compare is compare_studies and vae_automl.dry_run is dry_run
     assert {"compare", "dry_run"} <= set(vae_automl.__all__)
+
+
+def test_an_os_error_is_a_message_and_exit_1(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import vae_automl.api
+
+    def denied(*args: object, **kwargs: object) -> None:
+        raise PermissionError(13, "Permission denied", str(tmp_path / "report"))
+
+    monkeypatch.setattr(vae_automl.api, "report", denied)
+    make_study(tmp_path)
+    assert main(["report", "--out", str(tmp_path)]) == 1
+    assert capsys.readouterr().err.strip() == f"error: [Errno 13] Permission denied: '{tmp_path / 'report'}'"

@@ -3,7 +3,8 @@
 Conventions every command follows (tests/test_cli.py holds them):
 
 - exit status 0 on success, 1 for a runtime or project error (a :class:`VaeAutomlError`:
-  bad YAML, unknown study, failed export), 2 for a usage error (argparse's own), 130 on Ctrl-C;
+  bad YAML, unknown study, failed export; or an OSError: a file that cannot be read or written),
+  2 for a usage error (argparse's own), 130 on Ctrl-C; no traceback for any of them;
 - ``--json`` on every command that prints results: one JSON document on stdout, nothing else there;
 - one meaning per option name: ``--storage`` an Optuna storage URL (default ``$VAE_AUTOML_STORAGE``),
   ``--out`` the run folder a search writes (its ``study.db`` is the storage when neither is given),
@@ -558,6 +559,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         # final flush does not raise again (the recipe of Python's signal module docs).
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
+        return 1
+    except OSError as exc:
+        # a file or folder the command cannot read or write (permissions, a full disk): the OS says which
+        print(f"error: {exc}", file=sys.stderr)
         return 1
 
 
