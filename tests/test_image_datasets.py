@@ -42,6 +42,7 @@ def load(spec: str, image_size: tuple[int, int] | None = None, color: str | None
 
 def test_folder_of_grey_pngs_loads_exactly_in_sorted_order(tmp_path: Path) -> None:
     pixels = grey_pngs(tmp_path / "imgs")
+    (tmp_path / "imgs" / "._img-00.png").write_bytes(b"\x00\x05\x16\x07 a macOS resource fork, not a PNG")
     images = load(f"folder:{tmp_path / 'imgs'}")
     assert images.shape == (4, 1, 6, 5) and images.dtype == np.float32
     assert np.array_equal(np.round(images[:, 0] * 255).astype(np.uint8), pixels)

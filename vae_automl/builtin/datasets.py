@@ -195,7 +195,14 @@ class FolderDataset(Dataset):
             root = Path(data_dir).expanduser() / root
         if not root.is_dir():
             raise DataError(f"{root}: no such folder (dataset folder:{arg})")
-        files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+        # hidden files and folders (macOS's ._NAME.png resource forks, .ipynb_checkpoints) are not images of the set
+        files = sorted(
+            p
+            for p in root.rglob("*")
+            if p.suffix.lower() in IMAGE_SUFFIXES
+            and p.is_file()
+            and not any(part.startswith(".") for part in p.relative_to(root).parts)
+        )
         if not files:
             raise DataError(f"{root}: holds no PNG or JPEG images (looked for {', '.join(IMAGE_SUFFIXES)} in it and below)")
         return root, files
