@@ -250,3 +250,20 @@ def test_an_os_error_is_a_message_and_exit_1(
     make_study(tmp_path)
     assert main(["report", "--out", str(tmp_path)]) == 1
     assert capsys.readouterr().err.strip() == f"error: [Errno 13] Permission denied: '{tmp_path / 'report'}'"
+
+
+def test_every_command_s_help_imports_neither_torch_nor_optuna() -> None:
+    names = sorted(commands(build_parser()))
+    script = (
+        "import sys\n"
+        "from vae_automl.cli import main\n"
+        f"for name in {names!r}:\n"
+        "    try:\n"
+        "        main([*name.split(), '--help'])\n"
+        "    except SystemExit:\n"
+        "        pass\n"
+        "print('LOADED', sorted(m for m in ('torch', 'optuna', 'shtab') if m in sys.modules))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "LOADED []" in result.stdout, result.stdout[-500:]
