@@ -13,14 +13,24 @@ def _as_minimize(points: np.ndarray, directions: Sequence[str]) -> np.ndarray:
 
 
 def non_dominated(points: Sequence[Sequence[float]] | np.ndarray, directions: Sequence[str]) -> list[int]:
-    """Indices of the points no other point dominates (duplicates all kept)."""
+    """Indices of the points no other point dominates, in increasing order (duplicates all kept).
+
+    The points are visited in lexicographic order, where only an earlier point can dominate a later one,
+    and each is compared with the front found so far (a point dominated by a dropped point is dominated by
+    the front point that dropped it): O(n log n + n * front) instead of comparing every pair, so a study of
+    10,000 trials takes milliseconds.
+    """
     p = _as_minimize(np.asarray(points, dtype=float).reshape(len(points), len(directions)), directions)
+    order = np.lexsort(p.T[::-1]) if len(p) else np.arange(0)
+    front_rows = np.empty((0, p.shape[1]))
     front = []
-    for i in range(len(p)):
-        dominated = np.any(np.all(p <= p[i], axis=1) & np.any(p < p[i], axis=1))
-        if not dominated:
-            front.append(i)
-    return front
+    for i in order:
+        point = p[i]
+        if len(front_rows) and np.any(np.all(front_rows <= point, axis=1) & np.any(front_rows < point, axis=1)):
+            continue
+        front.append(int(i))
+        front_rows = np.vstack([front_rows, point])
+    return sorted(front)
 
 
 def _hv_minimize(points: np.ndarray, reference: np.ndarray) -> float:
