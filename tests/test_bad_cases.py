@@ -193,3 +193,124 @@ def test_ray_searcher_stores_a_sampling_error_as_the_reason(tiny_space: Any, tmp
     [trial] = _trials(storage, "tiny")
     assert trial.state == STATES.FAIL and trial.user_attrs[FAILURE_ATTR] == "ValueError: bad distribution"
     assert searcher.suggest("t1") == "FINISHED"  # the failure counts toward the cap that ends a hopeless space
+
+
+# --- a resumed or parallel run never repeats a completed configuration ---
+
+def _completed_params(storage: str, name: str) -> list[dict[str, Any]]:
+    return [t.params for t in _trials(storage, name) if t.state == STATES.COMPLETE]
+
+
+def test_running_the_same_search_twice_draws_new_points(tiny_space: Any, tmp_path: Path) -> None:
+    space, storage = tiny_space(max_epochs=1), f"sqlite:///{tmp_path / 'study.db'}"
+    for _ in range(2):
+        search(space, trials=3, storage=storage, out_dir=tmp_path, show_progress=False)
+    params = _completed_params(storage, "tiny")
+    assert len(params) == 6
+    assert len({tuple(sorted(p.items())) for p in params}) == 6
+
+
+TWO_POINTS = "  hidden_width: {low: 8, high: 24, log: true}"
+
+
+def _two_point_space(tiny_space: Any, repeats: bool = False) -> Path:
+    path = tiny_space(max_epochs=1)
+    text = (path.read_text().replace(TWO_POINTS, "  hidden_width: {choices: [8, 16]}")
+            .replace("latent_dim: {low: 2, high: 6}", "latent_dim: 2").replace("epochs: {low: 1, high: 1}", "epochs: 1")
+            .replace("lr: {low: 3.0e-3, high: 1.0e-2, log: true}", "lr: 3.0e-3")
+            .replace("sampler: {name: random, seed: 0}", f"sampler: {{name: random, seed: 0, repeats: {str(repeats).lower()}}}"))
+    path.write_text(text)
+    return path
+
+
+def test_a_drawn_repeat_is_not_run_and_an_exhausted_space_ends(tiny_space: Any, tmp_path: Path) -> None:
+    from vae_automl.study import ATTEMPTS_PER_TRIAL
+
+    space, storage = _two_point_space(tiny_space), f"sqlite:///{tmp_path / 'study.db'}"
+    assert "choices: [8, 16]" in space.read_text() and "repeats: false" in space.read_text()
+    search(space, trials=2, storage=storage, out_dir=tmp_path, show_progress=False)
+    first = len(_trials(storage, "tiny"))
+    result = search(space, trials=2, storage=storage, out_dir=tmp_path, show_progress=False)
+    trials = _trials(storage, "tiny")
+    completed = {t.number: t.params for t in trials if t.state == STATES.COMPLETE}
+    assert sorted(p["mlp.hidden_width"] for p in completed.values()) == [8, 16]  # only two points exist
+    repeats = [t for t in trials if t.state == STATES.PRUNED]
+    assert repeats and all(completed[t.user_attrs["duplicate_of"]] == t.params for t in repeats)
+    assert all("record" not in t.user_attrs for t in repeats)  # not run at all
+    # the second run found nothing new: it ended after 3 repeats per wanted trial, not in an endless loop
+    assert result.completed == 2 and [t.state for t in trials[first:]] == [STATES.PRUNED] * (2 * ATTEMPTS_PER_TRIAL)
+
+
+def test_repeats_true_runs_a_drawn_repeat(tiny_space: Any, tmp_path: Path) -> None:
+    space, storage = _two_point_space(tiny_space, repeats=True), f"sqlite:///{tmp_path / 'study.db'}"
+    search(space, trials=3, storage=storage, out_dir=tmp_path, show_progress=False)
+    params = _completed_params(storage, "tiny")
+    assert len(params) == 3 and len({p["mlp.hidden_width"] for p in params}) == 2
+
+
+def test_repeats_must_be_a_boolean(tiny_space: Any) -> None:
+    text = _two_point_space(tiny_space).read_text().replace("repeats: false", "repeats: 1")
+    with pytest.raises(ConfigError, match=r"space\.yaml: sampler\.repeats: expected true or false, got 1"):
+        load_space_text(text, "space.yaml")
+
+
+# --- a study's fingerprint: a differing run is refused with a diff, ranges may change ---
+
+def _study_with(tiny_space: Any, tmp_path: Path, text: str | None = None) -> tuple[Any, str]:
+    path = tiny_space()
+    if text is not None:
+        path.write_text(text)
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    return create_study(load_space_text(path.read_text(), "tiny.yaml"), storage, "tiny", tmp_path, get_registry()), storage
+
+
+@pytest.mark.parametrize("old, new, line", [
+    ("\nseed: 0", "\nseed: 1", "seed: 0 -> 1"),  # another dataset or split: test_search's dataset check
+    ("batch_size: 128", "batch_size: 64", "training.batch_size.value: 128 -> 64"),
+    ("lr: {low: 3.0e-3, high: 1.0e-2, log: true}", "lr: {low: 3.0e-3, high: 1.0e-2}", "training.lr.log: true -> false"),
+    ("latency: {batch_size: 32,", "latency: {batch_size: 16,", "latency.batch_size: 32 -> 16"),
+    ("compressors: []", "compressors: [{name: uniform, params: {bits: 8}}]", "compressors: [] -> [{"),
+])
+def test_a_run_that_defines_trials_differently_is_refused_with_a_diff(tiny_space: Any, tmp_path: Path, old: str,
+                                                                     new: str, line: str) -> None:
+    _, storage = _study_with(tiny_space, tmp_path)
+    text = tiny_space().read_text()
+    assert old in text
+    with pytest.raises(ConfigError, match="another definition of its trials") as info:
+        create_study(load_space_text(text.replace(old, new), "tiny.yaml"), storage, "tiny", tmp_path, get_registry())
+    assert f"\n  {line}" in str(info.value)
+
+
+def test_the_same_space_continues_silently(tiny_space: Any, tmp_path: Path, recwarn: Any) -> None:
+    from vae_automl.fingerprint import CHANGES_ATTR
+
+    _, storage = _study_with(tiny_space, tmp_path)
+    study = create_study(load_space_text(tiny_space().read_text().replace("trials: 4", "trials: 9"), "tiny.yaml"),
+                         storage, "tiny", tmp_path, get_registry())
+    assert CHANGES_ATTR not in study.user_attrs and not [w for w in recwarn if "changed ranges" in str(w.message)]
+
+
+def test_a_narrowed_range_continues_and_is_noted(tiny_space: Any, tmp_path: Path) -> None:
+    from vae_automl.fingerprint import CHANGES_ATTR
+    from vae_automl.study import SPACE_ATTR
+
+    _, storage = _study_with(tiny_space, tmp_path)
+    narrowed = tiny_space().read_text().replace("high: 1.0e-2, log: true", "high: 5.0e-3, log: true").replace(
+        "hidden_width: {low: 8, high: 24", "hidden_width: {low: 8, high: 32")
+    with pytest.warns(UserWarning, match=r"continues with changed ranges \(.*training\.lr\.high: 0\.01 -> 0\.005"):
+        study = create_study(load_space_text(narrowed, "tiny.yaml"), storage, "tiny", tmp_path, get_registry())
+    [entry] = study.user_attrs[CHANGES_ATTR]
+    assert {"path": "training.lr.high", "old": 0.01, "new": 0.005} in entry["changes"]
+    assert {"path": "architectures.mlp.params.hidden_width.high", "old": 24, "new": 32} in entry["changes"]
+    assert study.user_attrs[SPACE_ATTR] == narrowed  # workers sample the new ranges
+
+
+def test_changed_choices_are_a_range_change_but_a_new_option_is_not() -> None:
+    from vae_automl.fingerprint import diff
+
+    old = {"training": {"capture": {"kind": "categorical", "choices": ["on", "off"]}},
+           "compressors": [{"optional": False, "options": {"uniform": {}}}]}
+    new = {"training": {"capture": {"kind": "categorical", "choices": ["on"]}},
+           "compressors": [{"optional": False, "options": {"uniform": {}, "kmeans": {}}}]}
+    changes = {c.path: c.range_only for c in diff(old, new)}
+    assert changes == {"training.capture.choices": True, "compressors.0.options.kmeans": False}

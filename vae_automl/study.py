@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import optuna
 from optuna.storages.journal import JournalFileBackend, JournalStorage
 
-from vae_automl import pareto
+from vae_automl import fingerprint, pareto
 from vae_automl.errors import ConfigError
 from vae_automl.record import RECORD_ATTR, TrialRecord
 
@@ -266,13 +266,22 @@ def create_study(
             f"(split {stored_dataset['split']}), but this run asks for {dataset['spec']!r} (split {dataset['split']}); "
             "use another --study name or --out"
         )
-    if stored is not None and study.user_attrs.get(SPACE_ATTR) not in (None, space.source):
+    changes = fingerprint.check(study.user_attrs.get(fingerprint.FINGERPRINT_ATTR), space, f"study {study_name!r} in {storage}")
+    if changes:
+        # only ranges changed: the study goes on with the new space (workers read it), the change noted
         warnings.warn(
-            f"study {study_name!r} was created from another version of {space.path}; its trials and this run's "
-            "share one front (use another --study name or --out to keep them apart)",
+            f"study {study_name!r} continues with changed ranges ({'; '.join(map(str, changes))}); "
+            f"noted in its user attribute {fingerprint.CHANGES_ATTR!r}",
             UserWarning,
             stacklevel=2,
         )
+        study.set_user_attr(
+            fingerprint.CHANGES_ATTR, [*study.user_attrs.get(fingerprint.CHANGES_ATTR, []), fingerprint.note(changes)]
+        )
+        study.set_user_attr(SPACE_ATTR, space.source)
+        study.set_user_attr(SPACE_FILE_ATTR, space.path)
+    if changes or fingerprint.FINGERPRINT_ATTR not in study.user_attrs:
+        study.set_user_attr(fingerprint.FINGERPRINT_ATTR, fingerprint.fingerprint(space))
     if stored_dataset is None:
         study.set_user_attr(DATASET_ATTR, dataset)
     name_objectives(study, list(space.objectives))

@@ -51,6 +51,31 @@ PRUNED_AT_ATTR = early_stopping.STOPPED_AT_ATTR
 :data:`~vae_automl.early_stopping.FINE_TUNE_RUNG`)."""
 
 
+DUPLICATE_ATTR = "duplicate_of"
+"""Trial user attribute: the completed (or running) trial whose exact parameters this one drew; it was not run."""
+
+
+def duplicate_of(study: optuna.Study, number: int, params: dict[str, Any]) -> int | None:
+    """A completed or running trial of ``study``, other than ``number``, with exactly ``params``; None if there is none.
+
+    A resumed run, or a second worker, may draw a point the study already
+    holds; running it again would spend the budget on a copy and show the
+    front a duplicate pair.
+    """
+    states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.RUNNING)
+    for trial in study.get_trials(deepcopy=False, states=states):
+        if trial.number != number and trial.params == params:
+            return trial.number
+    return None
+
+
+def pruned_reason(attrs: dict[str, Any]) -> str:
+    """Why a PRUNED trial stopped: a repeat of another trial, or early stopping at a rung."""
+    if DUPLICATE_ATTR in attrs:
+        return f"not run: the same parameters as trial {attrs[DUPLICATE_ATTR]}"
+    return f"stopped at the {early_stopping.rung_name(attrs.get(PRUNED_AT_ATTR, '?'))}"
+
+
 def failure_reason(exc: BaseException) -> str:
     """What a failed trial stores (``study.FAILURE_ATTR``): our errors' messages as they are, others with their type."""
     return str(exc) if isinstance(exc, VaeAutomlError) else f"{type(exc).__name__}: {exc}"

@@ -10,7 +10,16 @@ import optuna
 from vae_automl import constraints, early_stopping
 from vae_automl import space as space_mod
 from vae_automl import study as study_mod
-from vae_automl.backends.base import PRUNED_AT_ATTR, Backend, SearchPolicy, TrialCallback, failure_reason
+from vae_automl.backends.base import (
+    DUPLICATE_ATTR,
+    PRUNED_AT_ATTR,
+    Backend,
+    SearchPolicy,
+    TrialCallback,
+    duplicate_of,
+    failure_reason,
+    pruned_reason,
+)
 from vae_automl.record import CURVE_ATTR
 from vae_automl.trial import TrialEnv, measure_before_training, run_trial
 
@@ -43,6 +52,11 @@ def make_objective(
         try:
             params = space_mod.suggest(trial, env.space)
             spec = space_mod.resolve(env.space, params, env.registry)
+            if not env.space.sampler.repeats:
+                repeat = duplicate_of(study, trial.number, dict(trial.params))
+                if repeat is not None:
+                    trial.set_user_attr(DUPLICATE_ATTR, repeat)
+                    raise optuna.TrialPruned(pruned_reason(trial.user_attrs))
             trial.set_user_attr("config", spec.as_dict())
             gate = policy.epoch_gate(
                 study, trial, int(spec.training.get("epochs") or 0), lambda: measure_before_training(env, spec)
@@ -89,7 +103,7 @@ def progress_callback(progress: Progress) -> Callable[[optuna.Study, optuna.tria
         seconds = trial.duration.total_seconds() if trial.duration else None
         reason = trial.user_attrs.get(study_mod.FAILURE_ATTR)
         if trial.state == optuna.trial.TrialState.PRUNED:
-            reason = f"stopped at the {early_stopping.rung_name(trial.user_attrs.get(PRUNED_AT_ATTR, '?'))}"
+            reason = pruned_reason(trial.user_attrs)
         front = len(study_mod.front_of_study(study)) if trial.state == optuna.trial.TrialState.COMPLETE else None
         progress.trial_finished(trial.number, trial.state.name, trial.values, seconds, reason, front)
 
@@ -105,13 +119,14 @@ class StopAtFirstFeasible:
 
 
 class _FailureCap:
-    """Stop this process's ``study.optimize`` after ``limit`` of its trials failed (a space whose trials all fail ends)."""
+    """Stop this process's ``study.optimize`` after ``limit`` of its trials failed or repeated another trial's parameters
+    (a space whose trials all fail ends, and so does a space with no new point left)."""
 
     def __init__(self, limit: int) -> None:
         self.limit, self.failed = limit, 0
 
     def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        if trial.state == optuna.trial.TrialState.FAIL:
+        if trial.state == optuna.trial.TrialState.FAIL or DUPLICATE_ATTR in trial.user_attrs:
             self.failed += 1
             if self.failed >= self.limit:
                 study.stop()

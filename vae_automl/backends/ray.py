@@ -56,7 +56,16 @@ import optuna
 from vae_automl import constraints, early_stopping
 from vae_automl import space as space_mod
 from vae_automl import study as study_mod
-from vae_automl.backends.base import PRUNED_AT_ATTR, Backend, SearchPolicy, TrialCallback, failure_reason
+from vae_automl.backends.base import (
+    DUPLICATE_ATTR,
+    PRUNED_AT_ATTR,
+    Backend,
+    SearchPolicy,
+    TrialCallback,
+    duplicate_of,
+    failure_reason,
+    pruned_reason,
+)
 from vae_automl.errors import ConfigError, VaeAutomlError
 from vae_automl.plugin_manager import DISABLE_AUTOLOAD_ENV, EXTRA_PLUGINS_ENV
 from vae_automl.progress import Progress
@@ -178,7 +187,7 @@ def _make_searcher_class() -> type:
             self.lock = threading.Lock()
 
         def suggest(self, trial_id: str) -> dict[str, Any] | str | None:  # type: ignore[override]  # Searcher.FINISHED is a str
-            # successive halving stops most trials by design, so only failures count toward the cap that ends a hopeless space
+            # successive halving stops most trials by design: only failures and repeats count toward the cap
             finished = (
                 self.completed >= self.target_completed
                 or self.failed >= self.max_failures
@@ -204,6 +213,12 @@ def _make_searcher_class() -> type:
             if not isinstance(config, dict):
                 return config
             ot_trial = self._ot_trials[trial_id]
+            if self.policy is not None and not self.policy.space.sampler.repeats:
+                repeat = duplicate_of(cast(optuna.Study, self._ot_study), ot_trial.number, dict(ot_trial.params))
+                if repeat is not None:
+                    self._finish(trial_id, ot_trial, optuna.trial.TrialState.PRUNED, None, {DUPLICATE_ATTR: repeat}, None)
+                    self.failed += 1  # repeats count toward the cap, so a space with no new point left ends
+                    return None
             with self.lock:
                 self.in_flight[trial_id] = ot_trial
             study = cast(optuna.Study, self._ot_study)
@@ -263,7 +278,7 @@ def _make_searcher_class() -> type:
                 self.failed += 1
             reason = attrs.get(study_mod.FAILURE_ATTR)
             if state == optuna.trial.TrialState.PRUNED:
-                reason = f"stopped at the {early_stopping.rung_name(attrs.get(PRUNED_AT_ATTR, '?'))}"
+                reason = pruned_reason(attrs)
             seconds = frozen.duration.total_seconds() if frozen.duration else None
             front = (
                 len(study_mod.front_of_study(cast(optuna.Study, self._ot_study)))
