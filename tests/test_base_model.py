@@ -291,11 +291,11 @@ def test_python_api_takes_a_module_instance(user_dir: Path, tmp_path: Path) -> N
         sys.path.remove(str(user_dir))
     module = my_vae.build()
     module.load_state_dict(load_file(user_dir / "ckpt.safetensors"))
-    (user_dir / "api.yaml").write_text(space_yaml(base_model=None, architecture={}, trials=2,
+    (user_dir / "api.yaml").write_text(space_yaml(base_model=None, architecture={}, trials=1,
                                                   compressors=[{"name": "uniform", "params": {"bits": 8}}]).replace(
         "base_model: null\n", ""))
     result = vae_automl.search(user_dir / "api.yaml", out_dir=tmp_path / "api", base_model=module, show_progress=False)
-    assert result.completed == 2 and result.baseline is not None
+    assert result.completed == 1 and result.baseline is not None  # one point: a second trial would repeat it
     assert result.front[0].objectives["test_elbo_nats"] == pytest.approx(result.baseline["test_elbo_nats"], rel=0.02)
 
 
