@@ -300,3 +300,18 @@ def test_export_out_that_is_a_file_is_refused(study: dict[str, Any], tmp_path: P
     target.write_text("x")
     with pytest.raises(ExportError, match=r"export folder .*file: is a file, not a folder"):
         export_study(study["storage"], "export-test", target)
+
+
+def test_an_edited_figure_in_the_manifest_is_refused_on_load(study: dict[str, Any], tmp_path: Path) -> None:
+    folder = shutil.copytree(study["folders"][FLOAT_TRIAL], tmp_path / "trial")
+    assert vae_automl.load(folder).manifest["search"]["metrics"]["test_elbo_nats"] > 1.0  # as exported: loads
+    manifest = manifest_of(folder)
+    manifest["search"]["metrics"]["test_elbo_nats"] = 1.0
+    (folder / MANIFEST).write_text(json.dumps(manifest, indent=2))
+    with pytest.raises(IntegrityError, match=r"manifest\.json: its content does not match its manifest_sha256"):
+        vae_automl.load(folder)
+    # reformatting alone (another indent, key order) is not an edit
+    manifest["search"]["metrics"]["test_elbo_nats"] = manifest_of(study["folders"][FLOAT_TRIAL])["search"]["metrics"][
+        "test_elbo_nats"]
+    (folder / MANIFEST).write_text(json.dumps(dict(reversed(list(manifest.items())))))
+    assert vae_automl.load(folder) is not None

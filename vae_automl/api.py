@@ -158,6 +158,7 @@ def search(
     from vae_automl.config import SearchSpace, apply_overrides, load_space, study_name_problem  # deferred: torch (above)
     from vae_automl.trial import prepare  # deferred: imports torch (above)
 
+    study_mod.check_limits(trials, timeout_s)
     pm = get_plugin_manager(plugins)
     registry = get_registry(plugins)
     if not isinstance(space, SearchSpace):

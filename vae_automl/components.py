@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import abc
 import math
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
@@ -23,6 +24,18 @@ if TYPE_CHECKING:
     from vae_automl.vae import VAE
 
 ParamType = Literal["int", "float", "categorical", "bool"]
+_EXPONENT_NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
+"""A number YAML 1.1 leaves as a string (``1e-3``, ``5E+2``): the one string form :meth:`Param.coerce` takes."""
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
 STAGES: tuple[str, ...] = ("distill", "prune", "quantize", "code")
 """Pipeline order. ``code`` changes no weight, only how they are stored (entropy coding)."""
 
@@ -84,10 +97,11 @@ class Param:
         what = "an integer" if self.type == "int" else "a number"
         number = value
         if isinstance(value, str):
-            try:
-                number = float(value)
-            except ValueError:
-                raise ValueError(f"`{self.name}` must be {what}, but got {self.name}={value!r}") from None
+            # only the exponent form YAML 1.1 leaves a string (1e-3); a quoted "10" is a mistake to point out
+            if not _EXPONENT_NUMBER.fullmatch(value.strip()):
+                hint = " (a string: drop the quotes)" if _is_number(value) else ""
+                raise ValueError(f"`{self.name}` must be {what}, but got {self.name}={value!r}{hint}")
+            number = float(value)
         if isinstance(number, bool) or not isinstance(number, (int, float)):
             raise ValueError(f"`{self.name}` must be {what}, but got {self.name}={value!r}")
         if not math.isfinite(number):

@@ -370,6 +370,15 @@ def _device(value: Any, loc: _Loc) -> str:
         raise loc.error(str(exc)) from None
 
 
+def _teacher(value: Any, loc: _Loc) -> str | None:
+    """``teacher:``: the path of a model saved by a search (``models/trial-N.safetensors``)."""
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value.strip():
+        raise loc.error(f"expected the path of a saved model (.safetensors), got {value!r}")
+    return value
+
+
 BASE_MODEL_KEYS = ("factory", "kwargs", "checkpoint", "likelihood", "groups", "fine_tune_epochs")
 
 
@@ -515,9 +524,16 @@ def parse_space(data: Any, file: str, registry: Registry, source: str = "", base
         ds_raw = {"spec": ds_raw}
     ds_raw = _mapping(ds_raw, ds_loc, ("spec", "data_dir", "download", "split", "image_size", "color"))
     split_raw = _mapping(ds_raw.get("split"), ds_loc / "split", ("validation", "test", "seed", "shuffle", "limit"))
+    split_raw = dict(split_raw)
     for key in ("validation", "test"):
         if key in split_raw:
-            _number(split_raw[key], ds_loc / "split" / key, minimum=0)
+            split_raw[key] = _number(split_raw[key], ds_loc / "split" / key, minimum=0)
+    if "seed" in split_raw:
+        split_raw["seed"] = _int(split_raw["seed"], ds_loc / "split" / "seed", minimum=0)
+    if "limit" in split_raw:
+        split_raw["limit"] = _int(split_raw["limit"], ds_loc / "split" / "limit", minimum=3, allow_none=True)
+    if not isinstance(split_raw.get("shuffle", True), bool):
+        raise (ds_loc / "split" / "shuffle").error(f"expected true or false, got {split_raw['shuffle']!r}")
     try:
         split = SplitConfig(**split_raw)
     except (TypeError, ValueError) as exc:
@@ -784,7 +800,7 @@ def parse_space(data: Any, file: str, registry: Registry, source: str = "", base
         timeout_s=_number(data.get("timeout_s"), root / "timeout_s", minimum=0, allow_none=True),
         device=_device(data.get("device", "auto"), root / "device"),
         seed=_int(data.get("seed", 0), root / "seed"),
-        teacher=data.get("teacher"),
+        teacher=_teacher(data.get("teacher"), root / "teacher"),
         base_model=base_model,
         reference_point=reference_point,
         targets=tuple(targets),
@@ -837,9 +853,13 @@ def load_space(path: str | Path, registry: Registry | None = None, base_model: A
     """Read and validate a search-space YAML file (``base_model``: see :func:`load_space_text`)."""
     path = Path(path)
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"{path}: not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset {exc.start}); save it as UTF-8"
+        ) from None
     return load_space_text(text, path.name, registry, base_dir=path.resolve().parent, base_model=base_model)
 
 

@@ -18,6 +18,10 @@ if TYPE_CHECKING:
     from vae_automl.registry import Registry
 
 DATA_DIR_ENV = "VAE_AUTOML_DATA_DIR"
+MIN_SIDE_PX = 2
+"""Images smaller than this in height or width are refused: a 1-pixel side is a mis-shaped array, not an image."""
+MIN_TRAIN_IMAGES = 8
+"""A split that leaves fewer training images is refused: no model learns anything from fewer."""
 
 
 @dataclass(frozen=True)
@@ -102,6 +106,11 @@ def to_unit_float(images: np.ndarray, source: str) -> np.ndarray:
         )
     if len(images) == 0:
         raise DataError(f"{source}: holds no images")
+    if min(images.shape[2:]) < MIN_SIDE_PX:
+        raise DataError(
+            f"{source}: images of {images.shape[2]}x{images.shape[3]} pixels (array shape {images.shape}); at least "
+            f"{MIN_SIDE_PX}x{MIN_SIDE_PX} are needed: is the array N x C x H x W?"
+        )
     if images.dtype == np.uint8:
         return images.astype(np.float32) / 255.0
     if not np.issubdtype(images.dtype, np.floating) and not np.issubdtype(images.dtype, np.integer):
@@ -177,14 +186,20 @@ def load_labels(
     return labels.astype(np.int64)
 
 
-def split_indices(n: int, split: SplitConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def split_indices(n: int, split: SplitConfig, source: str = "dataset") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Train, validation and test indices of ``n`` images; DataError naming ``source`` and the split's keys if too few train."""
     if split.limit is not None:
         n = min(n, split.limit)
     n_test = int(round(split.test * n)) if split.test < 1 else int(split.test)
     n_val = int(round(split.validation * n)) if split.validation < 1 else int(split.validation)
     n_test = max(n_test, 1)
-    if n_test + n_val >= n:
-        raise DataError(f"split leaves no training images: {n} images, test={n_test}, validation={n_val}")
+    if n - n_test - n_val < MIN_TRAIN_IMAGES:
+        left = "no training images" if n_test + n_val >= n else f"only {n - n_test - n_val} training images"
+        raise DataError(
+            f"{source}: dataset.split leaves {left} (at least {MIN_TRAIN_IMAGES} are needed): {n} images"
+            f"{f' (split.limit={split.limit})' if split.limit is not None else ''}, split.test={split.test} gives "
+            f"{n_test}, split.validation={split.validation} gives {n_val}"
+        )
     order = np.random.default_rng(split.seed).permutation(n) if split.shuffle else np.arange(n)
     n_train = n - n_val - n_test
     return order[:n_train], order[n_train : n_train + n_val], order[n_train + n_val :]
@@ -194,7 +209,7 @@ def make_splits(
     images: np.ndarray, split: SplitConfig, device: torch.device | str, spec: str = "", labels: np.ndarray | None = None
 ) -> DataSplits:
     """Split ``images`` (and ``labels`` alike, if given) by ``split`` and move the parts to ``device`` once."""
-    train_idx, val_idx, test_idx = split_indices(len(images), split)
+    train_idx, val_idx, test_idx = split_indices(len(images), split, f"dataset {spec!r}" if spec else "dataset")
     if len(val_idx) == 0:
         # Early stopping and pruning need a validation set; fall back to the training images.
         val_idx = train_idx[: min(len(train_idx), 1000)]

@@ -84,6 +84,16 @@ class StudyContext:
     directions: list[str]
 
 
+MANIFEST_DIGEST = "manifest_sha256"
+"""The manifest's own key: sha256 of its other content, so an edited figure is refused on load, not believed."""
+
+
+def manifest_digest(manifest: dict[str, Any]) -> str:
+    """sha256 of the manifest's canonical JSON without :data:`MANIFEST_DIGEST`."""
+    body = {k: v for k, v in manifest.items() if k != MANIFEST_DIGEST}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
 def sha256_file(path: Path) -> str:
     with open(path, "rb") as handle:
         return hashlib.file_digest(handle, "sha256").hexdigest()
@@ -456,6 +466,7 @@ def export_trial(
             "versions": versions(),
             "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         }
+        manifest[MANIFEST_DIGEST] = manifest_digest(manifest)
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=False) + "\n")
         place(tmp, final, overwrite)
     finally:

@@ -7,7 +7,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from vae_automl.errors import ExportError, IntegrityError, PluginError
-from vae_automl.export import MANIFEST, MANIFEST_FORMAT, MANIFEST_VERSION, WEIGHTS, sha256_file
+from vae_automl.export import (
+    MANIFEST,
+    MANIFEST_DIGEST,
+    MANIFEST_FORMAT,
+    MANIFEST_VERSION,
+    WEIGHTS,
+    manifest_digest,
+    sha256_file,
+)
 from vae_automl.registry import get_registry
 from vae_automl.storage.format import deserialize_model
 
@@ -36,6 +44,13 @@ def read_manifest(directory: str | Path) -> dict[str, Any]:
         raise ExportError(f"{path}: 'files' must map each file name to {{sha256, size_bytes}}")
     if WEIGHTS not in files:
         raise ExportError(f"{path}: 'files' does not list {WEIGHTS}")
+    digest = manifest.get(MANIFEST_DIGEST)
+    if digest != manifest_digest(manifest):
+        # the figures a user reads from model.manifest must be the ones export measured
+        raise IntegrityError(
+            f"{path}: its content does not match its {MANIFEST_DIGEST} "
+            f"({'missing' if digest is None else digest}); manifest.json was edited after export: export the trial again"
+        )
     return manifest
 
 

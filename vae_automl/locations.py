@@ -69,7 +69,7 @@ def resolve_study_name(storage: str, study_name: str | None) -> str:
 
     from vae_automl.study import open_storage  # deferred: with optuna, as above
 
-    names = [s.study_name for s in optuna.get_all_study_summaries(open_storage(storage), include_best_trial=False)]
+    names = [s.study_name for s in optuna.get_all_study_summaries(open_storage(storage, create=False), include_best_trial=False)]
     if len(names) == 1:
         return names[0]
     raise ConfigError(f"{storage} holds {len(names)} studies ({', '.join(names) or 'none'}); name one with --study")

@@ -77,17 +77,43 @@ def plugin_distribution(pm: pluggy.PluginManager, plugin: Any) -> str:
     return names[0] if names else ""
 
 
-def load_plugin_module(pm: pluggy.PluginManager, module_path: str) -> None:
+def load_plugin_module(pm: pluggy.PluginManager, module_path: str, source: str = "--plugin") -> None:
+    """Import and register the plugin module ``module_path`` (``source`` names where the name came from, for errors)."""
     if pm.has_plugin(module_path):
         return
+    if not module_path or "/" in module_path or "\\" in module_path or module_path.endswith(".py"):
+        raise PluginError(
+            f"{source}: {module_path!r} is not a module path; give an importable dotted name (my_pkg.plugin), "
+            "with its folder on PYTHONPATH"
+        )
     try:
         module = importlib.import_module(module_path)
     except ImportError as exc:
-        raise PluginError(f"cannot import plugin module {module_path!r}: {exc}") from exc
+        raise PluginError(f"{source}: cannot import plugin module {module_path!r}: {exc}") from exc
+    except SyntaxError as exc:
+        raise PluginError(
+            f"{source}: plugin module {module_path!r} has a syntax error: {exc.filename}:{exc.lineno}: {exc.msg}"
+        ) from None
+    except Exception as exc:
+        raise PluginError(f"{source}: importing plugin module {module_path!r} raised {type(exc).__name__}: {exc}") from exc
     # An installed plugin also named with --plugin is already registered under its entry-point name.
     if pm.is_registered(module):
         return
     pm.register(module, name=module_path)
+
+
+def load_entry_points(pm: pluggy.PluginManager) -> None:
+    """Register every installed plugin of the entry-point group, naming the one that fails and how to skip them all."""
+    skip = f"set {DISABLE_AUTOLOAD_ENV}=1 to run without installed plugins"
+    entry_points = [ep for dist in metadata.distributions() for ep in dist.entry_points if ep.group == ENTRY_POINT_GROUP]
+    for ep in entry_points:
+        where = f"installed plugin {ep.name!r} (entry point {ep.name} = {ep.value})"
+        try:
+            pm.load_setuptools_entrypoints(ENTRY_POINT_GROUP, name=ep.name)
+        except pluggy.PluginValidationError as exc:
+            raise PluginError(f"{where} implements an unknown hook: {exc}; {skip}") from exc
+        except Exception as exc:
+            raise PluginError(f"{where} failed to load: {type(exc).__name__}: {exc}; {skip}") from exc
 
 
 def new_plugin_manager(extra_plugins: tuple[str, ...] = (), autoload: bool | None = None) -> pluggy.PluginManager:
@@ -99,16 +125,11 @@ def new_plugin_manager(extra_plugins: tuple[str, ...] = (), autoload: bool | Non
     if autoload is None:
         autoload = os.environ.get(DISABLE_AUTOLOAD_ENV, "") in ("", "0")
     if autoload:
-        try:
-            pm.load_setuptools_entrypoints(ENTRY_POINT_GROUP)
-        except pluggy.PluginValidationError as exc:
-            raise PluginError(
-                f"installed plugin {pm.get_name(exc.plugin) or exc.plugin!r} implements an unknown hook: {exc}"
-            ) from exc
-        except Exception as exc:
-            raise PluginError(f"an installed plugin in entry-point group {ENTRY_POINT_GROUP!r} failed to load: {exc!r}") from exc
-    env_plugins = tuple(p for p in os.environ.get(EXTRA_PLUGINS_ENV, "").split(",") if p.strip())
-    for module_path in (*env_plugins, *extra_plugins):
+        load_entry_points(pm)
+    env_plugins = tuple(p.strip() for p in os.environ.get(EXTRA_PLUGINS_ENV, "").split(",") if p.strip())
+    for module_path in env_plugins:
+        load_plugin_module(pm, module_path, source=f"${EXTRA_PLUGINS_ENV}")
+    for module_path in extra_plugins:
         load_plugin_module(pm, module_path.strip())
     try:
         pm.check_pending()

@@ -9,6 +9,7 @@ the Pareto front). Both backends and the worker come here for all of it.
 from __future__ import annotations
 
 import json
+import math
 import os
 import warnings
 from collections.abc import Callable
@@ -45,6 +46,7 @@ __all__ = [
     "TrialCallback",
     "add_plugins",
     "check_base_model",
+    "check_limits",
     "completed_trials",
     "create_study",
     "directions_of",
@@ -120,23 +122,46 @@ def rdb_url(url: str) -> str:
     return url
 
 
-def open_storage(url: str | optuna.storages.BaseStorage) -> optuna.storages.BaseStorage:
+def storage_file(url: str) -> Path | None:
+    """The file a ``sqlite:///`` or ``journal:`` storage URL names (None: a server, or SQLite in memory)."""
+    if url.startswith(JOURNAL_PREFIX):
+        return Path(url[len(JOURNAL_PREFIX) :]).expanduser()
+    if url.startswith("sqlite:///") and url != "sqlite:///:memory:":
+        return Path(url[len("sqlite:///") :].partition("?")[0]).expanduser()
+    return None
+
+
+def open_storage(url: str | optuna.storages.BaseStorage, create: bool = True) -> optuna.storages.BaseStorage:
     """An Optuna storage from a URL: ``sqlite:///``, ``postgresql://``, ``mysql://`` or ``journal:PATH``.
 
     RDB storages get heartbeats so a worker killed mid-trial has its trial
     marked failed and re-queued by the next worker; journal files suit
-    shared file systems where SQLite would lock.
+    shared file systems where SQLite would lock. With ``create=False`` (the
+    commands that read a study) a storage file must exist: a mistyped path
+    must not leave an empty database behind.
     """
     if not isinstance(url, str):
         return url
+    file = storage_file(url)
+    if file is not None:
+        if not create and not file.is_file():
+            raise ConfigError(f"storage {url}: no such file {file}; check the path (a search creates it)")
+        if file.exists() and not file.is_file():
+            raise ConfigError(f"storage {url}: {file} is a folder, not a storage file")
+        try:
+            file.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(f"storage {url}: cannot create the folder {file.parent}: {exc.strerror}") from None
     if url.startswith(JOURNAL_PREFIX):
-        path = Path(url[len(JOURNAL_PREFIX) :]).expanduser()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        return JournalStorage(JournalFileBackend(str(path)))
+        assert file is not None
+        try:
+            journal = JournalStorage(JournalFileBackend(str(file)))
+            journal.get_all_studies()  # reads the whole file now, so damage shows here and not mid-search
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ConfigError(f"storage {url}: the journal file {file} is corrupt ({type(exc).__name__}: {exc})") from None
+        return journal
     if "://" not in url:
         raise ConfigError(f"storage {url!r} is not a URL: use sqlite:///PATH, postgresql://..., or journal:PATH")
-    if url.startswith("sqlite:///"):
-        Path(url[len("sqlite:///") :]).expanduser().parent.mkdir(parents=True, exist_ok=True)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -172,9 +197,9 @@ def open_study(storage: Any, study_name: str, sampler: optuna.samplers.BaseSampl
     A study stored before objective names went through Optuna gets them now (:func:`name_objectives`).
     """
     try:
-        study = optuna.load_study(study_name=study_name, storage=open_storage(storage), sampler=sampler)
+        study = optuna.load_study(study_name=study_name, storage=open_storage(storage, create=False), sampler=sampler)
     except KeyError:
-        names = [s.study_name for s in optuna.get_all_study_summaries(open_storage(storage))]
+        names = [s.study_name for s in optuna.get_all_study_summaries(open_storage(storage, create=False))]
         raise ConfigError(f"no study {study_name!r} in {storage}; studies there: {', '.join(names) or '(none)'}") from None
     stored = study.user_attrs.get(OBJECTIVES_ATTR)
     if stored is not None:
@@ -333,6 +358,20 @@ class Budget:
     own_limit: int | None
     max_attempts: int
     timeout_s: float | None
+
+
+def check_limits(trials: Any, timeout_s: Any) -> None:
+    """Refuse a trial count or a timeout that cannot be meant, before any data is loaded.
+
+    Raises:
+        ConfigError: ``trials`` is not a whole number >= 0, or ``timeout_s`` not a finite number > 0.
+    """
+    if trials is not None and (isinstance(trials, bool) or not isinstance(trials, int) or trials < 0):
+        raise ConfigError(f"trials (--n-trials) must be a whole number >= 0, but got {trials!r}")
+    if timeout_s is not None and (
+        isinstance(timeout_s, bool) or not isinstance(timeout_s, int | float) or not math.isfinite(timeout_s) or timeout_s <= 0
+    ):
+        raise ConfigError(f"timeout (--timeout) must be a finite number of seconds > 0, but got {timeout_s!r}")
 
 
 def plan_search(study: optuna.Study, space: SearchSpace, trials: int | None, timeout_s: float | None) -> Budget:

@@ -17,6 +17,7 @@ import json
 import math
 import os
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -71,6 +72,8 @@ class TrialEnv:
     (compression-only search) measure it once."""
     study_baseline: dict[str, Any] | None = None
     """The baseline row of a ``base_model:`` study (:func:`base_model_baseline`), once measured in this process."""
+    deadline: float | None = None
+    """``time.monotonic()`` at which the run's ``--timeout`` ends: a running trial stops there too."""
 
 
 _splits_cache: dict[tuple[Any, ...], DataSplits] = {}
@@ -98,7 +101,13 @@ def prepare(
         path = Path(space.teacher)
         if not path.is_file():
             raise VaeAutomlError(f"{space.path}: teacher: no such checkpoint {path}")
-        env.teacher = deserialize_model(path.read_bytes(), registry).to(dev)
+        try:
+            env.teacher = deserialize_model(path.read_bytes(), registry).to(dev)
+        except Exception as exc:
+            raise VaeAutomlError(
+                f"{space.path}: teacher: {path} is not a model saved by vae-automl (a models/trial-N.safetensors of a "
+                f"search): {type(exc).__name__}: {exc}"
+            ) from None
     if space.base_model is not None:
         env.base_model, env.base_model_info = load_base_model(env, space.base_model)
     return env
@@ -144,13 +153,70 @@ def load_base_model(env: TrialEnv, config: BaseModelConfig) -> tuple[VAE, dict[s
         weights = env.cache_dir / f"base-{key}.safetensors"
         # concurrent workers wanting the same base wait for the first to train it (POSIX and Windows)
         with FileLock(env.cache_dir / f"base-{key}.lock"):
-            if weights.is_file():
-                model = deserialize_model(weights.read_bytes(), env.registry).to(env.device)
+            cached = read_cached(weights, env)
+            if cached is not None:
+                model = cached
             else:
                 train(model, env.data, cfg, seed=space.seed)
                 write_atomic(weights, serialize_model(model))
         info["cache_key"] = key
     return model.eval(), info
+
+
+def read_cached(weights: Path, env: TrialEnv, meta_path: Path | None = None) -> VAE | None:
+    """The cached base model in ``weights`` (and its ``meta_path`` record), or None if absent.
+
+    A damaged cache file (a process killed mid-write on a file system
+    without atomic rename, a full disk) is named in a warning, removed and
+    rebuilt: it must not fail every later trial that shares the base.
+    """
+    if not weights.is_file() or (meta_path is not None and not meta_path.is_file()):
+        return None
+    try:
+        model = deserialize_model(weights.read_bytes(), env.registry).to(env.device)
+        if meta_path is not None:
+            BaseInfo.from_dict(json.loads(meta_path.read_text()))
+    except Exception as exc:
+        warnings.warn(
+            f"{weights}: the cached base model cannot be read ({type(exc).__name__}: {exc}); removing it and training it again",
+            UserWarning,
+            stacklevel=2,
+        )
+        for path in (weights, meta_path):
+            if path is not None:
+                path.unlink(missing_ok=True)
+        return None
+    return model
+
+
+BYTES_PER_TRAINED_PARAM = 16
+"""float32 weights, their gradients and Adam's two moments: what training holds per parameter, activations aside."""
+
+
+def available_memory_bytes(device: torch.device) -> int | None:
+    """Free memory on ``device`` (CUDA: the driver's figure; CPU: the OS's available pages), None where unknown."""
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    try:
+        return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+    except (ValueError, OSError, AttributeError):  # not POSIX
+        return None
+
+
+def check_memory(arch: Any, model_config: dict[str, Any], env: TrialEnv) -> None:
+    """Fail the trial before building a model whose training cannot fit in the device's free memory."""
+    try:
+        with torch.device("meta"):  # shapes only: no memory, no time
+            n_params = sum(p.numel() for p in arch.build(model_config).parameters())
+    except Exception:
+        return  # an architecture that cannot build on the meta device is built for real, unestimated
+    need = n_params * BYTES_PER_TRAINED_PARAM
+    free = available_memory_bytes(env.device)
+    if free is not None and need > free:
+        raise TrialFailed(
+            f"the model has {n_params:,} parameters: training needs about {need / 2**30:.1f} GiB for weights, gradients "
+            f"and Adam state, but {env.device} has {free / 2**30:.1f} GiB free; narrow the architecture's ranges"
+        )
 
 
 def base_cache_key(model_config: dict[str, Any], training: dict[str, Any], data: DataSplits, seed: int, task: str = "vae") -> str:
@@ -203,12 +269,13 @@ def train_base(env: TrialEnv, spec: TrialSpec, train_config: TrainConfig, on_epo
     weights, meta_path = env.cache_dir / f"base-{key}.safetensors", env.cache_dir / f"base-{key}.json"
     # concurrent workers wanting the same base wait for the first to train it (POSIX and Windows)
     with FileLock(env.cache_dir / f"base-{key}.lock"):
-        if weights.is_file() and meta_path.is_file():
-            model = deserialize_model(weights.read_bytes(), env.registry).to(env.device)
+        cached = read_cached(weights, env, meta_path)
+        if cached is not None:
             info = BaseInfo.from_dict(json.loads(meta_path.read_text()))
             info.cache_hit = True
             env.stats["base_reused"] += 1
-            return model, info
+            return cached, info
+        check_memory(arch, model_config, env)
         torch.manual_seed(spec.seed)
         model = arch.build(model_config).to(env.device)
         n_params = sum(p.numel() for p in model.parameters())
@@ -411,6 +478,38 @@ def measure_before_training(env: TrialEnv, spec: TrialSpec) -> dict[str, float]:
     return values
 
 
+@dataclass(frozen=True)
+class TimeLimit:
+    """When a trial must end: ``training.max_seconds`` after its start, or the run's ``--timeout``, whichever is first.
+
+    Training and fine-tuning stop themselves at it (their ``max_seconds`` is
+    the time left); the other stages are checked as each ends.
+    """
+
+    at: float | None
+    """``time.monotonic()`` of the limit; None: no limit."""
+    what: str
+
+    @classmethod
+    def of(cls, env: TrialEnv, config: TrainConfig) -> TimeLimit:
+        now = time.monotonic()
+        limits = [] if env.deadline is None else [(env.deadline, "the run's --timeout")]
+        if config.max_seconds is not None:
+            limits.append((now + config.max_seconds, f"training.max_seconds={config.max_seconds:g} s"))
+        at, what = min(limits) if limits else (None, "")
+        return cls(at, what)
+
+    def bound(self, config: TrainConfig) -> TrainConfig:
+        """``config`` with its training time limited to what is left."""
+        if self.at is None:
+            return config
+        return dataclasses.replace(config, max_seconds=max(self.at - time.monotonic(), 0.0))
+
+    def check(self, stage: str) -> None:
+        if self.at is not None and time.monotonic() > self.at:
+            raise TrialFailed(f"the trial ran past {self.what} while {stage}")
+
+
 def run_trial(
     env: TrialEnv,
     spec: TrialSpec,
@@ -433,19 +532,24 @@ def run_trial(
         train_config = train_config_from(spec.training)
     except ValueError as exc:
         raise TrialFailed(f"training settings {spec.training}: {exc}") from exc
-    base, base_info = train_base(env, spec, train_config, on_epoch)
+    limit = TimeLimit.of(env, train_config)
+    base, base_info = train_base(env, spec, limit.bound(train_config), on_epoch)
+    limit.check("training the base model")
     # the uncompressed base's figures: targets relative to the baseline, and the front's "x smaller, % ELBO"
     baseline_names = tuple(dict.fromkeys([*env.space.objectives, *(t.name for t in env.space.targets)]))
     if base_info.cache_key not in env.baselines:
         env.baselines[base_info.cache_key], _ = measure(env, base, baseline_names, spec.seed)
+        limit.check("measuring the base model")
     baseline = dict(env.baselines[base_info.cache_key])
     if before_fine_tuning is not None and spec.pipeline:
         skipped: list[int] = []
         score = _Scorer(env, spec, train_config)(base, skipped)
         if any(skipped):  # a pipeline that does not fine-tune has nothing left to save here
             before_fine_tuning(score)
-    model = compress(env, base, spec, train_config)
+    model = compress(env, base, spec, limit.bound(train_config))
+    limit.check("compressing")
     metrics, ctx = measure(env, model, (*env.space.objectives, *env.space.record), spec.seed)
+    limit.check("measuring")
     data = ctx.cache.get("serialized") or serialize_model(model, env.registry.codec_map())
     artifact = env.artifact_dir / f"trial-{number}.safetensors"
     write_atomic(artifact, data)

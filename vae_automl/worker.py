@@ -85,6 +85,7 @@ def run_worker(
         show_progress: print progress lines on stderr.
         callbacks: Optuna callbacks ``f(study, frozen_trial)`` after each trial this worker finishes.
     """
+    study_mod.check_limits(trials, timeout_s)
     pm = get_plugin_manager(plugins)
     registry = get_registry(plugins)
     study = study_mod.open_study(storage, study_name)

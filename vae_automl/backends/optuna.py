@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, cast
 
@@ -189,6 +190,8 @@ class OptunaBackend(Backend):
         if self.env.space.stop_when == "first_feasible":
             ours.append(StopAtFirstFeasible())
         ours.append(_FailureCap(budget.max_attempts))
+        # --timeout stops a running trial too, not only the start of new ones (a drawn 60,000 epochs would run on)
+        self.env.deadline = time.monotonic() + budget.timeout_s if budget.timeout_s is not None else None
         optuna.logging.set_verbosity(optuna.logging.ERROR)
         study.optimize(
             make_objective(self.env, study, policy, self.trial_attrs),
