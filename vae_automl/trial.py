@@ -489,6 +489,8 @@ class TimeLimit:
     at: float | None
     """``time.monotonic()`` of the limit; None: no limit."""
     what: str
+    by_timeout: bool = False
+    """Whether the run's ``--timeout`` comes first (else training.max_seconds, or nothing)."""
 
     @classmethod
     def of(cls, env: TrialEnv, config: TrainConfig) -> TimeLimit:
@@ -497,7 +499,7 @@ class TimeLimit:
         if config.max_seconds is not None:
             limits.append((now + config.max_seconds, f"training.max_seconds={config.max_seconds:g} s"))
         at, what = min(limits) if limits else (None, "")
-        return cls(at, what)
+        return cls(at, what, by_timeout=at is not None and at == env.deadline)
 
     def bound(self, config: TrainConfig) -> TrainConfig:
         """``config`` with its training time limited to what is left."""
@@ -533,7 +535,8 @@ def run_trial(
     except ValueError as exc:
         raise TrialFailed(f"training settings {spec.training}: {exc}") from exc
     limit = TimeLimit.of(env, train_config)
-    base, base_info = train_base(env, spec, limit.bound(train_config), on_epoch)
+    # the base trains first: its own max_seconds is the trial's, unless the run's --timeout ends sooner
+    base, base_info = train_base(env, spec, limit.bound(train_config) if limit.by_timeout else train_config, on_epoch)
     limit.check("training the base model")
     # the uncompressed base's figures: targets relative to the baseline, and the front's "x smaller, % ELBO"
     baseline_names = tuple(dict.fromkeys([*env.space.objectives, *(t.name for t in env.space.targets)]))
