@@ -549,6 +549,7 @@ def run_trial(
         score = _Scorer(env, spec, train_config)(base, skipped)
         if any(skipped):  # a pipeline that does not fine-tune has nothing left to save here
             before_fine_tuning(score)
+        limit.check("scoring the compressed base before fine-tuning")
     model = compress(env, base, spec, limit.bound(train_config))
     limit.check("compressing")
     metrics, ctx = measure(env, model, (*env.space.objectives, *env.space.record), spec.seed)
