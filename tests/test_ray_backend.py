@@ -66,7 +66,8 @@ def test_ray_cluster_search_interrupt_and_resume(ray_head: str, tiny_space: Any,
     storage = f"sqlite:///{tmp_path / 'study.db'}"
     out = tmp_path / "out"
     # the head uses token auth; ray_head put its token in this process's RAY_AUTH_TOKEN
-    env = {**os.environ, "PYTHONPATH": str(tmp_path / "plugin_pkg")}
+    # the plugin package first, then whatever path put the code under test first (a checkout, not an installed copy)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path / "plugin_pkg"), os.environ.get("PYTHONPATH", "")])}
     command = [CLI, "search", str(space_file), "--backend", "ray", "--address", ray_head, "--concurrency", "2",
                "--cpus-per-trial", "1", "--scheduler", "pareto", "--out", str(out), "--storage", storage,
                "--plugin", "pid_marker"]

@@ -113,12 +113,12 @@ def tally(results: dict[str, str], equivalent: dict[str, str]) -> dict[str, obje
             not_run.append(f"{name}: {status}")
     for counts in modules.values():
         tested = counts["killed"] + counts["survived"]
-        counts["score"] = round(counts["killed"] / tested, 4) if tested else 1.0
+        counts["score"] = round(counts["killed"] / tested, 4) if tested else None
     killed = sum(c["killed"] for c in modules.values())
     survived = sum(c["survived"] for c in modules.values())
     return {
         "modules": dict(sorted(modules.items())),
-        "total_score": round(killed / (killed + survived), 4) if killed + survived else 1.0,
+        "total_score": round(killed / (killed + survived), 4) if killed + survived else None,
         "killed": killed,
         "survived": survived,
         "survivors": survivors,
@@ -131,9 +131,13 @@ def table(report: dict[str, object]) -> str:
     assert isinstance(modules, dict)
     rows = ["| module | killed | survived | equivalent | score |", "| --- | ---: | ---: | ---: | ---: |"]
     for name, c in modules.items():
-        rows.append(f"| {name} | {c['killed']} | {c['survived']} | {c['equivalent']} | {100 * c['score']:.1f}% |")
-    rows.append(f"| total | {report['killed']} | {report['survived']} | | {100 * float(report['total_score']):.1f}% |")  # type: ignore[arg-type]
+        rows.append(f"| {name} | {c['killed']} | {c['survived']} | {c['equivalent']} | {percent(c['score'])} |")
+    rows.append(f"| total | {report['killed']} | {report['survived']} | | {percent(report['total_score'])} |")
     return "\n".join(rows)
+
+
+def percent(score: object) -> str:
+    return "n/a" if score is None else f"{100 * float(score):.1f}%"  # type: ignore[arg-type]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -147,8 +151,11 @@ def main(argv: list[str] | None = None) -> int:
         env = {**os.environ, "OMP_NUM_THREADS": "1"}
         env.pop("PYTHONPATH", None)  # the tests must import the mutated copy in mutants/, not the checkout
         start = time.monotonic()
-        subprocess.run([str(MUTMUT), "run", "--max-children", str(args.jobs), *SCOPE], cwd=REPO, env=env, check=False)
+        run = subprocess.run([str(MUTMUT), "run", "--max-children", str(args.jobs), *SCOPE], cwd=REPO, env=env, check=False)
         seconds = round(time.monotonic() - start)
+        if run.returncode != 0:  # e.g. the tests fail on the unmutated code: no figure means anything
+            print(f"mutmut run failed (exit {run.returncode}); no mutation.json written", file=sys.stderr)
+            return run.returncode
     report = tally(read_results(), equivalent_mutants())
     report["seconds"] = seconds
     args.out.write_text(json.dumps(report, indent=2) + "\n")
@@ -156,6 +163,8 @@ def main(argv: list[str] | None = None) -> int:
     if report["survivors"]:
         print(f"\n{len(report['survivors'])} surviving mutants (`mutmut show NAME` for the diff):")  # type: ignore[arg-type]
         print("\n".join(f"  {s}" for s in report["survivors"]))  # type: ignore[arg-type]
+    if report["not_run"]:
+        print(f"\n{len(report['not_run'])} mutants not tested (run interrupted?); see not_run in {args.out}")  # type: ignore[arg-type]
     if seconds is not None:
         print(f"\n{seconds} s; wrote {args.out}")
     return 0
