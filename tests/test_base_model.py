@@ -390,6 +390,10 @@ def test_traced_groups_skip_the_hard_coded_view(caplog: pytest.LogCaptureFixture
     assert set(by_root["dec.1"].slices) == {("net.dec.1.weight", 1, 1), ("net.dec.1.bias", 0, 1), ("net.dec.3.weight", 0, 1)}
     assert traced.latent is not None and traced.latent.config_key == "latent_dim" and traced.latent.size == 4
     assert {s[0] for s in traced.latent.slices} >= {"net.fc_mu.weight", "net.fc_logvar.weight", "net.fc_dec.weight"}
+    # A frozen model (distillation freezes its teacher) traces the same, and stays frozen.
+    frozen = tiny_model("user").requires_grad_(False)
+    assert traced_channel_groups(frozen.net, frozen.input_shape, prefix="net.") == traced
+    assert not any(p.requires_grad for p in frozen.parameters())
     reasons = dict(traced.excluded)
     assert set(reasons) == {"fc_dec", "dec.3"}
     assert "fails once one unit is removed" in reasons["fc_dec"] and "[-1, 8, 2, 2]" in reasons["fc_dec"]

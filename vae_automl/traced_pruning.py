@@ -73,8 +73,18 @@ def dependency_graph(module: nn.Module, input_shape: Sequence[int]) -> Any:
     """DepGraph of ``module`` traced on one random image of ``input_shape`` (CPU, gradients on: DepGraph needs autograd)."""
     tp = import_torch_pruning()
     example = torch.rand(1, *input_shape, generator=torch.Generator().manual_seed(0))
-    with torch.enable_grad():
-        return tp.DependencyGraph().build_dependency(module, example_inputs=example, forward_fn=protocol_forward, verbose=False)
+    # DepGraph sees a layer only through the autograd graph of its weights: a frozen model (a distillation
+    # teacher, a user's requires_grad_(False)) would hide its layers. The flags come back as they were.
+    frozen = [p for p in module.parameters() if not p.requires_grad]
+    try:
+        for p in frozen:
+            p.requires_grad_(True)
+        with torch.enable_grad():
+            graph = tp.DependencyGraph()
+            return graph.build_dependency(module, example_inputs=example, forward_fn=protocol_forward, verbose=False)
+    finally:
+        for p in frozen:
+            p.requires_grad_(False)
 
 
 def replay(module: nn.Module, plan: Sequence[Sequence[Any]], input_shape: Sequence[int]) -> nn.Module:
