@@ -35,3 +35,21 @@ def test_weights_table_rows_for_lenet_300_100(mnist_dir: Path, tmp_path: Path) -
     # The compact container holds the same coded parts under a smaller header.
     assert by["prune+kmeans+entropy+compact"]["accuracy"] == by["prune+kmeans+entropy"]["accuracy"]
     assert by["prune+kmeans+entropy+compact"]["size_bytes"] < by["prune+kmeans+entropy"]["size_bytes"] - 1000
+
+
+def test_summary_gives_mean_and_sample_sd_per_model_and_method() -> None:
+    sys.path.insert(0, str(ROOT))
+    try:
+        from benchmarks import weights_table
+    finally:
+        sys.path.remove(str(ROOT))
+    rows = [{"model": "zoo_cnn", "method": "m", "seed": s, "size_bytes": b, "compression_ratio": 9856 / b,
+             "accuracy": a, "accuracy_delta_pts": a - 97.0, "meets_target": a >= 96.0}
+            for s, b, a in ((0, 1000, 96.5), (1, 1100, 95.5), (2, 900, 96.0))]
+    rows.append({**rows[0], "method": "other", "seed": 0})
+    summary = {r["method"]: r for r in weights_table.summarize(rows)}
+    m = summary["m"]
+    assert m["seeds"] == [0, 1, 2] and m["meets_target"] == 2
+    assert m["size_bytes"] == pytest.approx(1000.0) and m["size_bytes_std"] == pytest.approx(100.0)  # sample sd
+    assert m["accuracy_delta_pts"] == pytest.approx(-1.0) and m["accuracy_delta_pts_std"] == pytest.approx(0.5)
+    assert summary["other"]["size_bytes_std"] == 0.0 and "elbo_delta_pct" not in m
