@@ -154,6 +154,13 @@ def test_a_config_that_builds_another_model_is_refused() -> None:
         deserialize_model(data, get_registry())
 
 
+def test_read_header_points_a_compact_file_to_deserialize_model() -> None:
+    from vae_automl.storage.header import read_header
+
+    with pytest.raises(ExportError, match="compact weights file.*deserialize_model"):
+        read_header(GOLDEN.read_bytes())
+
+
 def test_unknown_container_is_refused() -> None:
     model = zoo_model()
     model.container = "zip"

@@ -24,7 +24,14 @@ def encode_header(config: dict[str, Any], layout: dict[str, Any]) -> dict[str, s
 
 
 def read_header(data: bytes) -> dict[str, Any]:
-    """The JSON header of serialized model bytes."""
+    """The JSON header of serialized model bytes (safetensors container).
+
+    A compact container (:mod:`vae_automl.storage.compact`) names no tensors
+    in its header (the config's model does): read it with
+    ``deserialize_model``.
+    """
+    if data[:3] == b"VAC":
+        raise ExportError("a compact weights file: its header names no tensors; load it with deserialize_model")
     if len(data) < 8:
         raise ExportError("not a safetensors file: shorter than its 8-byte length prefix")
     n = int.from_bytes(data[:8], "little")
