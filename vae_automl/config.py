@@ -340,6 +340,8 @@ def _component_params(
 
 
 def _lookup(table: Any, name: Any, loc: _Loc) -> Any:
+    if not isinstance(name, str):
+        raise loc.error(f"expected a component name, got {type(name).__name__} {name!r}; known: {', '.join(table.names())}")
     with _at(loc, (PluginError,)):
         return table.get(name)
 
