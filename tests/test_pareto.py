@@ -122,6 +122,7 @@ def test_hypervolume_4d_matches_grid_count() -> None:
 def test_default_reference_is_the_nadir_pushed_out_by_the_margin() -> None:
     assert pareto.default_reference([[1.0, 5.0], [3.0, 2.0]], ["minimize", "minimize"]) == pytest.approx([3.2, 5.3])
     assert pareto.default_reference([[1.0, 5.0], [3.0, 2.0]], ["minimize", "maximize"]) == pytest.approx([3.2, 1.7])
+    assert pareto.default_reference([[1.0, 5.0], [1.5, 2.0]], ["minimize", "minimize"]) == pytest.approx([1.55, 5.3])
     # no spread in an objective: pushed out by margin * (|worst| + 1)
     assert pareto.default_reference([[2.0, 5.0], [2.0, 3.0]], ["minimize", "minimize"], margin=0.5) == pytest.approx([3.5, 6.0])
 

@@ -42,6 +42,7 @@ SCOPE = (
     "vae_automl.storage.header.*",  # the JSON header and the format version
     "vae_automl.storage.format.*",  # whole models to and from bytes
     "vae_automl.storage.entropy.*",  # entropy coding of packed parts
+    "vae_automl.storage.compact.*",  # the compact container of tiny models
     "vae_automl.loading.*",  # verification and loading of an export folder
     "vae_automl.record.*",  # the trial record
     # parameter validation: the YAML value of a parameter, and the checks every YAML number and choice goes through
