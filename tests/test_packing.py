@@ -76,6 +76,144 @@ def test_pack_bits_refuses_codes_out_of_range() -> None:
         packing.pack_bits(torch.tensor([0, 16]), 4)
 
 
+@pytest.mark.parametrize("bits", [0, 9, -1])
+def test_pack_bits_refuses_widths_outside_1_to_8(bits: int) -> None:
+    with pytest.raises(ValueError, match=f"bits must be in 1..8, but got {bits}"):
+        packing.pack_bits(torch.tensor([0]), bits)
+
+
+@pytest.mark.parametrize("bits", [1, 3, 8])
+def test_pack_bits_takes_the_largest_code_and_refuses_one_more_or_a_negative(bits: int) -> None:
+    top = (1 << bits) - 1
+    assert packing.unpack_bits(packing.pack_bits(torch.tensor([top, 0, top]), bits), bits, 3).tolist() == [top, 0, top]
+    with pytest.raises(ValueError, match=rf"codes must be in \[0, {top}\] for {bits} bits, got \[0, {top + 1}\]"):
+        packing.pack_bits(torch.tensor([0, top + 1]), bits)
+    with pytest.raises(ValueError, match=rf"got \[-1, 0\]"):
+        packing.pack_bits(torch.tensor([-1, 0]), bits)
+    assert packing.pack_bits(torch.tensor([], dtype=torch.int64), bits).numel() == 0
+
+
+def test_unpack_bits_reads_only_count_codes() -> None:
+    packed = packing.pack_bits(torch.tensor([3, 1, 2, 0, 3]), 2)  # 10 bits in 2 bytes; the padding reads as a 0 code
+    assert packing.unpack_bits(packed, 2, 5).tolist() == [3, 1, 2, 0, 3]
+    assert packing.unpack_bits(packed, 2, 3).tolist() == [3, 1, 2]
+    assert packing.unpack_bits(packing.pack_bits(torch.tensor([7, 200, 255]), 8), 8, 2).tolist() == [7, 200]
+
+
+def mask_of(numel: int, positions: list[int]) -> torch.Tensor:
+    mask = torch.zeros(numel, dtype=torch.bool)
+    mask[positions] = True
+    return mask
+
+
+def test_mask_encodings_at_the_16_bit_boundaries() -> None:
+    # 2**16 positions: absolute 16-bit indices still reach every one
+    assert packing.mask_encodings(mask_of(1 << 16, [0, 65535])) == {"bitmask": 8192, "index16": 4}
+    # one more position: 32-bit indices, and 16-bit deltas while no gap reaches 2**16
+    assert packing.mask_encodings(mask_of((1 << 16) + 1, [1, 65536])) == {"bitmask": 8193, "index32": 8, "delta16": 4}
+    assert packing.mask_encodings(mask_of((1 << 16) + 1, [0, 65536])) == {"bitmask": 8193, "index32": 8}  # gap 2**16
+    assert "delta16" not in packing.mask_encodings(mask_of((1 << 16) + 1, [65536]))  # the first gap counts from 0
+    assert packing.mask_encodings(mask_of((1 << 16) + 1, [])) == {"bitmask": 8193, "index32": 0, "delta16": 0}
+
+
+@pytest.mark.parametrize(("numel", "positions", "kind"), [
+    (16, [3], "bitmask"),  # 2 bytes either way: the tie goes to the bitmask
+    (24, [3], "index16"),  # 3 bytes against 2
+    (1 << 16, [0, 32767, 32768, 65535], "index16"),  # indices past 2**15 go through int16's bit pattern
+    ((1 << 16) + 1, [5, 40000, 65536], "delta16"),
+    (200_000, [0, 70_000, 199_999], "index32"),  # a gap of 2**16 or more: no 16-bit deltas
+])
+def test_encode_mask_picks_the_smallest_and_decodes_back(numel: int, positions: list[int], kind: str) -> None:
+    mask = mask_of(numel, positions)
+    data, got = packing.encode_mask(mask)
+    assert got == kind
+    assert torch.equal(packing.decode_mask(data, got, numel), mask)
+    bits = packing.mask_bits(mask)
+    assert bits == (numel if kind == "bitmask" else 8 * data.numel() * data.element_size())
+
+
+@pytest.mark.parametrize(("bits", "symmetric", "levels"), [
+    (1, True, (0, 1)), (2, True, (1, 2)), (3, True, (3, 6)), (8, True, (127, 254)),
+    (1, False, (0, 1)), (2, False, (0, 3)), (8, False, (0, 255)),
+])
+def test_uniform_levels_offset_and_top_code(bits: int, symmetric: bool, levels: tuple[int, int]) -> None:
+    assert packing.UniformCodec._levels({"bits": bits, "symmetric": symmetric}) == levels
+
+
+@pytest.mark.parametrize("bits", [0, 9])
+def test_uniform_codec_refuses_widths_outside_1_to_8(bits: int) -> None:
+    with pytest.raises(ExportError, match=f"uniform codec: bits must be in 1..8, but got bits={bits}"):
+        packing.UniformCodec._levels({"bits": bits})
+
+
+def test_uniform_codes_at_the_ends_of_the_range_and_a_zero_scale_channel() -> None:
+    codec = packing.UniformCodec()
+    # 2-bit symmetric per row: q in {-1, 0, 1} stored as q + 1; row 1 has scale 0 (an all-zero channel)
+    spec = {"bits": 2, "symmetric": True, "axis": 0, "scale": [0.5, 0.0], "scale_dtype": "float32"}
+    w = torch.tensor([[-0.5, 0.0, 0.5], [0.0, 0.0, 0.0]])
+    codes, bits = codec.codes(w, spec)
+    assert bits == 2 and codes.tolist() == [[0, 1, 2], [1, 1, 1]]
+    assert torch.equal(codec.decode(codes, spec), w)
+    # values past the range clamp to the end codes (pack then refuses them as off the grid)
+    assert codec.codes(torch.tensor([[-3.0, 3.0], [0.0, 0.0]]), spec)[0].tolist() == [[0, 2], [1, 1]]
+    # asymmetric 3-bit: c = round(w / scale) + zero_point, clamped to [0, 7]
+    asym = {"bits": 3, "symmetric": False, "axis": None, "scale": [0.25], "zero_point": [3], "scale_dtype": "float32"}
+    assert codec.codes(torch.tensor([-0.75, 0.0, 1.0, 2.0, -2.0]), asym)[0].tolist() == [0, 3, 7, 7, 0]
+    assert codec.decode(torch.tensor([0, 3, 7]), asym).tolist() == [-0.75, 0.0, 1.0]
+    # 1-bit symmetric: +scale for w >= 0, -scale below
+    one = {"bits": 1, "symmetric": True, "axis": None, "scale": [0.5], "scale_dtype": "float32"}
+    assert codec.codes(torch.tensor([-0.5, 0.5]), one)[0].tolist() == [0, 1]
+    assert codec.decode(torch.tensor([0, 1]), one).tolist() == [-0.5, 0.5]
+
+
+def test_uniform_scales_per_axis_and_their_count() -> None:
+    codec = packing.UniformCodec()
+    w = torch.tensor([[1.0, 2.0], [3.0, 6.0]])
+    last = {"bits": 4, "axis": -1, "scale": [1.0, 2.0], "scale_dtype": "float32"}  # one scale per column
+    assert codec.codes(w, last)[0].tolist() == [[8, 8], [10, 10]]
+    with pytest.raises(ExportError, match="axis 0 has 2 channels but the spec gives 3 scales"):
+        codec.codes(w, {"bits": 4, "axis": 0, "scale": [1.0, 1.0, 1.0]})
+    with pytest.raises(ExportError, match="a per-tensor spec needs one scale, got 2"):
+        codec.codes(w, {"bits": 4, "axis": None, "scale": [1.0, 1.0]})
+
+
+def test_grid_bits_of_each_codec() -> None:
+    uniform = packing.UniformCodec()
+    assert uniform.grid_bits({"bits": 4, "scale": [1.0] * 3}) == 3 * 16
+    assert uniform.grid_bits({"bits": 4, "scale": [1.0] * 3, "scale_dtype": "float32"}) == 3 * 32
+    assert uniform.grid_bits({"bits": 5, "symmetric": False, "scale": [1.0] * 3, "zero_point": [0] * 3}) == 3 * 16 + 3 * 5
+    codebook = packing.CodebookCodec()
+    assert codebook.grid_bits({"codebook": [0.0, 1.0, 2.0]}) == 3 * 16
+    assert codebook.grid_bits({"codebook": [0.0, 1.0], "codebook_dtype": "float32"}) == 2 * 32
+    dense = packing.DenseCodec()
+    assert dense.theoretical_bits(torch.zeros(5), {}) == 5 * 32
+    assert dense.theoretical_bits(torch.zeros(5), {"dtype": "bfloat16"}, mask=torch.tensor([1, 0, 1, 0, 0]).bool()) == 2 * 16
+
+
+@pytest.mark.parametrize(("bits", "entries", "ok"), [(2, 4, True), (2, 5, False), (1, 2, True), (1, 3, False), (8, 256, True)])
+def test_codebook_size_against_its_bits(bits: int, entries: int, ok: bool) -> None:
+    spec = {"bits": bits, "codebook": [float(i) for i in range(entries)], "codebook_dtype": "float32"}
+    codec = packing.CodebookCodec()
+    if ok:
+        assert codec.decode(torch.tensor([0, entries - 1]), spec).tolist() == [0.0, float(entries - 1)]
+    else:
+        with pytest.raises(ExportError, match=f"codebook codec: {entries} entries do not fit bits={bits}"):
+            codec.decode(torch.tensor([0]), spec)
+
+
+@pytest.mark.parametrize("book", [[], [1.0, 1.0], [2.0, 1.0], [0.0, 1.0, 1.0004]])  # the last two equal in float16
+def test_codebooks_that_are_empty_unsorted_or_duplicated_are_refused(book: list[float]) -> None:
+    with pytest.raises(ExportError, match="codebook codec"):
+        packing.CodebookCodec().decode(torch.tensor([0]), {"bits": 2, "codebook": book})
+
+
+def test_codebook_codes_are_the_entries_indices() -> None:
+    codec = packing.CodebookCodec()
+    spec = {"bits": 2, "codebook": [-1.0, 0.0, 0.5, 2.0], "codebook_dtype": "float32"}
+    codes, bits = codec.codes(torch.tensor([2.0, -1.0, 0.5, 0.0, 0.5]), spec)
+    assert bits == 2 and codes.tolist() == [3, 0, 2, 1, 2]
+
+
 def test_four_bit_per_channel_size_is_exact() -> None:
     model = seed_mlp()
     dense = packing.size_bytes(model)
