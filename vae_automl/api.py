@@ -125,6 +125,7 @@ def search(
     show_progress: bool = True,
     base_model: Any = None,
     callbacks: Sequence[TrialCallback] = (),
+    verbose: bool = False,
     **backend_options: Any,
 ) -> SearchResult:
     """Run (or resume) a multi-objective search and return its study and Pareto front.
@@ -139,7 +140,9 @@ def search(
         dataset, data_dir, device: override the space's.
         plugins: extra plugin modules to load (like ``--plugin``).
         backend: ``optuna`` or ``ray``.
-        show_progress: print progress lines on stderr.
+        show_progress: print progress on stderr: a live line per running trial (stage, epoch, validation loss;
+            a tqdm bar on a terminal, plain lines elsewhere) and one per finished trial (study-wide best, front size).
+        verbose: let Optuna's own INFO log lines through (quiet otherwise: errors only).
         base_model: the user's trained VAE to compress, replacing the YAML's ``base_model:``: a mapping
             ``{factory, kwargs, checkpoint, likelihood, groups, fine_tune_epochs}`` or a ``torch.nn.Module``
             with ``encode``/``decode`` (see docs/bring-your-own-model.md).
@@ -186,27 +189,30 @@ def search(
     else:
         raise ConfigError(f"unknown backend {backend!r}; use optuna or ray")
     policy = SearchPolicy(space, registry)
-    study = study_mod.create_study(space, storage, study_name, out, registry, sampler=policy.sampler())
-    existing = len(study.get_trials(deepcopy=False))
-    if existing:
-        # resuming: a seeded sampler would replay the random start-up points the study already holds
-        study.sampler = policy.sampler(seed_offset=existing)
-    budget = study_mod.plan_search(study, space, trials, timeout_s)
-    progress = Progress(
-        budget.n_trials, space.objectives, study_mod.directions_of(space, registry), timeout_s, enabled=show_progress
-    )
-    done = len(study_mod.completed_trials(study))
-    progress.message(
-        f"study {study_name!r} in {storage}: {done} completed trials; completing {budget.n_trials} more {runner.describe()}"
-    )
-    started = time.monotonic()
-    stats = runner.run(study, budget, policy, progress, callbacks=tuple(callbacks))
-    if budget.n_trials > 0:
-        progress.message(
-            f"finished in {time.monotonic() - started:.1f}s: {progress.done} completed, "
-            f"{progress.pruned} stopped early, {progress.failed} failed; bases trained "
-            f"{stats['base_trained']}, reused {stats['base_reused']}"
+    with study_mod.optuna_logging(verbose):
+        study = study_mod.create_study(space, storage, study_name, out, registry, sampler=policy.sampler())
+        existing = len(study.get_trials(deepcopy=False))
+        if existing:
+            # resuming: a seeded sampler would replay the random start-up points the study already holds
+            study.sampler = policy.sampler(seed_offset=existing)
+        budget = study_mod.plan_search(study, space, trials, timeout_s)
+        progress = Progress(
+            budget.n_trials, space.objectives, study_mod.directions_of(space, registry), timeout_s, enabled=show_progress
         )
+        for trial in study_mod.completed_trials(study):  # the best so far counts what the study held before this run
+            progress.observe(trial.number, trial.values)
+        done = len(study_mod.completed_trials(study))
+        progress.message(
+            f"study {study_name!r} in {storage}: {done} completed trials; completing {budget.n_trials} more {runner.describe()}"
+        )
+        started = time.monotonic()
+        stats = runner.run(study, budget, policy, progress, callbacks=tuple(callbacks))
+        if budget.n_trials > 0:
+            progress.message(
+                f"finished in {time.monotonic() - started:.1f}s: {progress.done} completed, "
+                f"{progress.pruned} stopped early, {progress.failed} failed; bases trained "
+                f"{stats['base_trained']}, reused {stats['base_reused']}"
+            )
     if env is not None and env.base_model is not None:
         measure_baseline(env, study)
     entries = front_of_study(study)
@@ -346,6 +352,7 @@ def worker(
     plugins: tuple[str, ...] = (),
     show_progress: bool = True,
     callbacks: Sequence[TrialCallback] = (),
+    verbose: bool = False,
 ) -> WorkerResult:
     """Run trials of a study made by :func:`search` in this process (``vae-automl worker``); start one per device.
 
@@ -359,6 +366,7 @@ def worker(
         plugins: extra plugin modules, as given to the search.
         show_progress: print progress lines on stderr.
         callbacks: Optuna callbacks ``f(study, frozen_trial)`` after each of this worker's finished trials.
+        verbose: let Optuna's own INFO log lines through (errors only otherwise).
 
     Returns:
         A :class:`vae_automl.worker.WorkerResult`: the study, this worker's name and its completed trials.
@@ -377,6 +385,7 @@ def worker(
         plugins=plugins,
         show_progress=show_progress,
         callbacks=callbacks,
+        verbose=verbose,
     )
 
 

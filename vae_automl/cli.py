@@ -114,6 +114,7 @@ def _cmd_search(args: argparse.Namespace) -> int:
     # deferred: `vae-automl --help` and `front` must not import torch
     from vae_automl.api import search
     from vae_automl.report import against_baseline, format_front_table
+    from vae_automl.tracking import tracking_callbacks
 
     backend_options = {}
     if args.backend == "ray":
@@ -140,6 +141,8 @@ def _cmd_search(args: argparse.Namespace) -> int:
         device=args.device,
         plugins=tuple(args.plugin),
         backend=args.backend,
+        callbacks=tracking_callbacks(args.mlflow, args.tensorboard),
+        verbose=args.verbose,
         **backend_options,
     )
     if args.json:
@@ -188,6 +191,7 @@ def _cmd_worker(args: argparse.Namespace) -> int:
     # deferred: `vae-automl --help` and `front` must not import torch
     from vae_automl.api import worker
     from vae_automl.study import completed_trials
+    from vae_automl.tracking import tracking_callbacks
 
     storage, study_name = _study(args)
     result = worker(
@@ -199,6 +203,8 @@ def _cmd_worker(args: argparse.Namespace) -> int:
         device=args.device,
         data_dir=args.data_dir,
         plugins=tuple(args.plugin),
+        callbacks=tracking_callbacks(args.mlflow, args.tensorboard),
+        verbose=args.verbose,
     )
     total = len(completed_trials(result.study))
     if args.json:
@@ -384,6 +390,11 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--data-dir", metavar="DIR", help="folder of dataset files on this machine")
     device = argparse.ArgumentParser(add_help=False)
     device.add_argument("--device", type=_device, metavar="DEVICE", help=DEVICE_HELP)
+    # what runs trials (search, worker) can report them to trackers, and let Optuna's own log lines through
+    tracking = argparse.ArgumentParser(add_help=False)
+    tracking.add_argument("--mlflow", metavar="URI", help="log every trial to MLflow: sqlite:///mlflow.db, http://HOST:5000")
+    tracking.add_argument("--tensorboard", metavar="DIR", help="write every trial's params and metrics as TensorBoard events")
+    tracking.add_argument("-v", "--verbose", action="store_true", help="let Optuna's INFO log lines through")
     n_trials = argparse.ArgumentParser(add_help=False)
     n_trials.add_argument("--timeout", type=float, metavar="SECONDS", help="seconds after which no new trial starts")
 
@@ -407,7 +418,7 @@ def build_parser() -> argparse.ArgumentParser:
         "run or resume a multi-objective search",
         "vae-automl search search_spaces/quick.yaml --n-trials 10 --out runs/quick",
         _cmd_search,
-        [where, data, device, n_trials, as_json, plugin],
+        [where, data, device, n_trials, tracking, as_json, plugin],
     )
     s.add_argument("space", help="search-space YAML file")
     s.add_argument(
@@ -444,7 +455,7 @@ def build_parser() -> argparse.ArgumentParser:
         "run trials of an existing study (one process per device; start many)",
         "vae-automl worker --storage postgresql://USER@HOST/vae --study quick --n-trials 5 --device cuda:0",
         _cmd_worker,
-        [where, device, n_trials, as_json, plugin],
+        [where, device, n_trials, tracking, as_json, plugin],
     )
     add_n_trials(w)
     w.add_argument("--data-dir", metavar="DIR", help="folder of dataset files on this machine")

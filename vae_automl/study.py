@@ -8,11 +8,12 @@ the Pareto front). Both backends and the worker come here for all of it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -57,6 +58,7 @@ __all__ = [
     "name_objectives",
     "objectives_of",
     "open_storage",
+    "optuna_logging",
     "open_study",
     "plan_search",
     "plan_worker",
@@ -174,6 +176,18 @@ def open_storage(url: str | optuna.storages.BaseStorage, create: bool = True) ->
             )
     except Exception as exc:
         raise ConfigError(f"cannot open storage {url}: {exc}") from exc
+
+
+@contextlib.contextmanager
+def optuna_logging(verbose: bool = False) -> Iterator[None]:
+    """Optuna's own log lines (study created, trial finished) at INFO when ``verbose``, else errors only,
+    restored afterwards: the progress lines say the same, and a Python caller's setting comes back."""
+    previous = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.INFO if verbose else optuna.logging.ERROR)
+    try:
+        yield
+    finally:
+        optuna.logging.set_verbosity(previous)
 
 
 def has_heartbeat(study: optuna.Study) -> bool:

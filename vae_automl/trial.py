@@ -518,6 +518,7 @@ def run_trial(
     number: int,
     on_epoch: OnEpoch | None = None,
     before_fine_tuning: Callable[[float], None] | None = None,
+    on_stage: Callable[[str], None] | None = None,
 ) -> TrialRecord:
     """Run one trial end to end and return its record (see ``hookspecs.on_trial_complete``).
 
@@ -528,7 +529,9 @@ def run_trial(
     the cache, before any fine-tuning, with that score of the base, when the pipeline (less a
     distill stage, which the score leaves out) fine-tunes at all; it may raise to stop the trial
     (the cheapest rung: no training spent).
+    ``on_stage(stage)`` is told when the trial starts a stage: ``train``, ``compress``, ``measure`` (progress lines).
     """
+    stage = on_stage or (lambda name: None)
     started = time.perf_counter()
     try:
         train_config = train_config_from(spec.training)
@@ -536,6 +539,7 @@ def run_trial(
         raise TrialFailed(f"training settings {spec.training}: {exc}") from exc
     limit = TimeLimit.of(env, train_config)
     # the base trains first: its own max_seconds is the trial's, unless the run's --timeout ends sooner
+    stage("train")
     base, base_info = train_base(env, spec, limit.bound(train_config) if limit.by_timeout else train_config, on_epoch)
     limit.check("training the base model")
     # the uncompressed base's figures: targets relative to the baseline, and the front's "x smaller, % ELBO"
@@ -550,8 +554,10 @@ def run_trial(
         if any(skipped):  # a pipeline that does not fine-tune has nothing left to save here
             before_fine_tuning(score)
         limit.check("scoring the compressed base before fine-tuning")
+    stage("compress")
     model = compress(env, base, spec, limit.bound(train_config))
     limit.check("compressing")
+    stage("measure")
     metrics, ctx = measure(env, model, (*env.space.objectives, *env.space.record), spec.seed)
     limit.check("measuring")
     data = ctx.cache.get("serialized") or serialize_model(model, env.registry.codec_map())

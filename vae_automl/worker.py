@@ -69,6 +69,7 @@ def run_worker(
     plugins: tuple[str, ...] = (),
     show_progress: bool = True,
     callbacks: Sequence[TrialCallback] = (),
+    verbose: bool = False,
 ) -> WorkerResult:
     """Run trials of the stored study ``study_name`` in this process.
 
@@ -84,6 +85,7 @@ def run_worker(
         plugins: extra plugin modules, as ``--plugin``.
         show_progress: print progress lines on stderr.
         callbacks: Optuna callbacks ``f(study, frozen_trial)`` after each trial this worker finishes.
+        verbose: let Optuna's own INFO log lines through (errors only otherwise).
     """
     study_mod.check_limits(trials, timeout_s)
     pm = get_plugin_manager(plugins)
@@ -107,6 +109,8 @@ def run_worker(
     progress = Progress(
         budget.n_trials, space.objectives, study_mod.directions_of(space, registry), timeout_s, enabled=show_progress
     )
+    for trial in study_mod.completed_trials(study):  # the best so far counts every worker's trials
+        progress.observe(trial.number, trial.values)
     journal = str(storage).startswith(study_mod.JOURNAL_PREFIX)
     progress.message(
         f"worker {name}: study {study_name!r} in {storage}: {done} of "
@@ -114,7 +118,8 @@ def run_worker(
         + ("; journal storage has no heartbeats, so a killed worker's trial is not retried" if journal else "")
     )
     started = time.monotonic()
-    stats = backend.run(study, budget, policy, progress, callbacks=tuple(callbacks))
+    with study_mod.optuna_logging(verbose):
+        stats = backend.run(study, budget, policy, progress, callbacks=tuple(callbacks))
     progress.message(
         f"worker {name} finished in {time.monotonic() - started:.1f}s: {progress.done} completed, "
         f"{progress.pruned} stopped early, {progress.failed} failed; the study has "

@@ -32,11 +32,16 @@ Objective = Callable[[optuna.Trial], list[float]]
 
 
 def make_objective(
-    env: TrialEnv, study: optuna.Study, policy: SearchPolicy, trial_attrs: dict[str, Any] | None = None
+    env: TrialEnv,
+    study: optuna.Study,
+    policy: SearchPolicy,
+    trial_attrs: dict[str, Any] | None = None,
+    progress: Progress | None = None,
 ) -> Objective:
     """The function ``study.optimize`` calls: sample, run, store the record, return the objective values.
 
-    ``trial_attrs`` are set on every trial before it runs (a worker's name).
+    ``trial_attrs`` are set on every trial before it runs (a worker's name); ``progress`` is told the
+    running trial's stages and epochs.
     """
 
     beats = study_mod.has_heartbeat(study)
@@ -59,12 +64,15 @@ def make_objective(
                     trial.set_user_attr(DUPLICATE_ATTR, repeat)
                     raise optuna.TrialPruned(pruned_reason(trial.user_attrs))
             trial.set_user_attr("config", spec.as_dict())
-            gate = policy.epoch_gate(
-                study, trial, int(spec.training.get("epochs") or 0), lambda: measure_before_training(env, spec)
-            )
+            epochs = int(spec.training.get("epochs") or 0)
+            gate = policy.epoch_gate(study, trial, epochs, lambda: measure_before_training(env, spec))
+            if progress is not None:
+                progress.trial_started(trial.number, epochs or None)
 
             def on_epoch(epoch: int, validation_loss: float, base_params: int, compressed_loss: Callable[[], float]) -> None:
                 curve.append(validation_loss)
+                if progress is not None:
+                    progress.trial_epoch(trial.number, epoch + 1, validation_loss)
                 reason = gate(epoch, validation_loss, base_params, compressed_loss)
                 if reason is not None:
                     trial.set_user_attr(CURVE_ATTR, curve)
@@ -84,6 +92,7 @@ def make_objective(
                 trial.number,
                 on_epoch=on_epoch,
                 before_fine_tuning=before_fine_tuning if gate.wants_fine_tune_rung else None,
+                on_stage=(lambda stage: progress.trial_stage(trial.number, stage)) if progress is not None else None,
             )
         except optuna.TrialPruned:
             raise
@@ -105,7 +114,12 @@ def progress_callback(progress: Progress) -> Callable[[optuna.Study, optuna.tria
         reason = trial.user_attrs.get(study_mod.FAILURE_ATTR)
         if trial.state == optuna.trial.TrialState.PRUNED:
             reason = pruned_reason(trial.user_attrs)
-        front = len(study_mod.front_of_study(study)) if trial.state == optuna.trial.TrialState.COMPLETE else None
+        front = None
+        if trial.state == optuna.trial.TrialState.COMPLETE:
+            # the study-wide best: earlier runs' and other workers' trials count, not only this process's
+            for done in study_mod.completed_trials(study):
+                progress.observe(done.number, done.values)
+            front = len(study_mod.front_of_study(study))
         progress.trial_finished(trial.number, trial.state.name, trial.values, seconds, reason, front)
 
     return callback
@@ -192,9 +206,8 @@ class OptunaBackend(Backend):
         ours.append(_FailureCap(budget.max_attempts))
         # --timeout stops a running trial too, not only the start of new ones (a drawn 60,000 epochs would run on)
         self.env.deadline = time.monotonic() + budget.timeout_s if budget.timeout_s is not None else None
-        optuna.logging.set_verbosity(optuna.logging.ERROR)
         study.optimize(
-            make_objective(self.env, study, policy, self.trial_attrs),
+            make_objective(self.env, study, policy, self.trial_attrs, progress),
             n_trials=None,  # the callbacks end it: completed target, own limit, failures, first feasible
             timeout=budget.timeout_s,
             catch=(Exception,),

@@ -228,8 +228,12 @@ def _make_searcher_class() -> type:
             return {**config, NUMBER_KEY: ot_trial.number, WANTS_BASELINE_KEY: not self.has_baseline}
 
         def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
-            # intermediate results are for the scheduler; Optuna pruners are not used here
-            return None
+            # intermediate results are for the scheduler (Optuna pruners are not used here) and the live progress line
+            ot_trial = self._ot_trials.get(trial_id)
+            if ot_trial is not None and VALIDATION_LOSS in result and "epoch" in result:
+                if ot_trial.number not in self.progress.running:
+                    self.progress.trial_started(ot_trial.number)
+                self.progress.trial_epoch(ot_trial.number, int(result["epoch"]), float(result[VALIDATION_LOSS]))
 
         def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False) -> None:
             if trial_id in self._completed_trials or trial_id not in self._ot_trials:
@@ -280,11 +284,12 @@ def _make_searcher_class() -> type:
             if state == optuna.trial.TrialState.PRUNED:
                 reason = pruned_reason(attrs)
             seconds = frozen.duration.total_seconds() if frozen.duration else None
-            front = (
-                len(study_mod.front_of_study(cast(optuna.Study, self._ot_study)))
-                if state == optuna.trial.TrialState.COMPLETE
-                else None
-            )
+            front = None
+            if state == optuna.trial.TrialState.COMPLETE:
+                study = cast(optuna.Study, self._ot_study)
+                for done in study_mod.completed_trials(study):  # the study-wide best, earlier runs' trials included
+                    self.progress.observe(done.number, done.values)
+                front = len(study_mod.front_of_study(study))
             self.progress.trial_finished(frozen.number, state.name, values, seconds, reason, front)
             for callback in self.callbacks:  # the user's Optuna callbacks, as study.optimize calls them
                 callback(cast(optuna.Study, self._ot_study), frozen)

@@ -1,0 +1,128 @@
+"""Experiment tracking: every trial's parameters and metrics reach TensorBoard event files and a local MLflow store."""
+
+from __future__ import annotations
+
+import sqlite3
+import struct
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pytest
+
+import vae_automl
+from vae_automl.cli import main
+from vae_automl.tracking import MLflowCallback, TensorBoardCallback
+
+
+def read_events(folder: Path) -> list[Any]:
+    """Every Event in a folder's event files, read frame by frame (TFRecord: length, crc, data, crc)."""
+    from tensorboardX.proto.event_pb2 import Event
+
+    events = []
+    for path in sorted(folder.glob("events.out.tfevents.*")):
+        data = path.read_bytes()
+        offset = 0
+        while offset < len(data):
+            (length,) = struct.unpack("<Q", data[offset:offset + 8])
+            events.append(Event.FromString(data[offset + 12:offset + 12 + length]))
+            offset += 12 + length + 4
+    return events
+
+
+def scalars(folder: Path) -> dict[tuple[str, int], float]:
+    return {(v.tag, e.step): v.simple_value for e in read_events(folder) for v in e.summary.value
+            if v.WhichOneof("value") == "simple_value"}
+
+
+def hparams_of(folder: Path) -> dict[str, Any]:
+    from tensorboardX.proto.plugin_hparams_pb2 import HParamsPluginData
+
+    for event in read_events(folder):
+        for value in event.summary.value:
+            if value.tag == "_hparams_/session_start_info":
+                info = HParamsPluginData.FromString(value.metadata.plugin_data.content).session_start_info
+                return {k: v.WhichOneof("kind") and getattr(v, v.WhichOneof("kind")) for k, v in info.hparams.items()}
+    raise AssertionError(f"no hparams in {folder}")
+
+
+def mlflow_runs(db: Path) -> dict[str, dict[str, Any]]:
+    """MLflow's SQLite store read with sqlite3: {trial tag: {params, metrics, tags}} (MLflow's own tables)."""
+    with sqlite3.connect(db) as conn:
+        def table(name: str) -> dict[str, dict[str, Any]]:
+            out: dict[str, dict[str, Any]] = {}
+            for run, key, value in conn.execute(f"SELECT run_uuid, key, value FROM {name}"):
+                out.setdefault(run, {})[key] = value
+            return out
+
+        tags, params, metrics = table("tags"), table("params"), table("latest_metrics")
+    return {t["optuna.trial"]: {"tags": t, "params": params.get(run, {}), "metrics": metrics.get(run, {})}
+            for run, t in tags.items()}
+
+
+@pytest.fixture(scope="module")
+def tracked(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """Two one-epoch trials with both trackers, given through the Python API's callbacks."""
+    from conftest import TINY_SPACE
+
+    root = tmp_path_factory.mktemp("tracked")
+    space = root / "tiny.yaml"
+    space.write_text(TINY_SPACE.format(name="tracked", trials=2, lr="3.0e-3", max_epochs=1, seed=0, pruner="none",
+                                       extra_training="", compressors="[]"))
+    tensorboard = TensorBoardCallback(root / "tb")
+    result = vae_automl.search(space, trials=2, out_dir=root / "run", show_progress=False,
+                               callbacks=[tensorboard, MLflowCallback(f"sqlite:///{root / 'mlflow.db'}")])
+    tensorboard.close()
+    return {"root": root, "study": result.study, "space": space}
+
+
+def test_tensorboard_gets_every_trials_params_and_metrics(tracked: dict[str, Any]) -> None:
+    root, study = tracked["root"], tracked["study"]
+    top = scalars(root / "tb")
+    for trial in study.trials:
+        metrics = trial.user_attrs["metrics"]
+        assert top[("objective/test_elbo_nats", trial.number)] == pytest.approx(trial.values[0], rel=1e-6)
+        assert top[("metric/latency_ms", trial.number)] == pytest.approx(metrics["latency_ms"], rel=1e-6)
+        run = scalars(root / "tb" / f"trial-{trial.number}")
+        assert {tag for tag, _ in run} >= {"test_elbo_nats", "size_bytes", "latency_ms", "recon_error"}
+        assert run[("recon_error", trial.number)] == pytest.approx(metrics["recon_error"], rel=1e-6)
+        assert hparams_of(root / "tb" / f"trial-{trial.number}") == pytest.approx(trial.params)
+
+
+def test_mlflow_store_gets_every_trials_params_and_metrics(tracked: dict[str, Any]) -> None:
+    root, study = tracked["root"], tracked["study"]
+    runs = mlflow_runs(root / "mlflow.db")
+    assert sorted(runs) == [str(t.number) for t in study.trials]
+    for trial in study.trials:
+        run = runs[str(trial.number)]
+        assert run["tags"]["optuna.state"] == "COMPLETE" and run["tags"]["mlflow.runName"] == f"trial-{trial.number}"
+        assert run["params"] == {k: str(v) for k, v in trial.params.items()}
+        assert run["metrics"]["test_elbo_nats"] == pytest.approx(trial.values[0])
+        assert run["metrics"]["size_bytes"] == trial.values[1]
+        for name, value in trial.user_attrs["metrics"].items():
+            assert run["metrics"][name] == pytest.approx(value), name
+
+
+def test_mlflow_logs_pruned_and_failed_trials_with_their_state(tmp_path: Path) -> None:
+    study = optuna.create_study(study_name="states", directions=["minimize", "minimize"])
+    study.add_trial(optuna.trial.create_trial(state=optuna.trial.TrialState.FAIL, params={"x": 1},
+                                              distributions={"x": optuna.distributions.IntDistribution(0, 3)}))
+    callback = MLflowCallback(f"sqlite:///{tmp_path / 'mlflow.db'}", experiment="other-name")
+    callback(study, study.trials[0])
+    (run,) = mlflow_runs(tmp_path / "mlflow.db").values()
+    assert run["tags"]["optuna.state"] == "FAIL" and run["params"] == {"x": "1"} and run["metrics"] == {}
+
+
+def test_the_cli_takes_tensorboard_and_mlflow(tracked: dict[str, Any], tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    assert main(["search", str(tracked["space"]), "--n-trials", "1", "--out", str(out), "--tensorboard", str(tmp_path / "tb"),
+                 "--mlflow", f"sqlite:///{tmp_path / 'mlflow.db'}"]) == 0
+    assert ("objective/size_bytes", 0) in scalars(tmp_path / "tb")
+    assert list(mlflow_runs(tmp_path / "mlflow.db")) == ["0"]
+
+
+def test_a_store_mlflow_refuses_is_a_clear_error_before_any_trial(tmp_path: Path) -> None:
+    from vae_automl.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"--mlflow file:.*MLflow cannot use this tracking store"):
+        MLflowCallback(f"file:{tmp_path / 'mlruns'}")
