@@ -110,8 +110,8 @@ class Progress:
         if running.bar is not None:
             if running.epochs and running.bar.total != running.epochs:
                 running.bar.total = running.epochs
-            running.bar.n = epoch
-            running.bar.set_postfix_str(f"loss {format_number(loss)}")
+            running.bar.set_postfix_str(f"loss {format_number(loss)}", refresh=False)
+            running.bar.update(epoch - running.bar.n)  # update, not n =, so tqdm's epochs/s and time left are right
         else:
             self._plain(number, running)
 
