@@ -88,7 +88,7 @@ def test_pack_bits_takes_the_largest_code_and_refuses_one_more_or_a_negative(bit
     assert packing.unpack_bits(packing.pack_bits(torch.tensor([top, 0, top]), bits), bits, 3).tolist() == [top, 0, top]
     with pytest.raises(ValueError, match=rf"codes must be in \[0, {top}\] for {bits} bits, got \[0, {top + 1}\]"):
         packing.pack_bits(torch.tensor([0, top + 1]), bits)
-    with pytest.raises(ValueError, match=rf"got \[-1, 0\]"):
+    with pytest.raises(ValueError, match=r"got \[-1, 0\]"):
         packing.pack_bits(torch.tensor([-1, 0]), bits)
     assert packing.pack_bits(torch.tensor([], dtype=torch.int64), bits).numel() == 0
 
