@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 import torch
 
+from vae_automl.errors import ExportError
 from vae_automl.export import MANIFEST_FORMAT, MANIFEST_VERSION
 from vae_automl.registry import get_registry
 from vae_automl.storage.format import deserialize_model, serialize_model, size_bytes, theoretical_bits
@@ -181,3 +182,37 @@ def test_theoretical_bits_of_the_codecs_model_by_hand() -> None:
 def test_manifest_schema_version() -> None:
     """The export manifest's schema: a change to its keys or meaning bumps MANIFEST_VERSION (loading refuses others)."""
     assert (MANIFEST_FORMAT, MANIFEST_VERSION) == ("vae-automl-export", 1)
+
+
+def test_a_file_of_another_format_version_is_refused() -> None:
+    golden = (GOLDEN / "mlp_float32.safetensors").read_bytes()
+    assert golden.count(b'\\"format\\":1,') == 1
+    for version in (b"2", b"0"):
+        other = golden.replace(b'\\"format\\":1,', b'\\"format\\":' + version + b",")
+        with pytest.raises(ExportError, match=f"weights format {version.decode()} is not the supported 1"):
+            deserialize_model(other, get_registry())
+
+
+@pytest.mark.parametrize(("data", "message"), [
+    (b"", "shorter than its 8-byte length prefix"),
+    (b"\0" * 7, "shorter than its 8-byte length prefix"),
+    (b"\0" * 8, "not a vae-automl weights file"),  # exactly the prefix: an empty header
+    ((2).to_bytes(8, "little") + b"{}", "not a vae-automl weights file"),  # no __metadata__
+    ((16).to_bytes(8, "little") + b'{"__metadata__":', "not a vae-automl weights file"),  # cut short
+])
+def test_bytes_that_are_no_weights_file_are_refused(data: bytes, message: str) -> None:
+    with pytest.raises(ExportError, match=message):
+        read_header(data)
+
+
+def test_a_header_without_our_key_is_refused() -> None:
+    meta = json.dumps({"__metadata__": {"other": "{}"}}).encode()
+    with pytest.raises(ExportError, match="not a vae-automl weights file"):
+        read_header(len(meta).to_bytes(8, "little") + meta)
+
+
+def test_an_unknown_codec_is_named_with_the_known_ones() -> None:
+    model = dense_model()
+    model.encodings["mu.bias"] = {"codec": "zstd"}
+    with pytest.raises(ExportError, match="tensor 'mu.bias' asks for unknown codec 'zstd'; known: codebook, dense, uniform"):
+        serialize_model(model)
