@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,14 @@ from vae_automl.loading import check_plugins, load, read_manifest
 BIG = 3 * 1024 * 1024 + 17  # past any hashing chunk (hashlib.file_digest reads 256 KiB at a time) and 1 MiB
 
 
+def write_manifest(directory: Path, manifest: dict[str, Any], digest: bool = True) -> None:
+    """``manifest.json``, with ``manifest_sha256``: the sha256 of its canonical JSON without that key."""
+    body = {k: v for k, v in manifest.items() if k != "manifest_sha256"}
+    if digest:
+        body["manifest_sha256"] = hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+    (directory / "manifest.json").write_text(json.dumps(body))
+
+
 def write_folder(directory: Path, big: bool = True, **overrides: Any) -> dict[str, Any]:
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "weights.safetensors").write_bytes((GOLDEN / "mlp_float32.safetensors").read_bytes())
@@ -32,8 +41,8 @@ def write_folder(directory: Path, big: bool = True, **overrides: Any) -> dict[st
              for p in sorted(directory.iterdir())}
     manifest = {"format": "vae-automl-export", "manifest_version": 1, "trial": 3, "files": files, "plugins": {},
                 **overrides}
-    (directory / "manifest.json").write_text(json.dumps(manifest))
-    return manifest
+    write_manifest(directory, manifest)
+    return json.loads((directory / "manifest.json").read_text())
 
 
 def test_a_valid_folder_loads_the_model_with_its_manifest(tmp_path: Path) -> None:
@@ -82,7 +91,7 @@ def test_a_file_name_with_a_path_is_refused(tmp_path: Path, name: str) -> None:
     folder = tmp_path / "trial-3"
     manifest = write_folder(folder, big=False)
     manifest["files"][name] = dict(manifest["files"]["weights.safetensors"])
-    (folder / "manifest.json").write_text(json.dumps(manifest))
+    write_manifest(folder, manifest)
     (tmp_path / "weights.safetensors").write_bytes((folder / "weights.safetensors").read_bytes())  # it would verify
     with pytest.raises(ExportError, match=f"file name {name!r} is not a plain file name"):
         load(folder)
@@ -109,7 +118,7 @@ def test_a_manifest_without_format_is_refused(tmp_path: Path) -> None:
     folder = tmp_path / "trial-3"
     manifest = write_folder(folder, big=False)
     del manifest["format"]
-    (folder / "manifest.json").write_text(json.dumps(manifest))
+    write_manifest(folder, manifest)
     with pytest.raises(ExportError, match="'format' must be 'vae-automl-export'"):
         read_manifest(folder)
     (folder / "manifest.json").write_text("[1, 2]")
@@ -136,8 +145,7 @@ def test_weights_that_are_not_a_model_file_are_refused(tmp_path: Path) -> None:
     (folder).mkdir()
     (folder / "weights.safetensors").write_bytes(b"1234")  # listed with its true digest: verifies, but is no model
     files = {"weights.safetensors": {"sha256": hashlib.sha256(b"1234").hexdigest(), "size_bytes": 4}}
-    (folder / "manifest.json").write_text(json.dumps({"format": "vae-automl-export", "manifest_version": 1,
-                                                      "files": files}))
+    write_manifest(folder, {"format": "vae-automl-export", "manifest_version": 1, "files": files})
     with pytest.raises(ExportError, match="shorter than its 8-byte length prefix"):
         load(folder)
 
@@ -161,3 +169,21 @@ def test_loaded_plugins_pass_and_a_plugin_without_module_is_named() -> None:
     check_plugins(Path("m.json"), {}, set())  # no plugins recorded
     with pytest.raises(PluginError, match=r"plugin 'b' from \(no pip package recorded\)  \(--plugin b\)"):
         check_plugins(Path("m.json"), {"plugins": {"b": {}}}, {"a"})
+
+
+@pytest.mark.parametrize("edit", ["figure", "no digest", "digest"])
+def test_an_edited_manifest_is_refused(tmp_path: Path, edit: str) -> None:
+    folder = tmp_path / "trial-3"
+    manifest = write_folder(folder, big=False)
+    if edit == "figure":
+        manifest["trial"] = 4  # the digest no longer matches
+        (folder / "manifest.json").write_text(json.dumps(manifest))
+    elif edit == "no digest":
+        write_manifest(folder, manifest, digest=False)
+    else:
+        manifest["manifest_sha256"] = "0" * 64
+        (folder / "manifest.json").write_text(json.dumps(manifest))
+    missing = "(missing)" if edit == "no digest" else ""
+    message = r"manifest\.json: its content does not match its manifest_sha256 " + re.escape(missing)
+    with pytest.raises(IntegrityError, match=message):
+        load(folder)

@@ -42,7 +42,7 @@ def test_one_sided_bounds_name_their_side() -> None:
 def test_integers_accept_integral_floats_and_strings_only() -> None:
     value = BITS.coerce(3.0)
     assert value == 3 and type(value) is int
-    assert BITS.coerce("5") == 5 and type(BITS.coerce("5")) is int
+    assert refusal(BITS, "5") == "`bits` must be an integer, but got bits='5' (a string: drop the quotes)"
     assert refusal(BITS, 3.5) == "`bits` must be an integer, but got bits=3.5"
     assert refusal(BITS, True) == "`bits` must be an integer, but got bits=True"  # bool is not a number here
     assert refusal(BITS, "four") == "`bits` must be an integer, but got bits='four'"
@@ -55,7 +55,8 @@ def test_floats_accept_yaml_1_1_exponent_strings_and_refuse_non_finite() -> None
     assert type(LR.coerce(1)) is float
     assert refusal(LR, "fast") == "`lr` must be a number, but got lr='fast'"
     assert refusal(LR, math.inf) == "`lr` must be a finite number, but got lr=inf"
-    assert refusal(LR, "nan") == "`lr` must be a finite number, but got lr='nan'"
+    assert refusal(LR, math.nan) == "`lr` must be a finite number, but got lr=nan"
+    assert refusal(LR, "0.5") == "`lr` must be a number, but got lr='0.5' (a string: drop the quotes)"
     assert refusal(Param("x", "float", 0.0), -math.inf).startswith("`x` must be a finite number")
 
 
@@ -97,7 +98,7 @@ def test_constants_ranges_and_choices() -> None:
     assert parse_param(BITS, {"low": 2, "high": 8, "step": 2}, LOC).step == 2
     assert parse_param(LR, {"low": 1e-4, "high": 1e-2, "log": True}, LOC).log is True
     assert parse_param(ACT, {"choices": ["gelu"]}, LOC) == ParamSpace("activation", "categorical", choices=("gelu",))
-    assert parse_param(BITS, {"choices": [2, "4"]}, LOC).choices == (2, 4)  # each choice checked and typed
+    assert parse_param(BITS, {"choices": [2, 4.0]}, LOC).choices == (2, 4)  # each choice checked and typed
 
 
 def test_search_takes_the_whole_range() -> None:
@@ -150,7 +151,7 @@ def test_plain_numbers_and_choices_of_the_yaml() -> None:
     assert _int(None, loc, allow_none=True) is None
     with pytest.raises(ConfigError, match="must be an integer"):
         _int(None, loc)
-    assert _number("2.5", loc, minimum=0) == 2.5 and _number(None, loc, allow_none=True) is None
+    assert _number("2.5e0", loc, minimum=0) == 2.5 and _number(None, loc, allow_none=True) is None
     with pytest.raises(ConfigError, match=r"must be >= 0, but got epochs=-0.5"):
         _number(-0.5, loc, minimum=0)
     assert _choice("b", loc, ("a", "b")) == "b"
