@@ -114,3 +114,28 @@ def test_resumed_search_shows_the_study_wide_best_and_keeps_optuna_quiet(
     assert finished and "best test_elbo_nats 1 (#1), size_bytes 1 (#1)" in finished[0], err
     assert verbosity == [optuna.logging.ERROR, optuna.logging.INFO]  # quiet unless verbose
     assert optuna.logging.get_verbosity() == before  # the caller's setting comes back
+
+
+def test_the_ray_searcher_shows_epochs_and_calls_the_users_callbacks(tiny: Path, tmp_path: Path) -> None:
+    pytest.importorskip("ray.tune")
+    from vae_automl.backends.ray import VALIDATION_LOSS, _DefineByRun, _make_searcher_class
+    from vae_automl.config import load_space
+    from vae_automl.registry import get_registry
+    from vae_automl.study import create_study, open_storage
+
+    space = load_space(tiny)
+    storage = open_storage(f"sqlite:///{tmp_path / 'study.db'}")
+    study = create_study(space, storage, "progress", tmp_path, get_registry())
+    stream = io.StringIO()
+    seen: list[tuple[int, str]] = []
+    searcher = _make_searcher_class()(
+        space=_DefineByRun(space), metric=list(space.objectives), mode=["min", "min"], sampler=study.sampler,
+        study_name="progress", storage=storage, objectives=tuple(space.objectives), target_completed=1, done=0,
+        max_failures=3, deadline=None, progress=Progress(1, space.objectives, DIRECTIONS, stream=stream, plain_interval_s=0),
+        callbacks=[lambda s, t: seen.append((t.number, t.state.name))],
+    )
+    assert isinstance(searcher.suggest("t0"), dict)
+    searcher.on_trial_result("t0", {VALIDATION_LOSS: 31.5, "epoch": 1})
+    searcher.fail_in_flight("test over")
+    assert "  trial 0: train epoch 1, validation loss 31.5" in stream.getvalue().splitlines()
+    assert seen == [(0, "FAIL")]
