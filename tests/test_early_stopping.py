@@ -215,7 +215,7 @@ def test_a_space_whose_trials_all_fail_still_ends(tiny_space: Any, tmp_path: Pat
     from vae_automl.api import search
 
     # no time to train: every trial fails; the search stops after 3 failures per wanted trial
-    space = tiny_space(trials=2, pruner="pareto", extra_training="  max_seconds: 0.0\n")
+    space = tiny_space(trials=2, pruner="pareto", extra_training="  max_seconds: 0.001\n")
     result = search(space, out_dir=tmp_path / "out", show_progress=False)
     study = optuna.load_study(study_name=result.study_name, storage=result.storage)
     states = [t.state for t in study.get_trials(deepcopy=False)]

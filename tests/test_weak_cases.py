@@ -284,7 +284,7 @@ def test_max_seconds_bounds_the_stages_after_training(env: Any, monkeypatch: pyt
 def test_the_runs_timeout_stops_a_running_trial(env: Any) -> None:
     space, e = env
     e.deadline = time.monotonic() - 1  # the run's --timeout ran out
-    with pytest.raises(TrialFailed, match="time limit of 0 s"):
+    with pytest.raises(TrialFailed, match="ran past the run's --timeout before training the base model"):
         trial_mod.run_trial(e, resolve(space, {"training.lr": 0.006}), 0)
 
 
@@ -296,3 +296,15 @@ def test_a_bad_entry_in_a_manifest_stays_refused_as_before(tmp_path: Path) -> No
                                                         "files": {"weights.safetensors": {"sha256": "ab"}}}))
     with pytest.raises(VaeAutomlError, match=r"manifest_sha256 \(missing\); manifest.json was edited after export"):
         read_manifest(tmp_path)
+
+
+@pytest.mark.parametrize("text, key", [("timeout_s: 0\n", "timeout_s"), ("timeout_s: -1\n", "timeout_s")])
+def test_a_yaml_timeout_that_allows_no_trial_is_refused(text: str, key: str) -> None:
+    assert f"s.yaml: {key}: `{key}` must be" in error_of(SPACE + text)
+    assert load_space_text(SPACE + "timeout_s: 0.001\n", "s.yaml").timeout_s == 0.001
+
+
+def test_a_max_seconds_that_allows_no_training_is_refused() -> None:
+    text = SPACE.replace("epochs: 1,", "epochs: 1, max_seconds: 0,")
+    assert "s.yaml: training.max_seconds: `max_seconds` must be in [0.001," in error_of(text)
+    assert load_space_text(text.replace("max_seconds: 0,", "max_seconds: 0.001,"), "s.yaml")

@@ -19,7 +19,7 @@ import optuna
 from vae_automl import pareto
 from vae_automl import study as study_mod
 from vae_automl.errors import ConfigError
-from vae_automl.locations import default_storage
+from vae_automl.locations import default_storage, make_out_dir
 from vae_automl.plugin_manager import get_plugin_manager
 from vae_automl.plugins_info import list_components
 from vae_automl.progress import Progress
@@ -98,16 +98,6 @@ class SearchResult:
     knee: int | None = None
     failure: str | None = None
     """Set when every trial this run finished failed: why (the CLI exits 1 with it)."""
-
-
-def make_out_dir(out: Path) -> None:
-    """Create the output folder, or say which path is in the way and why."""
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"--out {out}: is a file, not a folder; give a folder path")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise ConfigError(f"--out {out}: cannot create the output folder: {exc.strerror}") from None
 
 
 def search(

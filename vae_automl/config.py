@@ -33,7 +33,7 @@ TRAINING_PARAMS: tuple[Param, ...] = (
     Param("weight_decay", "float", 0.0, minimum=0.0, maximum=1.0),
     Param("patience", "int", None, minimum=1, maximum=100_000, help="early stopping on validation loss"),
     Param("capture", "categorical", "auto", choices=("auto", "on", "off"), help="CUDA-graph capture of the step"),
-    Param("max_seconds", "float", None, minimum=0.0, maximum=1e9, help="per-trial training time limit"),
+    Param("max_seconds", "float", None, minimum=1e-3, maximum=1e9, help="per-trial time limit, every stage"),
 )
 SAMPLERS = ("auto", "gp", "tpe", "nsga2", "random")
 PRUNERS = ("none", "pareto")
@@ -799,7 +799,7 @@ def parse_space(data: Any, file: str, registry: Registry, source: str = "", base
         pruner=pruner,
         latency=latency,
         trials=_int(data.get("trials", 10), root / "trials", minimum=0),
-        timeout_s=_number(data.get("timeout_s"), root / "timeout_s", minimum=0, allow_none=True),
+        timeout_s=_number(data.get("timeout_s"), root / "timeout_s", minimum=1e-3, allow_none=True),
         device=_device(data.get("device", "auto"), root / "device"),
         seed=_int(data.get("seed", 0), root / "seed"),
         teacher=_teacher(data.get("teacher"), root / "teacher"),

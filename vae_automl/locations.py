@@ -25,6 +25,16 @@ def default_storage(out_dir: str | Path) -> str:
     return f"sqlite:///{(Path(out_dir) / STUDY_FILE).resolve()}"
 
 
+def make_out_dir(out: Path) -> None:
+    """Create the output folder, or say which path is in the way and why."""
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out}: is a file, not a folder; give a folder path")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"--out {out}: cannot create the output folder: {exc.strerror}") from None
+
+
 def resolve_storage(storage: str | None, out_dir: str | Path | None = None, *, must_exist: bool = False) -> str | None:
     """The storage URL a command uses: ``storage``, else ``$VAE_AUTOML_STORAGE``, else ``out_dir``'s study file.
 

@@ -478,6 +478,10 @@ def measure_before_training(env: TrialEnv, spec: TrialSpec) -> dict[str, float]:
     return values
 
 
+MIN_SECONDS = 1e-3
+"""The least time limit training takes (``training.max_seconds``'s minimum)."""
+
+
 @dataclass(frozen=True)
 class TimeLimit:
     """When a trial must end: ``training.max_seconds`` after its start, or the run's ``--timeout``, whichever is first.
@@ -501,11 +505,14 @@ class TimeLimit:
         at, what = min(limits) if limits else (None, "")
         return cls(at, what, by_timeout=at is not None and at == env.deadline)
 
-    def bound(self, config: TrainConfig) -> TrainConfig:
-        """``config`` with its training time limited to what is left."""
+    def bound(self, config: TrainConfig, stage: str) -> TrainConfig:
+        """``config`` with its training time limited to what is left before ``stage``; TrialFailed if nothing is."""
         if self.at is None:
             return config
-        return dataclasses.replace(config, max_seconds=max(self.at - time.monotonic(), 0.0))
+        left = self.at - time.monotonic()
+        if left < MIN_SECONDS:
+            raise TrialFailed(f"the trial ran past {self.what} before {stage}")
+        return dataclasses.replace(config, max_seconds=left)
 
     def check(self, stage: str) -> None:
         if self.at is not None and time.monotonic() > self.at:
@@ -540,7 +547,8 @@ def run_trial(
     limit = TimeLimit.of(env, train_config)
     # the base trains first: its own max_seconds is the trial's, unless the run's --timeout ends sooner
     stage("train")
-    base, base_info = train_base(env, spec, limit.bound(train_config) if limit.by_timeout else train_config, on_epoch)
+    base_config = limit.bound(train_config, "training the base model") if limit.by_timeout else train_config
+    base, base_info = train_base(env, spec, base_config, on_epoch)
     limit.check("training the base model")
     # the uncompressed base's figures: targets relative to the baseline, and the front's "x smaller, % ELBO"
     baseline_names = tuple(dict.fromkeys([*env.space.objectives, *(t.name for t in env.space.targets)]))
@@ -555,7 +563,7 @@ def run_trial(
             before_fine_tuning(score)
         limit.check("scoring the compressed base before fine-tuning")
     stage("compress")
-    model = compress(env, base, spec, limit.bound(train_config))
+    model = compress(env, base, spec, limit.bound(train_config, "compressing"))
     limit.check("compressing")
     stage("measure")
     metrics, ctx = measure(env, model, (*env.space.objectives, *env.space.record), spec.seed)

@@ -29,6 +29,7 @@ from vae_automl import study as study_mod
 from vae_automl.backends.base import SearchPolicy, TrialCallback
 from vae_automl.backends.optuna import OptunaBackend
 from vae_automl.config import SearchSpace, apply_overrides
+from vae_automl.locations import make_out_dir
 from vae_automl.plugin_manager import get_plugin_manager
 from vae_automl.progress import Progress
 from vae_automl.registry import Registry, get_registry
@@ -99,6 +100,7 @@ def run_worker(
         storage, study_name, sampler=policy.sampler(seed_offset=len(study.get_trials(deepcopy=False)) + os.getpid())
     )
     out = Path(out_dir or study_mod.stored_out_dir(study) or Path("runs") / study_name)
+    make_out_dir(out)
     env = prepare(space, out, registry, pm)
     if env.base_model is not None:  # this machine's checkpoint must be the one the study started from
         study_mod.check_base_model(study, env.base_model_info["base_model"], env.base_model_info["checkpoint_sha256"])
