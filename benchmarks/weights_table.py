@@ -26,9 +26,10 @@ the 2,464-parameter zoo CNN, the 784-400-20 MLP VAE) the rows are:
     re-serialized without entropy coding / in safetensors, checked to decode
     to the very same weights.
 ``distill+prune+kmeans+entropy+compact`` (the MLP VAE only)
-    logit-free VAE distillation into a narrower student first, then the
-    same stages; its reference is an fp32 model trained for its own total
-    epochs (base + distillation + fine-tuning).
+    ``distill`` into a half-width student first (8 epochs), then pruning
+    (60%: the student has fewer weights to spare) and 4-bit k-means, entropy
+    coding and the compact container; its reference is an fp32 model
+    trained for its own total epochs (base + distillation + fine-tuning).
 ``weight_vae``
     weights encoded by a small VAE; its decoder is in the file.
     ``size_bytes_amortized`` also gives the size with the decoder shared by
