@@ -308,3 +308,18 @@ def test_a_max_seconds_that_allows_no_training_is_refused() -> None:
     text = SPACE.replace("epochs: 1,", "epochs: 1, max_seconds: 0,")
     assert "s.yaml: training.max_seconds: `max_seconds` must be in [0.001," in error_of(text)
     assert load_space_text(text.replace("max_seconds: 0,", "max_seconds: 0.001,"), "s.yaml")
+
+
+def test_the_ray_trainable_stops_at_the_drivers_timeout(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tune = pytest.importorskip("ray.tune")
+    from vae_automl.backends import ray as ray_backend
+
+    reports: list[dict[str, Any]] = []
+    monkeypatch.setattr(tune, "report", lambda metrics, **_: reports.append(metrics))
+    space = load_space_text(SPACE, "s.yaml")
+    args = dict(source=space.source, file="s.yaml", dataset=space.dataset, device="cpu", out_dir=str(tmp_path))
+    config = {"training.lr": 0.005, ray_backend.NUMBER_KEY: 0}
+    ray_backend._trainable(config, **args, deadline_unix_s=time.time() - 1)
+    assert reports[-1][ray_backend.FAILURE_KEY] == "the trial ran past the run's --timeout before training the base model"
+    ray_backend._trainable(config, **args, deadline_unix_s=time.time() + 600)
+    assert ray_backend.FAILURE_KEY not in reports[-1] and reports[-1]["test_elbo_nats"] > 0

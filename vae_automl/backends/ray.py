@@ -365,8 +365,20 @@ def _worker_env(source: str, file: str, dataset: Any, device: str, out_dir: str)
     return _envs[key]
 
 
-def _trainable(config: dict[str, Any], source: str, file: str, dataset: Any, device: str, out_dir: str) -> None:
-    """One Ray trial: resolve the sampled params, run the trial, report per-epoch losses then the record."""
+def _trainable(
+    config: dict[str, Any],
+    source: str,
+    file: str,
+    dataset: Any,
+    device: str,
+    out_dir: str,
+    deadline_unix_s: float | None = None,
+) -> None:
+    """One Ray trial: resolve the sampled params, run the trial, report per-epoch losses then the record.
+
+    ``deadline_unix_s`` is the end of the driver's ``--timeout`` (wall clock: the worker may be on another machine);
+    a trial still running then stops, as in the Optuna backend.
+    """
     # deferred: Ray is optional (the ray extra) and slow to import
     from ray import tune
 
@@ -415,6 +427,7 @@ def _trainable(config: dict[str, Any], source: str, file: str, dataset: Any, dev
 
     try:
         env = _worker_env(source, file, dataset, device, out_dir)
+        env.deadline = None if deadline_unix_s is None else time.monotonic() + (deadline_unix_s - time.time())
         spec = space_mod.resolve(env.space, params, env.registry)
         spec_json = json.dumps(spec.as_dict())
         rungs = set(early_stopping.rungs(env.space.pruner, int(spec.training.get("epochs") or 0)))
@@ -608,6 +621,7 @@ class RayBackend(Backend):
                 dataset=dataset,
                 device=self.device,
                 out_dir=str(Path(out).resolve()),
+                deadline_unix_s=time.time() + budget.timeout_s if budget.timeout_s is not None else None,
             ),
             {"cpu": self.cpus_per_trial, "gpu": self.gpus_per_trial},
         )
