@@ -126,3 +126,27 @@ def test_a_store_mlflow_refuses_is_a_clear_error_before_any_trial(tmp_path: Path
 
     with pytest.raises(ConfigError, match=r"--mlflow file:.*MLflow cannot use this tracking store"):
         MLflowCallback(f"file:{tmp_path / 'mlruns'}")
+
+
+def test_the_yamls_tracking_reaches_the_search_and_every_worker(tracked: dict[str, Any], tmp_path: Path) -> None:
+    board = tmp_path / "tb"
+    space = tmp_path / "tracked.yaml"
+    space.write_text(tracked["space"].read_text() + f"tracking: {{tensorboard: {str(board)!r}}}\n")
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    vae_automl.search(space, trials=1, storage=storage, out_dir=tmp_path / "run", show_progress=False)
+    assert {step for tag, step in scalars(board) if tag == "objective/test_elbo_nats"} == {0}
+    # a worker has no YAML of its own: the stored one's tracking applies
+    vae_automl.worker(storage, "tracked", trials=1, show_progress=False)
+    assert {step for tag, step in scalars(board) if tag == "objective/test_elbo_nats"} == {0, 1}
+
+
+@pytest.mark.parametrize(("tracking", "message"), [
+    ("{tensorboard: 3}", r"tracking\.tensorboard: expected a URI or folder \(a non-empty string\), got 3"),
+    ("{wandb: x}", r"tracking\.wandb: unknown key; valid keys: mlflow, tensorboard"),
+])
+def test_a_bad_tracking_section_is_refused_naming_the_key(tracked: dict[str, Any], tracking: str, message: str) -> None:
+    from vae_automl.config import load_space_text
+    from vae_automl.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=message):
+        load_space_text(tracked["space"].read_text() + f"tracking: {tracking}\n", "tracked.yaml")

@@ -25,6 +25,7 @@ from vae_automl.plugins_info import list_components
 from vae_automl.progress import Progress
 from vae_automl.registry import call_each, get_registry
 from vae_automl.study import BASELINE_ATTR, FrontEntry, TrialCallback, front_of_study
+from vae_automl.tracking import tracking_callbacks
 
 if TYPE_CHECKING:
     from vae_automl.config import SearchSpace
@@ -116,6 +117,8 @@ def search(
     base_model: Any = None,
     callbacks: Sequence[TrialCallback] = (),
     verbose: bool = False,
+    mlflow: str | None = None,
+    tensorboard: str | Path | None = None,
     **backend_options: Any,
 ) -> SearchResult:
     """Run (or resume) a multi-objective search and return its study and Pareto front.
@@ -133,6 +136,8 @@ def search(
         show_progress: print progress on stderr: a live line per running trial (stage, epoch, validation loss;
             a tqdm bar on a terminal, plain lines elsewhere) and one per finished trial (study-wide best, front size).
         verbose: let Optuna's own INFO log lines through (quiet otherwise: errors only).
+        mlflow: log every finished trial to this MLflow tracking URI (default: the YAML's ``tracking.mlflow``).
+        tensorboard: write every completed trial as TensorBoard events here (default: ``tracking.tensorboard``).
         base_model: the user's trained VAE to compress, replacing the YAML's ``base_model:``: a mapping
             ``{factory, kwargs, checkpoint, likelihood, groups, fine_tune_epochs}`` or a ``torch.nn.Module``
             with ``encode``/``decode`` (see docs/bring-your-own-model.md).
@@ -196,7 +201,8 @@ def search(
             f"study {study_name!r} in {storage}: {done} completed trials; completing {budget.n_trials} more {runner.describe()}"
         )
         started = time.monotonic()
-        stats = runner.run(study, budget, policy, progress, callbacks=tuple(callbacks))
+        trackers = tracking_callbacks(mlflow or space.tracking.mlflow, tensorboard or space.tracking.tensorboard)
+        stats = runner.run(study, budget, policy, progress, callbacks=(*trackers, *callbacks))
         if budget.n_trials > 0:
             progress.message(
                 f"finished in {time.monotonic() - started:.1f}s: {progress.done} completed, "
@@ -343,6 +349,8 @@ def worker(
     show_progress: bool = True,
     callbacks: Sequence[TrialCallback] = (),
     verbose: bool = False,
+    mlflow: str | None = None,
+    tensorboard: str | Path | None = None,
 ) -> WorkerResult:
     """Run trials of a study made by :func:`search` in this process (``vae-automl worker``); start one per device.
 
@@ -357,6 +365,7 @@ def worker(
         show_progress: print progress lines on stderr.
         callbacks: Optuna callbacks ``f(study, frozen_trial)`` after each of this worker's finished trials.
         verbose: let Optuna's own INFO log lines through (errors only otherwise).
+        mlflow, tensorboard: as in :func:`search` (default: the stored YAML's ``tracking:``).
 
     Returns:
         A :class:`vae_automl.worker.WorkerResult`: the study, this worker's name and its completed trials.
@@ -376,6 +385,8 @@ def worker(
         show_progress=show_progress,
         callbacks=callbacks,
         verbose=verbose,
+        mlflow=mlflow,
+        tensorboard=tensorboard,
     )
 
 

@@ -114,7 +114,6 @@ def _cmd_search(args: argparse.Namespace) -> int:
     # deferred: `vae-automl --help` and `front` must not import torch
     from vae_automl.api import search
     from vae_automl.report import against_baseline, format_front_table
-    from vae_automl.tracking import tracking_callbacks
 
     backend_options = {}
     if args.backend == "ray":
@@ -141,8 +140,9 @@ def _cmd_search(args: argparse.Namespace) -> int:
         device=args.device,
         plugins=tuple(args.plugin),
         backend=args.backend,
-        callbacks=tracking_callbacks(args.mlflow, args.tensorboard),
         verbose=args.verbose,
+        mlflow=args.mlflow,
+        tensorboard=args.tensorboard,
         **backend_options,
     )
     if args.json:
@@ -191,7 +191,6 @@ def _cmd_worker(args: argparse.Namespace) -> int:
     # deferred: `vae-automl --help` and `front` must not import torch
     from vae_automl.api import worker
     from vae_automl.study import completed_trials
-    from vae_automl.tracking import tracking_callbacks
 
     storage, study_name = _study(args)
     result = worker(
@@ -203,8 +202,9 @@ def _cmd_worker(args: argparse.Namespace) -> int:
         device=args.device,
         data_dir=args.data_dir,
         plugins=tuple(args.plugin),
-        callbacks=tracking_callbacks(args.mlflow, args.tensorboard),
         verbose=args.verbose,
+        mlflow=args.mlflow,
+        tensorboard=args.tensorboard,
     )
     total = len(completed_trials(result.study))
     if args.json:
@@ -392,8 +392,16 @@ def build_parser() -> argparse.ArgumentParser:
     device.add_argument("--device", type=_device, metavar="DEVICE", help=DEVICE_HELP)
     # what runs trials (search, worker) can report them to trackers, and let Optuna's own log lines through
     tracking = argparse.ArgumentParser(add_help=False)
-    tracking.add_argument("--mlflow", metavar="URI", help="log every trial to MLflow: sqlite:///mlflow.db, http://HOST:5000")
-    tracking.add_argument("--tensorboard", metavar="DIR", help="write every trial's params and metrics as TensorBoard events")
+    tracking.add_argument(
+        "--mlflow",
+        metavar="URI",
+        help="log every trial to MLflow: sqlite:///mlflow.db, http://HOST:5000 (default: the YAML's tracking.mlflow)",
+    )
+    tracking.add_argument(
+        "--tensorboard",
+        metavar="DIR",
+        help="write every trial's params and metrics as TensorBoard events (default: tracking.tensorboard)",
+    )
     tracking.add_argument("-v", "--verbose", action="store_true", help="let Optuna's INFO log lines through")
     n_trials = argparse.ArgumentParser(add_help=False)
     n_trials.add_argument("--timeout", type=float, metavar="SECONDS", help="seconds after which no new trial starts")

@@ -183,6 +183,19 @@ class BaseModelConfig:
 
 
 @dataclass(frozen=True)
+class TrackingConfig:
+    """``tracking:``: where every finished trial is logged besides the study (see :mod:`vae_automl.tracking`).
+
+    Stored with the study's YAML, so every worker logs there too; ``--mlflow`` and ``--tensorboard`` replace them.
+    """
+
+    mlflow: str | None = None
+    """An MLflow tracking URI: ``sqlite:///mlflow.db``, ``http://HOST:5000``."""
+    tensorboard: str | None = None
+    """A folder for TensorBoard event files (relative to the working directory)."""
+
+
+@dataclass(frozen=True)
 class SearchSpace:
     """A validated search space. ``source`` is the file's text, kept so workers need no copy of it."""
 
@@ -206,6 +219,7 @@ class SearchSpace:
     reference_point: dict[str, float] | None = None
     targets: tuple[Target, ...] = ()
     stop_when: str = "budget"
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
     source: str = ""
     task: str = "vae"
     needs_labels: bool = False
@@ -508,7 +522,9 @@ TOP_KEYS = (
     "base_model",
     "targets",
     "stop_when",
+    "tracking",
 )
+TRACKING_KEYS = ("mlflow", "tensorboard")
 TARGET_KINDS = ("max", "min", "max_relative_to_baseline")
 
 
@@ -781,6 +797,11 @@ def parse_space(data: Any, file: str, registry: Registry, source: str = "", base
     if stop_when == "first_feasible" and not targets:
         raise (root / "stop_when").error("first_feasible needs targets to be feasible against")
 
+    tracking_raw = _mapping(data.get("tracking") or {}, root / "tracking", TRACKING_KEYS)
+    for key, value in tracking_raw.items():
+        if not isinstance(value, str) or not value.strip():
+            raise (root / "tracking" / key).error(f"expected a URI or folder (a non-empty string), got {value!r}")
+
     name = data.get("name") or Path(file).stem
     if not isinstance(name, str):
         raise (root / "name").error(f"expected a string, got {name!r}")
@@ -807,6 +828,7 @@ def parse_space(data: Any, file: str, registry: Registry, source: str = "", base
         reference_point=reference_point,
         targets=tuple(targets),
         stop_when=stop_when,
+        tracking=TrackingConfig(**tracking_raw),
         source=source,
         task=task.name,
         needs_labels=task.needs_labels or any(registry.objectives.get(n).needs_labels for n in (*objectives, *record)),

@@ -33,6 +33,7 @@ from vae_automl.locations import make_out_dir
 from vae_automl.plugin_manager import get_plugin_manager
 from vae_automl.progress import Progress
 from vae_automl.registry import Registry, get_registry
+from vae_automl.tracking import tracking_callbacks
 from vae_automl.trial import prepare
 
 WORKER_ATTR = "worker"
@@ -71,6 +72,8 @@ def run_worker(
     show_progress: bool = True,
     callbacks: Sequence[TrialCallback] = (),
     verbose: bool = False,
+    mlflow: str | None = None,
+    tensorboard: str | Path | None = None,
 ) -> WorkerResult:
     """Run trials of the stored study ``study_name`` in this process.
 
@@ -87,6 +90,7 @@ def run_worker(
         show_progress: print progress lines on stderr.
         callbacks: Optuna callbacks ``f(study, frozen_trial)`` after each trial this worker finishes.
         verbose: let Optuna's own INFO log lines through (errors only otherwise).
+        mlflow, tensorboard: log every finished trial there (default: the stored YAML's ``tracking:``).
     """
     study_mod.check_limits(trials, timeout_s)
     pm = get_plugin_manager(plugins)
@@ -120,8 +124,9 @@ def run_worker(
         + ("; journal storage has no heartbeats, so a killed worker's trial is not retried" if journal else "")
     )
     started = time.monotonic()
+    trackers = tracking_callbacks(mlflow or space.tracking.mlflow, tensorboard or space.tracking.tensorboard)
     with study_mod.optuna_logging(verbose):
-        stats = backend.run(study, budget, policy, progress, callbacks=tuple(callbacks))
+        stats = backend.run(study, budget, policy, progress, callbacks=(*trackers, *callbacks))
     progress.message(
         f"worker {name} finished in {time.monotonic() - started:.1f}s: {progress.done} completed, "
         f"{progress.pruned} stopped early, {progress.failed} failed; the study has "
