@@ -314,3 +314,30 @@ def test_changed_choices_are_a_range_change_but_a_new_option_is_not() -> None:
            "compressors": [{"optional": False, "options": {"uniform": {}, "kmeans": {}}}]}
     changes = {c.path: c.range_only for c in diff(old, new)}
     assert changes == {"training.capture.choices": True, "compressors.0.options.kmeans": False}
+
+
+def test_a_non_finite_objective_fails_the_trial_with_its_name(tiny_space: Any, tmp_path: Path,
+                                                              register_plugin: Any) -> None:
+    from vae_automl.components import Objective
+    from vae_automl.plugin_manager import hookimpl
+
+    class NanObjective(Objective):
+        name = "always_nan"
+
+        def measure(self, ctx: Any) -> float:
+            return float("nan")
+
+    class Plugin:
+        @hookimpl
+        def register_objectives(self, register: Any) -> None:
+            register(NanObjective())
+
+    register_plugin(Plugin())
+    space = tiny_space(max_epochs=1)
+    space.write_text(space.read_text().replace("objectives: [test_elbo_nats, size_bytes]",
+                                               "objectives: [test_elbo_nats, always_nan]"))
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    search(space, trials=1, storage=storage, out_dir=tmp_path, show_progress=False)
+    trials = _trials(storage, "tiny")
+    assert trials and all(t.state == STATES.FAIL for t in trials)
+    assert trials[0].user_attrs[FAILURE_ATTR] == "objective 'always_nan' measured nan"

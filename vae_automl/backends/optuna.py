@@ -94,16 +94,17 @@ def make_objective(
                 before_fine_tuning=before_fine_tuning if gate.wants_fine_tune_rung else None,
                 on_stage=(lambda stage: progress.trial_stage(trial.number, stage)) if progress is not None else None,
             )
+            values = [record.objectives[name] for name in env.space.objectives]
+            for key, value in {**record.to_user_attrs(), **policy.trial_attrs(record)}.items():
+                trial.set_user_attr(key, value)
+            constraints.set_constraints(trial, policy.constraints(record))
+            study_mod.add_plugins(study, record.plugins)
         except optuna.TrialPruned:
             raise
         except Exception as exc:
             trial.set_user_attr(study_mod.FAILURE_ATTR, failure_reason(exc))
             raise
-        for key, value in {**record.to_user_attrs(), **policy.trial_attrs(record)}.items():
-            trial.set_user_attr(key, value)
-        constraints.set_constraints(trial, policy.constraints(record))
-        study_mod.add_plugins(study, record.plugins)
-        return [record.objectives[name] for name in env.space.objectives]
+        return values
 
     return objective
 
