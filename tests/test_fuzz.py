@@ -237,3 +237,27 @@ def test_the_fuzzers_do_reach_valid_results(tmp_path: Path) -> None:
     data_mod._image_cache.clear()
     splits = make_splits(load_images(f"npz:{path}"), SplitConfig(), "cpu")
     assert len(splits.train) + len(splits.validation) + len(splits.test) == 40
+
+
+@FAST
+@given(data=st.data())
+def test_image_folders_load_or_name_the_error(data: st.DataObject, tmp_path: Path) -> None:
+    image_mod = pytest.importorskip("PIL.Image")
+    root = tmp_path / f"f-{next(_files)}"
+    root.mkdir()
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1)))
+    common = (data.draw(st.integers(1, 9)), data.draw(st.integers(1, 9)))  # most folders hold one size
+    mixed = data.draw(st.booleans()) and data.draw(st.booleans())
+    for i in range(data.draw(st.integers(0, 24))):
+        name = f"{i}{data.draw(st.sampled_from(['.png', '.jpg', '.PNG', '.txt']))}"
+        kind = data.draw(st.sampled_from(["image", "image", "bytes", "empty"]))
+        if kind == "image":
+            mode = data.draw(st.sampled_from(["L", "RGB", "RGBA", "1", "I;16", "P"]))
+            size = (data.draw(st.integers(1, 9)), data.draw(st.integers(1, 9))) if mixed else common
+            pixels = rng.integers(0, 255, size=(size[1], size[0], 3), dtype=np.uint8)
+            image = image_mod.fromarray(pixels, "RGB").convert(mode)
+            fmt = "PNG" if name.lower().endswith((".png", ".txt")) else "JPEG"
+            (image.convert("RGB") if fmt == "JPEG" and mode not in ("L", "RGB") else image).save(root / name, fmt)
+        else:
+            (root / name).write_bytes(b"" if kind == "empty" else rng.bytes(data.draw(st.integers(1, 64))))
+    _split_or_named_error(f"folder:{root}", SplitConfig(validation=0.1, test=0.2))
