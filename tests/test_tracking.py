@@ -46,8 +46,8 @@ def hparams_of(folder: Path) -> dict[str, Any]:
     raise AssertionError(f"no hparams in {folder}")
 
 
-def mlflow_runs(db: Path) -> dict[str, dict[str, Any]]:
-    """MLflow's SQLite store read with sqlite3: {trial tag: {params, metrics, tags}} (MLflow's own tables)."""
+def mlflow_runs(db: Path, study: str) -> dict[str, dict[str, Any]]:
+    """MLflow's SQLite store read with sqlite3: {trial tag: {params, metrics, tags}} of one study's runs."""
     with sqlite3.connect(db) as conn:
         def table(name: str) -> dict[str, dict[str, Any]]:
             out: dict[str, dict[str, Any]] = {}
@@ -57,7 +57,7 @@ def mlflow_runs(db: Path) -> dict[str, dict[str, Any]]:
 
         tags, params, metrics = table("tags"), table("params"), table("latest_metrics")
     return {t["optuna.trial"]: {"tags": t, "params": params.get(run, {}), "metrics": metrics.get(run, {})}
-            for run, t in tags.items()}
+            for run, t in tags.items() if t["optuna.study"] == study}
 
 
 @pytest.fixture(scope="module")
@@ -91,7 +91,7 @@ def test_tensorboard_gets_every_trials_params_and_metrics(tracked: dict[str, Any
 
 def test_mlflow_store_gets_every_trials_params_and_metrics(tracked: dict[str, Any]) -> None:
     root, study = tracked["root"], tracked["study"]
-    runs = mlflow_runs(root / "mlflow.db")
+    runs = mlflow_runs(root / "mlflow.db", "tracked")
     assert sorted(runs) == [str(t.number) for t in study.trials]
     for trial in study.trials:
         run = runs[str(trial.number)]
@@ -103,22 +103,23 @@ def test_mlflow_store_gets_every_trials_params_and_metrics(tracked: dict[str, An
             assert run["metrics"][name] == pytest.approx(value), name
 
 
-def test_mlflow_logs_pruned_and_failed_trials_with_their_state(tmp_path: Path) -> None:
+def test_mlflow_logs_pruned_and_failed_trials_with_their_state(tracked: dict[str, Any]) -> None:
+    db = tracked["root"] / "mlflow.db"  # the fixture's store: a new one costs seconds of schema migrations
     study = optuna.create_study(study_name="states", directions=["minimize", "minimize"])
     study.add_trial(optuna.trial.create_trial(state=optuna.trial.TrialState.FAIL, params={"x": 1},
                                               distributions={"x": optuna.distributions.IntDistribution(0, 3)}))
-    callback = MLflowCallback(f"sqlite:///{tmp_path / 'mlflow.db'}", experiment="other-name")
+    callback = MLflowCallback(f"sqlite:///{db}", experiment="other-name")
     callback(study, study.trials[0])
-    (run,) = mlflow_runs(tmp_path / "mlflow.db").values()
+    (run,) = mlflow_runs(db, "states").values()
     assert run["tags"]["optuna.state"] == "FAIL" and run["params"] == {"x": "1"} and run["metrics"] == {}
 
 
 def test_the_cli_takes_tensorboard_and_mlflow(tracked: dict[str, Any], tmp_path: Path) -> None:
-    out = tmp_path / "run"
-    assert main(["search", str(tracked["space"]), "--n-trials", "1", "--out", str(out), "--tensorboard", str(tmp_path / "tb"),
-                 "--mlflow", f"sqlite:///{tmp_path / 'mlflow.db'}"]) == 0
+    out, db = tmp_path / "run", tracked["root"] / "mlflow.db"
+    assert main(["search", str(tracked["space"]), "--n-trials", "1", "--out", str(out), "--study", "cli",
+                 "--tensorboard", str(tmp_path / "tb"), "--mlflow", f"sqlite:///{db}"]) == 0
     assert ("objective/size_bytes", 0) in scalars(tmp_path / "tb")
-    assert list(mlflow_runs(tmp_path / "mlflow.db")) == ["0"]
+    assert list(mlflow_runs(db, "cli")) == ["0"]
 
 
 def test_a_store_mlflow_refuses_is_a_clear_error_before_any_trial(tmp_path: Path) -> None:
