@@ -113,3 +113,19 @@ def test_optuna_dashboard_reads_the_names_back(named_study: tuple[str, str]) -> 
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+def test_a_study_that_cannot_be_upgraded_still_opens(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from vae_automl import study as study_mod
+
+    storage = f"sqlite:///{tmp_path / 'old.db'}"
+    old = optuna.create_study(storage=storage, study_name="old", directions=["minimize", "minimize"])
+    old.set_user_attr(OBJECTIVES_ATTR, ["test_elbo_nats", "size_bytes"])
+
+    def read_only(*args: Any) -> None:
+        raise optuna.exceptions.StorageInternalError("attempt to write a readonly database")
+
+    monkeypatch.setattr(study_mod, "name_objectives", read_only)
+    opened = open_study(storage, "old")  # e.g. `front` on a database it may only read
+    assert opened.metric_names is None
+    assert objectives_of(opened)[0] == ["test_elbo_nats", "size_bytes"]

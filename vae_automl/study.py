@@ -216,8 +216,11 @@ def open_study(storage: Any, study_name: str, sampler: optuna.samplers.BaseSampl
         names = [s.study_name for s in optuna.get_all_study_summaries(open_storage(storage, create=False))]
         raise ConfigError(f"no study {study_name!r} in {storage}; studies there: {', '.join(names) or '(none)'}") from None
     stored = study.user_attrs.get(OBJECTIVES_ATTR)
-    if stored is not None:
-        name_objectives(study, list(stored))
+    if stored is not None and study.metric_names is None:
+        try:
+            name_objectives(study, list(stored))
+        except Exception:  # a read-only storage still opens: objectives_of falls back to our attribute
+            pass
     return study
 
 
