@@ -216,3 +216,60 @@ def test_an_unknown_codec_is_named_with_the_known_ones() -> None:
     model.encodings["mu.bias"] = {"codec": "zstd"}
     with pytest.raises(ExportError, match="tensor 'mu.bias' asks for unknown codec 'zstd'; known: codebook, dense, uniform"):
         serialize_model(model)
+
+
+# --- the compact container's own boundaries (vae_automl.storage.compact) ---
+
+@pytest.mark.parametrize(("value", "encoded"), [
+    (0, b"\x00"), (1, b"\x01"), (127, b"\x7f"), (128, b"\x80\x01"), (300, b"\xac\x02"),
+    (16383, b"\xff\x7f"), (16384, b"\x80\x80\x01"),
+])
+def test_varints_are_leb128(value: int, encoded: bytes) -> None:
+    from vae_automl.storage import compact
+
+    assert compact._varint(value) == encoded
+    assert compact._read_varint(b"\x00" + encoded + b"\x05", 1) == (value, 1 + len(encoded))
+    with pytest.raises(ExportError, match="truncated inside its header length"):
+        compact._read_varint(encoded[:-1], 0)
+
+
+def compact_file() -> bytes:
+    from vae_automl.storage import compact
+
+    parts = {"": torch.tensor([1, 2, 3], dtype=torch.uint8), "scale": torch.tensor([[0.5, 1.0]], dtype=torch.float16)}
+    return compact.write({"architecture": "x"}, [({"bits": 2}, {"m": 1}, parts), ({}, {}, {"": torch.zeros(0)})])
+
+
+def test_compact_container_round_trips_and_states_its_layout() -> None:
+    from vae_automl.storage import compact
+
+    data = compact_file()
+    assert data[:4] == b"VAC\x01" and compact.is_compact(data) and not compact.is_compact(data[1:])
+    config, entries = compact.read(data)
+    assert config == {"architecture": "x"}
+    (spec, meta, parts), (_, _, empty) = entries
+    assert (spec, meta) == ({"bits": 2}, {"m": 1})
+    assert parts[""].tolist() == [1, 2, 3] and parts["scale"].shape == (1, 2) and parts["scale"].tolist() == [[0.5, 1.0]]
+    assert empty[""].numel() == 0 and empty[""].dtype == torch.float32
+    assert data.endswith(bytes([1, 2, 3]) + torch.tensor([0.5, 1.0], dtype=torch.float16).view(torch.uint8).numpy().tobytes())
+
+
+def test_a_truncated_or_padded_compact_file_is_refused() -> None:
+    from vae_automl.storage import compact
+
+    data = compact_file()
+    payload = 3 + 4  # three uint8 codes and two float16 scales
+    with pytest.raises(ExportError, match="1 bytes after the last part"):
+        compact.read(data + b"\0")
+    with pytest.raises(ExportError, match=r"truncated in part 'scale' \(4 bytes, 3 left\)"):
+        compact.read(data[:-1])
+    with pytest.raises(ExportError, match=r"truncated in part '' \(3 bytes, 2 left\)"):
+        compact.read(data[: len(data) - payload + 2])
+    length, pos = compact._read_varint(data, 4)
+    compact.read(data)  # the header ending exactly where the parts begin is fine
+    with pytest.raises(ExportError, match=f"its header claims {length} bytes, but the file ends first"):
+        compact.read(data[: pos + length - 1])
+    with pytest.raises(ExportError, match=r"not a compact weights file of version 1 \(version byte 2\)"):
+        compact.read(b"VAC\x02" + data[4:])
+    with pytest.raises(ExportError, match=r"version byte None"):
+        compact.read(b"XYZ\x01" + data[4:])
