@@ -158,7 +158,7 @@ def test_a_model_made_with_plugins_not_loaded_names_them_and_how_to_install(tmp_
     with pytest.raises(PluginError) as info:
         load(folder)
     message = str(info.value)
-    assert "plugins that are not loaded" in message
+    assert message.startswith(f"{folder / 'manifest.json'}: the model was made with plugins that are not loaded: ")
     assert "plugin 'vae_automl_nni' from vae-automl-nni 0.1.0 (pip install 'vae-automl-nni==0.1.0')" in message
     assert "plugin 'my_plugin' from (no pip package recorded)  (--plugin my_plugin)" in message
     assert message.index("my_plugin") < message.index("vae_automl_nni")  # sorted by name

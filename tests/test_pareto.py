@@ -155,3 +155,13 @@ def test_knee_point_scales_each_objective_by_its_own_range() -> None:
     assert pareto.knee_point([[1.0, 10.0], [1.02, 1.0], [1.1, 0.0]], ["minimize", "minimize"]) == 1  # a range below 1
     # an objective without spread counts as 0 for all: the knee is decided by the others
     assert pareto.knee_point([[1.0, 5.0, 0.0], [1.0, 1.0, 1.0], [1.0, 0.0, 5.0]], ["minimize"] * 3) == 1
+
+
+def test_hypervolume_with_a_reference_that_differs_per_objective() -> None:
+    assert pareto.hypervolume([[1.0, 1.0]], [3.0, 5.0], ["minimize"] * 2) == pytest.approx(2.0 * 4.0)
+    assert pareto.hypervolume([[0.0, 0.0, 0.0]], [1.0, 2.0, 3.0], ["minimize"] * 3) == pytest.approx(6.0)
+    # (0, 0, 2) covers 1 x 2 x 1 = 2; (0.5, 1, 0) covers 0.5 x 1 x 3 = 1.5; they overlap in 0.5 x 1 x 1: 3.0
+    assert pareto.hypervolume([[0.0, 0.0, 2.0], [0.5, 1.0, 0.0]], [1.0, 2.0, 3.0], ["minimize"] * 3) == pytest.approx(3.0)
+    # no point inside the reference box: nothing dominated
+    assert pareto.hypervolume([[5.0, 5.0]], [4.0, 4.0], ["minimize"] * 2) == 0.0
+    assert pareto.hypervolume([[0.0, 5.0, 0.0]], [1.0, 4.0, 1.0], ["minimize"] * 3) == 0.0
