@@ -273,3 +273,5 @@ def test_a_truncated_or_padded_compact_file_is_refused() -> None:
         compact.read(b"VAC\x02" + data[4:])
     with pytest.raises(ExportError, match=r"version byte None"):
         compact.read(b"XYZ\x01" + data[4:])
+    with pytest.raises(ExportError, match=r"version byte None"):
+        compact.read(b"VAC")  # the magic alone: no version byte to name
