@@ -13,9 +13,10 @@ the selected tests that reach the mutated function. This script runs it on
 
 ``score = killed / (killed + survived)``. mutation.json holds
 ``{"modules": {module: {"killed", "survived", "equivalent", "score"}}, "total_score", "seconds", "survivors"}``.
-``--report`` reads the results of the last run instead of running.
+``--report`` reads the results of the last run instead of running; ``--resume`` tests only the mutants it left
+untested or surviving (an interrupted run, or survivors after new tests).
 
-Usage: python tools/mutation.py [--jobs N] [--report] [--out mutation.json]
+Usage: python tools/mutation.py [--jobs N] [--report | --resume] [--out mutation.json]
 """
 
 from __future__ import annotations
@@ -145,14 +146,20 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 2, help="mutants tested at once (default: CPUs)")
     parser.add_argument("--report", action="store_true", help="only report the last run's results")
+    parser.add_argument(
+        "--resume", action="store_true", help="test only the mutants the last run left untested or surviving (after new tests)"
+    )
     parser.add_argument("--out", type=Path, default=REPO / "mutation.json")
     args = parser.parse_args(argv)
     seconds = None
     if not args.report:
         env = {**os.environ, "OMP_NUM_THREADS": "1"}
         env.pop("PYTHONPATH", None)  # the tests must import the mutated copy in mutants/, not the checkout
+        names = list(SCOPE)
+        if args.resume:
+            names = sorted(name for name, status in read_results().items() if status not in KILLED)
         start = time.monotonic()
-        run = subprocess.run([str(MUTMUT), "run", "--max-children", str(args.jobs), *SCOPE], cwd=REPO, env=env, check=False)
+        run = subprocess.run([str(MUTMUT), "run", "--max-children", str(args.jobs), *names], cwd=REPO, env=env, check=False)
         seconds = round(time.monotonic() - start)
         if run.returncode != 0:  # e.g. the tests fail on the unmutated code: no figure means anything
             print(f"mutmut run failed (exit {run.returncode}); no mutation.json written", file=sys.stderr)
