@@ -181,6 +181,19 @@ def test_float16_grids_with_signed_zeros_and_extremes_come_back_bit_exact() -> N
     assert grid[40].item() == 0.0 and math.copysign(1.0, grid[40].item()) == -1.0
     coded, meta = code_parts({"codebook": grid}, {}, {}, [len(values)])
     assert "codebook" in meta.get("entropy", {}), "the grid must be coded for the test to mean anything"
+    # ordered, every delta is 1 and the 164 bytes code to 22; in raw bit order the jump at -0.0 costs 20 more
+    assert coded["codebook"].numel() <= 22
     back = decode_parts(coded, {}, meta, [len(values)])["codebook"]
     assert back.dtype == torch.float16
     assert torch.equal(back.view(torch.int16), grid.view(torch.int16))  # bit patterns, so -0.0 stays -0.0
+
+
+def test_only_float16_grids_go_through_the_float16_coder() -> None:
+    # a float32 scale grid and a uint8 zero-point grid stay as they are, in their dtypes
+    codes = packing.pack_bits(torch.tensor([1, 2, 3, 1] * 64), 2)
+    parts = {"": codes, "scale": torch.linspace(0.1, 0.2, 64), "zero_point": torch.arange(64, dtype=torch.uint8)}
+    coded, meta = code_parts(dict(parts), {"bits": 2}, {}, [256])
+    assert set(meta.get("entropy", {})) <= {""}
+    back = decode_parts(coded, {"bits": 2}, meta, [256])
+    for key, part in parts.items():
+        assert back[key].dtype == part.dtype and torch.equal(back[key], part), key

@@ -237,7 +237,8 @@ def compact_file() -> bytes:
     from vae_automl.storage import compact
 
     parts = {"": torch.tensor([1, 2, 3], dtype=torch.uint8), "scale": torch.tensor([[0.5, 1.0]], dtype=torch.float16)}
-    return compact.write({"architecture": "x"}, [({"bits": 2}, {"m": 1}, parts), ({}, {}, {"": torch.zeros(0)})])
+    empty = {"": torch.zeros(0, dtype=torch.uint8)}  # an empty part keeps its dtype
+    return compact.write({"architecture": "x"}, [({"bits": 2}, {"m": 1}, parts), ({}, {}, empty)])
 
 
 def test_compact_container_round_trips_and_states_its_layout() -> None:
@@ -250,7 +251,7 @@ def test_compact_container_round_trips_and_states_its_layout() -> None:
     (spec, meta, parts), (_, _, empty) = entries
     assert (spec, meta) == ({"bits": 2}, {"m": 1})
     assert parts[""].tolist() == [1, 2, 3] and parts["scale"].shape == (1, 2) and parts["scale"].tolist() == [[0.5, 1.0]]
-    assert empty[""].numel() == 0 and empty[""].dtype == torch.float32
+    assert empty[""].numel() == 0 and empty[""].dtype == torch.uint8
     assert data.endswith(bytes([1, 2, 3]) + torch.tensor([0.5, 1.0], dtype=torch.float16).view(torch.uint8).numpy().tobytes())
 
 
@@ -267,6 +268,8 @@ def test_a_truncated_or_padded_compact_file_is_refused() -> None:
         compact.read(data[: len(data) - payload + 2])
     length, pos = compact._read_varint(data, 4)
     compact.read(data)  # the header ending exactly where the parts begin is fine
+    header_only = compact.write({"architecture": "x"}, [])  # no parts: the header ends exactly at the end of the file
+    assert compact.read(header_only) == ({"architecture": "x"}, [])
     with pytest.raises(ExportError, match=f"its header claims {length} bytes, but the file ends first"):
         compact.read(data[: pos + length - 1])
     with pytest.raises(ExportError, match=r"not a compact weights file of version 1 \(version byte 2\)"):

@@ -214,6 +214,31 @@ def test_codebook_codes_are_the_entries_indices() -> None:
     assert bits == 2 and codes.tolist() == [3, 0, 2, 1, 2]
 
 
+def test_a_uniform_spec_without_symmetric_is_symmetric() -> None:
+    codec = packing.UniformCodec()
+    spec = {"bits": 4, "axis": None, "scale": [0.5], "scale_dtype": "float32"}
+    assert codec.decode(torch.tensor([0, 7, 14]), spec).tolist() == [-3.5, 0.0, 3.5]  # q + 7, no zero point
+    assert set(codec.grid_parts(spec)) == {"scale"}
+    parts, _ = codec.pack(torch.tensor([-3.5, 0.5, 3.5]), spec)
+    assert codec.unpack(parts, {}, [3], spec).tolist() == [-3.5, 0.5, 3.5]
+
+
+@pytest.mark.parametrize(("values", "worst"), [([0.3], "0.05"), ([0.05], "0.05"), ([1.4, 0.5], "0.4"), ([-0.2], "0.2")])
+def test_off_grid_codebook_values_are_refused_naming_the_nearest_entry_distance(values: list[float], worst: str) -> None:
+    spec = {"bits": 2, "codebook": [0.0, 0.25, 0.5, 1.0], "codebook_dtype": "float32"}
+    with pytest.raises(ExportError, match=f"not on the grid of their encoding spec \\(largest difference {worst}\\)"):
+        packing.CodebookCodec().pack(torch.tensor(values), spec)
+
+
+def test_a_float32_codebook_is_stored_as_float32() -> None:
+    codec = packing.CodebookCodec()
+    spec = {"bits": 2, "codebook": [0.1, 0.2, 0.7, 1.3], "codebook_dtype": "float32"}  # not float16 values
+    table = torch.tensor(spec["codebook"], dtype=torch.float32)
+    parts, _ = codec.pack(table[torch.tensor([3, 0, 2, 1])], spec)
+    assert parts["codebook"].dtype == torch.float32
+    assert codec.full_spec(parts, codec.header_spec(spec))["codebook"] == table.double().tolist()
+
+
 def test_four_bit_per_channel_size_is_exact() -> None:
     model = seed_mlp()
     dense = packing.size_bytes(model)
