@@ -21,7 +21,7 @@ API_FLOORS = [
     ("ray", "2.41", "vae_automl/backends/ray.py", "tune.RunConfig"),  # ray.train.RunConfig before 2.41
     ("optuna", "5.0", "vae_automl/constraints.py", "trial.set_constraint"),
     ("optuna", "3.2", "vae_automl/study.py", "set_metric_names"),
-    ("filelock", "3.12", "vae_automl/trial.py", "FileLock("),
+    ("filelock", "3.10", "vae_automl/trial.py", "FileLock("),
 ]
 
 
