@@ -4,7 +4,9 @@ Modes (``--replay`` is the default):
 
 ``--record``
     Train the grid of real quick.yaml trials into benchmarks/data/search_quality_quick.json.gz
-    (see benchmarks/search_table.py: about 6 minutes of one core).
+    (see benchmarks/search_table.py: about 13 minutes of one core), then retrain each base to
+    add the compressed-without-fine-tuning validation losses at the rung epochs
+    (``search_table.record_rungs``; about as long again).
 ``--replay``
     Run each sampler (random, NSGA-II, TPE, GP, our default ``auto``) for 100 trials and ``--seeds``
     seeds on two tables, each trial answered from the table instead of trained:
@@ -20,9 +22,12 @@ Modes (``--replay`` is the default):
     magnitude), inside one fixed box per space: ideal = the table's best value of each
     objective, reference = the nadir of the table's own Pareto front pushed out by 10% of the
     range; it is then divided by the hypervolume of the table's front, so 1.0 means the whole
-    front was found. The early-stopping comparison runs our default with and without the
-    Pareto rung rule of vae_automl.early_stopping on the quick table, as hypervolume against
-    epochs of training spent.
+    front was found. The early-stopping comparison runs our default without and with each
+    Pareto rung rule of vae_automl.early_stopping (``--rule WARMUP/FACTOR/MIN_TRIALS/SCORE``,
+    repeatable; score ``base`` or ``compressed``, the latter read from the table's
+    ``compressed_validation``) on the quick table, as hypervolume against epochs of training
+    spent, with a bootstrap interval over the seeds for the epochs ratio. ``--first-seed``
+    moves the seeds (tune on one range, report on another).
 ``--real``
     The real trainer on search_spaces/quick.yaml: our default and random search, 3 seeds,
     printing wall clock.
@@ -30,6 +35,8 @@ Modes (``--replay`` is the default):
 Usage::
 
     python benchmarks/search_quality.py --replay --seeds 10 --json FILE
+    python benchmarks/search_quality.py --replay --spaces quick --samplers random,default \
+        --rule 3/3/4/base --rule 3/3/4/compressed --first-seed 100 --seeds 10
     python benchmarks/search_quality.py --real [--trials 20]
     python benchmarks/search_quality.py --record
 """
@@ -60,6 +67,8 @@ from vae_automl.config import PrunerConfig, SamplerConfig  # noqa: E402
 
 BUDGETS = (10, 20, 50, 100)
 SAMPLERS = ("random", "nsga2", "tpe", "gp", "default")
+BOOTSTRAP = 1000
+"""Seed sets drawn with replacement for the early-stopping ratio's interval."""
 NSGA2_POPULATION = 20
 """The population the shipped YAMLs used before ``auto`` (Optuna's own default, 50, is half the budget)."""
 
@@ -349,9 +358,23 @@ def compare_early_stopping(problem: QuickTable, seeds: int, trials: int, runner:
         "full_budget_epochs_mean": budget, "target_hv": target, "epochs_to_target": {}, "epochs_ratio": {},
         "hv_at_epoch_fraction": {}, "hv_at_half_epochs_std": {}, "seeds_reaching_target_at_half_epochs": {},
         "trials_mean": {}, "stopped_fraction": {}}
+    finals = np.array([hv_curve(problem, r)[-1] for r in full])
+    rng = np.random.default_rng(0)
+    resamples = [rng.integers(0, seeds, seeds) for _ in range(BOOTSTRAP)]
+    block["epochs_ratio_interval"] = {}
     for key, g in grids.items():
+        if key != "none":
+            # the spread: the ratio over seed sets drawn with replacement (the target drawn with them)
+            ratios = []
+            for idx in resamples:
+                hit = first_reaching(g[idx].mean(axis=0), float(finals[idx].mean()))
+                ratios.append(float(grid[hit - 1]) / budget if hit else np.inf)
+            qs = [float(np.percentile(ratios, q, method="nearest")) for q in (5, 50, 95)]
+            block["epochs_ratio_interval"][key] = [q if np.isfinite(q) else None for q in qs]  # None: not reached
         reach = first_reaching(g.mean(axis=0), target)
         epochs = float(grid[reach - 1]) if reach else None
+        if key == "none":  # the target is this search's own mean HV after its trials, at its mean epochs
+            epochs = budget
         block["epochs_to_target"][key] = epochs
         block["epochs_ratio"][key] = epochs / budget if epochs is not None else None
         block["hv_at_epoch_fraction"][key] = {str(f): float(g[:, int(f * 200)].mean()) for f in fractions}
@@ -395,11 +418,18 @@ def format_block(block: dict[str, Any]) -> str:
 
 def format_early_stopping(es: dict[str, Any]) -> str:
     fr = list(es["hv_at_epoch_fraction"]["none"])
+
+    def interval(key: str) -> str:
+        if key not in es["epochs_ratio_interval"]:
+            return ""
+        low, _, high = (f"{v:.2f}" if v is not None else "not reached" for v in es["epochs_ratio_interval"][key])
+        return f" [{low}, {high}]"
+
     lines = [f"### early stopping on {es['space']} ({es['sampler']} sampler, seeds {es['first_seed']}.."
              f"{es['first_seed'] + es['seeds'] - 1}); rule = warmup/factor/min_trials/score; the full search spends "
              f"{es['full_budget_epochs_mean']:.0f} epochs (mean) on its 100 trials and reaches HV {es['target_hv']:.4f}",
              "", "| rule | rungs | " + " | ".join(f"HV at {float(f):.0%} of the epochs" for f in fr)
-             + " | seeds at the target by 50% | epochs to the target | ratio | trials run | stopped |",
+             + " | seeds at the target by 50% | epochs to the target | ratio [5%, 95%] | trials run | stopped |",
              "| --- | --- | " + " | ".join("---:" for _ in fr) + " | ---: | ---: | ---: | ---: | ---: |"]
     for key in es["epochs_to_target"]:
         epochs, ratio = es["epochs_to_target"][key], es["epochs_ratio"][key]
@@ -408,10 +438,11 @@ def format_early_stopping(es: dict[str, Any]) -> str:
         lines.append(f"| {key} | {es['rungs_epochs'].get(key, '-')} | " + " | ".join(cells)
                      + f" | {es['seeds_reaching_target_at_half_epochs'][key]}/{es['seeds']}"
                      + f" | {f'{epochs:.0f}' if epochs is not None else 'not reached'}"
-                     + f" | {f'{ratio:.2f}' if ratio is not None else '-'} | {es['trials_mean'][key]:.0f}"
+                     + f" | {f'{ratio:.2f}' if ratio is not None else '-'}{interval(key)} | {es['trials_mean'][key]:.0f}"
                      + f" | {es['stopped_fraction'][key]:.0%} |")
-    lines.append("\nratio: epochs the mean curve over the seeds needs to reach the target, over the full search's; "
-                 "the HV at 50% is mean ± std over the seeds")
+    lines.append("\nratio: epochs the mean curve over the seeds needs to reach the target, over the full search's, "
+                 f"with its 5-95% interval over {BOOTSTRAP} seed sets drawn with replacement; the HV at 50% is "
+                 "mean ± std over the seeds")
     return "\n".join(lines)
 
 

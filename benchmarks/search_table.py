@@ -8,7 +8,10 @@ choice on snapshots taken at :data:`EPOCHS` epochs. Training is a
 constant-learning-rate Adam run whose batch order depends only on the seed
 and the epoch, so the snapshot at epoch ``e`` *is* the model an ``epochs: e``
 trial trains. Every base also stores its validation loss after each
-epoch and its training seconds, which the early-stopping replay needs.
+epoch and its training seconds, which the early-stopping replay needs, and
+(:func:`record_rungs`) the validation loss of the base after each rung
+epoch compressed with each compressor choice and no fine-tuning, which a
+``score: compressed`` rule compares.
 
 The replay answers a configuration the grid lacks with its nearest grid
 point (per coordinate, on the parameter's own scale: log for log ranges).
@@ -213,8 +216,8 @@ def compressed_validation(env: Any, model: Any, spec: Any, train_config: Any, bi
 
 def record_rungs(path: Path = TABLE, log_every: int = 10) -> None:
     """Add ``compressed_validation[base][epoch - 1][bits]`` to the table: every base retrained (the same run, checked
-    against its recorded validation curve), and after each of :data:`RUNG_EPOCHS` the validation loss of the base so far compressed
-    with each compressor choice and no fine-tuning (what a ``rung_metric: compressed`` rung compares)."""
+    against its recorded validation curve), and after each of :data:`RUNG_EPOCHS` the validation loss of the base
+    so far compressed with each compressor choice and no fine-tuning (what a ``score: compressed`` rung compares)."""
     import torch
 
     from vae_automl import space as space_mod
