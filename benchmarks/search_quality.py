@@ -28,6 +28,10 @@ Modes (``--replay`` is the default):
     ``compressed_validation``) on the quick table, as hypervolume against epochs of training
     spent, with a bootstrap interval over the seeds for the epochs ratio. ``--first-seed``
     moves the seeds (tune on one range, report on another).
+``--amc``
+    The before-fine-tuning rung (``score: compressed``) on real trials: a search over a
+    compression pipeline that fine-tunes (pruning, optional quantization with QAT) on one
+    cached base, with and without the rule, as hypervolume against fine-tuning epochs.
 ``--real``
     The real trainer on search_spaces/quick.yaml: our default and random search, 3 seeds,
     printing wall clock.
@@ -354,7 +358,7 @@ def compare_early_stopping(problem: QuickTable, seeds: int, trials: int, runner:
     block: dict[str, Any] = {
         "space": problem.name, "sampler": "default", "seeds": seeds, "first_seed": first_seed,
         "rules": labels, "rungs_epochs": {k: early_stopping.rungs(r, max(search_table.EPOCHS)) for k, r in
-                                          zip(list(runs)[1:], rules)},
+                                          zip(list(runs)[1:], rules, strict=True)},
         "full_budget_epochs_mean": budget, "target_hv": target, "epochs_to_target": {}, "epochs_ratio": {},
         "hv_at_epoch_fraction": {}, "hv_at_half_epochs_std": {}, "seeds_reaching_target_at_half_epochs": {},
         "trials_mean": {}, "stopped_fraction": {}}
@@ -519,12 +523,128 @@ def real_mode(seeds: int, trials: int, progress: Callable[[str], None]) -> dict[
     return {"space": str(search_table.SPACE.name), "trials": trials, "runs": runs}
 
 
+AMC_SPACE = """\
+# One base (fixed architecture and training, so every trial after the first reuses the cached base):
+# the search is over the compression pipeline alone, whose fine-tuning is all a trial trains.
+name: amc-{rule}-{seed}
+dataset: {{spec: digits, split: {{validation: 0.1, test: 0.2, seed: 0}}}}
+device: cpu
+seed: 0
+architecture:
+  mlp: {{hidden_layers: 1, hidden_width: 64, latent_dim: 8}}
+training: {{epochs: 20, batch_size: 64, lr: 5.0e-3}}
+compressors:
+  - {{name: magnitude_prune, params: {{sparsity: {{low: 0.2, high: 0.95}}, finetune_epochs: {{low: 0, high: 8}}}}}}
+  - {{name: uniform, optional: true, params: {{bits: {{low: 2, high: 8}}, qat_epochs: {{low: 0, high: 4}}}}}}
+objectives: [test_elbo_nats, size_bytes]
+sampler: {{name: auto, seed: {seed}}}
+pruner: {pruner}
+latency: {{batch_size: 32, repeats: 1, warmup: 0}}
+"""
+AMC_RULES = {"none": "none",
+             "before_fine_tuning": "{name: pareto, warmup_epochs: 1, min_trials: 4, reduction_factor: 3, score: compressed}"}
+
+
+def fine_tune_epochs(trial: optuna.trial.FrozenTrial) -> int:
+    """Epochs of fine-tuning a trial of AMC_SPACE ran (none for one stopped before fine-tuning)."""
+    if trial.state != optuna.trial.TrialState.COMPLETE:
+        return 0
+    p = trial.params
+    qat = p.get("compressor1.uniform.qat_epochs", 0) if p.get("compressor1") == "uniform" else 0
+    return int(p.get("compressor0.magnitude_prune.finetune_epochs", 0)) + int(qat)
+
+
+def amc_mode(seeds: int, trials: int, progress: Callable[[str], None]) -> dict[str, Any]:
+    """The before-fine-tuning rung on real trials: a search over a pipeline that fine-tunes, on one cached base.
+
+    Each seed runs our default sampler for ``trials`` completed trials without early stopping, then with the
+    ``score: compressed`` rule until it has spent as many fine-tuning epochs; hypervolume (log10 of both
+    objectives, in the box of every point measured, 1.0 = the front of all runs) against fine-tuning epochs.
+    """
+    from vae_automl.api import search
+
+    runs: dict[str, list[list[tuple[int, list[float] | None]]]] = {k: [] for k in AMC_RULES}
+    seconds: dict[str, list[float]] = {k: [] for k in AMC_RULES}
+    with tempfile.TemporaryDirectory() as tmp:
+        for seed in range(seeds):
+            budget = None
+            for rule, pruner in AMC_RULES.items():
+                path = Path(tmp) / f"amc-{rule}-{seed}.yaml"
+                path.write_text(AMC_SPACE.format(rule=rule, seed=seed, pruner=pruner))
+                out = Path(tmp) / f"out-{seed}"  # the base is trained once per seed, before both searches
+                started = time.perf_counter()
+                if budget is None:
+                    study = search(path, trials=trials, out_dir=out, show_progress=False).study
+                else:  # until the full search's fine-tuning epochs are spent
+
+                    def spent(study: optuna.Study, trial: optuna.trial.FrozenTrial, budget: int = budget) -> None:
+                        if sum(fine_tune_epochs(t) for t in study.get_trials(deepcopy=False)) >= budget:
+                            study.stop()
+
+                    study = search(path, trials=10 * trials, out_dir=out, show_progress=False, callbacks=[spent]).study
+                seconds[rule].append(time.perf_counter() - started)
+                done = study.get_trials(deepcopy=False)
+                runs[rule].append([(fine_tune_epochs(t), list(t.values) if t.values else None) for t in done])
+                if budget is None:
+                    budget = sum(e for e, _ in runs[rule][-1])
+                stopped = sum(v is None for _, v in runs[rule][-1])
+                progress(f"  amc {rule} seed {seed}: {len(done)} trials, {stopped} stopped before fine-tuning, "
+                         f"{sum(e for e, _ in runs[rule][-1])} fine-tuning epochs, {seconds[rule][-1]:.0f}s")
+    points = np.log10([v for rs in runs.values() for r in rs for _, v in r if v is not None])
+    front = front_2d(points)
+    ideal = points.min(axis=0)
+    reference = np.array(pareto.default_reference(front, ["minimize", "minimize"]))
+    front_hv = pareto.normalized_hypervolume(front, ideal, reference, ["minimize", "minimize"])
+
+    def hv(values: list[list[float]]) -> float:
+        if not values:
+            return 0.0
+        return pareto.normalized_hypervolume(np.log10(values), ideal, reference, ["minimize", "minimize"]) / front_hv
+
+    budget_mean = float(np.mean([sum(e for e, _ in r) for r in runs["none"]]))
+    grid = np.linspace(0, budget_mean, 101)
+    curves: dict[str, np.ndarray] = {}
+    for rule, rs in runs.items():
+        rows = []
+        for r in rs:
+            spent = np.cumsum([e for e, _ in r])
+            hvs = [hv([v for _, v in r[: k + 1] if v is not None]) for k in range(len(r))]
+            idx = np.searchsorted(spent, grid, side="right") - 1
+            rows.append(np.where(idx >= 0, np.array(hvs)[np.clip(idx, 0, None)], 0.0))
+        curves[rule] = np.array(rows)
+    target = float(np.mean([hv([v for _, v in r if v is not None]) for r in runs["none"]]))
+    report: dict[str, Any] = {"seeds": seeds, "trials": trials, "fine_tune_epochs_mean": budget_mean,
+                              "target_hv": target, "rules": AMC_RULES, "epochs_ratio": {}, "hv_at_half_epochs": {},
+                              "seconds_mean": {k: float(np.mean(v)) for k, v in seconds.items()},
+                              "trials_mean": {k: float(np.mean([len(r) for r in rs])) for k, rs in runs.items()},
+                              "stopped_mean": {k: float(np.mean([sum(v is None for _, v in r) for r in rs]))
+                                               for k, rs in runs.items()}}
+    lines = [f"before-fine-tuning rung on real trials (digits, one cached base, prune + optional uniform with "
+             f"fine-tuning; default sampler; {seeds} seeds; the full search: {trials} trials, "
+             f"{budget_mean:.0f} fine-tuning epochs, HV {target:.4f})", "",
+             "| rule | HV at 25% of the epochs | 50% (mean ± std) | 100% | epochs ratio to the target | trials | "
+             "stopped | wall s (none: with training the base) |", "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for rule, c in curves.items():
+        hit = first_reaching(c.mean(axis=0), target)
+        ratio = 1.0 if rule == "none" else (float(grid[hit - 1]) / budget_mean if hit else None)
+        report["epochs_ratio"][rule] = ratio
+        spread = float(c[:, 50].std(ddof=1)) if seeds > 1 else 0.0
+        report["hv_at_half_epochs"][rule] = [float(c[:, 50].mean()), spread]
+        lines.append(f"| {rule} | {c[:, 25].mean():.4f} | {c[:, 50].mean():.4f} ± {spread:.4f} | {c[:, 100].mean():.4f}"
+                     f" | {f'{ratio:.2f}' if ratio is not None else 'not reached'} | {report['trials_mean'][rule]:.0f}"
+                     f" | {report['stopped_mean'][rule]:.0f} | {report['seconds_mean'][rule]:.0f} |")
+    print("\n".join(lines), flush=True)
+    return report
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--replay", action="store_true", help="replay the samplers on the tables (default)")
     mode.add_argument("--real", action="store_true", help="real searches of quick.yaml with the trainer")
     mode.add_argument("--record", action="store_true", help="record the quick.yaml table (minutes)")
+    mode.add_argument("--amc", action="store_true",
+                      help="the before-fine-tuning rung on real trials of a compression-only search (minutes)")
     parser.add_argument("--seeds", type=int, help="seeds per sampler (default: 10 replay, 3 real)")
     parser.add_argument("--trials", type=int, help="trials per search (default: 100 replay, 20 real)")
     parser.add_argument("--spaces", default="quick,hpolib", help="replay spaces, comma-separated (quick, hpolib)")
@@ -548,6 +668,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         return {}
     if args.real:
         report = real_mode(args.seeds or 3, args.trials or 20, progress)
+    elif args.amc:
+        report = amc_mode(args.seeds or 3, args.trials or 30, progress)
     else:
         trials = args.trials or 100
         if trials < max(BUDGETS):
