@@ -160,6 +160,9 @@ class QuickTable(Problem):
             for rung in early_stopping.rungs(stopping, epochs):
                 if stopping.score == "compressed":  # the base so far, quantized as the trial asks, no fine-tuning
                     loss = self.table.compressed_validation[base, rung - 1, bits]
+                    if np.isnan(loss):
+                        raise SystemExit(f"the table holds compressed scores at epochs {search_table.RUNG_EPOCHS}, "
+                                         f"not at the epoch-{rung} rung")
                 else:
                     loss = self.table.validation_curves[base, rung - 1]
                 point = [float(loss), size]
