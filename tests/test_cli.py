@@ -229,6 +229,16 @@ def test_compare_finds_studies_by_name_url_and_refuses_other_objectives(
     assert main(["compare", "--storage", storage, "x"]) == 1 and "at least two studies" in capsys.readouterr().err
 
 
+def test_compare_names_a_missing_run_folder(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    make_study(tmp_path / "a", "a", ((1.0, 1.0),))
+    monkeypatch.delenv("VAE_AUTOML_STORAGE", raising=False)
+    # a mistyped folder is taken for a study name with nowhere to look it up: the error says which argument
+    assert main(["compare", str(tmp_path / "a"), str(tmp_path / "typo")]) == 1
+    assert f"{tmp_path / 'typo'}: no such run folder" in capsys.readouterr().err
+
+
 def test_new_commands_are_library_functions_first() -> None:
     import vae_automl
     from vae_automl.comparison import compare_studies

@@ -126,7 +126,7 @@ def search(
     Args:
         space: a search-space YAML path, or a loaded :class:`SearchSpace`.
         trials: run this many more trials; None completes the space's ``trials`` budget.
-        timeout_s: stop starting trials after this many seconds.
+        timeout_s: after this many seconds start no trial, and stop a running one (``--timeout``).
         storage: an Optuna storage URL (default: SQLite in ``out_dir``).
         study_name: default: the space's ``name``.
         out_dir: where the storage, the base-model cache and trial models go (default ``runs/<study>``).
@@ -356,9 +356,9 @@ def worker(
 
     Args:
         storage: the study's storage URL, shared by every worker (``postgresql://...``, ``journal:PATH``).
-        study_name: a study created by ``search(..., trials=0)`` or ``vae-automl search ... --trials 0``.
+        study_name: a study created by ``search(..., trials=0)`` or ``vae-automl search ... --n-trials 0``.
         trials: stop after this worker completed that many trials; None: until the study completed its budget.
-        timeout_s: start no trial after this many seconds.
+        timeout_s: after this many seconds start no trial, and stop a running one (``--timeout``).
         out_dir: the base-model cache and artifact folder (default: the study's).
         device, data_dir: override the stored space's (another machine, another mount).
         plugins: extra plugin modules, as given to the search.

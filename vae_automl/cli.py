@@ -404,7 +404,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     tracking.add_argument("-v", "--verbose", action="store_true", help="let Optuna's INFO log lines through")
     n_trials = argparse.ArgumentParser(add_help=False)
-    n_trials.add_argument("--timeout", type=float, metavar="SECONDS", help="seconds after which no new trial starts")
+    n_trials.add_argument(
+        "--timeout", type=float, metavar="SECONDS", help="seconds after which no new trial starts and a running one stops"
+    )
 
     def add_n_trials(command: argparse.ArgumentParser) -> None:
         command.add_argument(

@@ -102,4 +102,8 @@ def resolve_study_ref(ref: str, storage: str | None, out_dir: str | Path | None 
         if not sep:
             url, name = ref, ""
         return url, resolve_study_name(url, name or None)
-    return require_storage(storage, out_dir), ref
+    given = resolve_storage(storage, out_dir, must_exist=True)
+    if given is None:
+        # neither a folder nor a URL, and nowhere to look the name up: say what `ref` was taken for
+        raise ConfigError(f"{ref}: no such run folder; to name a study give --storage URL, --out RUN_DIR or set ${STORAGE_ENV}")
+    return given, ref

@@ -367,7 +367,7 @@ class Budget:
             (a worker's ``--n-trials``); None: no such limit.
         max_attempts: stop after this many failed trials, so a space whose
             trials all fail ends (trials stopped early do not count).
-        timeout_s: start no trial after this many seconds.
+        timeout_s: start no trial after this many seconds (a running one stops by ``TrialEnv.deadline``).
     """
 
     n_trials: int
