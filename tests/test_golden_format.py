@@ -181,7 +181,7 @@ def test_theoretical_bits_of_the_codecs_model_by_hand() -> None:
 
 def test_manifest_schema_version() -> None:
     """The export manifest's schema: a change to its keys or meaning bumps MANIFEST_VERSION (loading refuses others)."""
-    assert (MANIFEST_FORMAT, MANIFEST_VERSION) == ("vae-automl-export", 1)
+    assert (MANIFEST_FORMAT, MANIFEST_VERSION) == ("vae-automl-export", 2)
 
 
 def test_a_file_of_another_format_version_is_refused() -> None:

@@ -39,7 +39,7 @@ def write_folder(directory: Path, big: bool = True, **overrides: Any) -> dict[st
         (directory / "model.bin").write_bytes(bytes(range(256)) * (BIG // 256) + b"x" * (BIG % 256))
     files = {p.name: {"sha256": hashlib.sha256(p.read_bytes()).hexdigest(), "size_bytes": os.path.getsize(p)}
              for p in sorted(directory.iterdir())}
-    manifest = {"format": "vae-automl-export", "manifest_version": 1, "trial": 3, "files": files, "plugins": {},
+    manifest = {"format": "vae-automl-export", "manifest_version": 2, "trial": 3, "files": files, "plugins": {},
                 **overrides}
     write_manifest(directory, manifest)
     return json.loads((directory / "manifest.json").read_text())
@@ -98,8 +98,9 @@ def test_a_file_name_with_a_path_is_refused(tmp_path: Path, name: str) -> None:
 
 
 @pytest.mark.parametrize(("change", "message"), [
-    ({"manifest_version": 2}, "manifest_version 2 is not the supported 1"),
-    ({"manifest_version": None}, "manifest_version None is not the supported 1"),
+    ({"manifest_version": 3}, r"manifest_version 3 is not one this version reads \(1, 2\)"),
+    ({"manifest_version": 0}, r"manifest_version 0 is not one this version reads \(1, 2\)"),
+    ({"manifest_version": None}, r"manifest_version None is not one this version reads \(1, 2\)"),
     ({"format": "something-else"}, "not a vae-automl export manifest"),
     ({"files": []}, "'files' must map each file name"),
     ({"files": {"weights.safetensors": {"size_bytes": 3}}}, "'files' must map each file name"),
@@ -145,7 +146,7 @@ def test_weights_that_are_not_a_model_file_are_refused(tmp_path: Path) -> None:
     (folder).mkdir()
     (folder / "weights.safetensors").write_bytes(b"1234")  # listed with its true digest: verifies, but is no model
     files = {"weights.safetensors": {"sha256": hashlib.sha256(b"1234").hexdigest(), "size_bytes": 4}}
-    write_manifest(folder, {"format": "vae-automl-export", "manifest_version": 1, "files": files})
+    write_manifest(folder, {"format": "vae-automl-export", "manifest_version": 2, "files": files})
     with pytest.raises(ExportError, match="shorter than its 8-byte length prefix"):
         load(folder)
 
@@ -186,4 +187,26 @@ def test_an_edited_manifest_is_refused(tmp_path: Path, edit: str) -> None:
     missing = "(missing)" if edit == "no digest" else ""
     message = r"manifest\.json: its content does not match its manifest_sha256 " + re.escape(missing)
     with pytest.raises(IntegrityError, match=message):
+        load(folder)
+
+
+def test_a_version_1_manifest_without_digest_loads_with_a_warning(tmp_path: Path) -> None:
+    """Folders exported before manifests carried their own hash still load; their files are still verified."""
+    folder = tmp_path / "trial-3"
+    manifest = write_folder(folder, big=False, manifest_version=1)
+    write_manifest(folder, {k: v for k, v in manifest.items() if k != "manifest_sha256"}, digest=False)
+    with pytest.warns(UserWarning, match="manifest_version 1 has no manifest_sha256"):
+        model = load(folder)
+    assert model.manifest["manifest_version"] == 1
+    (folder / "weights.safetensors").write_bytes(b"x" + (folder / "weights.safetensors").read_bytes()[1:])
+    with pytest.raises(IntegrityError, match="sha256"), pytest.warns(UserWarning):
+        load(folder)
+
+
+def test_a_version_1_manifest_with_a_wrong_digest_is_refused(tmp_path: Path) -> None:
+    folder = tmp_path / "trial-3"
+    manifest = write_folder(folder, big=False, manifest_version=1)
+    manifest["trial"] = 4
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(IntegrityError, match="does not match its manifest_sha256"):
         load(folder)

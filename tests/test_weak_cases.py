@@ -292,7 +292,7 @@ def test_a_bad_entry_in_a_manifest_stays_refused_as_before(tmp_path: Path) -> No
     # the manifest's own digest is checked after its shape: a hand-written one still gets the shape's message
     from vae_automl.loading import read_manifest
 
-    (tmp_path / "manifest.json").write_text(json.dumps({"format": "vae-automl-export", "manifest_version": 1,
+    (tmp_path / "manifest.json").write_text(json.dumps({"format": "vae-automl-export", "manifest_version": 2,
                                                         "files": {"weights.safetensors": {"sha256": "ab"}}}))
     with pytest.raises(VaeAutomlError, match=r"manifest_sha256 \(missing\); manifest.json was edited after export"):
         read_manifest(tmp_path)

@@ -52,7 +52,9 @@ if TYPE_CHECKING:
 
 MANIFEST = "manifest.json"
 MANIFEST_FORMAT = "vae-automl-export"
-MANIFEST_VERSION = 1
+MANIFEST_VERSION = 2
+"""2 added :data:`MANIFEST_DIGEST`; version 1 folders (no digest) still load, their figures unverified."""
+READABLE_MANIFEST_VERSIONS: tuple[int, ...] = (1, 2)
 WEIGHTS = "weights.safetensors"
 DEFAULT_FORMATS: tuple[str, ...] = ("onnx", "pt2", "torchscript", "safetensors")
 ELBO = "test_elbo_nats"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -12,6 +13,7 @@ from vae_automl.export import (
     MANIFEST_DIGEST,
     MANIFEST_FORMAT,
     MANIFEST_VERSION,
+    READABLE_MANIFEST_VERSIONS,
     WEIGHTS,
     manifest_digest,
     sha256_file,
@@ -35,17 +37,24 @@ def read_manifest(directory: str | Path) -> dict[str, Any]:
         raise ExportError(f"{path}: not valid JSON ({exc})") from None
     if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
         raise ExportError(f"{path}: not a vae-automl export manifest (its 'format' must be {MANIFEST_FORMAT!r})")
-    if manifest.get("manifest_version") != MANIFEST_VERSION:
-        raise ExportError(
-            f"{path}: manifest_version {manifest.get('manifest_version')!r} is not the supported {MANIFEST_VERSION}"
-        )
+    version = manifest.get("manifest_version")
+    if version not in READABLE_MANIFEST_VERSIONS:
+        readable = ", ".join(map(str, READABLE_MANIFEST_VERSIONS))
+        raise ExportError(f"{path}: manifest_version {version!r} is not one this version reads ({readable})")
     files = manifest.get("files")
     if not isinstance(files, dict) or not all(isinstance(v, dict) and isinstance(v.get("sha256"), str) for v in files.values()):
         raise ExportError(f"{path}: 'files' must map each file name to {{sha256, size_bytes}}")
     if WEIGHTS not in files:
         raise ExportError(f"{path}: 'files' does not list {WEIGHTS}")
     digest = manifest.get(MANIFEST_DIGEST)
-    if digest != manifest_digest(manifest):
+    if digest is None and version < MANIFEST_VERSION:
+        # exported before manifests carried their own hash: the files are still verified, the figures cannot be
+        warnings.warn(
+            f"{path}: manifest_version {version} has no {MANIFEST_DIGEST}, so its recorded figures are not verified; "
+            "export the trial again to have them checked",
+            stacklevel=2,
+        )
+    elif digest != manifest_digest(manifest):
         # the figures a user reads from model.manifest must be the ones export measured
         raise IntegrityError(
             f"{path}: its content does not match its {MANIFEST_DIGEST} "
