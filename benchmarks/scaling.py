@@ -18,6 +18,12 @@ The load average before and after is printed, since other processes on a
 shared machine skew the figures.
 
     .venv/bin/python benchmarks/scaling.py [--space search_spaces/quick.yaml] [--seconds 120] [--skip-ray]
+
+``--synthetic`` measures the orchestration instead (see ``scaling_synthetic.py``):
+synthetic trials that sleep a drawn time, 1 to 64 at once, through Optuna workers on
+PostgreSQL and through Ray, and ``front`` on a study of 10,000 trials:
+
+    .venv/bin/python benchmarks/scaling.py --synthetic [--json FILE] [--sleep 10 20] [--skip-ray]
 """
 
 from __future__ import annotations
@@ -112,6 +118,13 @@ def table(rows: list[Measurement]) -> str:
 
 
 def main() -> None:
+    if "--synthetic" in sys.argv[1:]:
+        # deferred: the synthetic mode has its own options and starts its own servers
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        import scaling_synthetic
+
+        scaling_synthetic.main([a for a in sys.argv[1:] if a != "--synthetic"])
+        return
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--space", type=Path, default=REPO / "search_spaces" / "quick.yaml")
     parser.add_argument("--seconds", type=float, default=120.0, help="wall time per configuration")

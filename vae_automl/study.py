@@ -9,6 +9,8 @@ the Pareto front). Both backends and the worker come here for all of it.
 from __future__ import annotations
 
 import contextlib
+import copy
+import datetime
 import json
 import math
 import os
@@ -198,11 +200,58 @@ def has_heartbeat(study: optuna.Study) -> bool:
 
 
 def fail_stale_trials(study: optuna.Study) -> None:
-    """Fail (and re-queue) the trials of killed processes whose heartbeat went stale; a no-op without heartbeats."""
+    """Fail (and re-queue) the trials of killed processes whose heartbeat went stale; a no-op without heartbeats.
+
+    Optuna goes by heartbeats alone, so a trial whose process was killed between creating it and its first
+    heartbeat would stay RUNNING for ever: such a trial, silent for the grace period since it started, is
+    failed and re-queued too (:func:`_fail_silent_trials`).
+    """
     if has_heartbeat(study):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             optuna.storages.fail_stale_trials(study)
+            _fail_silent_trials(study)
+
+
+def _fail_silent_trials(study: optuna.Study) -> None:
+    """Fail the RUNNING trials of ``study`` that never beat and started over the grace period ago, as Optuna's
+    ``fail_stale_trials`` fails stale ones (then its stale-trial callback queues the retry)."""
+    rdb = _rdb_backend(study)
+    if rdb is None:
+        return
+    # deferred: Optuna's table models and SQLAlchemy, needed only here and only for RDB storages
+    import sqlalchemy as sa
+    from optuna.storages._rdb import models
+
+    trial_t, beat_t = models.TrialModel.__table__, models.TrialHeartbeatModel.__table__
+    grace_s = rdb.grace_period or 2 * (rdb.get_heartbeat_interval() or HEARTBEAT_INTERVAL_S)
+    # datetime_start is the creating client's local time (optuna.storages.RDBStorage.create_new_trial)
+    before = datetime.datetime.now() - datetime.timedelta(seconds=grace_s)
+    with rdb.engine.connect() as conn:
+        silent = [
+            row[0]
+            for row in conn.execute(
+                sa.select(trial_t.c.trial_id)
+                .outerjoin(beat_t, beat_t.c.trial_id == trial_t.c.trial_id)
+                .where(
+                    trial_t.c.study_id == study._study_id,
+                    trial_t.c.state == optuna.trial.TrialState.RUNNING,
+                    trial_t.c.datetime_start < before,
+                    beat_t.c.trial_id.is_(None),
+                )
+            )
+        ]
+    failed = []
+    for trial_id in silent:
+        try:
+            if study._storage.set_trial_state_values(trial_id, state=optuna.trial.TrialState.FAIL):
+                failed.append(trial_id)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            pass  # another process failed it first
+    callback = rdb.get_heartbeat_stale_trial_callback()
+    if callback is not None:
+        for trial_id in failed:
+            callback(study, copy.deepcopy(study._storage.get_trial(trial_id)))
 
 
 def open_study(storage: Any, study_name: str, sampler: optuna.samplers.BaseSampler | None = None) -> optuna.Study:
