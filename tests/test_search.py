@@ -62,7 +62,11 @@ def test_front_json(quick_study: tuple[str, Path], capsys: pytest.CaptureFixture
         assert set(row) == {"trial", "params", "objectives"}
         assert set(row["objectives"]) == {"test_elbo_nats", "size_bytes"}
     assert main(["front", "--storage", storage, "--study", "quick"]) == 0
-    assert "| trial" in capsys.readouterr().out
+    table = capsys.readouterr().out
+    assert "| trial" in table
+    # the knee is starred, as in search's table: exactly one front row carries it
+    starred = [line for line in table.splitlines() if line.startswith("|") and "*" in line.split("|")[1]]
+    assert len(starred) == 1, table
 
 
 def test_resume_adds_completed_trials(quick_study: tuple[str, Path], tmp_path: Path) -> None:

@@ -183,7 +183,7 @@ def _cmd_front(args: argparse.Namespace) -> int:
     if args.json:
         _print_json({"front": [e.as_dict() for e in front], "baseline": baseline} if baseline else [e.as_dict() for e in front])
     else:
-        print(format_front_table(front, baseline=baseline["objectives"] if baseline else None))
+        print(format_front_table(front, result.knee, baseline=baseline["objectives"] if baseline else None))
     return 0
 
 
