@@ -151,3 +151,15 @@ def test_a_bad_tracking_section_is_refused_naming_the_key(tracked: dict[str, Any
 
     with pytest.raises(ConfigError, match=message):
         load_space_text(tracked["space"].read_text() + f"tracking: {tracking}\n", "tracked.yaml")
+
+
+def test_two_writers_in_one_folder_in_the_same_second_keep_both_trials(tracked: dict[str, Any], tmp_path: Path) -> None:
+    """A search and a worker (or two workers) started together log into one folder; neither overwrites the other."""
+    study = tracked["study"]
+    first, second = TensorBoardCallback(tmp_path / "tb"), TensorBoardCallback(tmp_path / "tb")
+    first(study, study.trials[0])
+    second(study, study.trials[1])
+    first.close()
+    second.close()
+    steps = {step for tag, step in scalars(tmp_path / "tb") if tag == "objective/test_elbo_nats"}
+    assert steps == {0, 1}

@@ -20,7 +20,9 @@ measured (``latency_ms``, ``recon_error``, ...) arrive there.
 
 from __future__ import annotations
 
+import os
 import time
+import uuid
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -72,7 +74,10 @@ class TensorBoardCallback:
         if trial.state != optuna.trial.TrialState.COMPLETE:
             return
         if self._writer is None:
-            self._writer = self._writer_class(logdir=str(self.log_dir))
+            # tensorboardX names its file by the second and the host only: a worker started in the same second in
+            # the same folder would overwrite this one's events, so the pid and a random part make it unique
+            suffix = f".{os.getpid()}.{uuid.uuid4().hex[:8]}"
+            self._writer = self._writer_class(logdir=str(self.log_dir), filename_suffix=suffix)
         metrics = trial_metrics(study, trial)
         objectives = set(objectives_of(study)[0])
         for name, value in metrics.items():
