@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, cast
 
@@ -207,12 +208,48 @@ class OptunaBackend(Backend):
         ours.append(_FailureCap(budget.max_attempts))
         # --timeout stops a running trial too, not only the start of new ones (a drawn 60,000 epochs would run on)
         self.env.deadline = time.monotonic() + budget.timeout_s if budget.timeout_s is not None else None
-        study.optimize(
+        optimize_past_stale_failures(
+            study,
             make_objective(self.env, study, policy, self.trial_attrs, progress),
-            n_trials=None,  # the callbacks end it: completed target, own limit, failures, first feasible
-            timeout=budget.timeout_s,
-            catch=(Exception,),
+            deadline=self.env.deadline,
             callbacks=ours,
-            gc_after_trial=False,
         )
         return dict(self.env.stats)
+
+
+def optimize_past_stale_failures(
+    study: optuna.Study,
+    objective: Callable[[optuna.Trial], Any],
+    deadline: float | None,
+    callbacks: Sequence[TrialCallback],
+) -> None:
+    """``study.optimize`` until a callback stops it or ``deadline`` (time.monotonic) passes.
+
+    Another process may fail this process's running trial as stale (its heartbeat came late on a starved
+    machine); Optuna then refuses to store the result with ``ValueError: Cannot tell a FAIL trial`` from
+    inside ``optimize``, which would end this worker. That trial's result is dropped with a warning (the
+    stale rule has already re-queued it) and the run goes on.
+    """
+    while True:
+        timeout = None if deadline is None else deadline - time.monotonic()
+        if timeout is not None and timeout <= 0:
+            return
+        try:
+            study.optimize(
+                objective,
+                n_trials=None,  # the callbacks end it: completed target, own limit, failures, first feasible
+                timeout=timeout,
+                catch=(Exception,),
+                callbacks=list(callbacks),
+                gc_after_trial=False,
+            )
+            return
+        except (ValueError, AssertionError) as exc:
+            # optuna 5.0's _run_trial turns that ValueError into "AssertionError: Should not reach." in its finally
+            if not any(str(e).startswith("Cannot tell a FAIL trial") for e in (exc, exc.__context__)):
+                raise
+            warnings.warn(
+                f"study {study.study_name!r}: another process failed this worker's running trial as stale "
+                "(its heartbeat was late); its result is dropped and the trial is retried",
+                stacklevel=2,
+            )
