@@ -165,3 +165,13 @@ def test_hypervolume_with_a_reference_that_differs_per_objective() -> None:
     # no point inside the reference box: nothing dominated
     assert pareto.hypervolume([[5.0, 5.0]], [4.0, 4.0], ["minimize"] * 2) == 0.0
     assert pareto.hypervolume([[0.0, 5.0, 0.0]], [1.0, 4.0, 1.0], ["minimize"] * 3) == 0.0
+
+
+def test_no_points_have_an_empty_front() -> None:
+    assert pareto.non_dominated([], ["minimize", "minimize"]) == []
+    assert pareto.non_dominated(np.empty((0, 3)), ["minimize"] * 3) == []
+
+
+def test_knee_point_offsets_each_objective_by_its_own_minimum() -> None:
+    # scaled: (0, 1), (0.2, 0.3), (1, 0) -> the middle one; offsetting by the overall minimum (0) would pick the last
+    assert pareto.knee_point([[1000.0, 100.0], [1002.0, 30.0], [1010.0, 0.0]], ["minimize", "minimize"]) == 1
