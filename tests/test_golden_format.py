@@ -278,3 +278,58 @@ def test_a_truncated_or_padded_compact_file_is_refused() -> None:
         compact.read(b"XYZ\x01" + data[4:])
     with pytest.raises(ExportError, match=r"version byte None"):
         compact.read(b"VAC")  # the magic alone: no version byte to name
+
+
+def test_theoretical_bits_of_an_entropy_coded_tensor_are_its_coded_bytes() -> None:
+    golden = (GOLDEN / "mlp_entropy.safetensors").read_bytes()
+    n = int.from_bytes(golden[:8], "little")
+    layout = json.loads(golden[8 : 8 + n])
+    coded = sum(v["data_offsets"][1] - v["data_offsets"][0] for k, v in layout.items() if k.startswith("decoder.2.weight"))
+    model = entropy_model()
+    plain = sum(t.numel() for k, t in model.state_dict().items() if k != "decoder.2.weight")  # float32, after it too
+    assert theoretical_bits(model, None) == 8 * coded + 32 * plain
+
+
+class CountingCodec:
+    """A codec without mask support whose bit count is one per value it is given (to see what the format passes)."""
+
+    name = "counting"
+    supports_mask = False
+
+    def __init__(self) -> None:
+        from vae_automl.storage.codecs import DenseCodec
+
+        self.dense = DenseCodec()
+
+    def __getattr__(self, attr: str) -> Any:
+        return getattr(self.dense, attr)
+
+    def theoretical_bits(self, tensor: torch.Tensor, spec: dict[str, Any], mask: torch.Tensor | None = None) -> int:
+        assert mask is None, "a codec without mask support gets the non-zero values only"
+        return tensor.numel()
+
+
+def test_theoretical_bits_use_the_given_codecs_and_give_unmasked_codecs_the_non_zero_values() -> None:
+    from vae_automl.storage.codecs import builtin_codecs
+
+    model = dense_model()
+    bias = torch.zeros(16)
+    bias[[2, 5, 11]] = 1.0
+    set_tensor(model, "decoder.2.bias", bias, {"codec": "counting", "sparse": True})
+    codecs = {**builtin_codecs(), "counting": CountingCodec()}
+    others = sum(t.numel() for k, t in model.state_dict().items() if k != "decoder.2.bias")
+    assert theoretical_bits(model, codecs) == 32 * others + 3 + 16  # 3 non-zero values, a 16-position bitmask
+    model.encodings["mu.bias"] = {"codec": "zstd"}
+    with pytest.raises(ExportError, match="tensor 'mu.bias' asks for unknown codec 'zstd'"):
+        theoretical_bits(model, codecs)
+
+
+def test_mask_bits_count_a_bitmask_without_its_padding() -> None:
+    from vae_automl.storage.bits import mask_bits
+
+    ten = torch.zeros(10, dtype=torch.bool)
+    ten[3] = True
+    assert mask_bits(ten) == 10  # a 2-byte bitmask ties one 16-bit index: the bitmask, counted as 10 bits
+    wide = torch.zeros(100, dtype=torch.bool)
+    wide[7] = True
+    assert mask_bits(wide) == 16  # one 16-bit index beats 13 bytes of bitmask
