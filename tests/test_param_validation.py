@@ -106,8 +106,8 @@ def test_search_takes_the_whole_range() -> None:
     assert parse_param(LR, "search", LOC) == ParamSpace("lr", "float", low=0.0, high=1.0, log=True)
     assert parse_param(ACT, "search", LOC) == ParamSpace("activation", "categorical", choices=("relu", "gelu"))
     assert parse_param(FLAG, "search", LOC) == ParamSpace("symmetric", "categorical", choices=(False, True))
-    assert "'search' needs bounds" in config_error(Param("n", "int", 1, minimum=1), "search")
-    assert "'search' needs bounds" in config_error(Param("n", "int", 1, maximum=1), "search")
+    assert config_error(Param("n", "int", 1, minimum=1), "search").endswith("bits: 'search' needs bounds; give {low, high}")
+    assert config_error(Param("n", "int", 1, maximum=1), "search").endswith("'search' needs bounds; give {low, high}")
 
 
 def test_range_refusals_at_their_boundaries() -> None:
@@ -119,7 +119,11 @@ def test_range_refusals_at_their_boundaries() -> None:
     assert "compressors.0.bits.low: a log range needs low > 0, got 0.0" in config_error(LR, log_from_zero)
     assert parse_param(LR, {"low": 1e-9, "high": 1e-2, "log": True}, LOC).low == 1e-9
     assert "compressors.0.bits.log: expected true or false, got 'yes'" in config_error(LR, {"low": 0.1, "high": 1, "log": "yes"})
-    assert "step must be > 0" in config_error(BITS, {"low": 2, "high": 8, "step": 0})
+    assert config_error(BITS, {"low": 2, "high": 8, "step": 0}) == (
+        "s.yaml: compressors.0.bits.step: step must be > 0 and cannot be combined with log")
+    assert config_error(BITS, {"low": 2, "high": 9}).startswith("s.yaml: compressors.0.bits.high: `bits` must be in [1, 8]")
+    one = parse_param(BITS, {"low": 2, "high": 8, "step": 1}, LOC).step
+    assert one == 1 and type(one) is int  # the smallest step, typed as the parameter
     assert "cannot be combined with log" in config_error(LR, {"low": 0.1, "high": 1.0, "step": 0.1, "log": True})
     assert "compressors.0.bits.step: `bits` must be >= 0" in config_error(BITS, {"low": 2, "high": 8, "step": -1})
     assert "unknown key; valid keys: low, high, log, step" in config_error(BITS, {"low": 2, "high": 8, "lo": 1})
@@ -128,7 +132,8 @@ def test_range_refusals_at_their_boundaries() -> None:
     assert "compressors.0.bits.choices: expected a non-empty list" in config_error(BITS, {"choices": 4})
     assert "compressors.0.bits.choices.1: `bits` must be in [1, 8]" in config_error(BITS, {"choices": [2, 9]})
     assert "unknown key" in config_error(BITS, {"choices": [2], "low": 1})
-    assert "a list is not a parameter value; for a set of choices write {choices: [...]}" in config_error(BITS, [2, 4])
+    assert config_error(BITS, [2, 4]) == (
+        "s.yaml: compressors.0.bits: a list is not a parameter value; for a set of choices write {choices: [...]}")
 
 
 def test_location_helpers() -> None:
@@ -157,10 +162,17 @@ def test_plain_numbers_and_choices_of_the_yaml() -> None:
     assert _choice("b", loc, ("a", "b")) == "b"
     with pytest.raises(ConfigError, match="`epochs` must be one of a, b, but got epochs='c'"):
         _choice("c", loc, ("a", "b"))
+    with pytest.raises(ConfigError, match="`epochs` must be one of a, b, but got epochs=None"):
+        _choice(None, loc, ("a", "b"))
+    with pytest.raises(ConfigError, match="`epochs` must be a number, but got epochs=None"):
+        _number(None, loc)
 
 
 def test_lookup_turns_a_plugin_error_into_a_config_error_naming_the_key() -> None:
     class Table:
+        def names(self) -> list[str]:
+            return ["ok", "other"]
+
         def get(self, name: str) -> str:
             if name != "ok":
                 raise PluginError(f"unknown component {name!r}")
@@ -169,3 +181,7 @@ def test_lookup_turns_a_plugin_error_into_a_config_error_naming_the_key() -> Non
     assert _lookup(Table(), "ok", LOC) == "found"
     with pytest.raises(ConfigError, match=r"s.yaml: compressors.0.bits: unknown component 'nope'"):
         _lookup(Table(), "nope", LOC)
+
+    with pytest.raises(ConfigError) as info:
+        _lookup(Table(), 5, LOC)
+    assert str(info.value) == "s.yaml: compressors.0.bits: expected a component name, got int 5; known: ok, other"
