@@ -333,3 +333,10 @@ def test_mask_bits_count_a_bitmask_without_its_padding() -> None:
     wide = torch.zeros(100, dtype=torch.bool)
     wide[7] = True
     assert mask_bits(wide) == 16  # one 16-bit index beats 13 bytes of bitmask
+
+
+def test_theoretical_bits_of_a_malformed_entropy_spec_name_the_tensor() -> None:
+    model = entropy_model()
+    del model.encodings["decoder.2.weight"]["bits"]  # a malformed spec: the codec's KeyError is reported with the name
+    with pytest.raises(ExportError, match="tensor 'decoder.2.weight': cannot pack"):
+        theoretical_bits(model, None)

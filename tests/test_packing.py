@@ -190,7 +190,8 @@ def test_grid_bits_of_each_codec() -> None:
     assert dense.theoretical_bits(torch.zeros(5), {"dtype": "bfloat16"}, mask=torch.tensor([1, 0, 1, 0, 0]).bool()) == 2 * 16
 
 
-@pytest.mark.parametrize(("bits", "entries", "ok"), [(2, 4, True), (2, 5, False), (1, 2, True), (1, 3, False), (8, 256, True)])
+@pytest.mark.parametrize(("bits", "entries", "ok"), [(2, 4, True), (2, 5, False), (1, 2, True), (1, 3, False), (8, 256, True),
+                                                (9, 4, False), (0, 1, False)])
 def test_codebook_size_against_its_bits(bits: int, entries: int, ok: bool) -> None:
     spec = {"bits": bits, "codebook": [float(i) for i in range(entries)], "codebook_dtype": "float32"}
     codec = packing.CodebookCodec()
@@ -237,6 +238,15 @@ def test_a_float32_codebook_is_stored_as_float32() -> None:
     parts, _ = codec.pack(table[torch.tensor([3, 0, 2, 1])], spec)
     assert parts["codebook"].dtype == torch.float32
     assert codec.full_spec(parts, codec.header_spec(spec))["codebook"] == table.double().tolist()
+
+
+def test_uniform_scales_are_used_as_stored_in_their_dtype() -> None:
+    codec = packing.UniformCodec()
+    stored = float(torch.tensor(0.1, dtype=torch.float16))  # 0.0999755859375: 0.1 is not a float16
+    assert codec.decode(torch.tensor([8]), {"bits": 4, "axis": None, "scale": [0.1]}).item() == pytest.approx(stored, abs=0)
+    exact32 = float(torch.tensor(0.1, dtype=torch.float32))
+    spec = {"bits": 4, "axis": None, "scale": [0.1], "scale_dtype": "float32"}
+    assert codec.decode(torch.tensor([8]), spec).item() == pytest.approx(exact32, abs=0)
 
 
 def test_four_bit_per_channel_size_is_exact() -> None:
