@@ -215,6 +215,15 @@ def test_compare_two_studies_at_one_reference_point(tmp_path: Path, capsys: pyte
     assert f"| a     | 0     | 1          | 4           | {1 * 1 + 2 * 3 + 1 * 4:<11} |" in table  # HV on the study's first row
 
 
+def test_compare_tells_two_runs_of_one_yaml_apart(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    make_study(tmp_path / "a", "quick", ((1.0, 4.0),))
+    make_study(tmp_path / "b", "quick", ((2.0, 2.0),))
+    assert main(["compare", str(tmp_path / "a"), str(tmp_path / "b")]) == 0
+    rows = [line.split("|")[1].strip() for line in capsys.readouterr().out.splitlines() if line.startswith("| quick")]
+    assert len(rows) == 2 and rows[0] != rows[1], rows
+    assert rows[0].endswith(str(tmp_path / "a" / "study.db")) and rows[1].endswith(str(tmp_path / "b" / "study.db"))
+
+
 def test_compare_finds_studies_by_name_url_and_refuses_other_objectives(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -8,6 +8,7 @@ front's hypervolume says how much of the best known front it reaches on its own.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -95,19 +96,31 @@ def compare_studies(studies: Sequence[tuple[str, str]], reference: Sequence[floa
     return Comparison(names, directions, reference, pooled_hv, rows)
 
 
+def study_labels(studies: Sequence[StudyFront]) -> list[str]:
+    """Each study's name, with its storage where two compared studies share a name (two runs of one YAML)."""
+    counts = Counter(s.study_name for s in studies)
+    return [s.study_name if counts[s.study_name] == 1 else f"{s.study_name} @ {_short(s.storage)}" for s in studies]
+
+
+def _short(storage: str) -> str:
+    # sqlite:///runs/quick/study.db -> runs/quick/study.db; other URLs as given
+    return storage.removeprefix("sqlite:///")
+
+
 def format_comparison(comparison: Comparison) -> str:
     """One markdown table: every front point with its study, and each study's hypervolume on its first row."""
     names = comparison.objectives
     header = ["study", "trial", *names, "hypervolume", "share"]
     rows: list[list[str]] = []
-    for s in comparison.studies:
+    labels = study_labels(comparison.studies)
+    for s, label in zip(comparison.studies, labels):
         summary = [format_number(s.hypervolume), f"{100 * s.share_of_pooled:.1f}%"]
         if not s.front:
-            rows.append([s.study_name, "(none)", *([""] * len(names)), *summary])
+            rows.append([label, "(none)", *([""] * len(names)), *summary])
         for k, entry in enumerate(s.front):
             rows.append(
                 [
-                    s.study_name,
+                    label,
                     str(entry.trial),
                     *(format_number(entry.objectives[n]) for n in names),
                     *(summary if k == 0 else ["", ""]),
