@@ -340,3 +340,61 @@ def test_theoretical_bits_of_a_malformed_entropy_spec_name_the_tensor() -> None:
     del model.encodings["decoder.2.weight"]["bits"]  # a malformed spec: the codec's KeyError is reported with the name
     with pytest.raises(ExportError, match="tensor 'decoder.2.weight': cannot pack"):
         theoretical_bits(model, None)
+
+
+class NoMaskDense:
+    """A float32 codec without mask support, as a plugin may ship: the format hands it the non-zero values only."""
+
+    name = "nomask"
+    supports_mask = False
+
+    def __init__(self) -> None:
+        from vae_automl.storage.codecs import DenseCodec
+
+        self.dense = DenseCodec()
+
+    def __getattr__(self, attr: str) -> Any:
+        return getattr(self.dense, attr)
+
+    def pack(self, tensor: torch.Tensor, spec: dict[str, Any], mask: torch.Tensor | None = None) -> Any:
+        assert mask is None and tensor.dim() == 1, "a codec without mask support gets a 1-D vector of the non-zero values"
+        return {"": tensor.contiguous()}, {"n": tensor.numel()}
+
+    def unpack(self, parts: Any, meta: dict[str, Any], shape: list[int], spec: dict[str, Any], mask: Any = None) -> Any:
+        assert mask is None and shape == [meta["n"]] and spec == {"codec": "nomask", "sparse": True}
+        return parts[""].float().reshape(shape)
+
+
+class CodecsOnly:
+    """A registry stand-in: the given codecs, and the built-in architectures."""
+
+    def __init__(self, codecs: dict[str, Any]) -> None:
+        self.codecs = codecs
+
+    def codec_map(self) -> dict[str, Any]:
+        return self.codecs
+
+    def build_model(self, config: dict[str, Any]) -> Any:
+        return get_registry().build_model(config)
+
+
+@pytest.mark.parametrize("container", [None, "compact"])
+def test_a_codec_without_mask_support_round_trips_a_sparse_tensor_through_the_given_codecs(container: str | None) -> None:
+    from vae_automl.storage.codecs import builtin_codecs
+
+    model = dense_model()
+    bias = torch.zeros(16)
+    bias[[2, 5, 11]] = torch.tensor([0.5, -1.5, 2.0])
+    set_tensor(model, "decoder.2.bias", bias, {"codec": "nomask", "sparse": True})
+    if container is not None:
+        model.container = container
+    codecs = {**builtin_codecs(), "nomask": NoMaskDense()}
+    data = serialize_model(model, codecs)
+    assert data.startswith(b"VAC") == (container == "compact")
+    with pytest.raises(ExportError, match="unknown codec 'nomask'"):
+        serialize_model(model)  # the built-in codecs alone do not know it
+    back = deserialize_model(data, CodecsOnly(codecs))
+    for key, tensor in model.state_dict().items():
+        assert torch.equal(back.state_dict()[key], tensor), key
+    assert back.encodings["decoder.2.bias"] == {"codec": "nomask", "sparse": True}
+    assert serialize_model(back, codecs) == data
