@@ -127,7 +127,7 @@ name: byom-ray
 dataset: digits
 base_model: {factory: "vae_automl.testing.user_model:build", kwargs: {latent: 4, width: 4}, checkpoint: ckpt.safetensors}
 training: {epochs: 1, batch_size: 64}
-compressors: [{name: uniform, params: {bits: 8}}]
+compressors: [{name: uniform, params: {bits: {low: 4, high: 8}}}]  # a space of one point would repeat its trial
 objectives: [test_elbo_nats, size_bytes]
 latency: {repeats: 2, warmup: 1}
 sampler: {name: random, seed: 0}

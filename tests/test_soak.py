@@ -130,7 +130,7 @@ def test_soak_sigkill_workers_and_ray_driver(postgres_url: str, ray_head: str, t
     name = f"soak-{os.getpid()}-{int(time.time())}"
     out = tmp_path / "out"
     space_file = tmp_path / "soak.yaml"
-    space_file.write_text(space_yaml(name, trials=BUDGET, seconds=(0.3, 1.0), seed=0))
+    space_file.write_text(space_yaml(name, trials=BUDGET, seconds=(1.0, 2.5), seed=0))
     env = {**os.environ, HEARTBEAT_INTERVAL_ENV: "2", HEARTBEAT_GRACE_ENV: str(GRACE_S), EXTRA_PLUGINS_ENV: PLUGIN,
            "OMP_NUM_THREADS": "1"}
     common = ["--storage", postgres_url, "--study", name]
@@ -148,7 +148,7 @@ def test_soak_sigkill_workers_and_ray_driver(postgres_url: str, ray_head: str, t
     try:
         fleet.workers = [fleet.spawn(fleet.worker_cmd) for _ in range(WORKERS)]
         fleet.start_driver()
-        next_kill = time.monotonic() + rng.uniform(5, 10)
+        next_kill = time.monotonic() + rng.uniform(3, 6)
         # chaos until 85% of the budget completed: SIGKILL a worker (replaced at once) or the Ray driver (restarted)
         while True:
             trials = snapshot(study)
@@ -161,18 +161,26 @@ def test_soak_sigkill_workers_and_ray_driver(postgres_url: str, ray_head: str, t
                 running = [t for t in trials if t.state == STATES.RUNNING]
                 ray_running = [t for t in running if WORKER_ATTR not in t.user_attrs]
                 driver_up_s = time.monotonic() - fleet.driver_started
-                if fleet.driver is not None and ray_running and driver_up_s > 20 and rng.random() < 0.3:
+                # the first chance goes to the driver (an idle machine completes the budget in about two minutes,
+                # too few draws to count on a 30% one), later ones at random
+                driver_turn = kills["ray driver"] == 0 or rng.random() < 0.3
+                if fleet.driver is not None and ray_running and driver_up_s > 8 and driver_turn:
                     fleet.kill(fleet.driver)
                     kills["ray driver"] += 1
                     fleet.start_driver()
                 elif fleet.workers:
-                    victim = rng.choice(fleet.workers)
-                    busy = any(t.user_attrs.get(WORKER_ATTR, "").endswith(f":{victim.pid}") for t in running)
+                    # mostly a worker in the middle of a trial: on an idle machine the budget completes in about
+                    # two minutes, and blind picks then hit too few running trials to test their retry
+                    busy_workers = [w for w in fleet.workers
+                                    if any(t.user_attrs.get(WORKER_ATTR, "").endswith(f":{w.pid}") for t in running)]
+                    pool = busy_workers if busy_workers and rng.random() < 0.7 else fleet.workers
+                    victim = rng.choice(pool)
+                    busy = victim in busy_workers
                     fleet.kill(victim)
                     fleet.workers.remove(victim)
                     kills["worker, mid-trial" if busy else "worker, between trials"] += 1
                     fleet.workers.append(fleet.spawn(fleet.worker_cmd))
-                next_kill = time.monotonic() + rng.uniform(6, 12)
+                next_kill = time.monotonic() + rng.uniform(3, 6)
             time.sleep(0.5)
         # no more chaos: every process runs until the study completed its budget and exits by itself
         for proc in [*fleet.workers, *([fleet.driver] if fleet.driver else [])]:
