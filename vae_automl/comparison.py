@@ -16,7 +16,7 @@ from typing import Any
 from vae_automl import pareto
 from vae_automl.errors import ConfigError
 from vae_automl.progress import format_number
-from vae_automl.study import FrontEntry, completed_trials, front_of_study, objectives_of, open_study
+from vae_automl.study import FrontEntry, completed_trials, front_of_study, objectives_of, open_study, storage_file
 
 
 @dataclass
@@ -99,12 +99,10 @@ def compare_studies(studies: Sequence[tuple[str, str]], reference: Sequence[floa
 def study_labels(studies: Sequence[StudyFront]) -> list[str]:
     """Each study's name, with its storage where two compared studies share a name (two runs of one YAML)."""
     counts = Counter(s.study_name for s in studies)
-    return [s.study_name if counts[s.study_name] == 1 else f"{s.study_name} @ {_short(s.storage)}" for s in studies]
-
-
-def _short(storage: str) -> str:
-    # sqlite:///runs/quick/study.db -> runs/quick/study.db; other URLs as given
-    return storage.removeprefix("sqlite:///")
+    return [
+        s.study_name if counts[s.study_name] == 1 else f"{s.study_name} @ {storage_file(s.storage) or s.storage}"
+        for s in studies
+    ]
 
 
 def format_comparison(comparison: Comparison) -> str:
