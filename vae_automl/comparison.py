@@ -100,8 +100,7 @@ def study_labels(studies: Sequence[StudyFront]) -> list[str]:
     """Each study's name, with its storage where two compared studies share a name (two runs of one YAML)."""
     counts = Counter(s.study_name for s in studies)
     return [
-        s.study_name if counts[s.study_name] == 1 else f"{s.study_name} @ {storage_file(s.storage) or s.storage}"
-        for s in studies
+        s.study_name if counts[s.study_name] == 1 else f"{s.study_name} @ {storage_file(s.storage) or s.storage}" for s in studies
     ]
 
 
