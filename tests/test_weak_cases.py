@@ -323,3 +323,9 @@ def test_the_ray_trainable_stops_at_the_drivers_timeout(tmp_path: Path, monkeypa
     assert reports[-1][ray_backend.FAILURE_KEY] == "the trial ran past the run's --timeout before training the base model"
     ray_backend._trainable(config, **args, deadline_unix_s=time.time() + 600)
     assert ray_backend.FAILURE_KEY not in reports[-1] and reports[-1]["test_elbo_nats"] > 0
+
+
+@pytest.mark.parametrize("name", ["[]", "{a: 1}"])
+def test_a_pruner_name_that_is_not_a_string_is_named(name: str) -> None:
+    # hypothesis found `pruner: {name: []}` raising TypeError (unhashable) before the name's own check
+    assert "s.yaml: pruner.name" in error_of(SPACE + f"pruner: {{name: {name}}}\n")

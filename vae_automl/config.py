@@ -743,7 +743,7 @@ def parse_space(data: Any, file: str, registry: Registry, source: str = "", base
         p_raw = {"name": p_raw}
     p_raw = _mapping(p_raw, p_loc, ("name", "warmup_epochs", "min_trials", "reduction_factor", "score", "percentile"))
     p_name = p_raw.get("name", "none")
-    if p_name in RENAMED_PRUNERS:
+    if isinstance(p_name, str) and p_name in RENAMED_PRUNERS:  # a list or mapping is refused by _choice below
         # 0.1 spaces keep working; `percentile` belonged to the median rule and has no meaning now
         p_name = RENAMED_PRUNERS[p_name]
         warnings.warn(
