@@ -105,15 +105,19 @@ def test_classifier_search_front_export_and_report(tmp_path: Path) -> None:
     folders = export_study(storage, "classifier-test", tmp_path / "export", trials=[0, 1])
     for folder, record in zip(folders, (float_trial, compressed)):
         manifest = json.loads((folder / "manifest.json").read_text())
-        assert {"model.onnx", "model.pt2", "model.pt", "weights.safetensors"} <= set(manifest["files"])
+        weights = "weights.vac" if record is compressed else "weights.safetensors"  # the compact container is no safetensors
+        assert {"model.onnx", "model.pt2", "model.pt", weights} <= set(manifest["files"])
+        other = "weights.safetensors" if record is compressed else "weights.vac"
+        assert other not in manifest["files"] and not (folder / other).exists()
         for fmt in ("safetensors", "onnx", "pt2", "torchscript"):
             assert manifest["remeasured"][fmt]["test_accuracy"] == pytest.approx(record["metrics"]["test_accuracy"], abs=0.3)
         assert all(c["ok"] for c in manifest["checks"])
         assert {c["figure"] for c in manifest["checks"]} >= {"test_accuracy", "size_bytes"}
-        assert (folder / "weights.safetensors").stat().st_size == record["metrics"]["size_bytes"]
+        assert (folder / weights).stat().st_size == record["metrics"]["size_bytes"]
         loaded = load(folder)  # sha256-verified, then decoded from either container
         assert loaded.container == ("compact" if record is compressed else "safetensors")
-        assert ((folder / "weights.safetensors").read_bytes()[:3] == b"VAC") == (record is compressed)
+        assert ((folder / weights).read_bytes()[:3] == b"VAC") == (record is compressed)
+        assert Path(record["artifact"]).suffix == Path(weights).suffix
 
     written = write_report(storage, "classifier-test", tmp_path / "report")
     page = written[-1].read_text()

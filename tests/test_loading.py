@@ -106,7 +106,7 @@ def test_a_file_name_with_a_path_is_refused(tmp_path: Path, name: str) -> None:
     ({"files": {"weights.safetensors": {"size_bytes": 3}}}, "'files' must map each file name"),
     ({"files": {"weights.safetensors": {"sha256": 5}}}, "'files' must map each file name"),
     ({"files": {"weights.safetensors": "abc"}}, "'files' must map each file name"),
-    ({"files": {}}, "'files' does not list weights.safetensors"),
+    ({"files": {}}, r"'files' lists no weights file \(weights.safetensors or weights.vac\)"),
 ])
 def test_a_malformed_manifest_is_refused(tmp_path: Path, change: dict[str, Any], message: str) -> None:
     folder = tmp_path / "trial-3"
@@ -210,3 +210,23 @@ def test_a_version_1_manifest_with_a_wrong_digest_is_refused(tmp_path: Path) -> 
     (folder / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(IntegrityError, match="does not match its manifest_sha256"):
         load(folder)
+
+
+@pytest.mark.parametrize("name", ["weights.vac", "weights.safetensors"])
+def test_a_compact_weights_file_loads_as_weights_vac_and_under_the_old_name(tmp_path: Path, name: str) -> None:
+    # weights.vac is what export writes for the compact container now; folders exported before it named the
+    # same bytes weights.safetensors, and they must still load.
+    from test_compact_storage import GOLDEN as COMPACT_GOLDEN
+    from test_compact_storage import zoo_model
+
+    folder = tmp_path / "trial-3"
+    folder.mkdir()
+    (folder / name).write_bytes(COMPACT_GOLDEN.read_bytes())
+    files = {name: {"sha256": hashlib.sha256((folder / name).read_bytes()).hexdigest(), "size_bytes": 1}}
+    write_manifest(folder, {"format": "vae-automl-export", "manifest_version": 2, "files": files, "plugins": {}})
+    model = load(folder)
+    assert model.container == "compact"
+    expected = zoo_model().state_dict()
+    assert set(model.state_dict()) == set(expected)
+    for key, tensor in model.state_dict().items():
+        assert torch.equal(tensor, expected[key]), key

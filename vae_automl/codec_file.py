@@ -4,7 +4,7 @@ Layout (little-endian)::
 
     magic      8 bytes  b"VAECODEC"
     version    1 byte   CONTAINER_VERSION
-    model      32 bytes sha256 of the model's weights.safetensors
+    model      32 bytes sha256 of the model's weights file (weights.safetensors or weights.vac)
     shape      3 x u16  C, H, W of every image
     count      u32      number of images
     then, per image: its bitstream's length as a LEB128 varint, then the bitstream
@@ -32,11 +32,11 @@ from vae_automl.codec import CodecVAE
 from vae_automl.data import to_unit_float
 from vae_automl.errors import CodecError, DataError
 from vae_automl.registry import get_registry
+from vae_automl.storage.format import WEIGHTS_FILES, weights_filename
 
 MAGIC = b"VAECODEC"
 CONTAINER_VERSION = 1
 _HEAD = struct.Struct("<8sB32s3HI")
-WEIGHTS = "weights.safetensors"
 
 
 @dataclass(frozen=True)
@@ -62,31 +62,36 @@ class EncodeResult:
 
 
 def save_codec_model(model: CodecVAE, directory: str | Path) -> Path:
-    """Write ``directory/weights.safetensors`` (atomically) for :func:`load_codec_model`; returns its path."""
+    """Write ``directory/weights.safetensors`` (``weights.vac`` in the compact container), atomically, for
+    :func:`load_codec_model`; returns its path."""
 
     if int(model.config.get("table_symbols", 0)) == 0:
         model.build_tables()
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    path = directory / WEIGHTS
+    path = directory / weights_filename(model)
     write_atomic(path, packing.serialize_model(model))
     return path
 
 
 def load_codec_model(model_dir: str | Path, plugins: tuple[str, ...] = ()) -> CodecModel:
-    """The codec model of ``model_dir``: an export folder (checked against its manifest) or a folder with weights.safetensors."""
+    """The codec model of ``model_dir``: an export folder (checked against its manifest) or a folder with
+    weights.safetensors or weights.vac."""
 
     directory = Path(model_dir)
-    path = directory / WEIGHTS
+    path = next((directory / name for name in WEIGHTS_FILES if (directory / name).is_file()), directory / WEIGHTS_FILES[0])
     if (directory / "manifest.json").is_file():
         # deferred: loading imports export, which imports this module's users
-        from vae_automl.loading import load
+        from vae_automl.loading import load, read_manifest, weights_file
 
         model = load(directory, plugins)
+        path = weights_file(directory, read_manifest(directory))
     elif path.is_file():
         model = packing.deserialize_model(path.read_bytes(), get_registry(plugins))
     else:
-        raise CodecError(f"{directory}: no {WEIGHTS}; give a folder written by `vae-automl export` or save_codec_model")
+        raise CodecError(
+            f"{directory}: no {' or '.join(WEIGHTS_FILES)}; give a folder written by `vae-automl export` or save_codec_model"
+        )
     if not isinstance(model, CodecVAE):
         raise CodecError(
             f"{path}: the model ({model.config.get('architecture')!r}) is not a codec; "

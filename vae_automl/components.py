@@ -517,9 +517,14 @@ class Exporter(Component):
     kind = "exporter"
     filename: str = ""
 
+    def filename_for(self, model: VAE) -> str:
+        """The file name ``model`` is exported under (``filename``, unless the model decides, as the weights
+        file's container does: ``weights.safetensors`` or ``weights.vac``)."""
+        return self.filename
+
     @abc.abstractmethod
     def export(self, model: VAE, path: str, example: torch.Tensor) -> None:
-        """Write ``model`` to ``path`` (the file named ``filename`` in the trial folder)."""
+        """Write ``model`` to ``path`` (the file named :meth:`filename_for` in the trial folder)."""
 
     def remeasure(self, path: str, model: VAE, ctx: Any, record: Any) -> dict[str, Any]:
         """Measure the written file again, so ``export`` can check it reproduces the search's figures.

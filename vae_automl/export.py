@@ -1,13 +1,18 @@
 """Export a study's models as verified artifacts: ``DIR/trial-N/{weights.safetensors, model.onnx, model.pt2, ...}``.
 
+The weights file is ``weights.safetensors``, or ``weights.vac`` when the
+model is stored in the compact container (which is no safetensors file);
+folders exported before that name held compact bytes as
+``weights.safetensors`` and still load.
+
 A model is rebuilt exactly from the packed file the search saved
 (``record.artifact``, its sha256 checked against the record first),
 written in each format, and re-measured from the written files: test ELBO
 (a classifier: test accuracy) of the ONNX model in onnxruntime, of the
-``torch.export`` program, of the TorchScript module and of the model loaded back from ``weights.safetensors``
+``torch.export`` program, of the TorchScript module and of the model loaded back from the weights file
 (same fixed noise as the search's :func:`vae_automl.train.evaluate_elbo`),
 and the byte size of
-``weights.safetensors``. A figure that disagrees with the search
+the weights file. A figure that disagrees with the search
 (:data:`TOLERANCES`) stops the export with :class:`ExportError`; the
 trial's folder is written to a temporary name and only renamed into place
 once every check passed, so a failed export leaves nothing that looks valid.
@@ -38,7 +43,7 @@ from vae_automl.data import load_images, load_labels, make_splits
 from vae_automl.errors import ExportError
 from vae_automl.record import TrialRecord
 from vae_automl.registry import get_registry
-from vae_automl.storage.format import deserialize_model
+from vae_automl.storage.format import deserialize_model, weights_filename
 from vae_automl.study import completed_trials, front_of_study
 from vae_automl.vae import VAE, kl_to_prior, reconstruction_nll
 
@@ -56,6 +61,7 @@ MANIFEST_VERSION = 2
 """2 added :data:`MANIFEST_DIGEST`; version 1 folders (no digest) still load, their figures unverified."""
 READABLE_MANIFEST_VERSIONS: tuple[int, ...] = (1, 2)
 WEIGHTS = "weights.safetensors"
+"""The weights file of the safetensors container; the compact one's is ``weights.vac`` (:data:`WEIGHTS_FILES`)."""
 DEFAULT_FORMATS: tuple[str, ...] = ("onnx", "pt2", "torchscript", "safetensors")
 ELBO = "test_elbo_nats"
 ACCURACY = "test_accuracy"
@@ -403,11 +409,11 @@ def export_trial(
     try:
         example = ctx.data.test[:2]
         for exporter in exporters:
-            exporter.export(model, str(tmp / exporter.filename), example)
-        weights = tmp / WEIGHTS
+            exporter.export(model, str(tmp / exporter.filename_for(model)), example)
+        weights = tmp / weights_filename(model)
         if weights.read_bytes() != artifact_bytes:
             raise ExportError(
-                f"trial {trial.number}: {WEIGHTS} differs from the search's saved model "
+                f"trial {trial.number}: {weights.name} differs from the search's saved model "
                 f"{record.artifact} (packing is not deterministic?)"
             )
         search_metrics = dict(record.metrics)
@@ -415,9 +421,9 @@ def export_trial(
         remeasured: dict[str, dict[str, Any]] = {}
         by_file: dict[str, str] = {}
         for exporter in exporters:
-            figures = exporter.remeasure(str(tmp / exporter.filename), model, ctx, record)
+            figures = exporter.remeasure(str(tmp / exporter.filename_for(model)), model, ctx, record)
             if figures:
-                remeasured[exporter.name], by_file[exporter.name] = figures, exporter.filename
+                remeasured[exporter.name], by_file[exporter.name] = figures, exporter.filename_for(model)
         checks: list[dict[str, Any]] = []
         for fmt, figures in remeasured.items():
             for figure, got in figures.items():
@@ -430,7 +436,7 @@ def export_trial(
                 if fmt != "safetensors" and quality in figures:
                     _check(checks, quality, by_file[fmt], remeasured["safetensors"][quality], figures[quality])
         if not any(c["figure"] == "size_bytes" for c in checks):
-            _check(checks, "size_bytes", WEIGHTS, float(len(artifact_bytes)), float(weights.stat().st_size))
+            _check(checks, "size_bytes", weights.name, float(len(artifact_bytes)), float(weights.stat().st_size))
         if not all(c["ok"] for c in checks):
             raise ExportError(_failures_message(trial.number, checks))
         files = {p.name: {"sha256": sha256_file(p), "size_bytes": p.stat().st_size} for p in sorted(tmp.iterdir()) if p.is_file()}
@@ -516,7 +522,8 @@ def export_study(
         out_dir: where ``trial-N/`` folders go.
         trials: ``"front"`` (default) or a list of trial numbers.
         formats: exporter names (``onnx``, ``pt2``, ``torchscript``, ``safetensors``,
-            or a plugin's). ``weights.safetensors`` is always written: it is
+            or a plugin's). The weights file (``weights.safetensors``, or ``weights.vac``
+            for the compact container) is always written: it is
             what :func:`vae_automl.load` reads and what ``size_bytes`` is checked on.
         dataset, data_dir: the search's ``--dataset`` / ``--data-dir`` if it used them.
         plugins: extra plugin modules (as given to the search).

@@ -14,12 +14,11 @@ from vae_automl.export import (
     MANIFEST_FORMAT,
     MANIFEST_VERSION,
     READABLE_MANIFEST_VERSIONS,
-    WEIGHTS,
     manifest_digest,
     sha256_file,
 )
 from vae_automl.registry import get_registry
-from vae_automl.storage.format import deserialize_model
+from vae_automl.storage.format import WEIGHTS_FILES, deserialize_model
 
 if TYPE_CHECKING:
     from vae_automl.vae import VAE
@@ -44,8 +43,8 @@ def read_manifest(directory: str | Path) -> dict[str, Any]:
     files = manifest.get("files")
     if not isinstance(files, dict) or not all(isinstance(v, dict) and isinstance(v.get("sha256"), str) for v in files.values()):
         raise ExportError(f"{path}: 'files' must map each file name to {{sha256, size_bytes}}")
-    if WEIGHTS not in files:
-        raise ExportError(f"{path}: 'files' does not list {WEIGHTS}")
+    if not any(name in files for name in WEIGHTS_FILES):
+        raise ExportError(f"{path}: 'files' lists no weights file ({' or '.join(WEIGHTS_FILES)})")
     digest = manifest.get(MANIFEST_DIGEST)
     if digest is None and version < MANIFEST_VERSION:
         # exported before manifests carried their own hash: the files are still verified, the figures cannot be
@@ -61,6 +60,13 @@ def read_manifest(directory: str | Path) -> dict[str, Any]:
             f"({'missing' if digest is None else digest}); manifest.json was edited after export: export the trial again"
         )
     return manifest
+
+
+def weights_file(directory: str | Path, manifest: dict[str, Any]) -> Path:
+    """The weights file an export folder's manifest lists: ``weights.vac`` (compact container) or
+    ``weights.safetensors`` (which folders exported before ``weights.vac`` existed use for compact bytes too:
+    :func:`~vae_automl.storage.format.deserialize_model` tells the containers apart by their first bytes)."""
+    return Path(directory) / next(name for name in WEIGHTS_FILES if name in manifest["files"])
 
 
 def verify_files(directory: str | Path, manifest: dict[str, Any]) -> None:
@@ -102,8 +108,8 @@ def load(directory: str | Path, plugins: tuple[str, ...] = ()) -> VAE:
     """The model of an export folder, with ``encode``, ``decode``, ``sample`` and ``reconstruct``.
 
     Every file's sha256 is checked against ``manifest.json`` first; the model
-    is rebuilt from ``weights.safetensors`` (tensors plus a JSON header: no
-    pickle). The manifest is attached as ``model.manifest``.
+    is rebuilt from ``weights.safetensors`` or ``weights.vac`` (tensors plus a
+    JSON header: no pickle). The manifest is attached as ``model.manifest``.
 
     Args:
         directory: a ``trial-N`` folder written by :func:`vae_automl.export.export_study`.
@@ -119,6 +125,6 @@ def load(directory: str | Path, plugins: tuple[str, ...] = ()) -> VAE:
     verify_files(directory, manifest)
     registry = get_registry(plugins)
     check_plugins(Path(directory) / "manifest.json", manifest, registry.plugins())
-    model = deserialize_model((Path(directory) / WEIGHTS).read_bytes(), registry)
+    model = deserialize_model(weights_file(directory, manifest).read_bytes(), registry)
     model.manifest = manifest  # type: ignore[assignment]  # torch types unknown attributes as Tensor | Module
     return model

@@ -34,7 +34,7 @@ from vae_automl.devices import resolve_device
 from vae_automl.errors import PluginError, TrialFailed, VaeAutomlError
 from vae_automl.record import BaseInfo, LatencyInfo, TrialRecord
 from vae_automl.registry import call_each
-from vae_automl.storage.format import deserialize_model, serialize_model
+from vae_automl.storage.format import SUFFIXES, container_of, deserialize_model, serialize_model
 from vae_automl.storage.header import FORMAT_VERSION
 from vae_automl.train import TrainConfig, train, train_config_from
 from vae_automl.vae import VAE
@@ -105,7 +105,7 @@ def prepare(
             env.teacher = deserialize_model(path.read_bytes(), registry).to(dev)
         except Exception as exc:
             raise VaeAutomlError(
-                f"{space.path}: teacher: {path} is not a model saved by vae-automl (a models/trial-N.safetensors of a "
+                f"{space.path}: teacher: {path} is not a model saved by vae-automl (a models/trial-N.safetensors or .vac of a "
                 f"search): {type(exc).__name__}: {exc}"
             ) from None
     if space.base_model is not None:
@@ -569,7 +569,7 @@ def run_trial(
     metrics, ctx = measure(env, model, (*env.space.objectives, *env.space.record), spec.seed)
     limit.check("measuring")
     data = ctx.cache.get("serialized") or serialize_model(model, env.registry.codec_map())
-    artifact = env.artifact_dir / f"trial-{number}.safetensors"
+    artifact = env.artifact_dir / f"trial-{number}{SUFFIXES[container_of(model)]}"
     write_atomic(artifact, data)
     record = TrialRecord(
         trial=number,

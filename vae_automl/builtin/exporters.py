@@ -13,13 +13,17 @@ from vae_automl import packing
 from vae_automl.components import Exporter
 from vae_automl.errors import ExportError
 from vae_automl.plugin_manager import hookimpl
+from vae_automl.storage.format import weights_filename
 from vae_automl.vae import VAE
 
 
 class SafetensorsExporter(Exporter):
     name = "safetensors"
     filename = "weights.safetensors"
-    help = "packed low-bit / sparse weights; byte length equals size_bytes"
+    help = "packed low-bit / sparse weights (weights.vac in the compact container); byte length equals size_bytes"
+
+    def filename_for(self, model: VAE) -> str:
+        return weights_filename(model)
 
     def export(self, model: VAE, path: str, example: torch.Tensor) -> None:
         Path(path).write_bytes(packing.serialize_model(model))

@@ -1,7 +1,8 @@
 """The storage format of a model: safetensors with packed tensors and a JSON header.
 
 The byte length of :func:`serialize_model` is the ``size_bytes`` objective,
-and ``export`` writes exactly these bytes as ``weights.safetensors``: one
+and ``export`` writes exactly these bytes as ``weights.safetensors`` (or
+``weights.vac`` for the compact container, :func:`weights_filename`): one
 piece of code decides both, so they cannot disagree.
 
 Each tensor is stored by the codec named in ``model.encodings[name]["codec"]``
@@ -59,6 +60,10 @@ Codecs = Mapping[str, Codec]
 SAFETENSORS, COMPACT = "safetensors", "compact"
 CONTAINERS = (SAFETENSORS, COMPACT)
 """Where a model's packed parts go: a safetensors file (the default) or :mod:`vae_automl.storage.compact`."""
+SUFFIXES = {SAFETENSORS: ".safetensors", COMPACT: ".vac"}
+"""The file extension of each container: a compact file is no safetensors file, so it is not named like one."""
+WEIGHTS_FILES = tuple(f"weights{suffix}" for suffix in SUFFIXES.values())
+"""The names an exported weights file may have (``weights.safetensors`` or ``weights.vac``)."""
 
 
 def codec_for(name: str, spec: dict[str, Any], codecs: Codecs) -> Codec:
@@ -133,8 +138,14 @@ def container_of(model: Any) -> str:
     return str(container)
 
 
+def weights_filename(model: Any) -> str:
+    """The exported weights file's name for ``model``'s container: ``weights.safetensors`` or ``weights.vac``."""
+    return "weights" + SUFFIXES[container_of(model)]
+
+
 def serialize_model(model: VAE, codecs: Codecs | None = None) -> bytes:
-    """The bytes of ``weights.safetensors`` for ``model``, in the container ``model.container`` names."""
+    """The bytes of the weights file for ``model``, in the container ``model.container`` names
+    (:func:`weights_filename` names the file)."""
     if container_of(model) == COMPACT:
         # In name order: a state dict's order is not the built model's after a parameter is re-registered (pruning does).
         entries = sorted(_pack_entries(model, builtin_codecs() if codecs is None else codecs), key=lambda e: e[0])
