@@ -41,7 +41,9 @@ def digits_splits() -> Any:
 def trained_codec(lmbda: float = 0.05, seed: int = 0, epochs: int = 3) -> CodecVAE:
     registry = get_registry()
     arch = registry.architectures.get("codec_mlp")
-    values = arch.resolve_params({"hidden_layers": 1, "hidden_width": 32, "latent_dim": 8, "lmbda": lmbda})
+    # With a post-filter, so every round trip below also runs its convolutions.
+    values = arch.resolve_params({"hidden_layers": 1, "hidden_width": 32, "latent_dim": 8, "lmbda": lmbda,
+                                  "postfilter_layers": 2, "postfilter_channels": 4})
     torch.manual_seed(seed)
     model = arch.build(arch.config_from_params(values, (1, 8, 8)))
     task = registry.tasks.get("codec")
@@ -275,11 +277,14 @@ def test_cli_encodes_and_decodes_and_reports_refusals(model_dir: Path, images_np
     assert "truncated" in capsys.readouterr().err and not (tmp_path / "y.npz").exists()
 
 
-def test_pca_init_starts_the_mlp_codec_at_transform_coding() -> None:
+@pytest.mark.parametrize("postfilter_layers", [0, 3])
+def test_pca_init_starts_the_mlp_codec_at_transform_coding(postfilter_layers: int) -> None:
     registry = get_registry()
     arch = registry.architectures.get("codec_mlp")
-    model = arch.build(arch.config_from_params(arch.resolve_params({"hidden_width": 16, "latent_dim": 6, "lmbda": 0.1}),
-                                               (1, 8, 8)))
+    params = {"hidden_width": 16, "latent_dim": 6, "lmbda": 0.1, "postfilter_layers": postfilter_layers}
+    model = arch.build(arch.config_from_params(arch.resolve_params(params), (1, 8, 8)))
+    # A post-filter starts as the identity (its last convolution is zero), so PCA init still means transform coding.
+    assert (model.postfilter is None) == (postfilter_layers == 0)
     data = digits_splits()
     registry.tasks.get("codec").prepare(model, data)
     x = data.train.flatten(1).double()
@@ -292,3 +297,14 @@ def test_pca_init_starts_the_mlp_codec_at_transform_coding() -> None:
         assert torch.allclose(model.synthesize(y).flatten(1).double(), projection, atol=1e-4)
     step = float(torch.exp(-model.gain[0].detach()))
     assert step == pytest.approx((6 / (0.1 * 255**2 * np.log(2))) ** 0.5)
+
+
+def test_the_post_filter_is_trained_and_shipped_with_the_decoder(model_dir: Path) -> None:
+    model = load_codec_model(model_dir).model
+    assert model.config["postfilter_layers"] == 2 and model.postfilter is not None
+    last = model.postfilter.net[-1]
+    assert float(last.weight.detach().abs().sum()) > 0  # training moved it off its zero (identity) start
+    part = model.decoder_part()
+    assert any(k.startswith("postfilter.") for k in part.state_dict())
+    z = torch.from_numpy(model.latents(digits_splits().test[:4])).float()
+    assert torch.equal(part.synthesize(z), model.synthesize(z))
