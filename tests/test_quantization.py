@@ -170,3 +170,42 @@ trials: 2
         assert codecs & {"uniform", "codebook"}
     sizes = [e.objectives["size_bytes"] for e in result.front]
     assert max(sizes) < packing.size_bytes(tiny_model("mlp"))
+
+
+@pytest.mark.parametrize("compressor", [KMeansQuantizer(), UniformQuantizer(), Pow2Quantizer()])
+@pytest.mark.parametrize("bias_bits", [3, 8])
+def test_bias_bits_puts_the_biases_on_a_uniform_grid_and_stores_them_in_fewer_bytes(compressor: object, bias_bits: int) -> None:
+    model = tiny_model("mlp")
+    with torch.no_grad():
+        model.decoder[0].bias[0] = -3.0  # the largest magnitude sets the grid: it must come back exactly
+    ctx = make_context(tiny_data())
+    plain = compressor.apply(model, {"bits": 4}, ctx)
+    out = compressor.apply(model, {"bits": 4, "bias_bits": bias_bits}, ctx)
+    biases = [name for name in out.state_dict() if name.endswith(".bias")]
+    assert biases
+    top = (1 << (bias_bits - 1)) - 1
+    for name in biases:
+        spec, before, after = out.encodings[name], model.state_dict()[name], out.state_dict()[name]
+        assert (spec["codec"], spec["bits"], spec["axis"]) == ("uniform", bias_bits, None)
+        # an independent oracle of the grid: steps of max|b| / top, in float16, each value within half a step
+        step = float(torch.tensor(float(before.abs().max()) / top, dtype=torch.float16))
+        assert spec["scale"] == [step]
+        assert torch.all((after / step).round() == after / step)
+        assert float((after - before).abs().max()) <= step / 2 + 1e-6
+        assert len(torch.unique(after)) <= 2 * top + 1
+    step = out.encodings["decoder.0.bias"]["scale"][0]
+    assert float(out.decoder[0].bias.detach()[0]) == -top * step  # the largest magnitude is the grid's end
+    for name, tensor in out.state_dict().items():  # the weights are those of the run without bias_bits
+        if not name.endswith(".bias"):
+            assert torch.equal(tensor, plain.state_dict()[name]), name
+    plain.container = out.container = "compact"  # safetensors' ~60 B of JSON per part would hide the saving
+    data = packing.serialize_model(out)
+    assert len(data) < len(packing.serialize_model(plain))
+    back = packing.deserialize_model(data)
+    for name, tensor in out.state_dict().items():
+        assert torch.equal(back.state_dict()[name], tensor), name
+
+
+def test_bias_bits_out_of_range_is_refused() -> None:
+    with pytest.raises(ValueError, match="bias_bits"):
+        KMeansQuantizer().validate_params({"bits": 3, "bias_bits": 9})

@@ -15,7 +15,11 @@ Three weight-only quantizers, all of stage ``quantize``:
 What is quantized: the weights of Linear, Conv and ConvTranspose layers.
 Biases and the Gaussian ``log_sigma`` stay as they are (dense float32 unless
 an earlier stage chose otherwise): they are a tiny share of the bytes and
-the ELBO is sensitive to them.
+the ELBO is sensitive to them. ``bias_bits`` (1..8; 0, the default: left
+as they are) stores the biases of those layers too, each on a per-tensor
+symmetric uniform grid spanning its largest magnitude (``uniform`` codec,
+float16 scale), after the weights' fine-tuning: on a 2,464-parameter CNN
+the 48 float32 biases are a fifth of a 1 KB file.
 
 Bit widths per layer group: ``bits_encoder``, ``bits_heads`` (the layers
 computing ``mu`` and ``logvar``) and ``bits_decoder`` default to ``bits``;
@@ -95,6 +99,14 @@ COMMON_PARAMS = (
     ),
     Param(
         "qat_lr", "float", None, minimum=1e-7, maximum=1.0, log=True, help="fine-tuning learning rate (default: the trial's lr)"
+    ),
+    Param(
+        "bias_bits",
+        "int",
+        0,
+        minimum=0,
+        maximum=8,
+        help="bits of the quantized layers' biases on a per-tensor uniform grid after fine-tuning (0: biases unchanged)",
     ),
 )
 CALIBRATION_SAMPLES = Param(
@@ -298,6 +310,30 @@ def calibration_inputs(
     return captured
 
 
+def quantize_bias(model: VAE, key: str, bias: torch.Tensor, bits: int) -> None:
+    """Put ``bias`` on a ``bits``-bit symmetric uniform grid over its largest magnitude, recorded in ``model.encodings``.
+
+    No clipping: a bias is one value per unit, and its largest ones matter. The scale is float16 unless that
+    would make it subnormal (float32 then), as for weights.
+    """
+    b = bias.detach().float().cpu()
+    scale_dtype = "float16"
+    _, scale, _ = uniform_grid(b, bits, True, False, torch.ones(1), "float32")
+    if bool(((scale > 0) & (scale < FP16_MIN_NORMAL)).any()):
+        scale_dtype = "float32"
+    deq, scale, _ = uniform_grid(b, bits, True, False, torch.ones(1), scale_dtype)
+    with torch.no_grad():
+        bias.copy_(deq.to(bias.device, bias.dtype))
+    model.encodings[key] = {
+        "codec": "uniform",
+        "bits": bits,
+        "symmetric": True,
+        "axis": None,
+        "scale_dtype": scale_dtype,
+        "scale": scale.double().tolist(),
+    }
+
+
 class _Quantizer(Compressor):
     """Shared pipeline: calibrate a grid per layer, optionally fine-tune through fake-quant, snap, record encodings."""
 
@@ -315,6 +351,9 @@ class _Quantizer(Compressor):
         qat = values.get("qat_epochs")
         if isinstance(qat, int) and qat < 0:
             raise ValueError(f"`qat_epochs` must be >= 0, but got qat_epochs={qat}")
+        bias_bits = values.get("bias_bits")
+        if isinstance(bias_bits, int) and not isinstance(bias_bits, bool) and not 0 <= bias_bits <= 8:
+            raise ValueError(f"`bias_bits` must be in 0..8 (0: biases unchanged), but got bias_bits={bias_bits}")
 
     # Subclasses: the grid of one weight.
     def fit(self, w: torch.Tensor, bits: int, values: dict[str, Any], x: torch.Tensor | None, seed: int) -> dict[str, Any]:
@@ -377,6 +416,10 @@ class _Quantizer(Compressor):
             if previous.get("sparse") or (keeps[name] is not None and self.needs_zero_mask(states[name])):
                 spec["sparse"] = True
             out.encodings[key] = spec
+        if values.get("bias_bits"):
+            for name, module, _ in layers:
+                if module.bias is not None:
+                    quantize_bias(out, f"{name}.bias", module.bias, int(values["bias_bits"]))
         return out
 
     def _fine_tune(
