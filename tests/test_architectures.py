@@ -31,7 +31,7 @@ def test_shapes_elbo_and_rebuild(shape: tuple[int, ...], arch: str, values: dict
     assert model.reconstruct(x).min() >= 0 and model.reconstruct(x).max() <= 1
     rebuilt = packing.deserialize_model(packing.serialize_model(model))
     assert list(rebuilt.state_dict()) == list(model.state_dict())  # zip below would stop at the shorter one
-    for (name, a), (_, b) in zip(model.state_dict().items(), rebuilt.state_dict().items()):
+    for (name, a), (_, b) in zip(model.state_dict().items(), rebuilt.state_dict().items(), strict=True):
         assert torch.equal(a, b), name
 
 

@@ -468,6 +468,7 @@ def test_structured_prune_search_export_load(user_dir: Path, tmp_path: Path) -> 
     assert result.completed == 2 and result.baseline is not None
     folders = export_study(result.storage, "sp", tmp_path / "export", trials=[e.trial for e in result.front])
     study = open_study(result.storage, "sp")
+    assert folders and len(folders) == len(result.front)
     for folder in folders:
         manifest = json.loads((folder / "manifest.json").read_text())
         record = study.trials[manifest["trial"]].user_attrs["record"]

@@ -103,7 +103,7 @@ def test_classifier_search_front_export_and_report(tmp_path: Path) -> None:
     assert compressed["metrics"]["test_accuracy"] > 50.0
 
     folders = export_study(storage, "classifier-test", tmp_path / "export", trials=[0, 1])
-    for folder, record in zip(folders, (float_trial, compressed)):
+    for folder, record in zip(folders, (float_trial, compressed), strict=True):
         manifest = json.loads((folder / "manifest.json").read_text())
         weights = "weights.vac" if record is compressed else "weights.safetensors"  # the compact container is no safetensors
         assert {"model.onnx", "model.pt2", "model.pt", weights} <= set(manifest["files"])

@@ -108,7 +108,7 @@ def test_bitstreams_decode_to_the_latents_and_are_counted_by_the_rate_objective(
     data = digits_splits()
     latents = codec.model.latents(data.test)
     streams = codec.model.encode_latents(latents)
-    assert all(s[0] == HEADER_BYTE for s in streams)
+    assert len(streams) == len(data.test) and all(s[0] == HEADER_BYTE for s in streams)
     assert np.array_equal(codec.model.decode_latents(streams), latents)
     ctx = MeasureContext(model=codec.model, data=data, device=torch.device("cpu"), seed=0)
     registry = get_registry()
@@ -247,7 +247,9 @@ def test_small_codec_search_end_to_end(tmp_path: Path) -> None:
     assert result.completed == 3 and result.front
     from vae_automl.study import completed_trials, open_study, RECORD_ATTR
 
-    for trial in completed_trials(open_study(result.storage, result.study_name)):
+    trials = completed_trials(open_study(result.storage, result.study_name))
+    assert len(trials) == 3
+    for trial in trials:
         record = trial.user_attrs[RECORD_ATTR]
         metrics = record["metrics"]
         assert metrics["rate_bytes_per_image"] >= 1 and 0 < metrics["ssim"] <= 1

@@ -101,7 +101,7 @@ def test_split_is_seeded_and_disjoint() -> None:
     a = split_indices(100, SplitConfig(validation=0.1, test=0.2, seed=3))
     b = split_indices(100, SplitConfig(validation=0.1, test=0.2, seed=3))
     c = split_indices(100, SplitConfig(validation=0.1, test=0.2, seed=4))
-    assert all(np.array_equal(x, y) for x, y in zip(a, b))
+    assert all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
     assert not np.array_equal(a[0], c[0])
     assert [len(x) for x in a] == [70, 10, 20]
     assert len(set(np.concatenate(a))) == 100

@@ -114,7 +114,7 @@ def entropy_coded(model: VAE) -> VAE:
 def test_entropy_coded_file_is_bit_exact_and_its_size_is_the_file(tmp_path: Path) -> None:
     plain_model = pruned_kmeans_mlp(0.9, 5)
     model = entropy_coded(plain_model)
-    assert all(torch.equal(a, b) for a, b in zip(plain_model.state_dict().values(), model.state_dict().values()))
+    assert all(torch.equal(a, b) for a, b in zip(plain_model.state_dict().values(), model.state_dict().values(), strict=True))
     data = packing.serialize_model(model)
     path = tmp_path / "weights.safetensors"
     path.write_bytes(data)

@@ -199,4 +199,4 @@ def test_a_search_and_its_export_run_on_a_resized_image_folder(tmp_path: Path, c
     exported = json.loads(capsys.readouterr().out)["exported"]
     manifest = json.loads((Path(exported[0]["folder"]) / "manifest.json").read_text())
     assert manifest["model_config"]["input_shape"] == [1, 6, 5]
-    assert all(check["ok"] for check in manifest["checks"])
+    assert manifest["checks"] and all(check["ok"] for check in manifest["checks"])

@@ -434,3 +434,183 @@ def test_deprecated_register_codec_still_registers() -> None:
         packing._legacy.clear()
         reset_registry()
     assert "sign8" not in get_registry().codecs
+
+
+# --- what the format hands a codec: an oracle of the Codec contract, by a plugin codec that records its calls ---
+
+
+class RecordingCodec:
+    """Stores each value plus the spec's ``offset``; the offset goes to the parts' metadata, not to the header.
+
+    It records what the format passes it, so a test can check the arguments the contract promises (the built-in
+    codecs happen to ignore some of them: a plugin codec need not).
+    """
+
+    name = "recording"
+
+    def __init__(self, supports_mask: bool) -> None:
+        self.supports_mask = supports_mask
+        self.unpacked: list[dict[str, Any]] = []
+        self.counted: list[dict[str, Any]] = []
+
+    def header_spec(self, spec: dict[str, Any]) -> dict[str, Any]:
+        return spec
+
+    def full_spec(self, parts: dict[str, torch.Tensor], header_spec: dict[str, Any]) -> dict[str, Any]:
+        return header_spec
+
+    def pack(self, tensor: torch.Tensor, spec: dict[str, Any], mask: torch.Tensor | None = None
+             ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        values = tensor[mask] if mask is not None else tensor
+        return {"": (values + spec["offset"]).contiguous()}, {"offset": spec["offset"]}
+
+    def unpack(self, parts: dict[str, torch.Tensor], meta: dict[str, Any], shape: list[int], spec: dict[str, Any],
+               mask: torch.Tensor | None = None) -> torch.Tensor:
+        self.unpacked.append({"parts": dict(parts), "meta": meta, "shape": shape, "spec": spec, "mask": mask})
+        values = parts[""] - meta["offset"]  # the metadata pack returned, not the spec: the format must pass it
+        if mask is None:
+            return values.reshape(shape)
+        out = torch.zeros(shape)
+        out[mask] = values
+        return out
+
+    def theoretical_bits(self, tensor: torch.Tensor, spec: dict[str, Any], mask: torch.Tensor | None = None) -> int:
+        self.counted.append({"tensor": tensor, "spec": spec, "mask": mask})
+        return 7 * (int(mask.sum()) if mask is not None else tensor.numel())
+
+
+def recording_registry(codec: RecordingCodec) -> Any:
+    """The registry deserialize_model needs (builds the model, knows the codecs), with ``codec`` beside the built-ins."""
+    from types import SimpleNamespace
+
+    from vae_automl.storage.codecs import builtin_codecs
+
+    return SimpleNamespace(build_model=get_registry().build_model, codec_map=lambda: {**builtin_codecs(), codec.name: codec})
+
+
+def small_mlp() -> VAE:
+    """Every value a multiple of 1/8 below 2 in magnitude: adding and removing the offsets above is exact."""
+    arch = get_registry().architectures.get("mlp")
+    torch.manual_seed(0)
+    model = arch.build(arch.config_from_params({**SEED_MLP, "hidden_width": 8, "latent_dim": 2}, (1, 4, 4)))
+    with torch.no_grad():
+        for tensor in model.state_dict().values():
+            tensor.copy_(torch.round(tensor * 8) / 8)
+    return model
+
+
+def with_codecs(codec: RecordingCodec) -> dict[str, Any]:
+    from vae_automl.storage.codecs import builtin_codecs
+
+    return {**builtin_codecs(), codec.name: codec}
+
+
+@pytest.mark.parametrize("supports_mask", [True, False])
+def test_the_format_passes_a_codec_what_the_contract_says(supports_mask: bool) -> None:
+    from vae_automl.storage.format import deserialize_model, serialize_model, theoretical_bits
+
+    codec = RecordingCodec(supports_mask)
+    model = small_mlp()
+    w = model.get_parameter("mu.weight")  # 2 x 8
+    with torch.no_grad():
+        w.copy_(torch.arange(16.0).reshape(2, 8) % 3)  # zeros at every third position
+    mask = w != 0
+    model.encodings["mu.weight"] = {"codec": "recording", "offset": 0.5, "sparse": True}
+    model.encodings["mu.bias"] = {"codec": "recording", "offset": 0.25}
+    bias = model.get_parameter("mu.bias").detach().clone()
+
+    data = serialize_model(model, with_codecs(codec))
+    back = deserialize_model(data, recording_registry(codec))
+    assert torch.equal(back.get_parameter("mu.weight"), w.detach()) and torch.equal(back.get_parameter("mu.bias"), bias)
+    calls = {tuple(call["shape"]): call for call in codec.unpacked}
+    assert len(codec.unpacked) == 2 and set(calls) == {(2,), (2, 8) if supports_mask else (int(mask.sum()),)}
+    bias_call = calls[(2,)]
+    assert bias_call["meta"] == {"offset": 0.25} and bias_call["spec"] == {"codec": "recording", "offset": 0.25}
+    assert bias_call["mask"] is None and set(bias_call["parts"]) == {""}
+    weight_call = calls[(2, 8) if supports_mask else (int(mask.sum()),)]
+    assert weight_call["meta"]["offset"] == 0.5 and weight_call["spec"]["offset"] == 0.5
+    assert "mask" not in weight_call["parts"]  # the format decodes its own mask part before the codec sees the rest
+    if supports_mask:
+        assert torch.equal(weight_call["mask"], mask)
+    else:
+        assert weight_call["mask"] is None
+
+    bits = theoretical_bits(model, with_codecs(codec))
+    sparse = [c for c in codec.counted if c["spec"].get("sparse")]
+    assert len(sparse) == 1
+    if supports_mask:  # the whole tensor and its mask
+        assert torch.equal(sparse[0]["tensor"], w.detach()) and torch.equal(sparse[0]["mask"], mask)
+    else:  # the non-zero values alone, and no mask
+        assert torch.equal(sparse[0]["tensor"], w.detach()[mask]) and sparse[0]["mask"] is None
+    assert sparse[0]["spec"] == model.encodings["mu.weight"]
+    dense_bits = sum(32 * t.numel() for n, t in model.state_dict().items() if n not in model.encodings)
+    assert bits == dense_bits + 7 * int(mask.sum()) + 7 * 2 + packing.mask_bits(mask)
+
+
+def test_parts_from_gives_the_codec_the_named_tensors_parts_under_from() -> None:
+    from vae_automl.storage.format import SHARED_PREFIX, deserialize_model, serialize_model
+
+    codec = RecordingCodec(supports_mask=False)
+    model = small_mlp()
+    model.encodings["mu.bias"] = {"codec": "recording", "offset": 1.0}
+    model.encodings["logvar.bias"] = {"codec": "recording", "offset": 2.0, "parts_from": "mu.bias"}
+    mu_bias = model.get_parameter("mu.bias").detach()
+    data = serialize_model(model, with_codecs(codec))
+    back = deserialize_model(data, recording_registry(codec))
+    assert torch.equal(back.get_parameter("logvar.bias"), model.get_parameter("logvar.bias").detach())
+    by_offset = {call["meta"]["offset"]: call["parts"] for call in codec.unpacked}
+    assert set(by_offset[1.0]) == {""}  # the source itself gets only its own parts
+    assert set(by_offset[2.0]) == {"", SHARED_PREFIX}  # its own main part, and the source's under from/
+    assert torch.equal(by_offset[2.0][SHARED_PREFIX], mu_bias + 1.0)  # the source's stored part, as packed
+    assert torch.equal(by_offset[2.0][""], model.get_parameter("logvar.bias").detach() + 2.0)
+
+
+def test_parts_from_a_tensor_the_file_lacks_is_refused_naming_both() -> None:
+    from vae_automl.storage.format import deserialize_model, serialize_model
+
+    codec = RecordingCodec(supports_mask=False)
+    model = small_mlp()
+    model.encodings["logvar.bias"] = {"codec": "recording", "offset": 2.0, "parts_from": "decoder.nowhere"}
+    data = serialize_model(model, with_codecs(codec))
+    with pytest.raises(ExportError, match=r"tensor 'logvar.bias' takes parts from 'decoder.nowhere', which the file does not"):
+        deserialize_model(data, recording_registry(codec))
+
+
+def test_a_model_without_a_container_attribute_is_stored_as_safetensors() -> None:
+    from types import SimpleNamespace
+
+    from vae_automl.storage.format import container_of
+
+    assert container_of(SimpleNamespace()) == "safetensors"
+    assert container_of(SimpleNamespace(container="compact")) == "compact"
+    with pytest.raises(ExportError, match=r"unknown container 'zip'; known: safetensors, compact"):
+        container_of(SimpleNamespace(container="zip"))
+
+
+def test_errors_name_the_tensor_wherever_its_codec_is_looked_up() -> None:
+    from vae_automl.storage.format import deserialize_model, serialize_model
+
+    model = seed_mlp()
+    model.encodings["mu.weight"] = {"codec": "zstd"}
+    unknown = r"tensor 'mu.weight' asks for unknown codec 'zstd'; known: codebook, dense, uniform, weight_vae"
+    with pytest.raises(ExportError, match=unknown):
+        packing.serialize_model(model)
+    with pytest.raises(ExportError, match=unknown):
+        packing.theoretical_bits(model)
+    # on load: a file whose codec this registry does not know (the plugin that wrote it is not loaded)
+    codec = RecordingCodec(supports_mask=False)
+    small = small_mlp()
+    small.encodings["mu.bias"] = {"codec": "recording", "offset": 1.0}
+    with pytest.raises(ExportError, match=r"tensor 'mu.bias' asks for unknown codec 'recording'; known: codebook, dense"):
+        deserialize_model(serialize_model(small, with_codecs(codec)), get_registry())
+
+
+@pytest.mark.parametrize("entropy", [False, True])
+def test_a_spec_the_codec_cannot_use_is_refused_naming_the_tensor(entropy: bool) -> None:
+    model = seed_mlp()
+    model.encodings["mu.weight"] = {"codec": "uniform", "symmetric": True, "entropy": entropy}  # no bits, no grid
+    with pytest.raises(ExportError, match=r"tensor 'mu.weight': cannot pack with spec"):
+        packing.serialize_model(model)
+    if entropy:  # theoretical_bits packs an entropy-coded tensor to count its coded bytes
+        with pytest.raises(ExportError, match=r"tensor 'mu.weight': cannot pack with spec"):
+            packing.theoretical_bits(model)

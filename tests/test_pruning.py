@@ -89,7 +89,9 @@ def test_magnitude_reaches_sparsity_and_mask_survives_fine_tuning(scope: str) ->
     for pruned in (out, tuned):
         assert _zero_fraction(pruned) == pytest.approx(0.7, abs=1e-3)
     if scope == "layer":
-        for name, w in prunable_weights(tuned).items():
+        weights = prunable_weights(tuned)
+        assert weights, "no prunable weight: the loop below would check nothing"
+        for name, w in weights.items():
             assert float((w == 0).float().mean()) == pytest.approx(0.7, abs=1.0 / w.numel() + 1e-6), name
     # Fine-tuning changed the surviving weights, but every pruned position stayed zero.
     for name, w in prunable_weights(out).items():
@@ -159,7 +161,7 @@ def test_structured_removes_dead_units_exactly(architecture: str) -> None:
     # The removed units output zero, so the shrunk model computes the same function.
     x = tiny_data().test[:16]
     with torch.no_grad():
-        for a, b in zip(model.encode(x), out.encode(x)):
+        for a, b in zip(model.encode(x), out.encode(x), strict=True):
             torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(model.decode(model.encode(x)[0]), out.decode(out.encode(x)[0]), rtol=1e-5, atol=1e-5)
     rebuilt = get_registry().build_model(out.config)

@@ -31,15 +31,19 @@ def on_trial_complete(record):
 '''
 
 
+_BASE = {"cache_key": "k", "params": 10, "epochs_run": 2, "stopped_early": False, "train_seconds": 1.0,
+         "samples_per_s": 9.0, "captured": False, "validation_curve": [3.0, 2.0], "cache_hit": False}
+_LATENCY = {"batch_size": 128, "target": "cpu", "repeats": 30, "runtime": "torch"}
+RECORD = {"trial": 0, "params": {}, "config": {"seed": 0}, "model_config": {}, "objectives": {"a": 1.5, "b": 2.0},
+          "metrics": {"a": 1.5, "b": 2.0}, "data": {}, "device": "cpu", "latency": _LATENCY, "base": _BASE,
+          "artifact": "/x/trial-0.safetensors", "artifact_sha256": "0" * 64, "seconds": 1.0}
+"""A complete stored record, as a Ray trial reports it."""
+
+
 def test_outcome_of_ray_results() -> None:
     from vae_automl.backends.ray import CONFIG_KEY, FAILURE_KEY, RECORD_KEY, VALIDATION_LOSS, _outcome
 
-    base = {"cache_key": "k", "params": 10, "epochs_run": 2, "stopped_early": False, "train_seconds": 1.0,
-            "samples_per_s": 9.0, "captured": False, "validation_curve": [3.0, 2.0], "cache_hit": False}
-    latency = {"batch_size": 128, "target": "cpu", "repeats": 30, "runtime": "torch"}
-    record = {"trial": 0, "params": {}, "config": {"seed": 0}, "model_config": {}, "objectives": {"a": 1.5, "b": 2.0},
-              "metrics": {"a": 1.5, "b": 2.0}, "data": {}, "device": "cpu", "latency": latency, "base": base,
-              "artifact": "/x/trial-0.safetensors", "artifact_sha256": "0" * 64, "seconds": 1.0}
+    record = RECORD
     state, values, attrs = _outcome({RECORD_KEY: json.dumps(record)}, False, ("b", "a"))
     assert state == STATES.COMPLETE and values == [2.0, 1.5] and attrs[RECORD_ATTR] == record
     state, values, attrs = _outcome({FAILURE_KEY: "loss diverged to nan", CONFIG_KEY: '{"seed": 0}'}, False, ("a",))
@@ -52,6 +56,27 @@ def test_outcome_of_ray_results() -> None:
     assert state == STATES.PRUNED and attrs["pruned_at_epoch"] == "before_fine_tuning"
     state, _, attrs = _outcome(None, True, ("a",))
     assert state == STATES.FAIL and "errored" in attrs[FAILURE_ATTR]
+
+
+def test_rung_points_are_read_from_the_results_as_tune_flattens_them() -> None:
+    flatten_dict = pytest.importorskip("ray.tune.utils").flatten_dict
+    from vae_automl.backends.ray import RECORD_KEY, RUNG_KEY, VALIDATION_LOSS, _make_scheduler_class, _outcome, rung_values_of
+    from vae_automl.config import PrunerConfig
+    from vae_automl.early_stopping import RUNG_VALUES_ATTR
+
+    reported = {VALIDATION_LOSS: 9.0, "epoch": 1, "rung": "1", RUNG_KEY: {"1": [9.0, 100.0]}, "validation_curve": [9.0]}
+    flat = flatten_dict(reported)  # what Tune hands schedulers and searchers
+    assert RUNG_KEY not in flat  # the case a lookup of the reported key alone misses
+    assert rung_values_of(flat) == rung_values_of(reported) == {"1": [9.0, 100.0]}
+    _, _, attrs = _outcome(flat, False, ("a",))
+    assert attrs[RUNG_VALUES_ATTR] == {"1": [9.0, 100.0]}
+    _, _, attrs = _outcome(flatten_dict({RECORD_KEY: json.dumps(RECORD), RUNG_KEY: {"1": [1.0, 5.0]}}), False, ("a",))
+    assert attrs[RUNG_VALUES_ATTR] == {"1": [1.0, 5.0]}
+    # the scheduler stops a dominated trial from the flattened result: a peer known from the study is better in both
+    scheduler = _make_scheduler_class()(PrunerConfig(name="pareto", min_trials=1, reduction_factor=2),
+                                        ["minimize", "minimize"], [{"1": [1.0, 100.0]}])
+    trial = type("Trial", (), {"trial_id": "t"})()
+    assert scheduler.on_trial_result(None, trial, flat) == "STOP"
 
 
 def completed(storage: str, name: str) -> list[optuna.trial.FrozenTrial]:
@@ -101,10 +126,63 @@ def test_ray_cluster_search_interrupt_and_resume(ray_head: str, tiny_space: Any,
     after = completed(storage, "tiny")
     assert len(after) == budget
     assert {t.number: t.values for t in done}.items() <= {t.number: t.values for t in after}.items()
-    for trial in optuna.load_study(study_name="tiny", storage=storage).get_trials(states=(STATES.PRUNED,)):
-        assert trial.user_attrs["validation_curve"]  # ASHA stopped it between epochs
+    # whether the scheduler stopped any of these random trials is left to chance here: the rung test below makes it certain
     front = subprocess.run([CLI, "front", "--storage", storage, "--study", "tiny", "--json"], capture_output=True)
     assert front.returncode == 0 and json.loads(front.stdout)
+
+
+RUNG_SPACE = """
+name: rungs
+dataset: {spec: digits, split: {validation: 0.1, test: 0.2, seed: 0}}
+device: cpu
+seed: 0
+architecture: {mlp: {hidden_layers: 1, hidden_width: {low: 8, high: 16}, latent_dim: 4}}
+training: {epochs: 3, batch_size: 128, lr: {low: 1.0e-7, high: 1.0e-2, log: true}}
+objectives: [test_elbo_nats, size_bytes]
+sampler: {name: random, seed: 0}
+pruner: {name: pareto, warmup_epochs: 1, min_trials: 1, reduction_factor: 2}
+latency: {batch_size: 32, repeats: 1, warmup: 0}
+trials: 2
+"""
+# One at a time, in this order. At the epoch-1 rung (epochs 1 and 2 are rungs of a 3-epoch trial):
+# - GOOD has no peer yet, and goes on;
+# - FROZEN (lr 1e-7: its loss stays at the untrained model's) has GOOD's size and a worse loss: GOOD dominates it,
+#   1 trial lies in a better layer and the quota keeps ceil(2 / 2) = 1, so the scheduler stops it;
+# - SMALL is narrower than both, so it is on the rung's front whatever its loss, and completes the budget of 2.
+GOOD = {"mlp.hidden_width": 16, "training.lr": 1.0e-2}
+FROZEN = {"mlp.hidden_width": 16, "training.lr": 1.0e-7}
+SMALL = {"mlp.hidden_width": 8, "training.lr": 1.0e-2}
+
+
+@pytest.mark.slow
+def test_pareto_scheduler_stops_the_dominated_trial_at_its_rung(ray_head: str, tmp_path: Path) -> None:
+    import vae_automl
+    from vae_automl.config import load_space
+    from vae_automl.early_stopping import RUNG_VALUES_ATTR, STOPPED_AT_ATTR
+    from vae_automl.registry import get_registry
+    from vae_automl.study import create_study
+
+    path = tmp_path / "rungs.yaml"
+    path.write_text(RUNG_SPACE)
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    study = create_study(load_space(path), storage, "rungs", tmp_path, get_registry())
+    for params in (GOOD, FROZEN, SMALL):
+        study.enqueue_trial(params)
+    result = vae_automl.search(path, storage=storage, out_dir=tmp_path / "out", backend="ray", address=ray_head,
+                               concurrency=1, scheduler="pareto", show_progress=False)
+    assert result.completed == 2
+    trials = optuna.load_study(study_name="rungs", storage=storage).trials
+    assert [t.state for t in trials] == [STATES.COMPLETE, STATES.PRUNED, STATES.COMPLETE]
+    assert [t.params["training.lr"] for t in trials] == [GOOD["training.lr"], FROZEN["training.lr"], SMALL["training.lr"]]
+    pruned = [t for t in trials if t.state == STATES.PRUNED]
+    assert len(pruned) == 1, "the setup guarantees one trial stopped at a rung"
+    good, frozen = trials[0], pruned[0]
+    assert frozen.user_attrs[STOPPED_AT_ATTR] == 1
+    assert len(frozen.user_attrs["validation_curve"]) == 1  # stopped after its first epoch, not at the end
+    good_loss, good_size = good.user_attrs[RUNG_VALUES_ATTR]["1"]
+    frozen_loss, frozen_size = frozen.user_attrs[RUNG_VALUES_ATTR]["1"]
+    assert frozen_size == good_size and frozen_loss > good_loss  # the domination that stopped it
+    assert set(good.user_attrs[RUNG_VALUES_ATTR]) == {"1", "2"}  # the trial that went on passed both rungs
 
 
 def test_store_baseline_keeps_the_first_reported_row() -> None:
@@ -165,4 +243,4 @@ def test_ray_search_stores_the_base_models_baseline_row(ray_head: str, tmp_path:
     assert stored["metrics"]["size_bytes"] == local["metrics"]["size_bytes"]
     assert stored["base_model"]["base_model"] == "vae_automl.testing.user_model:build"
     # the compressed trials differ from it: the row is the uncompressed model's, not a trial's
-    assert all(e.objectives["size_bytes"] < result.baseline["size_bytes"] for e in result.front)
+    assert result.front and all(e.objectives["size_bytes"] < result.baseline["size_bytes"] for e in result.front)

@@ -76,7 +76,9 @@ def test_onnxruntime_reproduces_the_quantizers_int8_codes_exactly(data: Any) -> 
     assert "Gemm" not in ops and "MatMul" not in ops  # every Linear runs in the integer kernel
     init = {t.name: numpy_helper.to_array(t) for t in proto.graph.initializer}
     state = model.state_dict()
-    for name in runtime.int8_weight_names(model):
+    names = runtime.int8_weight_names(model)
+    assert names, "no int8 weight: the loop below would check nothing"
+    for name in names:
         w = state[name].numpy()  # out x in, already the dequantized values
         scale = np.asarray(model.encodings[name]["scale"], dtype=np.float32).reshape(-1, 1)
         expected = np.round(w / scale).astype(np.int8).T  # the ONNX MatMul weight is in x out

@@ -99,7 +99,7 @@ def test_trainer_steps_on_the_tasks_loss_with_the_batchs_labels(register_plugin:
     assert len(plugin.task.seen) == 2 * steps_per_epoch
     assert record["base"]["validation_curve"] == [1.0, 1.0]
     # Every label handed to the loss is the label of the image beside it.
-    by_image = {bytes(x.numpy().tobytes()): int(y) for x, y in zip(env.data.train, env.data.train_labels)}
+    by_image = {bytes(x.numpy().tobytes()): int(y) for x, y in zip(env.data.train, env.data.train_labels, strict=True)}
     for xb, yb in plugin.task.seen[:3]:
         assert [by_image[bytes(x.numpy().tobytes())] for x in xb] == yb.tolist()
 

@@ -79,6 +79,7 @@ def tracked(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 def test_tensorboard_gets_every_trials_params_and_metrics(tracked: dict[str, Any]) -> None:
     root, study = tracked["root"], tracked["study"]
     top = scalars(root / "tb")
+    assert len(study.trials) == 2  # the fixture's two trials: the loop below must see both
     for trial in study.trials:
         metrics = trial.user_attrs["metrics"]
         assert top[("objective/test_elbo_nats", trial.number)] == pytest.approx(trial.values[0], rel=1e-6)
@@ -92,7 +93,7 @@ def test_tensorboard_gets_every_trials_params_and_metrics(tracked: dict[str, Any
 def test_mlflow_store_gets_every_trials_params_and_metrics(tracked: dict[str, Any]) -> None:
     root, study = tracked["root"], tracked["study"]
     runs = mlflow_runs(root / "mlflow.db", "tracked")
-    assert sorted(runs) == [str(t.number) for t in study.trials]
+    assert sorted(runs) == [str(t.number) for t in study.trials] and len(runs) == 2
     for trial in study.trials:
         run = runs[str(trial.number)]
         assert run["tags"]["optuna.state"] == "COMPLETE" and run["tags"]["mlflow.runName"] == f"trial-{trial.number}"

@@ -16,7 +16,10 @@ the selected tests that reach the mutated function. This script runs it on
 ``--report`` reads the results of the last run instead of running; ``--resume`` tests only the mutants it left
 untested or surviving (an interrupted run, or survivors after new tests).
 
-Usage: python tools/mutation.py [--jobs N] [--report | --resume] [--out mutation.json]
+``--only PATTERN ...`` narrows a run (or ``--resume``) to some of :data:`SCOPE`, e.g. one module after new tests:
+the other modules keep their last results.
+
+Usage: python tools/mutation.py [--jobs N] [--report | --resume] [--only PATTERN ...] [--out mutation.json]
 """
 
 from __future__ import annotations
@@ -57,12 +60,23 @@ SCOPE = (
     "vae_automl.config.x__key__*",
     "vae_automl.config.x__lookup__*",
     "vae_automl.config.xǁ_Locǁ*",
+    "vae_automl.config.x_parse_space__*",  # the YAML of a whole search space: keys, defaults, refusals
+    "vae_automl.export.*",  # export verification: re-measured figures, sha256 checks, the manifest, atomic folders
 )
-"""Mutant names (fnmatch) of the functions under test. config.parse_space (1,100 mutants of YAML key -> default
-plumbing) and the rest of components.py are left out: too many for a run that fits a shared 2-core machine."""
+"""Mutant names (fnmatch) of the functions under test. The rest of components.py and config.py (plugin
+plumbing, composition checks) is left out: too many mutants for a run that fits a shared 2-core machine."""
 
 KILLED = {"killed", "timeout", "caught by type check", "segfault"}
 SURVIVED = {"survived", "no tests", "suspicious"}
+
+
+def within(name: str, patterns: list[str] | tuple[str, ...]) -> bool:
+    return any(fnmatch.fnmatch(name, pattern) for pattern in patterns)
+
+
+def narrowed_scope(only: list[str]) -> list[str]:
+    """What ``--only`` keeps of :data:`SCOPE`: its patterns that ``only`` matches, and the ``only`` patterns inside one."""
+    return sorted({*(p for p in SCOPE if within(p, only)), *(p for p in only if within(p, SCOPE))})
 
 
 def module_of(mutant: str) -> str:
@@ -94,7 +108,7 @@ def read_results() -> dict[str, str]:
     results = {}
     for line in text.splitlines():
         name, sep, status = line.strip().rpartition(": ")
-        if sep and any(fnmatch.fnmatch(name, pattern) for pattern in SCOPE):
+        if sep and within(name, SCOPE):
             results[name] = status
     return results
 
@@ -149,6 +163,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--resume", action="store_true", help="test only the mutants the last run left untested or surviving (after new tests)"
     )
+    parser.add_argument(
+        "--only", nargs="+", metavar="PATTERN", help="test only mutants matching these fnmatch patterns (within the scope)"
+    )
     parser.add_argument("--out", type=Path, default=REPO / "mutation.json")
     args = parser.parse_args(argv)
     seconds = None
@@ -158,6 +175,11 @@ def main(argv: list[str] | None = None) -> int:
         names = list(SCOPE)
         if args.resume:
             names = sorted(name for name, status in read_results().items() if status not in KILLED)
+        if args.only:
+            names = [n for n in names if within(n, args.only)] if args.resume else narrowed_scope(args.only)
+            if not names:
+                print(f"no mutant of the scope matches {args.only}", file=sys.stderr)
+                return 2
         start = time.monotonic()
         run = subprocess.run([str(MUTMUT), "run", "--max-children", str(args.jobs), *names], cwd=REPO, env=env, check=False)
         seconds = round(time.monotonic() - start)

@@ -109,6 +109,19 @@ class _DefineByRun:
         space_mod.suggest(trial, self.space)
 
 
+def rung_values_of(result: dict[str, Any]) -> dict[str, list[float]]:
+    """The :data:`RUNG_KEY` mapping of a trial's result, as reported or as Tune hands it on.
+
+    Tune flattens the results its schedulers and searchers get (``{"rung_values/1": [...]}``); read as reported,
+    the rung points would be missing and no trial ever stopped at a rung.
+    """
+    nested = result.get(RUNG_KEY)
+    if isinstance(nested, dict):
+        return {str(rung): list(point) for rung, point in nested.items()}
+    prefix = RUNG_KEY + "/"
+    return {key[len(prefix) :]: list(point) for key, point in result.items() if key.startswith(prefix)}
+
+
 def _outcome(
     result: dict[str, Any] | None, error: bool, objectives: tuple[str, ...]
 ) -> tuple[optuna.trial.TrialState, list[float] | None, dict[str, Any]]:
@@ -120,8 +133,8 @@ def _outcome(
     if result.get(RECORD_KEY):
         record = TrialRecord.from_dict(json.loads(result[RECORD_KEY]))
         attrs.update(record.to_user_attrs())
-        if result.get(RUNG_KEY):
-            attrs[early_stopping.RUNG_VALUES_ATTR] = result[RUNG_KEY]
+        if rung_values := rung_values_of(result):
+            attrs[early_stopping.RUNG_VALUES_ATTR] = rung_values
         return optuna.trial.TrialState.COMPLETE, [float(record.objectives[n]) for n in objectives], attrs
     if result.get(FAILURE_KEY):
         attrs[study_mod.FAILURE_ATTR] = result[FAILURE_KEY]
@@ -132,7 +145,7 @@ def _outcome(
     if result.get(VALIDATION_LOSS) is not None:
         # stopped by the scheduler at a rung
         attrs[CURVE_ATTR] = list(result.get("validation_curve") or [])
-        attrs[early_stopping.RUNG_VALUES_ATTR] = dict(result.get(RUNG_KEY) or {})
+        attrs[early_stopping.RUNG_VALUES_ATTR] = rung_values_of(result)
         rung = result.get("rung")
         attrs[PRUNED_AT_ATTR] = int(result.get("epoch", 0)) if rung != early_stopping.FINE_TUNE_RUNG else rung
         return optuna.trial.TrialState.PRUNED, None, attrs
@@ -335,7 +348,7 @@ def _make_scheduler_class() -> type:
 
         def on_trial_result(self, tune_controller: Any, trial: Any, result: dict[str, Any]) -> str:
             rung = str(result.get("rung"))
-            point = (result.get(RUNG_KEY) or {}).get(rung) if "rung" in result else None
+            point = rung_values_of(result).get(rung) if "rung" in result else None
             if point is None or rung in self.points.get(trial.trial_id, {}):
                 return TrialScheduler.CONTINUE
             peers = early_stopping.peers_at([v for k, v in self.points.items() if k != trial.trial_id], rung)

@@ -191,12 +191,12 @@ def deserialize_model(data: bytes, registry: Registry) -> VAE:
     ``registry`` builds the model from the stored config and gives the codecs.
     """
     if compact.is_compact(data):
-        header, stored, model = _read_compact(data, registry)
+        layout, stored, model = _read_compact(data, registry)
     else:
         header = read_header(data)
         if header.get("format") != FORMAT_VERSION:
             raise ExportError(f"weights format {header.get('format')!r} is not the supported {FORMAT_VERSION}")
-        stored = st_load(data)
+        layout, stored = header["tensors"], st_load(data)
         model = registry.build_model(header["config"])
     codecs = registry.codec_map()
     state = {}
@@ -208,13 +208,13 @@ def deserialize_model(data: bytes, registry: Registry) -> VAE:
             parts[""] = stored[name]
         return parts
 
-    for name, entry in header["tensors"].items():
+    for name, entry in layout.items():
         parts = parts_of(name)
         if entry["spec"].get("entropy"):
             parts = decode_parts(parts, entry["spec"], entry["meta"], entry["shape"])
         source = entry["spec"].get("parts_from")
         if source is not None:
-            if source not in header["tensors"]:
+            if source not in layout:
                 raise ExportError(f"tensor {name!r} takes parts from {source!r}, which the file does not hold")
             parts.update({SHARED_PREFIX + key: t for key, t in parts_of(source).items()})
         codec = codec_for(name, entry["spec"], codecs)
@@ -227,7 +227,8 @@ def deserialize_model(data: bytes, registry: Registry) -> VAE:
 
 
 def _read_compact(data: bytes, registry: Registry) -> tuple[dict[str, Any], dict[str, torch.Tensor], VAE]:
-    """A compact container as the safetensors path sees a file: the header, the stored parts by name, the model.
+    """A compact container as the safetensors path sees a file: the header's tensor layout, the stored parts by name,
+    the model.
 
     The tensor names and shapes are the ones of the model its config builds, in name order.
     """
@@ -243,4 +244,4 @@ def _read_compact(data: bytes, registry: Registry) -> tuple[dict[str, Any], dict
         layout[name] = {"spec": spec, "meta": meta, "shape": list(tensor.shape)}
         for suffix, part in parts.items():
             stored[name + (PART_SEPARATOR + suffix if suffix else "")] = part
-    return {"format": FORMAT_VERSION, "config": config, "tensors": layout}, stored, model
+    return layout, stored, model
