@@ -15,7 +15,11 @@ from vae_automl.registry import get_registry
 from vae_automl.storage import compact
 from vae_automl.storage.format import deserialize_model, serialize_model, size_bytes
 
-GOLDEN = Path(__file__).parent / "data" / "zoo_cnn_compact.bin"
+GOLDEN_V1 = Path(__file__).parent / "data" / "zoo_cnn_compact.bin"
+"""Version 1 of the format (written before the preset dictionary grew): it must keep loading, and saving a model
+loaded from it must give its bytes again."""
+GOLDEN = Path(__file__).parent / "data" / "zoo_cnn_compact_v2.bin"
+"""The current version, 2: the bytes :func:`zoo_model` serializes to."""
 ZOO = {
     "activation": "tanh",
     "architecture": "zoo_cnn",
@@ -63,7 +67,7 @@ def test_compact_round_trip_is_bit_exact_and_its_length_is_size_bytes() -> None:
     registry = get_registry()
     model = zoo_model()
     data = serialize_model(model, registry.codec_map())
-    assert data[:4] == b"VAC\x01"
+    assert data[:4] == b"VAC\x02"
     assert size_bytes(model, registry.codec_map()) == len(data)
     back = deserialize_model(data, registry)
     assert back.container == "compact"
@@ -91,7 +95,7 @@ def test_compact_holds_the_same_parts_as_safetensors_under_a_far_smaller_header(
     registry = get_registry()
     compact_bytes = serialize_model(zoo_model("compact"), registry.codec_map())
     st_bytes = serialize_model(zoo_model("safetensors"), registry.codec_map())
-    assert st_bytes[:4] != b"VAC\x01"  # the default stays safetensors: old readers read it
+    assert st_bytes[:3] != b"VAC"  # the default stays safetensors: old readers read it
     st_model, c_model = deserialize_model(st_bytes, registry), deserialize_model(compact_bytes, registry)
     assert st_model.container == "safetensors"
     assert weights_digest(st_model) == weights_digest(c_model)
@@ -102,6 +106,20 @@ def test_compact_holds_the_same_parts_as_safetensors_under_a_far_smaller_header(
     assert config == ZOO
     assert header_bytes < 130
     assert len(st_bytes) - payload > 2500
+
+
+def test_golden_version_1_file_still_loads_and_saves_as_version_1() -> None:
+    """Files written before version 2 load to the same weights; a model loaded from one is saved in its version
+    (so export's check that the file is the search's saved bytes holds for old runs), and coding it anew writes 2."""
+    registry = get_registry()
+    golden = GOLDEN_V1.read_bytes()
+    assert golden[:4] == b"VAC\x01"
+    model = deserialize_model(golden, registry)
+    assert weights_digest(model) == weights_digest(zoo_model())
+    assert serialize_model(model, registry.codec_map()) == golden
+    recoded = EntropyCode().apply(model, {"container": "compact"}, None)  # type: ignore[arg-type]  # reads no ctx
+    assert serialize_model(recoded, registry.codec_map()) == GOLDEN.read_bytes()
+    assert len(GOLDEN.read_bytes()) <= len(golden)  # same header text, a dictionary with more of it
 
 
 def test_golden_compact_file_still_loads_to_the_same_weights_and_bytes() -> None:
@@ -137,7 +155,8 @@ def test_varints_round_trip_at_their_byte_boundaries() -> None:
         (lambda d: d + b"\x00", "bytes after the last part"),
         (lambda d: d[:4], "truncated inside its header length"),
         (lambda d: d[:5] + d[6:], "unreadable header|truncated|after the last part"),
-        (lambda d: b"VAC\x02" + d[4:], "version"),
+        (lambda d: b"VAC\x03" + d[4:], "version"),
+        (lambda d: b"VAC\x00" + d[4:], "version"),
     ],
 )
 def test_damaged_compact_files_are_refused_clearly(damage: object, message: str) -> None:

@@ -245,7 +245,7 @@ def test_compact_container_round_trips_and_states_its_layout() -> None:
     from vae_automl.storage import compact
 
     data = compact_file()
-    assert data[:4] == b"VAC\x01" and compact.is_compact(data) and not compact.is_compact(data[1:])
+    assert data[:4] == b"VAC\x02" and compact.is_compact(data) and not compact.is_compact(data[1:])
     config, entries = compact.read(data)
     assert config == {"architecture": "x"}
     (spec, meta, parts), (_, _, empty) = entries
@@ -272,8 +272,8 @@ def test_a_truncated_or_padded_compact_file_is_refused() -> None:
     assert compact.read(header_only) == ({"architecture": "x"}, [])
     with pytest.raises(ExportError, match=f"its header claims {length} bytes, but the file ends first"):
         compact.read(data[: pos + length - 1])
-    with pytest.raises(ExportError, match=r"not a compact weights file of version 1 \(version byte 2\)"):
-        compact.read(b"VAC\x02" + data[4:])
+    with pytest.raises(ExportError, match=r"not a compact weights file of a version this one reads \(1, 2\): version byte 3"):
+        compact.read(b"VAC\x03" + data[4:])
     with pytest.raises(ExportError, match=r"version byte None"):
         compact.read(b"XYZ\x01" + data[4:])
     with pytest.raises(ExportError, match=r"version byte None"):

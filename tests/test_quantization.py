@@ -209,3 +209,24 @@ def test_bias_bits_puts_the_biases_on_a_uniform_grid_and_stores_them_in_fewer_by
 def test_bias_bits_out_of_range_is_refused() -> None:
     with pytest.raises(ValueError, match="bias_bits"):
         KMeansQuantizer().validate_params({"bits": 3, "bias_bits": 9})
+
+
+@pytest.mark.parametrize("container", ["safetensors", "compact"])
+def test_a_float8_codebook_takes_a_byte_per_entry_and_round_trips_exactly(container: str) -> None:
+    model, ctx = tiny_model("mlp"), make_context(tiny_data())
+    half = KMeansQuantizer().apply(model, {"bits": 3}, ctx)
+    out = KMeansQuantizer().apply(model, {"bits": 3, "codebook_dtype": "float8_e4m3"}, ctx)
+    layers = [name for name, spec in out.encodings.items() if spec.get("codec") == "codebook"]
+    assert layers
+    for name in layers:
+        table = torch.tensor(out.encodings[name]["codebook"])
+        assert torch.equal(table.to(torch.float8_e4m3fn).double(), table)  # every entry is a float8 value
+        assert set(out.state_dict()[name].unique().tolist()) <= set(table.tolist())
+    half.container = out.container = container
+    data = packing.serialize_model(out)
+    if container == "compact":  # the same parts but the codebooks, 8 entries x 1 byte less each (headers differ a little)
+        assert len(packing.serialize_model(half)) - len(data) >= 8 * len(layers) - 8
+    back = packing.deserialize_model(data)
+    assert packing.serialize_model(back) == data
+    for name, tensor in out.state_dict().items():
+        assert torch.equal(back.state_dict()[name], tensor), name

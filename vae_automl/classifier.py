@@ -24,6 +24,8 @@ class Classifier(nn.Module):
     encodings: dict[str, dict[str, Any]]
     container: str = "safetensors"
     """The file the packer writes: ``"safetensors"`` or ``"compact"`` (see :mod:`vae_automl.storage.compact`)."""
+    compact_version: int | None = None
+    """The compact container's version of the file this model was loaded from, written again on saving (None: the current)."""
 
     def __init__(self, config: dict[str, Any]) -> None:
         super().__init__()

@@ -53,6 +53,7 @@ class EntropyCode(Compressor):
         values = self.resolve_params(params)
         out = copy.deepcopy(model)
         out.container = values["container"]
+        out.compact_version = None  # a newly coded model is written in the current version
         for name in out.state_dict():
             spec = out.encodings.get(name, {})
             codec = spec.get("codec", "dense")

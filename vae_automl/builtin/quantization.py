@@ -584,7 +584,13 @@ class KMeansQuantizer(_CodebookQuantizer):
             choices=("linear", "kmeans++"),
             help="centroid init: evenly over [min, max] (deterministic) or k-means++ from the trial seed",
         ),
-        Param("codebook_dtype", "categorical", "float16", choices=("float16", "float32"), help="how the codebook is stored"),
+        Param(
+            "codebook_dtype",
+            "categorical",
+            "float16",
+            choices=("float16", "float32", "float8_e4m3"),
+            help="how the codebook is stored (float8_e4m3: a byte per entry; centroids rounded to it before fine-tuning)",
+        ),
         *COMMON_PARAMS,
     )
 

@@ -26,8 +26,13 @@ from vae_automl.errors import ExportError
 from vae_automl.storage.bits import pack_bits, unpack_bits
 from vae_automl.storage.codec import Codec, Parts
 
-FLOAT_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-FLOAT_BITS = {"float32": 32, "float16": 16, "bfloat16": 16}
+FLOAT_DTYPES = {
+    "float32": torch.float32,
+    "float16": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "float8_e4m3": torch.float8_e4m3fn,
+}
+FLOAT_BITS = {"float32": 32, "float16": 16, "bfloat16": 16, "float8_e4m3": 8}
 
 
 def scatter(values: torch.Tensor, shape: list[int] | tuple[int, ...], mask: torch.Tensor | None) -> torch.Tensor:
@@ -242,8 +247,10 @@ class CodebookCodec(_GridCodec):
 
     Spec keys: ``bits`` (1..8, at least ``ceil(log2(len(codebook)))``);
     ``codebook`` (a sorted list of distinct floats, at most ``2**bits``);
-    ``codebook_dtype`` (``float16``, the default, or ``float32``). Each
-    value is stored as the index of its codebook entry.
+    ``codebook_dtype`` (``float16``, the default, ``float32``, or
+    ``float8_e4m3``: 4 exponent and 3 mantissa bits, a byte per entry for
+    tiny models whose codebooks are a tenth of the file). Each value is
+    stored as the index of its codebook entry.
     """
 
     name = "codebook"

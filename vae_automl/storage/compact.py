@@ -13,11 +13,11 @@ what the model's config already says:
   a parameter);
 * part names, dtypes and lengths are a short list per tensor;
 * the header is canonical JSON, raw-deflated (``zlib``, level 9) against a
-  fixed preset dictionary of the strings headers are made of (:data:`ZDICT`).
+  fixed preset dictionary of the strings headers are made of (:data:`ZDICTS`, one per version).
 
 Layout (integers are unsigned LEB128 varints)::
 
-    b"VAC" + bytes([VERSION])
+    b"VAC" + bytes([version])
     varint n, then n bytes: deflate(JSON {"config": ..., "tensors": [[spec, meta, [[suffix, dtype, count], ...]], ...]})
     the parts' bytes back to back, in the header's order (little-endian, as safetensors stores them)
 
@@ -25,9 +25,10 @@ Layout (integers are unsigned LEB128 varints)::
 list). The parts must fill the rest of the file exactly: a truncated or
 padded file is refused.
 
-:data:`ZDICT` is part of the format: changing it changes every file's
-bytes, so a new dictionary needs a new :data:`VERSION` (the golden file in
-``tests/data`` fails otherwise).
+:data:`ZDICTS` is part of the format: changing a dictionary changes every
+file's bytes, so a new dictionary needs a new :data:`VERSION` (the golden
+files in ``tests/data`` fail otherwise); every version's dictionary is kept
+so its files still load.
 """
 
 from __future__ import annotations
@@ -42,14 +43,16 @@ import torch
 from vae_automl.errors import ExportError
 
 MAGIC = b"VAC"
-VERSION = 1
-PREFIX = MAGIC + bytes([VERSION])
+VERSION = 2
+"""The version written. 2 extended the preset dictionary (:data:`ZDICTS`) with the specs of quantized biases and
+float8 codebooks; version 1 files still load, and a model loaded from one is written as version 1 again."""
 
 DTYPES: dict[str, torch.dtype] = {
     "F64": torch.float64,
     "F32": torch.float32,
     "F16": torch.float16,
     "BF16": torch.bfloat16,
+    "F8_E4M3": torch.float8_e4m3fn,
     "I64": torch.int64,
     "I32": torch.int32,
     "I16": torch.int16,
@@ -60,7 +63,7 @@ DTYPES: dict[str, torch.dtype] = {
 """Part dtypes by the names safetensors gives them."""
 _NAMES = {dtype: name for name, dtype in DTYPES.items()}
 
-ZDICT = (
+ZDICT_V1 = (
     b'"sparse":true"symmetric":true"symmetric":false"scale_dtype":"float32""axis":null"axis":0'
     b'"zero_point""weight_vae""uniform""index16""delta16""index32""kind":"codes","n":"kind":"float16"'
     b'"preset":"seed_784_400_20""architecture":"mlp""hidden_layers":1,"hidden_width":400,"latent_dim":20,'
@@ -76,6 +79,14 @@ ZDICT = (
     b'],["scale","F16",'
 )
 """Strings the deflated header is likely to repeat (a preset dictionary: it costs no stored byte)."""
+ZDICT_V2 = ZDICT_V1 + (
+    b'"codebook_dtype":"float8_e4m3"],["codebook","F8_E4M3",8],["mask","U8",'
+    b'"bits":8,"codec":"uniform"'
+    b'{"axis":null,"bits":6,"codec":"uniform","scale_dtype":"float16","symmetric":true},{},[["","U8",6],["scale","F16",1]]],'
+)
+"""Version 2's dictionary: version 1's, then the spec of a bias on a per-tensor uniform grid (``bias_bits``) and
+a float8 codebook (the strings deflate matches most cheaply go last)."""
+ZDICTS = {1: ZDICT_V1, 2: ZDICT_V2}
 
 
 def is_compact(data: bytes) -> bool:
@@ -108,13 +119,13 @@ def _read_varint(data: bytes, pos: int) -> tuple[int, int]:
             return value, pos
 
 
-def _deflate(text: bytes) -> bytes:
-    compressor = zlib.compressobj(9, zlib.DEFLATED, -15, 9, zlib.Z_DEFAULT_STRATEGY, ZDICT)
+def _deflate(text: bytes, version: int = VERSION) -> bytes:
+    compressor = zlib.compressobj(9, zlib.DEFLATED, -15, 9, zlib.Z_DEFAULT_STRATEGY, ZDICTS[version])
     return compressor.compress(text) + compressor.flush()
 
 
-def _inflate(data: bytes) -> bytes:
-    decompressor = zlib.decompressobj(-15, ZDICT)
+def _inflate(data: bytes, version: int = VERSION) -> bytes:
+    decompressor = zlib.decompressobj(-15, ZDICTS[version])
     text = decompressor.decompress(data) + decompressor.flush()
     if not decompressor.eof:
         raise ExportError("compact weights file: its header is truncated")
@@ -130,8 +141,11 @@ Entry = tuple[dict[str, Any], dict[str, Any], dict[str, torch.Tensor]]
 """One model tensor as stored: its header spec, its codec metadata, its parts (suffix -> tensor)."""
 
 
-def write(config: dict[str, Any], entries: list[Entry]) -> bytes:
-    """The compact container of ``entries`` (one per state-dict tensor, in order) for a model built from ``config``."""
+def write(config: dict[str, Any], entries: list[Entry], version: int = VERSION) -> bytes:
+    """The compact container of ``entries`` (one per state-dict tensor, in order) for a model built from ``config``,
+    in format ``version`` (the current one unless a loaded file's own is kept)."""
+    if version not in ZDICTS:
+        raise ExportError(f"compact weights file: no version {version}; known: {', '.join(map(str, ZDICTS))}")
     listing = []
     payload = bytearray()
     for spec, meta, parts in entries:
@@ -143,20 +157,27 @@ def write(config: dict[str, Any], entries: list[Entry]) -> bytes:
             payload += _raw(part)
         listing.append([spec, meta, layout])
     text = json.dumps({"config": config, "tensors": listing}, sort_keys=True, separators=(",", ":")).encode()
-    header = _deflate(text)
-    return PREFIX + _varint(len(header)) + header + bytes(payload)
+    header = _deflate(text, version)
+    return MAGIC + bytes([version]) + _varint(len(header)) + header + bytes(payload)
+
+
+def version_of(data: bytes) -> int:
+    """The format version of a compact container, or an error naming the versions this one reads."""
+    version = data[len(MAGIC)] if len(data) > len(MAGIC) and is_compact(data) else None
+    if version not in ZDICTS:
+        known = ", ".join(map(str, ZDICTS))
+        raise ExportError(f"not a compact weights file of a version this one reads ({known}): version byte {version!r}")
+    return int(version)
 
 
 def read(data: bytes) -> tuple[dict[str, Any], list[Entry]]:
-    """The inverse of :func:`write`: the config and the entries, parts as fresh tensors."""
-    if not data.startswith(PREFIX):
-        got = data[len(MAGIC)] if len(data) > len(MAGIC) and is_compact(data) else None
-        raise ExportError(f"not a compact weights file of version {VERSION} (version byte {got!r})")
-    length, pos = _read_varint(data, len(PREFIX))
+    """The inverse of :func:`write`: the config and the entries, parts as fresh tensors (any version in :data:`ZDICTS`)."""
+    version = version_of(data)
+    length, pos = _read_varint(data, len(MAGIC) + 1)
     if pos + length > len(data):
         raise ExportError(f"compact weights file: its header claims {length} bytes, but the file ends first")
     try:
-        header = json.loads(_inflate(data[pos : pos + length]))
+        header = json.loads(_inflate(data[pos : pos + length], version))
         config, listing = header["config"], header["tensors"]
     except (zlib.error, ValueError, KeyError, TypeError) as exc:
         raise ExportError(f"compact weights file: unreadable header ({exc!r})") from None

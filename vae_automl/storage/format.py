@@ -149,7 +149,9 @@ def serialize_model(model: VAE, codecs: Codecs | None = None) -> bytes:
     if container_of(model) == COMPACT:
         # In name order: a state dict's order is not the built model's after a parameter is re-registered (pruning does).
         entries = sorted(_pack_entries(model, builtin_codecs() if codecs is None else codecs), key=lambda e: e[0])
-        return compact.write(model.config, [(spec, meta, parts) for _, _, spec, meta, parts in entries])
+        # A model loaded from an older compact file is written in that file's version: loading and saving give its bytes.
+        version = getattr(model, "compact_version", None) or compact.VERSION
+        return compact.write(model.config, [(spec, meta, parts) for _, _, spec, meta, parts in entries], version)
     tensors, metadata = pack_model(model, codecs)
     return st_save(tensors, metadata=metadata)
 
@@ -235,6 +237,7 @@ def _read_compact(data: bytes, registry: Registry) -> tuple[dict[str, Any], dict
     config, entries = compact.read(data)
     model = registry.build_model(config)
     model.container = COMPACT  # re-serializing must give these bytes again
+    model.compact_version = compact.version_of(data)
     state = model.state_dict()
     if len(entries) != len(state):
         raise ExportError(f"compact weights file: {len(entries)} tensors stored, but its config builds a model of {len(state)}")
