@@ -14,7 +14,9 @@ the 2,464-parameter zoo CNN, the 784-400-20 MLP VAE) the rows are:
     epochs (``fp32_ref``), so fine-tuning is not counted as compression gain.
 ``prune+kmeans``
     magnitude pruning then k-means weight sharing with quantization-aware
-    fine-tuning (Deep Compression's first two stages), stored packed.
+    fine-tuning (Deep Compression's first two stages), stored packed; on
+    the zoo CNN and the VAE the biases are quantized too (``bias_bits``) and
+    the zoo CNN's codebooks are float8 (``ModelPlan.kmeans``).
 ``prune+kmeans+entropy``
     the same model with the ``entropy_code`` stage: codes, masks and
     codebooks ANS-coded, in a safetensors file.
@@ -49,8 +51,9 @@ model and method, the mean and the standard deviation over the seeds, and
 the per-seed rows (each with its ``seed``).
 
 Every row is a trial of the library (``run_trial`` / ``search``); size is the
-byte length of the packed ``weights.safetensors``, ``payload`` its codes
-without the safetensors/JSON header (``theoretical_bits / 8``). The
+byte length of the packed weights file (``weights.safetensors``, or
+``weights.vac`` in the compact container), ``payload`` its codes without the
+safetensors/JSON header (``theoretical_bits / 8``). The
 compression ratio is ``4 x parameters`` of the base over the size.
 """
 
@@ -105,6 +108,8 @@ class ModelPlan:
     distill_sparsity: float = 0.6
     distill_bits: int = 4
     """Pruning and k-means of the distilled student (a half-width student keeps fewer weights to prune)."""
+    kmeans: dict[str, Any] = field(default_factory=dict)
+    """Extra ``kmeans`` params of every prune + k-means row and of the search (``bias_bits``, ``codebook_dtype``)."""
 
     @property
     def finetune_epochs(self) -> int:
@@ -122,15 +127,20 @@ DISTILL_VAE = {"width_ratio": 0.5, "epochs": 8}
 WEIGHT_VAE = {"chunk": 16, "latent_dim": 8, "hidden": 32, "step": 0.25, "rate_weight": 1e-7, "finetune_lr": 3e-3}
 # Search ranges: around Deep Compression's operating points (85-97% sparsity, 3-6 bits) for the LeNets; the zoo CNN
 # loses over a point past 70% sparsity (96.05% at 70%, 82.6% at 80%, 3-bit), the VAE degrades past ~85%.
+# The zoo CNN and the VAE also quantize their biases (bias_bits: 48 float32 biases were 192 of the zoo CNN's 988 B),
+# and the zoo CNN stores its five codebooks in float8 (80 -> 40 B); the LeNets keep the settings of their published rows.
+ZOO_KMEANS = {"bias_bits": 6, "codebook_dtype": "float8_e4m3"}
+VAE_KMEANS = {"bias_bits": 8}
 PLANS = {
     "lenet5": ModelPlan("lenet5", "classifier", {"lenet5": {}}, 12, 4, 4, 0.93, 5, 0.5, 40.0, WEIGHT_VAE,
                         (0.85, 0.97), (3, 6)),
     "lenet_300_100": ModelPlan("lenet_300_100", "classifier", {"lenet_300_100": {}}, 20, 4, 4, 0.94, 5, 0.5, 40.0,
                                WEIGHT_VAE, (0.85, 0.97), (3, 6)),
     "zoo_cnn": ModelPlan("zoo_cnn", "classifier", {"zoo_cnn": {}}, 30, 4, 4, 0.6, 3, 1.0, 19.7,
-                         {**WEIGHT_VAE, "chunk": 25, "latent_dim": 8, "hidden": 0}, (0.3, 0.75), (2, 4)),
+                         {**WEIGHT_VAE, "chunk": 25, "latent_dim": 8, "hidden": 0}, (0.3, 0.75), (2, 4),
+                         kmeans=ZOO_KMEANS),
     "mlp_vae": ModelPlan("mlp_vae", "vae", {"mlp": {"preset": "seed_784_400_20"}}, 30, 4, 4, 0.8, 4, 3.0, 32.0,
-                         {**WEIGHT_VAE, "finetune_lr": 2e-3}, (0.6, 0.9), (3, 5), DISTILL_VAE),
+                         {**WEIGHT_VAE, "finetune_lr": 2e-3}, (0.6, 0.9), (3, 5), DISTILL_VAE, kmeans=VAE_KMEANS),
 }
 
 
@@ -237,7 +247,7 @@ def search_best(plan: ModelPlan, args: argparse.Namespace, registry: Registry, t
     compressors = [
         {"name": "magnitude_prune", "params": {"sparsity": {"low": low, "high": high}, "finetune_epochs": f_prune}},
         {"name": "kmeans", "params": {"bits": {"low": plan.search_bits[0], "high": plan.search_bits[1]},
-                                      "qat_epochs": f_quant}},
+                                      "qat_epochs": f_quant, **plan.kmeans}},
         {"name": "entropy_code", "params": {"container": "compact"}},
     ]
     name = f"{plan.key}-search"
@@ -284,7 +294,7 @@ def run_model(plan: ModelPlan, args: argparse.Namespace, registry: Registry, pm:
     rows = [row(plan, "fp32", [], base_metrics, reference, fp32_bytes, plan.epochs, time.perf_counter() - t0, seed)]
 
     pk = [{"name": "magnitude_prune", "params": {"sparsity": plan.sparsity, "finetune_epochs": plan.prune_epochs}},
-          {"name": "kmeans", "params": {"bits": plan.bits, "qat_epochs": plan.quantize_epochs}}]
+          {"name": "kmeans", "params": {"bits": plan.bits, "qat_epochs": plan.quantize_epochs, **plan.kmeans}}]
     compact = {"name": "entropy_code", "params": {"container": "compact"}}
     t0 = time.perf_counter()
     metrics, artifact = runner.trial("prune_kmeans_entropy", [*pk, compact], plan.epochs)
@@ -307,7 +317,8 @@ def run_model(plan: ModelPlan, args: argparse.Namespace, registry: Registry, pm:
         dpk = [{"name": "distill", "params": dict(plan.distill)},
                {"name": "magnitude_prune", "params": {"sparsity": plan.distill_sparsity,
                                                       "finetune_epochs": plan.prune_epochs}},
-               {"name": "kmeans", "params": {"bits": plan.distill_bits, "qat_epochs": plan.quantize_epochs}}, compact]
+               {"name": "kmeans", "params": {"bits": plan.distill_bits, "qat_epochs": plan.quantize_epochs,
+                                             **plan.kmeans}}, compact]
         metrics, _ = runner.trial("distill_prune_kmeans_entropy", dpk, plan.epochs)
         rows.append(row(plan, "distill+prune+kmeans+entropy+compact", dpk, metrics, distill_ref, fp32_bytes, total,
                         time.perf_counter() - t0, seed))
