@@ -28,7 +28,7 @@ def test_reference_architectures_have_their_published_parameter_counts(arch: Any
 
 
 def test_channel_groups_shrink_to_the_config_they_describe() -> None:
-    from vae_automl.builtin.pruning import shrink
+    from vae_automl.builtin.pruning_impl import shrink
 
     a = get_registry().architectures.get("zoo_cnn")
     model = a.build(a.config_from_params({"width": 1.0, "activation": "tanh", "num_classes": 10}, (1, 28, 28)))

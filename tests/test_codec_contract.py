@@ -8,7 +8,7 @@ import pytest
 import torch
 from lowrank_plugin import LowRankCodec, LowRankCompressor, SpeclessLowRankCodec
 
-from vae_automl.builtin.objectives import stored_parameters
+from vae_automl.builtin.objectives_impl import stored_parameters
 from vae_automl.components import Compressor
 from vae_automl.storage.codec import Codec
 from vae_automl.testing import CompressorContract, tiny_model

@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from vae_automl import packing
-from vae_automl.builtin.distillation import Distiller, gaussian_kl, student_config
+from vae_automl.builtin.distillation import Distiller
+from vae_automl.builtin.distillation_impl import gaussian_kl, student_config
 from vae_automl.components import Compressor
 from vae_automl.config import load_space_text
 from vae_automl.plugin_manager import get_plugin_manager

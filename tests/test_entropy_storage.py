@@ -12,8 +12,8 @@ import torch
 
 from vae_automl import packing
 from vae_automl.builtin.entropy_coding import EntropyCode
-from vae_automl.builtin.pruning import apply_masks, mark_sparse, masks_from_scores, prunable_weights
-from vae_automl.builtin.quantization import fp_codebook, kmeans_1d, snap_to_codebook, uniform_grid
+from vae_automl.builtin.pruning_impl import apply_masks, mark_sparse, masks_from_scores, prunable_weights
+from vae_automl.builtin.quantization_impl import fp_codebook, kmeans_1d, snap_to_codebook, uniform_grid
 from vae_automl.components import CompressionContext
 from vae_automl.registry import get_registry
 from vae_automl.storage import ans

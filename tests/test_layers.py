@@ -9,7 +9,8 @@ import torch
 import yaml
 from torch import nn
 
-from vae_automl.builtin.architectures import ConvArchitecture, MLPArchitecture, MLPVAE
+from vae_automl.builtin.architectures import ConvArchitecture, MLPArchitecture
+from vae_automl.builtin.architectures_impl import MLPVAE
 from vae_automl.components import Architecture, Compressor
 from vae_automl.config import load_space_text
 from vae_automl.errors import ConfigError

@@ -10,14 +10,8 @@ import pytest
 import torch
 
 from vae_automl import packing
-from vae_automl.builtin.pruning import (
-    L1Pruner,
-    MagnitudePruner,
-    StructuredPruner,
-    TaylorPruner,
-    channel_groups,
-    prunable_weights,
-)
+from vae_automl.builtin.pruning import L1Pruner, MagnitudePruner, StructuredPruner, TaylorPruner
+from vae_automl.builtin.pruning_impl import channel_groups, prunable_weights
 from vae_automl.components import Compressor
 from vae_automl.config import load_space_text
 from vae_automl.plugin_manager import get_plugin_manager

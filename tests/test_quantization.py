@@ -10,7 +10,8 @@ import torch
 from torch.nn.utils import parametrize
 
 from vae_automl import packing
-from vae_automl.builtin.quantization import KMeansQuantizer, Pow2Quantizer, UniformQuantizer, uniform_grid
+from vae_automl.builtin.quantization import KMeansQuantizer, Pow2Quantizer, UniformQuantizer
+from vae_automl.builtin.quantization_impl import uniform_grid
 from vae_automl.config import load_space_text
 from vae_automl.data import SplitConfig, make_splits
 from vae_automl.registry import get_registry

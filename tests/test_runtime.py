@@ -15,7 +15,8 @@ import onnx  # noqa: E402
 from onnx import numpy_helper  # noqa: E402
 
 from vae_automl import runtime  # noqa: E402
-from vae_automl.builtin.objectives import LatencyMs, deployed_forward  # noqa: E402
+from vae_automl.builtin.objectives import LatencyMs
+from vae_automl.builtin.objectives_impl import deployed_forward  # noqa: E402
 from vae_automl.components import CompressionContext, MeasureContext  # noqa: E402
 from vae_automl.data import make_splits  # noqa: E402
 from vae_automl.config import SplitConfig  # noqa: E402

@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from vae_automl import packing
-from vae_automl.builtin.weight_vae import WeightVAE, decoder_bytes, to_chunks
+from vae_automl.builtin.weight_vae import WeightVAE
+from vae_automl.builtin.weight_vae_impl import decoder_bytes, to_chunks
 from vae_automl.components import CompressionContext, MeasureContext
 from vae_automl.data import SplitConfig, load_images, make_splits
 from vae_automl.errors import ExportError

@@ -7,6 +7,7 @@ A plugin subclasses one of these and passes an instance to the matching
 from __future__ import annotations
 
 import abc
+import importlib
 import math
 import re
 from collections.abc import Callable
@@ -36,6 +37,66 @@ def _is_number(text: str) -> bool:
     return True
 
 
+class _ImplementedIn:
+    """The descriptor :func:`implemented_in` returns (see there)."""
+
+    def __init__(self, target: str) -> None:
+        module, _, owner = target.partition(":")
+        if not module or not owner:
+            raise ValueError(f"implemented_in({target!r}): give 'package.module:Class'")
+        self.module = module
+        self.owner = owner
+        self.name = ""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    def __get__(self, obj: Any, objtype: type | None = None) -> Any:
+        if obj is None:
+            return self  # class access (ABC checks, ``has_channel_groups``) imports nothing
+        holder = getattr(importlib.import_module(self.module), self.owner)
+        for klass in holder.__mro__:
+            code = vars(klass).get(self.name)
+            if code is not None and not isinstance(code, _ImplementedIn):  # the declaration's own descriptor is no code
+                return code.__get__(obj, type(obj))
+        raise AttributeError(f"{self.module}:{self.owner} defines no {self.name!r} (named by {type(obj).__qualname__})")
+
+    def __repr__(self) -> str:
+        return f"implemented_in({self.module}:{self.owner}.{self.name})"
+
+
+def implemented_in(target: str) -> Any:
+    """A method of a component whose code lives in another module, imported the first time it is called.
+
+    A component's declaration (name, ``params``, help, stage...) is what the
+    registry and ``vae-automl plugins`` read; its work (``build``, ``apply``,
+    ``measure``...) is what a trial runs. A plugin whose work needs torch or
+    another heavy library can keep the declaration light::
+
+        class Fp16(Compressor):
+            name = "fp16"
+            params = (Param("keep_bias", "bool", True),)
+            apply = implemented_in("my_plugin.fp16_impl:Fp16Code")
+
+    ``my_plugin.fp16_impl`` (which may import torch at the top) defines
+    ``class Fp16Code(Fp16)`` with the real ``def apply(self, ...)``; the first
+    call imports it and runs that function on the registered instance, so
+    ``self`` is the declaration (its ``name``, ``params`` and state) and every
+    other method it calls must be declared on it too. Do not call ``super()``
+    in such a method: ``self`` is not an instance of the code class. Third-party
+    plugins may equally define their methods in place (added in 0.3).
+
+    Args:
+        target: ``"package.module:Class"``: the class whose method of the same name runs.
+
+    Returns:
+        A descriptor to assign to the method's name in the declaring class.
+    """
+    return _ImplementedIn(target)
+
+
+GROUP_NAMES: tuple[str, ...] = ("encoder", "heads", "decoder")
+"""The layer groups an architecture may declare (:attr:`Architecture.group_names`); :mod:`vae_automl.layers` finds them."""
 STAGES: tuple[str, ...] = ("distill", "prune", "quantize", "code")
 """Pipeline order. ``code`` changes no weight, only how they are stored (entropy coding)."""
 

@@ -8,6 +8,17 @@ come in through these same hooks, from the modules in
 Registration hooks receive a ``register`` callable and call it once per
 component; the registry records which plugin registered what, so that a
 duplicate name is reported with both plugins named.
+
+The registered instance is a declaration first: ``vae-automl plugins`` lists
+it and the YAML loader checks spaces against it (name, ``params``, help,
+stage, the light methods such as ``config_from_params``). Its work methods
+(``build``, ``apply``, ``measure``, ``loss``, ``export``...) may be resolved
+lazily: a class attribute ``apply = implemented_in("pkg.module:CodeClass")``
+(:func:`vae_automl.components.implemented_in`, added in 0.3) imports
+``pkg.module`` the first time ``apply`` is called and runs
+``CodeClass.apply`` on the registered instance. The built-ins do this so
+that listing them imports no torch; a plugin that defines its methods in
+place keeps working unchanged.
 """
 
 from __future__ import annotations
@@ -140,7 +151,10 @@ def register_tasks(register: Callable[[Task], None]) -> None:
 def register_codecs(register: Callable[[Codec], None]) -> None:
     """Register storage codecs (how a tensor is stored in ``weights.safetensors``).
 
-    Called once, when the registry is first built. A compressor whose
+    Called once, the first time the registry's codecs are asked for (a model
+    is stored, measured or loaded); since 0.3 not when the registry is built,
+    so that listing the components loads no codec (codecs are torch code). A
+    duplicate codec name is reported then. A compressor whose
     encodings need a format of its own registers its codec here, from the
     same plugin.
 

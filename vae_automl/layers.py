@@ -27,13 +27,13 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
+from vae_automl.components import GROUP_NAMES as GROUP_NAMES  # re-exported: config and base_model read it here
 from vae_automl.registry import get_registry
 
 if TYPE_CHECKING:
     from vae_automl.components import Architecture
     from vae_automl.vae import VAE
 
-GROUP_NAMES: tuple[str, ...] = ("encoder", "heads", "decoder")
 LAYER_TYPES = (nn.Linear, nn.Conv2d, nn.ConvTranspose2d)
 
 LayerGroups = dict[str, tuple[str, ...]]
@@ -58,7 +58,7 @@ class ChannelGroup:
             config cannot set on its own).
         plan_root: for a group traced in a user's model (:mod:`vae_automl.traced_pruning`), the
             layer whose outputs are the units, named inside the user's module; :func:`shrink
-            <vae_automl.builtin.pruning.shrink>` appends ``[plan_root, removed indices]`` to the
+            <vae_automl.builtin.pruning_impl.shrink>` appends ``[plan_root, removed indices]`` to the
             config's :data:`PRUNING_PLAN`, which the architecture's ``build`` replays.
     """
 

@@ -103,7 +103,22 @@ class Registry:
         self.datasets: Table[Dataset] = Table("dataset")
         self.exporters: Table[Exporter] = Table("exporter")
         self.tasks: Table[Task] = Table("task")
-        self.codecs: Table[Codec] = Table("codec")
+        self._codecs: Table[Codec] | None = None
+        self._pm: pluggy.PluginManager | None = None
+
+    @property
+    def codecs(self) -> Table[Codec]:
+        """The storage codecs, collected from ``register_codecs`` the first time they are asked for.
+
+        Codecs are code, not declarations (torch tensors in, bytes out), so listing the components
+        (``vae-automl plugins``) does not import them.
+        """
+        if self._codecs is None:
+            codecs: Table[Codec] = Table("codec")
+            if self._pm is not None:
+                _collect(self._pm, CODEC_HOOK, codecs, Codec)  # a plugin's error is raised again on the next ask
+            self._codecs = codecs
+        return self._codecs
 
     def table(self, kind: str) -> Table[Any]:
         tables: dict[str, Table[Any]] = {
@@ -121,7 +136,7 @@ class Registry:
         registry = cls()
         for kind, (hook_name, base) in HOOK_FOR_KIND.items():
             _collect(pm, hook_name, registry.table(kind), base)
-        _collect(pm, CODEC_HOOK, registry.codecs, Codec)
+        registry._pm = pm
         return registry
 
     def codec_map(self) -> dict[str, Codec]:

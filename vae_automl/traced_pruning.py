@@ -8,7 +8,7 @@ feature map's ``H * W`` columns per channel, a BatchNorm's statistics).
 :class:`~vae_automl.layers.ChannelGroup`, so the structured pruners score and
 slice them like the built-in architectures' declared groups.
 
-Removals are kept as data, never as a pickled module: :func:`vae_automl.builtin.pruning.shrink`
+Removals are kept as data, never as a pickled module: :func:`vae_automl.builtin.pruning_impl.shrink`
 appends ``[layer, removed unit indices]`` to the config's ``pruning_plan``,
 and :func:`replay` rebuilds the shrunk shapes from the user's factory with
 DepGraph's own ``load_pruning_history`` before the stored tensors are loaded.

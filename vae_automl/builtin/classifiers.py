@@ -20,69 +20,22 @@ configs differ only in the lists, so distillation and pruning can scale
 
 ``width`` scales every channel count and hidden width (at least 1 each):
 the search can make any of them narrower or wider.
+
+The declarations (names, parameters, layer plans) import no torch; the
+module, the loss and the accuracy are in
+:mod:`vae_automl.builtin.classifiers_impl`, imported when a trial runs them.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-import torch
-from torch import nn
-from torch.nn import functional as F
-
-from vae_automl.builtin.architectures import ACTIVATIONS
-from vae_automl.classifier import Classifier, evaluate_accuracy
-from vae_automl.components import Architecture, Objective, Param, Task
-from vae_automl.layers import ChannelGroup
+from vae_automl.builtin.architectures import ACTIVATION_NAMES
+from vae_automl.components import Architecture, Objective, Param, Task, implemented_in
 from vae_automl.plugin_manager import hookimpl
 
-if TYPE_CHECKING:
-    from vae_automl.components import MeasureContext
-    from vae_automl.data import DataSplits
-    from vae_automl.train import TrainConfig
-
-
-class ConvClassifier(Classifier):
-    """``features`` (conv [pool] act ...) -> flatten -> ``head`` (linear act ... linear)."""
-
-    def __init__(self, config: dict[str, Any]) -> None:
-        super().__init__(config)
-        act = ACTIVATIONS[config.get("activation", "relu")]
-        channels, kernels, pools = config["conv_channels"], config["conv_kernels"], config["conv_pool"]
-        if not len(channels) == len(kernels) == len(pools):
-            raise ValueError(
-                f"conv_channels, conv_kernels and conv_pool must have one entry per conv layer, "
-                f"got {len(channels)}, {len(kernels)}, {len(pools)}"
-            )
-        c, h, w = self.input_shape
-        layers: list[nn.Module] = []
-        self.conv_at: list[tuple[int, int]] = []
-        """``(conv index, activation index)`` in ``features`` of each convolution."""
-        for out_c, k, pool in zip(channels, kernels, pools):
-            conv_index = len(layers)
-            layers.append(nn.Conv2d(c, out_c, k))
-            h, w = h - k + 1, w - k + 1
-            if pool:
-                layers.append(nn.MaxPool2d(2))
-                h, w = h // 2, w // 2
-            self.conv_at.append((conv_index, len(layers)))
-            layers.append(act())
-            c = out_c
-            if h < 1 or w < 1:
-                raise ValueError(f"images of shape {self.input_shape} are too small for convolutions {kernels}")
-        self.features = nn.Sequential(*layers)
-        self.feature_shape = (c, h, w)
-        width = c * h * w
-        layers = []
-        for hidden in config["hidden_widths"]:
-            layers += [nn.Linear(width, hidden), act()]
-            width = hidden
-        layers.append(nn.Linear(width, self.num_classes))
-        self.head = nn.Sequential(*layers)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(x).flatten(1))
+IMPL = "vae_automl.builtin.classifiers_impl"
 
 
 WIDTH = Param("width", "float", 1.0, minimum=0.05, maximum=4.0, help="multiplies every channel count and hidden width")
@@ -106,7 +59,7 @@ class _ClassifierArchitecture(Architecture):
                 "activation",
                 "categorical",
                 self.default_activation,
-                choices=tuple(ACTIVATIONS),
+                choices=ACTIVATION_NAMES,
                 help="non-linearity after every conv and hidden layer",
             ),
             NUM_CLASSES,
@@ -131,42 +84,8 @@ class _ClassifierArchitecture(Architecture):
             "activation": values["activation"],
         }
 
-    def build(self, config: dict[str, Any]) -> ConvClassifier:  # type: ignore[override]
-        return ConvClassifier(config)
-
-    def channel_groups(self, model: Any, include_latent: bool = False) -> list[ChannelGroup]:
-        # features = [conv, (pool), act] per conv; head = [Linear, act] per hidden layer + [Linear].
-        if include_latent:
-            raise ValueError(f"{self.name} is a classifier: it has no latent units")
-        _, h, w = model.feature_shape
-        groups: list[ChannelGroup] = []
-        convs = model.conv_at
-        for i, (conv, act) in enumerate(convs):
-            consumer = (f"features.{convs[i + 1][0]}.weight", 1, 1) if i + 1 < len(convs) else ("head.0.weight", 1, h * w)
-            name = f"features.{conv}"
-            groups.append(
-                ChannelGroup(
-                    "conv_channels",
-                    i,
-                    model.config["conv_channels"][i],
-                    (f"{name}.weight", 0),
-                    ((f"{name}.weight", 0, 1), (f"{name}.bias", 0, 1), consumer),
-                    f"features.{act}",
-                )
-            )
-        for j, width in enumerate(model.config["hidden_widths"]):
-            name = f"head.{2 * j}"
-            groups.append(
-                ChannelGroup(
-                    "hidden_widths",
-                    j,
-                    width,
-                    (f"{name}.weight", 0),
-                    ((f"{name}.weight", 0, 1), (f"{name}.bias", 0, 1), (f"head.{2 * j + 2}.weight", 1, 1)),
-                    f"head.{2 * j + 1}",
-                )
-            )
-        return groups
+    build = implemented_in(f"{IMPL}:ClassifierCode")
+    channel_groups = implemented_in(f"{IMPL}:ClassifierCode")
 
 
 class LeNet5(_ClassifierArchitecture):
@@ -193,17 +112,8 @@ class ClassifierTask(Task):
     help = "an image classifier trained on cross-entropy with the dataset's labels; judged by test accuracy"
     needs_labels = True
     default_objectives = ("test_accuracy", "size_bytes")
-
-    def loss(self, model: Any, x: torch.Tensor, y: torch.Tensor | None, config: TrainConfig) -> torch.Tensor:
-        return F.cross_entropy(model(x), y)
-
-    @torch.no_grad()
-    def validation_loss(self, model: Any, data: DataSplits, config: TrainConfig, seed: int) -> float:
-        was_training = model.training
-        model.eval()
-        loss = float(F.cross_entropy(model(data.validation), data.validation_labels))
-        model.train(was_training)
-        return loss
+    loss = implemented_in(f"{IMPL}:ClassifierTaskCode")
+    validation_loss = implemented_in(f"{IMPL}:ClassifierTaskCode")
 
 
 class TestAccuracy(Objective):
@@ -213,11 +123,7 @@ class TestAccuracy(Objective):
     tasks = ("classifier",)
     needs_labels = True
     help = "top-1 accuracy on the test split, in percent"
-
-    def measure(self, ctx: MeasureContext) -> float:
-        if ctx.data.test_labels is None:
-            raise ValueError("test_accuracy needs the dataset's labels, and they were not loaded")
-        return evaluate_accuracy(ctx.model, ctx.data.test, ctx.data.test_labels)
+    measure = implemented_in(f"{IMPL}:TestAccuracyCode")
 
 
 @hookimpl

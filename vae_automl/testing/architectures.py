@@ -33,7 +33,7 @@ import pytest
 import torch
 
 from vae_automl import packing
-from vae_automl.builtin.pruning import shrink
+from vae_automl.builtin.pruning_impl import shrink
 from vae_automl.components import Architecture
 from vae_automl.layers import layer_names, traced_layer_groups
 from vae_automl.plugin_manager import new_plugin_manager
