@@ -8,7 +8,6 @@ import os
 import shutil
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
 
 import optuna
@@ -58,7 +57,9 @@ def test_version_is_the_package_version(capsys: pytest.CaptureFixture[str]) -> N
     with pytest.raises(SystemExit) as exit_info:
         main(["--version"])
     assert exit_info.value.code == 0
-    version = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"]
+    from setuptools.config.pyprojecttoml import read_configuration
+
+    version = read_configuration(REPO / "pyproject.toml", expand=True)["project"]["version"]  # what pip installs
     assert capsys.readouterr().out.strip() == f"vae-automl {version}"
 
 

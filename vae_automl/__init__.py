@@ -24,7 +24,9 @@ from vae_automl.errors import (
     VaeAutomlError,
 )
 
-__version__ = "0.1.0"
+__version__ = "0.3.0"
+"""The release; the one source of the version (pyproject.toml reads it). 0.2 added tasks and codecs, 0.3 the
+issue-15 API, the declared (torch-free) components and the ``front --json`` object."""
 
 __all__ = [
     "CodecError",
