@@ -441,8 +441,7 @@ def big_study(url: str, template_study: str, size: int, env: dict[str, str]) -> 
         runs.append(time.monotonic() - t0)
         if proc.returncode != 0:
             raise SystemExit(f"front failed: {proc.stderr.decode()[-2000:]}")
-    front = json.loads(proc.stdout)
-    front = front["front"] if isinstance(front, dict) else front
+    front = json.loads(proc.stdout)["points"]
     return {"trials": size, "write_s": write_s, "front_seconds": sorted(runs)[1], "front_runs_s": runs, "front_size": len(front)}
 
 

@@ -17,7 +17,7 @@ from tests.test_record import stored_record
 from vae_automl.cli import build_parser, main
 from vae_automl.locations import STORAGE_ENV
 from vae_automl.record import TrialRecord
-from vae_automl.study import OBJECTIVES_ATTR
+from vae_automl.study import BASELINE_ATTR, OBJECTIVES_ATTR
 
 REPO = Path(__file__).resolve().parents[1]
 # commands that only write a script or hold subcommands print no results of their own
@@ -129,7 +129,7 @@ def test_storage_from_flag_env_or_run_folder(
     def front_trials(*argv: str) -> list[int]:
         capsys.readouterr()
         assert main(["front", "--json", *argv]) == 0
-        return [row["trial"] for row in json.loads(capsys.readouterr().out)]
+        return [row["trial"] for row in json.loads(capsys.readouterr().out)["points"]]
 
     assert front_trials("--out", str(run_a)) == [0, 1]  # the run folder's study.db and its only study
     monkeypatch.setenv(STORAGE_ENV, storage_b)
@@ -163,6 +163,22 @@ def test_export_and_report_destinations(capsys: pytest.CaptureFixture[str]) -> N
     args = parser.parse_args(["export", "--storage", "sqlite:///x.db", "--out", "exported"])
     assert _destination(args, "export") == (None, "exported")
     assert "write --dest exported" in capsys.readouterr().err
+
+
+def test_front_json_is_one_object_for_every_study(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    plain = make_study(tmp_path / "plain", values=((1.0, 2.0), (2.0, 1.0), (3.0, 3.0)))
+    with_base = make_study(tmp_path / "byom")
+    baseline = {"objectives": {"size_bytes": 9.0, "recon_error": 0.5}, "metrics": {}, "base_model": {"factory": "m:f"}}
+    optuna.load_study(study_name="s", storage=with_base).set_user_attr(BASELINE_ATTR, baseline)
+    printed = []
+    for storage in (plain, with_base):
+        capsys.readouterr()
+        assert main(["front", "--json", "--storage", storage]) == 0
+        printed.append(json.loads(capsys.readouterr().out))
+    assert [set(p) for p in printed] == [{"points", "knee", "baseline"}] * 2  # the same keys, base_model: or not
+    assert [row["trial"] for row in printed[0]["points"]] == [0, 1]  # trial 2 is dominated
+    assert printed[0]["baseline"] is None and printed[1]["baseline"] == baseline
+    assert printed[0]["knee"] in (0, 1)
 
 
 def test_closed_pipe_prints_no_traceback(tmp_path: Path) -> None:

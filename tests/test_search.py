@@ -56,8 +56,10 @@ def test_front_json(quick_study: tuple[str, Path], capsys: pytest.CaptureFixture
     storage, _ = quick_study
     capsys.readouterr()
     assert main(["front", "--storage", storage, "--study", "quick", "--json"]) == 0
-    rows = json.loads(capsys.readouterr().out)
-    assert len(rows) >= 2
+    printed = json.loads(capsys.readouterr().out)
+    assert set(printed) == {"points", "knee", "baseline"} and printed["baseline"] is None  # one shape for every study
+    rows = printed["points"]
+    assert len(rows) >= 2 and printed["knee"] in {row["trial"] for row in rows}
     for row in rows:
         assert set(row) == {"trial", "params", "objectives"}
         assert set(row["objectives"]) == {"test_elbo_nats", "size_bytes"}

@@ -209,8 +209,7 @@ def test_soak_sigkill_workers_and_ray_driver(postgres_url: str, ray_head: str, t
     retries = [t for t in trials if "failed_trial" in t.system_attrs]
     front_cli = subprocess.run([CLI, "front", *common, "--json"], env=env, capture_output=True)
     assert front_cli.returncode == 0, front_cli.stderr.decode()[-2000:]
-    front = json.loads(front_cli.stdout)
-    front = front["front"] if isinstance(front, dict) else front
+    front = json.loads(front_cli.stdout)["points"]
     expected_front = dominated_by_brute_force({n: list(t.values) for n, t in completed.items()})
     states = Counter(t.state.name for t in trials)
     with capsys.disabled():

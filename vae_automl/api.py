@@ -71,6 +71,17 @@ class Front:
     knee: int | None
     baseline: dict[str, Any] | None = None
 
+    def as_dict(self) -> dict[str, Any]:
+        """What ``vae-automl front --json`` prints, the same object for every study (since 0.3).
+
+        Returns:
+            ``{"points": [{trial, params, objectives}, ...], "knee": trial number or None,
+            "baseline": {objectives, metrics, base_model} or None}``; ``baseline`` is set for a
+            ``base_model:`` study only. (0.2 printed the bare list of points, or
+            ``{"front", "baseline"}`` for a ``base_model:`` study.)
+        """
+        return {"points": [e.as_dict() for e in self.entries], "knee": self.knee, "baseline": self.baseline}
+
 
 @dataclass
 class SearchResult:

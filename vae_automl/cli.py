@@ -179,11 +179,11 @@ def _cmd_front(args: argparse.Namespace) -> int:
     from vae_automl.report import format_front_table
 
     result = read_front(*_study(args))
-    front, baseline = result.entries, result.baseline
     if args.json:
-        _print_json({"front": [e.as_dict() for e in front], "baseline": baseline} if baseline else [e.as_dict() for e in front])
+        _print_json(result.as_dict())
     else:
-        print(format_front_table(front, result.knee, baseline=baseline["objectives"] if baseline else None))
+        baseline = result.baseline["objectives"] if result.baseline else None
+        print(format_front_table(result.entries, result.knee, baseline=baseline))
     return 0
 
 
