@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import sqlite3
 import struct
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -121,6 +123,26 @@ def test_the_cli_takes_tensorboard_and_mlflow(tracked: dict[str, Any], tmp_path:
                  "--tensorboard", str(tmp_path / "tb"), "--mlflow", f"sqlite:///{db}"]) == 0
     assert ("objective/size_bytes", 0) in scalars(tmp_path / "tb")
     assert list(mlflow_runs(db, "cli")) == ["0"]
+
+
+def test_mlflow_info_lines_stay_quiet_unless_verbose(tmp_path: Path) -> None:
+    """A new store's "INFO mlflow.store.db.utils: Creating initial MLflow database tables" shows only with -v."""
+    script = f"""
+import logging, sys
+from vae_automl.tracking import MLflowCallback
+mlflow_logger = logging.getLogger("mlflow")
+MLflowCallback("sqlite:///{tmp_path / 'quiet.db'}")
+print("QUIET DONE", file=sys.stderr, flush=True)
+before = mlflow_logger.level
+MLflowCallback("sqlite:///{tmp_path / 'loud.db'}", verbose=True)
+print("LEVEL KEPT", mlflow_logger.level == before, file=sys.stderr, flush=True)
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    quiet, loud = result.stderr.split("QUIET DONE")
+    assert "INFO" not in quiet, quiet  # nothing of MLflow's own between our progress lines
+    assert "INFO mlflow" in loud and "Creating initial MLflow database tables" in loud  # the line exists, and -v shows it
+    assert "LEVEL KEPT True" in loud  # the caller's logging setting comes back
 
 
 def test_a_store_mlflow_refuses_is_a_clear_error_before_any_trial(tmp_path: Path) -> None:

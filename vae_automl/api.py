@@ -212,7 +212,7 @@ def search(
             f"study {study_name!r} in {storage}: {done} completed trials; completing {budget.n_trials} more {runner.describe()}"
         )
         started = time.monotonic()
-        trackers = tracking_callbacks(mlflow or space.tracking.mlflow, tensorboard or space.tracking.tensorboard)
+        trackers = tracking_callbacks(mlflow or space.tracking.mlflow, tensorboard or space.tracking.tensorboard, verbose)
         stats = runner.run(study, budget, policy, progress, callbacks=(*trackers, *callbacks))
         if budget.n_trials > 0:
             progress.message(

@@ -20,10 +20,12 @@ measured (``latency_ms``, ``recon_error``, ...) arrive there.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +36,28 @@ from vae_automl.record import METRICS_ATTR
 from vae_automl.study import TrialCallback, objectives_of
 
 __all__ = ["MLflowCallback", "TensorBoardCallback", "tracking_callbacks", "trial_metrics"]
+
+MLFLOW_LOGGERS = ("mlflow", "alembic")
+"""MLflow's own loggers, and that of the schema migrations it runs on a new SQLite store."""
+
+
+@contextlib.contextmanager
+def quiet_loggers(names: Sequence[str], verbose: bool) -> Iterator[None]:
+    """The ``names`` loggers at WARNING for the block (INFO lines through only when ``verbose``), restored after.
+
+    MLflow prints ``INFO mlflow.store.db.utils: Creating initial MLflow database tables...`` to stderr, among the
+    progress lines; Optuna's own lines are kept quiet the same way (:func:`vae_automl.study.optuna_logging`).
+    """
+    loggers = [logging.getLogger(name) for name in names]
+    previous = [logger.level for logger in loggers]
+    if not verbose:
+        for logger in loggers:
+            logger.setLevel(max(logger.getEffectiveLevel(), logging.WARNING))
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, previous):
+            logger.setLevel(level)
 
 
 def trial_metrics(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> dict[str, float]:
@@ -99,22 +123,25 @@ class MLflowCallback:
         tracking_uri: where MLflow stores runs: ``sqlite:///mlflow.db``, ``http://HOST:5000`` (MLflow 3 refuses
             a ``file:`` store unless ``MLFLOW_ALLOW_FILE_STORE=true``).
         experiment: the MLflow experiment (default: the study's name); created if missing.
+        verbose: let MLflow's own INFO log lines through (``-v``); WARNING and above only otherwise.
     """
 
-    def __init__(self, tracking_uri: str, experiment: str | None = None) -> None:
-        try:
-            # deferred: mlflow is optional (the mlflow extra) and slow to import
-            import mlflow
-        except ImportError:
-            raise ConfigError("--mlflow needs mlflow: pip install 'vae-automl[mlflow]' (or mlflow-skinny)") from None
+    def __init__(self, tracking_uri: str, experiment: str | None = None, verbose: bool = False) -> None:
         self.tracking_uri = tracking_uri
         self.experiment = experiment
+        self.verbose = verbose
         self._experiment_ids: dict[str, str] = {}
-        try:  # a store MLflow refuses fails here, before any trial runs, not after the first one
-            self._client = mlflow.MlflowClient(tracking_uri=tracking_uri)
-            self._client.search_experiments(max_results=1)
-        except Exception as exc:
-            raise ConfigError(f"--mlflow {tracking_uri}: MLflow cannot use this tracking store: {exc}") from None
+        try:
+            # deferred: mlflow is optional (the mlflow extra) and slow to import
+            import mlflow  # (its import sets up its loggers, so they are quieted after it)
+        except ImportError:
+            raise ConfigError("--mlflow needs mlflow: pip install 'vae-automl[mlflow]' (or mlflow-skinny)") from None
+        with quiet_loggers(MLFLOW_LOGGERS, verbose):
+            try:  # a store MLflow refuses fails here, before any trial runs, not after the first one
+                self._client = mlflow.MlflowClient(tracking_uri=tracking_uri)
+                self._client.search_experiments(max_results=1)
+            except Exception as exc:
+                raise ConfigError(f"--mlflow {tracking_uri}: MLflow cannot use this tracking store: {exc}") from None
 
     def _experiment_id(self, name: str) -> str:
         if name not in self._experiment_ids:
@@ -123,6 +150,10 @@ class MLflowCallback:
         return self._experiment_ids[name]
 
     def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        with quiet_loggers(MLFLOW_LOGGERS, self.verbose):
+            self._log(study, trial)
+
+    def _log(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         # deferred: mlflow is optional (the mlflow extra) and slow to import
         from mlflow.entities import Metric, Param
 
@@ -139,11 +170,13 @@ class MLflowCallback:
         self._client.set_terminated(run.info.run_id, status=status)
 
 
-def tracking_callbacks(mlflow: str | None = None, tensorboard: str | Path | None = None) -> Sequence[TrialCallback]:
-    """The callbacks ``--mlflow URI`` and ``--tensorboard DIR`` ask for (none for None)."""
+def tracking_callbacks(
+    mlflow: str | None = None, tensorboard: str | Path | None = None, verbose: bool = False
+) -> Sequence[TrialCallback]:
+    """The callbacks ``--mlflow URI`` and ``--tensorboard DIR`` ask for (none for None); ``verbose``: MLflow's INFO lines too."""
     callbacks: list[TrialCallback] = []
     if mlflow:
-        callbacks.append(MLflowCallback(mlflow))
+        callbacks.append(MLflowCallback(mlflow, verbose=verbose))
     if tensorboard:
         callbacks.append(TensorBoardCallback(tensorboard))
     return callbacks

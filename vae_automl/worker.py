@@ -124,7 +124,7 @@ def run_worker(
         + ("; journal storage has no heartbeats, so a killed worker's trial is not retried" if journal else "")
     )
     started = time.monotonic()
-    trackers = tracking_callbacks(mlflow or space.tracking.mlflow, tensorboard or space.tracking.tensorboard)
+    trackers = tracking_callbacks(mlflow or space.tracking.mlflow, tensorboard or space.tracking.tensorboard, verbose)
     with study_mod.optuna_logging(verbose):
         stats = backend.run(study, budget, policy, progress, callbacks=(*trackers, *callbacks))
     progress.message(
