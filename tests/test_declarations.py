@@ -148,3 +148,26 @@ def test_listing_the_built_ins_and_the_nni_plugin_imports_no_torch() -> None:
     assert result.returncode == 0, result.stderr
     count, nni_listed, heavy = result.stdout.split(maxsplit=2)
     assert int(count) >= 30 and nni_listed == str(HAS_NNI_PLUGIN) and heavy.strip() == "[]"
+
+
+def test_helpers_still_import_from_where_they_were() -> None:
+    """`from vae_automl.builtin.pruning import shrink` (a plugin written before the split) finds the code module's."""
+    result = run_python(
+        """
+        import sys
+        import vae_automl.builtin.pruning as pruning
+
+        assert not hasattr(pruning, "__wrapped__") and "vae_automl.builtin.pruning_impl" not in sys.modules
+        from vae_automl.builtin.pruning import shrink
+        from vae_automl.builtin.quantization import uniform_grid
+        from vae_automl.builtin import pruning_impl, quantization_impl
+
+        assert shrink is pruning_impl.shrink and uniform_grid is quantization_impl.uniform_grid
+        try:
+            from vae_automl.builtin.pruning import no_such_name
+        except ImportError as exc:
+            print("refused:", exc)
+        """
+    )
+    assert result.returncode == 0, result.stderr
+    assert "refused: cannot import name 'no_such_name'" in result.stdout

@@ -95,6 +95,22 @@ def implemented_in(target: str) -> Any:
     return _ImplementedIn(target)
 
 
+def code_module_getattr(declarations: str, code: str) -> Callable[[str], Any]:
+    """A module ``__getattr__`` for a declaration module: names it does not define are looked up in ``code``.
+
+    Helpers that lived beside the components before they were split (``from vae_automl.builtin.pruning import
+    shrink``) keep importing from the old place; the code module (and torch) loads at that first lookup.
+    Dunder names are never forwarded, so probing a plugin module (pluggy, ``inspect``) loads nothing.
+    """
+
+    def __getattr__(name: str) -> Any:
+        if name.startswith("__"):
+            raise AttributeError(f"module {declarations!r} has no attribute {name!r}")
+        return getattr(importlib.import_module(code), name)
+
+    return __getattr__
+
+
 GROUP_NAMES: tuple[str, ...] = ("encoder", "heads", "decoder")
 """The layer groups an architecture may declare (:attr:`Architecture.group_names`); :mod:`vae_automl.layers` finds them."""
 STAGES: tuple[str, ...] = ("distill", "prune", "quantize", "code")

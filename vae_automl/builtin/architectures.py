@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from vae_automl.components import GROUP_NAMES, Architecture, Param, implemented_in
+from vae_automl.components import GROUP_NAMES, Architecture, Param, code_module_getattr, implemented_in
 from vae_automl.plugin_manager import hookimpl
 
 if TYPE_CHECKING:
@@ -21,6 +21,7 @@ ACTIVATION_NAMES: tuple[str, ...] = ("relu", "gelu", "silu", "tanh", "elu", "lea
 LIKELIHOOD_NAMES: tuple[str, ...] = ("bernoulli", "gaussian")
 """The ``likelihood`` choices, as :data:`vae_automl.vae.LIKELIHOODS` (a test keeps them equal)."""
 IMPL = "vae_automl.builtin.architectures_impl"
+__getattr__ = code_module_getattr(__name__, IMPL)  # the code's names, as imported from here before 0.3
 
 
 COMMON_PARAMS = (

@@ -32,10 +32,11 @@ from collections.abc import Callable
 from typing import Any
 
 from vae_automl.builtin.architectures import ACTIVATION_NAMES
-from vae_automl.components import Architecture, Objective, Param, Task, implemented_in
+from vae_automl.components import Architecture, Objective, Param, Task, code_module_getattr, implemented_in
 from vae_automl.plugin_manager import hookimpl
 
 IMPL = "vae_automl.builtin.classifiers_impl"
+__getattr__ = code_module_getattr(__name__, IMPL)  # the code's names, as imported from here before 0.3
 
 
 WIDTH = Param("width", "float", 1.0, minimum=0.05, maximum=4.0, help="multiplies every channel count and hidden width")

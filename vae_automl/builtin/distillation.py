@@ -42,10 +42,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from vae_automl.components import Compressor, Param, implemented_in
+from vae_automl.components import Compressor, Param, code_module_getattr, implemented_in
 from vae_automl.plugin_manager import hookimpl
 
 IMPL = "vae_automl.builtin.distillation_impl"
+__getattr__ = code_module_getattr(__name__, IMPL)  # the code's names, as imported from here before 0.3
 
 INITS = ("teacher", "scratch")
 

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from vae_automl.components import Exporter, implemented_in
+from vae_automl.components import Exporter, code_module_getattr, implemented_in
 from vae_automl.plugin_manager import hookimpl
 
 IMPL = "vae_automl.builtin.exporters_impl"
+__getattr__ = code_module_getattr(__name__, IMPL)  # the code's names, as imported from here before 0.3
 
 
 class SafetensorsExporter(Exporter):

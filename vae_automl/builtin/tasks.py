@@ -7,10 +7,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from vae_automl.components import Task, implemented_in
+from vae_automl.components import Task, code_module_getattr, implemented_in
 from vae_automl.plugin_manager import hookimpl
 
 IMPL = "vae_automl.builtin.tasks_impl"
+__getattr__ = code_module_getattr(__name__, IMPL)  # the code's names, as imported from here before 0.3
 
 
 class VaeTask(Task):

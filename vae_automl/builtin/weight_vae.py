@@ -46,13 +46,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from vae_automl.components import Compressor, Objective, Param, implemented_in
+from vae_automl.components import Compressor, Objective, Param, code_module_getattr, implemented_in
 from vae_automl.plugin_manager import hookimpl
 
 if TYPE_CHECKING:
     from vae_automl.storage.codec import Codec
 
 IMPL = "vae_automl.builtin.weight_vae_impl"
+__getattr__ = code_module_getattr(__name__, IMPL)  # the code's names, as imported from here before 0.3
 
 SHARINGS = ("shared", "layer")
 

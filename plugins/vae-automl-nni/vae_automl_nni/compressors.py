@@ -38,9 +38,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from vae_automl.components import Compressor, Param, implemented_in
+from vae_automl.components import Compressor, Param, code_module_getattr, implemented_in
 
 IMPL = "vae_automl_nni.compressors_impl"
+__getattr__ = code_module_getattr(__name__, IMPL)  # the code's names, as imported from here before 0.3
 
 PRUNERS = ("level", "l1_norm", "l2_norm", "taylor")
 QUANTIZERS = ("ptq", "qat")
