@@ -310,3 +310,21 @@ def test_the_post_filter_is_trained_and_shipped_with_the_decoder(model_dir: Path
     assert any(k.startswith("postfilter.") for k in part.state_dict())
     z = torch.from_numpy(model.latents(digits_splits().test[:4])).float()
     assert torch.equal(part.synthesize(z), model.synthesize(z))
+
+
+def test_the_benchmarks_byte_breakdown_adds_up_to_the_bitstreams(model_dir: Path) -> None:
+    sys.path.insert(0, str(REPO))
+    try:
+        from benchmarks import codec_rd
+    finally:
+        sys.path.remove(str(REPO))
+    model = load_codec_model(model_dir).model
+    latents = model.latents(digits_splits().test)
+    streams = model.encode_latents(latents)
+    parts = codec_rd.breakdown(model, latents, streams)
+    total = parts.header_bytes + parts.latent_ideal_bytes + parts.coder_overhead_bytes
+    assert total == pytest.approx(np.mean([len(s) for s in streams]))
+    assert parts.header_bytes == 1.0 and parts.latent_ideal_bytes > 0
+    # The range coder's flush costs at most its two 32-bit words (trailing zero bytes are cut).
+    assert -1.0 < parts.coder_overhead_bytes <= 8.0
+    assert parts.nonzero_latents == pytest.approx(float((latents != 0).sum(1).mean()))
