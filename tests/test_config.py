@@ -128,3 +128,97 @@ def test_asha_scheduler_of_0_1_runs_pareto(capsys: pytest.CaptureFixture[str]) -
     assert _scheduler("asha") == "pareto"
     assert "--scheduler asha was replaced in 0.2 by --scheduler pareto" in capsys.readouterr().err
     assert (_scheduler("none"), _scheduler(None)) == ("none", None)
+
+
+def test_a_minimal_space_gets_every_documented_default() -> None:
+    """The defaults are the dataclasses' own (documented there), not numbers parse_space repeats: every one checked."""
+    from vae_automl.config import (
+        TRAINING_PARAMS,
+        DatasetConfig,
+        LatencyConfig,
+        ParamSpace,
+        PrunerConfig,
+        SamplerConfig,
+        SearchSpace,
+        TrackingConfig,
+    )
+
+    space = load_space_text(MINIMAL, "m.yaml")
+    assert space.dataset == DatasetConfig()
+    assert space.sampler == SamplerConfig() and space.pruner == PrunerConfig() and space.latency == LatencyConfig()
+    assert space.tracking == TrackingConfig()
+    assert space.training == {p.name: ParamSpace(p.name, "const", p.default) for p in TRAINING_PARAMS}
+    fields = SearchSpace.__dataclass_fields__
+    for key in ("trials", "timeout_s", "device", "seed", "teacher", "base_model", "reference_point", "targets", "stop_when",
+                "task", "needs_labels"):
+        assert getattr(space, key) == fields[key].default, key
+    assert space.compressors == () and space.source == MINIMAL and space.path == "m.yaml"
+    # every figure a VAE can be measured by that is not optimized, in the registry's order
+    assert space.record == ("latency_ms", "params", "recon_error", "size_bytes_amortized", "theoretical_bits")
+
+
+EVERY_KEY = """
+name: every-key
+task: vae
+dataset:
+  spec: digits
+  data_dir: /data/digits
+  download: true
+  split: {validation: 0.25, test: 0.3, seed: 5, shuffle: false, limit: 50}
+  image_size: 6
+  color: grey
+architecture:
+  mlp: {preset: seed_784_400_20, latent_dim: 3}
+training: {epochs: 4, batch_size: 32, lr: 0.01, beta: 0.5, weight_decay: 0.001, patience: 2, capture: "off", max_seconds: 60}
+compressors:
+  - {name: magnitude_prune, params: {sparsity: 0.5}}
+  - {choices: [uniform, {name: kmeans, params: {bits: 3}}], optional: true}
+objectives: [size_bytes, test_elbo_nats]
+record: [params, test_elbo_nats]
+sampler: {name: tpe, seed: 3, population_size: 6, n_startup_trials: 2, repeats: true}
+pruner: {name: pareto, warmup_epochs: 3, min_trials: 5, reduction_factor: 4, score: compressed}
+latency: {batch_size: 16, repeats: 7, warmup: 0, target: cpu}
+trials: 0
+timeout_s: 90.5
+device: cpu
+seed: 9
+teacher: models/trial-0.safetensors
+reference_point: {size_bytes: 1.0e+6, test_elbo_nats: 500}
+targets: {params: {max: 5000, min: 10}, size_bytes: {max_relative_to_baseline: 0.5}}
+stop_when: first_feasible
+tracking: {mlflow: "sqlite:///runs.db", tensorboard: tb}
+"""
+
+
+def test_every_key_of_a_space_is_read_from_the_file() -> None:
+    """Each key set away from its default, so a value read from the wrong key or left at its default shows."""
+    from vae_automl.config import DatasetConfig, LatencyConfig, PrunerConfig, SamplerConfig, Target, TrackingConfig
+    from vae_automl.data import SplitConfig
+
+    space = load_space_text(EVERY_KEY, "every.yaml")
+    assert space.name == "every-key" and space.task == "vae" and space.source == EVERY_KEY
+    split = SplitConfig(validation=0.25, test=0.3, seed=5, shuffle=False, limit=50)
+    assert space.dataset == DatasetConfig("digits", "/data/digits", True, split, (6, 6), "grey")
+    (mlp,) = space.architectures
+    assert mlp.name == "mlp" and mlp.preset == "seed_784_400_20" and mlp.params["latent_dim"].value == 3
+    assert mlp.params["hidden_width"].value == 400  # from the preset; latent_dim above overrides its 20
+    assert {k: p.value for k, p in space.training.items()} == {
+        "epochs": 4, "batch_size": 32, "lr": 0.01, "beta": 0.5, "weight_decay": 0.001, "patience": 2, "capture": "off",
+        "max_seconds": 60}
+    prune, quantize = space.compressors
+    assert [o.name for o in prune.options] == ["magnitude_prune"] and not prune.optional
+    assert prune.options[0].params["sparsity"].value == 0.5
+    assert [o.name for o in quantize.options] == ["uniform", "kmeans"] and quantize.optional
+    assert quantize.options[1].params["bits"].value == 3
+    assert space.objectives == ("size_bytes", "test_elbo_nats") and space.record == ("params",)
+    assert space.sampler == SamplerConfig("tpe", 3, 6, 2, True)
+    assert space.pruner == PrunerConfig("pareto", 3, 5, 4, "compressed")
+    assert space.latency == LatencyConfig(16, 7, 0, "cpu")
+    assert (space.trials, space.timeout_s, space.device, space.seed) == (0, 90.5, "cpu", 9)
+    assert space.teacher == "models/trial-0.safetensors"
+    assert space.reference_point == {"size_bytes": 1.0e6, "test_elbo_nats": 500.0}
+    assert space.targets == (Target("params", "max", 5000.0), Target("params", "min", 10.0),
+                             Target("size_bytes", "max_relative_to_baseline", 0.5))
+    assert space.stop_when == "first_feasible"
+    assert space.tracking == TrackingConfig("sqlite:///runs.db", "tb")
+    assert space.base_model is None and not space.needs_labels
