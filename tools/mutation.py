@@ -9,10 +9,12 @@ the selected tests that reach the mutated function. This script runs it on
 * killed: a test failed (or timed out) on the mutant;
 * survived: every test passed, or no selected test reaches the mutant;
 * equivalent: listed in ``tests/mutation_equivalent.txt`` with the reason it
-  cannot change behaviour (not counted either way).
+  cannot change behaviour (not counted either way);
+* untested: not run yet (an interrupted run, or a run narrowed by ``--only`` to a sample such as
+  ``'vae_automl.export.x*__mutmut_*0'``, every mutant whose number ends in 0); not counted either way.
 
 ``score = killed / (killed + survived)``. mutation.json holds
-``{"modules": {module: {"killed", "survived", "equivalent", "score"}}, "total_score", "seconds", "survivors"}``.
+``{"modules": {module: {"killed", "survived", "equivalent", "untested", "score"}}, "total_score", "seconds", "survivors"}``.
 ``--report`` reads the results of the last run instead of running; ``--resume`` tests only the mutants it left
 untested or surviving (an interrupted run, or survivors after new tests).
 
@@ -114,7 +116,7 @@ def read_results() -> dict[str, str]:
 
 
 def tally(results: dict[str, str], equivalent: dict[str, str]) -> dict[str, object]:
-    modules: dict[str, dict[str, float]] = defaultdict(lambda: {"killed": 0, "survived": 0, "equivalent": 0})
+    modules: dict[str, dict[str, float]] = defaultdict(lambda: {"killed": 0, "survived": 0, "equivalent": 0, "untested": 0})
     survivors, not_run = [], []
     for name, status in sorted(results.items()):
         counts = modules[module_of(name)]
@@ -126,6 +128,7 @@ def tally(results: dict[str, str], equivalent: dict[str, str]) -> dict[str, obje
             counts["survived"] += 1
             survivors.append(f"{name}: {status}")
         else:
+            counts["untested"] += 1
             not_run.append(f"{name}: {status}")
     for counts in modules.values():
         tested = counts["killed"] + counts["survived"]
@@ -145,10 +148,10 @@ def tally(results: dict[str, str], equivalent: dict[str, str]) -> dict[str, obje
 def table(report: dict[str, object]) -> str:
     modules = report["modules"]
     assert isinstance(modules, dict)
-    rows = ["| module | killed | survived | equivalent | score |", "| --- | ---: | ---: | ---: | ---: |"]
+    rows = ["| module | killed | survived | equivalent | untested | score |", "| --- | ---: | ---: | ---: | ---: | ---: |"]
     for name, c in modules.items():
-        rows.append(f"| {name} | {c['killed']} | {c['survived']} | {c['equivalent']} | {percent(c['score'])} |")
-    rows.append(f"| total | {report['killed']} | {report['survived']} | | {percent(report['total_score'])} |")
+        rows.append(f"| {name} | {c['killed']} | {c['survived']} | {c['equivalent']} | {c['untested']} | {percent(c['score'])} |")
+    rows.append(f"| total | {report['killed']} | {report['survived']} | | | {percent(report['total_score'])} |")
     return "\n".join(rows)
 
 
