@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from pathlib import Path
 from typing import Any
@@ -239,6 +240,19 @@ def test_a_drawn_repeat_is_not_run_and_an_exhausted_space_ends(tiny_space: Any, 
     assert all("record" not in t.user_attrs for t in repeats)  # not run at all
     # the second run found nothing new: it ended after 3 repeats per wanted trial, not in an endless loop
     assert result.completed == 2 and [t.state for t in trials[first:]] == [STATES.PRUNED] * (2 * ATTEMPTS_PER_TRIAL)
+    assert result.exhausted is not None and "completed 0 of the 2 trials asked" in result.exhausted
+    assert result.stats["repeats"] == 2 * ATTEMPTS_PER_TRIAL
+
+
+def test_an_exhausted_space_exits_3_and_says_so(tiny_space: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    space, storage = _two_point_space(tiny_space), f"sqlite:///{tmp_path / 'study.db'}"
+    argv = ["search", str(space), "--storage", storage, "--out", str(tmp_path), "--json"]
+    assert main([*argv, "--n-trials", "2"]) == 0  # both points exist: asked and done
+    capsys.readouterr()
+    assert main([*argv, "--n-trials", "1"]) == 3  # no third point: fewer than asked
+    captured = capsys.readouterr()
+    assert "incomplete: completed 0 of the 1 trials asked: the search space holds no new point" in captured.err
+    assert json.loads(captured.out)["completed"] == 2  # the front and its trials are still reported
 
 
 def test_repeats_true_runs_a_drawn_repeat(tiny_space: Any, tmp_path: Path) -> None:
@@ -341,3 +355,66 @@ def test_a_non_finite_objective_fails_the_trial_with_its_name(tiny_space: Any, t
     trials = _trials(storage, "tiny")
     assert trials and all(t.state == STATES.FAIL for t in trials)
     assert trials[0].user_attrs[FAILURE_ATTR] == "objective 'always_nan' measured nan"
+
+
+# --- two processes started together on an empty study draw different points; one alone stays reproducible ---
+
+def _first_draws(space_path: Path, storage: str, tmp_path: Path, processes: int) -> list[dict[str, Any]]:
+    """Each of ``processes`` opens the study with the same seeded sampler (as two drivers started in the same second
+    do), asks its first trial, and draws it as the backends do (the seeder, then the space's suggest)."""
+    from vae_automl.backends.base import SearchPolicy
+    from vae_automl.config import load_space
+
+    space = load_space(space_path)
+    create_study(space, storage, "tiny", tmp_path, get_registry())
+    opened = []
+    for _ in range(processes):  # every one opens before any asks: nobody sees another's trial
+        policy = SearchPolicy(space, get_registry())
+        opened.append((policy.seeder(), optuna.load_study(study_name="tiny", storage=storage, sampler=policy.sampler())))
+    trials = [(seed, study, study.ask()) for seed, study in opened]
+    draws = []
+    for seed, study, trial in trials:
+        seed(study, trial.number)
+        draws.append(space_mod.suggest(trial, space))
+    return draws
+
+
+def test_drivers_started_together_on_an_empty_study_draw_different_points(tiny_space: Any, tmp_path: Path) -> None:
+    space = tiny_space()
+    assert "sampler: {name: random, seed: 0}" in space.read_text()
+    draws = _first_draws(space, f"sqlite:///{tmp_path / 'a.db'}", tmp_path, processes=3)
+    assert len({json.dumps(d, sort_keys=True) for d in draws}) == 3
+    # reproducible: the first trial of a fresh study is seed 0's first draw, the second process's is seed 0 + 1's
+    (alone,) = _first_draws(space, f"sqlite:///{tmp_path / 'b.db'}", tmp_path, processes=1)
+    assert alone == draws[0]
+    from vae_automl.config import load_space
+
+    loaded = load_space(space)
+    control = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=1))
+    assert space_mod.suggest(control.ask(), loaded) == draws[1]
+
+
+def test_the_ray_searcher_seeds_its_sampler_from_its_first_trial(tiny_space: Any, tmp_path: Path) -> None:
+    pytest.importorskip("ray.tune")
+    from vae_automl.backends.base import SearchPolicy
+    from vae_automl.backends.ray import NUMBER_KEY, WANTS_BASELINE_KEY, _DefineByRun, _make_searcher_class
+    from vae_automl.config import load_space
+    from vae_automl.progress import Progress
+
+    space = load_space(tiny_space())
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    study = create_study(space, storage, "tiny", tmp_path, get_registry())
+    study.ask()  # another process's trial 0, already running
+    policy = SearchPolicy(space, get_registry())
+    searcher = _make_searcher_class()(
+        space=_DefineByRun(space), metric=list(space.objectives), mode=["min", "min"], sampler=policy.sampler(),
+        study_name="tiny", storage=open_storage(storage), objectives=tuple(space.objectives), target_completed=2,
+        done=0, max_failures=3, deadline=None, progress=Progress(None, space.objectives, (), enabled=False), policy=policy,
+    )
+    config = searcher.suggest("t0")
+    assert isinstance(config, dict) and config[NUMBER_KEY] == 1
+    drawn = {k: v for k, v in config.items() if k not in (NUMBER_KEY, WANTS_BASELINE_KEY)}
+    control = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0 + 1))
+    assert space_mod.suggest(control.ask(), space) == drawn
+    searcher.fail_in_flight("test over")
+    searcher.pool.shutdown()

@@ -118,3 +118,26 @@ def test_ray_searcher_finishes_at_the_target_and_the_failure_cap_and_waits_for_r
     # nothing running and one trial short: it samples (no space here, so Ray's own error shows it tried)
     with pytest.raises(RuntimeError, match="no search space has been defined"):
         searcher(in_flight={}).suggest("t")
+
+
+def test_exhausted_only_when_repeats_spent_the_attempts_short_of_the_trials_asked() -> None:
+    from vae_automl.study import Budget, exhausted
+
+    budget = Budget(n_trials=4, target_completed=4, own_limit=None, max_attempts=12, timeout_s=None)
+    why = exhausted(budget, completed=2, repeats=10, failed=2)  # the attempts cap reached exactly, 2 short
+    assert why is not None and "completed 2 of the 4 trials asked" in why and "10 draws repeated" in why
+    assert "sampler: {repeats: true}" in why
+    assert exhausted(budget, completed=4, repeats=12, failed=0) is None  # every trial asked completed
+    assert exhausted(budget, completed=2, repeats=9, failed=2) is None  # one attempt left: stopped by something else
+    assert exhausted(budget, completed=2, repeats=0, failed=12) is None  # failures alone: not the space's fault
+    assert exhausted(budget, completed=3, repeats=1, failed=11) is not None
+
+
+def test_failure_cap_counts_repeats_apart() -> None:
+    from vae_automl.backends.base import DUPLICATE_ATTR
+
+    cap, study = _FailureCap(3), Stoppable()
+    repeat = optuna.trial.create_trial(state=STATES.PRUNED, user_attrs={DUPLICATE_ATTR: 0})
+    for trial in (frozen(STATES.FAIL), repeat, frozen(STATES.PRUNED)):
+        cap(study, trial)  # type: ignore[arg-type]
+    assert (cap.failed, cap.repeats, study.stops) == (2, 1, 0)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -92,3 +93,15 @@ def test_two_workers_share_a_journal_file(tiny_space: Any, tmp_path: Path) -> No
     outputs = run_two_workers(storage, "tiny")
     assert "journal storage has no heartbeats" in outputs[0]
     check_shared_study(storage, "tiny", budget)
+
+
+def test_a_search_on_a_journal_storage_warns_that_killed_trials_stay_running(tiny_space: Any, tmp_path: Path) -> None:
+    from vae_automl.api import search
+
+    space = tiny_space(trials=1, max_epochs=1)
+    with pytest.warns(UserWarning, match="journal storage has no heartbeats: a trial whose worker or Ray driver is killed"):
+        search(space, storage=f"journal:{tmp_path / 'j.log'}", out_dir=tmp_path / "j", show_progress=False)
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        search(space, storage=f"sqlite:///{tmp_path / 's.db'}", out_dir=tmp_path / "s", show_progress=False)
+    assert not [w for w in seen if "no heartbeats" in str(w.message)]  # an RDB storage beats: no such warning

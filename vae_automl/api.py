@@ -110,6 +110,9 @@ class SearchResult:
     knee: int | None = None
     failure: str | None = None
     """Set when every trial this run finished failed: why (the CLI exits 1 with it)."""
+    exhausted: str | None = None
+    """Set when the run completed fewer trials than asked because the space has no new point left
+    (:func:`vae_automl.study.exhausted`): why (the CLI exits 3 with it)."""
 
 
 def search(
@@ -197,10 +200,6 @@ def search(
     policy = SearchPolicy(space, registry)
     with study_mod.optuna_logging(verbose):
         study = study_mod.create_study(space, storage, study_name, out, registry, sampler=policy.sampler())
-        existing = len(study.get_trials(deepcopy=False))
-        if existing:
-            # resuming: a seeded sampler would replay the random start-up points the study already holds
-            study.sampler = policy.sampler(seed_offset=existing)
         budget = study_mod.plan_search(study, space, trials, timeout_s)
         progress = Progress(
             budget.n_trials, space.objectives, study_mod.directions_of(space, registry), timeout_s, enabled=show_progress
@@ -208,8 +207,10 @@ def search(
         for trial in study_mod.completed_trials(study):  # the best so far counts what the study held before this run
             progress.observe(trial.number, trial.values)
         done = len(study_mod.completed_trials(study))
+        no_heartbeats = study_mod.warn_without_heartbeats(study)
         progress.message(
             f"study {study_name!r} in {storage}: {done} completed trials; completing {budget.n_trials} more {runner.describe()}"
+            + (f"; {no_heartbeats}" if no_heartbeats else "")
         )
         started = time.monotonic()
         trackers = tracking_callbacks(mlflow or space.tracking.mlflow, tensorboard or space.tracking.tensorboard, verbose)
@@ -237,6 +238,7 @@ def search(
         study=study,
         knee=knee_of(study, entries),
         failure=progress.all_failed(),
+        exhausted=study_mod.exhausted(budget, progress.done, stats.get("repeats", 0), progress.failed),
     )
 
 

@@ -4,7 +4,8 @@ Conventions every command follows (tests/test_cli.py holds them):
 
 - exit status 0 on success, 1 for a runtime or project error (a :class:`VaeAutomlError`:
   bad YAML, unknown study, failed export; or an OSError: a file that cannot be read or written),
-  2 for a usage error (argparse's own), 130 on Ctrl-C; no traceback for any of them;
+  2 for a usage error (argparse's own), 3 when ``search`` or ``worker`` completed fewer trials than asked
+  because the space has no new point left (``EXIT_EXHAUSTED``), 130 on Ctrl-C; no traceback for any of them;
 - ``--json`` on every command that prints results: one JSON document on stdout, nothing else there;
 - one meaning per option name: ``--storage`` an Optuna storage URL (default ``$VAE_AUTOML_STORAGE``),
   ``--out`` the run folder a search writes (its ``study.db`` is the storage when neither is given),
@@ -156,20 +157,29 @@ def _cmd_search(args: argparse.Namespace) -> int:
                 "baseline": result.baseline,
             }
         )
-        return _check_failure(result.failure)
+        return _check_failure(result.failure, result.exhausted)
     print(
         f"Pareto front of study {result.study_name!r} ({result.completed} completed trials, storage {result.storage}); * = knee"
     )
     print(format_front_table(result.front, result.knee, baseline=result.baseline))
     if result.front:
         print(against_baseline(result.storage, result.study_name, result.front))
-    return _check_failure(result.failure)
+    return _check_failure(result.failure, result.exhausted)
 
 
-def _check_failure(failure: str | None) -> int:
+EXIT_EXHAUSTED = 3
+"""Exit status of a search or worker that completed fewer trials than asked because the space has no new point left:
+its trials and front are stored and complete for that space, but the count asked for was not met, which a script
+must be able to tell from both success and an error."""
+
+
+def _check_failure(failure: str | None, exhausted: str | None = None) -> int:
     # a run whose every trial failed is a failed run (exit 1), whatever the study held before
     if failure:
         raise TrialFailed(failure)
+    if exhausted:
+        print(f"incomplete: {exhausted}", file=sys.stderr)
+        return EXIT_EXHAUSTED
     return 0
 
 
@@ -211,7 +221,7 @@ def _cmd_worker(args: argparse.Namespace) -> int:
         _print_json({"worker": result.worker, "completed": result.completed, "study": study_name, "study_completed": total})
     else:
         print(f"worker {result.worker} completed {result.completed} trials; study {study_name!r} has {total} completed trials")
-    return _check_failure(result.failure)
+    return _check_failure(result.failure, result.exhausted)
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
@@ -360,7 +370,8 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=(
             "example:\n  vae-automl search search_spaces/quick.yaml --n-trials 10 --out runs/quick\n"
             "  vae-automl front --out runs/quick\n\n"
-            f"exit status: 0 ok, 1 runtime or project error, 2 usage error. ${STORAGE_ENV} is the default --storage."
+            "exit status: 0 ok, 1 runtime or project error, 2 usage error, 3 search space exhausted (fewer trials\n"
+            f"than asked). ${STORAGE_ENV} is the default --storage."
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

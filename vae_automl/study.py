@@ -51,11 +51,14 @@ __all__ = [
     "check_base_model",
     "check_limits",
     "completed_trials",
+    "count_completed",
     "create_study",
     "directions_of",
+    "exhausted",
     "fail_stale_trials",
     "front_of_study",
     "has_heartbeat",
+    "warn_without_heartbeats",
     "load_front",
     "name_objectives",
     "objectives_of",
@@ -197,6 +200,23 @@ def has_heartbeat(study: optuna.Study) -> bool:
     storage = study._storage
     interval = getattr(storage, "get_heartbeat_interval", None)
     return callable(interval) and bool(interval())
+
+
+def warn_without_heartbeats(study: optuna.Study) -> str | None:
+    """Warn (``UserWarning``) that the study's storage has no heartbeats, and return the warning; None if it has them.
+
+    Optuna 5's JournalStorage has none (it is no ``BaseHeartbeat``; read in optuna/storages/journal/_storage.py):
+    a trial whose worker or driver is killed stays RUNNING there for ever. It is not retried, and since a running
+    trial's point counts as taken, its point is never drawn again. Every search and worker on such a storage says so.
+    """
+    if has_heartbeat(study) or not isinstance(study._storage, JournalStorage):
+        return None
+    message = (
+        "journal storage has no heartbeats: a trial whose worker or Ray driver is killed stays RUNNING, is not retried, "
+        "and its point is not drawn again; use PostgreSQL (or SQLite on one machine) where processes may die"
+    )
+    warnings.warn(message, UserWarning, stacklevel=2)
+    return message
 
 
 def fail_stale_trials(study: optuna.Study) -> None:
@@ -426,6 +446,23 @@ class Budget:
     timeout_s: float | None
 
 
+def exhausted(budget: Budget, completed: int, repeats: int, failed: int) -> str | None:
+    """Why a run completed fewer trials than ``budget`` asked because the space ran out of new points; None otherwise.
+
+    A drawn point that a completed or running trial already has is not run (a repeat); repeats count toward
+    ``budget.max_attempts`` with failures, so a space with no new point left ends. That end, with ``repeats``
+    among the attempts and ``completed`` short of ``budget.n_trials``, is this. A run stopped by ``--timeout``,
+    by the study-wide target (other workers completed the rest) or by ``stop_when`` is not.
+    """
+    if completed >= budget.n_trials or repeats == 0 or repeats + failed < budget.max_attempts:
+        return None
+    return (
+        f"completed {completed} of the {budget.n_trials} trials asked: the search space holds no new point "
+        f"({repeats} draws repeated a completed or running trial and were not run); widen its ranges or choices, "
+        "or set sampler: {repeats: true} to run repeats"
+    )
+
+
 def check_limits(trials: Any, timeout_s: Any) -> None:
     """Refuse a trial count or a timeout that cannot be meant, before any data is loaded.
 
@@ -479,6 +516,82 @@ def objectives_of(study: optuna.Study) -> tuple[list[str], list[str]]:
 
 def completed_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
     return study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+
+
+def count_completed(study: optuna.Study) -> int:
+    """How many completed trials the study holds, every process's: one ``count`` query on an RDB storage.
+
+    Reading the trials (:func:`completed_trials`) re-reads every running trial from the storage each time.
+    """
+    rdb = _rdb_backend(study)
+    if rdb is None:
+        return len(completed_trials(study))
+    # deferred: Optuna's table models and SQLAlchemy, needed only here and only for RDB storages
+    import sqlalchemy as sa
+    from optuna.storages._rdb import models
+
+    trial_t = models.TrialModel.__table__
+    with rdb.engine.connect() as conn:
+        return int(
+            conn.execute(
+                sa.select(sa.func.count())
+                .select_from(trial_t)
+                .where(trial_t.c.study_id == study._study_id, trial_t.c.state == optuna.trial.TrialState.COMPLETE)
+            ).scalar_one()
+        )
+
+
+NOT_RDB = object()
+"""What :func:`rdb_duplicate_of` returns for a storage it cannot query (then read the trials instead)."""
+
+
+def rdb_duplicate_of(
+    study: optuna.Study,
+    number: int,
+    params: dict[str, Any],
+    distributions: dict[str, optuna.distributions.BaseDistribution],
+) -> int | None | object:
+    """The number of a completed or running trial other than ``number`` whose params are exactly ``params``, found
+    with one query on Optuna's tables; None if there is none; :data:`NOT_RDB` on a storage that is not an RDB.
+
+    Exactly: the same names, no more and no fewer, each with the same stored (internal) value.
+    """
+    rdb = _rdb_backend(study)
+    if rdb is None:
+        return NOT_RDB
+    if not params:
+        return None
+    # deferred: Optuna's table models and SQLAlchemy, needed only here and only for RDB storages
+    import sqlalchemy as sa
+    from optuna.storages._rdb import models
+
+    trial_t, param_t = models.TrialModel.__table__, models.TrialParamModel.__table__
+    own = param_t.alias("own")  # every param of the candidate trial, to refuse one with more params than ``params``
+    every = sa.select(sa.func.count()).select_from(own).where(own.c.trial_id == trial_t.c.trial_id).correlate(trial_t)
+    matches = sa.or_(
+        *(
+            sa.and_(param_t.c.param_name == name, param_t.c.param_value == distributions[name].to_internal_repr(value))
+            for name, value in params.items()
+        )
+    )
+    query = (
+        sa.select(trial_t.c.number)
+        .join(param_t, param_t.c.trial_id == trial_t.c.trial_id)
+        .where(
+            trial_t.c.study_id == study._study_id,
+            trial_t.c.number != number,
+            trial_t.c.state.in_([optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.RUNNING]),
+            matches,
+        )
+        .group_by(trial_t.c.trial_id, trial_t.c.number)
+        .having(sa.func.count() == len(params))
+        .having(every.scalar_subquery() == len(params))
+        .order_by(trial_t.c.number)
+        .limit(1)
+    )
+    with rdb.engine.connect() as conn:
+        found = conn.execute(query).scalar_one_or_none()
+    return None if found is None else int(found)
 
 
 def front_of_study(study: optuna.Study) -> list[FrontEntry]:

@@ -49,6 +49,9 @@ class WorkerResult:
     stats: dict[str, int]
     failure: str | None = None
     """Set when every trial this worker finished failed: why (the CLI exits 1 with it)."""
+    exhausted: str | None = None
+    """Set when this worker completed fewer trials than asked because the space has no new point left: why (the
+    CLI exits 3 with it)."""
 
 
 def worker_name() -> str:
@@ -98,11 +101,9 @@ def run_worker(
     study = study_mod.open_study(storage, study_name)
     space = apply_overrides(study_mod.stored_space(study, registry), data_dir=data_dir, device=device)
     policy = SearchPolicy(space, registry)
-    # load again with the space's sampler: load_study would otherwise pick a default one
-    # workers offset a fixed seed by the trials so far and their pid, or they would sample the same points
-    study = study_mod.open_study(
-        storage, study_name, sampler=policy.sampler(seed_offset=len(study.get_trials(deepcopy=False)) + os.getpid())
-    )
+    # load again with the space's sampler: load_study would otherwise pick a default one; the backend reseeds it
+    # from the number of this worker's first trial (SeedFromFirstTrial), so workers never draw the same points
+    study = study_mod.open_study(storage, study_name, sampler=policy.sampler())
     out = Path(out_dir or study_mod.stored_out_dir(study) or Path("runs") / study_name)
     make_out_dir(out)
     env = prepare(space, out, registry, pm)
@@ -117,11 +118,11 @@ def run_worker(
     )
     for trial in study_mod.completed_trials(study):  # the best so far counts every worker's trials
         progress.observe(trial.number, trial.values)
-    journal = str(storage).startswith(study_mod.JOURNAL_PREFIX)
+    no_heartbeats = study_mod.warn_without_heartbeats(study)
     progress.message(
         f"worker {name}: study {study_name!r} in {storage}: {done} of "
         f"{study_mod.stored_budget(study, space)} trials completed; out dir {out}; device {env.device}"
-        + ("; journal storage has no heartbeats, so a killed worker's trial is not retried" if journal else "")
+        + (f"; {no_heartbeats}" if no_heartbeats else "")
     )
     started = time.monotonic()
     trackers = tracking_callbacks(mlflow or space.tracking.mlflow, tensorboard or space.tracking.tensorboard, verbose)
@@ -132,7 +133,14 @@ def run_worker(
         f"{progress.pruned} stopped early, {progress.failed} failed; the study has "
         f"{len(study_mod.completed_trials(study))} completed trials"
     )
-    return WorkerResult(study, name, progress.done, stats, failure=progress.all_failed())
+    return WorkerResult(
+        study,
+        name,
+        progress.done,
+        stats,
+        failure=progress.all_failed(),
+        exhausted=study_mod.exhausted(budget, progress.done, stats.get("repeats", 0), progress.failed),
+    )
 
 
 __all__ = ["WORKER_ATTR", "WorkerResult", "run_worker", "space_of_study", "worker_name"]

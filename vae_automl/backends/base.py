@@ -31,11 +31,12 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, cast
 
 import optuna
 
 from vae_automl import constraints, early_stopping, samplers
+from vae_automl import study as study_mod
 from vae_automl.errors import VaeAutomlError
 from vae_automl.study import TrialCallback
 
@@ -55,13 +56,25 @@ DUPLICATE_ATTR = "duplicate_of"
 """Trial user attribute: the completed (or running) trial whose exact parameters this one drew; it was not run."""
 
 
-def duplicate_of(study: optuna.Study, number: int, params: dict[str, Any]) -> int | None:
+def duplicate_of(
+    study: optuna.Study,
+    number: int,
+    params: dict[str, Any],
+    distributions: dict[str, optuna.distributions.BaseDistribution] | None = None,
+) -> int | None:
     """A completed or running trial of ``study``, other than ``number``, with exactly ``params``; None if there is none.
 
     A resumed run, or a second worker, may draw a point the study already
     holds; running it again would spend the budget on a copy and show the
-    front a duplicate pair.
+    front a duplicate pair. Given the params' ``distributions`` on an RDB
+    storage, one query finds the copy (:func:`vae_automl.study.rdb_duplicate_of`):
+    reading the trials instead re-reads every running trial on each call, which a
+    single Ray driver asking for 64 concurrent trials cannot afford.
     """
+    if distributions is not None:
+        found = study_mod.rdb_duplicate_of(study, number, params, distributions)
+        if found is not study_mod.NOT_RDB:
+            return cast(int | None, found)
     states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.RUNNING)
     for trial in study.get_trials(deepcopy=False, states=states):
         if trial.number != number and trial.params == params:
@@ -101,6 +114,10 @@ class SearchPolicy:
         """
         return samplers.make_sampler(self.space.sampler, self.space, seed_offset=seed_offset)
 
+    def seeder(self) -> SeedFromFirstTrial:
+        """What reseeds this process's sampler at its first trial (:class:`SeedFromFirstTrial`)."""
+        return SeedFromFirstTrial(self)
+
     def epoch_gate(
         self, study: optuna.Study, trial: optuna.Trial, epochs: int, before_training: Callable[[], dict[str, float]]
     ) -> RungGate:
@@ -126,6 +143,29 @@ class SearchPolicy:
     def constraints(self, record: TrialRecord) -> list[constraints.Check]:
         """The space's targets checked on a completed trial (stored with :func:`vae_automl.constraints.set_constraints`)."""
         return constraints.check(self.space.targets, record.metrics, record.baseline) if self.space.targets else []
+
+
+class SeedFromFirstTrial:
+    """Seeds a process's sampler from the number of the first trial it asks for, before that trial samples.
+
+    A fixed ``sampler.seed`` S would make every process that opens the study draw the same points: a resumed run
+    would replay the study's first trials, and two drivers or workers started together on an empty study would
+    draw the same point at once. Trial numbers are handed out by the storage, one per trial, so no two processes
+    get the same first number: the sampler becomes ``seed S + that number``. A fresh study searched by one
+    process still draws exactly what seed S gives (its first trial is number 0), and a resumed one draws what
+    S + (the trials the study held) gives, both reproducible. Called again, it does nothing; without a seed it
+    leaves the sampler (seeded by Optuna from the OS) alone.
+    """
+
+    def __init__(self, policy: SearchPolicy) -> None:
+        self.policy = policy
+        self.seeded = policy.space.sampler.seed is None
+
+    def __call__(self, study: optuna.Study, trial_number: int) -> None:
+        if self.seeded:
+            return
+        self.seeded = True
+        study.sampler = self.policy.sampler(seed_offset=trial_number)
 
 
 class RungGate:
@@ -213,5 +253,6 @@ class Backend(abc.ABC):
                 trial once it is stored (record, state and values), after ``progress``.
 
         Returns:
-            Counters of the run: ``base_trained`` and ``base_reused``.
+            Counters of the run: ``base_trained``, ``base_reused`` and ``repeats`` (drawn points a completed or
+            running trial already had, not run).
         """

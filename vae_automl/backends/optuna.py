@@ -46,8 +46,10 @@ def make_objective(
     """
 
     beats = study_mod.has_heartbeat(study)
+    seed = policy.seeder()
 
     def objective(trial: optuna.Trial) -> list[float]:
+        seed(study, trial.number)  # before the first suggest: parameters are drawn there
         if beats:
             # Optuna's heartbeat thread may not have beaten yet: a process killed before then would leave
             # this trial without a heartbeat row, so RUNNING for ever instead of stale and retried
@@ -60,7 +62,7 @@ def make_objective(
             params = space_mod.suggest(trial, env.space)
             spec = space_mod.resolve(env.space, params, env.registry)
             if not env.space.sampler.repeats:
-                repeat = duplicate_of(study, trial.number, dict(trial.params))
+                repeat = duplicate_of(study, trial.number, dict(trial.params), trial.distributions)
                 if repeat is not None:
                     trial.set_user_attr(DUPLICATE_ATTR, repeat)
                     raise optuna.TrialPruned(pruned_reason(trial.user_attrs))
@@ -140,11 +142,12 @@ class _FailureCap:
     (a space whose trials all fail ends, and so does a space with no new point left)."""
 
     def __init__(self, limit: int) -> None:
-        self.limit, self.failed = limit, 0
+        self.limit, self.failed, self.repeats = limit, 0, 0
 
     def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         if trial.state == optuna.trial.TrialState.FAIL or DUPLICATE_ATTR in trial.user_attrs:
             self.failed += 1
+            self.repeats += DUPLICATE_ATTR in trial.user_attrs
             if self.failed >= self.limit:
                 study.stop()
 
@@ -205,7 +208,8 @@ class OptunaBackend(Backend):
             ours.append(_OwnCompletedLimit(budget.own_limit))
         if self.env.space.stop_when == "first_feasible":
             ours.append(StopAtFirstFeasible())
-        ours.append(_FailureCap(budget.max_attempts))
+        cap = _FailureCap(budget.max_attempts)
+        ours.append(cap)
         # --timeout stops a running trial too, not only the start of new ones (a drawn 60,000 epochs would run on)
         self.env.deadline = time.monotonic() + budget.timeout_s if budget.timeout_s is not None else None
         optimize_past_stale_failures(
@@ -214,7 +218,7 @@ class OptunaBackend(Backend):
             deadline=self.env.deadline,
             callbacks=ours,
         )
-        return dict(self.env.stats)
+        return {**self.env.stats, "repeats": cap.repeats}
 
 
 def optimize_past_stale_failures(

@@ -48,6 +48,7 @@ import threading
 import time
 import warnings
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
@@ -87,6 +88,14 @@ RECORD_KEY = "record_json"
 CONFIG_KEY = "config_json"
 RUNG_KEY = "rung_values"
 SCHEDULERS = ("pareto", "none")
+STORE_THREADS = 4
+"""Threads of the Ray driver that store finished trials. Storing one (its record and attributes, then ``tell``) is about
+ten round trips to the storage; in Tune's event loop they were the driver's ceiling: with 16 concurrent trials of 15 s
+the loop spent most of its time waiting on PostgreSQL, and trials waited to start. The threads mostly wait on the
+network, so a few of them overlap those waits."""
+COUNT_REFRESH_S = 1.0
+"""How stale the driver's count of the study's completed trials may be when it decides to hand out another trial
+(re-counted fresh before it finishes): Optuna workers sharing the study complete trials too."""
 
 
 def _import_ray() -> Any:
@@ -194,15 +203,35 @@ def _make_searcher_class() -> type:
             self.target_completed, self.completed, self.max_failures = target_completed, done, max_failures
             self.deadline, self.progress, self.policy = deadline, progress, policy
             self.callbacks = tuple(callbacks)
+            self.seeder = policy.seeder() if policy is not None else None
             self.failed = 0
             self.in_flight: dict[str, Any] = {}
-            self.stats = {"base_trained": 0, "base_reused": 0}
+            self.stats = {"base_trained": 0, "base_reused": 0, "repeats": 0}
             self.lock = threading.Lock()
+            self._start_storing()
+            self.counted_at = time.monotonic()
+
+        def _start_storing(self) -> None:
+            # a finished trial is stored by a pool thread, not in Tune's event loop: its dozen storage round trips
+            # would otherwise hold up every other trial's start and result (see STORE_THREADS)
+            self.pool = ThreadPoolExecutor(STORE_THREADS, thread_name_prefix="vae-automl-store")
+            self.pending: set[Future[None]] = set()
+            self.report_lock = threading.Lock()
+
+        def _study_completed(self, fresh: bool = False) -> int:
+            """The study's completed trials, every process's (Optuna workers may share the study), re-counted at most
+            every COUNT_REFRESH_S unless ``fresh``; without a study (tests), this searcher's own count."""
+            study = cast(optuna.Study | None, self._ot_study)
+            if study is not None and (fresh or time.monotonic() - self.counted_at > COUNT_REFRESH_S):
+                counted = study_mod.count_completed(study)
+                with self.lock:
+                    self.completed, self.counted_at = max(self.completed, counted), time.monotonic()
+            return self.completed
 
         def suggest(self, trial_id: str) -> dict[str, Any] | str | None:  # type: ignore[override]  # Searcher.FINISHED is a str
             # successive halving stops most trials by design: only failures and repeats count toward the cap
             finished = (
-                self.completed >= self.target_completed
+                (self._study_completed() >= self.target_completed and self._study_completed(fresh=True) >= self.target_completed)
                 or self.failed >= self.max_failures
                 or self.found_feasible
                 or (self.deadline is not None and time.monotonic() > self.deadline)
@@ -214,6 +243,10 @@ def _make_searcher_class() -> type:
             with warnings.catch_warnings():
                 # the driver beats for Ray's trials itself (see _heartbeat_loop)
                 warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
+                if self.seeder is not None and self._ot_study is not None and trial_id not in self._ot_trials:
+                    # asked here rather than in OptunaSearch.suggest, so the sampler is seeded by its number first
+                    self._ot_trials[trial_id] = self._ot_study.ask()
+                    self.seeder(cast(optuna.Study, self._ot_study), self._ot_trials[trial_id].number)
                 try:
                     config = super().suggest(trial_id)
                 except Exception as exc:
@@ -227,10 +260,13 @@ def _make_searcher_class() -> type:
                 return config
             ot_trial = self._ot_trials[trial_id]
             if self.policy is not None and not self.policy.space.sampler.repeats:
-                repeat = duplicate_of(cast(optuna.Study, self._ot_study), ot_trial.number, dict(ot_trial.params))
+                repeat = duplicate_of(
+                    cast(optuna.Study, self._ot_study), ot_trial.number, dict(ot_trial.params), ot_trial.distributions
+                )
                 if repeat is not None:
                     self._finish(trial_id, ot_trial, optuna.trial.TrialState.PRUNED, None, {DUPLICATE_ATTR: repeat}, None)
                     self.failed += 1  # repeats count toward the cap, so a space with no new point left ends
+                    self.stats["repeats"] += 1
                     return None
             with self.lock:
                 self.in_flight[trial_id] = ot_trial
@@ -251,7 +287,36 @@ def _make_searcher_class() -> type:
         def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False) -> None:
             if trial_id in self._completed_trials or trial_id not in self._ot_trials:
                 return
-            ot_trial = self._ot_trials[trial_id]
+            self._completed_trials.add(trial_id)
+            future = self.pool.submit(self._store_or_drop, trial_id, self._ot_trials[trial_id], result, error)
+            with self.lock:
+                self.pending.add(future)
+            future.add_done_callback(self._stored)
+
+        def _stored(self, future: Future[None]) -> None:
+            with self.lock:
+                self.pending.discard(future)
+
+        def _store_or_drop(self, trial_id: str, ot_trial: Any, result: dict[str, Any] | None, error: bool) -> None:
+            try:
+                self._store(trial_id, ot_trial, result, error)
+            except Exception as exc:
+                # a storage outage: the trial stays RUNNING without heartbeats, so it goes stale and is retried
+                with self.lock:
+                    self.in_flight.pop(trial_id, None)
+                    self.failed += 1
+                self.progress.message(f"trial {ot_trial.number}: storing its outcome failed: {failure_reason(exc)}")
+
+        def drain(self) -> None:
+            """Wait until every finished trial handed to the store threads is stored."""
+            while True:
+                with self.lock:
+                    pending = list(self.pending)
+                if not pending:
+                    return
+                wait(pending)
+
+        def _store(self, trial_id: str, ot_trial: Any, result: dict[str, Any] | None, error: bool) -> None:
             state, values, attrs = _outcome(result, error, self.objectives)
             checks: list[Any] = []
             if state == optuna.trial.TrialState.COMPLETE:
@@ -259,9 +324,10 @@ def _make_searcher_class() -> type:
                 if self.policy is not None:
                     attrs.update(self.policy.trial_attrs(record))
                     checks = self.policy.constraints(record)
-                study_mod.add_plugins(cast(optuna.Study, self._ot_study), record.plugins)
-                if not self.has_baseline:
-                    self.has_baseline = store_baseline(cast(optuna.Study, self._ot_study), result)
+                with self.report_lock:  # read-modify-write of study attributes: one thread at a time
+                    study_mod.add_plugins(cast(optuna.Study, self._ot_study), record.plugins)
+                    if not self.has_baseline:
+                        self.has_baseline = store_baseline(cast(optuna.Study, self._ot_study), result)
             self._finish(trial_id, ot_trial, state, values, attrs, result, checks)
 
         def _finish(
@@ -275,24 +341,39 @@ def _make_searcher_class() -> type:
             checks: Any = (),
         ) -> None:
             self._completed_trials.add(trial_id)
-            with self.lock:
-                self.in_flight.pop(trial_id, None)
+            study = cast(optuna.Study, self._ot_study)
             try:
                 for key, value in attrs.items():
                     ot_trial.set_user_attr(key, value)
                 constraints.set_constraints(ot_trial, checks)
-                frozen = cast(optuna.Study, self._ot_study).tell(ot_trial, values, state=state)
+                frozen = study.tell(ot_trial, values, state=state)
             except optuna.exceptions.UpdateFinishedTrialError:
                 # another process found its heartbeat stale and failed (and re-queued) it first
+                with self.lock:
+                    self.in_flight.pop(trial_id, None)
                 self.progress.message(f"trial {ot_trial.number} was already failed as stale by another process")
                 return
-            if state == optuna.trial.TrialState.COMPLETE:
-                self.completed += 1
-                self.found_feasible |= self.stop_at_feasible and constraints.is_feasible_trial(frozen) is True
-                hit = bool((result or {}).get("base_cache_hit"))
-                self.stats["base_reused" if hit else "base_trained"] += 1
-            elif state == optuna.trial.TrialState.FAIL:
-                self.failed += 1
+            # counted before it leaves in_flight, so suggest never sees the trial in neither (and overshoots)
+            counted = study_mod.count_completed(study) if state == optuna.trial.TrialState.COMPLETE else 0
+            with self.lock:
+                self.in_flight.pop(trial_id, None)
+                if state == optuna.trial.TrialState.COMPLETE:
+                    self.completed = max(self.completed, counted)
+                    self.found_feasible |= self.stop_at_feasible and constraints.is_feasible_trial(frozen) is True
+                    hit = bool((result or {}).get("base_cache_hit"))
+                    self.stats["base_reused" if hit else "base_trained"] += 1
+                elif state == optuna.trial.TrialState.FAIL:
+                    self.failed += 1
+            with self.report_lock:  # progress lines and the user's callbacks, one trial at a time
+                self._report(frozen, state, values, attrs)
+
+        def _report(
+            self,
+            frozen: optuna.trial.FrozenTrial,
+            state: optuna.trial.TrialState,
+            values: list[float] | None,
+            attrs: dict[str, Any],
+        ) -> None:
             reason = attrs.get(study_mod.FAILURE_ATTR)
             if state == optuna.trial.TrialState.PRUNED:
                 reason = pruned_reason(attrs)
@@ -308,7 +389,8 @@ def _make_searcher_class() -> type:
                 callback(cast(optuna.Study, self._ot_study), frozen)
 
         def fail_in_flight(self, reason: str) -> None:
-            """Tell every asked-but-unfinished trial FAIL (the driver is going away)."""
+            """Store every finished trial, then tell every asked-but-unfinished trial FAIL (the driver is going away)."""
+            self.drain()
             for trial_id, ot_trial in list(self.in_flight.items()):
                 self._finish(trial_id, ot_trial, optuna.trial.TrialState.FAIL, None, {study_mod.FAILURE_ATTR: reason}, None)
 
@@ -318,13 +400,16 @@ def _make_searcher_class() -> type:
         def __getstate__(self) -> dict[str, Any]:
             # the Tuner pickles its config once; the lock and the progress stream do not pickle
             # (nor does the policy's registry); the driver's own searcher keeps them
-            return {k: v for k, v in self.__dict__.items() if k not in ("lock", "progress", "policy", "callbacks")}
+            skip = ("lock", "progress", "policy", "callbacks", "pool", "pending", "report_lock", "seeder")
+            return {k: v for k, v in self.__dict__.items() if k not in skip}
 
         def __setstate__(self, state: dict[str, Any]) -> None:
             self.__dict__.update(state)
             self.lock = threading.Lock()
+            self._start_storing()
             self.progress = Progress(None, self.objectives, (), enabled=False)
             self.policy = None
+            self.seeder = None
             self.callbacks = ()
 
         def heartbeat_ids(self) -> list[int]:
@@ -569,7 +654,7 @@ class RayBackend(Backend):
         space, out = self.space, self.out
         storage_obj = study._storage
         study_mod.fail_stale_trials(study)  # trials of a killed driver or worker: failed and re-queued
-        stats = {"base_trained": 0, "base_reused": 0}
+        stats = {"base_trained": 0, "base_reused": 0, "repeats": 0}
         if budget.n_trials == 0:
             return stats
         done = len(study_mod.completed_trials(study))
@@ -663,6 +748,7 @@ class RayBackend(Backend):
         finally:
             stop.set()
             searcher.fail_in_flight("the Ray driver stopped before this trial finished (interrupted?)")
+            searcher.pool.shutdown()
             if owns_ray:
                 ray.shutdown()
         return dict(searcher.stats)
