@@ -1,4 +1,4 @@
-"""The one-query duplicate check on RDB storages (study.rdb_duplicate_of) against reading every trial."""
+"""The one-query helpers on RDB storages (duplicate check, completed count and values) against reading every trial."""
 
 from __future__ import annotations
 
@@ -74,3 +74,24 @@ def test_count_completed_counts_complete_only(study, tmp_path):
     _add(journal, {"x": 0.2}, optuna.trial.TrialState.FAIL)
     assert study_mod.rdb_duplicate_of(journal, 9, {"x": 0.1}, {"x": F}) is study_mod.NOT_RDB
     assert study_mod.count_completed(journal) == 1
+
+
+def test_completed_values_and_the_progress_front_match_reading_every_trial(tmp_path):
+    from vae_automl.backends.base import observe_study
+    from vae_automl.progress import Progress
+
+    for storage in (f"sqlite:///{tmp_path / 'v.db'}", study_mod.open_storage(f"journal:{tmp_path / 'v.log'}")):
+        study = optuna.create_study(storage=storage, study_name="v", directions=["minimize", "maximize"])
+        points = [(1.0, 1.0), (2.0, 3.0), (0.5, 0.5), (2.0, 3.0), (3.0, 2.0), (float("inf"), 9.0)]
+        for i, (a, b) in enumerate(points):
+            trial = study.ask()
+            if i == 4:  # a failed trial: not counted
+                study.tell(trial, state=optuna.trial.TrialState.FAIL)
+            else:
+                study.tell(trial, [a, b])
+        study.ask()  # a running one: not counted either
+        expected = {t.number: list(t.values) for t in study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))}
+        assert study_mod.completed_values(study) == expected
+        progress = Progress(None, ("a", "b"), ("minimize", "maximize"), enabled=False)
+        assert observe_study(study, progress) == len(study_mod.front_of_study(study)) == 5  # each higher a buys a higher b; 2/3 twice
+        assert progress.best == {"a": (0.5, 2), "b": (9.0, 5)}

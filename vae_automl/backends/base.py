@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, cast
 
 import optuna
 
-from vae_automl import constraints, early_stopping, samplers
+from vae_automl import constraints, early_stopping, pareto, samplers
 from vae_automl import study as study_mod
 from vae_automl.errors import VaeAutomlError
 from vae_automl.study import TrialCallback
@@ -80,6 +80,16 @@ def duplicate_of(
         if trial.number != number and trial.params == params:
             return trial.number
     return None
+
+
+def observe_study(study: optuna.Study, progress: Progress) -> int:
+    """Show ``progress`` every completed trial of the study (the study-wide best counts every process's and every
+    earlier run's trials); returns the size of the study's Pareto front."""
+    values = study_mod.completed_values(study)
+    for number, trial_values in values.items():
+        progress.observe(number, trial_values)
+    directions = list(progress.directions) or study_mod.objectives_of(study)[1]
+    return len(pareto.non_dominated(list(values.values()), directions))
 
 
 def pruned_reason(attrs: dict[str, Any]) -> str:

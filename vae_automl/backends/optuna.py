@@ -20,6 +20,7 @@ from vae_automl.backends.base import (
     TrialCallback,
     duplicate_of,
     failure_reason,
+    observe_study,
     pruned_reason,
 )
 from vae_automl.record import CURVE_ATTR
@@ -121,9 +122,7 @@ def progress_callback(progress: Progress) -> Callable[[optuna.Study, optuna.tria
         front = None
         if trial.state == optuna.trial.TrialState.COMPLETE:
             # the study-wide best: earlier runs' and other workers' trials count, not only this process's
-            for done in study_mod.completed_trials(study):
-                progress.observe(done.number, done.values)
-            front = len(study_mod.front_of_study(study))
+            front = observe_study(study, progress)
         progress.trial_finished(trial.number, trial.state.name, trial.values, seconds, reason, front)
 
     return callback
@@ -150,6 +149,21 @@ class _FailureCap:
             self.repeats += DUPLICATE_ATTR in trial.user_attrs
             if self.failed >= self.limit:
                 study.stop()
+
+
+class _StudyTarget:
+    """Stop this process's ``study.optimize`` once the study holds ``target`` completed trials, every worker's.
+
+    Optuna's ``MaxTrialsCallback`` does the same by reading every trial, running ones included, after each trial;
+    one count query (:func:`vae_automl.study.count_completed`) keeps that cost flat as workers are added.
+    """
+
+    def __init__(self, target: int) -> None:
+        self.target = target
+
+    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        if study_mod.count_completed(study) >= self.target:
+            study.stop()
 
 
 class _OwnCompletedLimit:
@@ -203,7 +217,7 @@ class OptunaBackend(Backend):
         # the user's callbacks right after progress: a callback that calls study.stop() ends the run as in optuna
         ours: list[TrialCallback] = [progress_callback(progress), *callbacks]
         if budget.target_completed is not None:
-            ours.append(optuna.study.MaxTrialsCallback(budget.target_completed, states=(optuna.trial.TrialState.COMPLETE,)))
+            ours.append(_StudyTarget(budget.target_completed))
         if budget.own_limit is not None:
             ours.append(_OwnCompletedLimit(budget.own_limit))
         if self.env.space.stop_when == "first_feasible":

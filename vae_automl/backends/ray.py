@@ -65,6 +65,7 @@ from vae_automl.backends.base import (
     TrialCallback,
     duplicate_of,
     failure_reason,
+    observe_study,
     pruned_reason,
 )
 from vae_automl.errors import ConfigError, VaeAutomlError
@@ -380,10 +381,8 @@ def _make_searcher_class() -> type:
             seconds = frozen.duration.total_seconds() if frozen.duration else None
             front = None
             if state == optuna.trial.TrialState.COMPLETE:
-                study = cast(optuna.Study, self._ot_study)
-                for done in study_mod.completed_trials(study):  # the study-wide best, earlier runs' trials included
-                    self.progress.observe(done.number, done.values)
-                front = len(study_mod.front_of_study(study))
+                # the study-wide best, earlier runs' trials included
+                front = observe_study(cast(optuna.Study, self._ot_study), self.progress)
             self.progress.trial_finished(frozen.number, state.name, values, seconds, reason, front)
             for callback in self.callbacks:  # the user's Optuna callbacks, as study.optimize calls them
                 callback(cast(optuna.Study, self._ot_study), frozen)
