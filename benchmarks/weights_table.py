@@ -42,7 +42,9 @@ the 2,464-parameter zoo CNN, the 784-400-20 MLP VAE) the rows are:
     sparsity and k-means bits (entropy coding and the compact container
     always on; weight_vae, which lost on every model, is left out), each
     trial with the same fine-tuning epochs as the hand-set rows. It is
-    chosen on the test split, as a front is read.
+    chosen on the test split, as a front is read. On the MLP VAE (unless
+    ``--no-distill``) the search also distills first, over a range of
+    student widths, and is held to the distilled row's reference.
 
 ``--seeds 0,1,2`` repeats every row for each seed (training, pruning and
 k-means draws, and the search's sampler); the table then also gives, per
@@ -108,6 +110,11 @@ class ModelPlan:
     distill_sparsity: float = 0.6
     distill_bits: int = 4
     """Pruning and k-means of the distilled student (a half-width student keeps fewer weights to prune)."""
+    search_distill: tuple[float, ...] = ()
+    """Width ratios the search's ``distill`` stage spans (empty: the search does not distill)."""
+    search_distill_sparsity: tuple[float, float] = (0.5, 0.75)
+    search_distill_bits: tuple[int, int] = (3, 5)
+    """Sparsity and bits of the distilling search (a student keeps fewer weights to spare)."""
     kmeans: dict[str, Any] = field(default_factory=dict)
     """Extra ``kmeans`` params of every prune + k-means row and of the search (``bias_bits``, ``codebook_dtype``)."""
 
@@ -140,7 +147,8 @@ PLANS = {
                          {**WEIGHT_VAE, "chunk": 25, "latent_dim": 8, "hidden": 0}, (0.3, 0.75), (2, 4),
                          kmeans=ZOO_KMEANS),
     "mlp_vae": ModelPlan("mlp_vae", "vae", {"mlp": {"preset": "seed_784_400_20"}}, 30, 4, 4, 0.8, 4, 3.0, 32.0,
-                         {**WEIGHT_VAE, "finetune_lr": 2e-3}, (0.6, 0.9), (3, 5), DISTILL_VAE, kmeans=VAE_KMEANS),
+                         {**WEIGHT_VAE, "finetune_lr": 2e-3}, (0.6, 0.9), (3, 5), DISTILL_VAE, kmeans=VAE_KMEANS,
+                         search_distill=(0.35, 0.65)),
 }
 
 
@@ -243,11 +251,14 @@ def search_best(plan: ModelPlan, args: argparse.Namespace, registry: Registry, t
     from vae_automl.api import search
 
     f_prune, f_quant = plan.prune_epochs, plan.quantize_epochs
-    low, high = plan.search_sparsity
+    distilling = bool(plan.search_distill) and bool(plan.distill) and not args.no_distill
+    low, high = plan.search_distill_sparsity if distilling else plan.search_sparsity
+    bits = plan.search_distill_bits if distilling else plan.search_bits
     compressors = [
+        *([{"name": "distill", "params": {"width_ratio": {"low": plan.search_distill[0], "high": plan.search_distill[1]},
+                                           "epochs": int(plan.distill["epochs"])}}] if distilling else []),
         {"name": "magnitude_prune", "params": {"sparsity": {"low": low, "high": high}, "finetune_epochs": f_prune}},
-        {"name": "kmeans", "params": {"bits": {"low": plan.search_bits[0], "high": plan.search_bits[1]},
-                                      "qat_epochs": f_quant, **plan.kmeans}},
+        {"name": "kmeans", "params": {"bits": {"low": bits[0], "high": bits[1]}, "qat_epochs": f_quant, **plan.kmeans}},
         {"name": "entropy_code", "params": {"container": "compact"}},
     ]
     name = f"{plan.key}-search"
@@ -263,8 +274,9 @@ def search_best(plan: ModelPlan, args: argparse.Namespace, registry: Registry, t
     for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
         record = TrialRecord.from_dict(t.user_attrs[RECORD_ATTR])
         pipeline = [{"name": p["compressor"], "params": p["params"]} for p in record.config.get("pipeline") or []]
-        rows.append(row(plan, "search", pipeline, record.metrics, reference, fp32_bytes,
-                        plan.epochs + plan.finetune_epochs, time.perf_counter() - started, seed))
+        epochs = plan.epochs + plan.finetune_epochs + (int(plan.distill["epochs"]) if distilling else 0)
+        rows.append(row(plan, "search", pipeline, record.metrics, reference, fp32_bytes, epochs,
+                        time.perf_counter() - started, seed))
     if not rows:
         raise SystemExit(f"{plan.key}: the search completed no trial")
     key = "accuracy_delta_pts" if plan.quality == ACCURACY else "elbo_delta_pct"
@@ -310,6 +322,7 @@ def run_model(plan: ModelPlan, args: argparse.Namespace, registry: Registry, pm:
     log(f"prune+kmeans {plain} B -> entropy-coded {coded} B -> compact {int(metrics['size_bytes'])} B, "
         f"{plan.quality} {metrics[plan.quality]:.3f}")
 
+    distill_ref = None
     if plan.distill and not args.no_distill:
         total = plan.epochs + int(plan.distill["epochs"]) + f
         t0 = time.perf_counter()
@@ -337,7 +350,10 @@ def run_model(plan: ModelPlan, args: argparse.Namespace, registry: Registry, pm:
             f"{metrics['size_bytes_amortized']:.0f} B), {plan.quality} {metrics[plan.quality]:.3f}")
 
     if args.search_trials > 0:
-        best = search_best(plan, args, registry, test_images, reference, fp32_bytes, seed)
+        # A distilling search is held to the fp32 model of its own total epochs, as the distilled row is.
+        search_ref = distill_ref if plan.search_distill and distill_ref is not None else reference  # None: --no-distill
+        best = search_best(plan, args, registry, test_images, search_ref, fp32_bytes, seed)
+        best["reference"] = search_ref
         rows.append(best)
         log(f"search ({best['search_trials']} trials, {best['search_trials_meeting_target']} meet the target): "
             f"{best['size_bytes']} B, {best['pipeline']}")
