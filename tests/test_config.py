@@ -222,3 +222,104 @@ def test_every_key_of_a_space_is_read_from_the_file() -> None:
     assert space.stop_when == "first_feasible"
     assert space.tracking == TrackingConfig("sqlite:///runs.db", "tb")
     assert space.base_model is None and not space.needs_labels
+
+
+@pytest.mark.parametrize("dataset, message", [
+    ("{spec: digits, bogus: 1}", "dataset.bogus: unknown key; valid keys: spec, data_dir, download, split, image_size, color"),
+    ("{spec: 5}", "dataset.spec: expected a dataset spec string, got 5"),
+    ("{image_size: 0}", "dataset.image_size: image_size must be a positive int or [height, width], but got [0, 0]"),
+    ("{image_size: [3, x]}", "dataset.image_size: image_size must be a positive int or [height, width], but got [3, 'x']"),
+])
+def test_a_bad_dataset_section_names_the_key(dataset: str, message: str) -> None:
+    assert error_of(f"architecture: {{mlp: {{latent_dim: 2}}}}\ndataset: {dataset}\n") == f"quick.yaml: {message}"
+
+
+SPACE_WITH_MLP = "architecture: {mlp: {latent_dim: 2}}\n"
+
+
+@pytest.mark.parametrize("text, message", [
+    ('task: 5\narchitecture: {mlp: {latent_dim: 2}}\n', 'task: expected a task name, got 5'),
+    ('base_model: 5\n', 'base_model: expected a mapping, got int 5'),
+    ('name: x\n', 'architecture: at least one architecture is needed, e.g. architecture: {mlp: {latent_dim: {low: 2, high: 32}}}'),  # noqa: E501
+    ('architecture: {base_model: {}}\n', "architecture.base_model: a user's model is given as base_model: {factory, checkpoint, ...}, not under architecture:"),  # noqa: E501
+    ('architecture: {mlp: {preset: nope}}\n', "architecture.mlp.preset: unknown preset 'nope'; presets of 'mlp': seed_784_400_20"),  # noqa: E501
+    (SPACE_WITH_MLP + 'training: {bogus: 1}\n', 'training.bogus: unknown key; valid keys: epochs, batch_size, lr, beta, weight_decay, patience, capture, max_seconds'),  # noqa: E501
+    (SPACE_WITH_MLP + 'compressors: 5\n', 'compressors: expected a list of pipeline slots'),
+    (SPACE_WITH_MLP + 'compressors: [{name: uniform, bogus: 1}]\n', 'compressors.0.bogus: unknown key; valid keys: name, params, optional, choices'),  # noqa: E501
+    (SPACE_WITH_MLP + "compressors: [{name: uniform, optional: 'yes'}]\n", "compressors.0.optional: expected true or false, got 'yes'"),  # noqa: E501
+    (SPACE_WITH_MLP + 'compressors: [{choices: [uniform], params: {}}]\n', 'compressors.0: give either name (and params) or choices, not both'),  # noqa: E501
+    (SPACE_WITH_MLP + 'compressors: [{choices: [uniform], name: uniform}]\n', 'compressors.0: give either name (and params) or choices, not both'),  # noqa: E501
+    (SPACE_WITH_MLP + 'compressors: [{choices: []}]\n', 'compressors.0.choices: expected a non-empty list of {name, params}'),
+    (SPACE_WITH_MLP + 'compressors: [{choices: uniform}]\n', 'compressors.0.choices: expected a non-empty list of {name, params}'),  # noqa: E501
+    (SPACE_WITH_MLP + 'compressors: [{optional: true}]\n', 'compressors.0: a pipeline slot needs a compressor name (or choices)'),
+    (SPACE_WITH_MLP + 'compressors: [{name: nosuch}]\n', "compressors.0.name: unknown compressor 'nosuch'"),
+    (SPACE_WITH_MLP + 'compressors: [{choices: [uniform, uniform]}]\n', "compressors.0: a compressor appears twice among the choices: ['uniform', 'uniform']"),  # noqa: E501
+    (SPACE_WITH_MLP + 'compressors: [{choices: [uniform, magnitude_prune]}]\n', "compressors.0: the choices of one slot must share a stage, got [('uniform', 'quantize'), ('magnitude_prune', 'prune')]"),  # noqa: E501
+    (SPACE_WITH_MLP + 'compressors: [{choices: [{name: uniform, bogus: 1}]}]\n', 'compressors.0.choices.0.bogus: unknown key; valid keys: name, params'),  # noqa: E501
+    (SPACE_WITH_MLP + 'objectives: []\n', 'objectives: expected a non-empty list of objective names'),
+    (SPACE_WITH_MLP + 'objectives: size_bytes\n', 'objectives: expected a non-empty list of objective names'),
+    (SPACE_WITH_MLP + 'objectives: [size_bytes, size_bytes]\n', "objectives: an objective is listed twice: ['size_bytes', 'size_bytes']"),  # noqa: E501
+    (SPACE_WITH_MLP + 'objectives: [nosuch]\n', "objectives.0: unknown objective 'nosuch'"),
+    (SPACE_WITH_MLP + 'record: size_bytes\n', 'record: expected a list of objective names to measure without optimizing'),
+    (SPACE_WITH_MLP + 'record: [nosuch]\n', "record.0: unknown objective 'nosuch'"),
+    (SPACE_WITH_MLP + 'sampler: {name: tpe, repeats: 1}\n', 'sampler.repeats: expected true or false, got 1'),
+    (SPACE_WITH_MLP + 'sampler: {name: nosuch}\n', "sampler.name: `name` must be one of auto, gp, tpe, nsga2, random, but got name='nosuch'"),  # noqa: E501
+    (SPACE_WITH_MLP + 'sampler: {bogus: 1}\n', 'sampler.bogus: unknown key; valid keys: name, seed, population_size, n_startup_trials, repeats'),  # noqa: E501
+    (SPACE_WITH_MLP + 'pruner: {name: pareto, percentile: 50}\n', 'pruner.percentile: `percentile` belonged to the 0.1 median rule; the pareto rule has warmup_epochs, min_trials and reduction_factor'),  # noqa: E501
+    (SPACE_WITH_MLP + 'pruner: {name: pareto, bogus: 1}\n', 'pruner.bogus: unknown key; valid keys: name, warmup_epochs, min_trials, reduction_factor, score, percentile'),  # noqa: E501
+    (SPACE_WITH_MLP + 'pruner: {name: [a]}\n', "pruner.name: `name` must be one of none, pareto, but got name=['a']"),
+    (SPACE_WITH_MLP + 'latency: {bogus: 1}\n', 'latency.bogus: unknown key; valid keys: batch_size, repeats, warmup, target'),
+    (SPACE_WITH_MLP + 'reference_point: {latency_ms: 1}\n', 'reference_point.latency_ms: unknown key; valid keys: test_elbo_nats, size_bytes'),  # noqa: E501
+    (SPACE_WITH_MLP + 'targets: {nosuch: {max: 1}}\n', 'targets.nosuch: no such measured figure; targets may bound the objectives and record entries: test_elbo_nats, size_bytes, latency_ms, params, recon_error, size_bytes_amortized, theoretical_bits'),  # noqa: E501
+    (SPACE_WITH_MLP + 'targets: {size_bytes: {}}\n', 'targets.size_bytes: expected one of max, min, max_relative_to_baseline, e.g. {max: 200000}'),  # noqa: E501
+    (SPACE_WITH_MLP + 'targets: {size_bytes: {below: 1}}\n', 'targets.size_bytes.below: unknown key; valid keys: max, min, max_relative_to_baseline'),  # noqa: E501
+    (SPACE_WITH_MLP + 'stop_when: first_feasible\n', 'stop_when: first_feasible needs targets to be feasible against'),
+    (SPACE_WITH_MLP + 'stop_when: never\n', "stop_when: `stop_when` must be one of budget, first_feasible, but got stop_when='never'"),  # noqa: E501
+    (SPACE_WITH_MLP + "tracking: {mlflow: ''}\n", "tracking.mlflow: expected a URI or folder (a non-empty string), got ''"),
+    (SPACE_WITH_MLP + 'tracking: {wandb: x}\n', 'tracking.wandb: unknown key; valid keys: mlflow, tensorboard'),
+    (SPACE_WITH_MLP + 'name: [x]\n', "name: expected a string, got ['x']"),
+    (SPACE_WITH_MLP + "name: 'a b/c'\n", "name: a study name is a name, not a path (no '/', '\\', '.' or '..'), but got 'a b/c'"),
+    (SPACE_WITH_MLP + 'trials: -1\n', 'trials: `trials` must be >= 0, but got trials=-1'),
+    (SPACE_WITH_MLP + 'seed: x\n', "seed: `seed` must be an integer, but got seed='x'"),
+    (SPACE_WITH_MLP + 'device: tpu\n', "device: device must be cpu, cuda, cuda:N, mps or auto, but got 'tpu'"),
+    (SPACE_WITH_MLP + 'dataset: {color: blue}\n', "dataset.color: `color` must be one of grey, rgb, but got color='blue'"),
+    (SPACE_WITH_MLP + 'dataset: {split: {shuffle: 2}}\n', 'dataset.split.shuffle: expected true or false, got 2'),
+    (SPACE_WITH_MLP + 'dataset: {split: {bogus: 2}}\n', 'dataset.split.bogus: unknown key; valid keys: validation, test, seed, shuffle, limit'),  # noqa: E501
+    (SPACE_WITH_MLP + 'dataset: nosuch\n', "dataset.spec: unknown dataset 'nosuch'"),
+    (SPACE_WITH_MLP + 'bogus: 1\n', 'bogus: unknown key; valid keys: name, dataset, device, seed, architecture, training, compressors, objectives, record, sampler, pruner, latency, trials, timeout_s, teacher, reference_point, task, base_model, targets, stop_when, tracking'),  # noqa: E501
+    ('5\n', 'expected a mapping, got int 5'),
+    # the lower bounds of the numbers, each at the first value it refuses
+    (SPACE_WITH_MLP + 'pruner: {min_trials: 0}\n', 'pruner.min_trials: `min_trials` must be >= 1, but got min_trials=0'),
+    (SPACE_WITH_MLP + 'pruner: {reduction_factor: 1}\n', 'pruner.reduction_factor: `reduction_factor` must be >= 2, but got reduction_factor=1'),  # noqa: E501
+    (SPACE_WITH_MLP + 'pruner: {warmup_epochs: 0}\n', 'pruner.warmup_epochs: `warmup_epochs` must be >= 1, but got warmup_epochs=0'),  # noqa: E501
+    (SPACE_WITH_MLP + 'latency: {batch_size: 0}\n', 'latency.batch_size: `batch_size` must be >= 1, but got batch_size=0'),
+    (SPACE_WITH_MLP + 'latency: {repeats: 0}\n', 'latency.repeats: `repeats` must be >= 1, but got repeats=0'),
+    (SPACE_WITH_MLP + 'latency: {warmup: -1}\n', 'latency.warmup: `warmup` must be >= 0, but got warmup=-1'),
+    (SPACE_WITH_MLP + 'sampler: {population_size: 1}\n', 'sampler.population_size: `population_size` must be >= 2, but got population_size=1'),  # noqa: E501
+    (SPACE_WITH_MLP + 'sampler: {n_startup_trials: -1}\n', 'sampler.n_startup_trials: `n_startup_trials` must be >= 0, but got n_startup_trials=-1'),  # noqa: E501
+    (SPACE_WITH_MLP + 'timeout_s: 0\n', 'timeout_s: `timeout_s` must be >= 0.001, but got timeout_s=0'),
+])
+def test_every_refusal_of_a_space_names_the_file_and_the_key(text: str, message: str) -> None:
+    """One case per refusal of parse_space, each message read once and pinned: the key path, then what is wrong.
+
+    A lookup's list of registered names is left out (plugins add to it).
+    """
+    got = error_of(text).removeprefix("quick.yaml: ")
+    if "; registered:" in got:
+        got = got.split("; registered:")[0]
+    assert got == message
+
+
+def test_a_pruner_without_a_name_keeps_the_default_rule_with_its_settings() -> None:
+    from vae_automl.config import PrunerConfig
+
+    space = load_space_text(SPACE_WITH_MLP + "pruner: {warmup_epochs: 3}\nsampler: {seed: 4}\n", "quick.yaml")
+    assert space.pruner == PrunerConfig(name="none", warmup_epochs=3) and space.sampler.name == "auto"
+    assert space.sampler.seed == 4
+    # and at the bounds themselves, accepted
+    space = load_space_text(SPACE_WITH_MLP + "pruner: {name: pareto, min_trials: 1, reduction_factor: 2, warmup_epochs: 1}\n"
+                            "latency: {batch_size: 1, repeats: 1, warmup: 0}\nsampler: {population_size: 2, n_startup_trials: 0}\n"  # noqa: E501
+                            "timeout_s: 0.001\n", "quick.yaml")
+    assert (space.pruner.min_trials, space.pruner.reduction_factor, space.pruner.warmup_epochs) == (1, 2, 1)
+    assert (space.latency.batch_size, space.latency.repeats, space.latency.warmup) == (1, 1, 0)
+    assert (space.sampler.population_size, space.sampler.n_startup_trials, space.timeout_s) == (2, 0, 0.001)

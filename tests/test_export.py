@@ -20,7 +20,7 @@ pytest.importorskip("onnxruntime")
 
 import vae_automl  # noqa: E402
 from vae_automl import runtime  # noqa: E402
-from vae_automl.components import Exporter  # noqa: E402
+from vae_automl.components import Exporter, Objective  # noqa: E402
 from vae_automl.errors import ExportError, IntegrityError  # noqa: E402
 from vae_automl.export import (  # noqa: E402
     MANIFEST,
@@ -315,3 +315,121 @@ def test_an_edited_figure_in_the_manifest_is_refused_on_load(study: dict[str, An
         "test_elbo_nats"]
     (folder / MANIFEST).write_text(json.dumps(dict(reversed(list(manifest.items())))))
     assert vae_automl.load(folder) is not None
+
+
+def test_versions_name_every_package_an_artifact_depends_on() -> None:
+    from importlib import metadata
+
+    from vae_automl.export import versions
+
+    found = versions()
+    assert set(found) == {"vae_automl", "torch", "onnx", "onnxruntime", "safetensors", "optuna"}
+    assert found["vae_automl"] == vae_automl.__version__ and found["torch"] == torch.__version__
+    for dist in ("onnx", "onnxruntime", "safetensors", "optuna"):
+        assert found[dist] == metadata.version(dist), dist
+
+
+class SettingsProbe(Objective):
+    """An objective that records the measuring context export gives it (and measures nothing)."""
+
+    name = "settings_probe"
+
+    def __init__(self) -> None:
+        self.seen: list[Any] = []
+
+    def measure(self, ctx: Any) -> float:
+        self.seen.append(ctx)
+        return 0.0
+
+
+def test_remeasure_uses_the_searchs_settings_and_the_files_length(study: dict[str, Any], register_plugin: Any) -> None:
+    import dataclasses
+
+    from vae_automl import hookimpl
+    from vae_automl.export import record_of, remeasure_safetensors
+
+    probe = SettingsProbe()
+
+    class ProbePlugin:
+        @hookimpl
+        def register_objectives(self, register: Any) -> None:
+            register(probe)
+
+    register_plugin(ProbePlugin(), name="settings-probe")
+    ctx = open_study_context(study["storage"], "export-test")
+    record = record_of(ctx.study.trials[FLOAT_TRIAL])
+    # the probe as if the search had recorded it, and a figure of a plugin that is not loaded now
+    record = dataclasses.replace(record, metrics={**record.metrics, "settings_probe": 0.0, "unloaded_plugins_figure": 1.0})
+    path = study["folders"][FLOAT_TRIAL] / WEIGHTS
+    figures = remeasure_safetensors(ctx, record, path)
+    assert figures["size_bytes"] == os.path.getsize(path)
+    assert "unloaded_plugins_figure" not in figures  # nothing measures it: left out, not an error
+    assert figures["test_elbo_nats"] == pytest.approx(record.metrics["test_elbo_nats"], rel=1e-3)
+    (seen,) = probe.seen
+    # the space's latency: {batch_size: 32, repeats: 2, warmup: 1}, none of them MeasureContext's defaults
+    assert (seen.latency_batch_size, seen.latency_repeats, seen.latency_warmup) == (32, 2, 1)
+    assert (seen.seed, str(seen.device), seen.latency_target) == (record.config["seed"], "cpu", "cpu")
+    assert seen.registry is ctx.registry and seen.data is ctx.data
+
+
+def test_export_of_a_trial_that_did_not_complete_is_refused_naming_it(study: dict[str, Any], tmp_path: Path) -> None:
+    with pytest.raises(ExportError, match=r"trials \[99\] are not completed trials of study 'export-test'; completed: \[0, 1, 2\]"):
+        export_study(study["storage"], "export-test", tmp_path, trials=[0, 99])
+    assert not list(tmp_path.iterdir())  # refused before anything was written
+
+
+def test_export_picks_the_named_study_among_several(study: dict[str, Any], tmp_path: Path) -> None:
+    import optuna
+
+    db = tmp_path / "two.db"
+    shutil.copy(study["storage"].removeprefix("sqlite:///"), db)
+    optuna.create_study(study_name="another", storage=f"sqlite:///{db}", directions=["minimize", "minimize"])
+    (folder,) = export_study(f"sqlite:///{db}", "export-test", tmp_path / "out", trials=[FLOAT_TRIAL], formats=["safetensors"])
+    assert manifest_of(folder)["study"] == "export-test" and manifest_of(folder)["trial"] == FLOAT_TRIAL
+
+
+def test_a_trial_exports_into_a_folder_that_does_not_exist_yet(study: dict[str, Any], tmp_path: Path) -> None:
+    ctx = open_study_context(study["storage"], "export-test")
+    folder = export_trial(ctx, ctx.study.trials[FLOAT_TRIAL], tmp_path / "new" / "deeper", formats=["safetensors"])
+    assert folder == tmp_path / "new" / "deeper" / f"trial-{FLOAT_TRIAL}" and (folder / WEIGHTS).is_file()
+    text = (folder / MANIFEST).read_text()
+    assert text.startswith('{\n  "format": ') and text.endswith("}\n")  # indented: people read it too
+
+
+UNMEASURED = """
+name: unmeasured
+dataset: {spec: mnist, image_size: 6, split: {validation: 0.1, test: 0.2, seed: 0}}
+device: cpu
+seed: 0
+architecture: {mlp: {hidden_layers: 1, hidden_width: 16, latent_dim: 2}}
+training: {epochs: 1, batch_size: 64}
+objectives: [params, latency_ms]
+record: []
+sampler: {name: random, seed: 0}
+latency: {batch_size: 32, repeats: 1, warmup: 0}
+trials: 1
+"""
+
+
+def test_export_checks_what_the_search_did_not_measure_on_the_data_it_used(tmp_path: Path) -> None:
+    """A search run with --dataset digits over a YAML that says mnist, measuring neither the ELBO nor the size.
+
+    Export must find the dataset in the trials' records (the YAML's mnist is absent here, or splits differently),
+    keep the YAML's image_size, check every format's ELBO against the weights file's, and the file's size.
+    """
+    from vae_automl.config import load_space_text
+
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    result = vae_automl.search(load_space_text(UNMEASURED, "unmeasured.yaml"), storage=storage, out_dir=tmp_path / "run",
+                               dataset="digits", show_progress=False)
+    assert result.completed == 1
+    (folder,) = export_study(storage, "unmeasured", tmp_path / "export", trials=[0], formats=["safetensors", "onnx"])
+    manifest = manifest_of(folder)
+    assert manifest["model_config"]["input_shape"] == [1, 6, 6]
+    assert set(manifest["search"]["metrics"]) == {"params", "latency_ms"}
+    checks = {(c["figure"], c["file"]): c for c in manifest["checks"]}
+    elbo = checks[("test_elbo_nats", "model.onnx")]  # against the weights file: the search has no figure
+    assert elbo["ok"] and elbo["expected"] == manifest["remeasured"]["safetensors"]["test_elbo_nats"]
+    assert elbo["got"] == manifest["remeasured"]["onnx"]["test_elbo_nats"]
+    size = checks[("size_bytes", WEIGHTS)]
+    assert size["ok"] and size["expected"] == size["got"] == os.path.getsize(folder / WEIGHTS)

@@ -589,6 +589,16 @@ def test_a_model_without_a_container_attribute_is_stored_as_safetensors() -> Non
         container_of(SimpleNamespace(container="zip"))
 
 
+def test_the_weights_file_is_named_by_its_container() -> None:
+    from types import SimpleNamespace
+
+    from vae_automl.storage.format import weights_filename
+
+    assert weights_filename(SimpleNamespace()) == "weights.safetensors"
+    assert weights_filename(SimpleNamespace(container="safetensors")) == "weights.safetensors"
+    assert weights_filename(SimpleNamespace(container="compact")) == "weights.vac"  # the compact file is no safetensors
+
+
 def test_errors_name_the_tensor_wherever_its_codec_is_looked_up() -> None:
     from vae_automl.storage.format import deserialize_model, serialize_model
 
