@@ -11,6 +11,7 @@ import pytest
 
 from vae_automl import samplers
 from vae_automl.config import SamplerConfig, load_space
+from vae_automl.hvi_sampler import HypervolumeSampler
 from vae_automl.registry import get_registry
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -20,12 +21,16 @@ def quick() -> Any:
     return load_space(ROOT / "search_spaces" / "quick.yaml", get_registry())
 
 
-def test_auto_is_tpe_on_conditional_and_flat_spaces_at_any_budget() -> None:
+def test_auto_is_hvi_on_two_objectives_and_tpe_otherwise() -> None:
     space = quick()
     flat = dataclasses.replace(space, compressors=())
     for s in (space, flat):
         for trials in (10, 100, 10_000):
-            assert samplers.choose(s, trials) == "tpe"
+            assert samplers.choose(s, trials) == "hvi"
+    three = dataclasses.replace(space, objectives=("test_elbo_nats", "size_bytes", "latency_ms"))
+    assert samplers.choose(three, 100) == "tpe"
+    assert samplers.choose(None, 100) == "tpe"  # hvi draws from the space; without one, TPE
+    assert isinstance(samplers.make_sampler(SamplerConfig(name="auto", seed=0), three), optuna.samplers.TPESampler)
 
 
 def test_a_space_without_a_sampler_key_gets_auto(tmp_path: Path) -> None:
@@ -35,13 +40,14 @@ def test_a_space_without_a_sampler_key_gets_auto(tmp_path: Path) -> None:
     assert load_space(path, get_registry()).sampler.name == "auto"
 
 
-def test_auto_tpe_has_the_constant_liar_for_concurrent_workers() -> None:
-    sampler = samplers.make_sampler(SamplerConfig(name="auto", seed=1), quick())
-    assert isinstance(sampler, optuna.samplers.TPESampler)
-    assert sampler._constant_liar and not sampler._multivariate  # independent TPE won the benchmark
+def test_auto_is_the_hypervolume_sampler_and_tpe_keeps_the_constant_liar() -> None:
+    assert isinstance(samplers.make_sampler(SamplerConfig(name="auto", seed=1), quick()), HypervolumeSampler)
+    sampler = samplers.make_sampler(SamplerConfig(name="tpe", seed=1), quick())
+    assert isinstance(sampler, optuna.samplers.TPESampler) and sampler._constant_liar and not sampler._multivariate
 
 
 @pytest.mark.parametrize(("name", "kind"), [("random", optuna.samplers.RandomSampler),
+                                            ("hvi", HypervolumeSampler),
                                             ("nsga2", optuna.samplers.NSGAIISampler),
                                             ("tpe", optuna.samplers.TPESampler),
                                             ("gp", optuna.samplers.GPSampler)])
@@ -49,12 +55,12 @@ def test_a_named_sampler_is_used_as_named(name: str, kind: type) -> None:
     assert isinstance(samplers.make_sampler(SamplerConfig(name=name, seed=0), quick()), kind)
 
 
-def test_auto_tpe_samples_the_conditional_space_with_concurrent_trials() -> None:
+def test_tpe_samples_the_conditional_space_with_concurrent_trials() -> None:
     from vae_automl import space as space_mod
 
     space = quick()
     study = optuna.create_study(directions=["minimize", "minimize"],
-                                sampler=samplers.make_sampler(SamplerConfig(name="auto", seed=0), space))
+                                sampler=samplers.make_sampler(SamplerConfig(name="tpe", seed=0), space))
     for i in range(14):
         trial = study.ask()
         params = space_mod.suggest(trial, space)
@@ -76,7 +82,7 @@ def test_worker_and_ray_use_the_same_sampler_and_stopping_rule(tmp_path: Path, m
     storage = f"sqlite:///{tmp_path / 'study.db'}"
     search(space, trials=0, storage=storage, out_dir=tmp_path / "out", show_progress=False)
     worker = run_worker(storage, "quick", trials=0, show_progress=False)
-    assert isinstance(worker.study.sampler, optuna.samplers.TPESampler) and worker.study.sampler._constant_liar
+    assert isinstance(worker.study.sampler, HypervolumeSampler)  # auto on two objectives
 
     captured: dict[str, Any] = {}
 
@@ -100,7 +106,10 @@ def test_worker_and_ray_use_the_same_sampler_and_stopping_rule(tmp_path: Path, m
     with pytest.raises(Stop):
         search(space, trials=1, storage=storage, out_dir=tmp_path / "out", backend="ray", show_progress=False)
     sampler, scheduler = captured["sampler"], captured["scheduler"]
-    assert type(sampler) is type(worker.study.sampler) and sampler._constant_liar
+    assert type(sampler) is type(worker.study.sampler)
+    ours, theirs = sampler.draw.space, worker.study.sampler.draw.space  # both draw candidates from the same space
+    assert (ours.architectures, ours.training, ours.compressors) == (theirs.architectures, theirs.training,
+                                                                     theirs.compressors)
     assert scheduler.config == space.pruner
     assert scheduler.directions == rung_directions(["minimize"])  # validation loss, then size_bytes
     # the scheduler stops exactly when the Optuna backend's rule does

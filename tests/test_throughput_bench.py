@@ -53,7 +53,9 @@ def test_search_quality_replay_writes_the_issue_keys(tmp_path: Path) -> None:
         assert all(0.0 <= v <= 1.0 for v in block["samplers"][name]["hv_mean"].values())
         assert set(block["samplers"][name]["hv_std"]) == {"10", "20", "50", "100"}
     assert set(block["trials_to_random_hv100"]) == {"random", "default"}
+    assert block["default_is"] == "hvi" and block["budgets_behind_random_from_20"]["random"] == []
     es = report["early_stopping"]
+    assert es["sampler"] == "tpe"  # the default's rules cost about 10 minutes more (--stopping-sampler default)
     assert es["epochs_to_target"]["none"] > 0 and es["epochs_ratio"]["none"] == pytest.approx(1.0, abs=0.01)
     # quick.yaml's rule with each score, both measured on the same seeds as the full-budget search
     assert set(es["epochs_to_target"]) == {"none", "3/3/4/base", "3/3/4/compressed"}

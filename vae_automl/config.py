@@ -35,7 +35,7 @@ TRAINING_PARAMS: tuple[Param, ...] = (
     Param("capture", "categorical", "auto", choices=("auto", "on", "off"), help="CUDA-graph capture of the step"),
     Param("max_seconds", "float", None, minimum=1e-3, maximum=1e9, help="per-trial time limit, every stage"),
 )
-SAMPLERS = ("auto", "gp", "tpe", "nsga2", "random")
+SAMPLERS = ("auto", "hvi", "gp", "tpe", "nsga2", "random")
 PRUNERS = ("none", "pareto")
 RUNG_SCORES = ("base", "compressed")
 RENAMED_PRUNERS = {"median": "pareto"}

@@ -1,0 +1,385 @@
+"""A two-objective sampler that picks each trial by its optimistic hypervolume improvement over the current front.
+
+Each trial is chosen among candidates drawn from the space itself, through
+the define-by-run function the study's trials run, so conditional
+parameters (optional compressor slots, each with its own choices) come out
+as the space makes them: random points and mutations of the trials on the
+front. Each objective is modelled by a
+Gaussian process on the encoded parameters (Matérn 5/2, one length scale
+per column with a prior centred on ``sqrt(columns) / 2``, fitted by
+marginal likelihood), on log scale where the objective's values are all
+positive (sizes and losses span orders of magnitude). The candidate whose
+lower confidence bounds (mean - 1 sd, an optimistic guess of both
+objectives) add the most hypervolume to the front is run. Targets steer it:
+only feasible trials form the front, and each target's violation is
+modelled too, the improvement weighted by the chance that every target is
+met.
+
+Concurrency: trials still running (other workers on the study, Ray's
+concurrent trials) count as measured at their predicted values (the
+kriging believer, a constant liar with the model's own guess), both on the
+front and in the models, so concurrent suggestions spread out; a candidate
+with the parameters of a completed, running or stopped trial is never chosen
+(stopped trials, having no values, are not modelled). The
+first ``n_startup_trials`` trials are random.
+
+Measured in ``benchmarks/search_quality.py`` (README, "How the search
+decides"); which objective values the configuration fixes before training
+(size in bytes) was also tried as known instead of modelled and did not
+help, so every objective is modelled.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import optuna
+from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
+from optuna.trial import FrozenTrial, TrialState
+
+DrawFunction = Callable[[Any], object]
+"""The space as a define-by-run function: calls ``suggest_int/float/categorical`` on the trial it is given."""
+
+BETA = 1.0
+"""Standard deviations below the mean that the acquisition takes as each objective's value (minimized)."""
+MARGIN = 0.1
+"""The reference point: the front's worst value of each objective plus this share of the front's range."""
+
+
+def _unit(value: Any, dist: FloatDistribution | IntDistribution) -> float:
+    """A numeric parameter on [0, 1] (log scale for a log range)."""
+    low, high, v = float(dist.low), float(dist.high), float(value)
+    if dist.log:
+        low, high, v = math.log(low), math.log(high), math.log(max(v, low))
+    return 0.5 if high == low else min(1.0, max(0.0, (v - low) / (high - low)))
+
+
+def _from_unit(u: float, dist: FloatDistribution | IntDistribution) -> float | int:
+    low, high = float(dist.low), float(dist.high)
+    v = math.exp(math.log(low) + u * (math.log(high) - math.log(low))) if dist.log else low + u * (high - low)
+    if dist.step is not None:  # the distribution's own grid
+        v = low + round((v - low) / dist.step) * dist.step
+    v = min(high, max(low, v))
+    return int(round(v)) if isinstance(dist, IntDistribution) else float(v)
+
+
+class _DrawTrial:
+    """What the define-by-run function is handed to make a candidate: answers each ``suggest_*`` at random,
+    or near ``parent``'s value (a Gaussian step of ``scale`` on [0, 1]; another category with chance ``flip``)."""
+
+    def __init__(
+        self, rng: np.random.Generator, parent: Mapping[str, Any] | None = None, scale: float = 0.0, flip: float = 0.0
+    ) -> None:
+        self.rng, self.parent, self.scale, self.flip = rng, parent or {}, scale, flip
+        self.params: dict[str, Any] = {}
+        self.distributions: dict[str, BaseDistribution] = {}
+
+    def suggest_float(self, name: str, low: float, high: float, *, step: float | None = None, log: bool = False) -> float:
+        return float(self._take(name, FloatDistribution(low, high, log=log, step=step)))
+
+    def suggest_int(self, name: str, low: int, high: int, *, step: int = 1, log: bool = False) -> int:
+        return int(self._take(name, IntDistribution(low, high, log=log, step=step)))
+
+    def suggest_categorical(self, name: str, choices: Sequence[Any]) -> Any:
+        return self._take(name, CategoricalDistribution(list(choices)))
+
+    def _take(self, name: str, dist: BaseDistribution) -> Any:
+        if name in self.params:
+            return self.params[name]
+        parent = self.parent.get(name)
+        if isinstance(dist, CategoricalDistribution):
+            keep = parent is not None and parent in dist.choices and self.rng.random() >= self.flip
+            value = parent if keep else dist.choices[int(self.rng.integers(len(dist.choices)))]
+        else:
+            assert isinstance(dist, (FloatDistribution, IntDistribution))
+            if parent is not None and self.scale > 0:
+                u = min(1.0, max(0.0, _unit(parent, dist) + self.scale * float(self.rng.normal())))
+            else:
+                u = float(self.rng.random())
+            value = _from_unit(u, dist)
+        self.params[name], self.distributions[name] = value, dist
+        return value
+
+
+class _Encoder:
+    """Parameters -> feature rows: numeric on [0, 1], categories one-hot; a parameter a point lacks (an
+    inactive conditional one) is 0.5, or all zeros for a category (its slot's own category tells which)."""
+
+    def __init__(self) -> None:
+        self.dists: dict[str, BaseDistribution] = {}
+
+    def learn(self, distributions: Mapping[str, BaseDistribution]) -> None:
+        self.dists.update(distributions)
+
+    def encode(self, points: Sequence[Mapping[str, Any]]) -> np.ndarray:
+        columns = []
+        for name, dist in self.dists.items():
+            if isinstance(dist, CategoricalDistribution):
+                for choice in dist.choices:
+                    columns.append([1.0 if name in p and p[name] == choice else 0.0 for p in points])
+            else:
+                assert isinstance(dist, (FloatDistribution, IntDistribution))
+                columns.append([_unit(p[name], dist) if name in p else 0.5 for p in points])
+        return np.array(columns, dtype=float).T.reshape(len(points), len(columns))
+
+
+def _matern52(x1: np.ndarray, x2: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The kernel matrix and the scaled squared differences ``(dx / l)**2`` per column."""
+    d2 = ((x1[:, None, :] - x2[None, :, :]) / lengths) ** 2
+    r = np.sqrt(d2.sum(axis=-1))
+    s5r = math.sqrt(5.0) * r
+    return (1.0 + s5r + 5.0 / 3.0 * r**2) * np.exp(-s5r), d2
+
+
+class GaussianProcess:
+    """A zero-mean Gaussian process on standardized targets: Matérn 5/2 with one length scale per column, an
+    amplitude and a noise variance, fitted by marginal likelihood (L-BFGS with analytic gradients, warm-started
+    from the previous fit); the length scales' weak log-normal prior is centred on ``sqrt(columns) / 2``."""
+
+    def __init__(self) -> None:
+        self.theta: np.ndarray | None = None
+
+    def fit(self, x: np.ndarray, y: np.ndarray) -> None:
+        from scipy.optimize import minimize  # deferred: scipy is only needed once a model is fitted
+
+        self.mean, self.std = float(y.mean()), float(y.std()) or 1.0
+        z = (y - self.mean) / self.std
+        dims = x.shape[1]
+        center = math.log(math.sqrt(dims) / 2)
+        if self.theta is None or len(self.theta) != dims + 2:  # log length scales, log amplitude, log noise
+            self.theta = np.concatenate([np.full(dims, center), [0.0, math.log(1e-2)]])
+
+        def objective(theta: np.ndarray) -> tuple[float, np.ndarray]:
+            lengths, amp, noise = np.exp(theta[:dims]), math.exp(theta[dims]), math.exp(theta[dims + 1])
+            m, d2 = _matern52(x, x, lengths)
+            k = amp * m
+            k[np.diag_indices_from(k)] += noise + 1e-8
+            try:
+                chol = np.linalg.cholesky(k)
+            except np.linalg.LinAlgError:
+                return 1e10, np.zeros_like(theta)
+            alpha = np.linalg.solve(chol.T, np.linalg.solve(chol, z))
+            inverse = np.linalg.solve(chol.T, np.linalg.solve(chol, np.eye(len(z))))
+            w = inverse - np.outer(alpha, alpha)
+            s5r = math.sqrt(5.0) * np.sqrt(d2.sum(axis=-1))
+            dk = amp * 5.0 / 3.0 * (1.0 + s5r) * np.exp(-s5r)  # dK/dlog(l_d) = dk * d2[..., d]
+            grad = np.empty_like(theta)
+            grad[:dims] = 0.5 * np.einsum("ij,ij,ijd->d", w, dk, d2) + (theta[:dims] - center) / 4.0
+            grad[dims] = 0.5 * np.sum(w * m) * amp
+            grad[dims + 1] = 0.5 * np.trace(w) * noise
+            nll = 0.5 * z @ alpha + np.log(np.diag(chol)).sum() + ((theta[:dims] - center) ** 2).sum() / 8.0
+            return float(nll), grad
+
+        bounds = [(math.log(0.02), math.log(20.0))] * dims + [(math.log(1e-2), math.log(10.0)), (math.log(1e-6), 0.0)]
+        self.theta = minimize(objective, self.theta, jac=True, method="L-BFGS-B", bounds=bounds, options={"maxiter": 60}).x
+        self._condition(x, z)
+
+    def _condition(self, x: np.ndarray, z: np.ndarray) -> None:
+        assert self.theta is not None
+        dims = x.shape[1]
+        self.lengths, self.amp, self.noise = np.exp(self.theta[:dims]), math.exp(self.theta[dims]), math.exp(self.theta[dims + 1])
+        k = self.amp * _matern52(x, x, self.lengths)[0]
+        k[np.diag_indices_from(k)] += self.noise + 1e-8
+        self.x, self.z = x, z
+        self.chol = np.linalg.cholesky(k)
+        self.alpha = np.linalg.solve(self.chol.T, np.linalg.solve(self.chol, z))
+
+    def _predict_standardized(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        ks = self.amp * _matern52(x, self.x, self.lengths)[0]
+        v = np.linalg.solve(self.chol, ks.T)
+        return ks @ self.alpha, np.sqrt(np.maximum(self.amp - (v**2).sum(axis=0), 1e-12))
+
+    def predict(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Mean and standard deviation at ``x``, in the units of the fitted targets."""
+        mean, sd = self._predict_standardized(x)
+        return self.mean + self.std * mean, self.std * sd
+
+    def believe(self, x: np.ndarray) -> None:
+        """Condition on points at their own predicted mean (running trials): the mean stays, the spread there shrinks."""
+        if len(x):
+            mean, _ = self._predict_standardized(x)
+            self._condition(np.vstack([self.x, x]), np.concatenate([self.z, mean]))
+
+
+def hypervolume_improvement_2d(points: np.ndarray, front: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """Hypervolume each of ``points`` (``[n, 2]``, minimized) adds to ``front`` (``[m, 2]``) inside ``reference``.
+
+    The front's dominated region is a staircase: between consecutive front x values its height is the lowest y
+    of the front points to their left, so a point's improvement is a sum over those strips.
+    """
+    front = front[np.all(front < reference, axis=1)] if len(front) else front
+    if len(front):
+        order = np.argsort(front[:, 0], kind="stable")
+        fx, fy = front[order, 0], np.minimum.accumulate(front[order, 1])
+        lefts, rights = np.concatenate([[-np.inf], fx]), np.concatenate([fx, [reference[0]]])
+        heights = np.concatenate([[reference[1]], fy])
+    else:
+        lefts, rights, heights = np.array([-np.inf]), np.array([reference[0]]), np.array([reference[1]])
+    px, py = points[:, 0:1], points[:, 1:2]
+    widths = np.clip(np.minimum(rights, reference[0]) - np.maximum(lefts, px), 0.0, None)
+    tall = np.clip(np.minimum(heights, reference[1]) - py, 0.0, None)
+    return (widths * tall).sum(axis=1)
+
+
+def _front_indices(points: np.ndarray) -> list[int]:
+    """Indices of the non-dominated rows of ``points`` (minimized)."""
+    return [i for i, p in enumerate(points) if not np.any(np.all(points <= p, axis=1) & np.any(points < p, axis=1))]
+
+
+def _key(params: Mapping[str, Any]) -> tuple[tuple[str, str], ...]:
+    return tuple(sorted((k, repr(v)) for k, v in params.items()))
+
+
+class HypervolumeSampler(optuna.samplers.BaseSampler):
+    """Optimistic hypervolume improvement over candidates drawn from the space (module docstring).
+
+    Args:
+        draw: the space as a define-by-run function (``vae_automl.space.suggest`` bound to the space); it
+            must ask the same parameters, in the same way, as the study's objective does.
+        seed: random seed.
+        n_startup_trials: random trials before the models are used.
+        n_candidates: random candidates each suggestion scores, and as many mutations of the front's trials.
+    """
+
+    def __init__(
+        self,
+        draw: DrawFunction,
+        seed: int | None = None,
+        n_startup_trials: int = 8,
+        n_candidates: int = 256,
+    ) -> None:
+        self.draw = draw
+        self.rng = np.random.default_rng(seed)
+        self.n_startup_trials, self.n_candidates = n_startup_trials, n_candidates
+        self._fallback = optuna.samplers.RandomSampler(seed=seed)
+        self._chosen: dict[int, dict[str, Any]] = {}
+        self._models: dict[str, GaussianProcess] = {}
+        self._dists: dict[str, BaseDistribution] = {}
+
+    def reseed_rng(self) -> None:
+        self.rng = np.random.default_rng()
+        self._fallback.reseed_rng()
+
+    def infer_relative_search_space(self, study: optuna.Study, trial: FrozenTrial) -> dict[str, BaseDistribution]:
+        return {}
+
+    def sample_relative(
+        self, study: optuna.Study, trial: FrozenTrial, search_space: dict[str, BaseDistribution]
+    ) -> dict[str, Any]:
+        return {}
+
+    def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        self._chosen[trial._trial_id] = self._choose(study, trial)
+
+    def sample_independent(
+        self, study: optuna.Study, trial: FrozenTrial, param_name: str, param_distribution: BaseDistribution
+    ) -> Any:
+        chosen = self._chosen.get(trial._trial_id, {})
+        if param_name in chosen:
+            value = chosen[param_name]
+            if param_distribution._contains(param_distribution.to_internal_repr(value)):
+                return value
+        # a parameter the draw function did not ask (an objective that asks more than the space)
+        return self._fallback.sample_independent(study, trial, param_name, param_distribution)
+
+    def after_trial(self, study: optuna.Study, trial: FrozenTrial, state: TrialState, values: Sequence[float] | None) -> None:
+        self._chosen.pop(trial._trial_id, None)
+
+    def _one(self, parent: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        if parent is None:
+            t = _DrawTrial(self.rng)
+        else:  # a small, middling or large step, and a fifth of the categories drawn afresh
+            t = _DrawTrial(self.rng, parent, scale=float(self.rng.choice([0.03, 0.1, 0.25])), flip=0.2)
+        self.draw(t)
+        self._dists.update(t.distributions)
+        return t.params
+
+    def _fresh(self, taken: set[tuple[tuple[str, str], ...]]) -> dict[str, Any]:
+        """A random point no trial has, if one of ``n_candidates`` draws is (else the last draw: the study's repeat
+        check decides; a small finite space may be exhausted)."""
+        for _ in range(self.n_candidates):
+            point = self._one()
+            if _key(point) not in taken:
+                break
+        return point
+
+    def _candidates(self, parents: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+        fresh = [self._one() for _ in range(self.n_candidates)]
+        mutants = [self._one(parents[int(self.rng.integers(len(parents)))]) for _ in range(self.n_candidates)]
+        return fresh + mutants
+
+    def _choose(self, study: optuna.Study, trial: FrozenTrial) -> dict[str, Any]:
+        trials = study.get_trials(deepcopy=False)
+        done = [t for t in trials if t.state == TrialState.COMPLETE and t.values is not None]
+        pending = [t for t in trials if t.state == TrialState.RUNNING and t.number != trial.number and t.params]
+        # a stopped trial (PRUNED: early stopping, or a repeat) has no values to model, but is not drawn again
+        stopped = [t for t in trials if t.state == TrialState.PRUNED]
+        taken = {_key(t.params) for t in done + pending + stopped}
+        if len(study.directions) != 2 or len(done) < self.n_startup_trials:
+            return self._fresh(taken)
+        signs = np.array([1.0 if d == optuna.study.StudyDirection.MINIMIZE else -1.0 for d in study.directions])
+        values = np.array([t.values for t in done], dtype=float)
+        logs = [bool(signs[j] > 0 and np.all(values[:, j] > 0)) for j in range(2)]
+
+        def transform(v: np.ndarray) -> np.ndarray:
+            out = v * signs
+            for j in range(2):
+                if logs[j]:
+                    out[:, j] = np.log10(v[:, j])
+            return out
+
+        y = transform(values)
+        feasible = [i for i, t in enumerate(done) if all(c <= 0 for c in (t.constraints or {}).values())]
+        front_y = y[feasible] if feasible else np.empty((0, 2))
+        parents = [done[feasible[k]].params for k in _front_indices(front_y)] or [t.params for t in done]
+        candidates = [c for c in self._candidates(parents) if _key(c) not in taken]
+        if not candidates:  # every candidate already ran
+            return self._fresh(taken)
+        for t in done + pending:
+            self._dists.update(t.distributions)
+        encoder = _Encoder()
+        encoder.learn(self._dists)
+        x_done, x_pending, x_cand = (
+            encoder.encode([t.params for t in done]),
+            encoder.encode([t.params for t in pending]),
+            encoder.encode(candidates),
+        )
+        optimistic, pending_y = np.zeros((len(candidates), 2)), np.zeros((len(pending), 2))
+        for j in range(2):
+            gp = self._models.setdefault(f"objective{j}", GaussianProcess())
+            gp.fit(x_done, y[:, j])
+            if pending:
+                pending_y[:, j] = gp.predict(x_pending)[0]
+                gp.believe(x_pending)
+            mean, sd = gp.predict(x_cand)
+            optimistic[:, j] = mean - BETA * sd
+        basis = front_y if len(front_y) > 1 else y
+        lows, highs = basis.min(axis=0), basis.max(axis=0)
+        reference = highs + MARGIN * np.maximum(highs - lows, 1e-9)
+        front = np.vstack([front_y, pending_y]) if pending else front_y
+        gain = hypervolume_improvement_2d(optimistic, front, reference)
+        if not np.any(gain > 0):  # not even optimistically can a candidate improve the front: explore
+            seen = np.vstack([x_done, x_pending])
+            distance = np.sqrt(((x_cand[:, None, :] - seen[None, :, :]) ** 2).sum(axis=-1)).min(axis=1)
+            return candidates[int(np.argmax(distance))]
+        # log scale: where no candidate is likely to meet the targets, the likeliest still wins
+        score = np.log(gain + 1e-12) + self._log_chance_feasible(done, x_done, x_cand)
+        return candidates[int(np.argmax(score))]
+
+    def _log_chance_feasible(self, done: Sequence[FrozenTrial], x_done: np.ndarray, x_cand: np.ndarray) -> np.ndarray:
+        """Log of the modelled chance that a candidate meets every target (0 where the study has none)."""
+        from scipy.stats import norm  # deferred with scipy.optimize: only once a model is fitted
+
+        log_chance = np.zeros(len(x_cand))
+        for name in sorted({n for t in done for n in (t.constraints or {})}):
+            violation = np.array([float((t.constraints or {}).get(name, 0.0)) for t in done])
+            if np.all(violation <= 0):
+                continue
+            gp = self._models.setdefault(f"target:{name}", GaussianProcess())
+            gp.fit(x_done, violation)
+            mean, sd = gp.predict(x_cand)
+            log_chance += norm.logcdf(-mean / sd)
+        return log_chance
