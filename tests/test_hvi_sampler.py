@@ -193,3 +193,27 @@ def test_completed_running_and_stopped_points_are_not_drawn_again() -> None:
     every = {(a, b) for a in range(4) for b in "xy"}
     seen = [(t.params["a"], t.params["b"]) for t in study.trials]
     assert set(seen) == every and len(seen) == 8
+
+
+def test_a_second_concurrent_ask_is_not_a_near_copy_of_the_first() -> None:
+    """The running trial is believed at its predicted values: the next ask looks elsewhere, not next door."""
+
+    def draw(trial: Any) -> None:
+        trial.suggest_float("x", 0, 1)
+        trial.suggest_float("y", 0, 1)
+
+    def values(params: dict[str, float]) -> list[float]:
+        return [params["x"] + params["y"], 1 - params["x"] ** 0.5 + params["y"]]
+
+    for seed in range(3):
+        study = optuna.create_study(directions=MIN2, sampler=HypervolumeSampler(draw, seed=seed))
+        for _ in range(12):
+            trial = study.ask()
+            draw(trial)
+            study.tell(trial, values(trial.params))
+        first = study.ask()
+        draw(first)  # as a worker or Ray's searcher does at once: the running trial holds its params
+        second = study.ask()
+        draw(second)
+        a, b = first.params, second.params
+        assert abs(a["x"] - b["x"]) + abs(a["y"] - b["y"]) > 0.02
