@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -298,6 +299,7 @@ SPACE_WITH_MLP = "architecture: {mlp: {latent_dim: 2}}\n"
     (SPACE_WITH_MLP + 'sampler: {population_size: 1}\n', 'sampler.population_size: `population_size` must be >= 2, but got population_size=1'),  # noqa: E501
     (SPACE_WITH_MLP + 'sampler: {n_startup_trials: -1}\n', 'sampler.n_startup_trials: `n_startup_trials` must be >= 0, but got n_startup_trials=-1'),  # noqa: E501
     (SPACE_WITH_MLP + 'timeout_s: 0\n', 'timeout_s: `timeout_s` must be >= 0.001, but got timeout_s=0'),
+    (SPACE_WITH_MLP + 'latency: {target: tpu}\n', "latency.target: device must be cpu, cuda, cuda:N, mps or auto, but got 'tpu'"),
 ])
 def test_every_refusal_of_a_space_names_the_file_and_the_key(text: str, message: str) -> None:
     """One case per refusal of parse_space, each message read once and pinned: the key path, then what is wrong.
@@ -323,3 +325,38 @@ def test_a_pruner_without_a_name_keeps_the_default_rule_with_its_settings() -> N
     assert (space.pruner.min_trials, space.pruner.reduction_factor, space.pruner.warmup_epochs) == (1, 2, 1)
     assert (space.latency.batch_size, space.latency.repeats, space.latency.warmup) == (1, 1, 0)
     assert (space.sampler.population_size, space.sampler.n_startup_trials, space.timeout_s) == (2, 0, 0.001)
+
+
+BASE = 'base_model: {factory: "vae_automl.testing.user_model:build", checkpoint: ckpt.safetensors}\n'
+
+
+def test_a_base_model_space_defers_the_groups_its_compressors_need_to_the_model() -> None:
+    """The user's module is traced when it is loaded; parsing records which groups that trace must find."""
+
+    def base_of(compressors: str, base: str = BASE, extra: str = "") -> Any:
+        return load_space_text(base + f"compressors: {compressors}\n" + extra, "quick.yaml").base_model
+
+    pruned = base_of("[structured_prune]")  # removes units: channel groups
+    assert pruned is not None and (pruned.needs_channel_groups, pruned.needs_groups) == (True, False)
+    per_group = base_of("[{name: uniform, params: {bits_encoder: 4}}]")  # per-group bits: layer groups
+    assert (per_group.needs_channel_groups, per_group.needs_groups) == (False, True)
+    given = base_of("[{name: uniform, params: {bits_encoder: 4}}]",
+                    BASE.replace("}\n", ", groups: {encoder: [enc], heads: [fc_mu, fc_logvar], decoder: [dec]}}\n"))
+    assert given.needs_groups is False and given.groups == {"encoder": ("enc",), "heads": ("fc_mu", "fc_logvar"),
+                                                            "decoder": ("dec",)}
+    # a distill stage's needs are its student's (an architecture: family), not the user's model's
+    distilled = base_of("[{name: distill, params: {init: teacher}}]", extra="architecture: {mlp: {latent_dim: 2}}\n")
+    assert (distilled.needs_channel_groups, distilled.needs_groups) == (False, False)
+    both = base_of("[distill, structured_prune]", extra="architecture: {mlp: {latent_dim: 2}}\n")
+    assert both.needs_channel_groups is True
+    assert base_of("[]").needs_channel_groups is False
+
+
+@pytest.mark.parametrize("text, message", [
+    (BASE + "compressors: [distill]\n", "architecture: with base_model:, a distill stage trains a student of a built-in family "
+     "named under architecture: (e.g. architecture: {conv: {base_channels: {low: 4, high: 16}}})"),
+    (BASE + "architecture: {mlp: {latent_dim: 2}}\n", "architecture: with base_model:, architecture: names distillation "
+     "students; add a distill stage to compressors: or remove architecture:"),
+])
+def test_a_base_model_space_refuses_students_without_distillation_and_back(text: str, message: str) -> None:
+    assert error_of(text) == f"quick.yaml: {message}"

@@ -358,8 +358,10 @@ def test_remeasure_uses_the_searchs_settings_and_the_files_length(study: dict[st
     register_plugin(ProbePlugin(), name="settings-probe")
     ctx = open_study_context(study["storage"], "export-test")
     record = record_of(ctx.study.trials[FLOAT_TRIAL])
-    # the probe as if the search had recorded it, and a figure of a plugin that is not loaded now
-    record = dataclasses.replace(record, metrics={**record.metrics, "settings_probe": 0.0, "unloaded_plugins_figure": 1.0})
+    # the probe as if the search had recorded it, a figure of a plugin that is not loaded now, and no size_bytes:
+    # the size must then come from the file itself
+    metrics = {k: v for k, v in record.metrics.items() if k != "size_bytes"}
+    record = dataclasses.replace(record, metrics={**metrics, "settings_probe": 0.0, "unloaded_plugins_figure": 1.0})
     path = study["folders"][FLOAT_TRIAL] / WEIGHTS
     figures = remeasure_safetensors(ctx, record, path)
     assert figures["size_bytes"] == os.path.getsize(path)
