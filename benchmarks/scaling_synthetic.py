@@ -26,7 +26,10 @@ trial's completion (every worker started, Ray's imported torch) to the last
 trial's start (no worker idle yet): the sleep-seconds of the trials completed
 in that window per second, relative to the same figure with one worker. Using
 the drawn seconds rather than the trial count removes the noise of the draws;
-efficiency is speed-up / N. The storage's cost per trial is the time every
+efficiency is speed-up / N. "Of ideal" is that figure over N itself (an ideal run completes N
+sleep-seconds per second): the same without the one-worker run in the ratio, whose own overhead (on a
+loaded machine, a Ray trial's result and the next start wait on one driver) would otherwise flatter every
+larger N. The storage's cost per trial is the time every
 process spent inside Optuna's ``RDBStorage`` methods (timed in each process,
 nested calls once), divided by the trials of the run.
 
@@ -455,22 +458,23 @@ def crashed_note(run: Run) -> str:
 
 def table(runs: list[Run], skipped: dict[str, dict[str, str]]) -> str:
     lines = [
-        "| backend | concurrent trials | trials (completed) | trials/min | speed-up | efficiency | storage ms/trial "
+        "| backend | concurrent trials | trials (completed) | trials/min | speed-up | efficiency | of ideal | storage ms/trial "
         "| storage calls/trial | PostgreSQL CPU ms/trial | overhead ms/trial | memory MB per trial | wall s |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     base = {r.backend: r.work_rate for r in runs if r.concurrency == 1}
     for r in runs:
         speedup = r.work_rate / base[r.backend] if base.get(r.backend) else float("nan")
         lines.append(
             f"| {r.backend} | {r.concurrency} | {r.trials} ({r.completed}) | {r.trials_per_min:.1f} | {speedup:.2f}x "
-            f"| {speedup / r.concurrency:.2f} | {r.storage_ms_per_trial:.0f} | {r.storage_calls_per_trial:.0f} "
+            f"| {speedup / r.concurrency:.2f} | {r.work_rate / r.concurrency:.2f} | {r.storage_ms_per_trial:.0f} "
+            f"| {r.storage_calls_per_trial:.0f} "
             f"| {r.server_cpu_ms_per_trial:.0f} | {r.overhead_ms_per_trial:.0f} | {r.memory_mb_per_process:.0f} "
             f"| {r.wall_s:.0f}{crashed_note(r)} |"
         )
     for backend, levels in skipped.items():
         for level, why in levels.items():
-            lines.append(f"| {backend} | {level} | not run: {why} | | | | | | | | | |")
+            lines.append(f"| {backend} | {level} | not run: {why} | | | | | | | | | | |")
     return "\n".join(lines)
 
 
@@ -529,8 +533,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--levels", type=int, nargs="+", default=list(LEVELS), help="concurrent trials (default 1 4 16 64)")
     parser.add_argument("--sleep", type=float, nargs=2, default=(10.0, 20.0), metavar=("LOW", "HIGH"),
                         help="a trial sleeps a uniform draw in [LOW, HIGH] s (default 10 20)")  # fmt: skip
-    parser.add_argument("--waves", type=int, default=5, help="trials per run: this many times the concurrency")
-    parser.add_argument("--min-trials", type=int, default=8, help="at least this many trials per run")
+    parser.add_argument("--waves", type=int, default=4, help="trials per run: this many times the concurrency")
+    parser.add_argument("--min-trials", type=int, default=6, help="at least this many trials per run")
     parser.add_argument("--big", type=int, default=10000, help="trials of the study `front` is timed on (0: skip)")
     parser.add_argument("--skip-ray", action="store_true")
     parser.add_argument("--skip-optuna", action="store_true")
@@ -571,7 +575,11 @@ def main(argv: list[str] | None = None) -> None:
         if not args.skip_optuna:
             for level in args.levels:
                 n = max(args.waves * level, args.min_trials)
-                print(f"optuna workers: {level} concurrent, {n} trials ...", file=sys.stderr, flush=True)
+                print(
+                    f"[{time.monotonic() - started:.0f} s] optuna workers: {level} concurrent, {n} trials ...",
+                    file=sys.stderr,
+                    flush=True,
+                )
                 runs.append(run_level("optuna", level, n, tuple(args.sleep), url, root, env, ctx, None))
                 print(f"  {runs[-1]}", file=sys.stderr, flush=True)
         if not args.skip_ray:
@@ -590,11 +598,19 @@ def main(argv: list[str] | None = None) -> None:
                         print(f"ray: {level} skipped: {skipped['ray'][str(level)]}", file=sys.stderr, flush=True)
                         continue
                     n = max(args.waves * level, args.min_trials)
-                    print(f"ray: {level} concurrent, {n} trials ...", file=sys.stderr, flush=True)
+                    print(
+                        f"[{time.monotonic() - started:.0f} s] ray: {level} concurrent, {n} trials ...",
+                        file=sys.stderr,
+                        flush=True,
+                    )
                     runs.append(run_level("ray", level, n, tuple(args.sleep), url, root, env, ctx, address))
                     print(f"  {runs[-1]}", file=sys.stderr, flush=True)
         if args.big:
-            print(f"writing a study of {args.big} trials and timing `front` on it ...", file=sys.stderr, flush=True)
+            print(
+                f"[{time.monotonic() - started:.0f} s] writing a study of {args.big} trials and timing `front` on it ...",
+                file=sys.stderr,
+                flush=True,
+            )
             template = next(f"{r.backend}-{r.concurrency}" for r in runs)
             results["big"] = big_study(url, template, args.big, full_env)
     load_after = os.getloadavg()
@@ -617,6 +633,10 @@ def main(argv: list[str] | None = None) -> None:
     results.update(
         speedup=speedup,
         efficiency={b: {k: (v / int(k) if v is not None else None) for k, v in d.items()} for b, d in speedup.items()},
+        # sleep-seconds completed per second over N: the fraction of the ideal, with no one-worker run in the ratio
+        efficiency_of_ideal={
+            b: {str(r.concurrency): r.work_rate / r.concurrency for r in runs if r.backend == b} for b in speedup
+        },
         storage_ms_per_trial={b: {str(r.concurrency): r.storage_ms_per_trial for r in runs if r.backend == b} for b in speedup},
         front_seconds={str(results["big"]["trials"]): results["big"]["front_seconds"]} if "big" in results else {},
         skipped=skipped,
