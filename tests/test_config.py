@@ -360,3 +360,41 @@ def test_a_base_model_space_defers_the_groups_its_compressors_need_to_the_model(
 ])
 def test_a_base_model_space_refuses_students_without_distillation_and_back(text: str, message: str) -> None:
     assert error_of(text) == f"quick.yaml: {message}"
+
+
+def test_a_slot_that_is_not_a_mapping_names_its_index() -> None:
+    assert error_of(SPACE_WITH_MLP + "compressors: [5]\n") == "quick.yaml: compressors.0: expected a mapping, got int 5"
+
+
+def test_plugin_components_the_space_cannot_use_are_refused_naming_them(register_plugin: Any) -> None:
+    from test_layers import NoGroupsArchitecture
+
+    from vae_automl import hookimpl
+    from vae_automl.components import Compressor
+
+    class Sharpen(Compressor):
+        name = "sharpen"
+        stage = "sharpening"  # no stage of the pipeline
+
+        def apply(self, model: Any, params: dict[str, Any], ctx: Any) -> Any:
+            return model
+
+    class Plugin:
+        @hookimpl
+        def register_architectures(self, register: Any) -> None:
+            register(NoGroupsArchitecture())
+
+        @hookimpl
+        def register_compressors(self, register: Any) -> None:
+            register(Sharpen())
+
+    register_plugin(Plugin(), name="odd-components")
+    assert error_of(SPACE_WITH_MLP + "compressors: [sharpen]\n") == (
+        "quick.yaml: compressors.0.name: compressor 'sharpen' has stage 'sharpening', not one of distill, prune, quantize, code")
+    nogroups = "architecture: {nogroups: {hidden_width: 8, latent_dim: 2}}\n"
+    assert error_of(nogroups + "compressors: [structured_prune]\n") == (
+        "quick.yaml: compressors.0: compressor 'structured_prune' needs channel groups for its units it can remove, "
+        "but architecture 'nogroups' declares none")
+    # with base_model:, a distilled student starts from the teacher's units: the teacher's groups, not the student's
+    space = load_space_text(BASE + nogroups + "compressors: [{name: distill, params: {init: teacher}}]\n", "quick.yaml")
+    assert [a.name for a in space.architectures] == ["nogroups"]
