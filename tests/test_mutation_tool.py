@@ -30,14 +30,14 @@ def test_tally_counts_each_status_once_and_scores_killed_over_tested() -> None:
     }
     report = mutation.tally(results, {"vae_automl.export.x_place__mutmut_6": "why"})
     export = report["modules"]["vae_automl.export"]
-    assert export == {"killed": 2, "survived": 2, "equivalent": 1, "untested": 1, "score": 0.5}
+    assert export == {"killed": 2, "timeout": 1, "survived": 2, "equivalent": 1, "untested": 1, "score": 0.5}
     assert report["modules"]["vae_automl.pareto"]["score"] == 1.0
     assert (report["killed"], report["survived"], report["total_score"]) == (3, 2, 0.6)
     assert report["survivors"] == ["vae_automl.export.x_place__mutmut_3: survived",
                                    "vae_automl.export.x_place__mutmut_4: no tests"]
     assert report["not_run"] == ["vae_automl.export.x_place__mutmut_5: not checked"]
     table = mutation.table(report)
-    assert "| vae_automl.export | 2 | 2 | 1 | 1 | 50.0% |" in table and "| total | 3 | 2 | | | 60.0% |" in table
+    assert "| vae_automl.export | 2 | 1 | 2 | 1 | 1 | 50.0% |" in table and "| total | 3 | | 2 | | | 60.0% |" in table
 
 
 def test_only_narrows_the_scope_to_patterns_inside_it() -> None:

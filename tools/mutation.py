@@ -6,7 +6,8 @@ tests it runs) copies ``vae_automl/`` into ``mutants/``, and for each mutant run
 the selected tests that reach the mutated function. This script runs it on
 :data:`SCOPE` (the functions that decide results), then counts per module:
 
-* killed: a test failed (or timed out) on the mutant;
+* killed: a test failed (or timed out) on the mutant; timeouts are also counted apart, as a timeout with a
+  CPU limit too tight for a slow fixture is no kill (``timeout_constant`` in ``[tool.mutmut]`` gives the limit room);
 * survived: every test passed, or no selected test reaches the mutant;
 * equivalent: listed in ``tests/mutation_equivalent.txt`` with the reason it
   cannot change behaviour (not counted either way);
@@ -116,7 +117,9 @@ def read_results() -> dict[str, str]:
 
 
 def tally(results: dict[str, str], equivalent: dict[str, str]) -> dict[str, object]:
-    modules: dict[str, dict[str, float]] = defaultdict(lambda: {"killed": 0, "survived": 0, "equivalent": 0, "untested": 0})
+    modules: dict[str, dict[str, float]] = defaultdict(
+        lambda: {"killed": 0, "timeout": 0, "survived": 0, "equivalent": 0, "untested": 0}
+    )
     survivors, not_run = [], []
     for name, status in sorted(results.items()):
         counts = modules[module_of(name)]
@@ -124,6 +127,7 @@ def tally(results: dict[str, str], equivalent: dict[str, str]) -> dict[str, obje
             counts["equivalent"] += 1
         elif status in KILLED:
             counts["killed"] += 1
+            counts["timeout"] += status == "timeout"
         elif status in SURVIVED:
             counts["survived"] += 1
             survivors.append(f"{name}: {status}")
@@ -148,10 +152,14 @@ def tally(results: dict[str, str], equivalent: dict[str, str]) -> dict[str, obje
 def table(report: dict[str, object]) -> str:
     modules = report["modules"]
     assert isinstance(modules, dict)
-    rows = ["| module | killed | survived | equivalent | untested | score |", "| --- | ---: | ---: | ---: | ---: | ---: |"]
+    rows = [
+        "| module | killed | of which timeout | survived | equivalent | untested | score |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
     for name, c in modules.items():
-        rows.append(f"| {name} | {c['killed']} | {c['survived']} | {c['equivalent']} | {c['untested']} | {percent(c['score'])} |")
-    rows.append(f"| total | {report['killed']} | {report['survived']} | | | {percent(report['total_score'])} |")
+        counts = f"{c['killed']} | {c['timeout']} | {c['survived']} | {c['equivalent']} | {c['untested']}"
+        rows.append(f"| {name} | {counts} | {percent(c['score'])} |")
+    rows.append(f"| total | {report['killed']} | | {report['survived']} | | | {percent(report['total_score'])} |")
     return "\n".join(rows)
 
 
