@@ -114,7 +114,10 @@ def test_int8_trial_ships_integer_onnx_and_was_timed_in_onnxruntime(study: dict[
     assert manifest["search"]["latency"]["runtime"] == runtime.RUNTIME_ORT_INT8
     assert manifest_of(study["folders"][FLOAT_TRIAL])["search"]["latency"]["runtime"] == runtime.RUNTIME_TORCH
     assert manifest["remeasured"]["onnx"]["runtime"] == runtime.RUNTIME_ORT_INT8
+    float_onnx = manifest_of(study["folders"][FLOAT_TRIAL])["remeasured"]["onnx"]
+    assert float_onnx["runtime"] == "onnxruntime" and float_onnx["integer_ops"] == []
     ops = runtime.integer_ops((folder / "model.onnx").read_bytes())
+    assert manifest["remeasured"]["onnx"]["integer_ops"] == sorted(set(ops))
     assert "MatMulInteger" in ops and "DynamicQuantizeLinear" in ops
     assert runtime.is_int8(vae_automl.load(folder))
     # 8-bit codes plus scales take well under half the float model's bytes.
@@ -391,6 +394,9 @@ def test_export_picks_the_named_study_among_several(study: dict[str, Any], tmp_p
 
 
 def test_a_trial_exports_into_a_folder_that_does_not_exist_yet(study: dict[str, Any], tmp_path: Path) -> None:
+    out = tmp_path / "a" / "b"
+    (folder,) = export_study(study["storage"], "export-test", out, trials=[FLOAT_TRIAL], formats=["safetensors"])
+    assert folder == tmp_path / "a" / "b" / f"trial-{FLOAT_TRIAL}" and (folder / WEIGHTS).is_file()
     ctx = open_study_context(study["storage"], "export-test")
     folder = export_trial(ctx, ctx.study.trials[FLOAT_TRIAL], tmp_path / "new" / "deeper", formats=["safetensors"])
     assert folder == tmp_path / "new" / "deeper" / f"trial-{FLOAT_TRIAL}" and (folder / WEIGHTS).is_file()
@@ -435,3 +441,15 @@ def test_export_checks_what_the_search_did_not_measure_on_the_data_it_used(tmp_p
     assert elbo["got"] == manifest["remeasured"]["onnx"]["test_elbo_nats"]
     size = checks[("size_bytes", WEIGHTS)]
     assert size["ok"] and size["expected"] == size["got"] == os.path.getsize(folder / WEIGHTS)
+
+
+def test_a_trial_is_not_exported_on_another_split_than_its_search(study: dict[str, Any], tmp_path: Path) -> None:
+    import dataclasses
+
+    ctx = open_study_context(study["storage"], "export-test")
+    searched = ctx.data.info["split_sha256"]
+    other = dataclasses.replace(ctx, data=dataclasses.replace(ctx.data, info={**ctx.data.info, "split_sha256": "0" * 64}))
+    differs = rf"trial 0: the data split differs from the search's \(split sha256 0{{64}} vs {searched}\)"
+    with pytest.raises(ExportError, match=differs):
+        export_trial(other, ctx.study.trials[FLOAT_TRIAL], tmp_path, formats=["safetensors"])
+    assert not list(tmp_path.iterdir())
