@@ -93,7 +93,7 @@ class SearchResult:
         out_dir: the storage, base-model cache and trial models' folder.
         front: the Pareto front after the run (every process's trials, not this run's only).
         completed: the study's completed trials.
-        stats: counters of the run (``base_trained``, ``base_reused``).
+        stats: counters of the run (``base_trained``, ``base_reused``, ``repeats``: drawn points another trial had, not run).
         baseline: a ``base_model:`` study's user model as given, measured with the study's objectives
             (optuna backend).
         knee: the trial number of the front's knee point, or None.
