@@ -299,6 +299,12 @@ SPACE_WITH_MLP = "architecture: {mlp: {latent_dim: 2}}\n"
     (SPACE_WITH_MLP + 'sampler: {population_size: 1}\n', 'sampler.population_size: `population_size` must be >= 2, but got population_size=1'),  # noqa: E501
     (SPACE_WITH_MLP + 'sampler: {n_startup_trials: -1}\n', 'sampler.n_startup_trials: `n_startup_trials` must be >= 0, but got n_startup_trials=-1'),  # noqa: E501
     (SPACE_WITH_MLP + 'timeout_s: 0\n', 'timeout_s: `timeout_s` must be >= 0.001, but got timeout_s=0'),
+    (SPACE_WITH_MLP + 'dataset: {split: {validation: abc}}\n', "dataset.split.validation: `validation` must be a number, but got validation='abc'"),  # noqa: E501
+    (SPACE_WITH_MLP + 'task: nosuch\n', "task: unknown task 'nosuch'"),
+    ('architecture: 5\n', 'architecture: expected a mapping, got int 5'),
+    ('architecture: {mlp: 5}\n', 'architecture.mlp: expected a mapping, got int 5'),
+    (SPACE_WITH_MLP + 'compressors: [{name: uniform, params: {bits: 99}}]\n', 'compressors.0.params.bits: `bits` must be in [1, 8], but got bits=99'),  # noqa: E501
+    (SPACE_WITH_MLP + 'sampler: {seed: x}\n', "sampler.seed: `seed` must be an integer, but got seed='x'"),
     (SPACE_WITH_MLP + 'latency: {target: tpu}\n', "latency.target: device must be cpu, cuda, cuda:N, mps or auto, but got 'tpu'"),
 ])
 def test_every_refusal_of_a_space_names_the_file_and_the_key(text: str, message: str) -> None:
@@ -398,3 +404,8 @@ def test_plugin_components_the_space_cannot_use_are_refused_naming_them(register
     # with base_model:, a distilled student starts from the teacher's units: the teacher's groups, not the student's
     space = load_space_text(BASE + nogroups + "compressors: [{name: distill, params: {init: teacher}}]\n", "quick.yaml")
     assert [a.name for a in space.architectures] == ["nogroups"]
+
+
+def test_a_split_without_a_limit_may_say_so() -> None:
+    space = load_space_text(SPACE_WITH_MLP + "dataset: {split: {limit: null, validation: 0.2}}\n", "quick.yaml")
+    assert space.dataset.split.limit is None and space.dataset.split.validation == 0.2
