@@ -68,6 +68,10 @@ def test_export_writes_every_format_and_verifies_it(study: dict[str, Any], trial
     search_elbo = manifest["search"]["metrics"]["test_elbo_nats"]
     for fmt in ("safetensors", "onnx", "pt2", "torchscript"):
         assert manifest["remeasured"][fmt]["test_elbo_nats"] == pytest.approx(search_elbo, rel=0.01)
+    # which onnxruntime ran the model: float kernels, or the integer ones of the 8-bit trial
+    onnx = manifest["remeasured"]["onnx"]
+    integer = trial == INT8_TRIAL
+    assert onnx["runtime"] == (runtime.RUNTIME_ORT_INT8 if integer else "onnxruntime") and bool(onnx["integer_ops"]) == integer
     assert (folder / WEIGHTS).stat().st_size == manifest["search"]["metrics"]["size_bytes"]
     assert all(c["ok"] for c in manifest["checks"]) and {c["file"] for c in manifest["checks"]} >= {
         WEIGHTS, "model.onnx", "model.pt2", "model.pt"}
@@ -393,7 +397,7 @@ def test_export_picks_the_named_study_among_several(study: dict[str, Any], tmp_p
     assert manifest_of(folder)["study"] == "export-test" and manifest_of(folder)["trial"] == FLOAT_TRIAL
 
 
-def test_a_trial_exports_into_a_folder_that_does_not_exist_yet(study: dict[str, Any], tmp_path: Path) -> None:
+def test_export_creates_the_folders_it_writes_into(study: dict[str, Any], tmp_path: Path) -> None:
     out = tmp_path / "a" / "b"
     (folder,) = export_study(study["storage"], "export-test", out, trials=[FLOAT_TRIAL], formats=["safetensors"])
     assert folder == tmp_path / "a" / "b" / f"trial-{FLOAT_TRIAL}" and (folder / WEIGHTS).is_file()
