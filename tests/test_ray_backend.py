@@ -12,6 +12,7 @@ from typing import Any
 import optuna
 import pytest
 
+from vae_automl.backends.ray import ray_init_address
 from vae_automl.study import FAILURE_ATTR, RECORD_ATTR
 
 from conftest import interrupt_when_held, write_hold_plugin
@@ -183,6 +184,20 @@ def test_pareto_scheduler_stops_the_dominated_trial_at_its_rung(ray_head: str, t
     frozen_loss, frozen_size = frozen.user_attrs[RUNG_VALUES_ATTR]["1"]
     assert frozen_size == good_size and frozen_loss > good_loss  # the domination that stopped it
     assert set(good.user_attrs[RUNG_VALUES_ATTR]) == {"1", "2"}  # the trial that went on passed both rungs
+
+
+@pytest.mark.parametrize(
+    ("address", "environ", "expected"),
+    [
+        (None, {}, "local"),  # not None: Ray would join the stale cluster /tmp/ray/ray_current_cluster names
+        (None, {"RAY_ADDRESS": ""}, "local"),  # an empty RAY_ADDRESS names nothing (Ray ignores it too)
+        (None, {"RAY_ADDRESS": "10.0.0.1:6379"}, None),  # Ray reads RAY_ADDRESS itself
+        ("auto", {}, "auto"),
+        ("10.0.0.2:6379", {"RAY_ADDRESS": "10.0.0.1:6379"}, "10.0.0.2:6379"),
+    ],
+)
+def test_no_address_starts_a_new_local_ray(address: str | None, environ: dict[str, str], expected: str | None) -> None:
+    assert ray_init_address(address, environ) == expected
 
 
 def test_store_baseline_keeps_the_first_reported_row() -> None:

@@ -47,7 +47,7 @@ import os
 import threading
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
@@ -554,6 +554,19 @@ def _trainable(
     )
 
 
+def ray_init_address(address: str | None, environ: Mapping[str, str]) -> str | None:
+    """What ``ray.init`` gets for ``--address``: the user's address, else ``RAY_ADDRESS``, else a new local Ray.
+
+    ``ray.init(address=None)`` connects to the cluster named in
+    ``/tmp/ray/ray_current_cluster``, the last ``ray start`` on the machine; when that
+    cluster is gone the driver waits for it, then fails. Without an address the user asked
+    for a local Ray, so ``"local"`` starts one whatever that file says.
+    """
+    if address is not None:
+        return address
+    return None if environ.get("RAY_ADDRESS") else "local"
+
+
 def _runtime_env(plugins: tuple[str, ...]) -> dict[str, Any]:
     """Environment variables that make Ray workers load the same plugins as the driver."""
     env_vars = {"RAY_CHDIR_TO_TRIAL_DIR": "0"}
@@ -584,7 +597,8 @@ class RayBackend(Backend):
         space: the search space (sent to the workers as its text).
         out: the out dir (base-model cache, artifacts, Ray's logs under ``out/ray``).
         plugins: extra plugin modules the workers load too.
-        address: ``auto`` or ``HOST:PORT`` of a running cluster; None starts a local Ray.
+        address: ``auto`` or ``HOST:PORT`` of a running cluster; None: the cluster ``RAY_ADDRESS`` names,
+            else a new local Ray (never a stale one recorded by an earlier ``ray start``).
         gpus_per_trial: GPUs per trial, fractional to pack trials on a GPU (0.5: two per GPU).
         cpus_per_trial: CPUs per trial (Ray sets the worker's thread count from it).
         concurrency: at most this many trials at once (default: as many as the resources allow).
@@ -671,7 +685,7 @@ class RayBackend(Backend):
         owns_ray = not ray.is_initialized()
         if owns_ray:
             init_kwargs: dict[str, Any] = {
-                "address": self.address,
+                "address": ray_init_address(self.address, os.environ),
                 "runtime_env": _runtime_env(self.plugins),
                 "logging_level": "WARNING",
                 "log_to_driver": False,
