@@ -413,7 +413,7 @@ name: unmeasured
 dataset: {spec: mnist, image_size: 6, split: {validation: 0.1, test: 0.2, seed: 0}}
 device: cpu
 seed: 0
-architecture: {mlp: {hidden_layers: 1, hidden_width: 16, latent_dim: 2}}
+architecture: {mlp: {hidden_layers: 1, hidden_width: 16, latent_dim: 2, likelihood: gaussian}}
 training: {epochs: 1, batch_size: 64}
 objectives: [params, latency_ms]
 record: []
@@ -423,8 +423,8 @@ trials: 1
 """
 
 
-def test_export_checks_what_the_search_did_not_measure_on_the_data_it_used(tmp_path: Path) -> None:
-    """A search run with --dataset digits over a YAML that says mnist, measuring neither the ELBO nor the size.
+def test_export_checks_every_format_of_a_gaussian_vae_on_the_data_its_search_used(tmp_path: Path) -> None:
+    """A search run with --dataset digits over a YAML that says mnist (a gaussian VAE), measuring neither the ELBO nor the size.
 
     Export must find the dataset in the trials' records (the YAML's mnist is absent here, or splits differently),
     keep the YAML's image_size, check every format's ELBO against the weights file's, and the file's size.
@@ -435,14 +435,18 @@ def test_export_checks_what_the_search_did_not_measure_on_the_data_it_used(tmp_p
     result = vae_automl.search(load_space_text(UNMEASURED, "unmeasured.yaml"), storage=storage, out_dir=tmp_path / "run",
                                dataset="digits", show_progress=False)
     assert result.completed == 1
-    (folder,) = export_study(storage, "unmeasured", tmp_path / "export", trials=[0], formats=["safetensors", "onnx"])
+    formats = ["safetensors", "onnx", "pt2", "torchscript"]
+    (folder,) = export_study(storage, "unmeasured", tmp_path / "export", trials=[0], formats=formats)
     manifest = manifest_of(folder)
     assert manifest["model_config"]["input_shape"] == [1, 6, 6]
     assert set(manifest["search"]["metrics"]) == {"params", "latency_ms"}
     checks = {(c["figure"], c["file"]): c for c in manifest["checks"]}
-    elbo = checks[("test_elbo_nats", "model.onnx")]  # against the weights file: the search has no figure
-    assert elbo["ok"] and elbo["expected"] == manifest["remeasured"]["safetensors"]["test_elbo_nats"]
-    assert elbo["got"] == manifest["remeasured"]["onnx"]["test_elbo_nats"]
+    # each format's ELBO against the weights file's, as the search has no figure; a gaussian model's needs its
+    # learned log_sigma, read from each program too
+    for fmt, file in (("onnx", "model.onnx"), ("pt2", "model.pt2"), ("torchscript", "model.pt")):
+        elbo = checks[("test_elbo_nats", file)]
+        assert elbo["ok"] and elbo["expected"] == manifest["remeasured"]["safetensors"]["test_elbo_nats"], fmt
+        assert elbo["got"] == manifest["remeasured"][fmt]["test_elbo_nats"], fmt
     size = checks[("size_bytes", WEIGHTS)]
     assert size["ok"] and size["expected"] == size["got"] == os.path.getsize(folder / WEIGHTS)
 
