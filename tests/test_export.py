@@ -65,6 +65,7 @@ def test_export_writes_every_format_and_verifies_it(study: dict[str, Any], trial
     manifest = manifest_of(folder)
     assert manifest["study"] == "export-test" and manifest["trial"] == trial
     assert manifest["params"]["mlp.hidden_width"] == ENQUEUED[trial]["mlp.hidden_width"]
+    assert manifest["search"]["data"]["dataset"] == "digits" and manifest["search"]["data"]["split_sha256"]
     search_elbo = manifest["search"]["metrics"]["test_elbo_nats"]
     for fmt in ("safetensors", "onnx", "pt2", "torchscript"):
         assert manifest["remeasured"][fmt]["test_elbo_nats"] == pytest.approx(search_elbo, rel=0.01)
