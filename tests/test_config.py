@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -154,8 +155,12 @@ def test_a_minimal_space_gets_every_documented_default() -> None:
                 "task", "needs_labels"):
         assert getattr(space, key) == fields[key].default, key
     assert space.compressors == () and space.source == MINIMAL and space.path == "m.yaml"
-    # every figure a VAE can be measured by that is not optimized, in the registry's order
-    assert space.record == ("latency_ms", "params", "recon_error", "size_bytes_amortized", "theoretical_bits")
+    # every built-in figure a VAE can be measured by that is not optimized, in the registry's order (a plugin an
+    # earlier test loaded, such as vae_automl.testing.synthetic, may add its own)
+    from vae_automl.registry import get_registry
+
+    builtin = [n for n in space.record if get_registry().objectives.plugin_of(n).startswith("vae_automl.builtin.")]
+    assert builtin == ["latency_ms", "params", "recon_error", "size_bytes_amortized", "theoretical_bits"]
 
 
 EVERY_KEY = """
@@ -271,7 +276,7 @@ SPACE_WITH_MLP = "architecture: {mlp: {latent_dim: 2}}\n"
     (SPACE_WITH_MLP + 'pruner: {name: [a]}\n', "pruner.name: `name` must be one of none, pareto, but got name=['a']"),
     (SPACE_WITH_MLP + 'latency: {bogus: 1}\n', 'latency.bogus: unknown key; valid keys: batch_size, repeats, warmup, target'),
     (SPACE_WITH_MLP + 'reference_point: {latency_ms: 1}\n', 'reference_point.latency_ms: unknown key; valid keys: test_elbo_nats, size_bytes'),  # noqa: E501
-    (SPACE_WITH_MLP + 'targets: {nosuch: {max: 1}}\n', 'targets.nosuch: no such measured figure; targets may bound the objectives and record entries: test_elbo_nats, size_bytes, latency_ms, params, recon_error, size_bytes_amortized, theoretical_bits'),  # noqa: E501
+    (SPACE_WITH_MLP + 'targets: {nosuch: {max: 1}}\n', 'targets.nosuch: no such measured figure; targets may bound the objectives and record entries: test_elbo_nats, size_bytes, ...'),  # noqa: E501
     (SPACE_WITH_MLP + 'targets: {size_bytes: {}}\n', 'targets.size_bytes: expected one of max, min, max_relative_to_baseline, e.g. {max: 200000}'),  # noqa: E501
     (SPACE_WITH_MLP + 'targets: {size_bytes: {below: 1}}\n', 'targets.size_bytes.below: unknown key; valid keys: max, min, max_relative_to_baseline'),  # noqa: E501
     (SPACE_WITH_MLP + 'stop_when: first_feasible\n', 'stop_when: first_feasible needs targets to be feasible against'),
@@ -315,6 +320,8 @@ def test_every_refusal_of_a_space_names_the_file_and_the_key(text: str, message:
     got = error_of(text).removeprefix("quick.yaml: ")
     if "; registered:" in got:
         got = got.split("; registered:")[0]
+    # the record entries after the objectives: whatever objectives the loaded plugins registered
+    got = re.sub(r"(record entries: test_elbo_nats, size_bytes), .*", r"\1, ...", got)
     assert got == message
 
 
