@@ -552,22 +552,29 @@ def completed_values(study: optuna.Study) -> dict[int, list[float]]:
     rdb = _rdb_backend(study)
     if rdb is None:
         return {t.number: list(t.values) for t in completed_trials(study)}
+    with rdb.engine.connect() as conn:
+        return dict(_rdb_completed_values(conn, study).values())
+
+
+def _rdb_completed_values(conn: Any, study: optuna.Study) -> dict[int, tuple[int, list[float]]]:
+    """Trial id -> (trial number, objective values) of every completed trial, read with one query on Optuna's tables."""
     # deferred: Optuna's table models and SQLAlchemy, needed only here and only for RDB storages
     import sqlalchemy as sa
     from optuna.storages._rdb import models
 
     trial_t, value_t = models.TrialModel.__table__, models.TrialValueModel.__table__
-    with rdb.engine.connect() as conn:
-        rows = conn.execute(
-            sa.select(trial_t.c.number, value_t.c.objective, value_t.c.value, value_t.c.value_type)
-            .join(value_t, value_t.c.trial_id == trial_t.c.trial_id)
-            .where(trial_t.c.study_id == study._study_id, trial_t.c.state == optuna.trial.TrialState.COMPLETE)
-        ).all()
-    width = 1 + max((row[1] for row in rows), default=0)
-    values: dict[int, list[float]] = {}
-    for number, objective, value, value_type in rows:
-        values.setdefault(number, [math.nan] * width)[objective] = models.TrialValueModel.stored_repr_to_value(value, value_type)
-    return values
+    rows = conn.execute(
+        sa.select(trial_t.c.trial_id, trial_t.c.number, value_t.c.objective, value_t.c.value, value_t.c.value_type)
+        .join(value_t, value_t.c.trial_id == trial_t.c.trial_id)
+        .where(trial_t.c.study_id == study._study_id, trial_t.c.state == optuna.trial.TrialState.COMPLETE)
+    ).all()
+    width = 1 + max((row[2] for row in rows), default=0)
+    completed: dict[int, tuple[int, list[float]]] = {}
+    for trial_id, number, objective, value, value_type in rows:
+        completed.setdefault(trial_id, (number, [math.nan] * width))[1][objective] = models.TrialValueModel.stored_repr_to_value(
+            value, value_type
+        )
+    return completed
 
 
 NOT_RDB = object()
@@ -666,24 +673,14 @@ def _rdb_front(rdb: optuna.storages.RDBStorage, study: optuna.Study, names: list
     from optuna.distributions import json_to_distribution
     from optuna.storages._rdb import models
 
-    trial_t, value_t = models.TrialModel.__table__, models.TrialValueModel.__table__
     param_t, attr_t = models.TrialParamModel.__table__, models.TrialUserAttributeModel.__table__
     with rdb.engine.connect() as conn:
-        rows = conn.execute(
-            sa.select(trial_t.c.trial_id, trial_t.c.number, value_t.c.objective, value_t.c.value, value_t.c.value_type)
-            .join(value_t, value_t.c.trial_id == trial_t.c.trial_id)
-            .where(trial_t.c.study_id == study._study_id, trial_t.c.state == optuna.trial.TrialState.COMPLETE)
-        ).all()
-        values: dict[int, list[float]] = {}
-        numbers: dict[int, int] = {}
-        for trial_id, number, objective, value, value_type in rows:
-            numbers[trial_id] = number
-            values.setdefault(trial_id, [float("nan")] * len(names))[objective] = models.TrialValueModel.stored_repr_to_value(
-                value, value_type
-            )
-        ids = sorted(values)
+        completed = _rdb_completed_values(conn, study)
+        ids = sorted(completed)
         if not ids:
             return []
+        numbers = {i: completed[i][0] for i in ids}
+        values = {i: completed[i][1] for i in ids}
         front_ids = [ids[i] for i in pareto.non_dominated([values[i] for i in ids], directions)]
         params: dict[int, dict[str, Any]] = {i: {} for i in front_ids}
         for trial_id, name, value, distribution in conn.execute(
