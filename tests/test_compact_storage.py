@@ -18,8 +18,10 @@ from vae_automl.storage.format import deserialize_model, serialize_model, size_b
 GOLDEN_V1 = Path(__file__).parent / "data" / "zoo_cnn_compact.bin"
 """Version 1 of the format (written before the preset dictionary grew): it must keep loading, and saving a model
 loaded from it must give its bytes again."""
-GOLDEN = Path(__file__).parent / "data" / "zoo_cnn_compact_v2.bin"
-"""The current version, 2: the bytes :func:`zoo_model` serializes to."""
+GOLDEN_V2 = Path(__file__).parent / "data" / "zoo_cnn_compact_v2.bin"
+"""Version 2 (a larger preset dictionary, still a JSON listing of every tensor): it must keep loading and saving too."""
+GOLDEN = Path(__file__).parent / "data" / "zoo_cnn_compact_v3.bin"
+"""The current version, 3: the bytes :func:`zoo_model` serializes to."""
 ZOO = {
     "activation": "tanh",
     "architecture": "zoo_cnn",
@@ -67,7 +69,7 @@ def test_compact_round_trip_is_bit_exact_and_its_length_is_size_bytes() -> None:
     registry = get_registry()
     model = zoo_model()
     data = serialize_model(model, registry.codec_map())
-    assert data[:4] == b"VAC\x02"
+    assert data[:4] == b"VAC\x03"
     assert size_bytes(model, registry.codec_map()) == len(data)
     back = deserialize_model(data, registry)
     assert back.container == "compact"
@@ -108,18 +110,19 @@ def test_compact_holds_the_same_parts_as_safetensors_under_a_far_smaller_header(
     assert len(st_bytes) - payload > 2500
 
 
-def test_golden_version_1_file_still_loads_and_saves_as_version_1() -> None:
-    """Files written before version 2 load to the same weights; a model loaded from one is saved in its version
-    (so export's check that the file is the search's saved bytes holds for old runs), and coding it anew writes 2."""
+@pytest.mark.parametrize(("path", "version"), [(GOLDEN_V1, 1), (GOLDEN_V2, 2)])
+def test_golden_older_version_files_still_load_and_save_in_their_version(path: Path, version: int) -> None:
+    """Files written before version 3 load to the same weights; a model loaded from one is saved in its version
+    (so export's check that the file is the search's saved bytes holds for old runs), and coding it anew writes 3."""
     registry = get_registry()
-    golden = GOLDEN_V1.read_bytes()
-    assert golden[:4] == b"VAC\x01"
+    golden = path.read_bytes()
+    assert golden[:4] == b"VAC" + bytes([version])
     model = deserialize_model(golden, registry)
     assert weights_digest(model) == weights_digest(zoo_model())
     assert serialize_model(model, registry.codec_map()) == golden
     recoded = EntropyCode().apply(model, {"container": "compact"}, None)  # type: ignore[arg-type]  # reads no ctx
     assert serialize_model(recoded, registry.codec_map()) == GOLDEN.read_bytes()
-    assert len(GOLDEN.read_bytes()) <= len(golden)  # same header text, a dictionary with more of it
+    assert len(GOLDEN.read_bytes()) < len(golden)  # the same parts under a shorter header
 
 
 def test_golden_compact_file_still_loads_to_the_same_weights_and_bytes() -> None:
@@ -153,9 +156,9 @@ def test_varints_round_trip_at_their_byte_boundaries() -> None:
     [
         (lambda d: d[:-1], "truncated in part"),
         (lambda d: d + b"\x00", "bytes after the last part"),
-        (lambda d: d[:4], "truncated inside its header length"),
+        (lambda d: d[:4], "truncated inside its header"),
         (lambda d: d[:5] + d[6:], "unreadable header|truncated|after the last part"),
-        (lambda d: b"VAC\x03" + d[4:], "version"),
+        (lambda d: b"VAC\x04" + d[4:], "version"),
         (lambda d: b"VAC\x00" + d[4:], "version"),
     ],
 )

@@ -229,7 +229,7 @@ def test_varints_are_leb128(value: int, encoded: bytes) -> None:
 
     assert compact._varint(value) == encoded
     assert compact._read_varint(b"\x00" + encoded + b"\x05", 1) == (value, 1 + len(encoded))
-    with pytest.raises(ExportError, match="truncated inside its header length"):
+    with pytest.raises(ExportError, match="truncated inside its header"):
         compact._read_varint(encoded[:-1], 0)
 
 
@@ -245,7 +245,7 @@ def test_compact_container_round_trips_and_states_its_layout() -> None:
     from vae_automl.storage import compact
 
     data = compact_file()
-    assert data[:4] == b"VAC\x02" and compact.is_compact(data) and not compact.is_compact(data[1:])
+    assert data[:4] == b"VAC\x03" and compact.is_compact(data) and not compact.is_compact(data[1:])
     config, entries = compact.read(data)
     assert config == {"architecture": "x"}
     (spec, meta, parts), (_, _, empty) = entries
@@ -272,12 +272,54 @@ def test_a_truncated_or_padded_compact_file_is_refused() -> None:
     assert compact.read(header_only) == ({"architecture": "x"}, [])
     with pytest.raises(ExportError, match=f"its header claims {length} bytes, but the file ends first"):
         compact.read(data[: pos + length - 1])
-    with pytest.raises(ExportError, match=r"not a compact weights file of a version this one reads \(1, 2\): version byte 3"):
-        compact.read(b"VAC\x03" + data[4:])
+    with pytest.raises(ExportError, match=r"not a compact weights file of a version this one reads \(1, 2, 3\): version byte 4"):
+        compact.read(b"VAC\x04" + data[4:])
     with pytest.raises(ExportError, match=r"version byte None"):
         compact.read(b"XYZ\x01" + data[4:])
     with pytest.raises(ExportError, match=r"version byte None"):
         compact.read(b"VAC")  # the magic alone: no version byte to name
+
+
+def test_version_3_lists_each_distinct_spec_once_and_counts_as_varints() -> None:
+    """The listing after the header: tensor count, then per tensor its spec's index and its 1-D parts' counts; a part
+    of another shape keeps its shape in the spec (by hand, against the bytes)."""
+    from vae_automl.storage import compact
+
+    bias = {"": torch.tensor([7, 8], dtype=torch.uint8)}
+    codes = {"": torch.arange(200, dtype=torch.uint8), "grid": torch.ones(2, 3, dtype=torch.float16)}
+    entries = [({"b": 6}, {}, bias), ({"k": 2}, {}, codes), ({"b": 6}, {}, {"": torch.tensor([9], dtype=torch.uint8)})]
+    data = compact.write({"architecture": "x"}, entries)
+    length, pos = compact._read_varint(data, 4)
+    header = json.loads(compact._inflate(data[pos : pos + length]))
+    assert header["specs"] == [[{"b": 6}, {}, [["", "U8"]]], [{"k": 2}, {}, [["", "U8"], ["grid", "F16", [2, 3]]]]]
+    # 3 tensors; spec 0 and its count 2; spec 1 and its count 200 (two varint bytes); spec 0 and its count 1
+    assert data[pos + length : pos + length + 8] == bytes([3, 0, 2, 1, 0xC8, 0x01, 0, 1])
+    assert data[pos + length + 8 :] == b"".join(p.view(torch.uint8).numpy().tobytes()
+                                                for _, _, parts in entries for p in parts.values())
+    config, back = compact.read(data)
+    assert [(s, m) for s, m, _ in back] == [(s, m) for s, m, _ in entries]
+    for (_, _, parts), (_, _, want) in zip(back, entries):
+        assert {k: (v.dtype, v.tolist()) for k, v in parts.items()} == {k: (v.dtype, v.tolist()) for k, v in want.items()}
+    bad = bytearray(data)
+    bad[pos + length + 1] = 5  # the first tensor names a spec the header does not list
+    with pytest.raises(ExportError, match="a tensor names spec 5, but the header lists 2"):
+        compact.read(bytes(bad))
+    with pytest.raises(ExportError, match="truncated inside its header"):
+        compact.read(data[: pos + length + 5])  # cut inside the varint 200
+
+
+def test_the_older_versions_write_their_own_layout() -> None:
+    """A model loaded from a version 1 or 2 file is saved in that version: the per-tensor JSON listing, no varints."""
+    from vae_automl.storage import compact
+
+    entries = [({"b": 6}, {}, {"": torch.tensor([7, 8], dtype=torch.uint8)})]
+    for version in (1, 2):
+        data = compact.write({"architecture": "x"}, entries, version)
+        length, pos = compact._read_varint(data, 4)
+        assert json.loads(compact._inflate(data[pos : pos + length], version)) == {
+            "config": {"architecture": "x"}, "tensors": [[{"b": 6}, {}, [["", "U8", 2]]]]}
+        assert data[pos + length :] == bytes([7, 8])
+        assert compact.read(data)[0] == {"architecture": "x"}
 
 
 def test_theoretical_bits_of_an_entropy_coded_tensor_are_its_coded_bytes() -> None:

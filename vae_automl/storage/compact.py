@@ -15,15 +15,25 @@ what the model's config already says:
 * the header is canonical JSON, raw-deflated (``zlib``, level 9) against a
   fixed preset dictionary of the strings headers are made of (:data:`ZDICTS`, one per version).
 
-Layout (integers are unsigned LEB128 varints)::
+Layout of version 3 (integers are unsigned LEB128 varints)::
 
     b"VAC" + bytes([version])
-    varint n, then n bytes: deflate(JSON {"config": ..., "tensors": [[spec, meta, [[suffix, dtype, count], ...]], ...]})
-    the parts' bytes back to back, in the header's order (little-endian, as safetensors stores them)
+    varint n, then n bytes: deflate(JSON {"config": ..., "specs": [[spec, meta, [[suffix, dtype], ...]], ...]})
+    varint t (tensors), then per tensor: varint index into "specs", then a varint count per 1-D part of that spec
+    the parts' bytes back to back, in the tensors' order (little-endian, as safetensors stores them)
 
-``count`` is a part's number of elements when it is 1-D, else its shape (a
-list). The parts must fill the rest of the file exactly: a truncated or
-padded file is refused.
+``specs`` lists each distinct (spec, codec metadata, part names and
+dtypes) once: the five biases of a zoo CNN share one entry. A part's count
+is its number of elements; a part that is not 1-D is listed as
+``[suffix, dtype, shape]`` in its spec instead and has no count. The parts
+must fill the rest of the file exactly: a truncated or padded file is
+refused.
+
+Versions 1 and 2 keep each tensor's spec, metadata and part counts in the
+deflated JSON (``{"config": ..., "tensors": [[spec, meta, [[suffix, dtype,
+count], ...]], ...]}``, ``count`` a shape when the part is not 1-D) and
+have no binary listing: deflate then spent about a byte per tensor
+repeating a spec and two to three per count written as text.
 
 :data:`ZDICTS` is part of the format: changing a dictionary changes every
 file's bytes, so a new dictionary needs a new :data:`VERSION` (the golden
@@ -43,9 +53,12 @@ import torch
 from vae_automl.errors import ExportError
 
 MAGIC = b"VAC"
-VERSION = 2
+VERSION = 3
 """The version written. 2 extended the preset dictionary (:data:`ZDICTS`) with the specs of quantized biases and
-float8 codebooks; version 1 files still load, and a model loaded from one is written as version 1 again."""
+float8 codebooks; 3 lists each distinct spec once and the part counts as varints (about 25 bytes less on a zoo
+CNN). Files of every earlier version still load, and a model loaded from one is written in its version again."""
+LISTED = 3
+"""The first version with the binary listing (distinct specs in the JSON, counts as varints)."""
 
 DTYPES: dict[str, torch.dtype] = {
     "F64": torch.float64,
@@ -86,7 +99,19 @@ ZDICT_V2 = ZDICT_V1 + (
 )
 """Version 2's dictionary: version 1's, then the spec of a bias on a per-tensor uniform grid (``bias_bits``) and
 a float8 codebook (the strings deflate matches most cheaply go last)."""
-ZDICTS = {1: ZDICT_V1, 2: ZDICT_V2}
+ZDICT_V3 = ZDICT_V2 + (
+    b'{"entropy":{"":{"kind":"codes","n":'
+    b'[{"bits":2,"codebook_dtype":"float8_e4m3","codec":"codebook","entropy":true},{},[["","U8"],["codebook","F8_E4M3"]]]'
+    b'{"mask":"bitmask"},[["","U8"],["codebook","F8_E4M3"],["mask","U8"]]],'
+    b'[{"bits":3,"codebook_dtype":"float8_e4m3","codec":"codebook","entropy":true,"sparse":true},'
+    b'{"entropy":{"mask":{"kind":"mask"}},"mask":"bitmask"}'
+    b'[{"axis":null,"bits":6,"codec":"uniform","entropy":true,"scale_dtype":"float16","symmetric":true},{},'
+    b'[["","U8"],["scale","F16"]]]'
+    b'},"specs":[['
+)
+"""Version 3's dictionary: version 2's, then the pieces of its ``specs`` list (a spec, its metadata and its parts'
+names and dtypes, without counts) for the k-means and bias specs the quantizers write."""
+ZDICTS = {1: ZDICT_V1, 2: ZDICT_V2, 3: ZDICT_V3}
 
 
 def is_compact(data: bytes) -> bool:
@@ -110,7 +135,7 @@ def _read_varint(data: bytes, pos: int) -> tuple[int, int]:
     value = shift = 0
     while True:
         if pos >= len(data):
-            raise ExportError("compact weights file: truncated inside its header length")
+            raise ExportError("compact weights file: truncated inside its header (a length or count)")
         byte = data[pos]
         pos += 1
         value |= (byte & 0x7F) << shift
@@ -141,24 +166,44 @@ Entry = tuple[dict[str, Any], dict[str, Any], dict[str, torch.Tensor]]
 """One model tensor as stored: its header spec, its codec metadata, its parts (suffix -> tensor)."""
 
 
+def _layout_item(suffix: str, part: torch.Tensor) -> list[Any]:
+    if part.dtype not in _NAMES:
+        raise ExportError(f"compact weights file: part {suffix!r} has dtype {part.dtype}, which it cannot store")
+    return [suffix, _NAMES[part.dtype], part.numel() if part.dim() == 1 else list(part.shape)]
+
+
 def write(config: dict[str, Any], entries: list[Entry], version: int = VERSION) -> bytes:
     """The compact container of ``entries`` (one per state-dict tensor, in order) for a model built from ``config``,
     in format ``version`` (the current one unless a loaded file's own is kept)."""
     if version not in ZDICTS:
         raise ExportError(f"compact weights file: no version {version}; known: {', '.join(map(str, ZDICTS))}")
-    listing = []
-    payload = bytearray()
-    for spec, meta, parts in entries:
-        layout = []
-        for suffix, part in parts.items():
-            if part.dtype not in _NAMES:
-                raise ExportError(f"compact weights file: part {suffix!r} has dtype {part.dtype}, which it cannot store")
-            layout.append([suffix, _NAMES[part.dtype], part.numel() if part.dim() == 1 else list(part.shape)])
-            payload += _raw(part)
-        listing.append([spec, meta, layout])
-    text = json.dumps({"config": config, "tensors": listing}, sort_keys=True, separators=(",", ":")).encode()
-    header = _deflate(text, version)
-    return MAGIC + bytes([version]) + _varint(len(header)) + header + bytes(payload)
+    payload = b"".join(_raw(part) for _, _, parts in entries for part in parts.values())
+    layouts = [[_layout_item(suffix, part) for suffix, part in parts.items()] for _, _, parts in entries]
+    if version < LISTED:
+        listing = [[spec, meta, layout] for (spec, meta, _), layout in zip(entries, layouts)]
+        header = _deflate(_json({"config": config, "tensors": listing}), version)
+        return MAGIC + bytes([version]) + _varint(len(header)) + header + payload
+    specs: list[Any] = []
+    index: dict[bytes, int] = {}
+    binary = bytearray(_varint(len(entries)))
+    for (spec, meta, _), layout in zip(entries, layouts):
+        # A 1-D part's count goes to the binary listing; a part of another shape keeps its shape in the spec.
+        named = [item if isinstance(item[2], list) else item[:2] for item in layout]
+        key = _json([spec, meta, named])
+        if key not in index:
+            index[key] = len(specs)
+            specs.append([spec, meta, named])
+        binary += _varint(index[key])
+        for item in layout:
+            if not isinstance(item[2], list):
+                binary += _varint(item[2])
+    header = _deflate(_json({"config": config, "specs": specs}), version)
+    return MAGIC + bytes([version]) + _varint(len(header)) + header + bytes(binary) + payload
+
+
+def _json(value: Any) -> bytes:
+    """Canonical JSON: equal headers give equal bytes."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":")).encode()
 
 
 def version_of(data: bytes) -> int:
@@ -178,10 +223,13 @@ def read(data: bytes) -> tuple[dict[str, Any], list[Entry]]:
         raise ExportError(f"compact weights file: its header claims {length} bytes, but the file ends first")
     try:
         header = json.loads(_inflate(data[pos : pos + length], version))
-        config, listing = header["config"], header["tensors"]
+        config = header["config"]
+        listing = header["tensors"] if version < LISTED else header["specs"]
     except (zlib.error, ValueError, KeyError, TypeError) as exc:
         raise ExportError(f"compact weights file: unreadable header ({exc!r})") from None
     pos += length
+    if version >= LISTED:
+        listing, pos = _read_listing(data, pos, listing)
     entries: list[Entry] = []
     for spec, meta, layout in listing:
         parts: dict[str, torch.Tensor] = {}
@@ -198,3 +246,24 @@ def read(data: bytes) -> tuple[dict[str, Any], list[Entry]]:
     if pos != len(data):
         raise ExportError(f"compact weights file: {len(data) - pos} bytes after the last part")
     return config, entries
+
+
+def _read_listing(data: bytes, pos: int, specs: list[Any]) -> tuple[list[Any], int]:
+    """Version 3's binary listing after the header: each tensor's ``[spec, meta, [[suffix, dtype, count], ...]]``
+    (the counts of its 1-D parts read from the varints) and the position of the first part."""
+    count, pos = _read_varint(data, pos)
+    listing = []
+    for _ in range(count):
+        i, pos = _read_varint(data, pos)
+        if i >= len(specs):
+            raise ExportError(f"compact weights file: a tensor names spec {i}, but the header lists {len(specs)}")
+        spec, meta, named = specs[i]
+        layout = []
+        for item in named:
+            if len(item) == 3:
+                layout.append(item)
+            else:
+                n, pos = _read_varint(data, pos)
+                layout.append([*item, n])
+        listing.append([spec, meta, layout])
+    return listing, pos
