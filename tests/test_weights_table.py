@@ -53,3 +53,34 @@ def test_summary_gives_mean_and_sample_sd_per_model_and_method() -> None:
     assert m["size_bytes"] == pytest.approx(1000.0) and m["size_bytes_std"] == pytest.approx(100.0)  # sample sd
     assert m["accuracy_delta_pts"] == pytest.approx(-1.0) and m["accuracy_delta_pts_std"] == pytest.approx(0.5)
     assert summary["other"]["size_bytes_std"] == 0.0 and "elbo_delta_pct" not in m
+
+
+def test_structured_row_is_held_to_an_fp32_model_of_its_own_epochs() -> None:
+    """The zoo CNN's structured row: channels removed, dense k-means, compact entropy coding; its Δ is against an
+    fp32 model trained for base + structured fine-tuning + QAT epochs, not the other rows' reference."""
+    sys.path.insert(0, str(ROOT))
+    try:
+        from benchmarks import weights_table
+    finally:
+        sys.path.remove(str(ROOT))
+    plan = weights_table.PLANS["zoo_cnn"]
+    calls: list[tuple[str, list, int]] = []
+
+    class StubRunner:
+        def trial(self, name: str, pipeline: list, epochs: int) -> tuple[dict, Path]:
+            calls.append((name, pipeline, epochs))
+            if not pipeline:
+                return {"test_accuracy": 97.5}, Path("ref")
+            return {"test_accuracy": 96.0, "size_bytes": 470, "theoretical_bits": 3208}, Path("model")
+
+    out = weights_table.structured_row(plan, StubRunner(), None, 9856, 0, lambda _msg: None)  # type: ignore[arg-type]
+    total = plan.epochs + plan.structured["finetune_epochs"] + plan.structured_qat_epochs
+    assert calls[0] == (f"fp32_ref_{total}ep", [], total)
+    names = [c["name"] for c in calls[1][1]]
+    assert names == ["structured_prune", "kmeans", "entropy_code"] and calls[1][2] == plan.epochs
+    assert calls[1][1][1]["params"]["bits"] == plan.structured_bits == 2
+    assert calls[1][1][2]["params"] == {"container": "compact"}
+    assert out["method"] == "structured_prune+kmeans+entropy+compact" and out["reference"] == 97.5
+    assert out["accuracy_delta_pts"] == pytest.approx(-1.5) and out["epochs"] == total
+    assert out["size_bytes"] == 470 and out["compression_ratio"] == pytest.approx(9856 / 470)
+    assert not out["meets_target"]  # 470 B is under 500 B, but 1.5 points is over the 1-point bound
