@@ -262,6 +262,9 @@ SPACE_WITH_MLP = "architecture: {mlp: {latent_dim: 2}}\n"
     (SPACE_WITH_MLP + 'compressors: [{choices: [uniform, uniform]}]\n', "compressors.0: a compressor appears twice among the choices: ['uniform', 'uniform']"),  # noqa: E501
     (SPACE_WITH_MLP + 'compressors: [{choices: [uniform, magnitude_prune]}]\n', "compressors.0: the choices of one slot must share a stage, got [('uniform', 'quantize'), ('magnitude_prune', 'prune')]"),  # noqa: E501
     (SPACE_WITH_MLP + 'compressors: [{choices: [{name: uniform, bogus: 1}]}]\n', 'compressors.0.choices.0.bogus: unknown key; valid keys: name, params'),  # noqa: E501
+    (SPACE_WITH_MLP + 'compressors: [{choices: [uniform], bogus: 1}]\n', 'compressors.0.bogus: unknown key; valid keys: name, params, optional, choices'),  # noqa: E501
+    (SPACE_WITH_MLP + 'compressors: [{name: uniform, params: 5}]\n', 'compressors.0.params: expected a mapping, got int 5'),
+    (SPACE_WITH_MLP + 'compressors: [{choices: [{name: uniform, params: [4]}]}]\n', 'compressors.0.choices.0.params: expected a mapping, got list [4]'),  # noqa: E501
     (SPACE_WITH_MLP + 'objectives: []\n', 'objectives: expected a non-empty list of objective names'),
     (SPACE_WITH_MLP + 'objectives: size_bytes\n', 'objectives: expected a non-empty list of objective names'),
     (SPACE_WITH_MLP + 'objectives: [size_bytes, size_bytes]\n', "objectives: an objective is listed twice: ['size_bytes', 'size_bytes']"),  # noqa: E501
@@ -408,6 +411,12 @@ def test_plugin_components_the_space_cannot_use_are_refused_naming_them(register
     assert error_of(nogroups + "compressors: [structured_prune]\n") == (
         "quick.yaml: compressors.0: compressor 'structured_prune' needs channel groups for its units it can remove, "
         "but architecture 'nogroups' declares none")
+    # without base_model:, distillation starts the student from the teacher's units (init: teacher, the default): the
+    # architecture's own channel groups, which nogroups lacks
+    assert error_of(nogroups + "compressors: [distill]\n") == (
+        "quick.yaml: compressors.0: compressor 'distill' needs channel groups for its units it can remove, "
+        "but architecture 'nogroups' declares none")
+    assert load_space_text(nogroups + "compressors: [{name: distill, params: {init: scratch}}]\n", "q.yaml").compressors
     # with base_model:, a distilled student starts from the teacher's units: the teacher's groups, not the student's
     space = load_space_text(BASE + nogroups + "compressors: [{name: distill, params: {init: teacher}}]\n", "quick.yaml")
     assert [a.name for a in space.architectures] == ["nogroups"]
@@ -416,3 +425,17 @@ def test_plugin_components_the_space_cannot_use_are_refused_naming_them(register
 def test_a_split_without_a_limit_may_say_so() -> None:
     space = load_space_text(SPACE_WITH_MLP + "dataset: {split: {limit: null, validation: 0.2}}\n", "quick.yaml")
     assert space.dataset.split.limit is None and space.dataset.split.validation == 0.2
+
+
+def test_a_space_parsed_from_data_keeps_no_text_and_a_spec_with_an_argument_names_its_dataset() -> None:
+    """``parse_space`` on a YAML document already read (no file text): ``source`` stays empty, so a worker
+    re-reads nothing stale; a spec ``name:argument`` (npz:/path#key) is looked up by its name alone."""
+    from vae_automl.config import parse_space
+    from vae_automl.registry import get_registry
+
+    data = yaml.safe_load(SPACE_WITH_MLP + "dataset: {spec: 'npz:/data/x.npz#images'}\n")
+    space = parse_space(data, "d.yaml", get_registry())
+    assert space.source == "" and space.dataset.spec == "npz:/data/x.npz#images"
+    assert parse_space(data, "d.yaml", get_registry(), source="text").source == "text"
+    refused = error_of(SPACE_WITH_MLP + "dataset: {spec: 'nosuch:/x'}\n")
+    assert refused.startswith("quick.yaml: dataset.spec: unknown dataset 'nosuch'")

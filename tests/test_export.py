@@ -8,6 +8,10 @@ import hashlib
 import json
 import os
 import shutil
+import sqlite3
+import sys
+import tempfile
+import threading
 import warnings
 from pathlib import Path
 from typing import Any, Iterator
@@ -49,9 +53,65 @@ FLOAT_TRIAL, INT8_TRIAL = 0, 2
 def study(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     """A 3-trial study on digits, with trials 0 and 2 exported in every format (run once for the module)."""
     root = tmp_path_factory.mktemp("export")
-    storage = run_small_study(SPACE, root, trials=3, enqueued=ENQUEUED)
+    storage = searched_study(root)
     folders = export_study(storage, "export-test", root / "export", trials=[FLOAT_TRIAL, INT8_TRIAL])
     yield {"storage": storage, "root": root, "folders": {int(f.name.split("-")[1]): f for f in folders}}
+
+
+def searched_study(root: Path) -> str:
+    """The 3-trial search of :data:`SPACE` in ``root``; return its storage URL.
+
+    Under ``make mutation`` every mutant of export.py would run this same search again (2 of the fixture's 3 s per
+    mutant), though no export.py code runs in it: for those mutants a copy of one shared search is used instead.
+    The run that makes the shared search records every function called in it and keeps the copy only if none is
+    in export.py, so a search that starts calling export.py falls back to searching per mutant. Other mutants, and
+    every ordinary test run, search afresh.
+    """
+    if not os.environ.get("MUTANT_UNDER_TEST", "").startswith("vae_automl.export."):  # set by mutmut only
+        return run_small_study(SPACE, root, trials=3, enqueued=ENQUEUED)
+    source = "".join(p.read_text() for p in sorted(Path(vae_automl.__file__).parent.rglob("*.py")))
+    key = hashlib.sha256(f"{SPACE}{ENQUEUED}{source}".encode()).hexdigest()[:16]
+    shared = Path(tempfile.gettempdir()) / "vae-automl-test-export" / key
+    if not shared.is_dir():
+        shared.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f"{key}.partial-", dir=shared.parent))
+        called = calls_into_export(lambda: run_small_study(SPACE, staging, trials=3, enqueued=ENQUEUED))
+        if called:  # the shortcut's premise no longer holds: search per mutant
+            warnings.warn(f"the export test's search calls export.py ({', '.join(sorted(called))}); not shared", stacklevel=2)
+            shutil.rmtree(staging)
+            return run_small_study(SPACE, root, trials=3, enqueued=ENQUEUED)
+        (staging / "origin").write_text(str(staging))
+        try:
+            staging.rename(shared)
+        except OSError:  # another mutant's run stored it first
+            shutil.rmtree(staging)
+    shutil.copytree(shared, root, dirs_exist_ok=True)
+    origin = (root / "origin").read_text()
+    # the records hold absolute paths (the run folder, each trial's artifact): point them at this copy
+    with sqlite3.connect(root / "study.db") as db:
+        for (table,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall():
+            for column in [row[1] for row in db.execute(f"PRAGMA table_info({table})")]:
+                sql = f"UPDATE {table} SET {column} = replace({column}, ?, ?) WHERE typeof({column}) = 'text'"
+                db.execute(sql, (origin, str(root)))
+    return f"sqlite:///{root / 'study.db'}"
+
+
+def calls_into_export(run: Any) -> set[str]:
+    """Call ``run()`` and return the names of the export.py functions it called (in any thread)."""
+    called: set[str] = set()
+
+    def profile(frame: Any, event: str, arg: Any) -> None:
+        if event == "call" and frame.f_code.co_filename.endswith(os.path.join("vae_automl", "export.py")):
+            called.add(frame.f_code.co_name)
+
+    sys.setprofile(profile)
+    threading.setprofile(profile)
+    try:
+        run()
+    finally:
+        sys.setprofile(None)
+        threading.setprofile(None)  # type: ignore[arg-type]
+    return called
 
 
 def manifest_of(folder: Path) -> dict[str, Any]:

@@ -59,3 +59,24 @@ def test_the_equivalent_list_needs_a_reason_on_every_line(tmp_path: Path) -> Non
 def test_every_listed_equivalent_is_in_the_scope() -> None:
     listed = mutation.equivalent_mutants()
     assert listed and all(mutation.within(name, mutation.SCOPE) for name in listed)
+
+
+def test_under_mutmut_a_mutants_tests_run_cheapest_module_first(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import json
+    from types import SimpleNamespace
+
+    from conftest import pytest_collection_modifyitems
+
+    durations = {"tests/a.py::slow": 5.0, "tests/a.py::quick": 0.5, "tests/b.py::x": 1.0, "tests/b.py::y": 2.0}
+    (tmp_path / "mutmut-stats.json").write_text(json.dumps({"duration_by_test": durations}))
+    monkeypatch.chdir(tmp_path)
+    order = ["tests/a.py::slow", "tests/b.py::y", "tests/a.py::quick", "tests/new.py::t", "tests/b.py::x"]
+    items: list = [SimpleNamespace(nodeid=n) for n in order]
+    monkeypatch.delenv("MUTANT_UNDER_TEST", raising=False)
+    pytest_collection_modifyitems(None, items)  # type: ignore[arg-type]
+    assert [i.nodeid for i in items] == order  # an ordinary run keeps its order
+    monkeypatch.setenv("MUTANT_UNDER_TEST", "vae_automl.export.x_place__mutmut_1")
+    pytest_collection_modifyitems(None, items)  # type: ignore[arg-type]
+    # a module mutmut never timed first, then b (3 s in all) before a (5.5 s), each cheapest test first
+    assert [i.nodeid for i in items] == ["tests/new.py::t", "tests/b.py::x", "tests/b.py::y", "tests/a.py::quick",
+                                         "tests/a.py::slow"]
