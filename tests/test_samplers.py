@@ -10,7 +10,7 @@ import optuna
 import pytest
 
 from vae_automl import samplers
-from vae_automl.config import SamplerConfig, load_space
+from vae_automl.config import PrunerConfig, SamplerConfig, load_space
 from vae_automl.hvi_sampler import HypervolumeSampler
 from vae_automl.registry import get_registry
 
@@ -78,7 +78,9 @@ def test_worker_and_ray_use_the_same_sampler_and_stopping_rule(tmp_path: Path, m
     from vae_automl.early_stopping import FINE_TUNE_RUNG, decide, rung_directions
     from vae_automl.worker import run_worker
 
-    space = dataclasses.replace(quick(), trials=3)
+    # quick.yaml ships no early stopping (the replay favours none with hvi): the rule a user would write
+    rule = PrunerConfig(name="pareto", warmup_epochs=3, min_trials=4)
+    space = dataclasses.replace(quick(), trials=3, pruner=rule)
     storage = f"sqlite:///{tmp_path / 'study.db'}"
     search(space, trials=0, storage=storage, out_dir=tmp_path / "out", show_progress=False)
     worker = run_worker(storage, "quick", trials=0, show_progress=False)
