@@ -41,6 +41,44 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     items.sort(key=lambda item: (per_module.get(item.nodeid.split("::")[0], 0.0), seconds.get(item.nodeid, 0.0)))
 
 
+_SHARED_FIXTURE_HITS: dict[int, set[str]] = {}
+"""Under mutmut's stats run: id of a module- or session-scoped fixture -> the mutated functions its setup ran."""
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_fixture_setup(fixturedef: Any, request: Any) -> Iterator[None]:
+    """Under mutmut's stats run, note which mutated functions a shared fixture's setup runs.
+
+    mutmut picks a mutant's tests by the functions each test ran, and credits a module fixture's setup (test_export's
+    study and its exported folders) to the one test that happened to set it up: the tests that check those folders
+    (loading them, tampering with them) were never run on a mutant of the export code. With the hook below, every
+    test that uses the fixture is credited with what the fixture ran.
+    """
+    if os.environ.get("MUTANT_UNDER_TEST") != "stats" or fixturedef.scope == "function":
+        yield
+        return
+    from mutmut.state import state  # deferred: mutmut is there only in a mutation run
+
+    outer, state()._stats = state()._stats, set()
+    try:
+        yield
+    finally:
+        hits = state()._stats
+        state()._stats = outer | hits
+        _SHARED_FIXTURE_HITS[id(fixturedef)] = hits
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
+    yield
+    if _SHARED_FIXTURE_HITS and os.environ.get("MUTANT_UNDER_TEST") == "stats":
+        from mutmut.state import state  # deferred: as above
+
+        for name in getattr(item, "fixturenames", ()):
+            for fixturedef in item._fixtureinfo.name2fixturedefs.get(name, ()):  # type: ignore[attr-defined]
+                state()._stats |= _SHARED_FIXTURE_HITS.get(id(fixturedef), set())
+
+
 # the skip policy's hooks (tests/skip_policy.py lists the reasons a test may skip under VAE_AUTOML_STRICT_SKIPS=1)
 from skip_policy import pytest_make_collect_report, pytest_runtest_makereport  # noqa: E402, F401
 

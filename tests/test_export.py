@@ -502,6 +502,10 @@ def test_export_checks_every_format_of_a_gaussian_vae_on_the_data_its_search_use
     assert manifest["model_config"]["input_shape"] == [1, 6, 6]
     assert set(manifest["search"]["metrics"]) == {"params", "latency_ms"}
     checks = {(c["figure"], c["file"]): c for c in manifest["checks"]}
+    # params as the search measured it, the other formats' ELBO against the weights file's (not the weights file
+    # against itself), and the file's size as no search figure covers it
+    assert set(checks) == {("params", WEIGHTS), ("test_elbo_nats", "model.onnx"), ("test_elbo_nats", "model.pt2"),
+                           ("test_elbo_nats", "model.pt"), ("size_bytes", WEIGHTS)}
     # each format's ELBO against the weights file's, as the search has no figure; a gaussian model's needs its
     # learned log_sigma, read from each program too
     for fmt, file in (("onnx", "model.onnx"), ("pt2", "model.pt2"), ("torchscript", "model.pt")):
@@ -522,3 +526,148 @@ def test_a_trial_is_not_exported_on_another_split_than_its_search(study: dict[st
     with pytest.raises(ExportError, match=differs):
         export_trial(other, ctx.study.trials[FLOAT_TRIAL], tmp_path, formats=["safetensors"])
     assert not list(tmp_path.iterdir())
+
+
+def test_export_without_a_selection_exports_the_front(study: dict[str, Any], tmp_path: Path) -> None:
+    import optuna
+
+    handle = optuna.load_study(study_name="export-test", storage=study["storage"])
+    done = [t for t in handle.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(done) == 3
+    # brute-force front (both objectives minimized): no other trial at least as good in both and better in one
+    front = [t.number for t in done if not any(
+        all(o <= v for o, v in zip(u.values, t.values, strict=True)) and u.values != t.values for u in done)]
+    folders = export_study(study["storage"], "export-test", tmp_path, formats=["safetensors"])
+    assert sorted(int(f.name.removeprefix("trial-")) for f in folders) == sorted(front)
+
+
+def test_a_search_dataset_given_to_export_is_the_one_it_opens(study: dict[str, Any], tmp_path: Path) -> None:
+    """``dataset=`` wins over the dataset the records name: other images split otherwise, so the trial is refused."""
+    import numpy as np
+
+    other = tmp_path / "other.npz"
+    np.savez(other, images=np.random.default_rng(0).integers(0, 256, (300, 8, 8), dtype=np.uint8))
+    with pytest.raises(ExportError, match="the data split differs from the search's"):
+        export_study(study["storage"], "export-test", tmp_path / "out", trials=[FLOAT_TRIAL], formats=["safetensors"],
+                     dataset=f"npz:{other}#images")
+
+
+def test_a_study_whose_first_trial_has_no_record_opens_on_the_records_of_the_others(study: dict[str, Any],
+                                                                                    tmp_path: Path) -> None:
+    import optuna
+
+    source = optuna.load_study(study_name="export-test", storage=study["storage"])
+    storage = f"sqlite:///{tmp_path / 'older.db'}"
+    older = optuna.create_study(study_name="export-test", storage=storage, directions=source.directions)
+    for key, value in source.user_attrs.items():
+        older.set_user_attr(key, value)
+    older.add_trial(optuna.trial.create_trial(values=[1.0] * len(source.directions)))  # an older vae-automl: no record
+    for trial in source.trials:
+        older.add_trial(trial)
+    ctx = open_study_context(storage, "export-test")
+    assert ctx.data.info["split_sha256"] == open_study_context(study["storage"], "export-test").data.info["split_sha256"]
+    with pytest.raises(ExportError, match="trial 0 has no stored record"):
+        export_trial(ctx, ctx.study.trials[0], tmp_path / "out", formats=["safetensors"])
+
+
+def test_export_trial_refuses_its_earlier_folder_unless_told_to_overwrite(study: dict[str, Any], tmp_path: Path) -> None:
+    ctx = open_study_context(study["storage"], "export-test")
+    trial = ctx.study.trials[FLOAT_TRIAL]
+    export_trial(ctx, trial, tmp_path, formats=["safetensors"])
+    with pytest.raises(ExportError, match="is not empty"):
+        export_trial(ctx, trial, tmp_path, formats=["safetensors"])
+    assert export_trial(ctx, trial, tmp_path, formats=["safetensors"], overwrite=True) == tmp_path / f"trial-{FLOAT_TRIAL}"
+
+
+def test_overwrite_places_the_manifest_last_and_forgives_a_file_already_gone(study: dict[str, Any], tmp_path: Path,
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    (folder,) = export_study(study["storage"], "export-test", tmp_path, trials=[FLOAT_TRIAL],
+                             formats=["safetensors", "torchscript"])
+    (folder / "model.pt").unlink()  # listed by the manifest, deleted by the user since
+    moved: list[str] = []
+    replace = Path.replace
+
+    def logged(self: Path, target: Any) -> Path:
+        moved.append(self.name)
+        return replace(self, target)
+
+    monkeypatch.setattr(Path, "replace", logged)
+    export_study(study["storage"], "export-test", tmp_path, trials=[FLOAT_TRIAL], formats=["safetensors"], overwrite=True)
+    # the manifest vouches for the files: it must not be in place before them (a crash between would leave it lying)
+    assert moved == [WEIGHTS, MANIFEST]
+    assert sorted(p.name for p in folder.iterdir()) == [MANIFEST, WEIGHTS]
+
+
+def test_a_compact_trial_of_a_base_model_study_exports_its_container_and_manifest_entries(study: dict[str, Any],
+                                                                                         tmp_path: Path) -> None:
+    from vae_automl.export import manifest_digest
+    from vae_automl.storage.format import serialize_model
+
+    ctx = open_study_context(study["storage"], "export-test")
+    trial = ctx.study.trials[FLOAT_TRIAL]
+    record = copy.deepcopy(trial.user_attrs["record"])
+    model, _ = load_artifact(record)
+    model.container = "compact"  # what entropy_code's container: compact leaves on the model
+    data = serialize_model(model)
+    artifact = tmp_path / "trial-0.vac"
+    artifact.write_bytes(data)
+    checkpoint = "ab" * 32
+    record.update(artifact=str(artifact), artifact_sha256=hashlib.sha256(data).hexdigest(),
+                  metrics={**record["metrics"], "size_bytes": float(len(data))})
+    record["base"].update(base_model="my_vae.py:build", checkpoint_sha256=checkpoint)
+    fake = copy.deepcopy(trial)
+    fake.user_attrs = {**trial.user_attrs, "record": record}
+    folder = export_trial(ctx, fake, tmp_path / "out", formats=["safetensors", "torchscript"])
+    assert sorted(p.name for p in folder.iterdir()) == [MANIFEST, "model.pt", "weights.vac"]
+    assert (folder / "weights.vac").read_bytes() == data
+    manifest = manifest_of(folder)
+    assert manifest["files"]["weights.vac"]["size_bytes"] == os.path.getsize(folder / "weights.vac") == len(data)
+    assert manifest["base_model"] == {"factory": "my_vae.py:build", "checkpoint_sha256": checkpoint}
+    assert manifest["plugins"] == record["plugins"] and manifest["search"]["latency"] == record["latency"]
+    # the digest, recomputed here from its definition: sha256 of the canonical JSON of everything else
+    body = {k: v for k, v in manifest.items() if k != "manifest_sha256"}
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
+    assert manifest["manifest_sha256"] == hashlib.sha256(canonical).hexdigest() == manifest_digest(manifest)
+    checks = {(c["figure"], c["file"]) for c in manifest["checks"]}
+    assert ("size_bytes", "weights.vac") in checks and ("test_elbo_nats", "model.pt") in checks
+
+
+CLASSIFIER = """
+name: export-classifier
+task: classifier
+dataset: {spec: digits, split: {validation: 0.1, test: 0.2, seed: 0}}
+device: cpu
+seed: 0
+architecture: {lenet_300_100: {width: 0.1}}
+objectives: [test_accuracy, size_bytes]
+trials: 0
+"""
+
+
+def test_a_classifier_study_opens_with_its_labels_and_every_format_is_judged_by_accuracy(tmp_path: Path) -> None:
+    import dataclasses
+    from types import SimpleNamespace
+
+    from vae_automl.config import load_space_text
+    from vae_automl.export import remeasure_onnx, remeasure_pt2, remeasure_torchscript
+
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    vae_automl.search(load_space_text(CLASSIFIER, "c.yaml"), storage=storage, out_dir=tmp_path / "run", show_progress=False)
+    ctx = open_study_context(storage, "export-classifier")  # no trial yet: the stored space is all it reads
+    labels = ctx.data.test_labels
+    assert labels is not None and len(labels) == len(ctx.data.test) and set(labels.tolist()) == set(range(10))
+    arch = ctx.registry.architectures.get("lenet_300_100")
+    torch.manual_seed(0)
+    model = arch.build(arch.config_from_params({p.name: p.default for p in arch.params} | {"width": 0.1}, (1, 8, 8))).eval()
+    with torch.no_grad():
+        expected = 100.0 * float((model(ctx.data.test).argmax(1) == labels).float().mean())  # percent, by hand
+    record = SimpleNamespace(config={"seed": 0})
+    one = 100.0 / len(labels)  # a near-tie may flip one image between runtimes
+    for fmt, remeasure in (("onnx", remeasure_onnx), ("pt2", remeasure_pt2), ("torchscript", remeasure_torchscript)):
+        exporter = ctx.registry.exporters.get(fmt)
+        path = tmp_path / exporter.filename_for(model)
+        exporter.export(model, str(path), ctx.data.test[:2])
+        assert remeasure(ctx, record, path, model)["test_accuracy"] == pytest.approx(expected, abs=one), fmt
+        unlabelled = dataclasses.replace(ctx, data=dataclasses.replace(ctx.data, test_labels=None))
+        with pytest.raises(ExportError, match="was loaded without labels, but accuracy needs them"):
+            remeasure(unlabelled, record, path, model)
