@@ -1,7 +1,7 @@
 """Compressed bytes vs accuracy (or ELBO) of three MNIST classifiers and the seed MLP VAE, per method.
 
     python benchmarks/weights_table.py --data ../shared/data/mnist [--json FILE] [--models lenet5,zoo_cnn]
-                                       [--search-trials N] [--seeds 0,1,2] [--out DIR]
+                                       [--search-trials N] [--seeds 0,1,2] [--out DIR] [--structured-bits N]
 
 With only the MNIST test set in DIR (10,000 images) it trains on the first
 8,000 and tests on the last 2,000 (the project's split); with the full MNIST
@@ -74,7 +74,7 @@ import statistics
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -377,7 +377,9 @@ def run_model(plan: ModelPlan, args: argparse.Namespace, registry: Registry, pm:
             f"(reference {distill_ref:.3f} at {total} epochs)")
 
     if plan.structured and not args.no_structured:
-        rows.append(structured_row(plan, runner, registry, fp32_bytes, seed, log))
+        bits = args.structured_bits or plan.structured_bits
+        rows.append(structured_row(replace(plan, structured_bits=bits), runner, registry, fp32_bytes, seed,
+                                   log))
 
     if not args.no_weight_vae:
         wv = [{"name": "weight_vae", "params": {**plan.weight_vae, "finetune_epochs": f,
@@ -478,6 +480,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-weight-vae", action="store_true", help="leave out the weight_vae rows")
     parser.add_argument("--no-distill", action="store_true", help="leave out the distilled row")
     parser.add_argument("--no-structured", action="store_true", help="leave out the structured-pruning row")
+    parser.add_argument("--structured-bits", type=int, help="k-means bits of the structured row (default: the model's)")
     parser.add_argument("--out", type=Path, help="keep caches and artifacts here (default: a temp dir)")
     args = parser.parse_args(argv)
     try:
