@@ -4,32 +4,38 @@ Every trial is the synthetic trial of ``vae_automl.testing.synthetic`` (a plugin
 loaded like any other): it sleeps a drawn time (``--sleep LOW HIGH`` seconds,
 uniform) and returns drawn objectives, after the same sampling, base-model
 cache hit, measuring, artifact writing and storage traffic as a real trial.
-So the machine's two cores hold the orchestration only, and 64 concurrent
-trials fit because they mostly sleep.
+Its model is the plugin's plain-Python ``synthetic`` architecture, so no
+process of the run imports torch. So the machine's two cores hold the
+orchestration only, and 64 concurrent trials fit because they mostly sleep
+and each process is small.
 
 For each concurrency (1, 4, 16, 64):
 
 * **Optuna**: that many ``vae-automl worker`` processes on one study in a
   throwaway PostgreSQL on 127.0.0.1. They are forked from a process that
-  imported torch once (``multiprocessing``'s forkserver), since 64 fresh
-  processes would each hold ~300 MB of torch; each then runs the CLI's own
-  ``main(["worker", ...])``.
+  imported the CLI once (``multiprocessing``'s forkserver); each then runs
+  the CLI's own ``main(["worker", ...])``.
 * **Ray**: one driver (``vae-automl search --backend ray --concurrency N``)
   on a Ray head on 127.0.0.1 that offers 64 logical CPUs; the trials run in
-  Ray's worker processes. Each holds its own torch: a concurrency whose Ray
-  workers would not fit in the memory available is not run, and the JSON says
-  why, with the memory measured per worker.
+  Ray's worker processes, each a fresh interpreter (Ray, Optuna, numpy, no
+  torch: about 150-200 MB). A concurrency whose Ray workers would not fit in
+  the memory available (by the memory per trial measured at the levels run
+  before it) is not run, and the JSON says why.
 
 Each run gets ``--waves`` times N trials (at least ``--min-trials``). The
 speed-up over one worker is taken in the steady part of a run, from the N-th
-trial's completion (every worker started, Ray's imported torch) to the last
-trial's start (no worker idle yet): the sleep-seconds of the trials completed
-in that window per second, relative to the same figure with one worker. Using
-the drawn seconds rather than the trial count removes the noise of the draws;
+trial's completion (every worker started) to the last trial's start (no worker
+idle yet): the sleep-seconds done in that window per second, relative to the
+same figure with one worker. Each completed trial's sleep counts by the share of
+its run (Optuna's start to its completion) that lies in the window. Counting
+only the trials that complete inside it was biased against Ray: its driver
+stores a finished trial in a thread while Tune already asks for the next one, so
+the last start precedes the completion of the trial it replaced, whose whole
+sleep then fell out of a window it filled (at one trial at a time: a quarter of
+the work, reported as ~4 s of overhead per trial that no trial had). Using the
+drawn seconds rather than the trial count removes the noise of the draws;
 efficiency is speed-up / N. "Of ideal" is that figure over N itself (an ideal run completes N
-sleep-seconds per second): the same without the one-worker run in the ratio, whose own overhead (on a
-loaded machine, a Ray trial's result and the next start wait on one driver) would otherwise flatter every
-larger N. The storage's cost per trial is the time every
+sleep-seconds per second): the same without the one-worker run in the ratio. The storage's cost per trial is the time every
 process spent inside Optuna's ``RDBStorage`` methods (timed in each process,
 nested calls once), divided by the trials of the run.
 
@@ -245,9 +251,15 @@ def measure_study(url: str, name: str, concurrency: int) -> dict[str, Any]:
     last_end = max(stamp(t.datetime_complete) for t in done)
     last_start = max(stamp(t.datetime_start) for t in trials if t.datetime_start is not None)
     window_start = stamp(done[min(concurrency, len(done)) - 1].datetime_complete)
-    in_window = [t for t in done if window_start < stamp(t.datetime_complete) <= last_start]
     window_s = last_start - window_start
-    work_rate = sum(sleep[t.number] for t in in_window) / window_s if window_s > 0 and in_window else float("nan")
+    # each trial's share of its run inside the window (its sleep is spread over its run from start to completion)
+    shares = [
+        max(0.0, min(stamp(t.datetime_complete), last_start) - max(stamp(t.datetime_start), window_start))
+        / max(stamp(t.datetime_complete) - stamp(t.datetime_start), 1e-9)
+        for t in done
+    ]
+    work_s = sum(sleep[t.number] * share for t, share in zip(done, shares))
+    work_rate = work_s / window_s if window_s > 0 and work_s > 0 else float("nan")
     return {
         "trials": len(trials),
         "completed": len(done),
@@ -255,7 +267,7 @@ def measure_study(url: str, name: str, concurrency: int) -> dict[str, Any]:
         "trials_per_min": len(done) / max(last_end - first_start, 1e-9) * 60,
         "work_rate": work_rate,
         "window_s": window_s,
-        "window_trials": len(in_window),
+        "window_trials": sum(shares),
         "mean_sleep_s": sum(sleep.values()) / len(sleep),
     }
 
@@ -564,7 +576,7 @@ def main(argv: list[str] | None = None) -> None:
     }
     full_env = {**os.environ, **env}
     ctx = multiprocessing.get_context("forkserver")
-    ctx.set_forkserver_preload(["torch", "vae_automl.cli", "vae_automl.worker", "vae_automl.trial", PLUGIN, "sqlalchemy"])
+    ctx.set_forkserver_preload(["vae_automl.cli", "vae_automl.worker", "vae_automl.trial", PLUGIN, "sqlalchemy"])
     load_before = os.getloadavg()
     runs: list[Run] = []
     skipped: dict[str, dict[str, str]] = {}

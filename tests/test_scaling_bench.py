@@ -33,12 +33,33 @@ def test_work_rate_counts_the_sleep_completed_in_the_steady_window(tmp_path: Pat
         datetime_complete=t0 + timedelta(seconds=26), params={SECONDS: 50.0}, distributions=dist,
         user_attrs={}, system_attrs={}, intermediate_values={}, trial_id=6))  # fmt: skip
     figures = scaling_synthetic.measure_study(url, "w", concurrency=2)
-    # window: from the 2nd completion (10 s) to the last start (25 s); completed in it: the two ending at 20 s
+    # window: from the 2nd completion (10 s) to the last start (25 s): the two trials of 10-20 s lie in it whole, the
+    # two of 20-30 s half; the failed trial's sleep does not count. Two workers never idle: 2 sleep-seconds a second
     assert figures["window_s"] == 15.0
-    assert figures["window_trials"] == 2
-    assert math.isclose(figures["work_rate"], 20.0 / 15.0)
+    assert math.isclose(figures["window_trials"], 3.0)
+    assert math.isclose(figures["work_rate"], (10 + 10 + 5 + 5) / 15.0)
     assert figures["completed"] == 6 and figures["failed"] == 1
     assert math.isclose(figures["trials_per_min"], 6 / 30 * 60)
+
+
+def test_a_completion_told_after_the_next_start_keeps_its_work_in_the_window(tmp_path: Path) -> None:
+    # the Ray driver: one trial at a time, each stored (told) 0.2 s after Tune asked for the next one
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    study = optuna.create_study(study_name="r", storage=url, directions=["minimize", "minimize"])
+    t0 = datetime(2026, 11, 25, 12, 0, 0)
+    dist = {SECONDS: optuna.distributions.FloatDistribution(0, 60)}
+    for k in range(6):
+        study.add_trial(optuna.trial.FrozenTrial(
+            number=k, state=optuna.trial.TrialState.COMPLETE, value=None, values=[1.0, 2.0],
+            datetime_start=t0 + timedelta(seconds=10 * k), datetime_complete=t0 + timedelta(seconds=10 * k + 10.2),
+            params={SECONDS: 10.0}, distributions=dist, user_attrs={}, system_attrs={}, intermediate_values={},
+            trial_id=k))  # fmt: skip
+    figures = scaling_synthetic.measure_study(url, "r", concurrency=1)
+    # window 10.2 -> 50 s; trials 2 and 3 whole, trials 1 and 4 for 10 of their 10.2 s (counting completions only
+    # left trial 4 out: 30 / 39.8 = 0.75, as if each trial carried 3.3 s of overhead)
+    assert math.isclose(figures["window_s"], 39.8, rel_tol=1e-6)  # stored to the microsecond
+    assert math.isclose(figures["work_rate"], 10 * (2 + 2 * 10 / 10.2) / 39.8, rel_tol=1e-6)
+    assert figures["work_rate"] > 0.99
 
 
 def run(backend: str, concurrency: int, overhead_ms: float, server_ms: float, storage_ms: float) -> dict[str, object]:

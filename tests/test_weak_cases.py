@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from vae_automl import trial as trial_mod
+from vae_automl import trial_torch
 from vae_automl.api import search
 from vae_automl.cli import main
 from vae_automl.config import load_space, load_space_text
@@ -253,12 +254,12 @@ def test_a_model_too_big_for_memory_fails_before_it_is_built(env: Any, monkeypat
     arch = e.registry.architectures.get("mlp")
     config = arch.config_from_params(resolve(space, {"training.lr": 0.004}).architecture_params, e.data.input_shape)
     n_params = sum(p.numel() for p in arch.build(config).parameters())
-    need = n_params * trial_mod.BYTES_PER_TRAINED_PARAM
-    monkeypatch.setattr(trial_mod, "available_memory_bytes", lambda device: need)
-    trial_mod.check_memory(arch, config, e)  # exactly enough passes
-    monkeypatch.setattr(trial_mod, "available_memory_bytes", lambda device: need - 1)
+    need = n_params * trial_torch.BYTES_PER_TRAINED_PARAM
+    monkeypatch.setattr(trial_torch, "available_memory_bytes", lambda device: need)
+    trial_torch.check_memory(arch, config, e.device)  # exactly enough passes
+    monkeypatch.setattr(trial_torch, "available_memory_bytes", lambda device: need - 1)
     with pytest.raises(TrialFailed, match=rf"the model has {n_params:,} parameters: training needs about"):
-        trial_mod.check_memory(arch, config, e)
+        trial_torch.check_memory(arch, config, e.device)
     with pytest.raises(TrialFailed, match="narrow the architecture's ranges"):
         trial_mod.run_trial(e, resolve(space, {"training.lr": 0.004}), 0)
 

@@ -250,6 +250,22 @@ class Architecture(Component):
     kind = "architecture"
     presets: dict[str, dict[str, Any]] = {}
     tasks: tuple[str, ...] = ("vae",)
+    torch_models: ClassVar[bool] = True
+    """Whether :meth:`build` makes torch modules: the trial trains them with the task's loss and stores them
+    with :mod:`vae_automl.storage`. False: its models are plain Python objects with ``config``
+    and ``encodings`` dicts and no weights to train (a stand-in model, as the synthetic trial's); the trial then
+    takes the built model as its base, stores it with :meth:`to_bytes` / :meth:`from_bytes`, and imports no
+    torch, so a process running only such trials stays small."""
+
+    def to_bytes(self, model: Any) -> bytes:
+        """The stored form of a model of an architecture with ``torch_models = False`` (its artifact and its
+        base-model cache file); :meth:`from_bytes` reads it back. Torch architectures are stored by
+        :mod:`vae_automl.storage` instead and need not override it."""
+        raise NotImplementedError(f"architecture {self.name!r} builds torch modules: vae_automl.storage stores them")
+
+    def from_bytes(self, data: bytes) -> Any:
+        """The model :meth:`to_bytes` stored."""
+        raise NotImplementedError(f"architecture {self.name!r} builds torch modules: vae_automl.storage loads them")
 
     @abc.abstractmethod
     def config_from_params(self, values: dict[str, Any], input_shape: tuple[int, ...]) -> dict[str, Any]:

@@ -13,14 +13,12 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from vae_automl.components import STAGES, Component, Param
+from vae_automl.components import GROUP_NAMES, STAGES, Component, Param
 from vae_automl.data import SplitConfig
 from vae_automl.devices import check_device
 from vae_automl.errors import ConfigError, PluginError
 from vae_automl.images import COLORS, check_image_size
-from vae_automl.layers import GROUP_NAMES
 from vae_automl.registry import get_registry
-from vae_automl.vae import LIKELIHOODS
 
 if TYPE_CHECKING:
     from vae_automl.registry import Registry
@@ -418,6 +416,10 @@ def _parse_base_model(raw: Any, loc: _Loc, base_dir: Path | None) -> BaseModelCo
             )
         if base_dir is not None and not Path(checkpoint).is_absolute():
             checkpoint = str((base_dir / checkpoint).resolve())
+    # deferred: vae imports torch, which only a base_model: space needs (its model is torch's); loading any other
+    # space must not import it (a Ray worker of a torch-free trial)
+    from vae_automl.vae import LIKELIHOODS
+
     likelihood = _choice(raw.get("likelihood", "bernoulli"), loc / "likelihood", LIKELIHOODS)
     groups = None
     if raw.get("groups") is not None:

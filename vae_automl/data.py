@@ -5,16 +5,17 @@ from __future__ import annotations
 import hashlib
 import os
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
-import torch
 
 from vae_automl.errors import DataError
 from vae_automl.images import reshape_images
 from vae_automl.registry import get_registry
 
 if TYPE_CHECKING:
+    import torch
+
     from vae_automl.registry import Registry
 
 DATA_DIR_ENV = "VAE_AUTOML_DATA_DIR"
@@ -54,7 +55,8 @@ class DataSplits:
     """Images as float tensors in [0, 1], shape N x C x H x W, on ``device``.
 
     The ``*_labels`` (int64, one per image) are set only when a task or an
-    objective needs them and the dataset has them.
+    objective needs them and the dataset has them. Numpy arrays instead of
+    tensors where :func:`make_splits` got no device (a torch-free trial).
     """
 
     train: torch.Tensor
@@ -206,9 +208,13 @@ def split_indices(n: int, split: SplitConfig, source: str = "dataset") -> tuple[
 
 
 def make_splits(
-    images: np.ndarray, split: SplitConfig, device: torch.device | str, spec: str = "", labels: np.ndarray | None = None
+    images: np.ndarray, split: SplitConfig, device: torch.device | str | None, spec: str = "", labels: np.ndarray | None = None
 ) -> DataSplits:
-    """Split ``images`` (and ``labels`` alike, if given) by ``split`` and move the parts to ``device`` once."""
+    """Split ``images`` (and ``labels`` alike, if given) by ``split`` and move the parts to ``device`` once.
+
+    ``device=None`` keeps the parts numpy arrays and imports no torch: the data of a trial whose architectures
+    make no torch models (``Architecture.torch_models`` false), which only reads their shapes and ``info``.
+    """
     train_idx, val_idx, test_idx = split_indices(len(images), split, f"dataset {spec!r}" if spec else "dataset")
     if len(val_idx) == 0:
         # Early stopping and pruning need a validation set; fall back to the training images.
@@ -227,10 +233,15 @@ def make_splits(
         "split_sha256": digest,
         "input_shape": list(images.shape[1:]),
     }
-    device = torch.device(device)
 
     def part(idx: np.ndarray, array: np.ndarray = images) -> torch.Tensor:
-        return torch.from_numpy(np.ascontiguousarray(array[idx])).to(device)
+        contiguous = np.ascontiguousarray(array[idx])
+        if device is None:  # numpy arrays where tensors are declared: a torch-free trial never handles them as tensors
+            return cast("torch.Tensor", contiguous)
+        # deferred: torch is the tensors' library; the split itself (and a torch-free trial's data) needs none
+        import torch
+
+        return torch.from_numpy(contiguous).to(torch.device(device))
 
     if labels is None:
         return DataSplits(part(train_idx), part(val_idx), part(test_idx), info)

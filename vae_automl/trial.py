@@ -6,6 +6,13 @@ training settings that change the weights (epochs, batch_size, lr, beta,
 weight_decay, patience), the dataset spec with the sha256 of its split
 indices, the seed, and the storage format version. Trials that differ only
 in their compression pipeline share a base.
+
+This module is the driver and imports no torch: what it does to a torch
+model (build and train a base, store and load it) is in
+:mod:`vae_automl.trial_torch`, imported when a trial's architecture makes
+torch models. An architecture with ``torch_models = False`` (plain Python
+models, such as the synthetic trial's) runs the same route, its models
+stored by its own ``to_bytes`` / ``from_bytes``, and torch is never loaded.
 """
 
 from __future__ import annotations
@@ -21,34 +28,55 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from types import ModuleType
+from typing import TYPE_CHECKING, Any, cast
 
-import torch
 from filelock import FileLock
 
-from vae_automl import runtime
 from vae_automl.components import CompressionContext, MeasureContext
 from vae_automl.config import BASE_MODEL_ARCHITECTURE, BaseModelConfig
 from vae_automl.data import DataSplits, load_images, load_labels, make_splits
-from vae_automl.devices import resolve_device
+from vae_automl.devices import check_device, resolve_device
 from vae_automl.errors import PluginError, TrialFailed, VaeAutomlError
 from vae_automl.record import BaseInfo, LatencyInfo, TrialRecord
 from vae_automl.registry import call_each
-from vae_automl.storage.format import SUFFIXES, container_of, deserialize_model, serialize_model
 from vae_automl.storage.header import FORMAT_VERSION
-from vae_automl.train import TrainConfig, train, train_config_from
-from vae_automl.vae import VAE
+from vae_automl.train_config import TrainConfig, train_config_from
 
 if TYPE_CHECKING:
     import pluggy
+    import torch
 
+    from vae_automl.components import Architecture
     from vae_automl.config import SearchSpace
     from vae_automl.registry import Entry, Registry
     from vae_automl.space import TrialSpec
+    from vae_automl.vae import VAE
 
 OnEpoch = Callable[[int, float, int, Callable[[], float]], None]
 """``on_epoch(epoch, validation_loss, base_params, compressed_loss)`` while a base trains (see :func:`run_trial`)."""
 WEIGHT_TRAINING_KEYS = ("epochs", "batch_size", "lr", "beta", "weight_decay", "patience")
+PLAIN_SUFFIX = ".bin"
+"""The file suffix of a stored plain (non-torch) model: whatever its architecture's ``to_bytes`` wrote."""
+
+
+def torch_side() -> ModuleType:
+    """:mod:`vae_automl.trial_torch`, imported the first time a trial handles a torch model."""
+    # deferred: it imports torch (~300 MB a process); a process running only torch-free trials never needs it
+    from vae_automl import trial_torch
+
+    return trial_torch
+
+
+def uses_torch(space: SearchSpace, registry: Registry) -> bool:
+    """Whether trials of ``space`` may handle torch models: a base model, a teacher, or an architecture making them."""
+    if space.base_model is not None or space.teacher:
+        return True
+    return any(registry.architectures.get(a.name).torch_models for a in space.architectures)
+
+
+def _architecture_of(env: TrialEnv, model: Any) -> Architecture:
+    return env.registry.architectures.get(model.config["architecture"])
 
 
 @dataclass
@@ -82,17 +110,24 @@ _splits_cache: dict[tuple[Any, ...], DataSplits] = {}
 def prepare(
     space: SearchSpace, out_dir: str | Path, registry: Registry, pm: pluggy.PluginManager, device: str | None = None
 ) -> TrialEnv:
-    """Load the data onto the device once and set up the cache and artifact folders."""
-    dev = resolve_device(device or space.device)
-    if dev.type == "cuda" and dev.index is not None:
-        # CUDA graphs and bare torch.cuda calls act on the current device: make it the asked one
-        torch.cuda.set_device(dev)
+    """Load the data onto the device once and set up the cache and artifact folders.
+
+    A space whose trials handle no torch model (:func:`uses_torch`) keeps its data numpy arrays and its device a
+    checked name: torch is not imported.
+    """
+    if uses_torch(space, registry):
+        dev = resolve_device(device or space.device)
+        torch_side().set_device(dev)
+    else:
+        # plain models run on no device: the name is recorded as given
+        dev = cast("torch.device", check_device(device or space.device))
     ds = space.dataset
     key = (ds.spec, ds.data_dir, ds.split, ds.image_size, ds.color, str(dev), space.needs_labels)
     if key not in _splits_cache:
         images = load_images(ds.spec, ds.data_dir, ds.download, registry, ds.image_size, ds.color)
         labels = load_labels(ds.spec, len(images), ds.data_dir, ds.download, registry) if space.needs_labels else None
-        _splits_cache[key] = make_splits(images, ds.split, dev, spec=ds.spec, labels=labels)
+        on = dev if uses_torch(space, registry) else None
+        _splits_cache[key] = make_splits(images, ds.split, on, spec=ds.spec, labels=labels)
     out = Path(out_dir)
     env = TrialEnv(space, registry, pm, dev, _splits_cache[key], out / "cache", out / "models")
     env.cache_dir.mkdir(parents=True, exist_ok=True)
@@ -101,13 +136,7 @@ def prepare(
         path = Path(space.teacher)
         if not path.is_file():
             raise VaeAutomlError(f"{space.path}: teacher: no such checkpoint {path}")
-        try:
-            env.teacher = deserialize_model(path.read_bytes(), registry).to(dev)
-        except Exception as exc:
-            raise VaeAutomlError(
-                f"{space.path}: teacher: {path} is not a model saved by vae-automl (a models/trial-N.safetensors or .vac of a "
-                f"search): {type(exc).__name__}: {exc}"
-            ) from None
+        env.teacher = torch_side().load_teacher(path, str(space.path), registry, dev)
     if space.base_model is not None:
         env.base_model, env.base_model_info = load_base_model(env, space.base_model)
     return env
@@ -157,23 +186,27 @@ def load_base_model(env: TrialEnv, config: BaseModelConfig) -> tuple[VAE, dict[s
             if cached is not None:
                 model = cached
             else:
-                train(model, env.data, cfg, seed=space.seed)
-                write_atomic(weights, serialize_model(model))
+                torch_side().train(model, env.data, cfg, seed=space.seed)
+                write_atomic(weights, torch_side().save(model, env.registry)[0])
         info["cache_key"] = key
     return model.eval(), info
 
 
-def read_cached(weights: Path, env: TrialEnv, meta_path: Path | None = None) -> VAE | None:
+def read_cached(weights: Path, env: TrialEnv, meta_path: Path | None = None, arch: Architecture | None = None) -> VAE | None:
     """The cached base model in ``weights`` (and its ``meta_path`` record), or None if absent.
 
     A damaged cache file (a process killed mid-write on a file system
     without atomic rename, a full disk) is named in a warning, removed and
     rebuilt: it must not fail every later trial that shares the base.
+    ``arch``: the architecture of an untrained plain (non-torch) model, read by its ``from_bytes``.
     """
     if not weights.is_file() or (meta_path is not None and not meta_path.is_file()):
         return None
     try:
-        model = deserialize_model(weights.read_bytes(), env.registry).to(env.device)
+        if arch is not None and not arch.torch_models:
+            model = arch.from_bytes(weights.read_bytes())
+        else:
+            model = torch_side().load(weights.read_bytes(), env.registry, env.device)
         if meta_path is not None:
             BaseInfo.from_dict(json.loads(meta_path.read_text()))
     except Exception as exc:
@@ -187,36 +220,6 @@ def read_cached(weights: Path, env: TrialEnv, meta_path: Path | None = None) -> 
                 path.unlink(missing_ok=True)
         return None
     return model
-
-
-BYTES_PER_TRAINED_PARAM = 16
-"""float32 weights, their gradients and Adam's two moments: what training holds per parameter, activations aside."""
-
-
-def available_memory_bytes(device: torch.device) -> int | None:
-    """Free memory on ``device`` (CUDA: the driver's figure; CPU: the OS's available pages), None where unknown."""
-    if device.type == "cuda":
-        return int(torch.cuda.mem_get_info(device)[0])
-    try:
-        return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
-    except (ValueError, OSError, AttributeError):  # not POSIX
-        return None
-
-
-def check_memory(arch: Any, model_config: dict[str, Any], env: TrialEnv) -> None:
-    """Fail the trial before building a model whose training cannot fit in the device's free memory."""
-    try:
-        with torch.device("meta"):  # shapes only: no memory, no time
-            n_params = sum(p.numel() for p in arch.build(model_config).parameters())
-    except Exception:
-        return  # an architecture that cannot build on the meta device is built for real, unestimated
-    need = n_params * BYTES_PER_TRAINED_PARAM
-    free = available_memory_bytes(env.device)
-    if free is not None and need > free:
-        raise TrialFailed(
-            f"the model has {n_params:,} parameters: training needs about {need / 2**30:.1f} GiB for weights, gradients "
-            f"and Adam state, but {env.device} has {free / 2**30:.1f} GiB free; narrow the architecture's ranges"
-        )
 
 
 def base_cache_key(model_config: dict[str, Any], training: dict[str, Any], data: DataSplits, seed: int, task: str = "vae") -> str:
@@ -266,43 +269,65 @@ def train_base(env: TrialEnv, spec: TrialSpec, train_config: TrainConfig, on_epo
         ) from exc
     task = env.registry.tasks.get(env.space.task)
     key = base_cache_key(model_config, spec.training, env.data, spec.seed, task.name)
-    weights, meta_path = env.cache_dir / f"base-{key}.safetensors", env.cache_dir / f"base-{key}.json"
+    suffix = ".safetensors" if arch.torch_models else PLAIN_SUFFIX
+    weights, meta_path = env.cache_dir / f"base-{key}{suffix}", env.cache_dir / f"base-{key}.json"
     # concurrent workers wanting the same base wait for the first to train it (POSIX and Windows)
     with FileLock(env.cache_dir / f"base-{key}.lock"):
-        cached = read_cached(weights, env, meta_path)
+        cached = read_cached(weights, env, meta_path, arch)
         if cached is not None:
             info = BaseInfo.from_dict(json.loads(meta_path.read_text()))
             info.cache_hit = True
             env.stats["base_reused"] += 1
             return cached, info
-        check_memory(arch, model_config, env)
-        torch.manual_seed(spec.seed)
-        model = arch.build(model_config).to(env.device)
-        n_params = sum(p.numel() for p in model.parameters())
-        callback = None
-        if on_epoch is not None:
-            score = _Scorer(env, spec, train_config)
-
-            def callback(epoch: int, loss: float) -> None:
-                on_epoch(epoch, loss, n_params, lambda: score(model))
-
-        task.prepare(model, env.data)
-        result = train(model, env.data, train_config, seed=spec.seed, on_epoch=callback, task=task)
-        task.finalize(model)
-        info = BaseInfo(
-            cache_key=key,
-            params=n_params,
-            epochs_run=result.epochs_run,
-            stopped_early=result.stopped_early,
-            train_seconds=result.seconds,
-            samples_per_s=result.samples_per_s,
-            captured=result.captured,
-            validation_curve=list(result.validation_curve),
-        )
-        write_atomic(weights, serialize_model(model, env.registry.codec_map()))
+        if arch.torch_models:
+            model, info = _train_torch_base(env, spec, arch, model_config, train_config, on_epoch)
+            data = torch_side().save(model, env.registry)[0]
+        else:
+            # a plain model has no weights to train: the built model is the base
+            model = arch.build(model_config)
+            info = BaseInfo(
+                "", params=0, epochs_run=0, stopped_early=False, train_seconds=0.0, samples_per_s=0.0, validation_curve=[]
+            )
+            data = arch.to_bytes(model)
+        info.cache_key = key
+        write_atomic(weights, data)
         write_atomic(meta_path, json.dumps(info.as_dict()).encode())
         env.stats["base_trained"] += 1
         return model, info
+
+
+def _train_torch_base(
+    env: TrialEnv,
+    spec: TrialSpec,
+    arch: Architecture,
+    model_config: dict[str, Any],
+    train_config: TrainConfig,
+    on_epoch: OnEpoch | None,
+) -> tuple[VAE, BaseInfo]:
+    """A fresh torch base model of ``spec``, trained by the space's task (its ``cache_key`` left for the caller)."""
+    make_callback = None
+    if on_epoch is not None:
+        score = _Scorer(env, spec, train_config)
+
+        def make_callback(model: VAE) -> Callable[[int, float], None]:
+            n_params = sum(p.numel() for p in model.parameters())
+            return lambda epoch, loss: on_epoch(epoch, loss, n_params, lambda: score(model))
+
+    task = env.registry.tasks.get(env.space.task)
+    model, result = torch_side().train_fresh(
+        arch, model_config, env.data, env.device, task, train_config, spec.seed, make_callback
+    )
+    info = BaseInfo(
+        cache_key="",
+        params=sum(p.numel() for p in model.parameters()),
+        epochs_run=result.epochs_run,
+        stopped_early=result.stopped_early,
+        train_seconds=result.seconds,
+        samples_per_s=result.samples_per_s,
+        captured=result.captured,
+        validation_curve=list(result.validation_curve),
+    )
+    return model, info
 
 
 def compress(
@@ -327,7 +352,7 @@ def compress(
                 skipped_epochs.append(int(epochs))
             return model
         cfg = TrainConfig(**{**train_config.__dict__, "epochs": int(epochs), "patience": None})
-        train(model, env.data, cfg, seed=spec.seed, extra_loss=extra_loss, after_step=after_step, lr=lr, task=task)
+        torch_side().train(model, env.data, cfg, seed=spec.seed, extra_loss=extra_loss, after_step=after_step, lr=lr, task=task)
         return model
 
     student = None
@@ -357,15 +382,20 @@ def compress(
             raise
         except Exception as exc:
             raise TrialFailed(f"compressor {name!r} (plugin {entry.plugin!r}) failed: {type(exc).__name__}: {exc}") from exc
-        if not isinstance(out, torch.nn.Module) or not isinstance(getattr(out, "encodings", None), dict):
+        plain = not _architecture_of(env, model).torch_models
+        if not (_is_plain_model(out) if plain else torch_side().is_model(out)):
             raise TrialFailed(
-                f"compressor {name!r} (plugin {entry.plugin!r}) returned {type(out).__name__}, "
-                "not a model (an nn.Module with config and encodings, like its input)"
+                f"compressor {name!r} (plugin {entry.plugin!r}) returned {type(out).__name__}, not a model "
+                f"({'an object' if plain else 'an nn.Module'} with config and encodings, like its input)"
             )
-        model = out.to(env.device)
-    if spec.pipeline:
-        task.finalize(model)
+        model = out if plain else out.to(env.device)
+    if spec.pipeline and _architecture_of(env, model).torch_models:
+        task.finalize(model)  # the task's hook readies a torch model to measure and store
     return model
+
+
+def _is_plain_model(out: Any) -> bool:
+    return isinstance(getattr(out, "config", None), dict) and isinstance(getattr(out, "encodings", None), dict)
 
 
 def base_model_baseline(env: TrialEnv) -> dict[str, Any] | None:
@@ -390,7 +420,7 @@ def base_model_baseline(env: TrialEnv) -> dict[str, Any] | None:
 def measure(env: TrialEnv, model: VAE, names: tuple[str, ...], seed: int) -> tuple[dict[str, float], MeasureContext]:
     lat = env.space.latency
     ctx = MeasureContext(
-        model=model.eval(),
+        model=model.eval() if _architecture_of(env, model).torch_models else model,
         data=env.data,
         device=env.device,
         seed=seed,
@@ -455,12 +485,12 @@ def compressed_validation_loss(
     state, so a training run that asks mid-way goes on exactly as without).
     """
     task = env.registry.tasks.get(env.space.task)
-    state, was_training = torch.get_rng_state(), base.training
+    state, was_training = torch_side().rng_state(), base.training
     try:
         model = compress(env, base, spec, train_config, False, skipped_epochs) if spec.pipeline else base
         return float(task.validation_loss(model, env.data, train_config, spec.seed))
     finally:
-        torch.set_rng_state(state)
+        torch_side().set_rng_state(state)
         base.train(was_training)
 
 
@@ -471,8 +501,8 @@ def measure_before_training(env: TrialEnv, spec: TrialSpec) -> dict[str, float]:
     if not names:
         return {}
     arch = env.registry.architectures.get(spec.architecture)
-    torch.manual_seed(spec.seed)
-    model = arch.build(arch.config_from_params(spec.architecture_params, env.data.input_shape)).to(env.device)
+    model_config = arch.config_from_params(spec.architecture_params, env.data.input_shape)
+    model = torch_side().build(arch, model_config, env.device, spec.seed) if arch.torch_models else arch.build(model_config)
     compressed = compress(env, model, spec, train_config_from(spec.training), fine_tuning=False)
     values, _ = measure(env, compressed, names, spec.seed)
     return values
@@ -568,8 +598,13 @@ def run_trial(
     stage("measure")
     metrics, ctx = measure(env, model, (*env.space.objectives, *env.space.record), spec.seed)
     limit.check("measuring")
-    data = ctx.cache.get("serialized") or serialize_model(model, env.registry.codec_map())
-    artifact = env.artifact_dir / f"trial-{number}{SUFFIXES[container_of(model)]}"
+    arch = _architecture_of(env, model)
+    if arch.torch_models:
+        data, suffix = torch_side().save(model, env.registry, ctx.cache.get("serialized"))
+        runtime_name = torch_side().runtime_name(model, ctx.latency_target)
+    else:
+        data, suffix, runtime_name = arch.to_bytes(model), PLAIN_SUFFIX, "python"
+    artifact = env.artifact_dir / f"trial-{number}{suffix}"
     write_atomic(artifact, data)
     record = TrialRecord(
         trial=number,
@@ -584,7 +619,7 @@ def run_trial(
             batch_size=env.space.latency.batch_size,
             target=ctx.latency_target,
             repeats=env.space.latency.repeats,
-            runtime=runtime.runtime_name(model, ctx.latency_target),
+            runtime=runtime_name,
         ),
         base=base_info,
         artifact=str(artifact.resolve()),
