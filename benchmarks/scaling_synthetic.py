@@ -291,6 +291,7 @@ def run_level(
     env: dict[str, str],
     ctx: Any,
     ray_address: str | None,
+    architecture: str = "synthetic",
 ) -> Run:
     from vae_automl.testing.synthetic import space_yaml
 
@@ -298,7 +299,7 @@ def run_level(
     out = root / name
     out.mkdir()
     space_file = out / "space.yaml"
-    space_file.write_text(space_yaml(name, trials=n_trials, seconds=sleep, seed=concurrency))
+    space_file.write_text(space_yaml(name, trials=n_trials, seconds=sleep, seed=concurrency, architecture=architecture))
     create_study(space_file, url, name, out, env)
     common = ["--storage", url, "--study", name]
     started, server_cpu_before = time.monotonic(), postgres_cpu_s(url)
@@ -550,6 +551,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--big", type=int, default=10000, help="trials of the study `front` is timed on (0: skip)")
     parser.add_argument("--skip-ray", action="store_true")
     parser.add_argument("--skip-optuna", action="store_true")
+    parser.add_argument(
+        "--architecture",
+        choices=("synthetic", "mlp"),
+        default="synthetic",
+        help="the trials' model: the torch-free stand-in (default) or the built-in MLP, one epoch (every process imports "
+        "torch: the memory before the trial went torch-free)",
+    )
     parser.add_argument("--json", type=Path, help="write the figures here")
     parser.add_argument("--paper-model", type=Path, metavar="JSON", help="only print the paper model of a --json file")
     parser.add_argument(
@@ -592,7 +600,7 @@ def main(argv: list[str] | None = None) -> None:
                     file=sys.stderr,
                     flush=True,
                 )
-                runs.append(run_level("optuna", level, n, tuple(args.sleep), url, root, env, ctx, None))
+                runs.append(run_level("optuna", level, n, tuple(args.sleep), url, root, env, ctx, None, args.architecture))
                 print(f"  {runs[-1]}", file=sys.stderr, flush=True)
         if not args.skip_ray:
             # Ray would otherwise start one idle worker per logical CPU for the first driver: 64 processes of ~100 MB
@@ -615,7 +623,7 @@ def main(argv: list[str] | None = None) -> None:
                         file=sys.stderr,
                         flush=True,
                     )
-                    runs.append(run_level("ray", level, n, tuple(args.sleep), url, root, env, ctx, address))
+                    runs.append(run_level("ray", level, n, tuple(args.sleep), url, root, env, ctx, address, args.architecture))
                     print(f"  {runs[-1]}", file=sys.stderr, flush=True)
         if args.big:
             print(
@@ -654,6 +662,7 @@ def main(argv: list[str] | None = None) -> None:
         skipped=skipped,
         runs=[asdict(r) for r in runs],
         sleep_s=list(args.sleep),
+        architecture=args.architecture,
         cores=os.cpu_count(),
         load_average_before=load_before[0],
         load_average_after=load_after[0],

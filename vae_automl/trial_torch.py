@@ -31,12 +31,16 @@ if TYPE_CHECKING:
 __all__ = [
     "BYTES_PER_TRAINED_PARAM",
     "available_memory_bytes",
+    "build",
     "check_memory",
     "is_model",
     "load",
+    "load_teacher",
+    "rng_state",
     "runtime_name",
     "save",
     "set_device",
+    "set_rng_state",
     "train",
     "train_fresh",
 ]
@@ -136,8 +140,10 @@ def runtime_name(model: VAE, target: str) -> str:
 
 
 def rng_state() -> torch.Tensor:
+    """torch's global CPU RNG state (scoring a part-trained base must leave its training's draws as they were)."""
     return torch.get_rng_state()
 
 
 def set_rng_state(state: torch.Tensor) -> None:
+    """Restore what :func:`rng_state` gave."""
     torch.set_rng_state(state)
