@@ -308,6 +308,20 @@ def test_version_3_lists_each_distinct_spec_once_and_counts_as_varints() -> None
         compact.read(data[: pos + length + 5])  # cut inside the varint 200
 
 
+@pytest.mark.parametrize(("specs", "message"), [
+    ([[{}, {}]], "unreadable spec 0"),
+    ([[{}, {}, [["", "U8", [1], 4]]]], r"spec 0 lists a part that is not \[suffix, dtype\(, shape\)\]"),
+    ([[{}, {}, [["", "U9"]]]], "part '' has unknown dtype 'U9'"),
+])
+def test_a_version_3_spec_table_that_is_not_one_is_refused(specs: list, message: str) -> None:
+    from vae_automl.storage import compact
+
+    header = compact._deflate(json.dumps({"config": {}, "specs": specs}).encode())
+    data = b"VAC\x03" + compact._varint(len(header)) + header + bytes([1, 0, 1]) + b"\x00"
+    with pytest.raises(ExportError, match=message):
+        compact.read(data)
+
+
 def test_the_older_versions_write_their_own_layout() -> None:
     """A model loaded from a version 1 or 2 file is saved in that version: the per-tensor JSON listing, no varints."""
     from vae_automl.storage import compact

@@ -234,6 +234,8 @@ def read(data: bytes) -> tuple[dict[str, Any], list[Entry]]:
     for spec, meta, layout in listing:
         parts: dict[str, torch.Tensor] = {}
         for suffix, dtype_name, count in layout:
+            if dtype_name not in DTYPES:
+                raise ExportError(f"compact weights file: part {suffix!r} has unknown dtype {dtype_name!r}")
             dtype = DTYPES[dtype_name]
             shape = [count] if isinstance(count, int) else list(count)
             nbytes = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
@@ -257,7 +259,13 @@ def _read_listing(data: bytes, pos: int, specs: list[Any]) -> tuple[list[Any], i
         i, pos = _read_varint(data, pos)
         if i >= len(specs):
             raise ExportError(f"compact weights file: a tensor names spec {i}, but the header lists {len(specs)}")
-        spec, meta, named = specs[i]
+        try:
+            spec, meta, named = specs[i]
+            lengths = [len(item) for item in named]
+        except (ValueError, TypeError) as exc:
+            raise ExportError(f"compact weights file: unreadable spec {i} ({exc!r})") from None
+        if any(n not in (2, 3) for n in lengths):
+            raise ExportError(f"compact weights file: spec {i} lists a part that is not [suffix, dtype(, shape)]")
         layout = []
         for item in named:
             if len(item) == 3:
