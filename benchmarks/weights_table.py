@@ -22,7 +22,7 @@ the 2,464-parameter zoo CNN, the 784-400-20 MLP VAE) the rows are:
     codebooks ANS-coded, in a safetensors file.
 ``prune+kmeans+entropy+compact``
     the same coded parts in the compact container
-    (``entropy_code(container=compact)``: a deflated header of ~100 bytes
+    (``entropy_code(container=compact)``: a header of 60-150 bytes
     instead of safetensors' JSON). One trial gives the three rows: it runs
     with the compact container, and the first two rows are its model
     re-serialized without entropy coding / in safetensors, checked to decode
