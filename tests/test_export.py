@@ -671,3 +671,33 @@ def test_a_classifier_study_opens_with_its_labels_and_every_format_is_judged_by_
         unlabelled = dataclasses.replace(ctx, data=dataclasses.replace(ctx.data, test_labels=None))
         with pytest.raises(ExportError, match="was loaded without labels, but accuracy needs them"):
             remeasure(unlabelled, record, path, model)
+
+
+def test_an_exact_figure_one_byte_off_stops_the_export_saying_exactly(study: dict[str, Any], tmp_path: Path) -> None:
+    ctx = open_study_context(study["storage"], "export-test")
+    trial = copy.deepcopy(ctx.study.trials[FLOAT_TRIAL])
+    metrics = trial.user_attrs["record"]["metrics"]
+    size = metrics["size_bytes"]
+    metrics["size_bytes"] = size + 1
+    with pytest.raises(ExportError) as info:
+        export_trial(ctx, trial, tmp_path, formats=("safetensors",))
+    assert str(info.value).splitlines() == [
+        f"trial {FLOAT_TRIAL}: exported files do not reproduce the search's figures:",
+        f"  {WEIGHTS}: size_bytes expected {size + 1:.6g} (exactly), got {size:.6g} (off by {1 / (size + 1):.2%})",
+    ]
+
+
+def test_each_figure_is_checked_relative_to_the_search_at_its_tolerance_boundary() -> None:
+    from vae_automl.export import TOLERANCES, _check
+
+    checks: list[dict[str, Any]] = []
+    assert TOLERANCES["test_elbo_nats"] == TOLERANCES["recon_error"] == 0.01 and TOLERANCES["size_bytes"] == 0.0
+    _check(checks, "test_elbo_nats", "model.onnx", 100.0, 101.0)  # off by exactly 1%: allowed
+    _check(checks, "test_elbo_nats", "model.onnx", 100.0, 101.0001)  # just over
+    _check(checks, "recon_error", "model.onnx", 0.5, 0.5055)  # 1.1% of a figure below 1 (0.0055 absolute)
+    _check(checks, "size_bytes", WEIGHTS, 1000.0, 1000.0)
+    _check(checks, "size_bytes", WEIGHTS, 1000.0, 1001.0)
+    _check(checks, "test_elbo_nats", "model.pt", 100.0, float("nan"))
+    _check(checks, "latency_ms", "model.pt", 1.0, 9.0)  # no tolerance: machine-dependent, not checked
+    assert [c["ok"] for c in checks] == [True, False, False, True, False, False]
+    assert checks[2]["rel_diff"] == pytest.approx(0.011)
