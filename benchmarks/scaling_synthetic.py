@@ -209,6 +209,29 @@ def available_mb() -> float:
     return 0.0
 
 
+def ray_memory_need_mb(measured: list[Run], level: int) -> tuple[float, str]:
+    """The PSS ``level`` concurrent Ray trials would take, from the peaks of the Ray levels run before, and how.
+
+    Ray's head agents (its dashboard and runtime-env agents, ~100 MB) hold their memory whatever the level, so a
+    per-trial figure from a small level overstates a large one: with two levels measured, the line through the
+    two largest (what one more trial adds, plus what none costs); with one, its peak per trial times ``level``
+    (an upper bound); with none, nothing is known (0).
+    """
+    runs = sorted(measured, key=lambda r: r.concurrency)[-2:]
+    if not runs:
+        return 0.0, "nothing measured yet"
+    if len(runs) == 1 or runs[0].concurrency == runs[1].concurrency:
+        per = runs[-1].memory_mb_per_process
+        return per * level, f"{level} x {per:.0f} MB (the PSS of Ray's processes per trial at {runs[-1].concurrency})"
+    (a, b) = runs
+    per = max((b.peak_memory_mb - a.peak_memory_mb) / (b.concurrency - a.concurrency), 0.0)
+    fixed = max(b.peak_memory_mb - per * b.concurrency, 0.0)
+    return fixed + per * level, (
+        f"{fixed:.0f} MB + {level} x {per:.0f} MB (the PSS of Ray's processes at {a.concurrency} and {b.concurrency} "
+        "trials: what one more trial adds, and what none costs)"
+    )
+
+
 # --- one run -------------------------------------------------------------------------------------------
 
 
@@ -607,13 +630,11 @@ def main(argv: list[str] | None = None) -> None:
             os.environ.setdefault("RAY_prestart_worker_first_driver", "0")
             with ray_head(num_cpus=max(args.levels), object_store_bytes=500 * 1024**2) as address:
                 for level in args.levels:
-                    per_worker = max((r.memory_mb_per_process for r in runs if r.backend == "ray"), default=0.0)
-                    need_mb, have_mb = per_worker * level, available_mb()
+                    need_mb, how = ray_memory_need_mb([r for r in runs if r.backend == "ray"], level)
+                    have_mb = available_mb()
                     if need_mb > 0.8 * have_mb:
                         skipped.setdefault("ray", {})[str(level)] = (
-                            f"{level} x {per_worker:.0f} MB (the most PSS of Ray's workers measured per concurrent "
-                            f"trial) = {need_mb / 1024:.1f} GiB, "
-                            f"over 80% of the {have_mb / 1024:.1f} GiB available"
+                            f"{how} = {need_mb / 1024:.1f} GiB, over 80% of the {have_mb / 1024:.1f} GiB available"
                         )
                         print(f"ray: {level} skipped: {skipped['ray'][str(level)]}", file=sys.stderr, flush=True)
                         continue

@@ -77,3 +77,22 @@ def test_paper_model_takes_the_tightest_bound() -> None:
     assert f"| {64 / t_s * 60:,.0f} | 64x | 1.00 | trials |" in rows[0]
     # Ray: its driver spends 50 ms in the storage per trial, so at most 20 trials/s
     assert f"| {20 * 60:,.0f} | {20 * t_s:.0f}x | {20 * t_s / 64:.2f} | Ray driver |" in rows[1]
+
+
+def ray_run(concurrency: int, peak_mb: float) -> scaling_synthetic.Run:
+    return scaling_synthetic.Run(
+        backend="ray", concurrency=concurrency, trials=4 * concurrency, completed=4 * concurrency, failed=0, wall_s=60.0,
+        trials_per_min=1.0, work_rate=1.0, window_s=30.0, storage_ms_per_trial=1.0, storage_calls_per_trial=1.0,
+        server_cpu_ms_per_trial=1.0, overhead_ms_per_trial=1.0, peak_memory_mb=peak_mb,
+        memory_mb_per_process=peak_mb / concurrency, mean_sleep_s=15.0)  # fmt: skip
+
+
+def test_ray_memory_need_separates_the_fixed_agents_from_each_trials_worker() -> None:
+    # 100 MB of head agents plus 134 MB per trial's worker, as measured at 4 and 16 concurrent trials
+    runs = [ray_run(1, 240.0), ray_run(4, 100 + 4 * 134), ray_run(16, 100 + 16 * 134)]
+    need, how = scaling_synthetic.ray_memory_need_mb(runs, 64)
+    assert math.isclose(need, 100 + 64 * 134)
+    assert "4 and 16" in how
+    # one level measured: its figure per trial (agents included) times the level, an upper bound
+    assert math.isclose(scaling_synthetic.ray_memory_need_mb(runs[:1], 64)[0], 64 * 240.0)
+    assert scaling_synthetic.ray_memory_need_mb([], 64)[0] == 0.0
