@@ -630,6 +630,7 @@ def test_a_compact_trial_of_a_base_model_study_exports_its_container_and_manifes
     assert manifest["manifest_sha256"] == hashlib.sha256(canonical).hexdigest() == manifest_digest(manifest)
     checks = {(c["figure"], c["file"]) for c in manifest["checks"]}
     assert ("size_bytes", "weights.vac") in checks and ("test_elbo_nats", "model.pt") in checks
+    assert len(manifest["checks"]) == len(checks)  # each figure of each file checked once (size too)
 
 
 CLASSIFIER = """
@@ -701,3 +702,13 @@ def test_each_figure_is_checked_relative_to_the_search_at_its_tolerance_boundary
     _check(checks, "latency_ms", "model.pt", 1.0, 9.0)  # no tolerance: machine-dependent, not checked
     assert [c["ok"] for c in checks] == [True, False, False, True, False, False]
     assert checks[2]["rel_diff"] == pytest.approx(0.011)
+
+
+def test_a_partial_folder_left_by_a_crashed_export_is_cleared_first(study: dict[str, Any], tmp_path: Path) -> None:
+    stale = tmp_path / f".trial-{FLOAT_TRIAL}.partial"
+    stale.mkdir()
+    (stale / "model.onnx").write_bytes(b"half written")
+    ctx = open_study_context(study["storage"], "export-test")
+    folder = export_trial(ctx, ctx.study.trials[FLOAT_TRIAL], tmp_path, formats=["safetensors"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == [folder.name]
+    assert sorted(p.name for p in folder.iterdir()) == [MANIFEST, WEIGHTS]
