@@ -57,7 +57,8 @@ def test_search_quality_replay_writes_the_issue_keys(tmp_path: Path) -> None:
     es = report["early_stopping"]
     assert es["sampler"] == "tpe"  # the default's rules cost about 10 minutes more (--stopping-sampler default)
     assert es["epochs_to_target"]["none"] > 0 and es["epochs_ratio"]["none"] == pytest.approx(1.0, abs=0.01)
-    # quick.yaml's rule with each score, both measured on the same seeds as the full-budget search
-    assert set(es["epochs_to_target"]) == {"none", "3/3/4/base", "3/3/4/compressed"}
+    # the default pair of rules (quick.yaml ships none), both measured on the same seeds as the full-budget search
+    assert set(es["epochs_to_target"]) == {"none", "3/3/4/base", "5/2/4/compressed"}
+    assert es["rules"]["5/2/4/compressed"]["score"] == "compressed" and es["rules"]["none"] is None
     assert all(0.0 <= es["hv_at_epoch_fraction"][k]["0.5"] <= 1.0 for k in es["epochs_to_target"])
     assert report["replay_error"]["holdout_trials"] == 40
