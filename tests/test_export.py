@@ -500,6 +500,8 @@ def test_export_checks_every_format_of_a_gaussian_vae_on_the_data_its_search_use
     (folder,) = export_study(storage, "unmeasured", tmp_path / "export", trials=[0], formats=formats)
     manifest = manifest_of(folder)
     assert manifest["model_config"]["input_shape"] == [1, 6, 6]
+    # the study's context opens the data the search used (its --dataset), not the YAML's
+    assert open_study_context(storage, "unmeasured").space.dataset.spec == "digits"
     assert set(manifest["search"]["metrics"]) == {"params", "latency_ms"}
     checks = {(c["figure"], c["file"]): c for c in manifest["checks"]}
     # params as the search measured it, the other formats' ELBO against the weights file's (not the weights file
@@ -712,3 +714,47 @@ def test_a_partial_folder_left_by_a_crashed_export_is_cleared_first(study: dict[
     folder = export_trial(ctx, ctx.study.trials[FLOAT_TRIAL], tmp_path, formats=["safetensors"])
     assert sorted(p.name for p in tmp_path.iterdir()) == [folder.name]
     assert sorted(p.name for p in folder.iterdir()) == [MANIFEST, WEIGHTS]
+
+
+def test_the_manifest_says_what_the_search_measured_where_and_when(study: dict[str, Any]) -> None:
+    import datetime
+
+    folder = study["folders"][FLOAT_TRIAL]
+    manifest = manifest_of(folder)
+    record = open_study_context(study["storage"], "export-test").study.trials[FLOAT_TRIAL].user_attrs["record"]
+    assert set(manifest) == {"format", "manifest_version", "study", "trial", "params", "pipeline", "model_config",
+                             "plugins", "objectives", "search", "remeasured", "checks", "files", "versions", "created",
+                             "manifest_sha256"}
+    assert manifest["objectives"] == {"test_elbo_nats": "minimize", "size_bytes": "minimize", "latency_ms": "minimize"}
+    assert manifest["search"] == {"objectives": record["objectives"], "metrics": record["metrics"],
+                                  "latency": record["latency"], "device": record["device"], "data": record["data"]}
+    created = datetime.datetime.fromisoformat(manifest["created"])
+    assert created.utcoffset() == datetime.timedelta(0)  # UTC, to the second
+    assert abs((datetime.datetime.now(datetime.UTC) - created).total_seconds()) < 3600
+
+
+def test_versions_name_a_missing_package_as_not_installed(monkeypatch: pytest.MonkeyPatch) -> None:
+    from importlib import metadata
+
+    from vae_automl.export import versions
+
+    real = metadata.version
+
+    def version(dist: str) -> str:
+        if dist == "onnx":
+            raise metadata.PackageNotFoundError(dist)
+        return real(dist)
+
+    monkeypatch.setattr(metadata, "version", version)
+    found = versions()
+    assert found["onnx"] == "not installed" and found["onnxruntime"] == real("onnxruntime")
+
+
+def test_a_manifest_without_a_file_list_owns_only_itself(tmp_path: Path) -> None:
+    from vae_automl.export import own_files
+
+    (tmp_path / MANIFEST).write_text(json.dumps({"format": "vae-automl-export"}))
+    assert own_files(tmp_path, overwrite=True) == {MANIFEST}
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(ExportError, match=r"holds files an export did not write \(notes.txt\)"):
+        own_files(tmp_path, overwrite=True)
