@@ -439,3 +439,11 @@ def test_a_space_parsed_from_data_keeps_no_text_and_a_spec_with_an_argument_name
     assert parse_space(data, "d.yaml", get_registry(), source="text").source == "text"
     refused = error_of(SPACE_WITH_MLP + "dataset: {spec: 'nosuch:/x'}\n")
     assert refused.startswith("quick.yaml: dataset.spec: unknown dataset 'nosuch'")
+
+
+def test_a_pruner_named_by_a_string_targets_a_mapping_and_a_task_are_read() -> None:
+    space = load_space_text(SPACE_WITH_MLP + "pruner: pareto\n", "quick.yaml")
+    assert space.pruner.name == "pareto" and space.task == "vae"
+    assert error_of(SPACE_WITH_MLP + "targets: 5\n") == "quick.yaml: targets: expected a mapping, got int 5"
+    classifier = load_space_text("task: classifier\narchitecture: {lenet_300_100: {width: 0.1}}\n", "c.yaml")
+    assert classifier.task == "classifier" and classifier.needs_labels
