@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import zlib
 from pathlib import Path
 
@@ -188,3 +189,25 @@ def test_unknown_container_is_refused() -> None:
     model.container = "zip"
     with pytest.raises(ExportError, match="unknown container 'zip'"):
         serialize_model(model, get_registry().codec_map())
+
+
+def test_a_spec_index_one_past_the_header_s_specs_is_refused_by_name() -> None:
+    """The binary listing's first spec index set to exactly the number of specs (the first index out of range)."""
+    data = bytearray(compact.write({"a": 1}, [("dense", {}, {"": torch.zeros(3)})]))
+    length, pos = compact._read_varint(bytes(data), len(compact.MAGIC) + 1)
+    n_specs = len(json.loads(compact._inflate(bytes(data[pos : pos + length])))["specs"])
+    count, index_at = compact._read_varint(bytes(data), pos + length)
+    assert (count, data[index_at]) == (1, 0)
+    data[index_at] = n_specs
+    with pytest.raises(ExportError, match=f"names spec {n_specs}, but the header lists {n_specs}"):
+        compact.read(bytes(data))
+
+
+@pytest.mark.parametrize("version", [1, 2])
+def test_an_older_version_file_of_no_tensors_ends_exactly_at_its_header(version: int) -> None:
+    """Versions 1 and 2 put nothing after the header when there are no tensors: a header ending exactly at the
+    file's end is whole, not truncated."""
+    data = compact.write({"a": 1}, [], version=version)
+    length, pos = compact._read_varint(data, len(compact.MAGIC) + 1)
+    assert pos + length == len(data)
+    assert compact.read(data) == ({"a": 1}, [])
