@@ -115,7 +115,8 @@ def prepare(
     A space whose trials handle no torch model (:func:`uses_torch`) keeps its data numpy arrays and its device a
     checked name: torch is not imported.
     """
-    if uses_torch(space, registry):
+    torch_trials = uses_torch(space, registry)
+    if torch_trials:
         dev = resolve_device(device or space.device)
         torch_side().set_device(dev)
     else:
@@ -126,7 +127,7 @@ def prepare(
     if key not in _splits_cache:
         images = load_images(ds.spec, ds.data_dir, ds.download, registry, ds.image_size, ds.color)
         labels = load_labels(ds.spec, len(images), ds.data_dir, ds.download, registry) if space.needs_labels else None
-        on = dev if uses_torch(space, registry) else None
+        on = dev if torch_trials else None
         _splits_cache[key] = make_splits(images, ds.split, on, spec=ds.spec, labels=labels)
     out = Path(out_dir)
     env = TrialEnv(space, registry, pm, dev, _splits_cache[key], out / "cache", out / "models")

@@ -93,8 +93,7 @@ def train_fresh(
 ) -> tuple[VAE, TrainResult]:
     """Build ``model_config`` on ``device``, seeded, and train it; ``on_epoch(model)`` makes the per-epoch callback."""
     check_memory(arch, model_config, device)
-    torch.manual_seed(seed)
-    model = arch.build(model_config).to(device)
+    model = build(arch, model_config, device, seed)
     task.prepare(model, data)
     result = train(model, data, config, seed=seed, on_epoch=on_epoch(model) if on_epoch else None, task=task)
     task.finalize(model)
