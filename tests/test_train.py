@@ -186,3 +186,7 @@ def test_unsafe_callable_or_capture_error_falls_back_to_eager(caplog: pytest.Log
     assert result.epochs_run == 2 and all(torch.isfinite(torch.tensor(result.train_curve)))
     with pytest.raises(TrialFailed, match="capture is 'on' but the CUDA-graph capture failed"):
         train(small_model(), data, TrainConfig(epochs=1, batch_size=64, capture="on"), extra_loss=syncs)
+    # A search trains its trials in one process: after a failed capture the CUDA generator still draws eagerly,
+    # and the next trial's step is captured again.
+    assert torch.randn(4, device="cuda").isfinite().all()
+    assert train(small_model(), data, TrainConfig(epochs=1, batch_size=64)).captured

@@ -125,14 +125,25 @@ class _Stepper:
     def _capture(self) -> None:
         self.optimizer.zero_grad(set_to_none=True)
         graph = torch.cuda.CUDAGraph()
-        # Gradients are allocated inside the graph's memory pool, so each replay overwrites them.
-        with torch.cuda.graph(graph):
-            loss = self.loss_of(self.static_x, self.static_y)  # type: ignore[arg-type]  # loss_of takes y or None
-            loss.backward()
-            self.optimizer.step()
-            if self.after_step is not None:
-                self.after_step(self.model)
-            self.loss_sum.add_(loss.detach())
+        device = self.x_train.device
+        rng = torch.cuda.default_generators[device.index if device.index is not None else torch.cuda.current_device()]
+        # A capture that fails midway leaves the generator state it drew from marked as inside a capture, and
+        # every later eager draw in the process then raises "Offset increment outside graph capture" (seen on an
+        # H100, torch 2.11). So the graph draws from a copy, and a failure puts the untouched state back.
+        eager_rng_state = rng.graphsafe_get_state()
+        rng.graphsafe_set_state(rng.clone_state())
+        try:
+            # Gradients are allocated inside the graph's memory pool, so each replay overwrites them.
+            with torch.cuda.graph(graph):
+                loss = self.loss_of(self.static_x, self.static_y)  # type: ignore[arg-type]  # loss_of takes y or None
+                loss.backward()
+                self.optimizer.step()
+                if self.after_step is not None:
+                    self.after_step(self.model)
+                self.loss_sum.add_(loss.detach())
+        except BaseException:
+            rng.graphsafe_set_state(eager_rng_state)
+            raise
         self.graph = graph
 
     def step(self, idx: torch.Tensor) -> None:
