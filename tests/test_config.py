@@ -447,3 +447,36 @@ def test_a_pruner_named_by_a_string_targets_a_mapping_and_a_task_are_read() -> N
     assert error_of(SPACE_WITH_MLP + "targets: 5\n") == "quick.yaml: targets: expected a mapping, got int 5"
     classifier = load_space_text("task: classifier\narchitecture: {lenet_300_100: {width: 0.1}}\n", "c.yaml")
     assert classifier.task == "classifier" and classifier.needs_labels
+
+
+def test_a_relative_base_model_path_is_resolved_against_the_yaml_folder(tmp_path: Path) -> None:
+    """A space file's ``factory: my_vae.py:build`` and ``checkpoint: ckpt.pt`` sit beside the YAML, not in the
+    working directory (the worker and export read the stored text, so the paths must be absolute by then)."""
+    text = "base_model: {factory: 'my_vae.py:build', checkpoint: ckpt.pt}\ncompressors: [uniform]\n"
+    space = load_space_text(text, "rel.yaml", base_dir=tmp_path)
+    assert space.base_model is not None
+    assert space.base_model.factory == f"{tmp_path.resolve() / 'my_vae.py'}:build"
+    assert space.base_model.checkpoint == str(tmp_path.resolve() / "ckpt.pt")
+    # absolute paths stay as written
+    absolute = load_space_text(text.replace("ckpt.pt", "/elsewhere/ckpt.pt"), "abs.yaml", base_dir=tmp_path)
+    assert absolute.base_model is not None and absolute.base_model.checkpoint == "/elsewhere/ckpt.pt"
+
+
+def test_a_pipeline_that_cannot_compose_is_refused_naming_the_slot() -> None:
+    # uniform gives quantized weights; weight_vae (the same stage, after it) takes only dense or masked ones
+    assert error_of(SPACE_WITH_MLP + "compressors: [uniform, weight_vae]\n") == (
+        "quick.yaml: compressors.1.name: compressor 'weight_vae' (stage quantize) takes dense, masked, but compressor "
+        "'uniform' (stage quantize) before it gives quantized; this pipeline cannot work (reorder, make a stage optional, "
+        "or drop one)"
+    )
+    # among a slot's choices the message names the choice
+    choices = "compressors: [uniform, {choices: [{name: pow2}, {name: weight_vae}]}]\n"
+    assert error_of(SPACE_WITH_MLP + choices).startswith("quick.yaml: compressors.1.choices.1.name: compressor 'weight_vae'")
+
+
+def test_a_classifier_needs_labels_whatever_its_objectives() -> None:
+    # the task trains on labels even when no objective reads them
+    classifier = load_space_text(
+        "task: classifier\narchitecture: {lenet_300_100: {width: 0.1}}\nobjectives: [size_bytes, params]\nrecord: []\n", "c.yaml"
+    )
+    assert classifier.task == "classifier" and classifier.needs_labels

@@ -36,6 +36,7 @@ from vae_automl.export import (  # noqa: E402
     open_study_context,
 )
 from conftest import digits_space, run_small_study  # noqa: E402
+from vae_automl.record import TrialRecord  # noqa: E402
 from vae_automl.train import evaluate_elbo  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -761,3 +762,263 @@ def test_a_manifest_without_a_file_list_owns_only_itself(tmp_path: Path) -> None
     (tmp_path / "notes.txt").write_text("mine")
     with pytest.raises(ExportError, match=r"holds files an export did not write \(notes.txt\)"):
         own_files(tmp_path, overwrite=True)
+
+
+# --- the data a study is exported on: a --data-dir given to the search, colour, download, a --plugin dataset ---
+
+MNIST_FROM_A_FOLDER = """
+name: mnist-dir
+task: classifier
+dataset: {spec: mnist, color: rgb, split: {validation: 0.1, test: 0.2, seed: 0}}
+device: cpu
+seed: 0
+architecture: {lenet_300_100: {width: 0.1}}
+training: {epochs: 1, batch_size: 64}
+objectives: [test_accuracy, size_bytes]
+sampler: {name: random, seed: 0}
+trials: 1
+"""
+
+
+def write_idx(path: Path, array: Any) -> None:
+    """An MNIST-format (IDX) file of uint8 ``array``, gzipped as the MNIST files ship."""
+    import gzip
+    import struct
+
+    header = struct.pack(">BBBB", 0, 0, 0x08, array.ndim) + b"".join(struct.pack(">I", d) for d in array.shape)
+    path.write_bytes(gzip.compress(header + array.astype("uint8").tobytes()))
+
+
+def test_a_study_searched_with_a_data_dir_exports_from_the_data_dir_given_to_export(tmp_path: Path,
+                                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """``search --data-dir D`` over a YAML naming no folder: export reads the images and labels from the
+    ``data_dir`` it is given, in the YAML's colour, and splits them as the search did."""
+    import numpy as np
+
+    from vae_automl.config import load_space_text
+    from vae_automl.data import DATA_DIR_ENV
+    from vae_automl.errors import DataError
+
+    monkeypatch.delenv(DATA_DIR_ENV, raising=False)
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    rng = np.random.default_rng(5)
+    images = rng.integers(0, 256, (150, 8, 8), dtype=np.uint8)
+    labels = np.arange(150) % 10
+    write_idx(data_dir / "train-images-idx3-ubyte.gz", images[:120])
+    write_idx(data_dir / "train-labels-idx1-ubyte.gz", labels[:120])
+    write_idx(data_dir / "t10k-images-idx3-ubyte.gz", images[120:])
+    write_idx(data_dir / "t10k-labels-idx1-ubyte.gz", labels[120:])
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    result = vae_automl.search(load_space_text(MNIST_FROM_A_FOLDER, "m.yaml"), storage=storage, out_dir=tmp_path / "run",
+                               data_dir=str(data_dir), show_progress=False)
+    assert result.completed == 1
+    # the folder is not in the stored YAML: without it export cannot find the images
+    with pytest.raises(DataError, match="dataset 'mnist' needs a folder"):
+        open_study_context(storage, "mnist-dir")
+
+    ctx = open_study_context(storage, "mnist-dir", data_dir=str(data_dir))
+    record = TrialRecord.from_trial(ctx.study.trials[0])
+    assert record is not None
+    assert ctx.data.info["dataset"] == record.data["dataset"] == "mnist"
+    assert ctx.data.info["split_sha256"] == record.data["split_sha256"]
+    test, test_labels = ctx.data.test.numpy(), ctx.data.test_labels
+    assert test.shape == (30, 3, 8, 8) and test_labels is not None
+    # oracle: each test image is one written, grey in all three channels, with the label written beside it
+    label_of = {image.tobytes(): int(label) for image, label in zip(images, labels, strict=True)}
+    for image, label in zip(test, test_labels.tolist(), strict=True):
+        assert np.array_equal(image[0], image[1]) and np.array_equal(image[0], image[2])
+        assert label_of[np.round(image[0] * 255).astype(np.uint8).tobytes()] == label
+
+    (folder,) = export_study(storage, "mnist-dir", tmp_path / "export", trials=[0], formats=["safetensors"],
+                             data_dir=str(data_dir))
+    manifest = manifest_of(folder)
+    assert manifest["model_config"]["input_shape"] == [3, 8, 8]
+    assert manifest["checks"] and all(c["ok"] for c in manifest["checks"])
+
+
+def test_each_context_data_names_the_dataset_of_the_records(study: dict[str, Any]) -> None:
+    ctx = open_study_context(study["storage"], "export-test")
+    for trial in ctx.study.trials:
+        record = TrialRecord.from_trial(trial)
+        assert record is not None and record.data["dataset"] == ctx.data.info["dataset"] == "digits"
+
+
+MIRROR_PLUGIN = '''
+"""A dataset fetched into data_dir from a mirror folder when download is allowed (like MNIST's download: true),
+and an architecture of its own (LeNet-300-100 under another name)."""
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from vae_automl.builtin.classifiers import LeNet300100
+from vae_automl.components import Dataset
+from vae_automl.errors import DataError
+from vae_automl.plugin_manager import hookimpl
+
+MIRROR = Path({mirror!r})
+
+
+class MirrorDataset(Dataset):
+    name = "mirror"
+    help = "images.npy and labels.npy in data_dir, fetched from the mirror with download: true"
+
+    def _read(self, data_dir, download, file):
+        path = Path(data_dir) / file
+        if not path.is_file() and download:
+            shutil.copy(MIRROR / file, path)
+        if not path.is_file():
+            raise DataError(f"dataset 'mirror': no {{path}}; set download: true to fetch it")
+        return np.load(path)
+
+    def load(self, arg, data_dir, download):
+        return self._read(data_dir, download, "images.npy")
+
+    def load_labels(self, arg, data_dir, download):
+        return self._read(data_dir, download, "labels.npy")
+
+
+class MirrorNet(LeNet300100):
+    name = "mirror_net"
+
+
+@hookimpl
+def register_datasets(register):
+    register(MirrorDataset())
+
+
+@hookimpl
+def register_architectures(register):
+    register(MirrorNet())
+'''
+
+MIRRORED = """
+name: {name}
+task: classifier
+dataset: {{spec: mirror, download: {download}, split: {{validation: 0.1, test: 0.2, seed: 0}}}}
+device: cpu
+seed: 0
+architecture: {{mirror_net: {{width: 0.1}}}}
+training: {{epochs: 1, batch_size: 64}}
+objectives: [test_accuracy, size_bytes]
+sampler: {{name: random, seed: 0}}
+trials: {trials}
+"""
+
+
+@pytest.fixture
+def mirror_plugin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[str, Any]]:
+    """The module name of :data:`MIRROR_PLUGIN` (importable, given as --plugin) and its mirror's images and labels;
+    the plugin manager forgets it afterwards."""
+    import numpy as np
+
+    from vae_automl.plugin_manager import get_plugin_manager
+    from vae_automl.registry import reset_registry
+
+    mirror = tmp_path / "mirror"
+    mirror.mkdir()
+    rng = np.random.default_rng(7)
+    images, labels = rng.integers(0, 256, (150, 8, 8), dtype=np.uint8), np.arange(150) % 10
+    np.save(mirror / "images.npy", images)
+    np.save(mirror / "labels.npy", labels)
+    name = "vae_automl_test_mirror_plugin"
+    (tmp_path / f"{name}.py").write_text(MIRROR_PLUGIN.format(mirror=str(mirror)))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, name, raising=False)
+
+    def forget() -> None:  # as a new process would start: without the plugin until --plugin names it
+        if get_plugin_manager().has_plugin(name):
+            get_plugin_manager().unregister(name=name)
+        reset_registry()
+
+    try:
+        yield name, forget
+    finally:
+        forget()
+
+
+def test_export_with_plugin_opens_a_plugin_dataset_and_fetches_it_when_the_study_may_download(
+        tmp_path: Path, mirror_plugin: tuple[str, Any]) -> None:
+    """``search --plugin P`` then, in another process, ``export --plugin P --data-dir NEW``: the study said
+    ``download: true``, so export fetches the images and the labels into the new folder, and builds the
+    plugin's architecture."""
+    from vae_automl.config import load_space_text
+    from vae_automl.errors import ConfigError
+    from vae_automl.registry import get_registry
+
+    plugin, forget = mirror_plugin
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    searched, exported = tmp_path / "searched", tmp_path / "exported"
+    searched.mkdir()
+    exported.mkdir()
+    text = MIRRORED.format(name="mirrored", download="true", trials=1)
+    space = load_space_text(text, "m.yaml", get_registry((plugin,)))
+    result = vae_automl.search(space, storage=storage, out_dir=tmp_path / "run", data_dir=str(searched), plugins=(plugin,),
+                               show_progress=False)
+    assert result.completed == 1 and space.dataset.download
+    assert sorted(p.name for p in searched.iterdir()) == ["images.npy", "labels.npy"]
+    forget()
+    with pytest.raises(ConfigError, match="unknown dataset 'mirror'"):
+        export_study(storage, "mirrored", tmp_path / "out", trials=[0], formats=["safetensors"], data_dir=str(exported))
+    (folder,) = export_study(storage, "mirrored", tmp_path / "out", trials=[0], formats=["safetensors"],
+                             data_dir=str(exported), plugins=(plugin,))
+    assert sorted(p.name for p in exported.iterdir()) == ["images.npy", "labels.npy"]
+    assert manifest_of(folder)["model_config"]["architecture"] == "mirror_net"
+    assert manifest_of(folder)["checks"] and all(c["ok"] for c in manifest_of(folder)["checks"])
+
+    # a context keeps the plugins it was opened with: its trials export even after the process forgot them
+    ctx = open_study_context(storage, "mirrored", data_dir=str(exported), plugins=(plugin,))
+    forget()
+    again = export_trial(ctx, ctx.study.trials[0], tmp_path / "again", formats=["safetensors"])
+    assert (again / WEIGHTS).read_bytes() == (folder / WEIGHTS).read_bytes()
+
+
+def test_export_of_a_study_that_may_not_download_fetches_nothing(tmp_path: Path, mirror_plugin: tuple[str, Any]) -> None:
+    """``download: false``: a folder holding the images but not the labels is refused; nothing is fetched."""
+    import numpy as np
+
+    from vae_automl.config import load_space_text
+    from vae_automl.errors import DataError
+    from vae_automl.registry import get_registry
+
+    plugin, _ = mirror_plugin
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    text = MIRRORED.format(name="offline", download="false", trials=0)
+    vae_automl.search(load_space_text(text, "m.yaml", get_registry((plugin,))), storage=storage, out_dir=tmp_path / "run",
+                      data_dir=str(tmp_path / "mirror"), plugins=(plugin,), show_progress=False)
+    partial = tmp_path / "partial"
+    partial.mkdir()
+    np.save(partial / "images.npy", np.load(tmp_path / "mirror" / "images.npy"))
+    with pytest.raises(DataError, match=r"no .*labels\.npy; set download: true"):
+        open_study_context(storage, "offline", data_dir=str(partial), plugins=(plugin,))
+    assert sorted(p.name for p in partial.iterdir()) == ["images.npy"]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(DataError, match=r"no .*images\.npy; set download: true"):
+        open_study_context(storage, "offline", data_dir=str(empty), plugins=(plugin,))
+    assert not list(empty.iterdir())
+
+
+def test_torchscript_remeasure_hides_only_torch_jits_deprecation_warning(study: dict[str, Any],
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """torch.jit.load's FutureWarning (TorchScript is deprecated upstream) is noise to a user; any other warning
+    raised while loading the file must still reach them."""
+    from vae_automl.export import record_of, remeasure_torchscript
+
+    ctx = open_study_context(study["storage"], "export-test")
+    record = record_of(ctx.study.trials[FLOAT_TRIAL])
+    model, _ = load_artifact(record)
+    real_load = torch.jit.load
+
+    def load(*args: Any, **kwargs: Any) -> Any:
+        warnings.warn("torch.jit is deprecated", FutureWarning, stacklevel=2)
+        warnings.warn("the file was saved by another torch", UserWarning, stacklevel=2)
+        return real_load(*args, **kwargs)
+
+    monkeypatch.setattr(torch.jit, "load", load)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        figures = remeasure_torchscript(ctx, record, study["folders"][FLOAT_TRIAL] / "model.pt", model)
+    assert [(w.category, str(w.message)) for w in caught] == [(UserWarning, "the file was saved by another torch")]
+    assert figures["test_elbo_nats"] == manifest_of(study["folders"][FLOAT_TRIAL])["remeasured"]["torchscript"]["test_elbo_nats"]
