@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import numpy as np
@@ -231,3 +232,99 @@ def test_a_float8_codebook_takes_a_byte_per_entry_and_round_trips_exactly(contai
     assert packing.serialize_model(back) == data
     for name, tensor in out.state_dict().items():
         assert torch.equal(back.state_dict()[name], tensor), name
+
+
+def test_lloyd_step_moves_each_centroid_to_the_mean_of_its_values() -> None:
+    from vae_automl.builtin.quantization_impl import lloyd_step
+
+    values = torch.tensor([0.0, 1.0, 2.0, 10.0, 11.0])
+    # bounds at 5 and 25: {0, 1, 2} -> 1, {10, 11} -> 10.5; the centroid at 40 has no value and stays
+    assert lloyd_step(values, torch.tensor([40.0, 0.0, 10.0])).tolist() == [1.0, 10.5, 40.0]
+    assert lloyd_step(torch.tensor([4.0, 6.0]), torch.tensor([5.0])).tolist() == [5.0]
+
+
+def _qat_with_latent(latent: torch.Tensor, params: dict[str, object]) -> tuple[VAE, VAE]:
+    """k-means QAT whose 'training' sets encoder.0's latent weight to ``latent`` and takes one step."""
+    model = tiny_model("mlp")
+    base = make_context(tiny_data())
+
+    def one_step(m: VAE, epochs: int, extra_loss: object = None, after_step: object = None, lr: object = None) -> VAE:
+        with torch.no_grad():
+            m.encoder[0].parametrizations.weight.original.copy_(latent)
+        after_step(m)  # type: ignore[operator]
+        return m
+
+    ctx = make_context(tiny_data())
+    ctx.fine_tune = one_step
+    post = KMeansQuantizer().apply(model, {"bits": 2}, base)
+    return post, KMeansQuantizer().apply(model, {"bits": 2, "qat_epochs": 1, **params}, ctx)
+
+
+def test_qat_codebook_lloyd_moves_the_codebook_with_the_latent_weights() -> None:
+    from vae_automl.builtin.quantization_impl import fp_codebook, lloyd_step
+
+    model = tiny_model("mlp")
+    latent = model.encoder[0].weight.detach().clone() * 0.5  # every weight halved: the centroids must follow
+    post, fixed = _qat_with_latent(latent, {})
+    _, lloyd = _qat_with_latent(latent, {"qat_codebook": "lloyd"})
+    table = torch.tensor(post.encodings["encoder.0.weight"]["codebook"])
+    assert fixed.encodings["encoder.0.weight"]["codebook"] == table.tolist()
+    want = fp_codebook(lloyd_step(latent, table).float(), "float16")
+    got = lloyd.encodings["encoder.0.weight"]["codebook"]
+    assert got == want.double().tolist() and got != table.tolist()
+    assert set(lloyd.encoder[0].weight.flatten().tolist()) <= set(got)
+    data_bytes = packing.serialize_model(lloyd)  # raises if a weight is off its stored codebook
+    assert packing.serialize_model(packing.deserialize_model(data_bytes)) == data_bytes
+
+
+def test_distill_alpha_adds_the_teachers_logit_loss_to_qat() -> None:
+    from vae_automl.classifier import logit_distillation
+
+    registry = get_registry()
+    arch = registry.architectures.get("lenet_300_100")
+    torch.manual_seed(0)
+    teacher = arch.build(arch.config_from_params({"width": 0.05, "activation": "relu", "num_classes": 10}, (1, 28, 28)))
+    seen: list[object] = []
+
+    def record(m: VAE, epochs: int, extra_loss: object = None, after_step: object = None, lr: object = None) -> VAE:
+        seen.append(extra_loss)
+        return m
+
+    ctx = make_context(tiny_data(), teacher=teacher)
+    ctx.fine_tune = record
+    KMeansQuantizer().apply(teacher, {"bits": 3, "qat_epochs": 1}, ctx)
+    KMeansQuantizer().apply(teacher, {"bits": 3, "qat_epochs": 1, "distill_alpha": 2.0, "distill_temperature": 3.0}, ctx)
+    assert seen[0] is None and callable(seen[1])
+    x = torch.rand(5, 1, 28, 28)
+    with torch.no_grad():
+        assert float(seen[1](teacher, x)) == pytest.approx(0.0, abs=1e-6)  # type: ignore[operator]
+        student = arch.build(teacher.config)  # other weights: the loss is alpha x Hinton's, against the teacher
+        want = 2.0 * logit_distillation(student(x), teacher(x), 3.0)
+        assert float(seen[1](student, x)) == pytest.approx(float(want), rel=1e-5) and float(want) > 0  # type: ignore[operator]
+    with pytest.raises(ValueError, match="teacher"):
+        KMeansQuantizer().apply(teacher, {"bits": 3, "qat_epochs": 1, "distill_alpha": 1.0}, make_context(tiny_data()))
+
+
+def test_distill_alpha_on_a_vae_matches_the_teachers_posterior() -> None:
+    teacher = tiny_model("mlp")
+    student = KMeansQuantizer().apply(teacher, {"bits": 2}, make_context(tiny_data()))
+    losses: list[object] = []
+
+    def record(m: VAE, epochs: int, extra_loss: object = None, after_step: object = None, lr: object = None) -> VAE:
+        losses.append(extra_loss)
+        return m
+
+    ctx = make_context(tiny_data(), teacher=teacher)
+    ctx.fine_tune = record
+    KMeansQuantizer().apply(teacher, {"bits": 2, "qat_epochs": 1, "distill_alpha": 1.0}, ctx)
+    loss = losses[0]
+    x = tiny_data().train[:8]
+    # The KL term vanishes for the teacher itself; the 2-bit model's posterior is farther from the teacher's.
+    with torch.no_grad():
+        assert float(loss(student, x)) > float(loss(teacher, x))  # type: ignore[operator]
+    other = tiny_model("conv")
+    if other.latent_dim == teacher.latent_dim:
+        other = copy.deepcopy(teacher)
+        other.latent_dim += 1
+    with pytest.raises(ValueError, match="latent"):
+        loss(other, x)  # type: ignore[operator]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -62,6 +63,40 @@ def active_latent_units(teacher: VAE, x: torch.Tensor, count: int, chunk: int = 
         mu, logvar = teacher.encode(x[start : start + chunk])
         total += (0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar)).sum(0)
     return torch.topk(total, count).indices.sort().values
+
+
+def teacher_matching_loss(teacher: Any, alpha: float, temperature: float) -> Callable[[Any, torch.Tensor], torch.Tensor]:
+    """An ``extra_loss`` that pulls a model of the teacher's shape towards the (frozen) teacher's outputs.
+
+    A classifier matches the teacher's logits (:func:`~vae_automl.classifier.logit_distillation` at
+    ``temperature``); a VAE its posterior (KL, every latent unit) and its mean image, as the distiller does.
+    Both weighted by ``alpha``. Used by fine-tuning stages (quantization-aware training) that keep the shape.
+    """
+    frozen = copy.deepcopy(teacher).eval()
+    frozen.requires_grad_(False)
+    if not isinstance(frozen, VAE):
+
+        def soft_targets(m: Any, x: torch.Tensor) -> torch.Tensor:
+            with torch.no_grad():
+                teacher_logits = frozen(x)
+            return alpha * logit_distillation(m(x), teacher_logits, temperature)
+
+        return soft_targets
+
+    def posterior_and_image(m: VAE, x: torch.Tensor) -> torch.Tensor:
+        if m.latent_dim != frozen.latent_dim:
+            raise ValueError(
+                f"matching the teacher's posterior needs its latent size, but the model has {m.latent_dim} "
+                f"latent units and the teacher {frozen.latent_dim}"
+            )
+        with torch.no_grad():
+            mu_t, logvar_t = frozen.encode(x)
+            teacher_mean = frozen.mean_image(frozen.decode(mu_t))
+        mu_s, logvar_s = m.encode(x)
+        loss = gaussian_kl(mu_s, logvar_s, mu_t, logvar_t) + reconstruction_distance(m, m.decode(mu_s), teacher_mean)
+        return alpha * loss.mean()
+
+    return posterior_and_image
 
 
 class DistillerCode(Distiller):

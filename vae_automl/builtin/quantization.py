@@ -10,7 +10,11 @@ Three weight-only quantizers, all of stage ``quantize``:
     stored by the ``codebook`` codec.
 ``kmeans``
     weight sharing: a k-means codebook of ``2**bits`` values per tensor
-    (Deep Compression); stored by the ``codebook`` codec.
+    (Deep Compression); stored by the ``codebook`` codec. With
+    ``qat_codebook: lloyd`` the codebook is not fixed during fine-tuning:
+    after each optimizer step each centroid moves to the mean of the latent
+    weights nearest to it (one Lloyd step, rounded to the codebook dtype),
+    so the shared values train with the weights, as in Deep Compression.
 
 What is quantized: the weights of Linear, Conv and ConvTranspose layers.
 Biases and the Gaussian ``log_sigma`` stay as they are (dense float32 unless
@@ -39,9 +43,14 @@ fall back to weight error), ``mse`` the squared weight error, or
 Quantization-aware fine-tuning (``qat_epochs`` > 0): each weight gets a
 ``torch.nn.utils.parametrize`` fake-quant with a straight-through estimator
 (the grid follows the weights: the calibrated clip ratios are kept, the
-scale is recomputed; codebooks stay fixed), the model is fine-tuned with
+scale is recomputed; codebooks stay fixed unless ``qat_codebook: lloyd``), the model is fine-tuned with
 the trial's training settings, then the final weights are snapped to the
 grid and the parametrizations removed, so the result is a plain VAE.
+With ``distill_alpha`` > 0 the fine-tuning loss also pulls the model
+towards the trial's trained fp32 model (``ctx.teacher``): Hinton's soft
+targets at ``distill_temperature`` for a classifier, the KL to its
+posterior plus the distance to its mean image for a VAE (the ``distill``
+compressor's losses), weighted by ``distill_alpha``.
 
 Pruned zeros stay zero (masked during fine-tuning and after quantizing),
 and an earlier stage's ``"sparse": true`` is kept; a grid without a zero
@@ -95,6 +104,23 @@ COMMON_PARAMS = (
         maximum=8,
         help="bits of the quantized layers' biases on a per-tensor uniform grid after fine-tuning (0: biases unchanged)",
     ),
+    Param(
+        "distill_alpha",
+        "float",
+        0.0,
+        minimum=0.0,
+        maximum=100.0,
+        help="weight of matching the trial's fp32 model during fine-tuning (logits, or a VAE's posterior and mean image)",
+    ),
+    Param(
+        "distill_temperature",
+        "float",
+        4.0,
+        minimum=0.05,
+        maximum=100.0,
+        log=True,
+        help="softmax temperature of distill_alpha's logit matching (classifiers)",
+    ),
 )
 
 
@@ -136,6 +162,7 @@ class _Quantizer(Compressor):
     needs_zero_mask = implemented_in(f"{IMPL}:QuantizerCode")
     apply = implemented_in(f"{IMPL}:QuantizerCode")
     _fine_tune = implemented_in(f"{IMPL}:QuantizerCode")
+    follow = implemented_in(f"{IMPL}:QuantizerCode")
 
 
 class UniformQuantizer(_Quantizer):
@@ -223,9 +250,17 @@ class KMeansQuantizer(_CodebookQuantizer):
             choices=("float16", "float32", "float8_e4m3"),
             help="how the codebook is stored (float8_e4m3: a byte per entry; centroids rounded to it before fine-tuning)",
         ),
+        Param(
+            "qat_codebook",
+            "categorical",
+            "fixed",
+            choices=("fixed", "lloyd"),
+            help="during QAT: keep the codebook, or move each centroid to the mean of its latent weights after each step",
+        ),
         *COMMON_PARAMS,
     )
     fit = implemented_in(f"{IMPL}:KMeansQuantizerCode")
+    follow = implemented_in(f"{IMPL}:KMeansQuantizerCode")
 
 
 @hookimpl

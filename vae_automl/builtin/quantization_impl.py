@@ -12,6 +12,7 @@ from torch import nn
 from torch.nn import functional as F
 from torch.nn.utils import parametrize
 
+from vae_automl.builtin.distillation_impl import teacher_matching_loss
 from vae_automl.builtin.quantization import (
     GROUPS,
     KMeansQuantizer,
@@ -159,16 +160,25 @@ def kmeans_1d(values: torch.Tensor, k: int, init: str, seed: int, iterations: in
             d2 = torch.minimum(d2, (v - chosen[-1]).pow(2))
         centroids = torch.cat(chosen).sort().values
     for _ in range(iterations):
-        centroids = centroids.sort().values
-        bounds = (centroids[1:] + centroids[:-1]) / 2
-        assign = torch.searchsorted(bounds, v)
-        sums = torch.zeros(len(centroids), dtype=torch.float64).index_add_(0, assign, v)
-        counts = torch.zeros(len(centroids), dtype=torch.float64).index_add_(0, assign, torch.ones_like(v))
-        updated = torch.where(counts > 0, sums / counts.clamp(min=1), centroids)
+        updated = lloyd_step(v, centroids)
         if torch.equal(updated, centroids):
             break
         centroids = updated
     return centroids.sort().values.float()
+
+
+def lloyd_step(values: torch.Tensor, centroids: torch.Tensor) -> torch.Tensor:
+    """One Lloyd iteration on scalars (float64): each centroid moves to the mean of the values nearest to it.
+
+    A centroid no value is nearest to stays where it is.
+    """
+    v = values.double().flatten()
+    centroids = centroids.double().sort().values
+    bounds = (centroids[1:] + centroids[:-1]) / 2
+    assign = torch.searchsorted(bounds, v)
+    sums = torch.zeros(len(centroids), dtype=torch.float64).index_add_(0, assign, v)
+    counts = torch.zeros(len(centroids), dtype=torch.float64).index_add_(0, assign, torch.ones_like(v))
+    return torch.where(counts > 0, sums / counts.clamp(min=1), centroids)
 
 
 class _FakeQuant(nn.Module):
@@ -274,6 +284,12 @@ class QuantizerCode(_Quantizer):
         """Whether the grid lacks an exact zero level, so kept zeros need the sparse mask."""
         return False
 
+    def follow(self, w: torch.Tensor, state: dict[str, Any], values: dict[str, Any]) -> None:
+        """After a fine-tuning step: move the grid in ``state`` with the latent weights ``w`` (kept ones only).
+
+        The default keeps the grid (uniform grids follow through their scale in :meth:`quantize`).
+        """
+
     def apply(self, model: VAE, params: dict[str, Any], ctx: CompressionContext) -> VAE:
         values = self.resolve_params(params)
         out = copy.deepcopy(model)
@@ -346,11 +362,19 @@ class QuantizerCode(_Quantizer):
         def keep_zeros(m: nn.Module) -> None:
             with torch.no_grad():
                 for name, module, _ in layers:
+                    latent = module.parametrizations.weight.original
                     if keeps[name] is not None:
-                        module.parametrizations.weight.original.mul_(keeps[name].to(device))
+                        latent.mul_(keeps[name].to(device))
+                    kept = latent if keeps[name] is None else latent[keeps[name].to(device) > 0]
+                    self.follow(kept.detach().float().cpu(), states[name], values)
 
+        extra = None
+        if values["distill_alpha"] > 0:
+            if ctx.teacher is None:
+                raise ValueError("distill_alpha > 0 needs the trial's fp32 model (ctx.teacher), but there is none")
+            extra = teacher_matching_loss(ctx.teacher, values["distill_alpha"], values["distill_temperature"])
         try:
-            ctx.fine_tune(model, values["qat_epochs"], after_step=keep_zeros, lr=values["qat_lr"])
+            ctx.fine_tune(model, values["qat_epochs"], extra_loss=extra, after_step=keep_zeros, lr=values["qat_lr"])
         finally:
             for _, module, _ in layers:
                 if parametrize.is_parametrized(module, "weight"):
@@ -438,3 +462,9 @@ class KMeansQuantizerCode(KMeansQuantizer):
         source = nonzero if nonzero.numel() else w.flatten()
         centroids = kmeans_1d(source, 1 << bits, values["init"], seed)
         return {"bits": bits, "table": fp_codebook(centroids, values["codebook_dtype"]), "dtype": values["codebook_dtype"]}
+
+    def follow(self, w: torch.Tensor, state: dict[str, Any], values: dict[str, Any]) -> None:
+        # Deep Compression trains the shared values; a Lloyd step after each optimizer step keeps every centroid at
+        # the mean of the latent weights it stands for, as stored (rounded to the codebook dtype).
+        if values["qat_codebook"] == "lloyd" and w.numel():
+            state["table"] = fp_codebook(lloyd_step(w, state["table"]).float(), state["dtype"])
