@@ -2,6 +2,7 @@
 
     python benchmarks/weights_table.py --data ../shared/data/mnist [--json FILE] [--models lenet5,zoo_cnn]
                                        [--search-trials N] [--seeds 0,1,2] [--out DIR] [--structured-bits N]
+                                       [--kmeans-params JSON] [--distill-sparsity F]
 
 With only the MNIST test set in DIR (10,000 images) it trains on the first
 8,000 and tests on the last 2,000 (the project's split); with the full MNIST
@@ -51,6 +52,12 @@ the 2,464-parameter zoo CNN, the 784-400-20 MLP VAE) the rows are:
     chosen on the test split, as a front is read. On the MLP VAE (unless
     ``--no-distill``) the search also distills first, over a range of
     student widths, and is held to the distilled row's reference.
+
+``--kmeans-params JSON`` adds k-means params to every k-means row and search
+of the models run (``qat_lr``, ``qat_codebook``, ``distill_alpha``,
+``bits_encoder``, ...), over the model's own; ``--distill-sparsity`` sets
+the distilled row's sparsity. Both are for trying points; the defaults are
+the table's rows.
 
 ``--seeds 0,1,2`` repeats every row for each seed (training, pruning and
 k-means draws, and the search's sampler); the table then also gives, per
@@ -405,6 +412,12 @@ def run_model(plan: ModelPlan, args: argparse.Namespace, registry: Registry, pm:
     return rows
 
 
+def adjusted(plan: ModelPlan, kmeans_params: dict[str, Any], distill_sparsity: float | None) -> ModelPlan:
+    """``plan`` with ``--kmeans-params`` over its own k-means params and ``--distill-sparsity`` if given."""
+    return replace(plan, kmeans={**plan.kmeans, **kmeans_params},
+                   distill_sparsity=plan.distill_sparsity if distill_sparsity is None else distill_sparsity)
+
+
 SUMMARY_KEYS = ("size_bytes", "compression_ratio", "accuracy", "accuracy_delta_pts", "test_elbo_nats", "elbo_delta_pct")
 
 
@@ -481,8 +494,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-distill", action="store_true", help="leave out the distilled row")
     parser.add_argument("--no-structured", action="store_true", help="leave out the structured-pruning row")
     parser.add_argument("--structured-bits", type=int, help="k-means bits of the structured row (default: the model's)")
+    parser.add_argument("--kmeans-params", default="{}", metavar="JSON",
+                        help="extra kmeans params of every k-means row and search of the models run, as a JSON object "
+                             "(e.g. '{\"qat_lr\": 0.003}'); they override the model's own")
+    parser.add_argument("--distill-sparsity", type=float,
+                        help="pruning sparsity of the distilled row (default: the model's)")
     parser.add_argument("--out", type=Path, help="keep caches and artifacts here (default: a temp dir)")
     args = parser.parse_args(argv)
+    try:
+        kmeans_params = json.loads(args.kmeans_params)
+    except json.JSONDecodeError as exc:
+        parser.error(f"--kmeans-params is not JSON: {exc}")
+    if not isinstance(kmeans_params, dict):
+        parser.error(f"--kmeans-params must be a JSON object of kmeans params, got {args.kmeans_params!r}")
     try:
         seeds = [int(x) for x in args.seeds.split(",")]
     except ValueError:
@@ -502,7 +526,8 @@ def main(argv: list[str] | None = None) -> int:
     summary: list[dict[str, Any]] = []
     for key in args.models.split(","):
         for seed in seeds:
-            rows += run_model(PLANS[key], args, registry, pm, test_images, seed)
+            rows += run_model(adjusted(PLANS[key], kmeans_params, args.distill_sparsity), args, registry, pm,
+                              test_images, seed)
             summary = summarize(rows) if len(seeds) > 1 else []
             if args.json:  # written after every model, so a long run that is stopped keeps what it measured
                 args.json.write_text(json.dumps(rows + summary, indent=2))

@@ -84,3 +84,22 @@ def test_structured_row_is_held_to_an_fp32_model_of_its_own_epochs() -> None:
     assert out["accuracy_delta_pts"] == pytest.approx(-1.5) and out["epochs"] == total
     assert out["size_bytes"] == 470 and out["compression_ratio"] == pytest.approx(9856 / 470)
     assert not out["meets_target"]  # 470 B is under 500 B, but 1.5 points is over the 1-point bound
+
+
+def test_kmeans_params_and_distill_sparsity_adjust_the_plan_and_bad_json_is_refused(tmp_path: Path,
+                                                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    sys.path.insert(0, str(ROOT))
+    try:
+        from benchmarks import weights_table
+    finally:
+        sys.path.remove(str(ROOT))
+    plan = weights_table.PLANS["zoo_cnn"]
+    out = weights_table.adjusted(plan, {"qat_lr": 0.003, "bias_bits": 8}, None)
+    assert out.kmeans == {**plan.kmeans, "qat_lr": 0.003, "bias_bits": 8} and out.kmeans["bias_bits"] == 8
+    assert out.distill_sparsity == plan.distill_sparsity and plan.kmeans["bias_bits"] == 6  # the table's plan untouched
+    assert weights_table.adjusted(plan, {}, 0.65).distill_sparsity == 0.65
+    (tmp_path / "t10k-labels-idx1-ubyte").write_bytes(b"")
+    for bad, message in (("{qat_lr: 1}", "not JSON"), ("[1]", "JSON object")):
+        with pytest.raises(SystemExit):
+            weights_table.main(["--data", str(tmp_path), "--kmeans-params", bad])
+        assert message in capsys.readouterr().err
