@@ -162,6 +162,7 @@ class _Quantizer(Compressor):
     needs_zero_mask = implemented_in(f"{IMPL}:QuantizerCode")
     apply = implemented_in(f"{IMPL}:QuantizerCode")
     _fine_tune = implemented_in(f"{IMPL}:QuantizerCode")
+    follows = implemented_in(f"{IMPL}:QuantizerCode")
     follow = implemented_in(f"{IMPL}:QuantizerCode")
 
 
@@ -260,6 +261,7 @@ class KMeansQuantizer(_CodebookQuantizer):
         *COMMON_PARAMS,
     )
     fit = implemented_in(f"{IMPL}:KMeansQuantizerCode")
+    follows = implemented_in(f"{IMPL}:KMeansQuantizerCode")
     follow = implemented_in(f"{IMPL}:KMeansQuantizerCode")
 
 

@@ -284,11 +284,13 @@ class QuantizerCode(_Quantizer):
         """Whether the grid lacks an exact zero level, so kept zeros need the sparse mask."""
         return False
 
-    def follow(self, w: torch.Tensor, state: dict[str, Any], values: dict[str, Any]) -> None:
-        """After a fine-tuning step: move the grid in ``state`` with the latent weights ``w`` (kept ones only).
+    def follows(self, values: dict[str, Any]) -> bool:
+        """Whether :meth:`follow` moves the grid during fine-tuning (the default: no, uniform grids follow the
+        weights through their scale in :meth:`quantize`)."""
+        return False
 
-        The default keeps the grid (uniform grids follow through their scale in :meth:`quantize`).
-        """
+    def follow(self, w: torch.Tensor, state: dict[str, Any]) -> None:
+        """After a fine-tuning step: move the grid in ``state`` with the latent weights ``w`` (kept ones only)."""
 
     def apply(self, model: VAE, params: dict[str, Any], ctx: CompressionContext) -> VAE:
         values = self.resolve_params(params)
@@ -359,14 +361,17 @@ class QuantizerCode(_Quantizer):
             keep = keeps[name].to(device) if keeps[name] is not None else None
             parametrize.register_parametrization(module, "weight", _FakeQuant(fake, keep))
 
+        following = self.follows(values)
+
         def keep_zeros(m: nn.Module) -> None:
             with torch.no_grad():
                 for name, module, _ in layers:
                     latent = module.parametrizations.weight.original
                     if keeps[name] is not None:
                         latent.mul_(keeps[name].to(device))
-                    kept = latent if keeps[name] is None else latent[keeps[name].to(device) > 0]
-                    self.follow(kept.detach().float().cpu(), states[name], values)
+                    if following:
+                        kept = latent if keeps[name] is None else latent[keeps[name].to(device) > 0]
+                        self.follow(kept.detach().float().cpu(), states[name])
 
         extra = None
         if values["distill_alpha"] > 0:
@@ -463,8 +468,11 @@ class KMeansQuantizerCode(KMeansQuantizer):
         centroids = kmeans_1d(source, 1 << bits, values["init"], seed)
         return {"bits": bits, "table": fp_codebook(centroids, values["codebook_dtype"]), "dtype": values["codebook_dtype"]}
 
-    def follow(self, w: torch.Tensor, state: dict[str, Any], values: dict[str, Any]) -> None:
+    def follows(self, values: dict[str, Any]) -> bool:
+        return bool(values["qat_codebook"] == "lloyd")
+
+    def follow(self, w: torch.Tensor, state: dict[str, Any]) -> None:
         # Deep Compression trains the shared values; a Lloyd step after each optimizer step keeps every centroid at
         # the mean of the latent weights it stands for, as stored (rounded to the codebook dtype).
-        if values["qat_codebook"] == "lloyd" and w.numel():
+        if w.numel():
             state["table"] = fp_codebook(lloyd_step(w, state["table"]).float(), state["dtype"])
