@@ -40,6 +40,8 @@ import optuna
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import FrozenTrial, TrialState
 
+from vae_automl import early_stopping
+
 DrawFunction = Callable[[Any], object]
 """The space as a define-by-run function: calls ``suggest_int/float/categorical`` on the trial it is given."""
 
@@ -142,11 +144,14 @@ class GaussianProcess:
     def __init__(self) -> None:
         self.theta: np.ndarray | None = None
 
-    def fit(self, x: np.ndarray, y: np.ndarray) -> None:
+    def fit(self, x: np.ndarray, y: np.ndarray, extra_noise: np.ndarray | None = None) -> None:
+        """Fit to targets ``y`` at ``x``; ``extra_noise``: a variance per point (units of ``y`` squared) added to the
+        fitted noise, for values only estimated (a stopped trial's, from its rung)."""
         from scipy.optimize import minimize  # deferred: scipy is only needed once a model is fitted
 
         self.mean, self.std = float(y.mean()), float(y.std()) or 1.0
         z = (y - self.mean) / self.std
+        self.extra = np.zeros(len(y)) if extra_noise is None else np.asarray(extra_noise, dtype=float) / self.std**2
         dims = x.shape[1]
         center = math.log(math.sqrt(dims) / 2)
         if self.theta is None or len(self.theta) != dims + 2:  # log length scales, log amplitude, log noise
@@ -156,7 +161,7 @@ class GaussianProcess:
             lengths, amp, noise = np.exp(theta[:dims]), math.exp(theta[dims]), math.exp(theta[dims + 1])
             m, d2 = _matern52(x, x, lengths)
             k = amp * m
-            k[np.diag_indices_from(k)] += noise + 1e-8
+            k[np.diag_indices_from(k)] += noise + self.extra + 1e-8
             try:
                 chol = np.linalg.cholesky(k)
             except np.linalg.LinAlgError:
@@ -182,7 +187,7 @@ class GaussianProcess:
         dims = x.shape[1]
         self.lengths, self.amp, self.noise = np.exp(self.theta[:dims]), math.exp(self.theta[dims]), math.exp(self.theta[dims + 1])
         k = self.amp * _matern52(x, x, self.lengths)[0]
-        k[np.diag_indices_from(k)] += self.noise + 1e-8
+        k[np.diag_indices_from(k)] += self.noise + self.extra + 1e-8
         self.x, self.z = x, z
         self.chol = np.linalg.cholesky(k)
         self.alpha = np.linalg.solve(self.chol.T, np.linalg.solve(self.chol, z))
@@ -201,6 +206,7 @@ class GaussianProcess:
         """Condition on points at their own predicted mean (running trials): the mean stays, the spread there shrinks."""
         if len(x):
             mean, _ = self._predict_standardized(x)
+            self.extra = np.concatenate([self.extra, np.zeros(len(x))])
             self._condition(np.vstack([self.x, x]), np.concatenate([self.z, mean]))
 
 
@@ -242,6 +248,10 @@ class HypervolumeSampler(optuna.samplers.BaseSampler):
         seed: random seed.
         n_startup_trials: random trials before the models are used.
         n_candidates: random candidates each suggestion scores, and as many mutations of the front's trials.
+        rung_layout: for each objective, where a stopped trial's rung point (``early_stopping.RUNG_VALUES_ATTR``)
+            holds it: 0, the rung's score (a validation loss standing in for an objective that needs training,
+            corrected by what completed trials went on to reach from the same rung), k >= 1, the k-th objective
+            known before training (exact). None: stopped trials are not modelled.
     """
 
     def __init__(
@@ -250,8 +260,10 @@ class HypervolumeSampler(optuna.samplers.BaseSampler):
         seed: int | None = None,
         n_startup_trials: int = 8,
         n_candidates: int = 256,
+        rung_layout: Sequence[int] | None = None,
     ) -> None:
         self.draw = draw
+        self.rung_layout = None if rung_layout is None else tuple(rung_layout)
         self.rng = np.random.default_rng(seed)
         self.n_startup_trials, self.n_candidates = n_startup_trials, n_candidates
         self._fallback = optuna.samplers.RandomSampler(seed=seed)
@@ -348,9 +360,16 @@ class HypervolumeSampler(optuna.samplers.BaseSampler):
             encoder.encode(candidates),
         )
         optimistic, pending_y = np.zeros((len(candidates), 2)), np.zeros((len(pending), 2))
+        estimates = self._stopped_estimates(stopped, done, y, signs, logs)
+        x_stopped = encoder.encode([t.params for t, _, _ in estimates]) if estimates else np.empty((0, x_done.shape[1]))
         for j in range(2):
             gp = self._models.setdefault(f"objective{j}", GaussianProcess())
-            gp.fit(x_done, y[:, j])
+            known = [k for k, (_, v, _) in enumerate(estimates) if not np.isnan(v[j])]
+            gp.fit(
+                np.vstack([x_done, x_stopped[known]]),
+                np.concatenate([y[:, j], [estimates[k][1][j] for k in known]]),
+                np.concatenate([np.zeros(len(done)), [estimates[k][2][j] for k in known]]),
+            )
             if pending:
                 pending_y[:, j] = gp.predict(x_pending)[0]
                 gp.believe(x_pending)
@@ -368,6 +387,47 @@ class HypervolumeSampler(optuna.samplers.BaseSampler):
         # log scale: where no candidate is likely to meet the targets, the likeliest still wins
         score = np.log(gain + 1e-12) + self._log_chance_feasible(done, x_done, x_cand)
         return candidates[int(np.argmax(score))]
+
+    def _stopped_estimates(
+        self, stopped: Sequence[FrozenTrial], done: Sequence[FrozenTrial], y: np.ndarray, signs: np.ndarray, logs: list[bool]
+    ) -> list[tuple[FrozenTrial, np.ndarray, np.ndarray]]:
+        """What each stopped trial taught, on the models' scale: ``(trial, values, extra noise variances)``, NaN
+        for an objective it cannot tell.
+
+        An objective known before training is its rung value, exactly. One that needs training is estimated from
+        the rung's score (minimized objectives only, as the score is a loss): the score plus the median of what
+        the completed trials that passed the same rung went on to gain (final value less their score there, on
+        the model's scale), with the spread of those gains as extra noise; no estimate from fewer than 3 of them.
+        """
+        if self.rung_layout is None or len(self.rung_layout) != 2:
+            return []
+
+        def scale(v: float, j: int) -> float:
+            return math.log10(v) if logs[j] else float(signs[j] * v)
+
+        gains: dict[str, list[list[float]]] = {}
+        for i, t in enumerate(done):
+            for rung, point in (t.user_attrs.get(early_stopping.RUNG_VALUES_ATTR) or {}).items():
+                per = gains.setdefault(rung, [[], []])
+                for j in range(2):
+                    if self.rung_layout[j] == 0 and signs[j] > 0 and (point[0] > 0 or not logs[j]):
+                        per[j].append(y[i, j] - scale(point[0], j))
+        out = []
+        for t in stopped:
+            points = t.user_attrs.get(early_stopping.RUNG_VALUES_ATTR) or {}
+            rung = str(t.user_attrs.get(early_stopping.STOPPED_AT_ATTR, next(reversed(points), None)))
+            if rung not in points:
+                continue
+            point, values, noise = points[rung], np.full(2, np.nan), np.zeros(2)
+            for j, at in enumerate(self.rung_layout):
+                if at >= 1 and at < len(point) and (point[at] > 0 or not logs[j]):
+                    values[j] = scale(point[at], j)
+                elif at == 0 and len(gains.get(rung, [[], []])[j]) >= 3 and (point[0] > 0 or not logs[j]):
+                    g = np.array(gains[rung][j])
+                    values[j], noise[j] = scale(point[0], j) + float(np.median(g)), float(g.var())
+            if not np.all(np.isnan(values)):
+                out.append((t, values, noise))
+        return out
 
     def _log_chance_feasible(self, done: Sequence[FrozenTrial], x_done: np.ndarray, x_cand: np.ndarray) -> np.ndarray:
         """Log of the modelled chance that a candidate meets every target (0 where the study has none)."""
