@@ -170,6 +170,7 @@ class QuickTable(Problem):
             size = values[1]  # known before training
             if stopping.score == "compressed" and self.table.compressed_validation is None:
                 raise SystemExit("score: compressed needs the table's compressed_validation: run --record")
+            passed: dict[str, list[float]] = {}
             for rung in early_stopping.rungs(stopping, epochs):
                 if stopping.score == "compressed":  # the base so far, quantized as the trial asks, no fine-tuning
                     loss = self.table.compressed_validation[base, rung - 1, bits]
@@ -179,10 +180,14 @@ class QuickTable(Problem):
                 else:
                     loss = self.table.validation_curves[base, rung - 1]
                 point = [float(loss), size]
+                # stored as the backends store them (early_stopping.RUNG_VALUES_ATTR): the sampler may read them
+                passed[str(rung)] = point
+                trial.set_user_attr(early_stopping.RUNG_VALUES_ATTR, passed)
                 peers = rung_points.setdefault(rung, [])
                 decision = early_stopping.decide(point, peers, ["minimize", "minimize"], stopping)
                 peers.append(point)
                 if decision.stop:
+                    trial.set_user_attr(early_stopping.STOPPED_AT_ATTR, rung)
                     return Outcome(None, rung)
         return Outcome(values, epochs)
 

@@ -32,6 +32,7 @@ import optuna
 from vae_automl import space as space_mod
 from vae_automl.config import SamplerConfig, SearchSpace
 from vae_automl.hvi_sampler import DrawFunction, HypervolumeSampler
+from vae_automl.registry import get_registry
 
 
 def choose(space: SearchSpace | None = None, trials: int | None = None, objectives: int | None = None) -> str:
@@ -48,6 +49,19 @@ class SpaceDraw:
 
     def __call__(self, trial: Any) -> dict[str, Any]:
         return space_mod.suggest(trial, self.space)
+
+
+def rung_layout(space: SearchSpace) -> list[int]:
+    """Where a rung point (``[score, *objectives known before training]``, in the space's order) holds each of the
+    space's objectives: 0, the score, for one that needs training; k, the k-th known before training."""
+    objectives, layout, known = get_registry().objectives, [], 0
+    for name in space.objectives:
+        if objectives.get(name).needs_training:
+            layout.append(0)
+        else:
+            known += 1
+            layout.append(known)
+    return layout
 
 
 def make_sampler(
@@ -77,6 +91,8 @@ def make_sampler(
             kwargs: dict[str, Any] = {"seed": config.seed}
             if config.n_startup_trials is not None:
                 kwargs["n_startup_trials"] = config.n_startup_trials
+            if space is not None:
+                kwargs["rung_layout"] = rung_layout(space)
             return HypervolumeSampler(draw or SpaceDraw(space), **kwargs)  # type: ignore[arg-type]
         if name == "gp":
             kwargs = {"seed": config.seed, "warn_independent_sampling": False}
