@@ -19,9 +19,16 @@ Concurrency: trials still running (other workers on the study, Ray's
 concurrent trials) count as measured at their predicted values (the
 kriging believer, a constant liar with the model's own guess), both on the
 front and in the models, so concurrent suggestions spread out; a candidate
-with the parameters of a completed, running or stopped trial is never chosen
-(stopped trials, having no values, are not modelled). The
+with the parameters of a completed, running or stopped trial is never chosen. The
 first ``n_startup_trials`` trials are random.
+
+Early stopping: a trial stopped at a rung has no final values, but its rung
+point (stored by both backends) tells what it would have reached, given a
+``rung_layout``: the objectives known before training exactly, the one that
+needs training as its rung score plus the median gain that completed trials
+made after the same rung, with their spread as extra noise on that point
+(:meth:`HypervolumeSampler._stopped_estimates`). So the budget that stopping
+frees is not spent again where the stopped trials were.
 
 Measured in ``benchmarks/search_quality.py`` (README, "How the search
 decides"); which objective values the configuration fixes before training
@@ -327,7 +334,7 @@ class HypervolumeSampler(optuna.samplers.BaseSampler):
         trials = study.get_trials(deepcopy=False)
         done = [t for t in trials if t.state == TrialState.COMPLETE and t.values is not None]
         pending = [t for t in trials if t.state == TrialState.RUNNING and t.number != trial.number and t.params]
-        # a stopped trial (PRUNED: early stopping, or a repeat) has no values to model, but is not drawn again
+        # a stopped trial (PRUNED: early stopping, or a repeat) is never drawn again; one with rung values is modelled
         stopped = [t for t in trials if t.state == TrialState.PRUNED]
         taken = {_key(t.params) for t in done + pending + stopped}
         if len(study.directions) != 2 or len(done) < self.n_startup_trials:
