@@ -112,6 +112,8 @@ def test_worker_and_ray_use_the_same_sampler_and_stopping_rule(tmp_path: Path, m
     ours, theirs = sampler.draw.space, worker.study.sampler.draw.space  # both draw candidates from the same space
     assert (ours.architectures, ours.training, ours.compressors) == (theirs.architectures, theirs.training,
                                                                      theirs.compressors)
+    # both learn from stopped trials the same way: the score stands for test_elbo_nats, size_bytes is known
+    assert sampler.rung_layout == worker.study.sampler.rung_layout == (0, 1)
     assert scheduler.config == space.pruner
     assert scheduler.directions == rung_directions(["minimize"])  # validation loss, then size_bytes
     # the scheduler stops exactly when the Optuna backend's rule does
