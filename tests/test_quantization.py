@@ -243,9 +243,10 @@ def test_lloyd_step_moves_each_centroid_to_the_mean_of_its_values() -> None:
     assert lloyd_step(torch.tensor([4.0, 6.0]), torch.tensor([5.0])).tolist() == [5.0]
 
 
-def _qat_with_latent(latent: torch.Tensor, params: dict[str, object]) -> tuple[VAE, VAE]:
-    """k-means QAT whose 'training' sets encoder.0's latent weight to ``latent`` and takes one step."""
-    model = tiny_model("mlp")
+def _qat_with_latent(latent: torch.Tensor, params: dict[str, object], model: VAE | None = None) -> tuple[VAE, VAE]:
+    """k-means QAT of ``model`` (default: the tiny MLP) whose 'training' sets encoder.0's latent weight to
+    ``latent`` and takes one step."""
+    model = model if model is not None else tiny_model("mlp")
     base = make_context(tiny_data())
 
     def one_step(m: VAE, epochs: int, extra_loss: object = None, after_step: object = None, lr: object = None) -> VAE:
@@ -275,6 +276,26 @@ def test_qat_codebook_lloyd_moves_the_codebook_with_the_latent_weights() -> None
     assert set(lloyd.encoder[0].weight.flatten().tolist()) <= set(got)
     data_bytes = packing.serialize_model(lloyd)  # raises if a weight is off its stored codebook
     assert packing.serialize_model(packing.deserialize_model(data_bytes)) == data_bytes
+
+
+def test_qat_codebook_lloyd_leaves_pruned_weights_out_of_the_means() -> None:
+    """A pruned weight stays zero and is stored by the sparse mask, not by a centroid: the Lloyd step averages
+    the kept latent weights only (zeros would drag the centroid nearest 0 towards it)."""
+    from vae_automl.builtin.quantization_impl import fp_codebook, lloyd_step
+
+    model = tiny_model("mlp")
+    weight = model.encoder[0].weight
+    keep = torch.rand(weight.shape, generator=torch.Generator().manual_seed(0)) > 0.5
+    with torch.no_grad():
+        weight.mul_(keep)
+    # 'training' moves the kept weights and revives the pruned ones: the step's mask puts those back to zero
+    latent = torch.where(keep, weight.detach() * 0.5, torch.full_like(weight, 0.3))
+    post, lloyd = _qat_with_latent(latent, {"qat_codebook": "lloyd"}, model)
+    table = torch.tensor(post.encodings["encoder.0.weight"]["codebook"])
+    want = fp_codebook(lloyd_step(latent[keep], table).float(), "float16")
+    assert lloyd.encodings["encoder.0.weight"]["codebook"] == want.double().tolist()
+    assert want.tolist() != fp_codebook(lloyd_step(latent * keep, table).float(), "float16").tolist()  # zeros would move it
+    assert torch.equal(lloyd.encoder[0].weight[~keep], torch.zeros(int((~keep).sum())))
 
 
 def test_distill_alpha_adds_the_teachers_logit_loss_to_qat() -> None:
@@ -316,12 +337,23 @@ def test_distill_alpha_on_a_vae_matches_the_teachers_posterior() -> None:
 
     ctx = make_context(tiny_data(), teacher=teacher)
     ctx.fine_tune = record
-    KMeansQuantizer().apply(teacher, {"bits": 2, "qat_epochs": 1, "distill_alpha": 1.0}, ctx)
+    KMeansQuantizer().apply(teacher, {"bits": 2, "qat_epochs": 1, "distill_alpha": 2.0}, ctx)
     loss = losses[0]
     x = tiny_data().train[:8]
     # The KL term vanishes for the teacher itself; the 2-bit model's posterior is farther from the teacher's.
     with torch.no_grad():
         assert float(loss(student, x)) > float(loss(teacher, x))  # type: ignore[operator]
+        # oracle: alpha x (KL(student posterior || teacher posterior) + Bernoulli NLL of the teacher's mean image
+        # under the student's decoder at its posterior mean), per image, averaged over the batch
+        mu_t, logvar_t = teacher.encode(x)
+        mu_s, logvar_s = student.encode(x)
+        kl = torch.distributions.kl_divergence(
+            torch.distributions.Normal(mu_s, (0.5 * logvar_s).exp()), torch.distributions.Normal(mu_t, (0.5 * logvar_t).exp())
+        ).sum(1)
+        teacher_image = torch.sigmoid(teacher.decode(mu_t))
+        student_image = torch.distributions.Bernoulli(logits=student.decode(mu_s), validate_args=False)
+        nll = -student_image.log_prob(teacher_image).flatten(1).sum(1)
+        assert float(loss(student, x)) == pytest.approx(float(2.0 * (kl + nll).mean()), rel=1e-5)  # type: ignore[operator]
     other = tiny_model("conv")
     if other.latent_dim == teacher.latent_dim:
         other = copy.deepcopy(teacher)
