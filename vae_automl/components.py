@@ -343,7 +343,8 @@ class CompressionContext:
             x) -> scalar`` adds a term to each batch's loss (distillation,
             L1, ...); ``after_step(model)`` runs after each optimizer step
             (re-applying a pruning mask).
-        teacher: the trained base model of this trial (never to be mutated).
+        teacher: the space's ``teacher:`` model if it names one, else the
+            trained base model of this trial (never to be mutated).
         train_config: the trial's training settings.
         build_model: ``build_model(config)`` builds an untrained model of a
             canonical config (structured pruning, distillation students).

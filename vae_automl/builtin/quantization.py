@@ -47,7 +47,8 @@ scale is recomputed; codebooks stay fixed unless ``qat_codebook: lloyd``), the m
 the trial's training settings, then the final weights are snapped to the
 grid and the parametrizations removed, so the result is a plain VAE.
 With ``distill_alpha`` > 0 the fine-tuning loss also pulls the model
-towards the trial's trained fp32 model (``ctx.teacher``): Hinton's soft
+towards the trial's teacher (``ctx.teacher``: the space's ``teacher:``
+if it names one, else the trial's trained fp32 model): Hinton's soft
 targets at ``distill_temperature`` for a classifier, the KL to its
 posterior plus the distance to its mean image for a VAE (the ``distill``
 compressor's losses), weighted by ``distill_alpha``.
@@ -110,7 +111,8 @@ COMMON_PARAMS = (
         0.0,
         minimum=0.0,
         maximum=100.0,
-        help="weight of matching the trial's fp32 model during fine-tuning (logits, or a VAE's posterior and mean image)",
+        help="weight of matching the teacher (the trial's fp32 model, or the space's teacher:) during fine-tuning "
+        "(logits, or a VAE's posterior and mean image)",
     ),
     Param(
         "distill_temperature",
