@@ -521,13 +521,22 @@ def main(argv: list[str] | None = None) -> int:
     args.out = args.out or Path(tempfile.mkdtemp(prefix="weights_table_"))
     pm = new_plugin_manager(autoload=False)
     registry = Registry.from_plugin_manager(pm)
+    plans = {key: adjusted(PLANS[key], kmeans_params, args.distill_sparsity) for key in args.models.split(",")}
+    for plan in plans.values():  # checked now, not when the first row reaches them after the fp32 model's training
+        try:
+            registry.compressors.get("kmeans").resolve_params({"bits": plan.bits, **plan.kmeans})
+        except ValueError as exc:
+            parser.error(f"--kmeans-params: {exc}")
+        try:
+            registry.compressors.get("magnitude_prune").resolve_params({"sparsity": plan.distill_sparsity})
+        except ValueError as exc:
+            parser.error(f"--distill-sparsity: {exc}")
     torch.set_num_threads(1)
     rows: list[dict[str, Any]] = []
     summary: list[dict[str, Any]] = []
-    for key in args.models.split(","):
+    for plan in plans.values():
         for seed in seeds:
-            rows += run_model(adjusted(PLANS[key], kmeans_params, args.distill_sparsity), args, registry, pm,
-                              test_images, seed)
+            rows += run_model(plan, args, registry, pm, test_images, seed)
             summary = summarize(rows) if len(seeds) > 1 else []
             if args.json:  # written after every model, so a long run that is stopped keeps what it measured
                 args.json.write_text(json.dumps(rows + summary, indent=2))

@@ -99,7 +99,16 @@ def test_kmeans_params_and_distill_sparsity_adjust_the_plan_and_bad_json_is_refu
     assert out.distill_sparsity == plan.distill_sparsity and plan.kmeans["bias_bits"] == 6  # the table's plan untouched
     assert weights_table.adjusted(plan, {}, 0.65).distill_sparsity == 0.65
     (tmp_path / "t10k-labels-idx1-ubyte").write_bytes(b"")
-    for bad, message in (("{qat_lr: 1}", "not JSON"), ("[1]", "JSON object")):
+    for bad, message in (
+        ("{qat_lr: 1}", "not JSON"),
+        ("[1]", "JSON object"),
+        # refused before any training, naming the key
+        ('{"qat_lrr": 0.003}', "--kmeans-params: compressor 'kmeans' has no parameter 'qat_lrr'"),
+        ('{"qat_codebook": "lloid"}', "--kmeans-params: `qat_codebook` must be one of fixed, lloyd"),
+    ):
         with pytest.raises(SystemExit):
             weights_table.main(["--data", str(tmp_path), "--kmeans-params", bad])
         assert message in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        weights_table.main(["--data", str(tmp_path), "--distill-sparsity", "1.5"])
+    assert "--distill-sparsity: `sparsity` must be in [0.0, 0.99], but got sparsity=1.5" in capsys.readouterr().err
