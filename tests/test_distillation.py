@@ -92,6 +92,30 @@ def test_gaussian_kl_matches_torch_distributions() -> None:
     torch.testing.assert_close(gaussian_kl(mu_q, lv_q, mu_p, lv_p), expected)
 
 
+def test_a_classifier_student_trains_on_alpha_times_the_teachers_soft_targets() -> None:
+    from vae_automl.classifier import logit_distillation
+
+    arch = get_registry().architectures.get("lenet_300_100")
+    torch.manual_seed(0)
+    teacher = arch.build(arch.config_from_params({"width": 0.05, "activation": "relu", "num_classes": 10}, (1, 28, 28)))
+    seen: list[Any] = []
+
+    def record(m: Any, epochs: int, extra_loss: Any = None, after_step: Any = None, lr: Any = None) -> Any:
+        seen.append(extra_loss)
+        return m
+
+    ctx = make_context(tiny_data(), teacher=teacher)
+    ctx.fine_tune = record
+    params = {"width_ratio": 0.5, "epochs": 1, "init": "scratch", "temperature": 3.0}
+    student = Distiller().apply(teacher, {**params, "alpha": 2.0}, ctx)
+    Distiller().apply(teacher, {**params, "alpha": 0.0}, ctx)
+    assert callable(seen[0]) and seen[1] is None  # alpha 0: the task loss alone
+    x = torch.rand(5, 1, 28, 28)
+    with torch.no_grad():
+        want = 2.0 * logit_distillation(student(x), teacher(x), 3.0)
+        assert float(seen[0](student, x)) == pytest.approx(float(want), rel=1e-5) and float(want) > 0
+
+
 def test_unknown_architecture_and_bad_params_are_refused() -> None:
     with pytest.raises(ValueError, match="has none of them"):
         student_config({"architecture": "mine", "latent_dim": 4}, 0.5, 4)

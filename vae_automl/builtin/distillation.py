@@ -74,7 +74,14 @@ class Distiller(Compressor):
             maximum=1.0,
             help="student latent size / teacher's (the teacher's most active units are kept)",
         ),
-        Param("alpha", "float", 1.0, minimum=0.0, maximum=100.0, help="weight of KL(q_student || q_teacher)"),
+        Param(
+            "alpha",
+            "float",
+            1.0,
+            minimum=0.0,
+            maximum=100.0,
+            help="weight of KL(q_student || q_teacher); classifiers: of the soft-target loss",
+        ),
         Param("beta", "float", 1.0, minimum=0.0, maximum=100.0, help="weight of the reconstruction distance"),
         Param("epochs", "int", 10, minimum=0, maximum=1000, help="student training epochs"),
         Param(

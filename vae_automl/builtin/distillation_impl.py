@@ -154,14 +154,9 @@ class DistillerCode(Distiller):
         else:
             student = ctx.build_model(student_config(teacher.config, values["width_ratio"], None)).to(ctx.device)  # type: ignore[misc]
         alpha, temperature = float(values["alpha"]), float(values["temperature"])
-
-        def soft_targets(m: Any, x: torch.Tensor) -> torch.Tensor:
-            with torch.no_grad():
-                teacher_logits = teacher(x)
-            return alpha * logit_distillation(m(x), teacher_logits, temperature)
-
         if values["epochs"] > 0:
-            ctx.fine_tune(student, values["epochs"], extra_loss=soft_targets if alpha else None)
+            extra = teacher_matching_loss(teacher, alpha, temperature) if alpha else None
+            ctx.fine_tune(student, values["epochs"], extra_loss=extra)
         return student.eval()
 
     @staticmethod
