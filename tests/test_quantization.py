@@ -18,7 +18,7 @@ from vae_automl.data import SplitConfig, make_splits
 from vae_automl.registry import get_registry
 from vae_automl.api import search
 from vae_automl.testing import make_context, tiny_model
-from vae_automl.testing.compressors import tiny_data
+from vae_automl.testing.compressors import TINY_ARCHITECTURES, tiny_data
 from vae_automl.train import evaluate_elbo
 from vae_automl.vae import VAE
 
@@ -360,3 +360,9 @@ def test_distill_alpha_on_a_vae_matches_the_teachers_posterior() -> None:
         other.latent_dim += 1
     with pytest.raises(ValueError, match="latent"):
         loss(other, x)  # type: ignore[operator]
+    # a model whose latent an earlier distill stage shrank is refused before its QAT starts
+    arch = get_registry().architectures.get("mlp")
+    shrunk = arch.build(arch.config_from_params({**TINY_ARCHITECTURES["mlp"], "latent_dim": 3}, tiny_data().input_shape))
+    with pytest.raises(ValueError, match=r"distill_alpha\) needs its latent size, but the model has 3 latent units and the teacher 4"):
+        KMeansQuantizer().apply(shrunk, {"bits": 2, "qat_epochs": 1, "distill_alpha": 1.0}, ctx)
+    assert len(losses) == 1

@@ -65,15 +65,19 @@ def active_latent_units(teacher: VAE, x: torch.Tensor, count: int, chunk: int = 
     return torch.topk(total, count).indices.sort().values
 
 
-def teacher_matching_loss(teacher: Any, alpha: float, temperature: float) -> Callable[[Any, torch.Tensor], torch.Tensor]:
+def teacher_matching_loss(
+    teacher: Any, alpha: float, temperature: float, student: Any = None
+) -> Callable[[Any, torch.Tensor], torch.Tensor]:
     """An ``extra_loss`` that pulls a model of the teacher's shape towards the (frozen) teacher's outputs.
 
     A classifier matches the teacher's logits (:func:`~vae_automl.classifier.logit_distillation` at
     ``temperature``); a VAE its posterior (KL, every latent unit) and its mean image, as the distiller does.
     Both weighted by ``alpha``. Used by fine-tuning stages (quantization-aware training) that keep the shape.
+    ``student``, if given, is checked against the teacher now rather than at the first batch.
     """
     frozen = copy.deepcopy(teacher).eval()
     frozen.requires_grad_(False)
+
     if not isinstance(frozen, VAE):
 
         def soft_targets(m: Any, x: torch.Tensor) -> torch.Tensor:
@@ -83,12 +87,19 @@ def teacher_matching_loss(teacher: Any, alpha: float, temperature: float) -> Cal
 
         return soft_targets
 
-    def posterior_and_image(m: VAE, x: torch.Tensor) -> torch.Tensor:
+    def check(m: VAE) -> None:
         if m.latent_dim != frozen.latent_dim:
             raise ValueError(
-                f"matching the teacher's posterior needs its latent size, but the model has {m.latent_dim} "
-                f"latent units and the teacher {frozen.latent_dim}"
+                f"matching the teacher's posterior (distill_alpha) needs its latent size, but the model has "
+                f"{m.latent_dim} latent units and the teacher {frozen.latent_dim} (a `teacher:` of another size, or an "
+                "earlier distill stage that shrank it?)"
             )
+
+    if student is not None:
+        check(student)
+
+    def posterior_and_image(m: VAE, x: torch.Tensor) -> torch.Tensor:
+        check(m)
         with torch.no_grad():
             mu_t, logvar_t = frozen.encode(x)
             teacher_mean = frozen.mean_image(frozen.decode(mu_t))

@@ -377,7 +377,7 @@ class QuantizerCode(_Quantizer):
         if values["distill_alpha"] > 0:
             if ctx.teacher is None:
                 raise ValueError("distill_alpha > 0 needs a teacher (ctx.teacher: the trial's fp32 model), but there is none")
-            extra = teacher_matching_loss(ctx.teacher, values["distill_alpha"], values["distill_temperature"])
+            extra = teacher_matching_loss(ctx.teacher, values["distill_alpha"], values["distill_temperature"], model)
         try:
             ctx.fine_tune(model, values["qat_epochs"], extra_loss=extra, after_step=keep_zeros, lr=values["qat_lr"])
         finally:
