@@ -399,7 +399,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             lambda: run_dataloader(images, args.device, args.epochs)),
         Way("trainer_eager", "(b) our trainer, eager", trainer_way("off")),
         Way("trainer_captured", "(c) our trainer, step in a CUDA graph", trainer_way("on") if cuda else None,
-            note="n/a on cpu"),
+            note="" if cuda else "n/a on cpu"),
         Way("concurrent", f"(d) {n} concurrent trials, aggregate ({'captured' if cuda else 'eager'}"
                           f"{'' if cuda else f', {worker_threads} thread(s) each'})",
             lambda: run_concurrent(images, args.device, args.epochs, best_capture, n, worker_threads), trials=n),
