@@ -150,6 +150,18 @@ def digits_space(name: str, *, hidden_width: str, latent_dim: str, epochs: int, 
                                latency_batch_size=latency_batch_size, trials=trials)
 
 
+def recording_fine_tune(ctx: Any) -> list[Any]:
+    """Make ``ctx.fine_tune`` train nothing and record each call's ``extra_loss``: the list it appends to."""
+    seen: list[Any] = []
+
+    def record(model: Any, epochs: int, extra_loss: Any = None, after_step: Any = None, lr: Any = None) -> Any:
+        seen.append(extra_loss)
+        return model
+
+    ctx.fine_tune = record
+    return seen
+
+
 def run_small_study(space_text: str, root: Path, trials: int, enqueued: tuple[dict[str, Any], ...] = ()) -> str:
     """Run ``trials`` trials of ``space_text`` (the ``enqueued`` params first) in ``root``; return the storage URL."""
     import optuna

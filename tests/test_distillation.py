@@ -23,6 +23,7 @@ from vae_automl.testing.compressors import tiny_data
 from vae_automl.train import evaluate_elbo
 from vae_automl.trial import prepare, run_trial
 from vae_automl.vae import VAE
+from conftest import recording_fine_tune
 
 
 class TestDistillContract(CompressorContract):
@@ -98,14 +99,8 @@ def test_a_classifier_student_trains_on_alpha_times_the_teachers_soft_targets() 
     arch = get_registry().architectures.get("lenet_300_100")
     torch.manual_seed(0)
     teacher = arch.build(arch.config_from_params({"width": 0.05, "activation": "relu", "num_classes": 10}, (1, 28, 28)))
-    seen: list[Any] = []
-
-    def record(m: Any, epochs: int, extra_loss: Any = None, after_step: Any = None, lr: Any = None) -> Any:
-        seen.append(extra_loss)
-        return m
-
     ctx = make_context(tiny_data(), teacher=teacher)
-    ctx.fine_tune = record
+    seen = recording_fine_tune(ctx)
     params = {"width_ratio": 0.5, "epochs": 1, "init": "scratch", "temperature": 3.0}
     student = Distiller().apply(teacher, {**params, "alpha": 2.0}, ctx)
     Distiller().apply(teacher, {**params, "alpha": 0.0}, ctx)

@@ -21,6 +21,7 @@ from vae_automl.testing import make_context, tiny_model
 from vae_automl.testing.compressors import TINY_ARCHITECTURES, tiny_data
 from vae_automl.train import evaluate_elbo
 from vae_automl.vae import VAE
+from conftest import recording_fine_tune
 
 SEED_MLP = {"hidden_layers": 1, "hidden_width": 400, "width_decay": 1.0, "latent_dim": 20,
             "activation": "relu", "likelihood": "bernoulli"}
@@ -305,23 +306,17 @@ def test_distill_alpha_adds_the_teachers_logit_loss_to_qat() -> None:
     arch = registry.architectures.get("lenet_300_100")
     torch.manual_seed(0)
     teacher = arch.build(arch.config_from_params({"width": 0.05, "activation": "relu", "num_classes": 10}, (1, 28, 28)))
-    seen: list[object] = []
-
-    def record(m: VAE, epochs: int, extra_loss: object = None, after_step: object = None, lr: object = None) -> VAE:
-        seen.append(extra_loss)
-        return m
-
     ctx = make_context(tiny_data(), teacher=teacher)
-    ctx.fine_tune = record
+    seen = recording_fine_tune(ctx)
     KMeansQuantizer().apply(teacher, {"bits": 3, "qat_epochs": 1}, ctx)
     KMeansQuantizer().apply(teacher, {"bits": 3, "qat_epochs": 1, "distill_alpha": 2.0, "distill_temperature": 3.0}, ctx)
     assert seen[0] is None and callable(seen[1])
     x = torch.rand(5, 1, 28, 28)
     with torch.no_grad():
-        assert float(seen[1](teacher, x)) == pytest.approx(0.0, abs=1e-6)  # type: ignore[operator]
+        assert float(seen[1](teacher, x)) == pytest.approx(0.0, abs=1e-6)
         student = arch.build(teacher.config)  # other weights: the loss is alpha x Hinton's, against the teacher
         want = 2.0 * logit_distillation(student(x), teacher(x), 3.0)
-        assert float(seen[1](student, x)) == pytest.approx(float(want), rel=1e-5) and float(want) > 0  # type: ignore[operator]
+        assert float(seen[1](student, x)) == pytest.approx(float(want), rel=1e-5) and float(want) > 0
     with pytest.raises(ValueError, match="teacher"):
         KMeansQuantizer().apply(teacher, {"bits": 3, "qat_epochs": 1, "distill_alpha": 1.0}, make_context(tiny_data()))
 
@@ -329,20 +324,14 @@ def test_distill_alpha_adds_the_teachers_logit_loss_to_qat() -> None:
 def test_distill_alpha_on_a_vae_matches_the_teachers_posterior() -> None:
     teacher = tiny_model("mlp")
     student = KMeansQuantizer().apply(teacher, {"bits": 2}, make_context(tiny_data()))
-    losses: list[object] = []
-
-    def record(m: VAE, epochs: int, extra_loss: object = None, after_step: object = None, lr: object = None) -> VAE:
-        losses.append(extra_loss)
-        return m
-
     ctx = make_context(tiny_data(), teacher=teacher)
-    ctx.fine_tune = record
+    losses = recording_fine_tune(ctx)
     KMeansQuantizer().apply(teacher, {"bits": 2, "qat_epochs": 1, "distill_alpha": 2.0}, ctx)
     loss = losses[0]
     x = tiny_data().train[:8]
     # The KL term vanishes for the teacher itself; the 2-bit model's posterior is farther from the teacher's.
     with torch.no_grad():
-        assert float(loss(student, x)) > float(loss(teacher, x))  # type: ignore[operator]
+        assert float(loss(student, x)) > float(loss(teacher, x))
         # oracle: alpha x (KL(student posterior || teacher posterior) + Bernoulli NLL of the teacher's mean image
         # under the student's decoder at its posterior mean), per image, averaged over the batch
         mu_t, logvar_t = teacher.encode(x)
@@ -353,13 +342,13 @@ def test_distill_alpha_on_a_vae_matches_the_teachers_posterior() -> None:
         teacher_image = torch.sigmoid(teacher.decode(mu_t))
         student_image = torch.distributions.Bernoulli(logits=student.decode(mu_s), validate_args=False)
         nll = -student_image.log_prob(teacher_image).flatten(1).sum(1)
-        assert float(loss(student, x)) == pytest.approx(float(2.0 * (kl + nll).mean()), rel=1e-5)  # type: ignore[operator]
+        assert float(loss(student, x)) == pytest.approx(float(2.0 * (kl + nll).mean()), rel=1e-5)
     other = tiny_model("conv")
     if other.latent_dim == teacher.latent_dim:
         other = copy.deepcopy(teacher)
         other.latent_dim += 1
     with pytest.raises(ValueError, match="latent"):
-        loss(other, x)  # type: ignore[operator]
+        loss(other, x)
     # a model whose latent an earlier distill stage shrank is refused before its QAT starts
     arch = get_registry().architectures.get("mlp")
     shrunk = arch.build(arch.config_from_params({**TINY_ARCHITECTURES["mlp"], "latent_dim": 3}, tiny_data().input_shape))
