@@ -43,9 +43,10 @@ fall back to weight error), ``mse`` the squared weight error, or
 Quantization-aware fine-tuning (``qat_epochs`` > 0): each weight gets a
 ``torch.nn.utils.parametrize`` fake-quant with a straight-through estimator
 (the grid follows the weights: the calibrated clip ratios are kept, the
-scale is recomputed; codebooks stay fixed unless ``qat_codebook: lloyd``), the model is fine-tuned with
-the trial's training settings, then the final weights are snapped to the
-grid and the parametrizations removed, so the result is a plain VAE.
+scale is recomputed; codebooks stay fixed unless ``qat_codebook: lloyd``),
+the model is fine-tuned with the trial's training settings, then the final
+weights are snapped to the grid and the parametrizations removed, so the
+result is a plain VAE.
 With ``distill_alpha`` > 0 the fine-tuning loss also pulls the model
 towards the trial's teacher (``ctx.teacher``: the space's ``teacher:``
 if it names one, else the trial's trained fp32 model): Hinton's soft

@@ -363,7 +363,7 @@ class QuantizerCode(_Quantizer):
 
         following = self.follows(values)
 
-        def keep_zeros(m: nn.Module) -> None:
+        def keep_zeros_and_follow(m: nn.Module) -> None:
             with torch.no_grad():
                 for name, module, _ in layers:
                     latent = module.parametrizations.weight.original
@@ -379,7 +379,7 @@ class QuantizerCode(_Quantizer):
                 raise ValueError("distill_alpha > 0 needs a teacher (ctx.teacher: the trial's fp32 model), but there is none")
             extra = teacher_matching_loss(ctx.teacher, values["distill_alpha"], values["distill_temperature"], model)
         try:
-            ctx.fine_tune(model, values["qat_epochs"], extra_loss=extra, after_step=keep_zeros, lr=values["qat_lr"])
+            ctx.fine_tune(model, values["qat_epochs"], extra_loss=extra, after_step=keep_zeros_and_follow, lr=values["qat_lr"])
         finally:
             for _, module, _ in layers:
                 if parametrize.is_parametrized(module, "weight"):
