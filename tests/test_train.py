@@ -9,6 +9,8 @@ import pytest
 import torch
 
 from vae_automl.builtin.architectures import MLPArchitecture
+from vae_automl.builtin.pruning_impl import fine_tune_masked
+from vae_automl.components import CompressionContext
 from vae_automl.data import DataSplits, SplitConfig, load_images, make_splits
 from vae_automl.errors import ConfigError, TrialFailed
 from vae_automl.train import TrainConfig, capture_blocker, evaluate_elbo, train
@@ -190,3 +192,40 @@ def test_unsafe_callable_or_capture_error_falls_back_to_eager(caplog: pytest.Log
     # and the next trial's step is captured again.
     assert torch.randn(4, device="cuda").isfinite().all()
     assert train(small_model(), data, TrainConfig(epochs=1, batch_size=64)).captured
+
+
+def masked_fine_tune(device: str) -> tuple[VAE, dict[str, torch.Tensor], list[tuple[object, object]]]:
+    """A pruning fine-tune through ``fine_tune_masked``: the model, its masks and each (after_step, TrainResult)."""
+    data = digits(device)
+    model = small_model().to(device)
+    generator = torch.Generator().manual_seed(0)
+    masks = {name: (torch.rand(p.shape, generator=generator) > 0.5).to(device)
+             for name, p in model.named_parameters() if name.endswith("weight")}
+    results: list[tuple[object, object]] = []
+
+    def fine_tune(m: VAE, epochs: int, extra_loss: object = None, after_step: object = None, lr: float | None = None) -> VAE:
+        result = train(m, data, TrainConfig(epochs=epochs, batch_size=64), extra_loss=extra_loss, after_step=after_step)
+        results.append((after_step, result))
+        return m
+
+    ctx = CompressionContext(data=data, device=torch.device(device), seed=0, fine_tune=fine_tune,
+                             teacher=None, train_config=TrainConfig(), build_model=None)  # type: ignore[arg-type]
+    fine_tune_masked(model, masks, 2, ctx)
+    return model, masks, results
+
+
+def test_pruning_fine_tune_keeps_its_zeros_with_a_capture_safe_mask_step() -> None:
+    model, masks, results = masked_fine_tune("cpu")
+    params = dict(model.named_parameters())
+    assert len(results) == 1 and all(torch.all(params[name][~mask] == 0) for name, mask in masks.items())
+    # On a CUDA device nothing would keep this step out of a CUDA graph.
+    assert capture_blocker(torch.device("cuda"), TrainConfig(), None, results[0][0]) is None  # type: ignore[arg-type]
+
+
+@needs_cuda
+def test_pruning_fine_tune_is_captured_on_cuda_and_keeps_its_zeros() -> None:
+    model, masks, results = masked_fine_tune("cuda")
+    params = dict(model.named_parameters())
+    result = results[0][1]
+    assert result.captured, result.eager_reason  # type: ignore[attr-defined]
+    assert all(torch.all(params[name][~mask] == 0) for name, mask in masks.items())

@@ -77,9 +77,21 @@ def mark_sparse(model: VAE, names: list[str] | tuple[str, ...] | Any) -> None:
 
 
 def fine_tune_masked(model: VAE, masks: dict[str, torch.Tensor], epochs: int, ctx: CompressionContext) -> VAE:
-    """Fine-tune with the pruning mask re-applied after every optimizer step, so zeros stay zero."""
+    """Fine-tune with the pruning mask re-applied after every optimizer step, so zeros stay zero.
+
+    The re-application is marked ``capture_safe``: on CUDA the whole step, mask included, is captured in a
+    CUDA graph (see :func:`vae_automl.train.train`).
+    """
     if epochs > 0:
-        ctx.fine_tune(model, epochs, after_step=lambda m: apply_masks(m, masks))
+        params = dict(model.named_parameters())
+        # Converted once, on the weights' device and dtype, so a step does no host work and allocates nothing.
+        factors = {name: mask.to(params[name].device, params[name].dtype) for name, mask in masks.items()}
+
+        def reapply_masks(m: nn.Module) -> None:
+            apply_masks(m, factors)
+
+        reapply_masks.capture_safe = True  # type: ignore[attr-defined]  # read by train.capture_blocker
+        ctx.fine_tune(model, epochs, after_step=reapply_masks)
         apply_masks(model, masks)
     return model
 
