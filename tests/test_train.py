@@ -194,18 +194,20 @@ def test_unsafe_callable_or_capture_error_falls_back_to_eager(caplog: pytest.Log
     assert train(small_model(), data, TrainConfig(epochs=1, batch_size=64)).captured
 
 
-def masked_fine_tune(device: str) -> tuple[VAE, dict[str, torch.Tensor], list[tuple[object, object]]]:
-    """A pruning fine-tune through ``fine_tune_masked``: the model, its masks and each (after_step, TrainResult)."""
+def masked_fine_tune(device: str) -> tuple[VAE, dict[str, torch.Tensor], list[tuple[object, object, bool]]]:
+    """A pruning fine-tune through ``fine_tune_masked``: the model, its masks and each (after_step, TrainResult,
+    whether the zeros held when training ended, before ``fine_tune_masked`` zeroes them once more)."""
     data = digits(device)
     model = small_model().to(device)
     generator = torch.Generator().manual_seed(0)
     masks = {name: (torch.rand(p.shape, generator=generator) > 0.5).to(device)
              for name, p in model.named_parameters() if name.endswith("weight")}
-    results: list[tuple[object, object]] = []
+    results: list[tuple[object, object, bool]] = []
 
     def fine_tune(m: VAE, epochs: int, extra_loss: object = None, after_step: object = None, lr: float | None = None) -> VAE:
         result = train(m, data, TrainConfig(epochs=epochs, batch_size=64), extra_loss=extra_loss, after_step=after_step)
-        results.append((after_step, result))
+        params = dict(m.named_parameters())
+        results.append((after_step, result, all(bool(torch.all(params[n][~mask] == 0)) for n, mask in masks.items())))
         return m
 
     ctx = CompressionContext(data=data, device=torch.device(device), seed=0, fine_tune=fine_tune,
@@ -218,6 +220,7 @@ def test_pruning_fine_tune_keeps_its_zeros_with_a_capture_safe_mask_step() -> No
     model, masks, results = masked_fine_tune("cpu")
     params = dict(model.named_parameters())
     assert len(results) == 1 and all(torch.all(params[name][~mask] == 0) for name, mask in masks.items())
+    assert results[0][2]  # the step itself kept them zero, not only the final re-application
     # On a CUDA device nothing would keep this step out of a CUDA graph.
     assert capture_blocker(torch.device("cuda"), TrainConfig(), None, results[0][0]) is None  # type: ignore[arg-type]
 
@@ -229,3 +232,4 @@ def test_pruning_fine_tune_is_captured_on_cuda_and_keeps_its_zeros() -> None:
     result = results[0][1]
     assert result.captured, result.eager_reason  # type: ignore[attr-defined]
     assert all(torch.all(params[name][~mask] == 0) for name, mask in masks.items())
+    assert results[0][2]  # the captured step itself kept them zero, not only the final re-application
