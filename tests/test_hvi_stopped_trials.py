@@ -141,3 +141,26 @@ def test_the_layout_follows_the_objectives_that_need_training() -> None:
     assert samplers.rung_layout(three) == [1, 0, 2]
     sampler = samplers.make_sampler(SamplerConfig(name="auto", seed=0), space)
     assert isinstance(sampler, HypervolumeSampler) and sampler.rung_layout == (0, 1)
+
+
+def test_the_layout_reads_the_registry_the_space_was_loaded_with() -> None:
+    """A library user's own registry may hold an objective the process-wide one lacks."""
+    from vae_automl.backends.base import SearchPolicy
+    from vae_automl.components import MeasureContext, Objective
+    from vae_automl.testing.compressors import registry_with
+
+    class FlopsCount(Objective):
+        name = "flops_count_of_this_test"
+        needs_training = False
+
+        def measure(self, ctx: MeasureContext) -> float:
+            return 0.0
+
+    registry = registry_with(None)
+    registry.objectives.add(FlopsCount(), "test", "0")
+    space = dataclasses.replace(
+        load_space(ROOT / "search_spaces" / "quick.yaml", get_registry()), objectives=("test_elbo_nats", FlopsCount.name)
+    )
+    assert samplers.rung_layout(space, registry) == [0, 1]
+    sampler = SearchPolicy(space, registry).sampler()
+    assert isinstance(sampler, HypervolumeSampler) and sampler.rung_layout == (0, 1)

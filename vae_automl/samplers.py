@@ -32,7 +32,7 @@ import optuna
 from vae_automl import space as space_mod
 from vae_automl.config import SamplerConfig, SearchSpace
 from vae_automl.hvi_sampler import DrawFunction, HypervolumeSampler
-from vae_automl.registry import get_registry
+from vae_automl.registry import Registry, get_registry
 
 
 def choose(space: SearchSpace | None = None, trials: int | None = None, objectives: int | None = None) -> str:
@@ -51,10 +51,12 @@ class SpaceDraw:
         return space_mod.suggest(trial, self.space)
 
 
-def rung_layout(space: SearchSpace) -> list[int]:
+def rung_layout(space: SearchSpace, registry: Registry | None = None) -> list[int]:
     """Where a rung point (``[score, *objectives known before training]``, in the space's order) holds each of the
-    space's objectives: 0, the score, for one that needs training; k, the k-th known before training."""
-    objectives, layout, known = get_registry().objectives, [], 0
+    space's objectives: 0, the score, for one that needs training; k, the k-th known before training.
+
+    ``registry`` is the one the space was loaded with (default: the process-wide one)."""
+    objectives, layout, known = (registry or get_registry()).objectives, [], 0
     for name in space.objectives:
         if objectives.get(name).needs_training:
             layout.append(0)
@@ -70,12 +72,15 @@ def make_sampler(
     trials: int | None = None,
     seed_offset: int = 0,
     draw: DrawFunction | None = None,
+    registry: Registry | None = None,
 ) -> optuna.samplers.BaseSampler:
     """The sampler ``config`` names (``auto``: :func:`choose` on ``space`` for a budget of ``trials``).
 
     ``seed_offset`` is added to a fixed seed: a resumed study or a second worker would otherwise draw
     the same random start-up points again. ``draw`` stands for the space where there is none (a benchmark
-    table's own define-by-run function, two objectives): ``hvi`` draws its candidates with it.
+    table's own define-by-run function, two objectives): ``hvi`` draws its candidates with it. ``registry``
+    is the one the space was loaded with (default: the process-wide one): ``hvi`` reads which objectives
+    need training from it.
     """
     if config.name == "auto":
         name = choose(space, trials, objectives=2 if draw is not None else None)
@@ -92,7 +97,7 @@ def make_sampler(
             if config.n_startup_trials is not None:
                 kwargs["n_startup_trials"] = config.n_startup_trials
             if space is not None:
-                kwargs["rung_layout"] = rung_layout(space)
+                kwargs["rung_layout"] = rung_layout(space, registry)
             return HypervolumeSampler(draw or SpaceDraw(space), **kwargs)  # type: ignore[arg-type]
         if name == "gp":
             kwargs = {"seed": config.seed, "warn_independent_sampling": False}

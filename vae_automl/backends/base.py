@@ -122,7 +122,7 @@ class SearchPolicy:
         ``seed_offset`` shifts a fixed seed: a resumed study or a second worker would otherwise
         replay the random start-up points the study already holds.
         """
-        return samplers.make_sampler(self.space.sampler, self.space, seed_offset=seed_offset)
+        return samplers.make_sampler(self.space.sampler, self.space, seed_offset=seed_offset, registry=self.registry)
 
     def seeder(self) -> SeedFromFirstTrial:
         """What reseeds this process's sampler at its first trial (:class:`SeedFromFirstTrial`)."""
