@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -81,3 +86,12 @@ def test_ray_refuses_a_cuda_device_without_gpus_per_trial(device: str, tmp_path:
     space = load_space_text(SPACE + f"device: '{device}'\n", "d.yaml")
     with pytest.raises(ConfigError, match=f"device is {device}, but Ray hides GPUs"):
         RayBackend(space, tmp_path)  # type: ignore[arg-type]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA device is here: this checks the refusal without one")
+def test_gpu_check_script_refuses_clearly_without_a_gpu(tmp_path: Path) -> None:
+    root = Path(__file__).resolve().parents[1]
+    result = subprocess.run(["bash", str(root / "tools" / "gpu_check.sh"), str(tmp_path / "out")], cwd=root,
+                            env={**os.environ, "PYTHON": sys.executable}, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and "torch sees no CUDA device" in result.stderr
+    assert not (tmp_path / "out" / "cuda_tests.log").exists()  # nothing ran
