@@ -7,6 +7,7 @@ plugin.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
@@ -119,6 +120,11 @@ class Registry:
                 _collect(self._pm, CODEC_HOOK, codecs, Codec)  # a plugin's error is raised again on the next ask
             self._codecs = codecs
         return self._codecs
+
+    def known_before_training(self, objectives: Iterable[str]) -> tuple[str, ...]:
+        """Those of ``objectives`` that do not need training (``Objective.needs_training`` false), in their order:
+        what a rung point holds after its validation score (early stopping measures them before training)."""
+        return tuple(name for name in objectives if not self.objectives.get(name).needs_training)
 
     def table(self, kind: str) -> Table[Any]:
         tables: dict[str, Table[Any]] = {

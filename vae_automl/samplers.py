@@ -56,14 +56,8 @@ def rung_layout(space: SearchSpace, registry: Registry | None = None) -> list[in
     space's objectives: 0, the score, for one that needs training; k, the k-th known before training.
 
     ``registry`` is the one the space was loaded with (default: the process-wide one)."""
-    objectives, layout, known = (registry or get_registry()).objectives, [], 0
-    for name in space.objectives:
-        if objectives.get(name).needs_training:
-            layout.append(0)
-        else:
-            known += 1
-            layout.append(known)
-    return layout
+    known = (registry or get_registry()).known_before_training(space.objectives)
+    return [known.index(name) + 1 if name in known else 0 for name in space.objectives]
 
 
 def make_sampler(

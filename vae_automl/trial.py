@@ -498,7 +498,7 @@ def compressed_validation_loss(
 def measure_before_training(env: TrialEnv, spec: TrialSpec) -> dict[str, float]:
     """The objectives that do not need training (``Objective.needs_training`` false), measured on the untrained
     model compressed without fine-tuning: what early stopping compares at a rung besides the validation loss."""
-    names = tuple(n for n in env.space.objectives if not env.registry.objectives.get(n).needs_training)
+    names = env.registry.known_before_training(env.space.objectives)
     if not names:
         return {}
     arch = env.registry.architectures.get(spec.architecture)

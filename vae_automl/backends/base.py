@@ -142,9 +142,8 @@ class SearchPolicy:
     def rung_directions(self) -> list[str]:
         """Directions of a rung point: the validation loss, then the space's objectives known before training."""
         objectives = self.registry.objectives
-        return early_stopping.rung_directions(
-            [objectives.get(n).direction for n in self.space.objectives if not objectives.get(n).needs_training]
-        )
+        known = self.registry.known_before_training(self.space.objectives)
+        return early_stopping.rung_directions([objectives.get(n).direction for n in known])
 
     def trial_attrs(self, record: TrialRecord) -> dict[str, Any]:
         """User attributes a completed trial stores besides its record (none by default)."""
