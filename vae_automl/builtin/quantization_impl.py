@@ -352,14 +352,15 @@ class QuantizerCode(_Quantizer):
         ctx: CompressionContext,
         device: torch.device,
     ) -> None:
+        # On the weights' device once, not at every step.
+        device_keeps = {name: None if keep is None else keep.to(device) for name, keep in keeps.items()}
         for name, module, _ in layers:
             state = states[name]
 
             def fake(w: torch.Tensor, _state: dict[str, Any] = state) -> torch.Tensor:
                 return self.quantize(w.detach().float(), _state).to(w.dtype)
 
-            keep = keeps[name].to(device) if keeps[name] is not None else None
-            parametrize.register_parametrization(module, "weight", _FakeQuant(fake, keep))
+            parametrize.register_parametrization(module, "weight", _FakeQuant(fake, device_keeps[name]))
 
         following = self.follows(values)
 
@@ -367,10 +368,11 @@ class QuantizerCode(_Quantizer):
             with torch.no_grad():
                 for name, module, _ in layers:
                     latent = module.parametrizations.weight.original
-                    if keeps[name] is not None:
-                        latent.mul_(keeps[name].to(device))
+                    keep = device_keeps[name]
+                    if keep is not None:
+                        latent.mul_(keep)
                     if following:
-                        kept = latent if keeps[name] is None else latent[keeps[name].to(device) > 0]
+                        kept = latent if keep is None else latent[keep > 0]
                         self.follow(kept.detach().float().cpu(), states[name])
 
         extra = None
