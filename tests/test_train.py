@@ -10,9 +10,9 @@ import torch
 
 from vae_automl.builtin.architectures import MLPArchitecture
 from vae_automl.builtin.pruning_impl import fine_tune_masked
-from vae_automl.components import CompressionContext
 from vae_automl.data import DataSplits, SplitConfig, load_images, make_splits
 from vae_automl.errors import ConfigError, TrialFailed
+from vae_automl.testing.compressors import make_context
 from vae_automl.train import TrainConfig, capture_blocker, evaluate_elbo, train
 from vae_automl.vae import VAE
 
@@ -210,8 +210,8 @@ def masked_fine_tune(device: str) -> tuple[VAE, dict[str, torch.Tensor], list[tu
         results.append((after_step, result, all(bool(torch.all(params[n][~mask] == 0)) for n, mask in masks.items())))
         return m
 
-    ctx = CompressionContext(data=data, device=torch.device(device), seed=0, fine_tune=fine_tune,
-                             teacher=None, train_config=TrainConfig(), build_model=None)  # type: ignore[arg-type]
+    ctx = make_context(data)
+    ctx.fine_tune = fine_tune
     fine_tune_masked(model, masks, 2, ctx)
     return model, masks, results
 
