@@ -175,7 +175,8 @@ dataset:
   color: grey
 architecture:
   mlp: {preset: seed_784_400_20, latent_dim: 3}
-training: {epochs: 4, batch_size: 32, lr: 0.01, beta: 0.5, weight_decay: 0.001, patience: 2, capture: "off", max_seconds: 60}
+training: {epochs: 4, batch_size: 32, lr: 0.01, lr_schedule: cosine, finetune_lr_schedule: cosine, beta: 0.5,
+  weight_decay: 0.001, patience: 2, capture: "off", max_seconds: 60}
 compressors:
   - {name: magnitude_prune, params: {sparsity: 0.5}}
   - {choices: [uniform, {name: kmeans, params: {bits: 3}}], optional: true}
@@ -209,8 +210,8 @@ def test_every_key_of_a_space_is_read_from_the_file() -> None:
     assert mlp.name == "mlp" and mlp.preset == "seed_784_400_20" and mlp.params["latent_dim"].value == 3
     assert mlp.params["hidden_width"].value == 400  # from the preset; latent_dim above overrides its 20
     assert {k: p.value for k, p in space.training.items()} == {
-        "epochs": 4, "batch_size": 32, "lr": 0.01, "beta": 0.5, "weight_decay": 0.001, "patience": 2, "capture": "off",
-        "max_seconds": 60}
+        "epochs": 4, "batch_size": 32, "lr": 0.01, "lr_schedule": "cosine", "finetune_lr_schedule": "cosine", "beta": 0.5,
+        "weight_decay": 0.001, "patience": 2, "capture": "off", "max_seconds": 60}
     prune, quantize = space.compressors
     assert [o.name for o in prune.options] == ["magnitude_prune"] and not prune.optional
     assert prune.options[0].params["sparsity"].value == 0.5
@@ -249,7 +250,7 @@ SPACE_WITH_MLP = "architecture: {mlp: {latent_dim: 2}}\n"
     ('name: x\n', 'architecture: at least one architecture is needed, e.g. architecture: {mlp: {latent_dim: {low: 2, high: 32}}}'),  # noqa: E501
     ('architecture: {base_model: {}}\n', "architecture.base_model: a user's model is given as base_model: {factory, checkpoint, ...}, not under architecture:"),  # noqa: E501
     ('architecture: {mlp: {preset: nope}}\n', "architecture.mlp.preset: unknown preset 'nope'; presets of 'mlp': seed_784_400_20"),  # noqa: E501
-    (SPACE_WITH_MLP + 'training: {bogus: 1}\n', 'training.bogus: unknown key; valid keys: epochs, batch_size, lr, beta, weight_decay, patience, capture, max_seconds'),  # noqa: E501
+    (SPACE_WITH_MLP + 'training: {bogus: 1}\n', 'training.bogus: unknown key; valid keys: epochs, batch_size, lr, lr_schedule, finetune_lr_schedule, beta, weight_decay, patience, capture, max_seconds'),  # noqa: E501
     (SPACE_WITH_MLP + 'compressors: 5\n', 'compressors: expected a list of pipeline slots'),
     (SPACE_WITH_MLP + 'compressors: [{name: uniform, bogus: 1}]\n', 'compressors.0.bogus: unknown key; valid keys: name, params, optional, choices'),  # noqa: E501
     (SPACE_WITH_MLP + "compressors: [{name: uniform, optional: 'yes'}]\n", "compressors.0.optional: expected true or false, got 'yes'"),  # noqa: E501

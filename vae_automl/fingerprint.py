@@ -49,7 +49,12 @@ def fingerprint(space: SearchSpace) -> dict[str, Any]:
     raw = {
         "task": space.task,
         "architectures": {a.name: {"preset": a.preset, "params": _params(a.params)} for a in space.architectures},
-        "training": _params(space.training),
+        "training": {
+            name: p
+            for name, p in _params(space.training).items()
+            # a study recorded before the schedules existed trained at a constant rate: it may continue
+            if not (name in ("lr_schedule", "finetune_lr_schedule") and p == {"kind": "const", "value": "constant"})
+        },
         "compressors": [
             {"optional": slot.optional, "options": {o.name: _params(o.params) for o in slot.options}}
             for slot in space.compressors

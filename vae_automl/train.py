@@ -24,7 +24,7 @@ import torch
 
 from vae_automl.data import DataSplits
 from vae_automl.errors import ConfigError, TrialFailed
-from vae_automl.train_config import TrainConfig, TrainResult, train_config_from  # noqa: F401  (re-exported: the trainer's callers import them from here)
+from vae_automl.train_config import TrainConfig, TrainResult, scheduled_lr, train_config_from  # noqa: F401  (re-exported: the trainer's callers import them from here)
 from vae_automl.vae import VAE, evaluate_elbo, evaluate_recon_error  # noqa: F401  (re-exported: they lived here until 0.2)
 
 if TYPE_CHECKING:
@@ -73,6 +73,15 @@ def _log_once(reason: str) -> None:
     if reason not in _logged_capture_reasons:
         _logged_capture_reasons.add(reason)
         logger.warning("training step not captured in a CUDA graph, running eagerly: %s", reason)
+
+
+def _set_lr(optimizer: torch.optim.Optimizer, value: float) -> None:
+    """Set every group's learning rate: in place where it is a tensor (a captured step reads its storage)."""
+    for group in optimizer.param_groups:
+        if isinstance(group["lr"], torch.Tensor):
+            group["lr"].fill_(value)
+        else:
+            group["lr"] = value
 
 
 class _Stepper:
@@ -204,7 +213,10 @@ def train(
     seeded random order (the last partial batch is dropped, so every step has
     the same shape). ``config.capture`` chooses between a CUDA-graph step and
     an eager one (see :class:`TrainConfig`); ``TrainResult.captured`` and
-    ``TrainResult.eager_reason`` tell which ran and why.
+    ``TrainResult.eager_reason`` tell which ran and why. ``config.lr_schedule``
+    sets the learning rate of each step from ``lr`` (else ``config.lr``) by
+    :func:`scheduled_lr` over this run's ``epochs x steps per epoch`` steps
+    (early stopping does not shorten the schedule).
     """
     if task is None:
         from vae_automl.builtin.tasks import VaeTask  # the default task; deferred: it imports this module
@@ -228,9 +240,13 @@ def train(
     capture = blocker is None
     # On the CPU the fused Adam kernel trains the seed MLP VAE about 17% faster than the default
     # (benchmarks: 3,492 vs 2,986 samples/s, one thread); torch.compile gained nothing after 98 s of compiling.
+    base_lr = lr or config.lr
+    scheduled = config.lr_schedule != "constant"
     optimizer = torch.optim.Adam(
         model.parameters(),
-        lr=lr or config.lr,
+        # A captured step bakes a float lr into the graph; a tensor's storage is read at every replay, so a
+        # schedule changes it in place between replays.
+        lr=torch.tensor(base_lr, device=device) if scheduled and capture else base_lr,
         weight_decay=config.weight_decay,
         capturable=capture,
         fused=True if device.type == "cpu" else None,
@@ -238,7 +254,8 @@ def train(
     x_train = data.train
     n = len(x_train)
     batch_size = min(config.batch_size, n)
-    steps_per_epoch = n // batch_size
+    steps_per_epoch = config.steps_per_epoch(n)
+    total_steps = config.epochs * steps_per_epoch
     result = TrainResult()
     best_loss, best_state, since_best = math.inf, None, 0
     started = time.perf_counter()
@@ -256,6 +273,8 @@ def train(
         order = torch.randperm(n, generator=generator, device=device)
         stepper.loss_sum.zero_()
         for step in range(steps_per_epoch):
+            if scheduled:
+                _set_lr(optimizer, scheduled_lr(config.lr_schedule, base_lr, epoch * steps_per_epoch + step, total_steps))
             stepper.step(order[step * batch_size : (step + 1) * batch_size])
             if config.max_seconds is not None and step % 32 == 0 and time.perf_counter() - started > config.max_seconds:
                 raise TrialFailed(f"training exceeded the time limit of {config.max_seconds:g} s (epoch {epoch + 1})")
@@ -265,7 +284,7 @@ def train(
         if not (math.isfinite(train_loss) and math.isfinite(validation_loss)):
             raise TrialFailed(
                 f"loss diverged to {train_loss if not math.isfinite(train_loss) else validation_loss} "
-                f"at epoch {epoch + 1} (lr={lr or config.lr:g})"
+                f"at epoch {epoch + 1} (lr={base_lr:g})"
             )
         result.train_curve.append(train_loss)
         result.validation_curve.append(validation_loss)

@@ -3,7 +3,7 @@
 The base-model cache key is the sha256 of the JSON of: the canonical model
 config (architecture and its resolved parameters, input shape), the
 training settings that change the weights (epochs, batch_size, lr, beta,
-weight_decay, patience), the dataset spec with the sha256 of its split
+weight_decay, patience, and lr_schedule unless constant), the dataset spec with the sha256 of its split
 indices, the seed, and the storage format version. Trials that differ only
 in their compression pipeline share a base.
 
@@ -231,6 +231,8 @@ def base_cache_key(model_config: dict[str, Any], training: dict[str, Any], data:
         "seed": seed,
         "format": FORMAT_VERSION,
     }
+    if training.get("lr_schedule", "constant") != "constant":  # so the keys of caches made before it stay valid
+        payload["training"]["lr_schedule"] = training["lr_schedule"]
     if task != "vae":  # so the keys of existing vae caches stay valid
         payload["task"] = task
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:24]
@@ -352,7 +354,7 @@ def compress(
             if skipped_epochs is not None:
                 skipped_epochs.append(int(epochs))
             return model
-        cfg = TrainConfig(**{**train_config.__dict__, "epochs": int(epochs), "patience": None})
+        cfg = train_config.for_fine_tuning(epochs)
         torch_side().train(model, env.data, cfg, seed=spec.seed, extra_loss=extra_loss, after_step=after_step, lr=lr, task=task)
         return model
 

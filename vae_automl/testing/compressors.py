@@ -125,7 +125,7 @@ def make_context(
     registry = registry_with(None)
 
     def fine_tune(model: VAE, epochs: int, extra_loss: Any = None, after_step: Any = None, lr: float | None = None) -> VAE:
-        cfg = TrainConfig(**{**config.__dict__, "epochs": int(epochs), "patience": None})
+        cfg = config.for_fine_tuning(epochs)
         train(model, data, cfg, seed=seed, extra_loss=extra_loss, after_step=after_step, lr=lr)
         return model
 
