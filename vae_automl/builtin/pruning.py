@@ -20,6 +20,7 @@ The pruning itself (torch) is in :mod:`vae_automl.builtin.pruning_impl`, importe
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from vae_automl.components import Compressor, Param, code_module_getattr, implemented_in
 from vae_automl.plugin_manager import hookimpl
@@ -53,9 +54,30 @@ class _UnstructuredPruner(Compressor):
 
 class MagnitudePruner(_UnstructuredPruner):
     name = "magnitude_prune"
-    help = "unstructured magnitude pruning (global or per layer), then masked fine-tuning"
-    params = (SPARSITY, SCOPE, FINETUNE_EPOCHS)
+    help = "unstructured magnitude pruning (global or per layer, at once or ramped up gradually), then masked fine-tuning"
+    params = (
+        SPARSITY,
+        SCOPE,
+        FINETUNE_EPOCHS,
+        Param(
+            "ramp_epochs",
+            "int",
+            0,
+            minimum=0,
+            maximum=200,
+            help="0: prune at once; else ramp the sparsity up over the first ramp_epochs of fine-tuning "
+            "(Zhu & Gupta 2017's cubic schedule), then fine-tune at `sparsity`",
+        ),
+    )
     scores = implemented_in(f"{IMPL}:MagnitudePrunerCode")
+    apply = implemented_in(f"{IMPL}:MagnitudePrunerCode")
+
+    def validate_params(self, values: dict[str, Any]) -> None:
+        ramp, epochs = values.get("ramp_epochs"), values.get("finetune_epochs")
+        if isinstance(ramp, int) and isinstance(epochs, int) and ramp > epochs:
+            raise ValueError(
+                f"`ramp_epochs` ({ramp}) must not exceed `finetune_epochs` ({epochs}): the sparsity ramps up during fine-tuning"
+            )
 
 
 class TaylorPruner(_UnstructuredPruner):
