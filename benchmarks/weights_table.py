@@ -2,7 +2,9 @@
 
     python benchmarks/weights_table.py --data ../shared/data/mnist [--json FILE] [--models lenet5,zoo_cnn]
                                        [--search-trials N] [--seeds 0,1,2] [--out DIR] [--structured-bits N]
-                                       [--kmeans-params JSON] [--distill-sparsity F]
+                                       [--kmeans-params JSON] [--distill-sparsity F] [--prune-params JSON]
+                                       [--sparsity F] [--bits N] [--prune-epochs N] [--quantize-epochs N]
+                                       [--lr-schedule cosine] [--finetune-lr-schedule cosine]
 
 With only the MNIST test set in DIR (10,000 images) it trains on the first
 8,000 and tests on the last 2,000 (the project's split); with the full MNIST
@@ -56,8 +58,14 @@ the 2,464-parameter zoo CNN, the 784-400-20 MLP VAE) the rows are:
 ``--kmeans-params JSON`` adds k-means params to every k-means row and search
 of the models run (``qat_lr``, ``qat_codebook``, ``distill_alpha``,
 ``bits_encoder``, ...), over the model's own; ``--distill-sparsity`` sets
-the distilled row's sparsity. Both are for trying points; the defaults are
-the table's rows.
+the distilled row's sparsity; ``--prune-params JSON`` adds ``magnitude_prune``
+params (``ramp_epochs``) to the prune + k-means row and the search, and
+``--sparsity``, ``--bits``, ``--prune-epochs`` and ``--quantize-epochs`` set
+that row's point (the fp32 reference is then trained for its new total
+epochs); ``--lr-schedule`` and ``--finetune-lr-schedule`` set every trial's
+``training.lr_schedule`` (the fp32 models and bases) and
+``training.finetune_lr_schedule``. All are for trying points; the defaults
+are the table's rows.
 
 ``--seeds 0,1,2`` repeats every row for each seed (training, pruning and
 k-means draws, and the search's sampler); the table then also gives, per
@@ -128,6 +136,8 @@ class ModelPlan:
     search_distill_sparsity: tuple[float, float] = (0.5, 0.75)
     search_distill_bits: tuple[int, int] = (3, 5)
     """Sparsity and bits of the distilling search (a student keeps fewer weights to spare)."""
+    prune: dict[str, Any] = field(default_factory=dict)
+    """Extra ``magnitude_prune`` params of the prune + k-means row and of the search (``ramp_epochs``)."""
     kmeans: dict[str, Any] = field(default_factory=dict)
     """Extra ``kmeans`` params of every prune + k-means row and of the search (``bias_bits``, ``codebook_dtype``)."""
     structured: dict[str, Any] = field(default_factory=dict)
@@ -176,7 +186,8 @@ PLANS = {
 
 
 def space_text(plan: ModelPlan, data_dir: Path, test_images: int, epochs: int, compressors: list[dict[str, Any]],
-               name: str, trials: int = 1, seed: int = 0) -> str:
+               name: str, trials: int = 1, seed: int = 0, lr_schedule: str = "constant",
+               finetune_lr_schedule: str = "constant") -> str:
     objectives = [plan.quality, "size_bytes"]
     return yaml.safe_dump({
         "name": name,
@@ -186,7 +197,8 @@ def space_text(plan: ModelPlan, data_dir: Path, test_images: int, epochs: int, c
         "device": "cpu",
         "seed": seed,
         "architecture": plan.architecture,
-        "training": {"epochs": epochs, "batch_size": 128, "lr": 1.0e-3},
+        "training": {"epochs": epochs, "batch_size": 128, "lr": 1.0e-3, "lr_schedule": lr_schedule,
+                     "finetune_lr_schedule": finetune_lr_schedule},
         "compressors": compressors,
         "objectives": objectives,
         "record": ["params", "theoretical_bits", "size_bytes_amortized"],
@@ -214,7 +226,8 @@ class Runner:
 
     def trial(self, name: str, pipeline: list[dict[str, Any]], epochs: int) -> tuple[dict[str, Any], Any]:
         text = space_text(self.plan, self.args.data, self.test_images, epochs, pipeline, f"{self.plan.key}-{name}",
-                          seed=self.seed)
+                          seed=self.seed, lr_schedule=self.args.lr_schedule,
+                          finetune_lr_schedule=self.args.finetune_lr_schedule)
         space = load_space_text(text, f"weights_table:{self.plan.key}:{name}", self.registry)
         env = prepare(space, self.args.out / self.plan.key / f"seed{self.seed}", self.registry, self.pm)
         record = run_trial(env, resolve(space, {}, self.registry), self.number)
@@ -280,12 +293,14 @@ def search_best(plan: ModelPlan, args: argparse.Namespace, registry: Registry, t
     compressors = [
         *([{"name": "distill", "params": {"width_ratio": {"low": plan.search_distill[0], "high": plan.search_distill[1]},
                                            "epochs": int(plan.distill["epochs"])}}] if distilling else []),
-        {"name": "magnitude_prune", "params": {"sparsity": {"low": low, "high": high}, "finetune_epochs": f_prune}},
+        {"name": "magnitude_prune", "params": {"sparsity": {"low": low, "high": high}, "finetune_epochs": f_prune,
+                                               **plan.prune}},
         {"name": "kmeans", "params": {"bits": {"low": bits[0], "high": bits[1]}, "qat_epochs": f_quant, **plan.kmeans}},
         {"name": "entropy_code", "params": {"container": "compact"}},
     ]
     name = f"{plan.key}-search"
-    text = space_text(plan, args.data, test_images, plan.epochs, compressors, name, trials=args.search_trials, seed=seed)
+    text = space_text(plan, args.data, test_images, plan.epochs, compressors, name, trials=args.search_trials, seed=seed,
+                      lr_schedule=args.lr_schedule, finetune_lr_schedule=args.finetune_lr_schedule)
     space = load_space_text(text, f"weights_table:{name}", registry)
     started = time.perf_counter()
     folder = args.out / plan.key / f"seed{seed}" / "search"
@@ -349,7 +364,8 @@ def run_model(plan: ModelPlan, args: argparse.Namespace, registry: Registry, pm:
         f"reference {reference:.3f} ({plan.epochs + f} epochs), {time.perf_counter() - t0:.0f} s")
     rows = [row(plan, "fp32", [], base_metrics, reference, fp32_bytes, plan.epochs, time.perf_counter() - t0, seed)]
 
-    pk = [{"name": "magnitude_prune", "params": {"sparsity": plan.sparsity, "finetune_epochs": plan.prune_epochs}},
+    pk = [{"name": "magnitude_prune", "params": {"sparsity": plan.sparsity, "finetune_epochs": plan.prune_epochs,
+                                                 **plan.prune}},
           {"name": "kmeans", "params": {"bits": plan.bits, "qat_epochs": plan.quantize_epochs, **plan.kmeans}}]
     compact = {"name": "entropy_code", "params": {"container": "compact"}}
     t0 = time.perf_counter()
@@ -412,10 +428,15 @@ def run_model(plan: ModelPlan, args: argparse.Namespace, registry: Registry, pm:
     return rows
 
 
-def adjusted(plan: ModelPlan, kmeans_params: dict[str, Any], distill_sparsity: float | None) -> ModelPlan:
-    """``plan`` with ``--kmeans-params`` over its own k-means params and ``--distill-sparsity`` if given."""
-    return replace(plan, kmeans={**plan.kmeans, **kmeans_params},
-                   distill_sparsity=plan.distill_sparsity if distill_sparsity is None else distill_sparsity)
+def adjusted(plan: ModelPlan, kmeans_params: dict[str, Any], distill_sparsity: float | None,
+             prune_params: dict[str, Any] | None = None, **row: Any) -> ModelPlan:
+    """``plan`` with ``--kmeans-params`` over its own k-means params, ``--prune-params`` over its pruning params, and
+    ``--distill-sparsity`` and ``row`` (``sparsity``, ``bits``, ``prune_epochs``, ``quantize_epochs``) where given.
+
+    The fp32 references follow ``prune_epochs`` and ``quantize_epochs``: they are trained for the rows' total epochs."""
+    return replace(plan, kmeans={**plan.kmeans, **kmeans_params}, prune={**plan.prune, **(prune_params or {})},
+                   distill_sparsity=plan.distill_sparsity if distill_sparsity is None else distill_sparsity,
+                   **{k: v for k, v in row.items() if v is not None})
 
 
 SUMMARY_KEYS = ("size_bytes", "compression_ratio", "accuracy", "accuracy_delta_pts", "test_elbo_nats", "elbo_delta_pct")
@@ -497,8 +518,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--kmeans-params", default="{}", metavar="JSON",
                         help="extra kmeans params of every k-means row and search of the models run, as a JSON object "
                              "(e.g. '{\"qat_lr\": 0.003}'); they override the model's own")
+    parser.add_argument("--prune-params", default="{}", metavar="JSON",
+                        help="extra magnitude_prune params of the prune + k-means row and the search, as a JSON object "
+                             "(e.g. '{\"ramp_epochs\": 6}')")
+    parser.add_argument("--sparsity", type=float, help="sparsity of the prune + k-means row (default: the model's)")
+    parser.add_argument("--bits", type=int, help="k-means bits of the prune + k-means row (default: the model's)")
+    parser.add_argument("--prune-epochs", type=int,
+                        help="fine-tuning epochs after pruning (default: the model's; the fp32 references follow)")
+    parser.add_argument("--quantize-epochs", type=int,
+                        help="k-means QAT epochs (default: the model's; the fp32 references follow)")
     parser.add_argument("--distill-sparsity", type=float,
                         help="pruning sparsity of the distilled row (default: the model's)")
+    parser.add_argument("--lr-schedule", choices=("constant", "cosine"), default="constant",
+                        help="training.lr_schedule of every trial (the fp32 models' and the bases' training)")
+    parser.add_argument("--finetune-lr-schedule", choices=("constant", "cosine"), default="constant",
+                        help="training.finetune_lr_schedule of every trial (each fine-tuning and QAT run's own)")
     parser.add_argument("--out", type=Path, help="keep caches and artifacts here (default: a temp dir)")
     args = parser.parse_args(argv)
     try:
@@ -507,6 +541,12 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--kmeans-params is not JSON: {exc}")
     if not isinstance(kmeans_params, dict):
         parser.error(f"--kmeans-params must be a JSON object of kmeans params, got {args.kmeans_params!r}")
+    try:
+        prune_params = json.loads(args.prune_params)
+    except json.JSONDecodeError as exc:
+        parser.error(f"--prune-params is not JSON: {exc}")
+    if not isinstance(prune_params, dict):
+        parser.error(f"--prune-params must be a JSON object of magnitude_prune params, got {args.prune_params!r}")
     try:
         seeds = [int(x) for x in args.seeds.split(",")]
     except ValueError:
@@ -521,7 +561,9 @@ def main(argv: list[str] | None = None) -> int:
     args.out = args.out or Path(tempfile.mkdtemp(prefix="weights_table_"))
     pm = new_plugin_manager(autoload=False)
     registry = Registry.from_plugin_manager(pm)
-    plans = {key: adjusted(PLANS[key], kmeans_params, args.distill_sparsity) for key in args.models.split(",")}
+    plans = {key: adjusted(PLANS[key], kmeans_params, args.distill_sparsity, prune_params, sparsity=args.sparsity,
+                           bits=args.bits, prune_epochs=args.prune_epochs, quantize_epochs=args.quantize_epochs)
+             for key in args.models.split(",")}
     for plan in plans.values():  # checked now, not when the first row reaches them after the fp32 model's training
         try:
             registry.compressors.get("kmeans").resolve_params({"bits": plan.bits, **plan.kmeans})
@@ -531,6 +573,11 @@ def main(argv: list[str] | None = None) -> int:
             registry.compressors.get("magnitude_prune").resolve_params({"sparsity": plan.distill_sparsity})
         except ValueError as exc:
             parser.error(f"--distill-sparsity: {exc}")
+        try:
+            registry.compressors.get("magnitude_prune").resolve_params(
+                {"sparsity": plan.sparsity, "finetune_epochs": plan.prune_epochs, **plan.prune})
+        except ValueError as exc:
+            parser.error(f"--prune-params / --sparsity / --prune-epochs: {exc}")
     torch.set_num_threads(1)
     rows: list[dict[str, Any]] = []
     summary: list[dict[str, Any]] = []

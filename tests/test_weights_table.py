@@ -112,3 +112,28 @@ def test_kmeans_params_and_distill_sparsity_adjust_the_plan_and_bad_json_is_refu
     with pytest.raises(SystemExit):
         weights_table.main(["--data", str(tmp_path), "--distill-sparsity", "1.5"])
     assert "--distill-sparsity: `sparsity` must be in [0.0, 0.99], but got sparsity=1.5" in capsys.readouterr().err
+
+
+def test_row_overrides_and_prune_params_adjust_the_plan_and_its_references(tmp_path: Path,
+                                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    sys.path.insert(0, str(ROOT))
+    try:
+        from benchmarks import weights_table
+    finally:
+        sys.path.remove(str(ROOT))
+    plan = weights_table.PLANS["zoo_cnn"]
+    out = weights_table.adjusted(plan, {}, None, {"ramp_epochs": 3}, sparsity=0.7, bits=None, prune_epochs=6,
+                                 quantize_epochs=None)
+    assert out.prune == {"ramp_epochs": 3} and plan.prune == {}
+    assert (out.sparsity, out.bits, out.prune_epochs, out.quantize_epochs) == (0.7, plan.bits, 6, plan.quantize_epochs)
+    assert out.finetune_epochs == 6 + plan.quantize_epochs  # the fp32 reference's extra epochs follow
+    (tmp_path / "t10k-labels-idx1-ubyte").write_bytes(b"")
+    for argv, message in (
+        (["--prune-params", "[1]"], "--prune-params must be a JSON object"),
+        (["--prune-params", '{"ramp_epochs": 5}'], "`ramp_epochs` (5) must not exceed `finetune_epochs` (4)"),
+        (["--prune-params", '{"ramp_epochs": 5}', "--prune-epochs", "6", "--sparsity", "1.2"],
+         "`sparsity` must be in [0.0, 0.99], but got sparsity=1.2"),
+    ):
+        with pytest.raises(SystemExit):
+            weights_table.main(["--data", str(tmp_path), "--models", "zoo_cnn", *argv])
+        assert message in capsys.readouterr().err
