@@ -197,3 +197,32 @@ def test_only_float16_grids_go_through_the_float16_coder() -> None:
     back = decode_parts(coded, {"bits": 2}, meta, [256])
     for key, part in parts.items():
         assert back[key].dtype == part.dtype and torch.equal(back[key], part), key
+
+
+def _entropy_bits(keep: np.ndarray) -> float:
+    """Ideal bits of a 0/1 array under its own keep frequency."""
+    p = float(keep.mean())
+    return 0.0 if p in (0.0, 1.0) else -len(keep) * (p * math.log2(p) + (1 - p) * math.log2(1 - p))
+
+
+@pytest.mark.parametrize("axis", [0, 1])
+def test_mask_lines_codes_a_mask_kept_in_some_lines_per_line_bit_exact(axis: int) -> None:
+    from vae_automl.storage.bits import encode_mask
+
+    rng = np.random.default_rng(axis)
+    live = rng.random(64) < 0.5  # half of the lines keep nothing: a decoder's rows of pixels that are always 0
+    matrix = (rng.random((64, 200)) < 0.7) & live[:, None]
+    mask = torch.from_numpy(matrix if axis == 0 else np.ascontiguousarray(matrix.T))
+    shape = list(mask.shape)
+    data, kind = encode_mask(mask.flatten())
+    parts, meta = {"mask": data}, {"mask": kind}
+    plain, plain_meta = code_parts(parts, {"entropy": True, "sparse": True}, meta, shape)
+    lines, lines_meta = code_parts(parts, {"entropy": True, "sparse": True, "mask_lines": True}, meta, shape)
+    assert plain_meta["entropy"]["mask"] == {"kind": "mask"}  # without mask_lines: the per-tensor code, as before
+    assert lines_meta["entropy"]["mask"] == {"kind": "mask_rows" if axis == 0 else "mask_columns"}
+    for coded, how in ((plain, plain_meta), (lines, lines_meta)):
+        assert torch.equal(decode_parts(coded, {"sparse": True}, how, shape)["mask"], data)
+    # Oracle: each line under its own frequency, 2 frequency bytes a line, plus the coder's last words.
+    per_line = sum(_entropy_bits(line) for line in matrix) / 8 + 2 * 64
+    assert lines["mask"].numel() <= per_line + 16
+    assert lines["mask"].numel() < 0.8 * plain["mask"].numel()

@@ -12,7 +12,8 @@ is still the file's length.
 ``container: compact`` also stores the model in the compact container
 (:mod:`vae_automl.storage.compact`): the same parts under a deflated header
 of tens of bytes instead of safetensors' kilobytes, which is most of a tiny
-model's file.
+model's file. ``mask_lines: true`` adds ``"mask_lines": true`` to the spec
+of every sparse tensor: its mask may then be coded per row or per column.
 """
 
 from __future__ import annotations
@@ -46,6 +47,13 @@ class EntropyCode(Compressor):
             choices=("safetensors", "compact"),
             help="the file: safetensors, or the compact container (a deflated header of tens of bytes, for tiny models)",
         ),
+        Param(
+            "mask_lines",
+            "bool",
+            False,
+            help="also try coding each sparse mask per row and per column (its own keep frequency each), "
+            "keeping the smallest: pays where kept weights concentrate in some rows or columns",
+        ),
     )
     compresses = False  # on a dense float32 model there is nothing it can code smaller
 
@@ -58,7 +66,10 @@ class EntropyCode(Compressor):
             spec = out.encodings.get(name, {})
             codec = spec.get("codec", "dense")
             if codec in CODED_CODECS or (codec == "dense" and (spec.get("sparse") or spec.get("dtype") == "float16")):
-                out.encodings[name] = {**spec, "entropy": True}
+                coded = {**spec, "entropy": True}
+                if values["mask_lines"] and spec.get("sparse"):
+                    coded["mask_lines"] = True
+                out.encodings[name] = coded
         return out
 
 

@@ -13,6 +13,16 @@ untouched:
 ``mask``
     the sparse mask (bitmask or index list): the keep/drop bit of every
     position under its own two frequencies.
+``mask_rows`` / ``mask_columns``
+    the same bits, the tensor seen as a matrix (its first dim by the rest),
+    each row (an output's weights) or each column (an input's weights)
+    under its own two frequencies
+    (:func:`vae_automl.storage.ans.encode_columns`): 2 bytes a line, paid
+    back where kept weights concentrate in some lines (a pruned decoder's
+    outputs on pixels that are always 0, an encoder's inputs there). Tried
+    only where the spec also has ``"mask_lines": true`` (``entropy_code``'s
+    ``mask_lines``, so that files written before re-serialize to the same
+    bytes); of the three, the smallest is stored.
 ``float16``
     a float16 grid (codebook, scales): each entry's bit pattern as an
     ordered integer, minus the previous entry's, in an exp-Golomb code
@@ -35,6 +45,18 @@ from vae_automl.storage import ans
 from vae_automl.storage.bits import decode_mask, encode_mask, pack_bits, unpack_bits
 
 CODES, MASK, FLOAT16 = "codes", "mask", "float16"
+MASK_ROWS, MASK_COLUMNS = "mask_rows", "mask_columns"
+
+
+def _mask_candidates(mask: torch.Tensor, shape: list[int], lines: bool) -> list[tuple[np.ndarray, dict[str, Any]]]:
+    """The mask's bits coded per tensor, and if ``lines`` (and the tensor has >= 2 dims) per row and per column."""
+    bits = mask.numpy().astype(np.int64)
+    out = [(ans.encode_with_table(bits, 2), {"kind": MASK})]
+    if lines and len(shape) >= 2 and shape[0] > 0:
+        matrix = bits.reshape(shape[0], -1)
+        out.append((ans.encode_columns(matrix.T, 2), {"kind": MASK_ROWS}))
+        out.append((ans.encode_columns(matrix, 2), {"kind": MASK_COLUMNS}))
+    return out
 
 
 def _ordered(bits16: np.ndarray) -> np.ndarray:
@@ -78,7 +100,8 @@ def code_parts(
             codes = unpack_bits(part, bits, count).numpy()
             candidate = ans.encode_with_table(codes, 1 << bits), {"kind": CODES, "n": count}
         elif key == "mask" and mask is not None:
-            candidate = ans.encode_with_table(mask.numpy().astype(np.int64), 2), {"kind": MASK}
+            # ties go to the per-tensor code (the earliest), which older readers know
+            candidate = min(_mask_candidates(mask, shape, bool(spec.get("mask_lines"))), key=lambda c: c[0].size)
         elif part.dtype == torch.float16 and part.numel() > 1:
             data, info = _encode_float16(part)
             candidate = data, {"kind": FLOAT16, **info}
@@ -103,6 +126,13 @@ def decode_parts(
         if kind == MASK:
             mask = torch.from_numpy(ans.decode_with_table(data, 2, numel).astype(bool))
             out[key], _ = encode_mask(mask)
+        elif kind in (MASK_ROWS, MASK_COLUMNS):
+            rows = shape[0]
+            columns = numel // rows if rows else 0
+            matrix = (
+                ans.decode_columns(data, 2, columns, rows).T if kind == MASK_ROWS else ans.decode_columns(data, 2, rows, columns)
+            )
+            out[key], _ = encode_mask(torch.from_numpy(np.ascontiguousarray(matrix).astype(bool).ravel()))
         elif kind == CODES:
             bits = int(spec["bits"])
             out[key] = pack_bits(torch.from_numpy(ans.decode_with_table(data, 1 << bits, int(info["n"]))), bits)
