@@ -28,15 +28,17 @@ from vae_automl.plugin_manager import hookimpl
 IMPL = "vae_automl.builtin.pruning_impl"
 __getattr__ = code_module_getattr(__name__, IMPL)  # the code's names, as imported from here before 0.3
 
-SCOPES = ("global", "layer")
+SCOPES = ("global", "layer", "magnitude_layers")
 STRUCTURED_CRITERIA = ("magnitude", "taylor")
+MAGNITUDE_CRITERIA = ("magnitude", "wanda", "kfac")
 SPARSITY = Param("sparsity", "float", 0.5, minimum=0.0, maximum=0.99, help="fraction of weights set to zero")
 SCOPE = Param(
     "scope",
     "categorical",
     "global",
     choices=SCOPES,
-    help="global: one threshold over all layers; layer: each layer pruned to `sparsity`",
+    help="global: one threshold over all layers; layer: each layer pruned to `sparsity`; magnitude_layers: each layer "
+    "keeps as many weights as global magnitude pruning would, those of highest score",
 )
 
 
@@ -68,6 +70,29 @@ class MagnitudePruner(_UnstructuredPruner):
             help="0: prune at once; else ramp the sparsity up over the first ramp_epochs of fine-tuning "
             "(Zhu & Gupta 2017's cubic schedule), then fine-tune at `sparsity`",
         ),
+        Param(
+            "criterion",
+            "categorical",
+            "magnitude",
+            choices=MAGNITUDE_CRITERIA,
+            help="magnitude: |w|; wanda: |w| x the L2 norm of its input over calibration batches (Sun et al. 2023); "
+            "kfac: wanda x the L2 norm of the loss's gradient at its output (OBD with a K-FAC Fisher); "
+            "each layer's norms divided by their RMS so that layers compare under global scope",
+        ),
+        Param(
+            "bias_compensation",
+            "bool",
+            False,
+            help="add to each output's bias its pruned weights' contribution on the mean calibration input (FLAP)",
+        ),
+        Param(
+            "batches",
+            "int",
+            8,
+            minimum=1,
+            maximum=1000,
+            help="training batches of the calibration inputs (wanda, kfac, bias_compensation)",
+        ),
     )
     scores = implemented_in(f"{IMPL}:MagnitudePrunerCode")
     apply = implemented_in(f"{IMPL}:MagnitudePrunerCode")
@@ -78,6 +103,18 @@ class MagnitudePruner(_UnstructuredPruner):
             raise ValueError(
                 f"`ramp_epochs` ({ramp}) must not exceed `finetune_epochs` ({epochs}): the sparsity ramps up during fine-tuning"
             )
+        if isinstance(ramp, int) and ramp > 0:
+            # the ramp recomputes its masks by magnitude during fine-tuning; the other options act once, at the start
+            others = {k: values.get(k) for k in ("criterion", "bias_compensation", "scope")}
+            if (
+                others["criterion"] not in (None, "magnitude")
+                or others["bias_compensation"]
+                or others["scope"] == "magnitude_layers"
+            ):
+                raise ValueError(
+                    "`ramp_epochs` > 0 ramps by magnitude: it does not combine with `criterion` other than magnitude, "
+                    "`bias_compensation` or scope magnitude_layers"
+                )
 
 
 class TaylorPruner(_UnstructuredPruner):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -37,8 +38,22 @@ def prunable_weights(model: nn.Module) -> dict[str, nn.Parameter]:
     return out
 
 
-def masks_from_scores(scores: dict[str, torch.Tensor], sparsity: float, scope: str) -> dict[str, torch.Tensor]:
-    """Boolean keep-masks removing the ``sparsity`` fraction of lowest scores, globally or per tensor."""
+def masks_from_scores(
+    scores: dict[str, torch.Tensor], sparsity: float, scope: str, magnitudes: dict[str, torch.Tensor] | None = None
+) -> dict[str, torch.Tensor]:
+    """Boolean keep-masks removing the ``sparsity`` fraction of lowest scores, globally or per tensor; scope
+    ``magnitude_layers``: each tensor keeps as many as global pruning of ``magnitudes`` (|w|) keeps in it, the ones
+    of highest score."""
+    if scope == "magnitude_layers":
+        if magnitudes is None:
+            raise ValueError("scope magnitude_layers needs the weights' magnitudes")
+        budget = masks_from_scores(magnitudes, sparsity, "global")
+        masks = {}
+        for name, s in scores.items():
+            keep = torch.ones(s.numel(), dtype=torch.bool, device=s.device)
+            keep[torch.argsort(s.flatten(), stable=True)[: s.numel() - int(budget[name].sum())]] = False
+            masks[name] = keep.view_as(s)
+        return masks
     if sparsity <= 0.0:
         return {name: torch.ones_like(s, dtype=torch.bool) for name, s in scores.items()}
     if scope == "global":
@@ -148,6 +163,181 @@ def taylor_weight_scores(model: VAE, ctx: CompressionContext, batches: int) -> d
     return scores
 
 
+@dataclass(frozen=True)
+class InputStatistics:
+    """Per prunable weight (by state-dict name): its layer's inputs over calibration batches, per input feature
+    (Linear) or input channel (conv)."""
+
+    norms: dict[str, torch.Tensor]
+    """L2 norm over every image (and position) of the batches."""
+    means: dict[str, torch.Tensor]
+    """Mean over every image (and position)."""
+    grad_norms: dict[str, torch.Tensor] | None = None
+    """Per output feature or channel: the L2 norm over every image (and position) of the loss's gradient with
+    respect to the layer's output; None unless asked for."""
+
+
+def prunable_layers(model: nn.Module) -> dict[str, nn.Module]:
+    """The linear and conv layers of :func:`prunable_weights`, by their weight's state-dict name."""
+    return {
+        f"{name}.weight" if name else "weight": module
+        for name, module in model.named_modules()
+        if isinstance(module, PRUNABLE_LAYERS)
+    }
+
+
+def _per_feature(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``x`` (a layer's input or output) as rows of features: Linear's last dim, a conv's channels (dim 1)."""
+    x = x.detach().float()
+    return x.reshape(-1, x.shape[-1]) if isinstance(module, nn.Linear) else x.transpose(0, 1).flatten(1).T
+
+
+def input_statistics(model: nn.Module, ctx: CompressionContext, batches: int, gradients: bool = False) -> InputStatistics:
+    """The inputs of every prunable layer over the images of :func:`saliency_batches`, the model in eval mode running
+    :func:`saliency_loss`; with ``gradients``, also the loss's gradients at the layers' outputs (one backward pass per
+    batch; an image's output depends on that image only, so each image's gradient is squared on its own).
+
+    Raises ValueError naming the layers that saw no input (their weights could not be scored).
+    """
+    modules = prunable_layers(model)
+    squares: dict[str, torch.Tensor] = {}
+    sums: dict[str, torch.Tensor] = {}
+    counts: dict[str, int] = {}
+    grad_squares: dict[str, torch.Tensor] = {}
+
+    def recorder(name: str, module: nn.Module) -> Callable[..., None]:
+        def record(_: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
+            rows = _per_feature(module, inputs[0])
+            squares[name] = squares.get(name, 0) + rows.pow(2).sum(0)
+            sums[name] = sums.get(name, 0) + rows.sum(0)
+            counts[name] = counts.get(name, 0) + rows.shape[0]
+            if gradients and output.requires_grad:
+
+                def record_grad(g: torch.Tensor) -> None:
+                    grad_squares[name] = grad_squares.get(name, 0) + _per_feature(module, g).pow(2).sum(0)
+
+                output.register_hook(record_grad)
+
+        return record
+
+    handles = [module.register_forward_hook(recorder(name, module)) for name, module in modules.items()]
+    generator = torch.Generator(device=ctx.data.train.device).manual_seed(ctx.seed)
+    was_training = model.training
+    model.eval()
+    try:
+        for xb, yb in saliency_batches(ctx, batches):
+            with torch.set_grad_enabled(gradients):
+                loss = saliency_loss(model, ctx, xb, yb, generator)
+            if gradients:
+                loss.backward()
+    finally:
+        for handle in handles:
+            handle.remove()
+        model.zero_grad(set_to_none=True)
+        model.train(was_training)
+    unseen = sorted(set(modules) - set(squares))
+    if unseen:
+        raise ValueError(f"layers {unseen} received no input during calibration; their weights cannot be scored")
+    return InputStatistics(
+        norms={name: total.sqrt() for name, total in squares.items()},
+        means={name: total / counts[name] for name, total in sums.items()},
+        grad_norms=(
+            {name: grad_squares[name].sqrt() if name in grad_squares else torch.zeros(_outputs(m)) for name, m in modules.items()}
+            if gradients
+            else None
+        ),
+    )
+
+
+def _outputs(module: nn.Module) -> int:
+    """Output features (Linear) or channels (conv) of a prunable layer."""
+    w = module.weight
+    return int(w.shape[1]) * int(module.groups) if isinstance(module, nn.ConvTranspose2d) else int(w.shape[0])  # type: ignore[arg-type]
+
+
+def per_output_weight(module: nn.Module, values: torch.Tensor) -> torch.Tensor:
+    """``values`` (one per output feature or channel of ``module``) broadcast to the shape of its weight."""
+    w = module.weight
+    if isinstance(module, nn.ConvTranspose2d):  # weight (in, out / groups, kh, kw): input c feeds its group's outputs
+        groups = int(module.groups)  # type: ignore[arg-type]
+        per_group = values.reshape(groups, -1).repeat_interleave(w.shape[0] // groups, dim=0)
+        return per_group[:, :, None, None].expand_as(w)
+    return values.reshape(-1, *([1] * (w.dim() - 1))).expand_as(w)
+
+
+def per_weight(module: nn.Module, values: torch.Tensor) -> torch.Tensor:
+    """``values`` (one per input feature or channel of ``module``) broadcast to the shape of its weight."""
+    w = module.weight
+    if isinstance(module, nn.Linear):
+        return values[None, :].expand_as(w)
+    if isinstance(module, nn.ConvTranspose2d):  # weight (in, out / groups, kh, kw)
+        return values[:, None, None, None].expand_as(w)
+    # Conv2d weight (out, in / groups, kh, kw): output o reads the input channels of its group.
+    groups = int(module.groups)  # type: ignore[arg-type]
+    per_group = values.reshape(groups, -1).repeat_interleave(w.shape[0] // groups, dim=0)
+    return per_group[:, :, None, None].expand_as(w)
+
+
+def wanda_weight_scores(model: nn.Module, stats: InputStatistics) -> dict[str, torch.Tensor]:
+    """Wanda's importance ``|w_ij| * ||x_j||_2`` (Sun et al. 2023), ``x_j`` the weight's input over calibration batches.
+
+    A weight on an input that is always zero scores 0 and is pruned first, whatever its size. Each layer's norms are
+    divided by their root mean square: Wanda compares weights within one output row, where a per-layer constant changes
+    no ranking, and the division puts layers on the scale of their weights, so global scope compares them as magnitude
+    pruning does. Conv kernels take their input channel's norm at every kernel position.
+    """
+    scores = {}
+    for name, module in prunable_layers(model).items():
+        n = _rms_normalized(stats.norms[name])
+        w = module.weight.detach().abs()
+        scores[name] = w * per_weight(module, n).to(w.dtype)
+    return scores
+
+
+def _rms_normalized(values: torch.Tensor) -> torch.Tensor:
+    rms = values.pow(2).mean().sqrt()
+    return values / rms if rms > 0 else values
+
+
+def kfac_weight_scores(model: nn.Module, stats: InputStatistics) -> dict[str, torch.Tensor]:
+    """``|w_ij| * ||x_j|| * ||g_i||``, ``g_i`` the loss's gradient at output ``i``: the square root of Optimal Brain
+    Damage's saliency ``w^2 F`` with the Fisher diagonal factored as K-FAC does (``E[x_j^2] E[g_i^2]``).
+
+    Wanda's score times the output's gradient norm: a weight into an output the loss does not depend on (a decoder's
+    logit of a pixel that is always 0, saturated) scores 0 as does one on an input that is always 0. Both norms are
+    divided by their layer's root mean square, as in :func:`wanda_weight_scores`.
+    """
+    if stats.grad_norms is None:
+        raise ValueError("the kfac criterion needs the output gradients (input_statistics(..., gradients=True))")
+    wanda = wanda_weight_scores(model, stats)
+    return {
+        name: wanda[name] * per_output_weight(module, _rms_normalized(stats.grad_norms[name])).to(wanda[name].dtype)
+        for name, module in prunable_layers(model).items()
+    }
+
+
+@torch.no_grad()
+def compensate_biases(model: nn.Module, masks: dict[str, torch.Tensor], means: dict[str, torch.Tensor]) -> None:
+    """Add to each output's bias what its pruned weights gave on the mean input: ``b_i += sum_j w_ij * mean(x_j)``
+    over the pruned ``j`` (as FLAP, An et al. 2024), so the layer's mean output is unchanged. An output whose input
+    weights are all pruned keeps its mean (a decoder's logit for a pixel that is always 0 stays very negative).
+    Conv layers ignore padding (every kernel position is taken to see the channel mean). Layers without a bias are
+    left as they are.
+    """
+    for name, module in prunable_layers(model).items():
+        if name not in masks or module.bias is None:
+            continue
+        w = module.weight
+        removed = w * (~masks[name].to(w.device)).to(w.dtype) * per_weight(module, means[name].to(w.dtype))
+        if isinstance(module, nn.ConvTranspose2d):  # (in, out / groups, kh, kw): outputs are dim 1, per group
+            groups = int(module.groups)  # type: ignore[arg-type]
+            per_in = removed.sum(dim=(2, 3))  # (in, out / groups)
+            shift = per_in.reshape(groups, -1, per_in.shape[1]).sum(dim=1).reshape(-1)
+        else:
+            shift = removed.flatten(1).sum(dim=1)
+        module.bias.add_(shift)
+
+
 class UnstructuredPrunerCode(_UnstructuredPruner):
     """The work of :class:`~vae_automl.builtin.pruning._UnstructuredPruner`."""
 
@@ -159,7 +349,10 @@ class UnstructuredPrunerCode(_UnstructuredPruner):
         torch.manual_seed(ctx.seed)
         pruned = copy.deepcopy(model).to(ctx.device)
         scores = self.scores(pruned, values, ctx)
-        masks = masks_from_scores(scores, values["sparsity"], values["scope"])
+        magnitudes = {name: w.detach().abs() for name, w in prunable_weights(pruned).items()}
+        masks = masks_from_scores(scores, values["sparsity"], values["scope"], magnitudes)
+        if values.get("bias_compensation"):
+            compensate_biases(pruned, masks, input_statistics(pruned, ctx, values["batches"]).means)
         apply_masks(pruned, masks)
         fine_tune_masked(pruned, masks, values["finetune_epochs"], ctx)
         mark_sparse(pruned, masks)
@@ -180,6 +373,10 @@ class MagnitudePrunerCode(MagnitudePruner):
     """The work of :class:`~vae_automl.builtin.pruning.MagnitudePruner`."""
 
     def scores(self, model: VAE, params: dict[str, Any], ctx: CompressionContext) -> dict[str, torch.Tensor]:
+        if params["criterion"] == "wanda":
+            return wanda_weight_scores(model, input_statistics(model, ctx, params["batches"]))
+        if params["criterion"] == "kfac":
+            return kfac_weight_scores(model, input_statistics(model, ctx, params["batches"], gradients=True))
         return {name: w.detach().abs() for name, w in prunable_weights(model).items()}
 
     def apply(self, model: VAE, params: dict[str, Any], ctx: CompressionContext) -> VAE:
