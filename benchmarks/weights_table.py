@@ -3,6 +3,7 @@
     python benchmarks/weights_table.py --data ../shared/data/mnist [--json FILE] [--models lenet5,zoo_cnn]
                                        [--search-trials N] [--seeds 0,1,2] [--out DIR] [--structured-bits N]
                                        [--kmeans-params JSON] [--distill-sparsity F] [--prune-params JSON]
+                                       [--distill-prune-params JSON] [--mask-lines]
                                        [--sparsity F] [--bits N] [--prune-epochs N] [--quantize-epochs N]
                                        [--lr-schedule cosine] [--finetune-lr-schedule cosine]
 
@@ -64,8 +65,11 @@ params (``ramp_epochs``) to the prune + k-means row and the search, and
 that row's point (the fp32 reference is then trained for its new total
 epochs); ``--lr-schedule`` and ``--finetune-lr-schedule`` set every trial's
 ``training.lr_schedule`` (the fp32 models and bases) and
-``training.finetune_lr_schedule``. All are for trying points; the defaults
-are the table's rows.
+``training.finetune_lr_schedule``. ``--distill-prune-params JSON`` adds
+``magnitude_prune`` params to the distilled row (``criterion``, ``scope``,
+``bias_compensation``), and ``--mask-lines`` turns on ``entropy_code``'s
+``mask_lines`` in every compact row and search. All are for trying points;
+the defaults are the table's rows.
 
 ``--seeds 0,1,2`` repeats every row for each seed (training, pruning and
 k-means draws, and the search's sampler); the table then also gives, per
@@ -138,6 +142,10 @@ class ModelPlan:
     """Sparsity and bits of the distilling search (a student keeps fewer weights to spare)."""
     prune: dict[str, Any] = field(default_factory=dict)
     """Extra ``magnitude_prune`` params of the prune + k-means row and of the search (``ramp_epochs``)."""
+    distill_prune: dict[str, Any] = field(default_factory=dict)
+    """Extra ``magnitude_prune`` params of the distilled row (``criterion``, ``scope``, ``bias_compensation``)."""
+    entropy: dict[str, Any] = field(default_factory=dict)
+    """Extra ``entropy_code`` params of every compact row and of the search (``mask_lines``)."""
     kmeans: dict[str, Any] = field(default_factory=dict)
     """Extra ``kmeans`` params of every prune + k-means row and of the search (``bias_bits``, ``codebook_dtype``)."""
     structured: dict[str, Any] = field(default_factory=dict)
@@ -296,7 +304,7 @@ def search_best(plan: ModelPlan, args: argparse.Namespace, registry: Registry, t
         {"name": "magnitude_prune", "params": {"sparsity": {"low": low, "high": high}, "finetune_epochs": f_prune,
                                                **plan.prune}},
         {"name": "kmeans", "params": {"bits": {"low": bits[0], "high": bits[1]}, "qat_epochs": f_quant, **plan.kmeans}},
-        {"name": "entropy_code", "params": {"container": "compact"}},
+        {"name": "entropy_code", "params": {"container": "compact", **plan.entropy}},
     ]
     name = f"{plan.key}-search"
     text = space_text(plan, args.data, test_images, plan.epochs, compressors, name, trials=args.search_trials, seed=seed,
@@ -338,7 +346,7 @@ def structured_row(plan: ModelPlan, runner: Runner, registry: Registry, fp32_byt
     pipeline = [{"name": "structured_prune", "params": {**plan.structured, "finetune_epochs": sp_epochs}},
                 {"name": "kmeans", "params": {"bits": plan.structured_bits, "qat_epochs": plan.structured_qat_epochs,
                                               **plan.kmeans}},
-                {"name": "entropy_code", "params": {"container": "compact"}}]
+                {"name": "entropy_code", "params": {"container": "compact", **plan.entropy}}]
     metrics, _ = runner.trial("structured_kmeans_entropy", pipeline, plan.epochs)
     out = row(plan, "structured_prune+kmeans+entropy+compact", pipeline, metrics, reference, fp32_bytes, total,
               time.perf_counter() - t0, seed)
@@ -367,7 +375,7 @@ def run_model(plan: ModelPlan, args: argparse.Namespace, registry: Registry, pm:
     pk = [{"name": "magnitude_prune", "params": {"sparsity": plan.sparsity, "finetune_epochs": plan.prune_epochs,
                                                  **plan.prune}},
           {"name": "kmeans", "params": {"bits": plan.bits, "qat_epochs": plan.quantize_epochs, **plan.kmeans}}]
-    compact = {"name": "entropy_code", "params": {"container": "compact"}}
+    compact = {"name": "entropy_code", "params": {"container": "compact", **plan.entropy}}
     t0 = time.perf_counter()
     metrics, artifact = runner.trial("prune_kmeans_entropy", [*pk, compact], plan.epochs)
     plain, plain_bits = variant_size(artifact, registry, entropy=False)
@@ -389,7 +397,7 @@ def run_model(plan: ModelPlan, args: argparse.Namespace, registry: Registry, pm:
         distill_ref = runner.trial(f"fp32_ref_{total}ep", [], total)[0][plan.quality]
         dpk = [{"name": "distill", "params": dict(plan.distill)},
                {"name": "magnitude_prune", "params": {"sparsity": plan.distill_sparsity,
-                                                      "finetune_epochs": plan.prune_epochs}},
+                                                      "finetune_epochs": plan.prune_epochs, **plan.distill_prune}},
                {"name": "kmeans", "params": {"bits": plan.distill_bits, "qat_epochs": plan.quantize_epochs,
                                              **plan.kmeans}}, compact]
         metrics, _ = runner.trial("distill_prune_kmeans_entropy", dpk, plan.epochs)
@@ -429,12 +437,16 @@ def run_model(plan: ModelPlan, args: argparse.Namespace, registry: Registry, pm:
 
 
 def adjusted(plan: ModelPlan, kmeans_params: dict[str, Any], distill_sparsity: float | None,
-             prune_params: dict[str, Any] | None = None, **row: Any) -> ModelPlan:
-    """``plan`` with ``--kmeans-params`` over its own k-means params, ``--prune-params`` over its pruning params, and
-    ``--distill-sparsity`` and ``row`` (``sparsity``, ``bits``, ``prune_epochs``, ``quantize_epochs``) where given.
+             prune_params: dict[str, Any] | None = None, distill_prune_params: dict[str, Any] | None = None,
+             mask_lines: bool = False, **row: Any) -> ModelPlan:
+    """``plan`` with ``--kmeans-params`` over its own k-means params, ``--prune-params`` and ``--distill-prune-params``
+    over its pruning params, ``--mask-lines``, and ``--distill-sparsity`` and ``row`` (``sparsity``, ``bits``,
+    ``prune_epochs``, ``quantize_epochs``) where given.
 
     The fp32 references follow ``prune_epochs`` and ``quantize_epochs``: they are trained for the rows' total epochs."""
     return replace(plan, kmeans={**plan.kmeans, **kmeans_params}, prune={**plan.prune, **(prune_params or {})},
+                   distill_prune={**plan.distill_prune, **(distill_prune_params or {})},
+                   entropy={**plan.entropy, "mask_lines": True} if mask_lines else plan.entropy,
                    distill_sparsity=plan.distill_sparsity if distill_sparsity is None else distill_sparsity,
                    **{k: v for k, v in row.items() if v is not None})
 
@@ -521,6 +533,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--prune-params", default="{}", metavar="JSON",
                         help="extra magnitude_prune params of the prune + k-means row and the search, as a JSON object "
                              "(e.g. '{\"ramp_epochs\": 6}')")
+    parser.add_argument("--distill-prune-params", default="{}", metavar="JSON",
+                        help="extra magnitude_prune params of the distilled row, as a JSON object "
+                             "(e.g. '{\"criterion\": \"kfac\", \"bias_compensation\": true}')")
+    parser.add_argument("--mask-lines", action="store_true",
+                        help="entropy_code(mask_lines=true) in every compact row: masks may be coded per row or column")
     parser.add_argument("--sparsity", type=float, help="sparsity of the prune + k-means row (default: the model's)")
     parser.add_argument("--bits", type=int, help="k-means bits of the prune + k-means row (default: the model's)")
     parser.add_argument("--prune-epochs", type=int,
@@ -548,6 +565,13 @@ def main(argv: list[str] | None = None) -> int:
     if not isinstance(prune_params, dict):
         parser.error(f"--prune-params must be a JSON object of magnitude_prune params, got {args.prune_params!r}")
     try:
+        distill_prune_params = json.loads(args.distill_prune_params)
+    except json.JSONDecodeError as exc:
+        parser.error(f"--distill-prune-params is not JSON: {exc}")
+    if not isinstance(distill_prune_params, dict):
+        parser.error(f"--distill-prune-params must be a JSON object of magnitude_prune params, "
+                     f"got {args.distill_prune_params!r}")
+    try:
         seeds = [int(x) for x in args.seeds.split(",")]
     except ValueError:
         parser.error(f"--seeds must be comma-separated integers, got {args.seeds!r}")
@@ -561,7 +585,8 @@ def main(argv: list[str] | None = None) -> int:
     args.out = args.out or Path(tempfile.mkdtemp(prefix="weights_table_"))
     pm = new_plugin_manager(autoload=False)
     registry = Registry.from_plugin_manager(pm)
-    plans = {key: adjusted(PLANS[key], kmeans_params, args.distill_sparsity, prune_params, sparsity=args.sparsity,
+    plans = {key: adjusted(PLANS[key], kmeans_params, args.distill_sparsity, prune_params, distill_prune_params,
+                           args.mask_lines, sparsity=args.sparsity,
                            bits=args.bits, prune_epochs=args.prune_epochs, quantize_epochs=args.quantize_epochs)
              for key in args.models.split(",")}
     for plan in plans.values():  # checked now, not when the first row reaches them after the fp32 model's training
@@ -573,6 +598,11 @@ def main(argv: list[str] | None = None) -> int:
             registry.compressors.get("magnitude_prune").resolve_params({"sparsity": plan.distill_sparsity})
         except ValueError as exc:
             parser.error(f"--distill-sparsity: {exc}")
+        try:
+            registry.compressors.get("magnitude_prune").resolve_params(
+                {"sparsity": plan.distill_sparsity, "finetune_epochs": plan.prune_epochs, **plan.distill_prune})
+        except ValueError as exc:
+            parser.error(f"--distill-prune-params: {exc}")
         try:
             registry.compressors.get("magnitude_prune").resolve_params(
                 {"sparsity": plan.sparsity, "finetune_epochs": plan.prune_epochs, **plan.prune})

@@ -98,6 +98,11 @@ def test_kmeans_params_and_distill_sparsity_adjust_the_plan_and_bad_json_is_refu
     assert out.kmeans == {**plan.kmeans, "qat_lr": 0.003, "bias_bits": 8} and out.kmeans["bias_bits"] == 8
     assert out.distill_sparsity == plan.distill_sparsity and plan.kmeans["bias_bits"] == 6  # the table's plan untouched
     assert weights_table.adjusted(plan, {}, 0.65).distill_sparsity == 0.65
+    prune = {"criterion": "kfac", "bias_compensation": True}
+    out = weights_table.adjusted(plan, {}, None, None, prune, mask_lines=True)
+    assert out.distill_prune == prune and out.prune == plan.prune and out.entropy == {"mask_lines": True}
+    assert plan.distill_prune == {} and plan.entropy == {}  # the table's plan untouched
+    assert weights_table.adjusted(plan, {}, None).entropy == {}
     (tmp_path / "t10k-labels-idx1-ubyte").write_bytes(b"")
     for bad, message in (
         ("{qat_lr: 1}", "not JSON"),
@@ -108,6 +113,13 @@ def test_kmeans_params_and_distill_sparsity_adjust_the_plan_and_bad_json_is_refu
     ):
         with pytest.raises(SystemExit):
             weights_table.main(["--data", str(tmp_path), "--kmeans-params", bad])
+        assert message in capsys.readouterr().err
+    for bad, message in (
+        ("[1]", "--distill-prune-params must be a JSON object of magnitude_prune params"),
+        ('{"criterion": "wandda"}', "--distill-prune-params: `criterion` must be one of magnitude, wanda, kfac"),
+    ):
+        with pytest.raises(SystemExit):
+            weights_table.main(["--data", str(tmp_path), "--distill-prune-params", bad])
         assert message in capsys.readouterr().err
     with pytest.raises(SystemExit):
         weights_table.main(["--data", str(tmp_path), "--distill-sparsity", "1.5"])
