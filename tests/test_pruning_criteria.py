@@ -152,3 +152,13 @@ def test_a_layer_that_sees_no_input_is_refused_by_name() -> None:
     model.unused = nn.Linear(3, 3)
     with pytest.raises(ValueError, match=r"unused\.weight.*received no input"):
         _prune(model, _data(), sparsity=0.5, criterion="wanda")
+
+
+@pytest.mark.parametrize(
+    "option", [{"criterion": "wanda"}, {"criterion": "kfac"}, {"bias_compensation": True}, {"scope": "magnitude_layers"}]
+)
+def test_a_magnitude_ramp_refuses_the_options_that_act_once(option: dict[str, Any]) -> None:
+    compressor = MagnitudePruner()
+    compressor.resolve_params({"ramp_epochs": 0, "finetune_epochs": 2, **option})  # at once: allowed
+    with pytest.raises(ValueError, match="`ramp_epochs` > 0 ramps by magnitude"):
+        compressor.resolve_params({"ramp_epochs": 1, "finetune_epochs": 2, **option})
