@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -14,7 +15,8 @@ import optuna
 import pytest
 
 from tests.test_record import stored_record
-from vae_automl.cli import build_parser, main
+from vae_automl import cli
+from vae_automl.cli import EXIT_EXHAUSTED, EXIT_INTERRUPTED, build_parser, main
 from vae_automl.locations import STORAGE_ENV
 from vae_automl.record import TrialRecord
 from vae_automl.study import BASELINE_ATTR, OBJECTIVES_ATTR
@@ -73,6 +75,30 @@ def test_usage_error_exits_2_project_error_exits_1(tmp_path: Path, capsys: pytes
     storage = make_study(tmp_path)
     assert main(["front", "--storage", storage, "--study", "nope"]) == 1
     assert "no study 'nope'" in capsys.readouterr().err
+
+
+EXIT_STATUSES = (0, 1, 2, EXIT_EXHAUSTED, EXIT_INTERRUPTED)
+
+
+def test_ctrl_c_exits_with_the_documented_status(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    def interrupted(args: argparse.Namespace) -> int:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "_cmd_front", interrupted)  # build_parser binds the module's function at each main()
+    assert main(["front"]) == EXIT_INTERRUPTED == 130  # 128 + SIGINT, what a shell reports for Ctrl-C
+    assert "run the same command again to resume" in capsys.readouterr().err
+
+
+def test_readme_and_help_name_every_exit_status(capsys: pytest.CaptureFixture[str]) -> None:
+    # a script author reads the status list in the README or `--help`; each must name every status main() returns
+    readme = (REPO / "README.md").read_text()
+    bullet = readme[readme.index("- Exit status ") :].split("\n- ", 1)[0]
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    epilog = capsys.readouterr().out.split("exit status:", 1)[1]
+    for text in (bullet, epilog):
+        named = {int(n) for n in re.findall(r"(?<![\w.-])(\d+)(?![\w.%])", text)}
+        assert set(EXIT_STATUSES) <= named, text
 
 
 def test_every_command_has_help_an_example_and_json() -> None:

@@ -5,7 +5,8 @@ Conventions every command follows (tests/test_cli.py holds them):
 - exit status 0 on success, 1 for a runtime or project error (a :class:`VaeAutomlError`:
   bad YAML, unknown study, failed export; or an OSError: a file that cannot be read or written),
   2 for a usage error (argparse's own), 3 when ``search`` or ``worker`` completed fewer trials than asked
-  because the space has no new point left (``EXIT_EXHAUSTED``), 130 on Ctrl-C; no traceback for any of them;
+  because the space has no new point left (``EXIT_EXHAUSTED``), 130 on Ctrl-C (``EXIT_INTERRUPTED``);
+  no traceback for any of them;
 - ``--json`` on every command that prints results: one JSON document on stdout, nothing else there;
 - one meaning per option name: ``--storage`` an Optuna storage URL (default ``$VAE_AUTOML_STORAGE``),
   ``--out`` the run folder a search writes (its ``study.db`` is the storage when neither is given),
@@ -171,6 +172,10 @@ EXIT_EXHAUSTED = 3
 """Exit status of a search or worker that completed fewer trials than asked because the space has no new point left:
 its trials and front are stored and complete for that space, but the count asked for was not met, which a script
 must be able to tell from both success and an error."""
+
+EXIT_INTERRUPTED = 130
+"""Exit status after Ctrl-C (128 + SIGINT, as a shell reports it): completed trials are stored and the same command
+resumes."""
 
 
 def _check_failure(failure: str | None, exhausted: str | None = None) -> int:
@@ -370,8 +375,8 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=(
             "example:\n  vae-automl search search_spaces/quick.yaml --n-trials 10 --out runs/quick\n"
             "  vae-automl front --out runs/quick\n\n"
-            "exit status: 0 ok, 1 runtime or project error, 2 usage error, 3 search space exhausted (fewer trials\n"
-            f"than asked). ${STORAGE_ENV} is the default --storage."
+            f"exit status: 0 ok, 1 runtime or project error, 2 usage error, {EXIT_EXHAUSTED} search space exhausted\n"
+            f"(fewer trials than asked), {EXIT_INTERRUPTED} interrupted (Ctrl-C). ${STORAGE_ENV} is the default --storage."
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -585,7 +590,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         print("interrupted: completed trials are stored; run the same command again to resume", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
     except BrokenPipeError:
         # The reader (`| head`) went away: stop quietly. Point stdout at devnull so the interpreter's
         # final flush does not raise again (the recipe of Python's signal module docs).
