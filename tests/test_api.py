@@ -134,3 +134,22 @@ def test_the_cli_calls_the_api(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, 
     assert calls[0][2]["trials"] == [3, 5] and tuple(calls[0][2]["formats"]) == ("onnx",)
     assert calls[2][1] == (("my_mod",),)
     assert "(no completed trials)" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("bad", ["dataset", "backend"])
+def test_a_search_refused_on_bad_input_leaves_no_run_folder(bad: str, tmp_path: Path) -> None:
+    # what `vae-automl search quick.yaml --dataset npz:typo.npz` did: the error, and an empty runs/quick/ behind it
+    from conftest import TINY_SPACE
+
+    space = tmp_path / "tiny.yaml"
+    space.write_text(TINY_SPACE.format(name="refused", trials=1, lr="3.0e-3", max_epochs=1, seed=0, pruner="none",
+                                       extra_training="", compressors="[]"))
+    kept = tmp_path / "mine"
+    kept.mkdir()
+    (kept / "notes.txt").write_text("the user's own file")
+    wrong: dict[str, Any] = {"dataset": f"npz:{tmp_path / 'typo.npz'}"} if bad == "dataset" else {"backend": "optuan"}
+    for out, gone, stays in ((tmp_path / "runs" / "refused", tmp_path / "runs", None), (kept / "run", kept / "run", kept)):
+        with pytest.raises(vae_automl.errors.VaeAutomlError, match="typo.npz" if bad == "dataset" else "optuan"):
+            vae_automl.search(space, trials=1, out_dir=out, show_progress=False, **wrong)
+        assert not gone.exists()  # every folder the refused run created, parents included
+        assert stays is None or (stays / "notes.txt").read_text() == "the user's own file"

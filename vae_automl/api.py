@@ -19,7 +19,7 @@ import optuna
 from vae_automl import pareto
 from vae_automl import study as study_mod
 from vae_automl.errors import ConfigError
-from vae_automl.locations import default_storage, make_out_dir
+from vae_automl.locations import default_storage, make_out_dir, remove_unused_out_dir
 from vae_automl.plugin_manager import get_plugin_manager
 from vae_automl.plugins_info import list_components
 from vae_automl.progress import Progress
@@ -182,21 +182,25 @@ def search(
     if problem := study_name_problem(study_name):
         raise ConfigError(f"--study: {problem}")
     out = Path(out_dir or Path("runs") / study_name)
-    make_out_dir(out)
+    created = make_out_dir(out)
     storage = storage or default_storage(out)
     if timeout_s is None:
         timeout_s = space.timeout_s
     runner: Backend
     env: TrialEnv | None = None
-    if backend == "optuna":
-        env = prepare(space, out, registry, pm)
-        runner = OptunaBackend(env)
-    elif backend == "ray":
-        from vae_automl.backends.ray import RayBackend  # deferred: ray is an optional, heavy dependency
+    try:  # the data, the device and the backend are checked here: a refused run leaves no empty run folder
+        if backend == "optuna":
+            env = prepare(space, out, registry, pm)
+            runner = OptunaBackend(env)
+        elif backend == "ray":
+            from vae_automl.backends.ray import RayBackend  # deferred: ray is an optional, heavy dependency
 
-        runner = RayBackend(space, out, plugins=plugins, **backend_options)
-    else:
-        raise ConfigError(f"unknown backend {backend!r}; use optuna or ray")
+            runner = RayBackend(space, out, plugins=plugins, **backend_options)
+        else:
+            raise ConfigError(f"unknown backend {backend!r}; use optuna or ray")
+    except BaseException:
+        remove_unused_out_dir(created)
+        raise
     policy = SearchPolicy(space, registry)
     with study_mod.optuna_logging(verbose):
         study = study_mod.create_study(space, storage, study_name, out, registry, sampler=policy.sampler())

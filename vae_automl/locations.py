@@ -25,14 +25,36 @@ def default_storage(out_dir: str | Path) -> str:
     return f"sqlite:///{(Path(out_dir) / STUDY_FILE).resolve()}"
 
 
-def make_out_dir(out: Path) -> None:
-    """Create the output folder, or say which path is in the way and why."""
+def make_out_dir(out: Path) -> Path | None:
+    """Create the output folder, or say which path is in the way and why.
+
+    Returns:
+        The topmost folder this call created (``out`` or a missing parent), None when ``out`` existed: what
+        :func:`remove_unused_out_dir` takes away again when the run is refused before it writes anything.
+    """
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out}: is a file, not a folder; give a folder path")
+    created = next((folder for folder in reversed((out, *out.parents)) if not folder.exists()), None)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise ConfigError(f"--out {out}: cannot create the output folder: {exc.strerror}") from None
+    return created
+
+
+def remove_unused_out_dir(created: Path | None) -> None:
+    """Remove the folders :func:`make_out_dir` created if they hold no file, so that bad input leaves no trace.
+
+    Only empty folders go (``rmdir``), deepest first; the first that holds anything stops it.
+    """
+    if created is None:
+        return
+    folders = sorted((p for p in created.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True)
+    for folder in (*folders, created):
+        try:
+            folder.rmdir()
+        except OSError:
+            return
 
 
 def resolve_storage(storage: str | None, out_dir: str | Path | None = None, *, must_exist: bool = False) -> str | None:
