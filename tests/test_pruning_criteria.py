@@ -162,3 +162,23 @@ def test_a_magnitude_ramp_refuses_the_options_that_act_once(option: dict[str, An
     compressor.resolve_params({"ramp_epochs": 0, "finetune_epochs": 2, **option})  # at once: allowed
     with pytest.raises(ValueError, match="`ramp_epochs` > 0 ramps by magnitude"):
         compressor.resolve_params({"ramp_epochs": 1, "finetune_epochs": 2, **option})
+
+
+def test_wanda_and_kfac_scores_ignore_a_per_layer_constant_in_the_norms() -> None:
+    # Each layer's norms are divided by their RMS (wanda_weight_scores' docstring), so that global scope compares
+    # layers on their weights' scale: norms constant within each layer, however different across layers, give |w|.
+    from vae_automl.builtin.pruning_impl import InputStatistics, kfac_weight_scores, prunable_layers, wanda_weight_scores
+
+    model = tiny_model("mlp")
+    layers = prunable_layers(model)
+    assert layers and all(isinstance(m, nn.Linear) for m in layers.values())
+    linear = {name: m for name, m in layers.items() if isinstance(m, nn.Linear)}
+    stats = InputStatistics(
+        norms={name: torch.full((m.in_features,), 0.5 + 10.0 * i) for i, (name, m) in enumerate(linear.items())},
+        means={name: torch.zeros(m.in_features) for name, m in linear.items()},
+        grad_norms={name: torch.full((m.out_features,), 1e-3 * (i + 1)) for i, (name, m) in enumerate(linear.items())},
+    )
+    for scores in (wanda_weight_scores(model, stats), kfac_weight_scores(model, stats)):
+        assert set(scores) == set(linear)
+        for name, m in linear.items():
+            torch.testing.assert_close(scores[name], m.weight.detach().abs())
