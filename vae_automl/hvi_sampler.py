@@ -32,8 +32,9 @@ frees is not spent again where the stopped trials were.
 
 Measured in ``benchmarks/search_quality.py`` (README, "How the search
 decides"); which objective values the configuration fixes before training
-(size in bytes) was also tried as known instead of modelled and did not
-help, so every objective is modelled.
+(size in bytes) was also tried as known instead of modelled, and as an
+extra input of the other objective's model, and neither helped, so every
+objective is modelled from the encoded parameters alone.
 """
 
 from __future__ import annotations
