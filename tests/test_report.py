@@ -83,7 +83,8 @@ def test_index_html_table_shows_every_recorded_metric(report: dict[str, Any]) ->
     front = load_front(report["storage"], "report-test")
     recorded = [n for n in front[0].record.metrics if n not in front[0].objectives]
     assert {"recon_error", "params"} <= set(recorded)  # figures recorded besides the three objectives
-    assert header == ["trial", "test_elbo_nats (min)", "size_bytes (min)", "latency_ms (min)", *recorded, "params"]
+    assert header == ["trial", "test_elbo_nats (min)", "size_bytes (min)", "latency_ms (min)", *recorded, "searched params"]
+    assert len(set(header)) == len(header)  # the `params` figure (stored weights) is not the sampled params' column
     for entry in front:
         row = table.split(f"<a href=#trial-{entry.trial}>")[1].split("</tr>")[0]
         cells = [c.split("</td>")[0] for c in row.split("<td>")[1:]]

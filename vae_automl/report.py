@@ -362,7 +362,7 @@ td,th{{border:1px solid #ccc;padding:3px 8px;text-align:left}}img{{max-width:100
 Uncompressed baseline: {esc(baseline_text)}.</p>
 <h2>Pareto front</h2>
 <img src="pareto.png" alt="Pareto plot">
-<table><tr><th>trial</th>{header}<th>params</th></tr>{rows}</table>
+<table><tr><th>trial</th>{header}<th>searched params</th></tr>{rows}</table>
 <h2>Front models</h2>
 {"".join(sections)}
 </body></html>
