@@ -153,6 +153,10 @@ class ModelPlan:
     structured_bits: int = 2
     structured_qat_epochs: int = 8
     """Bits and quantization-aware epochs of the k-means after ``structured``."""
+    lr_schedule: str = "constant"
+    finetune_lr_schedule: str = "constant"
+    """``training.lr_schedule`` (the fp32 models and bases) and ``training.finetune_lr_schedule`` (every fine-tuning
+    and QAT run) of the model's trials."""
 
     @property
     def finetune_epochs(self) -> int:
@@ -194,8 +198,7 @@ PLANS = {
 
 
 def space_text(plan: ModelPlan, data_dir: Path, test_images: int, epochs: int, compressors: list[dict[str, Any]],
-               name: str, trials: int = 1, seed: int = 0, lr_schedule: str = "constant",
-               finetune_lr_schedule: str = "constant") -> str:
+               name: str, trials: int = 1, seed: int = 0) -> str:
     objectives = [plan.quality, "size_bytes"]
     return yaml.safe_dump({
         "name": name,
@@ -205,8 +208,8 @@ def space_text(plan: ModelPlan, data_dir: Path, test_images: int, epochs: int, c
         "device": "cpu",
         "seed": seed,
         "architecture": plan.architecture,
-        "training": {"epochs": epochs, "batch_size": 128, "lr": 1.0e-3, "lr_schedule": lr_schedule,
-                     "finetune_lr_schedule": finetune_lr_schedule},
+        "training": {"epochs": epochs, "batch_size": 128, "lr": 1.0e-3, "lr_schedule": plan.lr_schedule,
+                     "finetune_lr_schedule": plan.finetune_lr_schedule},
         "compressors": compressors,
         "objectives": objectives,
         "record": ["params", "theoretical_bits", "size_bytes_amortized"],
@@ -234,8 +237,7 @@ class Runner:
 
     def trial(self, name: str, pipeline: list[dict[str, Any]], epochs: int) -> tuple[dict[str, Any], Any]:
         text = space_text(self.plan, self.args.data, self.test_images, epochs, pipeline, f"{self.plan.key}-{name}",
-                          seed=self.seed, lr_schedule=self.args.lr_schedule,
-                          finetune_lr_schedule=self.args.finetune_lr_schedule)
+                          seed=self.seed)
         space = load_space_text(text, f"weights_table:{self.plan.key}:{name}", self.registry)
         env = prepare(space, self.args.out / self.plan.key / f"seed{self.seed}", self.registry, self.pm)
         record = run_trial(env, resolve(space, {}, self.registry), self.number)
@@ -307,8 +309,7 @@ def search_best(plan: ModelPlan, args: argparse.Namespace, registry: Registry, t
         {"name": "entropy_code", "params": {"container": "compact", **plan.entropy}},
     ]
     name = f"{plan.key}-search"
-    text = space_text(plan, args.data, test_images, plan.epochs, compressors, name, trials=args.search_trials, seed=seed,
-                      lr_schedule=args.lr_schedule, finetune_lr_schedule=args.finetune_lr_schedule)
+    text = space_text(plan, args.data, test_images, plan.epochs, compressors, name, trials=args.search_trials, seed=seed)
     space = load_space_text(text, f"weights_table:{name}", registry)
     started = time.perf_counter()
     folder = args.out / plan.key / f"seed{seed}" / "search"
@@ -438,15 +439,19 @@ def run_model(plan: ModelPlan, args: argparse.Namespace, registry: Registry, pm:
 
 def adjusted(plan: ModelPlan, kmeans_params: dict[str, Any], distill_sparsity: float | None,
              prune_params: dict[str, Any] | None = None, distill_prune_params: dict[str, Any] | None = None,
-             mask_lines: bool = False, **row: Any) -> ModelPlan:
+             mask_lines: bool = False, structured_params: dict[str, Any] | None = None, **row: Any) -> ModelPlan:
     """``plan`` with ``--kmeans-params`` over its own k-means params, ``--prune-params`` and ``--distill-prune-params``
-    over its pruning params, ``--mask-lines``, and ``--distill-sparsity`` and ``row`` (``sparsity``, ``bits``,
-    ``prune_epochs``, ``quantize_epochs``) where given.
+    over its pruning params, ``--structured-params`` over its ``structured_prune`` params (a plan without a
+    structured row keeps none), ``--mask-lines``, and ``--distill-sparsity`` and ``row`` (``sparsity``, ``bits``,
+    ``prune_epochs``, ``quantize_epochs``, ``structured_qat_epochs``, ``lr_schedule``, ``finetune_lr_schedule``)
+    where given.
 
     The fp32 references follow ``prune_epochs`` and ``quantize_epochs``: they are trained for the rows' total epochs."""
+    structured = {**plan.structured, **(structured_params or {})} if plan.structured else {}
     return replace(plan, kmeans={**plan.kmeans, **kmeans_params}, prune={**plan.prune, **(prune_params or {})},
                    distill_prune={**plan.distill_prune, **(distill_prune_params or {})},
                    entropy={**plan.entropy, "mask_lines": True} if mask_lines else plan.entropy,
+                   structured=structured,
                    distill_sparsity=plan.distill_sparsity if distill_sparsity is None else distill_sparsity,
                    **{k: v for k, v in row.items() if v is not None})
 
@@ -538,6 +543,11 @@ def main(argv: list[str] | None = None) -> int:
                              "(e.g. '{\"criterion\": \"kfac\", \"bias_compensation\": true}')")
     parser.add_argument("--mask-lines", action="store_true",
                         help="entropy_code(mask_lines=true) in every compact row: masks may be coded per row or column")
+    parser.add_argument("--structured-params", default="{}", metavar="JSON",
+                        help="structured_prune params of the structured row over the model's (ratio, criterion, "
+                             "finetune_epochs; the row's fp32 reference follows its epochs)")
+    parser.add_argument("--structured-qat-epochs", type=int,
+                        help="k-means QAT epochs of the structured row (default: the model's)")
     parser.add_argument("--sparsity", type=float, help="sparsity of the prune + k-means row (default: the model's)")
     parser.add_argument("--bits", type=int, help="k-means bits of the prune + k-means row (default: the model's)")
     parser.add_argument("--prune-epochs", type=int,
@@ -546,10 +556,12 @@ def main(argv: list[str] | None = None) -> int:
                         help="k-means QAT epochs (default: the model's; the fp32 references follow)")
     parser.add_argument("--distill-sparsity", type=float,
                         help="pruning sparsity of the distilled row (default: the model's)")
-    parser.add_argument("--lr-schedule", choices=("constant", "cosine"), default="constant",
-                        help="training.lr_schedule of every trial (the fp32 models' and the bases' training)")
-    parser.add_argument("--finetune-lr-schedule", choices=("constant", "cosine"), default="constant",
-                        help="training.finetune_lr_schedule of every trial (each fine-tuning and QAT run's own)")
+    parser.add_argument("--lr-schedule", choices=("constant", "cosine"),
+                        help="training.lr_schedule of every trial: the fp32 models' and the bases' training "
+                             "(default: the model's, constant)")
+    parser.add_argument("--finetune-lr-schedule", choices=("constant", "cosine"),
+                        help="training.finetune_lr_schedule of every trial: each fine-tuning and QAT run's own "
+                             "(default: the model's)")
     parser.add_argument("--out", type=Path, help="keep caches and artifacts here (default: a temp dir)")
     args = parser.parse_args(argv)
     try:
@@ -572,6 +584,12 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--distill-prune-params must be a JSON object of magnitude_prune params, "
                      f"got {args.distill_prune_params!r}")
     try:
+        structured_params = json.loads(args.structured_params)
+    except json.JSONDecodeError as exc:
+        parser.error(f"--structured-params is not JSON: {exc}")
+    if not isinstance(structured_params, dict):
+        parser.error(f"--structured-params must be a JSON object of structured_prune params, got {args.structured_params!r}")
+    try:
         seeds = [int(x) for x in args.seeds.split(",")]
     except ValueError:
         parser.error(f"--seeds must be comma-separated integers, got {args.seeds!r}")
@@ -586,8 +604,10 @@ def main(argv: list[str] | None = None) -> int:
     pm = new_plugin_manager(autoload=False)
     registry = Registry.from_plugin_manager(pm)
     plans = {key: adjusted(PLANS[key], kmeans_params, args.distill_sparsity, prune_params, distill_prune_params,
-                           args.mask_lines, sparsity=args.sparsity,
-                           bits=args.bits, prune_epochs=args.prune_epochs, quantize_epochs=args.quantize_epochs)
+                           args.mask_lines, structured_params=structured_params, sparsity=args.sparsity,
+                           bits=args.bits, prune_epochs=args.prune_epochs, quantize_epochs=args.quantize_epochs,
+                           structured_qat_epochs=args.structured_qat_epochs, lr_schedule=args.lr_schedule,
+                           finetune_lr_schedule=args.finetune_lr_schedule)
              for key in args.models.split(",")}
     for plan in plans.values():  # checked now, not when the first row reaches them after the fp32 model's training
         try:
@@ -608,6 +628,11 @@ def main(argv: list[str] | None = None) -> int:
                 {"sparsity": plan.sparsity, "finetune_epochs": plan.prune_epochs, **plan.prune})
         except ValueError as exc:
             parser.error(f"--prune-params / --sparsity / --prune-epochs: {exc}")
+        if plan.structured:
+            try:
+                registry.compressors.get("structured_prune").resolve_params(plan.structured)
+            except ValueError as exc:
+                parser.error(f"--structured-params: {exc}")
     torch.set_num_threads(1)
     rows: list[dict[str, Any]] = []
     summary: list[dict[str, Any]] = []

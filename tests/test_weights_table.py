@@ -139,12 +139,21 @@ def test_row_overrides_and_prune_params_adjust_the_plan_and_its_references(tmp_p
     assert out.prune == {"ramp_epochs": 3} and plan.prune == {}
     assert (out.sparsity, out.bits, out.prune_epochs, out.quantize_epochs) == (0.7, plan.bits, 6, plan.quantize_epochs)
     assert out.finetune_epochs == 6 + plan.quantize_epochs  # the fp32 reference's extra epochs follow
+    cosine = weights_table.adjusted(plan, {}, None, lr_schedule=None, finetune_lr_schedule="cosine")
+    assert (cosine.lr_schedule, cosine.finetune_lr_schedule) == (plan.lr_schedule, "cosine")
+    text = weights_table.space_text(cosine, tmp_path, 2000, 30, [], "t")
+    assert "lr_schedule: constant" in text and "finetune_lr_schedule: cosine" in text
+    structured = weights_table.adjusted(plan, {}, None, structured_params={"ratio": 0.2}, structured_qat_epochs=16)
+    assert structured.structured == {**plan.structured, "ratio": 0.2} and structured.structured_qat_epochs == 16
+    assert weights_table.adjusted(weights_table.PLANS["lenet5"], {}, None, structured_params={"ratio": 0.2}).structured == {}
     (tmp_path / "t10k-labels-idx1-ubyte").write_bytes(b"")
     for argv, message in (
         (["--prune-params", "[1]"], "--prune-params must be a JSON object"),
         (["--prune-params", '{"ramp_epochs": 5}'], "`ramp_epochs` (5) must not exceed `finetune_epochs` (4)"),
         (["--prune-params", '{"ramp_epochs": 5}', "--prune-epochs", "6", "--sparsity", "1.2"],
          "`sparsity` must be in [0.0, 0.99], but got sparsity=1.2"),
+        (["--structured-params", '{"ratio": 2}'], "--structured-params: `ratio` must be in [0.0, 0.95], but got ratio=2"),
+        (["--structured-params", "[]"], "--structured-params must be a JSON object"),
     ):
         with pytest.raises(SystemExit):
             weights_table.main(["--data", str(tmp_path), "--models", "zoo_cnn", *argv])
