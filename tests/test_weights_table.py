@@ -71,6 +71,8 @@ def test_structured_row_is_held_to_an_fp32_model_of_its_own_epochs() -> None:
             calls.append((name, pipeline, epochs))
             if not pipeline:
                 return {"test_accuracy": 97.5}, Path("ref")
+            if name.startswith("same_schedule"):
+                return {"test_accuracy": 97.75}, Path("control")
             return {"test_accuracy": 96.0, "size_bytes": 470, "theoretical_bits": 3208}, Path("model")
 
     out = weights_table.structured_row(plan, StubRunner(), None, 9856, 0, lambda _msg: None)  # type: ignore[arg-type]
@@ -84,6 +86,17 @@ def test_structured_row_is_held_to_an_fp32_model_of_its_own_epochs() -> None:
     assert out["accuracy_delta_pts"] == pytest.approx(-1.5) and out["epochs"] == total
     assert out["size_bytes"] == 470 and out["compression_ratio"] == pytest.approx(9856 / 470)
     assert not out["meets_target"]  # 470 B is under 500 B, but 1.5 points is over the 1-point bound
+    # its fine-tuning decays on a cosine: it is also held to the base put through the same runs, uncompressed
+    assert plan.finetune_lr_schedule == "cosine" and len(calls) == 3
+    control = calls[2][1]
+    assert control[0] == {"name": "magnitude_prune", "params": {"sparsity": 0.0, "finetune_epochs": 8}}
+    assert control[1] == {"name": "kmeans", "params": {"bits": 8, "qat_epochs": plan.structured_qat_epochs,
+                                                       "codebook_dtype": "float16", "bias_bits": 0, "qat_lr": 0.01}}
+    assert out["reference_same_schedule"] == 97.75 and out["accuracy_delta_same_schedule_pts"] == pytest.approx(-1.75)
+    calls.clear()
+    constant = weights_table.structured_row(weights_table.replace(plan, finetune_lr_schedule="constant"), StubRunner(),
+                                            None, 9856, 0, lambda _msg: None)  # type: ignore[arg-type]
+    assert len(calls) == 2 and "accuracy_delta_same_schedule_pts" not in constant
 
 
 def test_kmeans_params_and_distill_sparsity_adjust_the_plan_and_bad_json_is_refused(tmp_path: Path,
@@ -139,12 +152,12 @@ def test_row_overrides_and_prune_params_adjust_the_plan_and_its_references(tmp_p
     assert out.prune == {"ramp_epochs": 3} and plan.prune == {}
     assert (out.sparsity, out.bits, out.prune_epochs, out.quantize_epochs) == (0.7, plan.bits, 6, plan.quantize_epochs)
     assert out.finetune_epochs == 6 + plan.quantize_epochs  # the fp32 reference's extra epochs follow
-    cosine = weights_table.adjusted(plan, {}, None, lr_schedule=None, finetune_lr_schedule="cosine")
-    assert (cosine.lr_schedule, cosine.finetune_lr_schedule) == (plan.lr_schedule, "cosine")
+    cosine = weights_table.adjusted(weights_table.PLANS["lenet5"], {}, None, lr_schedule=None, finetune_lr_schedule="cosine")
+    assert (cosine.lr_schedule, cosine.finetune_lr_schedule) == ("constant", "cosine")  # lenet5: constant by default
     text = weights_table.space_text(cosine, tmp_path, 2000, 30, [], "t")
     assert "lr_schedule: constant" in text and "finetune_lr_schedule: cosine" in text
-    structured = weights_table.adjusted(plan, {}, None, structured_params={"ratio": 0.2}, structured_qat_epochs=16)
-    assert structured.structured == {**plan.structured, "ratio": 0.2} and structured.structured_qat_epochs == 16
+    structured = weights_table.adjusted(plan, {}, None, structured_params={"ratio": 0.2}, structured_qat_epochs=24)
+    assert structured.structured == {**plan.structured, "ratio": 0.2} and structured.structured_qat_epochs == 24
     assert weights_table.adjusted(weights_table.PLANS["lenet5"], {}, None, structured_params={"ratio": 0.2}).structured == {}
     (tmp_path / "t10k-labels-idx1-ubyte").write_bytes(b"")
     for argv, message in (
