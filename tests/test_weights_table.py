@@ -91,7 +91,7 @@ def test_structured_row_is_held_to_an_fp32_model_of_its_own_epochs() -> None:
     control = calls[2][1]
     assert control[0] == {"name": "magnitude_prune", "params": {"sparsity": 0.0, "finetune_epochs": 8}}
     assert control[1] == {"name": "kmeans", "params": {"bits": 8, "qat_epochs": plan.structured_qat_epochs,
-                                                       "codebook_dtype": "float16", "bias_bits": 0, "qat_lr": 0.01}}
+                                                       "codebook_dtype": "float16", "bias_bits": 0, "qat_lr": 0.03}}
     assert out["reference_same_schedule"] == 97.75 and out["accuracy_delta_same_schedule_pts"] == pytest.approx(-1.75)
     calls.clear()
     constant = weights_table.structured_row(weights_table.replace(plan, finetune_lr_schedule="constant"), StubRunner(),
