@@ -21,7 +21,7 @@ if ! "$python" -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() el
 fi
 
 step "CUDA tests"
-"$python" -m pytest -q -p no:randomly -p no:cacheprovider -rs tests/test_devices.py tests/test_train.py 2>&1 \
+"$python" -m pytest -q -p no:randomly -p no:cacheprovider -rs tests/test_devices.py tests/test_train.py tests/test_lr_schedule.py 2>&1 \
     | tee "$out/cuda_tests.log" | tail -4
 
 step "throughput on cuda"
