@@ -663,24 +663,35 @@ def main(argv: list[str] | None = None) -> int:
         except ValueError as exc:
             parser.error(f"--kmeans-params: {exc}")
         try:
+            registry.compressors.get("kmeans").resolve_params(
+                {"bits": plan.bits, "qat_epochs": plan.quantize_epochs, **plan.kmeans})
+        except ValueError as exc:
+            parser.error(f"--bits / --quantize-epochs: {exc}")
+        try:
             registry.compressors.get("magnitude_prune").resolve_params({"sparsity": plan.distill_sparsity})
         except ValueError as exc:
             parser.error(f"--distill-sparsity: {exc}")
-        try:
-            registry.compressors.get("magnitude_prune").resolve_params(
-                {"sparsity": plan.distill_sparsity, "finetune_epochs": plan.prune_epochs, **plan.distill_prune})
-        except ValueError as exc:
-            parser.error(f"--distill-prune-params: {exc}")
+        # the rows' own point before the distilled row's, which takes its epochs: an error names the flag at fault
         try:
             registry.compressors.get("magnitude_prune").resolve_params(
                 {"sparsity": plan.sparsity, "finetune_epochs": plan.prune_epochs, **plan.prune})
         except ValueError as exc:
             parser.error(f"--prune-params / --sparsity / --prune-epochs: {exc}")
+        try:
+            registry.compressors.get("magnitude_prune").resolve_params(
+                {"sparsity": plan.distill_sparsity, "finetune_epochs": plan.prune_epochs, **plan.distill_prune})
+        except ValueError as exc:
+            parser.error(f"--distill-prune-params: {exc}")
         if plan.structured:
             try:
                 registry.compressors.get("structured_prune").resolve_params(plan.structured)
             except ValueError as exc:
                 parser.error(f"--structured-params: {exc}")
+            try:
+                registry.compressors.get("kmeans").resolve_params(
+                    {"bits": args.structured_bits or plan.structured_bits, "qat_epochs": plan.structured_qat_epochs})
+            except ValueError as exc:
+                parser.error(f"--structured-bits / --structured-qat-epochs: {exc}")
     torch.set_num_threads(1)
     rows: list[dict[str, Any]] = []
     summary: list[dict[str, Any]] = []

@@ -171,3 +171,24 @@ def test_row_overrides_and_prune_params_adjust_the_plan_and_its_references(tmp_p
         with pytest.raises(SystemExit):
             weights_table.main(["--data", str(tmp_path), "--models", "zoo_cnn", *argv])
         assert message in capsys.readouterr().err
+
+
+def test_row_epochs_and_bits_are_checked_before_any_training(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # each was accepted up front and failed only when its row came, after the fp32 model had trained (or, for
+    # --prune-epochs, was refused under another flag's name)
+    sys.path.insert(0, str(ROOT))
+    try:
+        from benchmarks import weights_table
+    finally:
+        sys.path.remove(str(ROOT))
+    (tmp_path / "t10k-labels-idx1-ubyte").write_bytes(b"")  # past the labels check; no images: nothing can train
+    for argv, message in (
+        (["--quantize-epochs", "-1"], "--bits / --quantize-epochs: `qat_epochs` must be in [0, 1000], but got qat_epochs=-1"),
+        (["--structured-qat-epochs", "-1"], "--structured-bits / --structured-qat-epochs: `qat_epochs` must be in"),
+        (["--structured-bits", "9"], "--structured-bits / --structured-qat-epochs: `bits` must be in [1, 8], but got bits=9"),
+        (["--prune-epochs", "-1"], "--prune-params / --sparsity / --prune-epochs: `finetune_epochs` must be in [0, 200]"),
+    ):
+        with pytest.raises(SystemExit) as exit_info:
+            weights_table.main(["--data", str(tmp_path), "--models", "zoo_cnn", *argv])
+        assert exit_info.value.code == 2
+        assert message in capsys.readouterr().err, argv
