@@ -192,3 +192,39 @@ def test_row_epochs_and_bits_are_checked_before_any_training(tmp_path: Path, cap
             weights_table.main(["--data", str(tmp_path), "--models", "zoo_cnn", *argv])
         assert exit_info.value.code == 2
         assert message in capsys.readouterr().err, argv
+
+
+def test_the_unstructured_row_is_held_to_the_same_schedule_control_too(monkeypatch: pytest.MonkeyPatch) -> None:
+    """README "Cosine fine-tuning" reports the prune + k-means row against the base put through its very runs
+    (+0.40 ± 0.48 points): run_model must add that control to the row, as structured_row does to its own."""
+    import argparse
+
+    sys.path.insert(0, str(ROOT))
+    try:
+        from benchmarks import weights_table
+    finally:
+        sys.path.remove(str(ROOT))
+    plan = weights_table.PLANS["zoo_cnn"]
+    calls: list[tuple[str, list, int]] = []
+
+    class StubRunner:
+        def __init__(self, *args: object) -> None:
+            pass
+
+        def trial(self, name: str, pipeline: list, epochs: int) -> tuple[dict, Path]:
+            calls.append((name, pipeline, epochs))
+            accuracy = 97.5 if not pipeline else 97.0 if name.startswith("same_schedule") else 96.5
+            return {"test_accuracy": accuracy, "params": 2464, "size_bytes": 760, "theoretical_bits": 6000}, Path("m")
+
+    monkeypatch.setattr(weights_table, "Runner", StubRunner)
+    monkeypatch.setattr(weights_table, "variant_size", lambda artifact, registry, entropy: (900, 6000))
+    args = argparse.Namespace(no_distill=True, no_structured=True, no_weight_vae=True, search_trials=0)
+    rows = weights_table.run_model(plan, args, None, None, 2000, 0)  # type: ignore[arg-type]
+    compact = next(r for r in rows if r["method"] == "prune+kmeans+entropy+compact")
+    control = [c for c in calls if c[0].startswith("same_schedule")]
+    assert plan.finetune_lr_schedule == "cosine" and len(control) == 1
+    assert control[0][1][0]["params"] == {"sparsity": 0.0, "finetune_epochs": plan.prune_epochs}
+    assert control[0][1][1]["params"]["qat_epochs"] == plan.quantize_epochs
+    assert compact["reference_same_schedule"] == 97.0
+    assert compact["accuracy_delta_same_schedule_pts"] == pytest.approx(-0.5)
+    assert compact["accuracy_delta_pts"] == pytest.approx(-1.0)
