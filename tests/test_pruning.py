@@ -43,6 +43,26 @@ class TestMagnitudeContract(CompressorContract):
         return {"sparsity": 0.6, "scope": "layer", "finetune_epochs": 1}
 
 
+class TestKfacContract(CompressorContract):
+    """The activation-aware path (calibration hooks, output gradients, bias compensation) on every tiny model,
+    conv and transposed-conv layers included."""
+
+    @pytest.fixture
+    def compressor(self) -> Compressor:
+        return MagnitudePruner()
+
+    @pytest.fixture
+    def params(self) -> dict[str, Any]:
+        return {
+            "sparsity": 0.6,
+            "scope": "magnitude_layers",
+            "criterion": "kfac",
+            "bias_compensation": True,
+            "batches": 2,
+            "finetune_epochs": 1,
+        }
+
+
 @pytest.mark.slow
 class TestTaylorContract(CompressorContract):
     @pytest.fixture

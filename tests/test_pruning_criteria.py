@@ -118,18 +118,27 @@ def test_bias_compensation_keeps_the_first_layers_mean_output() -> None:
     assert torch.equal(_first_layer(compensated).weight, _first_layer(plain).weight)  # the same mask
 
 
-@pytest.mark.parametrize("layer", [nn.Conv2d(4, 6, 3, groups=2), nn.ConvTranspose2d(4, 6, 3, groups=2)])
-def test_grouped_conv_compensation_matches_the_layer_on_a_constant_input(layer: nn.Module) -> None:
+@pytest.mark.parametrize(
+    "layer",
+    [
+        nn.Conv2d(4, 6, 3, groups=2),
+        nn.Conv2d(4, 6, 3, stride=2),
+        nn.ConvTranspose2d(4, 6, 3, groups=2),
+        nn.ConvTranspose2d(4, 6, 4, stride=2, groups=2),
+    ],
+)
+def test_grouped_conv_compensation_keeps_the_layers_mean_output_on_a_constant_input(layer: nn.Module) -> None:
     torch.manual_seed(0)
     means = torch.rand(4)
-    x = means[None, :, None, None].expand(1, 4, 7, 7)
-    before = layer(x)[0, :, 3, 3].detach()  # a position whose every kernel tap sees the input (no padding)
+    x = means[None, :, None, None].expand(1, 4, 17, 17)
+    # Interior positions only (no padding or border taps), a whole period of a stride-2 transposed conv.
+    before = layer(x)[0, :, 4:8, 4:8].detach().mean(dim=(1, 2))
     mask = torch.rand_like(layer.weight) > 0.5
     pruned = copy.deepcopy(layer)
     compensate_biases(pruned, {"weight": mask}, {"weight": means})
     with torch.no_grad():
         pruned.weight.mul_(mask)
-    torch.testing.assert_close(pruned(x)[0, :, 3, 3].detach(), before, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(pruned(x)[0, :, 4:8, 4:8].detach().mean(dim=(1, 2)), before, atol=1e-5, rtol=1e-5)
 
 
 def test_grouped_conv_broadcasts_per_input_and_per_output_channel() -> None:

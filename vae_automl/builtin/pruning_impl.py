@@ -321,8 +321,9 @@ def compensate_biases(model: nn.Module, masks: dict[str, torch.Tensor], means: d
     """Add to each output's bias what its pruned weights gave on the mean input: ``b_i += sum_j w_ij * mean(x_j)``
     over the pruned ``j`` (as FLAP, An et al. 2024), so the layer's mean output is unchanged. An output whose input
     weights are all pruned keeps its mean (a decoder's logit for a pixel that is always 0 stays very negative).
-    Conv layers ignore padding (every kernel position is taken to see the channel mean). Layers without a bias are
-    left as they are.
+    Conv layers ignore padding (every kernel position is taken to see the channel mean); a transposed conv of stride
+    ``s`` adds the average over its output positions (each gets ``1/s`` of the taps along each axis). Layers without
+    a bias are left as they are.
     """
     for name, module in prunable_layers(model).items():
         if name not in masks or module.bias is None:
@@ -333,6 +334,8 @@ def compensate_biases(model: nn.Module, masks: dict[str, torch.Tensor], means: d
             groups = int(module.groups)  # type: ignore[arg-type]
             per_in = removed.sum(dim=(2, 3))  # (in, out / groups)
             shift = per_in.reshape(groups, -1, per_in.shape[1]).sum(dim=1).reshape(-1)
+            # With stride s an output position receives 1/s of the taps along each axis: the shift is their average.
+            shift = shift / (int(module.stride[0]) * int(module.stride[1]))
         else:
             shift = removed.flatten(1).sum(dim=1)
         module.bias.add_(shift)
