@@ -8,6 +8,11 @@ the tensors, updates ``model.config`` and rebuilds the model from that
 config, so ``registry.build_model(model.config)`` gives the same shapes and
 params, size and latency drop for real.
 
+``magnitude_prune`` ranks weights by ``criterion``: ``|w|``, or from
+calibration batches (``wanda``: ``|w|`` times its input's norm; ``kfac``:
+also times its output's gradient norm), and may move each pruned weight's
+mean contribution into its output's bias (``bias_compensation``).
+
 Which units exist and which tensors they index is declared by the model's
 architecture (:meth:`vae_automl.components.Architecture.channel_groups`);
 :func:`shrink` is shared with distillation, which starts its student as a
@@ -56,7 +61,10 @@ class _UnstructuredPruner(Compressor):
 
 class MagnitudePruner(_UnstructuredPruner):
     name = "magnitude_prune"
-    help = "unstructured magnitude pruning (global or per layer, at once or ramped up gradually), then masked fine-tuning"
+    help = (
+        "unstructured pruning by |w| or an activation-aware criterion (global or per layer, at once or ramped up "
+        "gradually), then masked fine-tuning"
+    )
     params = (
         SPARSITY,
         SCOPE,
