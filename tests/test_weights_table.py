@@ -196,7 +196,7 @@ def test_row_epochs_and_bits_are_checked_before_any_training(tmp_path: Path, cap
 
 def test_the_unstructured_row_is_held_to_the_same_schedule_control_too(monkeypatch: pytest.MonkeyPatch) -> None:
     """README "Cosine fine-tuning" reports the prune + k-means row against the base put through its very runs
-    (+0.40 ± 0.48 points): run_model must add that control to the row, as structured_row does to its own."""
+    (accuracy_delta_same_schedule_pts): run_model must add that control to the row, as structured_row does to its own."""
     import argparse
 
     sys.path.insert(0, str(ROOT))
