@@ -576,6 +576,17 @@ def print_summary(summary: list[dict[str, Any]]) -> None:
                   "with nothing taken away (8-bit k-means, sparsity 0)")
 
 
+def json_object(parser: argparse.ArgumentParser, flag: str, text: str, compressor: str) -> dict[str, Any]:
+    """``text``, the value of ``flag``, as a JSON object of ``compressor`` params; else a usage error naming ``flag``."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        parser.error(f"{flag} is not JSON: {exc}")
+    if not isinstance(value, dict):
+        parser.error(f"{flag} must be a JSON object of {compressor} params, got {text!r}")
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", required=True, type=Path,
@@ -622,31 +633,10 @@ def main(argv: list[str] | None = None) -> int:
                              "(default: the model's)")
     parser.add_argument("--out", type=Path, help="keep caches and artifacts here (default: a temp dir)")
     args = parser.parse_args(argv)
-    try:
-        kmeans_params = json.loads(args.kmeans_params)
-    except json.JSONDecodeError as exc:
-        parser.error(f"--kmeans-params is not JSON: {exc}")
-    if not isinstance(kmeans_params, dict):
-        parser.error(f"--kmeans-params must be a JSON object of kmeans params, got {args.kmeans_params!r}")
-    try:
-        prune_params = json.loads(args.prune_params)
-    except json.JSONDecodeError as exc:
-        parser.error(f"--prune-params is not JSON: {exc}")
-    if not isinstance(prune_params, dict):
-        parser.error(f"--prune-params must be a JSON object of magnitude_prune params, got {args.prune_params!r}")
-    try:
-        distill_prune_params = json.loads(args.distill_prune_params)
-    except json.JSONDecodeError as exc:
-        parser.error(f"--distill-prune-params is not JSON: {exc}")
-    if not isinstance(distill_prune_params, dict):
-        parser.error(f"--distill-prune-params must be a JSON object of magnitude_prune params, "
-                     f"got {args.distill_prune_params!r}")
-    try:
-        structured_params = json.loads(args.structured_params)
-    except json.JSONDecodeError as exc:
-        parser.error(f"--structured-params is not JSON: {exc}")
-    if not isinstance(structured_params, dict):
-        parser.error(f"--structured-params must be a JSON object of structured_prune params, got {args.structured_params!r}")
+    kmeans_params = json_object(parser, "--kmeans-params", args.kmeans_params, "kmeans")
+    prune_params = json_object(parser, "--prune-params", args.prune_params, "magnitude_prune")
+    distill_prune_params = json_object(parser, "--distill-prune-params", args.distill_prune_params, "magnitude_prune")
+    structured_params = json_object(parser, "--structured-params", args.structured_params, "structured_prune")
     try:
         seeds = [int(x) for x in args.seeds.split(",")]
     except ValueError:
