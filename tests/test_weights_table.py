@@ -156,8 +156,8 @@ def test_row_overrides_and_prune_params_adjust_the_plan_and_its_references(tmp_p
     assert (cosine.lr_schedule, cosine.finetune_lr_schedule) == ("constant", "cosine")  # lenet5: constant by default
     text = weights_table.space_text(cosine, tmp_path, 2000, 30, [], "t")
     assert "lr_schedule: constant" in text and "finetune_lr_schedule: cosine" in text
-    structured = weights_table.adjusted(plan, {}, None, structured_params={"ratio": 0.2}, structured_qat_epochs=24)
-    assert structured.structured == {**plan.structured, "ratio": 0.2} and structured.structured_qat_epochs == 24
+    structured = weights_table.adjusted(plan, {}, None, structured_params={"ratio": 0.2}, structured_qat_epochs=32)
+    assert structured.structured == {**plan.structured, "ratio": 0.2} and structured.structured_qat_epochs == 32
     assert weights_table.adjusted(weights_table.PLANS["lenet5"], {}, None, structured_params={"ratio": 0.2}).structured == {}
     (tmp_path / "t10k-labels-idx1-ubyte").write_bytes(b"")
     for argv, message in (
