@@ -77,6 +77,22 @@ def test_usage_error_exits_2_project_error_exits_1(tmp_path: Path, capsys: pytes
     assert "no study 'nope'" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("command", ["search", "worker"])
+@pytest.mark.parametrize("flag, value, shown", [("--n-trials", "-1", "-1"), ("--n-trials", "ten", "'ten'"), ("--trials", "-3", "-3")])
+def test_a_negative_or_non_integer_trial_count_is_a_usage_error(
+    command: str, flag: str, value: str, shown: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main([command, "x.yaml", flag, value] if command == "search" else [command, flag, value])
+    assert exit_info.value.code == 2
+    assert f"must be a whole number >= 0, but got {shown}" in capsys.readouterr().err
+
+
+def test_zero_more_trials_is_accepted_at_parse_time() -> None:
+    args = cli.build_parser().parse_args(["search", "x.yaml", "--n-trials", "0"])
+    assert args.n_trials == 0
+
+
 EXIT_STATUSES = (0, 1, 2, EXIT_EXHAUSTED, EXIT_INTERRUPTED)
 
 

@@ -42,6 +42,17 @@ def _device(value: str) -> str:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def _trial_count(value: str) -> int:
+    # a usage error (exit 2) at parse time, like a mistyped device, rather than a failed search (exit 1)
+    try:
+        count = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 0, but got {value!r}") from None
+    if count < 0:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 0, but got {count}")
+    return count
+
+
 class _DeprecatedAlias(argparse.Action):
     """An 0.1 option name kept working: it stores into the new option's dest and says so on stderr."""
 
@@ -225,7 +236,8 @@ def _cmd_worker(args: argparse.Namespace) -> int:
     if args.json:
         _print_json({"worker": result.worker, "completed": result.completed, "study": study_name, "study_completed": total})
     else:
-        print(f"worker {result.worker} completed {result.completed} trials; study {study_name!r} has {total} completed trials")
+        trials = "trial" if result.completed == 1 else "trials"
+        print(f"worker {result.worker} completed {result.completed} {trials}; study {study_name!r} has {total} completed trials")
     return _check_failure(result.failure, result.exhausted)
 
 
@@ -426,12 +438,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     def add_n_trials(command: argparse.ArgumentParser) -> None:
         command.add_argument(
-            "--n-trials", type=int, metavar="N", help="complete N more trials, then stop (default: the study's trial budget)"
+            "--n-trials",
+            type=_trial_count,
+            metavar="N",
+            help="complete N more trials, then stop (default: the study's trial budget)",
         )
         command.add_argument(
             "--trials",
             dest="n_trials",
-            type=int,
+            type=_trial_count,
             action=_DeprecatedAlias,
             new="--n-trials",
             metavar="N",
