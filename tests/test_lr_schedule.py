@@ -49,7 +49,8 @@ def test_constant_keeps_lr_and_an_unknown_schedule_is_refused() -> None:
         TrainConfig(lr_schedule="linear")
 
 
-def rates_of_each_step(monkeypatch: pytest.MonkeyPatch, config: TrainConfig, lr: float | None = None) -> list[float]:
+def record_adam_rates(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """A list that every later Adam step appends its first group's learning rate to, as the step sees it."""
     seen: list[float] = []
     step = torch.optim.Adam.step
 
@@ -58,6 +59,11 @@ def rates_of_each_step(monkeypatch: pytest.MonkeyPatch, config: TrainConfig, lr:
         return step(self, *args, **kwargs)
 
     monkeypatch.setattr(torch.optim.Adam, "step", recording_step)
+    return seen
+
+
+def rates_of_each_step(monkeypatch: pytest.MonkeyPatch, config: TrainConfig, lr: float | None = None) -> list[float]:
+    seen = record_adam_rates(monkeypatch)
     train(small_model(), digits(), config, lr=lr)
     return seen
 
@@ -149,14 +155,7 @@ def test_a_trial_trains_its_base_at_a_constant_rate_and_fine_tunes_on_the_cosine
     from vae_automl.space import resolve
     from vae_automl.trial import prepare, run_trial
 
-    seen: list[float] = []
-    step = torch.optim.Adam.step
-
-    def recording_step(self: torch.optim.Adam, *args: Any, **kwargs: Any) -> Any:
-        seen.append(float(self.param_groups[0]["lr"]))
-        return step(self, *args, **kwargs)
-
-    monkeypatch.setattr(torch.optim.Adam, "step", recording_step)
+    seen = record_adam_rates(monkeypatch)
     space = load_space_text(TRIAL_SPACE, "t.yaml")
     env = prepare(space, tmp_path, get_registry(), get_plugin_manager())
     run_trial(env, resolve(space, {}), 0)

@@ -5,19 +5,26 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.slow
-def test_weights_table_rows_for_lenet_300_100(mnist_dir: Path, tmp_path: Path) -> None:
+def weights_table_module() -> ModuleType:
+    """benchmarks/weights_table.py, imported from the checkout (benchmarks/ is not an installed package)."""
     sys.path.insert(0, str(ROOT))
     try:
         from benchmarks import weights_table
     finally:
         sys.path.remove(str(ROOT))
+    return weights_table
+
+
+@pytest.mark.slow
+def test_weights_table_rows_for_lenet_300_100(mnist_dir: Path, tmp_path: Path) -> None:
+    weights_table = weights_table_module()
     out = tmp_path / "rows.json"
     assert weights_table.main(["--data", str(mnist_dir), "--models", "lenet_300_100", "--search-trials", "1",
                                "--out", str(tmp_path / "run"), "--json", str(out)]) == 0
@@ -38,11 +45,7 @@ def test_weights_table_rows_for_lenet_300_100(mnist_dir: Path, tmp_path: Path) -
 
 
 def test_summary_gives_mean_and_sample_sd_per_model_and_method() -> None:
-    sys.path.insert(0, str(ROOT))
-    try:
-        from benchmarks import weights_table
-    finally:
-        sys.path.remove(str(ROOT))
+    weights_table = weights_table_module()
     rows = [{"model": "zoo_cnn", "method": "m", "seed": s, "size_bytes": b, "compression_ratio": 9856 / b,
              "accuracy": a, "accuracy_delta_pts": a - 97.0, "meets_target": a >= 96.0}
             for s, b, a in ((0, 1000, 96.5), (1, 1100, 95.5), (2, 900, 96.0))]
@@ -58,11 +61,7 @@ def test_summary_gives_mean_and_sample_sd_per_model_and_method() -> None:
 def test_structured_row_is_held_to_an_fp32_model_of_its_own_epochs() -> None:
     """The zoo CNN's structured row: channels removed, dense k-means, compact entropy coding; its Δ is against an
     fp32 model trained for base + structured fine-tuning + QAT epochs, not the other rows' reference."""
-    sys.path.insert(0, str(ROOT))
-    try:
-        from benchmarks import weights_table
-    finally:
-        sys.path.remove(str(ROOT))
+    weights_table = weights_table_module()
     plan = weights_table.PLANS["zoo_cnn"]
     calls: list[tuple[str, list, int]] = []
 
@@ -101,11 +100,7 @@ def test_structured_row_is_held_to_an_fp32_model_of_its_own_epochs() -> None:
 
 def test_kmeans_params_and_distill_sparsity_adjust_the_plan_and_bad_json_is_refused(tmp_path: Path,
                                                                                      capsys: pytest.CaptureFixture[str]) -> None:
-    sys.path.insert(0, str(ROOT))
-    try:
-        from benchmarks import weights_table
-    finally:
-        sys.path.remove(str(ROOT))
+    weights_table = weights_table_module()
     plan = weights_table.PLANS["zoo_cnn"]
     out = weights_table.adjusted(plan, {"qat_lr": 0.003, "bias_bits": 8}, None)
     assert out.kmeans == {**plan.kmeans, "qat_lr": 0.003, "bias_bits": 8} and out.kmeans["bias_bits"] == 8
@@ -141,11 +136,7 @@ def test_kmeans_params_and_distill_sparsity_adjust_the_plan_and_bad_json_is_refu
 
 def test_row_overrides_and_prune_params_adjust_the_plan_and_its_references(tmp_path: Path,
                                                                             capsys: pytest.CaptureFixture[str]) -> None:
-    sys.path.insert(0, str(ROOT))
-    try:
-        from benchmarks import weights_table
-    finally:
-        sys.path.remove(str(ROOT))
+    weights_table = weights_table_module()
     plan = weights_table.PLANS["zoo_cnn"]
     out = weights_table.adjusted(plan, {}, None, {"ramp_epochs": 3}, sparsity=0.7, bits=None, prune_epochs=6,
                                  quantize_epochs=None)
@@ -176,11 +167,7 @@ def test_row_overrides_and_prune_params_adjust_the_plan_and_its_references(tmp_p
 def test_row_epochs_and_bits_are_checked_before_any_training(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     # each was accepted up front and failed only when its row came, after the fp32 model had trained (or, for
     # --prune-epochs, was refused under another flag's name)
-    sys.path.insert(0, str(ROOT))
-    try:
-        from benchmarks import weights_table
-    finally:
-        sys.path.remove(str(ROOT))
+    weights_table = weights_table_module()
     (tmp_path / "t10k-labels-idx1-ubyte").write_bytes(b"")  # past the labels check; no images: nothing can train
     for argv, message in (
         (["--quantize-epochs", "-1"], "--bits / --quantize-epochs: `qat_epochs` must be in [0, 1000], but got qat_epochs=-1"),
@@ -199,11 +186,7 @@ def test_the_unstructured_row_is_held_to_the_same_schedule_control_too(monkeypat
     (accuracy_delta_same_schedule_pts): run_model must add that control to the row, as structured_row does to its own."""
     import argparse
 
-    sys.path.insert(0, str(ROOT))
-    try:
-        from benchmarks import weights_table
-    finally:
-        sys.path.remove(str(ROOT))
+    weights_table = weights_table_module()
     plan = weights_table.PLANS["zoo_cnn"]
     calls: list[tuple[str, list, int]] = []
 
