@@ -657,41 +657,27 @@ def main(argv: list[str] | None = None) -> int:
                            structured_qat_epochs=args.structured_qat_epochs, lr_schedule=args.lr_schedule,
                            finetune_lr_schedule=args.finetune_lr_schedule)
              for key in args.models.split(",")}
+    def check(compressor: str, params: dict[str, Any], flags: str) -> None:
+        try:
+            registry.compressors.get(compressor).resolve_params(params)
+        except ValueError as exc:
+            parser.error(f"{flags}: {exc}")
+
     for plan in plans.values():  # checked now, not when the first row reaches them after the fp32 model's training
-        try:
-            registry.compressors.get("kmeans").resolve_params({"bits": plan.bits, **plan.kmeans})
-        except ValueError as exc:
-            parser.error(f"--kmeans-params: {exc}")
-        try:
-            registry.compressors.get("kmeans").resolve_params(
-                {"bits": plan.bits, "qat_epochs": plan.quantize_epochs, **plan.kmeans})
-        except ValueError as exc:
-            parser.error(f"--bits / --quantize-epochs: {exc}")
-        try:
-            registry.compressors.get("magnitude_prune").resolve_params({"sparsity": plan.distill_sparsity})
-        except ValueError as exc:
-            parser.error(f"--distill-sparsity: {exc}")
+        check("kmeans", {"bits": plan.bits, **plan.kmeans}, "--kmeans-params")
+        check("kmeans", {"bits": plan.bits, "qat_epochs": plan.quantize_epochs, **plan.kmeans},
+              "--bits / --quantize-epochs")
+        check("magnitude_prune", {"sparsity": plan.distill_sparsity}, "--distill-sparsity")
         # the rows' own point before the distilled row's, which takes its epochs: an error names the flag at fault
-        try:
-            registry.compressors.get("magnitude_prune").resolve_params(
-                {"sparsity": plan.sparsity, "finetune_epochs": plan.prune_epochs, **plan.prune})
-        except ValueError as exc:
-            parser.error(f"--prune-params / --sparsity / --prune-epochs: {exc}")
-        try:
-            registry.compressors.get("magnitude_prune").resolve_params(
-                {"sparsity": plan.distill_sparsity, "finetune_epochs": plan.prune_epochs, **plan.distill_prune})
-        except ValueError as exc:
-            parser.error(f"--distill-prune-params: {exc}")
+        check("magnitude_prune", {"sparsity": plan.sparsity, "finetune_epochs": plan.prune_epochs, **plan.prune},
+              "--prune-params / --sparsity / --prune-epochs")
+        check("magnitude_prune",
+              {"sparsity": plan.distill_sparsity, "finetune_epochs": plan.prune_epochs, **plan.distill_prune},
+              "--distill-prune-params")
         if plan.structured:
-            try:
-                registry.compressors.get("structured_prune").resolve_params(plan.structured)
-            except ValueError as exc:
-                parser.error(f"--structured-params: {exc}")
-            try:
-                registry.compressors.get("kmeans").resolve_params(
-                    {"bits": args.structured_bits or plan.structured_bits, "qat_epochs": plan.structured_qat_epochs})
-            except ValueError as exc:
-                parser.error(f"--structured-bits / --structured-qat-epochs: {exc}")
+            check("structured_prune", plan.structured, "--structured-params")
+            check("kmeans", {"bits": args.structured_bits or plan.structured_bits,
+                             "qat_epochs": plan.structured_qat_epochs}, "--structured-bits / --structured-qat-epochs")
     torch.set_num_threads(1)
     rows: list[dict[str, Any]] = []
     summary: list[dict[str, Any]] = []
