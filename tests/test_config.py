@@ -81,6 +81,16 @@ def test_bad_choice_and_types() -> None:
     assert "objectives.1" in error_of(MINIMAL + "objectives: [test_elbo_nats, accuracy]\n")
 
 
+@pytest.mark.parametrize("bounds, key", [("{low: null, high: 8}", "low"), ("{low: 2, high: null}", "high")])
+def test_a_null_range_end_of_a_nullable_parameter_is_refused_by_key(bounds: str, key: str) -> None:
+    # bits_heads may be null (unset) as a value; as a range end it crashed with a TypeError (found by test_fuzz)
+    text = MINIMAL + f"compressors:\n  - {{name: uniform, params: {{bits: 4, bits_heads: {bounds}}}}}\n"
+    message = error_of(text)
+    assert f"quick.yaml: compressors.0.params.bits_heads.{key}: a range needs a number" in message
+    assert "bits_heads: null" in message
+    assert load_space_text(MINIMAL + "compressors:\n  - {name: uniform, params: {bits: 4, bits_heads: null}}\n", "q.yaml")
+
+
 def test_exponent_written_without_dot_is_a_number() -> None:
     space = load_space_text(MINIMAL + "training:\n  lr: {low: 1e-4, high: 1e-2, log: true}\n", "m.yaml")
     lr = space.training["lr"]

@@ -321,6 +321,9 @@ def parse_param(param: Param, raw: Any, loc: _Loc, present: bool = True) -> Para
                 raise (loc / key).error("missing; a range needs low and high")
         low = _coerce(param, raw["low"], loc / "low")
         high = _coerce(param, raw["high"], loc / "high")
+        for key, bound in (("low", low), ("high", high)):
+            if bound is None:  # a nullable parameter accepts null as a value, but not as a range's end
+                raise (loc / key).error(f"a range needs a number; for {param.name} unset, write {param.name}: null")
         if low > high:
             raise loc.error(f"low {low} is above high {high}")
         log = raw.get("log", False)
