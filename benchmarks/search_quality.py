@@ -70,6 +70,7 @@ import search_table  # noqa: E402
 
 from vae_automl import early_stopping, pareto, samplers  # noqa: E402
 from vae_automl.config import PrunerConfig, SamplerConfig  # noqa: E402
+from vae_automl.record import CURVE_ATTR  # noqa: E402
 
 BUDGETS = (10, 20, 50, 100)
 SAMPLERS = ("random", "nsga2", "tpe", "gp", "default")
@@ -167,6 +168,8 @@ class QuickTable(Problem):
         base, epoch, bits = self.table.index_of(params)
         epochs = search_table.EPOCHS[epoch]
         values = [float(v) for v in self.table.values[base, epoch, bits]]
+        # as the backends store it (record.CURVE_ATTR): hvi reads whether longer training still pays
+        trial.set_user_attr(CURVE_ATTR, [float(v) for v in self.table.validation_curves[base, :epochs]])
         if stopping is not None:
             size = values[1]  # known before training
             if stopping.score == "compressed" and self.table.compressed_validation is None:

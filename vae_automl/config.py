@@ -114,6 +114,9 @@ class SamplerConfig:
     n_startup_trials: int | None = None
     repeats: bool = False
     """Run a configuration again even if a completed (or running) trial of the study has exactly its parameters."""
+    full_epochs: bool = True
+    """``hvi``: run every trial at the top of a searched ``training.epochs`` range while the completed trials'
+    validation curves still fall at their end (:mod:`vae_automl.hvi_sampler`); false searches it as any parameter."""
 
 
 @dataclass(frozen=True)
@@ -744,16 +747,18 @@ def parse_space(data: Any, file: str, registry: Registry, source: str = "", base
     s_raw = data.get("sampler", "auto")
     if isinstance(s_raw, str):
         s_raw = {"name": s_raw}
-    s_raw = _mapping(s_raw, s_loc, ("name", "seed", "population_size", "n_startup_trials", "repeats"))
-    repeats = s_raw.get("repeats", False)
-    if not isinstance(repeats, bool):
-        raise (s_loc / "repeats").error(f"expected true or false, got {repeats!r}")
+    s_raw = _mapping(s_raw, s_loc, ("name", "seed", "population_size", "n_startup_trials", "repeats", "full_epochs"))
+    repeats, full_epochs = s_raw.get("repeats", False), s_raw.get("full_epochs", True)
+    for key, flag in (("repeats", repeats), ("full_epochs", full_epochs)):
+        if not isinstance(flag, bool):
+            raise (s_loc / key).error(f"expected true or false, got {flag!r}")
     sampler = SamplerConfig(
         name=_choice(s_raw.get("name", "auto"), s_loc / "name", SAMPLERS),
         seed=_int(s_raw.get("seed"), s_loc / "seed", allow_none=True),
         population_size=_int(s_raw.get("population_size"), s_loc / "population_size", minimum=2, allow_none=True),
         n_startup_trials=_int(s_raw.get("n_startup_trials"), s_loc / "n_startup_trials", minimum=0, allow_none=True),
         repeats=repeats,
+        full_epochs=full_epochs,
     )
 
     p_loc = root / "pruner"

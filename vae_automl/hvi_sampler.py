@@ -22,6 +22,13 @@ front and in the models, so concurrent suggestions spread out; a candidate
 with the parameters of a completed, running or stopped trial is never chosen. The
 first ``n_startup_trials`` trials are random.
 
+Training length: a searched ``training.epochs`` (``budget_param``) is a budget, not a design choice, while
+longer training still pays: no objective charges for it, and with a constant learning rate a shorter run is the
+start of a longer one. So every trial, the random start-up included, is drawn at the top of its range as long as
+at least half of the completed trials' validation curves end within ``CURVE_TOLERANCE`` of their lowest point;
+once most end above it (the model overfits before the top), epochs are searched like any other parameter. On the
+replay of quick.yaml this took the trials to random search's 100-trial hypervolume from 26 to 16 (README).
+
 Early stopping: a trial stopped at a rung has no final values, but its rung
 point (stored by both backends) tells what it would have reached, given a
 ``rung_layout``: the objectives known before training exactly, the one that
@@ -49,6 +56,7 @@ from optuna.distributions import BaseDistribution, CategoricalDistribution, Floa
 from optuna.trial import FrozenTrial, TrialState
 
 from vae_automl import early_stopping
+from vae_automl.record import CURVE_ATTR
 
 DrawFunction = Callable[[Any], object]
 """The space as a define-by-run function: calls ``suggest_int/float/categorical`` on the trial it is given."""
@@ -57,6 +65,9 @@ BETA = 1.0
 """Standard deviations below the mean that the acquisition takes as each objective's value (minimized)."""
 MARGIN = 0.1
 """The reference point: the front's worst value of each objective plus this share of the front's range."""
+CURVE_TOLERANCE = 0.01
+"""How far above its lowest point (a share of it) a validation curve may end and still count as falling at its end:
+epoch-to-epoch noise; on the quick table 98% of the curves end within 1% of their lowest point at every length."""
 
 
 def _unit(value: Any, dist: FloatDistribution | IntDistribution) -> float:
@@ -78,12 +89,18 @@ def _from_unit(u: float, dist: FloatDistribution | IntDistribution) -> float | i
 
 class _DrawTrial:
     """What the define-by-run function is handed to make a candidate: answers each ``suggest_*`` at random,
-    or near ``parent``'s value (a Gaussian step of ``scale`` on [0, 1]; another category with chance ``flip``)."""
+    or near ``parent``'s value (a Gaussian step of ``scale`` on [0, 1]; another category with chance ``flip``);
+    the numeric parameter named ``top`` always at the top of its range."""
 
     def __init__(
-        self, rng: np.random.Generator, parent: Mapping[str, Any] | None = None, scale: float = 0.0, flip: float = 0.0
+        self,
+        rng: np.random.Generator,
+        parent: Mapping[str, Any] | None = None,
+        scale: float = 0.0,
+        flip: float = 0.0,
+        top: str | None = None,
     ) -> None:
-        self.rng, self.parent, self.scale, self.flip = rng, parent or {}, scale, flip
+        self.rng, self.parent, self.scale, self.flip, self.top = rng, parent or {}, scale, flip, top
         self.params: dict[str, Any] = {}
         self.distributions: dict[str, BaseDistribution] = {}
 
@@ -103,9 +120,14 @@ class _DrawTrial:
         if isinstance(dist, CategoricalDistribution):
             keep = parent is not None and parent in dist.choices and self.rng.random() >= self.flip
             value = parent if keep else dist.choices[int(self.rng.integers(len(dist.choices)))]
+            numbers = [c for c in dist.choices if isinstance(c, (int, float)) and not isinstance(c, bool)]
+            if name == self.top and len(numbers) == len(dist.choices):
+                value = max(numbers)
         else:
             assert isinstance(dist, (FloatDistribution, IntDistribution))
-            if parent is not None and self.scale > 0:
+            if name == self.top:
+                u = 1.0
+            elif parent is not None and self.scale > 0:
                 u = min(1.0, max(0.0, _unit(parent, dist) + self.scale * float(self.rng.normal())))
             else:
                 u = float(self.rng.random())
@@ -243,6 +265,14 @@ def _front_indices(points: np.ndarray) -> list[int]:
     return [i for i, p in enumerate(points) if not np.any(np.all(points <= p, axis=1) & np.any(points < p, axis=1))]
 
 
+def _longer_training_pays(done: Sequence[FrozenTrial]) -> bool:
+    """Whether at least half of the completed trials' validation curves end within ``CURVE_TOLERANCE`` of their
+    lowest point (true before any trial has a curve)."""
+    curves = [c for t in done if (c := t.user_attrs.get(CURVE_ATTR))]
+    falling = [c[-1] - min(c) <= CURVE_TOLERANCE * abs(min(c)) for c in curves]
+    return not falling or 2 * sum(falling) >= len(falling)
+
+
 def _key(params: Mapping[str, Any]) -> tuple[tuple[str, str], ...]:
     return tuple(sorted((k, repr(v)) for k, v in params.items()))
 
@@ -260,6 +290,8 @@ class HypervolumeSampler(optuna.samplers.BaseSampler):
             holds it: 0, the rung's score (a validation loss standing in for an objective that needs training,
             corrected by what completed trials went on to reach from the same rung), k >= 1, the k-th objective
             known before training (exact). None: stopped trials are not modelled.
+        budget_param: the parameter that sets how long a trial trains (``training.epochs``): drawn at the top of
+            its range while longer training pays (module docstring). None: every parameter is searched.
     """
 
     def __init__(
@@ -269,8 +301,11 @@ class HypervolumeSampler(optuna.samplers.BaseSampler):
         n_startup_trials: int = 8,
         n_candidates: int = 256,
         rung_layout: Sequence[int] | None = None,
+        budget_param: str | None = None,
     ) -> None:
         self.draw = draw
+        self.budget_param = budget_param
+        self._top: str | None = budget_param
         self.rung_layout = None if rung_layout is None else tuple(rung_layout)
         self.rng = np.random.default_rng(seed)
         self.n_startup_trials, self.n_candidates = n_startup_trials, n_candidates
@@ -310,9 +345,9 @@ class HypervolumeSampler(optuna.samplers.BaseSampler):
 
     def _one(self, parent: Mapping[str, Any] | None = None) -> dict[str, Any]:
         if parent is None:
-            t = _DrawTrial(self.rng)
+            t = _DrawTrial(self.rng, top=self._top)
         else:  # a small, middling or large step, and a fifth of the categories drawn afresh
-            t = _DrawTrial(self.rng, parent, scale=float(self.rng.choice([0.03, 0.1, 0.25])), flip=0.2)
+            t = _DrawTrial(self.rng, parent, scale=float(self.rng.choice([0.03, 0.1, 0.25])), flip=0.2, top=self._top)
         self.draw(t)
         self._dists.update(t.distributions)
         return t.params
@@ -338,6 +373,7 @@ class HypervolumeSampler(optuna.samplers.BaseSampler):
         # a stopped trial (PRUNED: early stopping, or a repeat) is never drawn again; one with rung values is modelled
         stopped = [t for t in trials if t.state == TrialState.PRUNED]
         taken = {_key(t.params) for t in done + pending + stopped}
+        self._top = self.budget_param if self.budget_param and _longer_training_pays(done) else None
         if len(study.directions) != 2 or len(done) < self.n_startup_trials:
             return self._fresh(taken)
         signs = np.array([1.0 if d == optuna.study.StudyDirection.MINIMIZE else -1.0 for d in study.directions])

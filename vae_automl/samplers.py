@@ -92,6 +92,9 @@ def make_sampler(
                 kwargs["n_startup_trials"] = config.n_startup_trials
             if space is not None:
                 kwargs["rung_layout"] = rung_layout(space, registry)
+                epochs = space.training.get("epochs")
+                if config.full_epochs and epochs is not None and epochs.searched:
+                    kwargs["budget_param"] = "training.epochs"
             return HypervolumeSampler(draw or SpaceDraw(space), **kwargs)  # type: ignore[arg-type]
         if name == "gp":
             kwargs = {"seed": config.seed, "warn_independent_sampling": False}

@@ -1,0 +1,152 @@
+"""``hvi`` runs a searched ``training.epochs`` at the top of its range while longer training pays."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pytest
+
+from vae_automl import samplers
+from vae_automl import space as space_mod
+from vae_automl.config import SamplerConfig, load_space, load_space_text
+from vae_automl.errors import ConfigError
+from vae_automl.hvi_sampler import HypervolumeSampler, _DrawTrial, _longer_training_pays
+from vae_automl.record import CURVE_ATTR
+from vae_automl.registry import get_registry
+
+ROOT = Path(__file__).resolve().parents[1]
+MIN2 = ["minimize", "minimize"]
+QUICK = (ROOT / "search_spaces" / "quick.yaml").read_text()
+
+
+def falling(epochs: int) -> list[float]:
+    return [100.0 / (1 + e) for e in range(epochs)]
+
+
+def overfitting(epochs: int) -> list[float]:
+    """Lowest at epoch 5, then 20% above it by the end."""
+    return [100.0 - e if e < 5 else 95.0 + 19.0 * (e - 4) / max(epochs - 5, 1) for e in range(epochs)]
+
+
+def run(space: Any, sampler: optuna.samplers.BaseSampler, trials: int, curve: Any) -> list[dict[str, Any]]:
+    """``trials`` completed trials of ``space``, each storing ``curve(epochs)`` as the backends store theirs."""
+    study = optuna.create_study(directions=MIN2, sampler=sampler)
+    out = []
+    for _ in range(trials):
+        trial = study.ask()
+        params = space_mod.suggest(trial, space)
+        trial.set_user_attr(CURVE_ATTR, curve(params["training.epochs"]))
+        study.tell(trial, [30.0 - params["mlp.hidden_width"] / 100, float(params["mlp.hidden_width"])])
+        out.append(params)
+    return out
+
+
+def quick(text: str = QUICK) -> Any:
+    return load_space_text(text, "quick.yaml", get_registry())
+
+
+def test_every_trial_trains_for_the_top_of_the_range_while_curves_fall() -> None:
+    """The random start-up (8) and the guided trials after it: all at quick.yaml's top, 30 epochs."""
+    drawn = run(quick(), samplers.make_sampler(SamplerConfig(name="auto", seed=0), quick()), 12, falling)
+    assert [p["training.epochs"] for p in drawn] == [30] * 12
+    assert len({p["mlp.hidden_width"] for p in drawn}) > 6  # the other parameters are still searched
+
+
+def test_curves_that_rise_at_their_end_release_epochs() -> None:
+    drawn = run(quick(), samplers.make_sampler(SamplerConfig(name="auto", seed=0), quick()), 12, overfitting)
+    epochs = [p["training.epochs"] for p in drawn]
+    assert epochs[0] == 30  # no curve yet
+    assert len(set(epochs[1:])) > 3 and min(epochs) < 20
+
+
+@pytest.mark.parametrize(
+    "text",
+    [QUICK.replace("sampler: {name: auto, seed: 0}", "sampler: {name: auto, seed: 0, full_epochs: false}")],
+    ids=["full_epochs false"],
+)
+def test_full_epochs_false_searches_epochs(text: str) -> None:
+    space = quick(text)
+    assert space.sampler.full_epochs is False
+    epochs = [p["training.epochs"] for p in run(space, samplers.make_sampler(space.sampler, space), 12, falling)]
+    assert len(set(epochs)) > 3
+
+
+def test_the_budget_parameter_is_named_only_where_epochs_are_searched() -> None:
+    assert samplers.make_sampler(SamplerConfig(name="hvi", seed=0), quick()).budget_param == "training.epochs"
+    fixed = quick(QUICK.replace("epochs: {low: 10, high: 30}", "epochs: 12"))
+    assert samplers.make_sampler(SamplerConfig(name="hvi", seed=0), fixed).budget_param is None
+    off = SamplerConfig(name="hvi", seed=0, full_epochs=False)
+    assert samplers.make_sampler(off, quick()).budget_param is None
+
+
+def test_full_epochs_must_be_a_boolean() -> None:
+    text = QUICK.replace("sampler: {name: auto, seed: 0}", "sampler: {name: auto, full_epochs: 1}")
+    with pytest.raises(ConfigError, match=r"quick\.yaml: sampler\.full_epochs: expected true or false, got 1"):
+        quick(text)
+
+
+@pytest.mark.parametrize(
+    ("suggest", "top"),
+    [
+        (lambda t: t.suggest_int("e", 10, 30), 30),
+        (lambda t: t.suggest_int("e", 10, 30, step=5), 30),
+        (lambda t: t.suggest_int("e", 4, 64, log=True), 64),
+        (lambda t: t.suggest_float("e", 0.5, 2.5), 2.5),
+        (lambda t: t.suggest_categorical("e", [20, 40, 10]), 40),
+    ],
+    ids=["int", "int step", "int log", "float", "numeric choices"],
+)
+def test_a_draw_takes_the_top_of_the_budget_parameter(suggest: Any, top: float) -> None:
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    assert {suggest(_DrawTrial(rng, top="e")) for _ in range(20)} == {top}
+    assert len({suggest(_DrawTrial(rng, top="other")) for _ in range(20)}) > 1
+    assert {suggest(_DrawTrial(rng, {"e": top}, scale=0.25, flip=1.0, top="e")) for _ in range(20)} == {top}
+
+
+def _done(curve: list[float] | None) -> optuna.trial.FrozenTrial:
+    attrs = {CURVE_ATTR: curve} if curve is not None else {}
+    return optuna.trial.create_trial(values=[1.0, 1.0], user_attrs=attrs)
+
+
+@pytest.mark.parametrize(
+    ("curves", "pays"),
+    [
+        ([], True),  # no evidence yet
+        ([None, []], True),  # trials that stored no curve (a cached base from an old version) are not evidence
+        ([[3.0, 2.0, 1.0]], True),
+        ([[3.0, 1.0, 1.0099]], True),  # within 1% of the lowest: noise
+        ([[3.0, 1.0, 1.011]], False),
+        ([[3.0, 1.0, 1.5], [3.0, 2.0, 1.0]], True),  # exactly half still falling
+        ([[3.0, 1.0, 1.5], [3.0, 1.0, 1.5], [3.0, 2.0, 1.0]], False),
+        ([[-3.0, -4.0, -3.98]], True),  # a negative loss: the tolerance is a share of its size
+        ([[-3.0, -4.0, -3.9]], False),
+    ],
+)
+def test_longer_training_pays_while_at_least_half_the_curves_end_near_their_lowest(curves: list[Any], pays: bool) -> None:
+    assert _longer_training_pays([_done(c) for c in curves]) is pays
+
+
+def test_a_sampler_built_without_a_budget_parameter_is_unchanged() -> None:
+    """The HPOLib replay and user draw functions: no parameter is pinned."""
+
+    def draw(trial: Any) -> None:
+        trial.suggest_int("training.epochs", 1, 9)
+        trial.suggest_float("x", 0.0, 1.0)
+
+    study = optuna.create_study(directions=MIN2, sampler=HypervolumeSampler(draw, seed=0, n_startup_trials=3))
+    seen = set()
+    for _ in range(8):
+        trial = study.ask()
+        draw(trial)
+        seen.add(trial.params["training.epochs"])
+        study.tell(trial, [trial.params["x"], 1 - trial.params["x"]])
+    assert len(seen) > 2
+
+
+def test_quick_yaml_gets_it() -> None:
+    space = load_space(ROOT / "search_spaces" / "quick.yaml", get_registry())
+    assert space.sampler.full_epochs is True
