@@ -313,12 +313,15 @@ def first_reaching(curve: np.ndarray, target: float) -> int | None:
 def compare_samplers(problem: Problem, seeds: int, trials: int, runner: Runner, progress: Callable[[str], None],
                      names: Sequence[str] = SAMPLERS, first_seed: int = 0) -> dict[str, Any]:
     curves: dict[str, np.ndarray] = {}
+    spent: dict[str, np.ndarray] = {}
     seconds: dict[str, float] = {}
     default_is = samplers.choose(None, trials, objectives=len(problem.objectives))
     for name in names:
         started = time.perf_counter()
         tasks = [(problem.name, name, seed, trials, None, None) for seed in range(first_seed, first_seed + seeds)]
-        curves[name] = np.array([hv_curve(problem, r) for r in runner.map(tasks)])
+        runs = runner.map(tasks)
+        curves[name] = np.array([hv_curve(problem, r) for r in runs])
+        spent[name] = np.array([np.cumsum([o.epochs for o in r]) for r in runs])
         seconds[name] = time.perf_counter() - started
         progress(f"  {problem.name}: {name} done in {seconds[name]:.0f}s")
     target = float(curves["random"][:, trials - 1].mean())
@@ -327,11 +330,15 @@ def compare_samplers(problem: Problem, seeds: int, trials: int, runner: Runner, 
         "hypervolume_of": [f"log10 {o}" for o in problem.objectives],
         "reference_point": problem.reference_point(), "ideal_point": [float(10 ** v) for v in problem.ideal],
         "seeds": seeds, "first_seed": first_seed, "default_is": default_is, "samplers": {},
-        "trials_to_random_hv100": {}, "budgets_behind_random_from_20": {}, "seconds": seconds}
+        "trials_to_random_hv100": {}, "epochs_to_random_hv100": {}, "budgets_behind_random_from_20": {},
+        "seconds": seconds}
     for name, c in curves.items():
         block["samplers"][name] = {"hv_mean": {str(b): float(c[:, b - 1].mean()) for b in BUDGETS if b <= trials},
                                    "hv_std": {str(b): float(c[:, b - 1].std(ddof=1)) for b in BUDGETS if b <= trials}}
-        block["trials_to_random_hv100"][name] = first_reaching(c.mean(axis=0), target)
+        reach = first_reaching(c.mean(axis=0), target)
+        block["trials_to_random_hv100"][name] = reach
+        # what those trials cost in training: a sampler that trains longer per trial pays for it here
+        block["epochs_to_random_hv100"][name] = float(spent[name][:, reach - 1].mean()) if reach else None
         # the public table's check: never behind random search's mean curve from 20 trials on
         behind = c.mean(axis=0) < curves["random"].mean(axis=0) - 1e-12
         block["budgets_behind_random_from_20"][name] = [k + 1 for k in range(19, trials) if behind[k]]
@@ -445,14 +452,16 @@ def format_block(block: dict[str, Any]) -> str:
              f"reference point {[round(v, 6) for v in block['reference_point']]}, ideal "
              f"{[round(v, 6) for v in block['ideal_point']]}; 1.0 = the table's whole front; {block['seeds']} seeds; "
              f"default = {block['default_is']}",
-             "", "| sampler | " + " | ".join(f"HV@{b}" for b in budgets) + " | trials to random's HV@100 |",
-             "| --- | " + " | ".join("---:" for _ in budgets) + " | ---: |"]
+             "", "| sampler | " + " | ".join(f"HV@{b}" for b in budgets) + " | trials to random's HV@100 | their epochs |",
+             "| --- | " + " | ".join("---:" for _ in budgets) + " | ---: | ---: |"]
     for name, figures in block["samplers"].items():
         cells = [f"{figures['hv_mean'][b]:.4f} ± {figures['hv_std'][b]:.4f}" for b in budgets]
-        reach = block["trials_to_random_hv100"][name]
-        lines.append(f"| {name} | " + " | ".join(cells) + f" | {reach if reach is not None else '>100'} |")
+        reach, epochs = block["trials_to_random_hv100"][name], block["epochs_to_random_hv100"][name]
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {reach if reach is not None else '>100'} | "
+                     f"{f'{epochs:.0f}' if epochs is not None else '-'} |")
     lines.append(f"\nrandom's mean HV@100 = {block['random_hv100_mean']:.4f}; trials to reach it: first budget where "
-                 "the sampler's mean curve over the seeds is at least that")
+                 "the sampler's mean curve over the seeds is at least that; their epochs: the training epochs those "
+                 "trials spent, mean over the seeds")
     behind = {n: b for n, b in block["budgets_behind_random_from_20"].items() if b and n != "random"}
     lines.append("behind random's mean curve at a budget of 20 or more: "
                  + ("; ".join(f"{n} at {len(b)} budgets ({b[0]}-{b[-1]})" for n, b in behind.items()) or "none"))

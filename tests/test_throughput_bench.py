@@ -53,6 +53,8 @@ def test_search_quality_replay_writes_the_issue_keys(tmp_path: Path) -> None:
         assert all(0.0 <= v <= 1.0 for v in block["samplers"][name]["hv_mean"].values())
         assert set(block["samplers"][name]["hv_std"]) == {"10", "20", "50", "100"}
     assert set(block["trials_to_random_hv100"]) == {"random", "default"}
+    # random's 100 trials draw epochs from quick.yaml's 10-30: between 10 and 30 each, and not all alike
+    assert 1000 < block["epochs_to_random_hv100"]["random"] < 3000
     assert block["default_is"] == "hvi" and block["budgets_behind_random_from_20"]["random"] == []
     es = report["early_stopping"]
     assert es["sampler"] == "tpe"  # the default's rules cost about 10 minutes more (--stopping-sampler default)
