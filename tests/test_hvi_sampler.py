@@ -217,3 +217,13 @@ def test_a_second_concurrent_ask_is_not_a_near_copy_of_the_first() -> None:
         draw(second)
         a, b = first.params, second.params
         assert abs(a["x"] - b["x"]) + abs(a["y"] - b["y"]) > 0.02
+
+
+@pytest.mark.parametrize("startup", [0, 1])
+def test_no_start_up_models_from_the_first_completed_trial(startup: int) -> None:
+    """``sampler: {n_startup_trials: 0}`` is valid config: the first ask, with nothing to model, is random
+    (it raised an IndexError from the empty values array, crashing the search)."""
+    space = quick()
+    sampler = samplers.make_sampler(SamplerConfig(name="hvi", seed=0, n_startup_trials=startup), space)
+    drawn = run(optuna.create_study(directions=MIN2, sampler=sampler), space, 4)
+    assert len({tuple(sorted(p.items())) for p in drawn}) == 4

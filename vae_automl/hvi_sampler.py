@@ -284,7 +284,7 @@ class HypervolumeSampler(optuna.samplers.BaseSampler):
         draw: the space as a define-by-run function (``vae_automl.space.suggest`` bound to the space); it
             must ask the same parameters, in the same way, as the study's objective does.
         seed: random seed.
-        n_startup_trials: random trials before the models are used.
+        n_startup_trials: random trials before the models are used (0: from the first completed trial on).
         n_candidates: random candidates each suggestion scores, and as many mutations of the front's trials.
         rung_layout: for each objective, where a stopped trial's rung point (``early_stopping.RUNG_VALUES_ATTR``)
             holds it: 0, the rung's score (a validation loss standing in for an objective that needs training,
@@ -374,7 +374,8 @@ class HypervolumeSampler(optuna.samplers.BaseSampler):
         stopped = [t for t in trials if t.state == TrialState.PRUNED]
         taken = {_key(t.params) for t in done + pending + stopped}
         self._top = self.budget_param if self.budget_param and _longer_training_pays(done) else None
-        if len(study.directions) != 2 or len(done) < self.n_startup_trials:
+        # the models need a completed trial to fit: n_startup_trials 0 starts them at the first one
+        if len(study.directions) != 2 or len(done) < max(self.n_startup_trials, 1):
             return self._fresh(taken)
         signs = np.array([1.0 if d == optuna.study.StudyDirection.MINIMIZE else -1.0 for d in study.directions])
         values = np.array([t.values for t in done], dtype=float)
