@@ -150,3 +150,24 @@ def test_a_sampler_built_without_a_budget_parameter_is_unchanged() -> None:
 def test_quick_yaml_gets_it() -> None:
     space = load_space(ROOT / "search_spaces" / "quick.yaml", get_registry())
     assert space.sampler.full_epochs is True
+
+
+def test_once_every_point_at_the_top_ran_shorter_ones_are_drawn() -> None:
+    """Two widths, 1-3 epochs: six points. After both widths ran at 3 epochs, the space is not exhausted (README:
+    the run ends only when the space has no new point left), so the next four asks are the four shorter points
+    instead of repeats of a top one."""
+
+    def draw(trial: Any) -> None:
+        trial.suggest_categorical("width", [16, 32])
+        trial.suggest_int("training.epochs", 1, 3)
+
+    sampler = HypervolumeSampler(draw, seed=0, n_startup_trials=2, budget_param="training.epochs")
+    study = optuna.create_study(directions=MIN2, sampler=sampler)
+    for _ in range(6):
+        trial = study.ask()
+        draw(trial)
+        trial.set_user_attr(CURVE_ATTR, falling(trial.params["training.epochs"]))
+        study.tell(trial, [float(trial.params["width"]), 1.0 / trial.params["training.epochs"]])
+    seen = [(t.params["width"], t.params["training.epochs"]) for t in study.trials]
+    assert {e for _, e in seen[:2]} == {3}
+    assert sorted(seen) == [(w, e) for w in (16, 32) for e in (1, 2, 3)]

@@ -343,27 +343,29 @@ class HypervolumeSampler(optuna.samplers.BaseSampler):
     def after_trial(self, study: optuna.Study, trial: FrozenTrial, state: TrialState, values: Sequence[float] | None) -> None:
         self._chosen.pop(trial._trial_id, None)
 
-    def _one(self, parent: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    def _one(self, top: str | None, parent: Mapping[str, Any] | None = None) -> dict[str, Any]:
         if parent is None:
-            t = _DrawTrial(self.rng, top=self._top)
+            t = _DrawTrial(self.rng, top=top)
         else:  # a small, middling or large step, and a fifth of the categories drawn afresh
-            t = _DrawTrial(self.rng, parent, scale=float(self.rng.choice([0.03, 0.1, 0.25])), flip=0.2, top=self._top)
+            t = _DrawTrial(self.rng, parent, scale=float(self.rng.choice([0.03, 0.1, 0.25])), flip=0.2, top=top)
         self.draw(t)
         self._dists.update(t.distributions)
         return t.params
 
     def _fresh(self, taken: set[tuple[tuple[str, str], ...]]) -> dict[str, Any]:
-        """A random point no trial has, if one of ``n_candidates`` draws is (else the last draw: the study's repeat
-        check decides; a small finite space may be exhausted)."""
-        for _ in range(self.n_candidates):
-            point = self._one()
-            if _key(point) not in taken:
-                break
+        """A random point no trial has, if one of ``n_candidates`` draws is; with the budget parameter at its top,
+        else drawn freely (every point at the top ran, shorter ones are left); else the last draw: the study's
+        repeat check decides (a small finite space may be exhausted)."""
+        for top in dict.fromkeys((self._top, None)):
+            for _ in range(self.n_candidates):
+                point = self._one(top)
+                if _key(point) not in taken:
+                    return point
         return point
 
     def _candidates(self, parents: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-        fresh = [self._one() for _ in range(self.n_candidates)]
-        mutants = [self._one(parents[int(self.rng.integers(len(parents)))]) for _ in range(self.n_candidates)]
+        fresh = [self._one(self._top) for _ in range(self.n_candidates)]
+        mutants = [self._one(self._top, parents[int(self.rng.integers(len(parents)))]) for _ in range(self.n_candidates)]
         return fresh + mutants
 
     def _choose(self, study: optuna.Study, trial: FrozenTrial) -> dict[str, Any]:
