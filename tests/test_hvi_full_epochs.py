@@ -13,7 +13,7 @@ from vae_automl import space as space_mod
 from vae_automl.config import SamplerConfig, load_space, load_space_text
 from vae_automl.errors import ConfigError
 from vae_automl.hvi_sampler import HypervolumeSampler, _DrawTrial, _longer_training_pays
-from vae_automl.record import CURVE_ATTR
+from vae_automl.record import CURVE_ATTR, RECORD_ATTR
 from vae_automl.registry import get_registry
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -107,8 +107,10 @@ def test_a_draw_takes_the_top_of_the_budget_parameter(suggest: Any, top: float) 
     assert {suggest(_DrawTrial(rng, {"e": top}, scale=0.25, flip=1.0, top="e")) for _ in range(20)} == {top}
 
 
-def _done(curve: list[float] | None) -> optuna.trial.FrozenTrial:
-    attrs = {CURVE_ATTR: curve} if curve is not None else {}
+def _done(curve: list[float] | None, patience: int | None = None) -> optuna.trial.FrozenTrial:
+    attrs: dict[str, Any] = {CURVE_ATTR: curve} if curve is not None else {}
+    # the stored record's config, as run_trial writes it (TrialSpec.as_dict: training holds every key, patience too)
+    attrs[RECORD_ATTR] = {"config": {"training": {"epochs": len(curve or []), "patience": patience}}}
     return optuna.trial.create_trial(values=[1.0, 1.0], user_attrs=attrs)
 
 
@@ -171,3 +173,12 @@ def test_once_every_point_at_the_top_ran_shorter_ones_are_drawn() -> None:
     seen = [(t.params["width"], t.params["training.epochs"]) for t in study.trials]
     assert {e for _, e in seen[:2]} == {3}
     assert sorted(seen) == [(w, e) for w in (16, 32) for e in (1, 2, 3)]
+
+
+@pytest.mark.parametrize(("patience", "pays"), [(None, False), (2, True)])
+def test_a_curve_trained_with_patience_ends_at_its_best_epoch(patience: int | None, pays: bool) -> None:
+    """With ``training.patience`` the trainer restores the weights of the lowest validation loss: a curve that rose
+    after it (overfitting, or the patience epochs themselves) did not make the model worse, so a longer budget
+    still cannot hurt and it is no reason to search shorter ones."""
+    rising = [3.0, 1.0, 1.5, 1.6]
+    assert _longer_training_pays([_done(rising, patience) for _ in range(3)]) is pays

@@ -25,8 +25,9 @@ first ``n_startup_trials`` trials are random.
 Training length: a searched ``training.epochs`` (``budget_param``) is a budget, not a design choice, while
 longer training still pays: no objective charges for it, and with a constant learning rate a shorter run is the
 start of a longer one. So every trial, the random start-up included, is drawn at the top of its range as long as
-at least half of the completed trials' validation curves end within ``CURVE_TOLERANCE`` of their lowest point;
-once most end above it (the model overfits before the top), epochs are searched like any other parameter. On the
+at least half of the completed trials' validation curves end within ``CURVE_TOLERANCE`` of their lowest point
+(a trial trained with ``training.patience`` keeps its best epoch's weights, so it counts as ending there); once
+most end above it (the model overfits before the top), epochs are searched like any other parameter. On the
 replay of quick.yaml this took the trials to random search's 100-trial hypervolume from 26 to 16 (README).
 
 Early stopping: a trial stopped at a rung has no final values, but its rung
@@ -56,7 +57,7 @@ from optuna.distributions import BaseDistribution, CategoricalDistribution, Floa
 from optuna.trial import FrozenTrial, TrialState
 
 from vae_automl import early_stopping
-from vae_automl.record import CURVE_ATTR
+from vae_automl.record import CURVE_ATTR, RECORD_ATTR
 
 DrawFunction = Callable[[Any], object]
 """The space as a define-by-run function: calls ``suggest_int/float/categorical`` on the trial it is given."""
@@ -265,11 +266,19 @@ def _front_indices(points: np.ndarray) -> list[int]:
     return [i for i, p in enumerate(points) if not np.any(np.all(points <= p, axis=1) & np.any(points < p, axis=1))]
 
 
+def _kept_its_best_epoch(trial: FrozenTrial) -> bool:
+    """Whether the trial trained with ``training.patience`` (its stored record's config): the trainer then restores
+    the weights of its lowest validation loss, so a longer budget could not have made its model worse."""
+    record = trial.user_attrs.get(RECORD_ATTR) or {}
+    return ((record.get("config") or {}).get("training") or {}).get("patience") is not None
+
+
 def _longer_training_pays(done: Sequence[FrozenTrial]) -> bool:
     """Whether at least half of the completed trials' validation curves end within ``CURVE_TOLERANCE`` of their
-    lowest point (true before any trial has a curve)."""
-    curves = [c for t in done if (c := t.user_attrs.get(CURVE_ATTR))]
-    falling = [c[-1] - min(c) <= CURVE_TOLERANCE * abs(min(c)) for c in curves]
+    lowest point (true before any trial has a curve); a trial that kept its best epoch's weights
+    (:func:`_kept_its_best_epoch`) ends there whatever its curve did after it."""
+    curves = [(c, t) for t in done if (c := t.user_attrs.get(CURVE_ATTR))]
+    falling = [c[-1] - min(c) <= CURVE_TOLERANCE * abs(min(c)) or _kept_its_best_epoch(t) for c, t in curves]
     return not falling or 2 * sum(falling) >= len(falling)
 
 
