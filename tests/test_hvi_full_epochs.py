@@ -182,3 +182,28 @@ def test_a_curve_trained_with_patience_ends_at_its_best_epoch(patience: int | No
     still cannot hurt and it is no reason to search shorter ones."""
     rising = [3.0, 1.0, 1.5, 1.6]
     assert _longer_training_pays([_done(rising, patience) for _ in range(3)]) is pays
+
+
+@pytest.mark.parametrize(
+    ("sampler", "full_epochs"),
+    [("{name: hvi, full_epochs: true}", True), ("{name: tpe, full_epochs: false}", False), ("{name: tpe}", True)],
+)
+def test_full_epochs_is_accepted_where_it_means_what_it_says(sampler: str, full_epochs: bool) -> None:
+    """``true`` is refused for a sampler that would ignore it (test_config's refusals); ``false`` is what every other
+    sampler does anyway, and the default stays true (only hvi reads it)."""
+    space = quick(QUICK.replace("sampler: {name: auto, seed: 0}", f"sampler: {sampler}"))
+    assert space.sampler.full_epochs is full_epochs
+
+
+@pytest.mark.parametrize(
+    "objectives", [["size_bytes"], ["test_elbo_nats", "size_bytes"], ["test_elbo_nats", "size_bytes", "latency_ms"]]
+)
+def test_auto_refuses_full_epochs_exactly_where_it_picks_another_sampler(objectives: list[str]) -> None:
+    """config.py repeats samplers.choose's rule (it cannot import samplers): the two must agree."""
+    text = QUICK.replace("sampler: {name: auto, seed: 0}", "sampler: {name: auto, full_epochs: true}")
+    text = text.replace("objectives: [test_elbo_nats, size_bytes]", f"objectives: [{', '.join(objectives)}]")
+    if samplers.choose(objectives=len(objectives)) == "hvi":
+        assert quick(text).sampler.full_epochs is True
+    else:
+        with pytest.raises(ConfigError, match=r"quick\.yaml: sampler\.full_epochs: only hvi .* auto picks tpe"):
+            quick(text)

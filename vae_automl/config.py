@@ -752,8 +752,17 @@ def parse_space(data: Any, file: str, registry: Registry, source: str = "", base
     for key, flag in (("repeats", repeats), ("full_epochs", full_epochs)):
         if not isinstance(flag, bool):
             raise (s_loc / key).error(f"expected true or false, got {flag!r}")
+    s_name = _choice(s_raw.get("name", "auto"), s_loc / "name", SAMPLERS)
+    # auto is hvi on two objectives (samplers.choose); an explicit true elsewhere would be silently ignored
+    picked = ("hvi" if len(objectives) == 2 else "tpe") if s_name == "auto" else s_name
+    if s_raw.get("full_epochs") is True and picked != "hvi":
+        count = f"{len(objectives)} objective{'s' if len(objectives) != 1 else ''}"
+        chosen = f"auto picks {picked} for {count}" if s_name == "auto" else f"{picked} is chosen"
+        raise (s_loc / "full_epochs").error(
+            f"only hvi trains every trial for the top of training.epochs, and {chosen}; remove full_epochs or set name: hvi"
+        )
     sampler = SamplerConfig(
-        name=_choice(s_raw.get("name", "auto"), s_loc / "name", SAMPLERS),
+        name=s_name,
         seed=_int(s_raw.get("seed"), s_loc / "seed", allow_none=True),
         population_size=_int(s_raw.get("population_size"), s_loc / "population_size", minimum=2, allow_none=True),
         n_startup_trials=_int(s_raw.get("n_startup_trials"), s_loc / "n_startup_trials", minimum=0, allow_none=True),
