@@ -124,6 +124,8 @@ def _done(curve: list[float] | None, patience: int | None = None) -> optuna.tria
         ([[3.0, 1.0, 1.011]], False),
         ([[3.0, 1.0, 1.5], [3.0, 2.0, 1.0]], True),  # exactly half still falling
         ([[3.0, 1.0, 1.5], [3.0, 1.0, 1.5], [3.0, 2.0, 1.0]], False),
+        # every completed trial counts, the earliest too: 2 of 5 end at their lowest
+        ([[3.0, 1.0, 1.5], [3.0, 1.0, 1.5], [3.0, 1.0, 1.5], [3.0, 2.0, 1.0], [3.0, 2.0, 1.0]], False),
         ([[-3.0, -4.0, -3.98]], True),  # a negative loss: the tolerance is a share of its size
         ([[-3.0, -4.0, -3.9]], False),
     ],
@@ -207,3 +209,42 @@ def test_auto_refuses_full_epochs_exactly_where_it_picks_another_sampler(objecti
     else:
         with pytest.raises(ConfigError, match=r"quick\.yaml: sampler\.full_epochs: only hvi .* auto picks tpe"):
             quick(text)
+
+
+def test_a_budget_parameter_of_other_than_numbers_is_drawn_freely() -> None:
+    """Only a numeric range or numeric choices have a top: a choice of words, or numbers with null, is drawn at random."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    for choices in (["short", "long"], [10, None]):
+        assert {_DrawTrial(rng, top="e").suggest_categorical("e", choices) for _ in range(30)} == set(choices)
+
+
+def test_stopped_and_running_trials_curves_are_no_evidence() -> None:
+    """A trial stopped at a rung (its curve cut there, still falling) or still running tells nothing of how a curve
+    ends: three completed trials that overfit release epochs even beside more stopped ones whose curves fall."""
+
+    def draw(trial: Any) -> None:
+        trial.suggest_int("training.epochs", 1, 30)
+        trial.suggest_float("x", 0.0, 1.0)
+
+    sampler = HypervolumeSampler(draw, seed=0, n_startup_trials=100, budget_param="training.epochs")
+    study = optuna.create_study(directions=MIN2, sampler=sampler)
+    for k in range(8):
+        trial = study.ask()
+        draw(trial)
+        if k < 3:
+            trial.set_user_attr(CURVE_ATTR, overfitting(30))
+            study.tell(trial, [trial.params["x"], 1 - trial.params["x"]])
+        elif k < 7:
+            trial.set_user_attr(CURVE_ATTR, falling(4))
+            study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+        else:
+            trial.set_user_attr(CURVE_ATTR, falling(2))  # running
+    drawn = []
+    for _ in range(10):
+        trial = study.ask()
+        draw(trial)
+        drawn.append(trial.params["training.epochs"])
+        study.tell(trial, state=optuna.trial.TrialState.PRUNED)  # no curve: the evidence stays as it was
+    assert len(set(drawn)) > 3
