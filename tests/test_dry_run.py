@@ -76,3 +76,24 @@ def test_cli_dry_run_json_writes_nothing(
     text = capsys.readouterr().out
     assert "mlp.hidden_width" in text and f"model parameters: {mlp_params(16):,} .. {mlp_params(32):,}" in text
     assert "nothing was trained" in text
+
+
+@pytest.mark.parametrize(
+    ("epochs", "sampler", "note"),
+    [
+        ("{low: 2, high: 9, step: 3}", "auto", "training.epochs: hvi trains every trial for 8 epochs, the top of the range,"),
+        ("{choices: [6, 12, 3]}", "hvi", "training.epochs: hvi trains every trial for 12 epochs, the top of the range,"),
+        ("{low: 2, high: 9}", "{name: hvi, full_epochs: false}", None),
+        ("{low: 2, high: 9}", "tpe", None),
+    ],
+)
+def test_dry_run_says_when_hvi_holds_epochs_at_the_top(epochs: str, sampler: str, note: str | None) -> None:
+    """A searched training.epochs is listed as searched; the note says hvi first trains every trial at its top."""
+    text = SPACE.replace("epochs: 3", f"epochs: {epochs}") + f"sampler: {sampler}\n"
+    result = dry_run(load_space_text(text, "dry.yaml"), samples=4)
+    assert "training.epochs" in {p.key for p in result.searched}
+    notes = [n for n in result.notes if n.startswith("training.epochs")]
+    if note is None:
+        assert notes == []
+    else:
+        assert len(notes) == 1 and notes[0].startswith(note), notes

@@ -23,6 +23,7 @@ from vae_automl.data import load_images
 from vae_automl.packing import serialize_model
 from vae_automl.progress import format_number
 from vae_automl.registry import Registry, get_registry
+from vae_automl.samplers import budget_param
 from vae_automl.space import ARCHITECTURE_KEY, resolve, suggest
 
 N_SAMPLES = 256
@@ -124,6 +125,16 @@ class _RecordingTrial:
         return self.rng.choice(list(choices))
 
 
+def _top(param: SearchedParam) -> float:
+    """The top of a searched parameter's range, on its step's grid, or its largest choice."""
+    if param.kind == "categorical":
+        return float(max(param.choices))
+    assert param.low is not None and param.high is not None
+    if not param.step:
+        return float(param.high)
+    return float(param.low + (param.high - param.low) // param.step * param.step)
+
+
 def _fixed_values(space: SearchSpace) -> dict[str, Any]:
     """Every constant parameter that has a value (unset optional ones, None, are left out)."""
     fixed: dict[str, Any] = {}
@@ -195,6 +206,13 @@ def dry_run(
         estimates.append(overhead + n_params * kept * bits / 8)
     if space.base_model is not None:
         notes.append("base_model: the user's model is not built by a dry run; its size is not estimated")
+    budget = budget_param(space.sampler, space)
+    if budget is not None and budget in searched:
+        notes.append(
+            f"{budget}: hvi trains every trial for {format_number(_top(searched[budget]))} epochs, the top of the range, "
+            "while at least half of the completed trials' validation curves end within 1% of their lowest point, and "
+            "searches it after that (sampler: {full_epochs: false} searches it from the start)"
+        )
     return DryRun(
         space_file=space.path,
         study_name=space.name,

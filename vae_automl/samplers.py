@@ -60,6 +60,14 @@ def rung_layout(space: SearchSpace, registry: Registry | None = None) -> list[in
     return [known.index(name) + 1 if name in known else 0 for name in space.objectives]
 
 
+def budget_param(config: SamplerConfig, space: SearchSpace) -> str | None:
+    """The parameter ``hvi`` trains at the top of its range while longer training pays (``training.epochs``, where the
+    space searches it, the sampler is ``hvi`` and ``full_epochs`` is true), or None."""
+    name = choose(space) if config.name == "auto" else config.name
+    epochs = space.training.get("epochs")
+    return "training.epochs" if name == "hvi" and config.full_epochs and epochs is not None and epochs.searched else None
+
+
 def make_sampler(
     config: SamplerConfig,
     space: SearchSpace | None = None,
@@ -92,9 +100,7 @@ def make_sampler(
                 kwargs["n_startup_trials"] = config.n_startup_trials
             if space is not None:
                 kwargs["rung_layout"] = rung_layout(space, registry)
-                epochs = space.training.get("epochs")
-                if config.full_epochs and epochs is not None and epochs.searched:
-                    kwargs["budget_param"] = "training.epochs"
+                kwargs["budget_param"] = budget_param(dataclasses.replace(config, name="hvi"), space)
             return HypervolumeSampler(draw or SpaceDraw(space), **kwargs)  # type: ignore[arg-type]
         if name == "gp":
             kwargs = {"seed": config.seed, "warn_independent_sampling": False}
