@@ -115,8 +115,9 @@ class SamplerConfig:
     repeats: bool = False
     """Run a configuration again even if a completed (or running) trial of the study has exactly its parameters."""
     full_epochs: bool = True
-    """``hvi``: run every trial at the top of a searched ``training.epochs`` range while the completed trials'
-    validation curves still fall at their end (:mod:`vae_automl.hvi_sampler`); false searches it as any parameter."""
+    """``hvi``: run every trial at the top of a searched ``training.epochs`` range while at least half of the completed
+    trials' validation curves end near their lowest point (:mod:`vae_automl.hvi_sampler`); false searches it as any
+    parameter. An explicit true for a sampler other than ``hvi`` is refused: it would be ignored."""
 
 
 @dataclass(frozen=True)
