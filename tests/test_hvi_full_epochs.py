@@ -248,3 +248,43 @@ def test_stopped_and_running_trials_curves_are_no_evidence() -> None:
         drawn.append(trial.params["training.epochs"])
         study.tell(trial, state=optuna.trial.TrialState.PRUNED)  # no curve: the evidence stays as it was
     assert len(set(drawn)) > 3
+
+
+def _stored_attrs(backend: str, curve: list[float], patience: int | None) -> dict[str, Any]:
+    """The user attributes a completed trial gets from ``backend``: its record's, through Ray's result as well."""
+    import json
+
+    from vae_automl.backends.ray import RECORD_KEY, _outcome
+    from vae_automl.record import TrialRecord
+
+    base = {
+        "cache_key": "k",
+        "params": 10,
+        "epochs_run": len(curve),
+        "stopped_early": False,
+        "train_seconds": 1.0,
+        "samples_per_s": 9.0,
+        "captured": False,
+        "validation_curve": curve,
+        "cache_hit": True,
+    }
+    latency = {"batch_size": 128, "target": "cpu", "repeats": 30, "runtime": "torch"}
+    training = {"epochs": len(curve), "lr": 1e-3, "patience": patience}
+    record = TrialRecord.from_dict({
+        "trial": 0, "params": {}, "config": {"training": training, "seed": 0}, "model_config": {}, "objectives": {"a": 1.0},
+        "metrics": {"a": 1.0}, "data": {}, "device": "cpu", "latency": latency, "base": base,
+        "artifact": "/x/trial-0.safetensors", "artifact_sha256": "0" * 64, "seconds": 1.0,
+    })  # fmt: skip
+    if backend == "ray":
+        return _outcome({RECORD_KEY: json.dumps(record.as_dict())}, False, ("a",))[2]
+    return record.to_user_attrs()  # what backends/optuna.py's objective sets
+
+
+@pytest.mark.parametrize("backend", ["optuna", "ray"])
+def test_hvi_reads_the_curve_and_patience_each_backend_stores(backend: str) -> None:
+    """A completed trial's curve (a cached base's too: the cache keeps it) and its patience reach hvi from either backend."""
+    rising = overfitting(12)
+    trials = [optuna.trial.create_trial(values=[1.0], user_attrs=_stored_attrs(backend, rising, None))]
+    assert _longer_training_pays(trials) is False
+    trials = [optuna.trial.create_trial(values=[1.0], user_attrs=_stored_attrs(backend, rising, 3))]
+    assert _longer_training_pays(trials) is True
