@@ -288,3 +288,25 @@ def test_hvi_reads_the_curve_and_patience_each_backend_stores(backend: str) -> N
     assert _longer_training_pays(trials) is False
     trials = [optuna.trial.create_trial(values=[1.0], user_attrs=_stored_attrs(backend, rising, 3))]
     assert _longer_training_pays(trials) is True
+
+
+def _ran(epochs: int, curve: list[float]) -> optuna.trial.FrozenTrial:
+    return optuna.trial.create_trial(
+        values=[1.0, 1.0],
+        params={"training.epochs": epochs},
+        distributions={"training.epochs": optuna.distributions.IntDistribution(10, 30)},
+        user_attrs={CURVE_ATTR: curve},
+    )
+
+
+def test_a_shorter_run_that_ends_at_its_lowest_is_no_evidence_for_the_top() -> None:
+    """The two runs that reached the top overfit; three 12-epoch runs end at their lowest, stopped before the model
+    could overfit. Counting those would pin every trial at 30 again (3 of 5), and in a space whose models overfit
+    near the top the search would swing between the top and free draws, spending about half its trials at the top."""
+    top_overfit, short_falling = [_ran(30, overfitting(30)) for _ in range(2)], [_ran(12, falling(12)) for _ in range(3)]
+    assert _longer_training_pays(top_overfit + short_falling, "training.epochs") is False
+    # a shorter run that overfits is evidence, and a run at the top that falls is
+    assert _longer_training_pays([_ran(30, falling(30)), _ran(12, overfitting(12))], "training.epochs") is True
+    assert _longer_training_pays([_ran(30, falling(30)), *[_ran(12, overfitting(12))] * 2], "training.epochs") is False
+    # no budget parameter named: every curve counts (HPOLib's replay, a user draw function)
+    assert _longer_training_pays(top_overfit + short_falling) is True

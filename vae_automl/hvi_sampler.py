@@ -26,8 +26,9 @@ Training length: a searched ``training.epochs`` (``budget_param``) is a budget, 
 longer training still pays: no objective charges for it, and with a constant learning rate a shorter run is the
 start of a longer one. So every trial, the random start-up included, is drawn at the top of its range as long as
 at least half of the completed trials' validation curves end within ``CURVE_TOLERANCE`` of their lowest point
-(a trial trained with ``training.patience`` keeps its best epoch's weights, so it counts as ending there); once
-most end above it (the model overfits before the top), epochs are searched like any other parameter. On the
+(a trial trained with ``training.patience`` keeps its best epoch's weights, so it counts as ending there; a
+shorter run's curve that ends there is no evidence, as it may stop before the model overfits); once most end
+above it (the model overfits before the top), epochs are searched like any other parameter. On the
 replay of quick.yaml this took the trials to random search's 100-trial hypervolume from 26 to 16 (README).
 
 Early stopping: a trial stopped at a rung has no final values, but its rung
@@ -88,6 +89,15 @@ def _from_unit(u: float, dist: FloatDistribution | IntDistribution) -> float | i
     return int(round(v)) if isinstance(dist, IntDistribution) else float(v)
 
 
+def _top_of(dist: BaseDistribution) -> Any:
+    """The top of a numeric range (on its step's grid), the largest of numeric choices, or None (other choices)."""
+    if isinstance(dist, CategoricalDistribution):
+        numbers = [c for c in dist.choices if isinstance(c, (int, float)) and not isinstance(c, bool)]
+        return max(numbers) if numbers and len(numbers) == len(dist.choices) else None
+    assert isinstance(dist, (FloatDistribution, IntDistribution))
+    return _from_unit(1.0, dist)
+
+
 class _DrawTrial:
     """What the define-by-run function is handed to make a candidate: answers each ``suggest_*`` at random,
     or near ``parent``'s value (a Gaussian step of ``scale`` on [0, 1]; another category with chance ``flip``);
@@ -121,9 +131,8 @@ class _DrawTrial:
         if isinstance(dist, CategoricalDistribution):
             keep = parent is not None and parent in dist.choices and self.rng.random() >= self.flip
             value = parent if keep else dist.choices[int(self.rng.integers(len(dist.choices)))]
-            numbers = [c for c in dist.choices if isinstance(c, (int, float)) and not isinstance(c, bool)]
-            if name == self.top and len(numbers) == len(dist.choices):
-                value = max(numbers)
+            if name == self.top and (top := _top_of(dist)) is not None:
+                value = top
         else:
             assert isinstance(dist, (FloatDistribution, IntDistribution))
             if name == self.top:
@@ -273,13 +282,31 @@ def _kept_its_best_epoch(trial: FrozenTrial) -> bool:
     return ((record.get("config") or {}).get("training") or {}).get("patience") is not None
 
 
-def _longer_training_pays(done: Sequence[FrozenTrial]) -> bool:
+def _at_the_top(trial: FrozenTrial, budget_param: str | None) -> bool:
+    """Whether ``trial`` trained for the top of ``budget_param``'s range (true where there is none to tell)."""
+    if budget_param is None or budget_param not in trial.params or budget_param not in trial.distributions:
+        return True
+    top = _top_of(trial.distributions[budget_param])
+    return top is None or trial.params[budget_param] >= top
+
+
+def _longer_training_pays(done: Sequence[FrozenTrial], budget_param: str | None = None) -> bool:
     """Whether at least half of the completed trials' validation curves end within ``CURVE_TOLERANCE`` of their
     lowest point (true before any trial has a curve); a trial that kept its best epoch's weights
-    (:func:`_kept_its_best_epoch`) ends there whatever its curve did after it."""
-    curves = [(c, t) for t in done if (c := t.user_attrs.get(CURVE_ATTR))]
-    falling = [c[-1] - min(c) <= CURVE_TOLERANCE * abs(min(c)) or _kept_its_best_epoch(t) for c, t in curves]
-    return not falling or 2 * sum(falling) >= len(falling)
+    (:func:`_kept_its_best_epoch`) ends there whatever its curve did after it.
+
+    A curve that ends near its lowest point tells that training up to the top pays only if it ran to the top of
+    ``budget_param``'s range: a shorter one that does is no evidence either way (it may end before the model
+    starts to overfit), while one that ends above it shows overfitting before the top whatever its length."""
+    evidence = []
+    for t in done:
+        curve = t.user_attrs.get(CURVE_ATTR)
+        if not curve:
+            continue
+        falling = curve[-1] - min(curve) <= CURVE_TOLERANCE * abs(min(curve)) or _kept_its_best_epoch(t)
+        if not falling or _at_the_top(t, budget_param):
+            evidence.append(falling)
+    return not evidence or 2 * sum(evidence) >= len(evidence)
 
 
 def _key(params: Mapping[str, Any]) -> tuple[tuple[str, str], ...]:
@@ -384,7 +411,7 @@ class HypervolumeSampler(optuna.samplers.BaseSampler):
         # a stopped trial (PRUNED: early stopping, or a repeat) is never drawn again; one with rung values is modelled
         stopped = [t for t in trials if t.state == TrialState.PRUNED]
         taken = {_key(t.params) for t in done + pending + stopped}
-        self._top = self.budget_param if self.budget_param and _longer_training_pays(done) else None
+        self._top = self.budget_param if self.budget_param and _longer_training_pays(done, self.budget_param) else None
         # the models need a completed trial to fit: n_startup_trials 0 starts them at the first one
         if len(study.directions) != 2 or len(done) < max(self.n_startup_trials, 1):
             return self._fresh(taken)
