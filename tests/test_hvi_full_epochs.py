@@ -310,3 +310,34 @@ def test_a_shorter_run_that_ends_at_its_lowest_is_no_evidence_for_the_top() -> N
     assert _longer_training_pays([_ran(30, falling(30)), *[_ran(12, overfitting(12))] * 2], "training.epochs") is False
     # no budget parameter named: every curve counts (HPOLib's replay, a user draw function)
     assert _longer_training_pays(top_overfit + short_falling) is True
+
+
+def test_a_space_that_overfits_before_the_top_stays_released() -> None:
+    """Every curve is lowest at epoch 26 of 10-30 and 11% above it at 30: after the first trial at the top, epochs
+    are drawn freely and stay so (the random start-up here). Counting the shorter runs' curves, most of which end
+    before epoch 26, put every other trial back at 30 (8-11 of these 23 on seeds 0-4)."""
+
+    def draw(trial: Any) -> None:
+        trial.suggest_int("training.epochs", 10, 30)
+        trial.suggest_float("x", 0.0, 1.0)
+
+    def curve(epochs: int) -> list[float]:
+        return [100.0 - e if e < 26 else 75.0 + 2.0 * (e - 25) for e in range(epochs)]
+
+    sampler = HypervolumeSampler(draw, seed=0, n_startup_trials=100, budget_param="training.epochs")
+    study = optuna.create_study(directions=MIN2, sampler=sampler)
+    for _ in range(24):
+        trial = study.ask()
+        draw(trial)
+        trial.set_user_attr(CURVE_ATTR, curve(trial.params["training.epochs"]))
+        study.tell(trial, [trial.params["x"], 1 - trial.params["x"]])
+    epochs = [t.params["training.epochs"] for t in study.trials]
+    assert epochs[0] == 30 and epochs[1:].count(30) <= 3, epochs
+
+
+def test_a_budget_parameter_without_a_top_counts_every_curve() -> None:
+    words = optuna.distributions.CategoricalDistribution(["short", "long"])
+    trial = optuna.trial.create_trial(
+        values=[1.0, 1.0], params={"e": "short"}, distributions={"e": words}, user_attrs={CURVE_ATTR: falling(3)}
+    )
+    assert _longer_training_pays([trial, _done(overfitting(12))], "e") is True
