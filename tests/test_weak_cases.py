@@ -172,6 +172,13 @@ def test_one_pixel_images_are_refused(shape: tuple[int, ...]) -> None:
     assert to_unit_float(np.zeros((20, 1, 2, 2), dtype=np.uint8), "src").shape == (20, 1, 2, 2)
 
 
+@pytest.mark.parametrize("dtype", [np.uint8, np.float32])
+def test_images_without_channels_are_refused(dtype: type) -> None:
+    """A zero-length channel axis (found by test_fuzz): named, not numpy's 'zero-size array' from the range check."""
+    with pytest.raises(DataError, match=r"src: images of shape \(1, 0, 2, 2\) have no channels"):
+        to_unit_float(np.zeros((1, 0, 2, 2), dtype=dtype), "src")
+
+
 def test_too_few_training_images_are_refused_naming_the_keys() -> None:
     n = MIN_TRAIN_IMAGES + 2  # one test and one validation image leave exactly the minimum
     assert len(split_indices(n, SplitConfig(test=1, validation=1))[0]) == MIN_TRAIN_IMAGES

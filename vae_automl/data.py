@@ -108,6 +108,8 @@ def to_unit_float(images: np.ndarray, source: str) -> np.ndarray:
         )
     if len(images) == 0:
         raise DataError(f"{source}: holds no images")
+    if images.shape[1] == 0:
+        raise DataError(f"{source}: images of shape {images.shape} have no channels (N x C x H x W with C = 0)")
     if min(images.shape[2:]) < MIN_SIDE_PX:
         raise DataError(
             f"{source}: images of {images.shape[2]}x{images.shape[3]} pixels (array shape {images.shape}); at least "
