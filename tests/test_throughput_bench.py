@@ -63,4 +63,7 @@ def test_search_quality_replay_writes_the_issue_keys(tmp_path: Path) -> None:
     assert set(es["epochs_to_target"]) == {"none", "3/3/4/base", "5/2/4/compressed"}
     assert es["rules"]["5/2/4/compressed"]["score"] == "compressed" and es["rules"]["none"] is None
     assert all(0.0 <= es["hv_at_epoch_fraction"][k]["0.5"] <= 1.0 for k in es["epochs_to_target"])
+    # hindsight stopping: a lower rung never costs more, and some trials always raise the hypervolume
+    bound = es["perfect_stopping_epochs_ratio"]
+    assert 0.0 < bound["3"] <= bound["5"] <= bound["10"] < 1.0 and es["front_improving_trials_mean"] >= 1
     assert report["replay_error"]["holdout_trials"] == 40

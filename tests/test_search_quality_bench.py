@@ -1,0 +1,40 @@
+"""benchmarks/search_quality.py's own arithmetic, against figures worked out by hand."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import search_quality  # noqa: E402
+from search_quality import Outcome  # noqa: E402
+
+
+class BestOfFirst:
+    """A stand-in problem whose hypervolume is 10 less the lowest first objective so far."""
+
+    def hypervolume(self, values: Sequence[Sequence[float]]) -> float:
+        return 10.0 - min(v[0] for v in values) if len(values) else 0.0
+
+
+def test_perfect_stopping_runs_only_the_trials_that_raised_the_hypervolume() -> None:
+    # trials 1, 2 and 4 raise it (10-3, 10-2, 10-1); trial 3 (2.5) and the stopped trial 5 do not
+    run = [Outcome([3.0], 30), Outcome([2.0], 30), Outcome([2.5], 30), Outcome([1.0], 30), Outcome(None, 4)]
+    other = [Outcome([1.0], 30), Outcome([4.0], 20)]  # raises it once; the second trial trained 20 epochs
+    bound = search_quality.perfect_stopping(BestOfFirst(), [run, other], budget=100.0)  # type: ignore[arg-type]
+    assert bound["front_improving_trials_mean"] == 2.0
+    ratio = bound["perfect_stopping_epochs_ratio"]
+    # run: 3 x 30 + the rung for trial 3 + min(rung, 4) for the one stopped at epoch 4; other: 30 + the rung
+    assert ratio["3"] == pytest.approx(((90 + 3 + 3) / 100 + (30 + 3) / 100) / 2)
+    assert ratio["5"] == pytest.approx(((90 + 5 + 4) / 100 + (30 + 5) / 100) / 2)
+    assert ratio["10"] == pytest.approx(((90 + 10 + 4) / 100 + (30 + 10) / 100) / 2)
+
+
+def test_first_reaching_counts_trials_from_one() -> None:
+    import numpy as np
+
+    assert search_quality.first_reaching(np.array([0.1, 0.5, 0.5, 0.9]), 0.5) == 2
+    assert search_quality.first_reaching(np.array([0.1, 0.2]), 0.5) is None
