@@ -341,7 +341,6 @@ class HypervolumeSampler(optuna.samplers.BaseSampler):
     ) -> None:
         self.draw = draw
         self.budget_param = budget_param
-        self._top: str | None = budget_param
         self.rung_layout = None if rung_layout is None else tuple(rung_layout)
         self.rng = np.random.default_rng(seed)
         self.n_startup_trials, self.n_candidates = n_startup_trials, n_candidates
@@ -388,20 +387,20 @@ class HypervolumeSampler(optuna.samplers.BaseSampler):
         self._dists.update(t.distributions)
         return t.params
 
-    def _fresh(self, taken: set[tuple[tuple[str, str], ...]]) -> dict[str, Any]:
-        """A random point no trial has, if one of ``n_candidates`` draws is; with the budget parameter at its top,
+    def _fresh(self, taken: set[tuple[tuple[str, str], ...]], top: str | None) -> dict[str, Any]:
+        """A random point no trial has, if one of ``n_candidates`` draws is; with the parameter ``top`` at its top,
         else drawn freely (every point at the top ran, shorter ones are left); else the last draw: the study's
         repeat check decides (a small finite space may be exhausted)."""
-        for top in dict.fromkeys((self._top, None)):
+        for top_or_none in dict.fromkeys((top, None)):
             for _ in range(self.n_candidates):
-                point = self._one(top)
+                point = self._one(top_or_none)
                 if _key(point) not in taken:
                     return point
         return point
 
-    def _candidates(self, parents: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-        fresh = [self._one(self._top) for _ in range(self.n_candidates)]
-        mutants = [self._one(self._top, parents[int(self.rng.integers(len(parents)))]) for _ in range(self.n_candidates)]
+    def _candidates(self, parents: Sequence[Mapping[str, Any]], top: str | None) -> list[dict[str, Any]]:
+        fresh = [self._one(top) for _ in range(self.n_candidates)]
+        mutants = [self._one(top, parents[int(self.rng.integers(len(parents)))]) for _ in range(self.n_candidates)]
         return fresh + mutants
 
     def _choose(self, study: optuna.Study, trial: FrozenTrial) -> dict[str, Any]:
@@ -411,10 +410,10 @@ class HypervolumeSampler(optuna.samplers.BaseSampler):
         # a stopped trial (PRUNED: early stopping, or a repeat) is never drawn again; one with rung values is modelled
         stopped = [t for t in trials if t.state == TrialState.PRUNED]
         taken = {_key(t.params) for t in done + pending + stopped}
-        self._top = self.budget_param if self.budget_param and _longer_training_pays(done, self.budget_param) else None
+        top = self.budget_param if self.budget_param and _longer_training_pays(done, self.budget_param) else None
         # the models need a completed trial to fit: n_startup_trials 0 starts them at the first one
         if len(study.directions) != 2 or len(done) < max(self.n_startup_trials, 1):
-            return self._fresh(taken)
+            return self._fresh(taken, top)
         signs = np.array([1.0 if d == optuna.study.StudyDirection.MINIMIZE else -1.0 for d in study.directions])
         values = np.array([t.values for t in done], dtype=float)
         logs = [bool(signs[j] > 0 and np.all(values[:, j] > 0)) for j in range(2)]
@@ -430,9 +429,9 @@ class HypervolumeSampler(optuna.samplers.BaseSampler):
         feasible = [i for i, t in enumerate(done) if all(c <= 0 for c in (t.constraints or {}).values())]
         front_y = y[feasible] if feasible else np.empty((0, 2))
         parents = [done[feasible[k]].params for k in _front_indices(front_y)] or [t.params for t in done]
-        candidates = [c for c in self._candidates(parents) if _key(c) not in taken]
+        candidates = [c for c in self._candidates(parents, top) if _key(c) not in taken]
         if not candidates:  # every candidate already ran
-            return self._fresh(taken)
+            return self._fresh(taken, top)
         for t in done + pending:
             self._dists.update(t.distributions)
         encoder = _Encoder()
