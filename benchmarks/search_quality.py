@@ -74,8 +74,10 @@ from vae_automl.record import CURVE_ATTR  # noqa: E402
 
 BUDGETS = (10, 20, 50, 100)
 SAMPLERS = ("random", "nsga2", "tpe", "gp", "default")
-EXTRA_SAMPLERS = ("tpe-ei100",)
-"""Variants measured on held-out seeds and not chosen (``--samplers`` takes them; not run by default)."""
+EXTRA_SAMPLERS = ("tpe-ei100", "random-full")
+"""Not run by default (``--samplers`` and ``--stopping-sampler`` take them): ``tpe-ei100``, a variant measured on held-out
+seeds and not chosen; ``random-full``, random search with every trial at the top of ``training.epochs``: the
+full-budget search that multi-objective ASHA's published savings are measured against."""
 DEFAULT_RULES = ("3/3/4/base", "5/2/4/compressed")
 """The early-stopping rules compared when ``--rule`` is not given: the shipped YAMLs' rungs (3/3) and the best
 other rule measured on quick with TPE (5/2, scored on the compressed model). quick.yaml itself ships
@@ -240,8 +242,21 @@ def make_sampler(name: str, problem: Problem, seed: int, trials: int) -> optuna.
             return optuna.samplers.TPESampler(seed=seed, n_ei_candidates=100)
         if name == "gp":
             return optuna.samplers.GPSampler(seed=seed)
+        if name == "random-full":
+            return FullBudgetRandom(seed=seed)
         space = problem.space if isinstance(problem, QuickTable) else None  # hpolib: its draw, two objectives
         return samplers.make_sampler(SamplerConfig(name="auto", seed=seed), space, trials=trials, draw=problem.draw)
+
+
+class FullBudgetRandom(optuna.samplers.RandomSampler):
+    """Random search that trains every trial for the top of ``training.epochs`` (the budget the ASHA papers'
+    full-budget baseline gives every trial); every other parameter drawn as RandomSampler draws it."""
+
+    def sample_independent(self, study: optuna.Study, trial: optuna.trial.FrozenTrial, param_name: str,
+                           param_distribution: optuna.distributions.BaseDistribution) -> Any:
+        if param_name == "training.epochs" and isinstance(param_distribution, optuna.distributions.IntDistribution):
+            return param_distribution.high
+        return super().sample_independent(study, trial, param_name, param_distribution)
 
 
 def run(problem: Problem, sampler: str, seed: int, trials: int, stopping: PrunerConfig | None = None,
@@ -730,7 +745,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--rule", type=parse_rule, action="append",
                         help="an early-stopping rule to compare, WARMUP/FACTOR/MIN_TRIALS/SCORE (repeatable; "
                              f"default: {' and '.join(DEFAULT_RULES)})")
-    parser.add_argument("--stopping-sampler", default="tpe", choices=SAMPLERS,
+    parser.add_argument("--stopping-sampler", default="tpe", choices=SAMPLERS + EXTRA_SAMPLERS,
                         help="the sampler the early-stopping comparison runs with and without each rule (default tpe, "
                              "which keeps the whole replay under 10 minutes; 'default' takes about 10 minutes more)")
     parser.add_argument("--json", type=Path, help="write the figures to this file")

@@ -38,3 +38,19 @@ def test_first_reaching_counts_trials_from_one() -> None:
 
     assert search_quality.first_reaching(np.array([0.1, 0.5, 0.5, 0.9]), 0.5) == 2
     assert search_quality.first_reaching(np.array([0.1, 0.2]), 0.5) is None
+
+
+def test_full_budget_random_trains_every_trial_for_the_top_of_the_epochs_range() -> None:
+    import optuna
+
+    sampler = search_quality.make_sampler("random-full", None, 0, 10)  # type: ignore[arg-type]
+    study = optuna.create_study(sampler=sampler)
+    epochs, widths, steps = set(), set(), set()
+    for _ in range(30):
+        trial = study.ask()
+        epochs.add(trial.suggest_int("training.epochs", 10, 30))
+        steps.add(trial.suggest_int("training.epochs_stepped", 10, 30, step=4))  # another name: drawn freely
+        widths.add(trial.suggest_int("mlp.hidden_width", 16, 256, log=True))
+        study.tell(trial, 0.0)
+    assert epochs == {30}
+    assert len(widths) > 10 and len(steps) > 2  # everything else is drawn at random
