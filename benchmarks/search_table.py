@@ -52,6 +52,10 @@ EPOCHS = (10, 15, 20, 25, 30)
 """Snapshots of each base: the ``training.epochs`` values of the grid."""
 BITS = (None, 2, 3, 4, 5, 6, 7, 8)
 """Compressor choices measured on every snapshot: none (float32) or uniform n-bit."""
+MNIST_SPACE = ROOT / "benchmarks" / "spaces" / "quick_mnist.yaml"
+MNIST_TABLE = Path(__file__).resolve().parent / "data" / "search_quality_quick_mnist.json.gz"
+"""The second table: the same grid over the same space on real MNIST (:func:`record_with_rungs`; no hold-out
+trials)."""
 HOLDOUT = 40
 RUNG_EPOCHS = (1, 2, 3, 4, 5, 6, 8, 9, 10, 12, 15, 16, 18, 20, 24, 27)
 """Epochs after which :func:`record_rungs` scores the compressed base: the rungs of first rung 1-5 and
@@ -260,3 +264,105 @@ def record_rungs(path: Path = TABLE, log_every: int = 10) -> None:
         if len(rows) % log_every == 0 or len(rows) == len(raw["bases"]):
             _write(path, raw)
             print(f"[record-rungs] {len(rows)}/{len(raw['bases'])} bases, {time.monotonic() - started:.0f}s", flush=True)
+
+
+def _record_shard(task: tuple[Path, Path, int, int]) -> Path:
+    """Train every ``shards``-th base of the grid from ``shard`` on, and measure it as :func:`record` and
+    :func:`record_rungs` do, in one run; resumes from the shard's file next to ``path``."""
+    import torch
+
+    from vae_automl import space as space_mod
+    from vae_automl import trial as trial_mod
+    from vae_automl.config import load_space
+    from vae_automl.plugin_manager import get_plugin_manager
+    from vae_automl.registry import get_registry
+    from vae_automl.train import train, train_config_from
+
+    space_path, path, shard, shards = task
+    torch.set_num_threads(1)
+    registry = get_registry()
+    space = load_space(space_path, registry)
+    env = trial_mod.prepare(space, f"/tmp/vae-automl-search-table-{shard}", registry, get_plugin_manager(), device="cpu")
+    out = path.with_name(f".{path.name}.shard{shard}-of-{shards}.json")
+    rows: dict[str, Any] = json.loads(out.read_text()) if out.is_file() else {}
+    grid = [dict(zip(GRID, combo)) for combo in itertools.product(*GRID.values())]
+    started = time.monotonic()
+    for k in range(shard, len(grid), shards):
+        if str(k) in rows:
+            continue
+        base = grid[k]
+        spec = space_mod.resolve(space, {**base, "training.epochs": max(EPOCHS), "compressor0": "none"}, registry)
+        arch = registry.architectures.get(spec.architecture)
+        train_config = train_config_from(spec.training)
+        snapshots: dict[int, Any] = {}
+        per_epoch: list[list[float]] = []
+
+        def on_epoch(epoch: int, loss: float) -> None:
+            if epoch + 1 in EPOCHS:
+                snapshots[epoch + 1] = copy.deepcopy(model.state_dict())  # noqa: B023 (called within this loop step)
+            per_epoch.append([compressed_validation(env, model, spec, train_config, bits) for bits in BITS]  # noqa: B023
+                             if epoch + 1 in RUNG_EPOCHS else [math.nan] * len(BITS))
+
+        torch.manual_seed(spec.seed)
+        model = arch.build(arch.config_from_params(spec.architecture_params, env.data.input_shape))
+        result = train(model, env.data, train_config, seed=spec.seed, on_epoch=on_epoch)
+        cube = []
+        for epochs in EPOCHS:
+            model.load_state_dict(snapshots[epochs])
+            row = []
+            for bits in BITS:
+                params = {**base, "training.epochs": epochs, "compressor0": "none" if bits is None else "uniform"}
+                if bits is not None:
+                    params["compressor0.uniform.bits"] = bits
+                trial_spec = space_mod.resolve(space, params, registry)
+                compressed = trial_mod.compress(env, model, trial_spec, train_config_from(trial_spec.training))
+                values, _ = trial_mod.measure(env, compressed, OBJECTIVES, trial_spec.seed)
+                row.append([values[o] for o in OBJECTIVES])
+            cube.append(row)
+        rows[str(k)] = {"base": base, "values": cube, "validation_curve": result.validation_curve,
+                        "train_seconds": result.seconds, "compressed_validation": per_epoch, "data": env.data.info}
+        tmp = out.with_name(out.name + ".tmp")
+        tmp.write_text(json.dumps(rows))
+        os.replace(tmp, out)
+        print(f"[record {space_path.stem} {shard}/{shards}] {len(rows)} bases, {time.monotonic() - started:.0f}s",
+              flush=True)
+    return out
+
+
+def record_with_rungs(space_path: Path = MNIST_SPACE, path: Path = MNIST_TABLE, jobs: int = 2) -> None:
+    """Record the grid over ``space_path`` (the same parameters as quick.yaml) into ``path``, with the rung scores,
+    in ``jobs`` processes (each resumes where it stopped), then merge them in grid order."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(jobs) as pool:
+        shard_files = list(pool.map(_record_shard, [(space_path, path, n, jobs) for n in range(jobs)]))
+    merge_shards(space_path, path, shard_files)
+
+
+def merge_shards(space_path: Path, path: Path, shard_files: list[Path]) -> None:
+    """Write the shards' bases, in grid order, as one table at ``path`` (the layout :func:`load` reads), and
+    remove the shard files."""
+    import optuna
+    import torch
+
+    rows: dict[str, Any] = {}
+    for f in shard_files:
+        rows.update(json.loads(f.read_text()))
+    keys = sorted(rows, key=int)
+    expected = math.prod(len(v) for v in GRID.values())
+    if len(keys) != expected:
+        raise RuntimeError(f"{', '.join(map(str, shard_files))}: {len(keys)} of the grid's {expected} bases recorded; "
+                           "record again (each shard resumes) before merging")
+    payload = {
+        "bases": [rows[k]["base"] for k in keys], "values": [rows[k]["values"] for k in keys],
+        "validation_curves": [rows[k]["validation_curve"] for k in keys],
+        "train_seconds": [rows[k]["train_seconds"] for k in keys],
+        "compressed_validation": [rows[k]["compressed_validation"] for k in keys], "holdout": [],
+        "meta": {"space": str(space_path.relative_to(ROOT)), "grid": GRID, "epochs": EPOCHS, "bits": BITS,
+                 "rung_epochs": RUNG_EPOCHS, "objectives": OBJECTIVES, "data": rows[keys[0]]["data"], "complete": True,
+                 "torch": torch.__version__, "optuna": optuna.__version__, "threads": 1, "processes": len(shard_files)},
+    }
+    _write(path, payload)
+    for f in shard_files:
+        f.unlink()
+    print(f"[record] {path}: {len(keys)} bases, {path.stat().st_size / 1e6:.2f} MB", flush=True)
