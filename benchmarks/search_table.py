@@ -113,6 +113,33 @@ def _write(path: Path, payload: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
+def _params_of(base: dict[str, Any], epochs: int, bits: int | None) -> dict[str, Any]:
+    """The quick.yaml params of ``base`` trained ``epochs`` epochs, then float32 (``bits`` None) or ``bits``-bit."""
+    params = {**base, "training.epochs": epochs, "compressor0": "none" if bits is None else "uniform"}
+    if bits is not None:
+        params["compressor0.uniform.bits"] = bits
+    return params
+
+
+def _measure_all(env: Any, space: Any, registry: Any, model: Any, params: dict[str, Any]) -> list[float]:
+    """:data:`OBJECTIVES` of ``model`` compressed as ``params`` asks (the real compressor, the real measures)."""
+    from vae_automl import space as space_mod
+    from vae_automl import trial as trial_mod
+    from vae_automl.train import train_config_from
+
+    spec = space_mod.resolve(space, params, registry)
+    compressed = trial_mod.compress(env, model, spec, train_config_from(spec.training))
+    values, _ = trial_mod.measure(env, compressed, OBJECTIVES, spec.seed)
+    return [values[o] for o in OBJECTIVES]
+
+
+def _rung_row(env: Any, model: Any, spec: Any, train_config: Any, epoch: int) -> list[float]:
+    """After 0-based ``epoch``: each compressor choice's :func:`compressed_validation` at a rung epoch, else NaNs."""
+    if epoch + 1 not in RUNG_EPOCHS:
+        return [math.nan] * len(BITS)
+    return [compressed_validation(env, model, spec, train_config, bits) for bits in BITS]
+
+
 def record(path: Path = TABLE, log_every: int = 10) -> None:
     """Train the grid and the hold-out trials (resumes from a partial table at ``path``)."""
     import optuna
@@ -137,17 +164,8 @@ def record(path: Path = TABLE, log_every: int = 10) -> None:
     grid = [dict(zip(GRID, combo)) for combo in itertools.product(*GRID.values())]
     started = time.monotonic()
 
-    def params_of(base: dict[str, Any], epochs: int, bits: int | None) -> dict[str, Any]:
-        params = {**base, "training.epochs": epochs, "compressor0": "none" if bits is None else "uniform"}
-        if bits is not None:
-            params["compressor0.uniform.bits"] = bits
-        return params
-
     def measure_all(model: Any, params: dict[str, Any]) -> list[float]:
-        spec = space_mod.resolve(space, params, registry)
-        compressed = trial_mod.compress(env, model, spec, train_config_from(spec.training))
-        values, _ = trial_mod.measure(env, compressed, OBJECTIVES, spec.seed)
-        return [values[o] for o in OBJECTIVES]
+        return _measure_all(env, space, registry, model, params)
 
     def save(final: bool) -> None:
         partial["meta"] = {"space": str(SPACE.relative_to(ROOT)), "grid": GRID, "epochs": EPOCHS,
@@ -158,7 +176,7 @@ def record(path: Path = TABLE, log_every: int = 10) -> None:
     for k, base in enumerate(grid):
         if json.dumps(base, sort_keys=True) in done:
             continue
-        spec = space_mod.resolve(space, params_of(base, max(EPOCHS), None), registry)
+        spec = space_mod.resolve(space, _params_of(base, max(EPOCHS), None), registry)
         arch = registry.architectures.get(spec.architecture)
         snapshots: dict[int, Any] = {}
 
@@ -172,7 +190,7 @@ def record(path: Path = TABLE, log_every: int = 10) -> None:
         cube = []
         for epochs in EPOCHS:
             model.load_state_dict(snapshots[epochs])
-            cube.append([measure_all(model, params_of(base, epochs, bits)) for bits in BITS])
+            cube.append([measure_all(model, _params_of(base, epochs, bits)) for bits in BITS])
         partial["bases"].append(base)
         partial["values"].append(cube)
         partial["validation_curves"].append(result.validation_curve)
@@ -241,17 +259,13 @@ def record_rungs(path: Path = TABLE, log_every: int = 10) -> None:
     started = time.monotonic()
     for k in range(len(rows), len(raw["bases"])):
         base = raw["bases"][k]
-        params = {**base, "training.epochs": max(EPOCHS), "compressor0": "none"}
-        spec = space_mod.resolve(space, params, registry)
+        spec = space_mod.resolve(space, _params_of(base, max(EPOCHS), None), registry)
         train_config = train_config_from(spec.training)
         arch = registry.architectures.get(spec.architecture)
         per_epoch: list[list[float]] = []
 
         def on_epoch(epoch: int, loss: float) -> None:
-            if epoch + 1 in RUNG_EPOCHS:
-                per_epoch.append([compressed_validation(env, model, spec, train_config, bits) for bits in BITS])
-            else:
-                per_epoch.append([math.nan] * len(BITS))
+            per_epoch.append(_rung_row(env, model, spec, train_config, epoch))
 
         torch.manual_seed(spec.seed)
         model = arch.build(arch.config_from_params(spec.architecture_params, env.data.input_shape))
@@ -291,7 +305,7 @@ def _record_shard(task: tuple[Path, Path, int, int]) -> Path:
         if str(k) in rows:
             continue
         base = grid[k]
-        spec = space_mod.resolve(space, {**base, "training.epochs": max(EPOCHS), "compressor0": "none"}, registry)
+        spec = space_mod.resolve(space, _params_of(base, max(EPOCHS), None), registry)
         arch = registry.architectures.get(spec.architecture)
         train_config = train_config_from(spec.training)
         snapshots: dict[int, Any] = {}
@@ -300,8 +314,7 @@ def _record_shard(task: tuple[Path, Path, int, int]) -> Path:
         def on_epoch(epoch: int, loss: float) -> None:
             if epoch + 1 in EPOCHS:
                 snapshots[epoch + 1] = copy.deepcopy(model.state_dict())  # noqa: B023 (called within this loop step)
-            per_epoch.append([compressed_validation(env, model, spec, train_config, bits) for bits in BITS]  # noqa: B023
-                             if epoch + 1 in RUNG_EPOCHS else [math.nan] * len(BITS))
+            per_epoch.append(_rung_row(env, model, spec, train_config, epoch))  # noqa: B023
 
         torch.manual_seed(spec.seed)
         model = arch.build(arch.config_from_params(spec.architecture_params, env.data.input_shape))
@@ -309,16 +322,7 @@ def _record_shard(task: tuple[Path, Path, int, int]) -> Path:
         cube = []
         for epochs in EPOCHS:
             model.load_state_dict(snapshots[epochs])
-            row = []
-            for bits in BITS:
-                params = {**base, "training.epochs": epochs, "compressor0": "none" if bits is None else "uniform"}
-                if bits is not None:
-                    params["compressor0.uniform.bits"] = bits
-                trial_spec = space_mod.resolve(space, params, registry)
-                compressed = trial_mod.compress(env, model, trial_spec, train_config_from(trial_spec.training))
-                values, _ = trial_mod.measure(env, compressed, OBJECTIVES, trial_spec.seed)
-                row.append([values[o] for o in OBJECTIVES])
-            cube.append(row)
+            cube.append([_measure_all(env, space, registry, model, _params_of(base, epochs, bits)) for bits in BITS])
         rows[str(k)] = {"base": base, "values": cube, "validation_curve": result.validation_curve,
                         "train_seconds": result.seconds, "compressed_validation": per_epoch, "data": env.data.info}
         tmp = out.with_name(out.name + ".tmp")
