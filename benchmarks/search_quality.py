@@ -16,7 +16,9 @@ Modes (``--replay`` is the default):
 
     * ``quick``: our search space (search_spaces/quick.yaml, conditional: an optional quantizer
       slot with its own bit width), recorded on this machine; a configuration the grid lacks is
-      answered by its nearest grid point, with the error printed.
+      answered by its nearest grid point, with the error printed. Epochs are counted as the real trainer
+      spends them: a trial whose base (every parameter but its compression, exactly as sampled) a completed
+      trial of the same search trained costs none, as the base-model cache hands it over.
     * ``quick-mnist`` (only when ``--spaces`` names it): the same space and grid on real MNIST
       (benchmarks/spaces/quick_mnist.yaml: 7,000 images to train, 1,000 to validate, 2,000 to test, against
       the digits' 1,257 / 180 / 360), to tell what the small digits splits do to early stopping.
@@ -63,7 +65,7 @@ import time
 import warnings
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -74,6 +76,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import search_table  # noqa: E402
 
 from vae_automl import early_stopping, pareto, samplers  # noqa: E402
+from vae_automl import space as space_mod  # noqa: E402
 from vae_automl.config import PrunerConfig, SamplerConfig  # noqa: E402
 from vae_automl.record import CURVE_ATTR  # noqa: E402
 
@@ -101,6 +104,20 @@ class Outcome:
     values: list[float] | None
     """Objective values; None for a trial stopped at a rung."""
     epochs: int
+    """Epochs the trial trained: none where its base was already trained (``reused_base``)."""
+    reused_base: bool = False
+    """Its base (every parameter but the compression) was trained by a completed trial of the same search: the
+    base-model cache hands it over, as it does in the real trainer (``vae_automl.trial``)."""
+
+
+@dataclass
+class SearchState:
+    """What one replayed search carries from trial to trial."""
+
+    rung_points: dict[int, list[list[float]]] = field(default_factory=dict)
+    """Every trial's point at each rung epoch, for the stopping rule."""
+    trained_bases: set[tuple[tuple[str, str], ...]] = field(default_factory=set)
+    """The bases completed trials trained (every parameter but the compression, as sampled)."""
 
 
 def front_2d(points: np.ndarray) -> np.ndarray:
@@ -140,8 +157,7 @@ class Problem:
         """Suggest one configuration through ``trial`` (an Optuna trial, or a sampler's stand-in); its params."""
         raise NotImplementedError
 
-    def evaluate(self, trial: optuna.Trial, stopping: PrunerConfig | None, rung_points: dict[int, list[list[float]]]
-                 ) -> Outcome:
+    def evaluate(self, trial: optuna.Trial, stopping: PrunerConfig | None, state: SearchState) -> Outcome:
         raise NotImplementedError
 
     def reference_point(self) -> list[float]:
@@ -172,14 +188,17 @@ class QuickTable(Problem):
 
         return space_mod.suggest(trial, self.space)
 
-    def evaluate(self, trial: optuna.Trial, stopping: PrunerConfig | None, rung_points: dict[int, list[list[float]]]
-                 ) -> Outcome:
+    def evaluate(self, trial: optuna.Trial, stopping: PrunerConfig | None, state: SearchState) -> Outcome:
         params = self.draw(trial)
         base, epoch, bits = self.table.index_of(params)
         epochs = search_table.EPOCHS[epoch]
         values = [float(v) for v in self.table.values[base, epoch, bits]]
+        # the same base as sampled, not its grid point: the real cache reuses only a base trained as asked
+        trained = tuple(sorted((k, repr(v)) for k, v in params.items() if not space_mod.is_compression_param(k)))
         # as the backends store it (record.CURVE_ATTR): hvi reads whether longer training still pays
         trial.set_user_attr(CURVE_ATTR, [float(v) for v in self.table.validation_curves[base, :epochs]])
+        if trained in state.trained_bases:  # no training, so no epoch rung to pass (quick fine-tunes nothing)
+            return Outcome(values, 0, reused_base=True)
         if stopping is not None:
             size = values[1]  # known before training
             if stopping.score == "compressed" and self.table.compressed_validation is None:
@@ -197,12 +216,13 @@ class QuickTable(Problem):
                 # stored as the backends store them (early_stopping.RUNG_VALUES_ATTR): the sampler may read them
                 passed[str(rung)] = point
                 trial.set_user_attr(early_stopping.RUNG_VALUES_ATTR, passed)
-                peers = rung_points.setdefault(rung, [])
+                peers = state.rung_points.setdefault(rung, [])
                 decision = early_stopping.decide(point, peers, ["minimize", "minimize"], stopping)
                 peers.append(point)
                 if decision.stop:
                     trial.set_user_attr(early_stopping.STOPPED_AT_ATTR, rung)
                     return Outcome(None, rung)
+        state.trained_bases.add(trained)
         return Outcome(values, epochs)
 
 
@@ -231,8 +251,7 @@ class HPOLibTable(Problem):
                 params[name] = choices[trial.suggest_int(f"{name}_index", 0, len(choices) - 1)]
         return params
 
-    def evaluate(self, trial: optuna.Trial, stopping: PrunerConfig | None, rung_points: dict[int, list[list[float]]]
-                 ) -> Outcome:
+    def evaluate(self, trial: optuna.Trial, stopping: PrunerConfig | None, state: SearchState) -> Outcome:
         result = self.bench(self.draw(trial))
         return Outcome([float(result[n]) for n in self.objectives], 100)
 
@@ -276,11 +295,11 @@ def run(problem: Problem, sampler: str, seed: int, trials: int, stopping: Pruner
     study = optuna.create_study(directions=["minimize"] * len(problem.objectives),
                                 sampler=make_sampler(sampler, problem, seed, trials))
     outcomes: list[Outcome] = []
-    rung_points: dict[int, list[list[float]]] = {}
+    state = SearchState()
     spent = 0
     while len(outcomes) < trials and (max_epochs is None or spent < max_epochs):
         trial = study.ask()
-        outcome = problem.evaluate(trial, stopping, rung_points)
+        outcome = problem.evaluate(trial, stopping, state)
         if outcome.values is None:
             study.tell(trial, state=optuna.trial.TrialState.PRUNED)
         else:
@@ -343,6 +362,7 @@ def compare_samplers(problem: Problem, seeds: int, trials: int, runner: Runner, 
     curves: dict[str, np.ndarray] = {}
     spent: dict[str, np.ndarray] = {}
     seconds: dict[str, float] = {}
+    reused: dict[str, float] = {}
     default_is = samplers.choose(None, trials, objectives=len(problem.objectives))
     for name in names:
         started = time.perf_counter()
@@ -350,6 +370,7 @@ def compare_samplers(problem: Problem, seeds: int, trials: int, runner: Runner, 
         runs = runner.map(tasks)
         curves[name] = np.array([hv_curve(problem, r) for r in runs])
         spent[name] = np.array([np.cumsum([o.epochs for o in r]) for r in runs])
+        reused[name] = float(np.mean([sum(o.reused_base for o in r) for r in runs]))
         seconds[name] = time.perf_counter() - started
         progress(f"  {problem.name}: {name} done in {seconds[name]:.0f}s")
     target = float(curves["random"][:, trials - 1].mean())
@@ -359,7 +380,7 @@ def compare_samplers(problem: Problem, seeds: int, trials: int, runner: Runner, 
         "reference_point": problem.reference_point(), "ideal_point": [float(10 ** v) for v in problem.ideal],
         "seeds": seeds, "first_seed": first_seed, "default_is": default_is, "samplers": {},
         "trials_to_random_hv100": {}, "epochs_to_random_hv100": {}, "budgets_behind_random_from_20": {},
-        "seconds": seconds}
+        "reused_bases_mean": reused, "seconds": seconds}
     for name, c in curves.items():
         block["samplers"][name] = {"hv_mean": {str(b): float(c[:, b - 1].mean()) for b in BUDGETS if b <= trials},
                                    "hv_std": {str(b): float(c[:, b - 1].std(ddof=1)) for b in BUDGETS if b <= trials}}
@@ -432,7 +453,7 @@ def compare_early_stopping(problem: QuickTable, seeds: int, trials: int, runner:
                                           zip(list(runs)[1:], rules, strict=True)},
         "full_budget_epochs_mean": budget, "target_hv": target, "epochs_to_target": {}, "epochs_ratio": {},
         "hv_at_epoch_fraction": {}, "hv_at_half_epochs_std": {}, "seeds_reaching_target_at_half_epochs": {},
-        "trials_mean": {}, "stopped_fraction": {}}
+        "trials_mean": {}, "stopped_fraction": {}, "reused_bases_mean": {}}
     finals = np.array([hv_curve(problem, r)[-1] for r in full])
     block.update(perfect_stopping(problem, full, budget))
     rng = np.random.default_rng(0)
@@ -458,6 +479,7 @@ def compare_early_stopping(problem: QuickTable, seeds: int, trials: int, runner:
         block["seeds_reaching_target_at_half_epochs"][key] = int(np.sum(g[:, 100] >= target - 1e-12))
         block["trials_mean"][key] = float(np.mean([len(r) for r in runs[key]]))
         block["stopped_fraction"][key] = float(np.mean([np.mean([o.values is None for o in r]) for r in runs[key]]))
+        block["reused_bases_mean"][key] = float(np.mean([sum(o.reused_base for o in r) for r in runs[key]]))
     return block
 
 
@@ -504,16 +526,18 @@ def format_block(block: dict[str, Any]) -> str:
              f"reference point {[round(v, 6) for v in block['reference_point']]}, ideal "
              f"{[round(v, 6) for v in block['ideal_point']]}; 1.0 = the table's whole front; {block['seeds']} seeds; "
              f"default = {block['default_is']}",
-             "", "| sampler | " + " | ".join(f"HV@{b}" for b in budgets) + " | trials to random's HV@100 | their epochs |",
-             "| --- | " + " | ".join("---:" for _ in budgets) + " | ---: | ---: |"]
+             "", "| sampler | " + " | ".join(f"HV@{b}" for b in budgets) + " | trials to random's HV@100 | their epochs "
+             "| bases reused of 100 |",
+             "| --- | " + " | ".join("---:" for _ in budgets) + " | ---: | ---: | ---: |"]
     for name, figures in block["samplers"].items():
         cells = [f"{figures['hv_mean'][b]:.4f} ± {figures['hv_std'][b]:.4f}" for b in budgets]
         reach, epochs = block["trials_to_random_hv100"][name], block["epochs_to_random_hv100"][name]
         lines.append(f"| {name} | " + " | ".join(cells) + f" | {reach if reach is not None else '>100'} | "
-                     f"{f'{epochs:.0f}' if epochs is not None else '-'} |")
+                     f"{f'{epochs:.0f}' if epochs is not None else '-'} | {block['reused_bases_mean'][name]:.1f} |")
     lines.append(f"\nrandom's mean HV@100 = {block['random_hv100_mean']:.4f}; trials to reach it: first budget where "
                  "the sampler's mean curve over the seeds is at least that; their epochs: the training epochs those "
-                 "trials spent, mean over the seeds")
+                 "trials spent, mean over the seeds (none for a trial whose base a completed trial had trained: the "
+                 "base-model cache reuses it)")
     behind = {n: b for n, b in block["budgets_behind_random_from_20"].items() if b and n != "random"}
     lines.append("behind random's mean curve at a budget of 20 or more: "
                  + ("; ".join(f"{n} at {len(b)} budgets ({b[0]}-{b[-1]})" for n, b in behind.items()) or "none"))
@@ -533,8 +557,9 @@ def format_early_stopping(es: dict[str, Any]) -> str:
              f"{es['first_seed'] + es['seeds'] - 1}); rule = warmup/factor/min_trials/score; the full search spends "
              f"{es['full_budget_epochs_mean']:.0f} epochs (mean) on its 100 trials and reaches HV {es['target_hv']:.4f}",
              "", "| rule | rungs | " + " | ".join(f"HV at {float(f):.0%} of the epochs" for f in fr)
-             + " | seeds at the target by 50% | epochs to the target | ratio [5%, 95%] | trials run | stopped |",
-             "| --- | --- | " + " | ".join("---:" for _ in fr) + " | ---: | ---: | ---: | ---: | ---: |"]
+             + " | seeds at the target by 50% | epochs to the target | ratio [5%, 95%] | trials run | stopped "
+             "| bases reused |",
+             "| --- | --- | " + " | ".join("---:" for _ in fr) + " | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for key in es["epochs_to_target"]:
         epochs, ratio = es["epochs_to_target"][key], es["epochs_ratio"][key]
         cells = [f"{es['hv_at_epoch_fraction'][key][f]:.4f}" for f in fr]
@@ -543,7 +568,7 @@ def format_early_stopping(es: dict[str, Any]) -> str:
                      + f" | {es['seeds_reaching_target_at_half_epochs'][key]}/{es['seeds']}"
                      + f" | {f'{epochs:.0f}' if epochs is not None else 'not reached'}"
                      + f" | {f'{ratio:.2f}' if ratio is not None else '-'}{interval(key)} | {es['trials_mean'][key]:.0f}"
-                     + f" | {es['stopped_fraction'][key]:.0%} |")
+                     + f" | {es['stopped_fraction'][key]:.0%} | {es['reused_bases_mean'][key]:.1f} |")
     lines.append("\nratio: epochs the mean curve over the seeds needs to reach the target, over the full search's, "
                  f"with its 5-95% interval over {BOOTSTRAP} seed sets drawn with replacement; the HV at 50% is "
                  "mean ± std over the seeds")
@@ -593,6 +618,7 @@ def real_mode(seeds: int, trials: int, progress: Callable[[str], None]) -> dict[
     """The real trainer on quick.yaml: our default and random search, ``seeds`` seeds each, with wall clock."""
     from vae_automl.api import search
     from vae_automl.config import load_space
+    from vae_automl.record import TrialRecord
     from vae_automl.registry import get_registry
 
     problem = QuickTable(search_table.load())
@@ -608,19 +634,24 @@ def real_mode(seeds: int, trials: int, progress: Callable[[str], None]) -> dict[
                 seconds = time.perf_counter() - started
                 study = optuna.load_study(study_name=result.study_name, storage=result.storage)
                 done = (optuna.trial.TrialState.COMPLETE,)
-                points = [t.values for t in study.get_trials(deepcopy=False, states=done)]
+                completed = study.get_trials(deepcopy=False, states=done)
+                points = [t.values for t in completed]
                 pruned = len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.PRUNED,)))
+                records = [TrialRecord.from_trial(t) for t in completed]
+                reused = sum(r is not None and r.base.cache_hit for r in records)
             runs.append({"sampler": name, "seed": seed, "seconds": seconds, "completed": len(points), "pruned": pruned,
-                         "hv": problem.hypervolume(points)})
+                         "reused_bases": reused, "hv": problem.hypervolume(points)})
             progress(f"  real {name} seed {seed}: {seconds:.1f}s, {len(points)} completed, {pruned} stopped, "
-                     f"HV {runs[-1]['hv']:.4f}")
-    lines = ["| sampler | seeds | wall s (mean ± std) | completed | stopped early | HV (mean ± std) |",
-             "| --- | ---: | ---: | ---: | ---: | ---: |"]
+                     f"{reused} reused a trained base, HV {runs[-1]['hv']:.4f}")
+    lines = ["| sampler | seeds | wall s (mean ± std) | completed | stopped early | reused a trained base "
+             "| HV (mean ± std) |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for name in ("default", "random"):
         rs = [r for r in runs if r["sampler"] == name]
         sec, hv = np.array([r["seconds"] for r in rs]), np.array([r["hv"] for r in rs])
         lines.append(f"| {name} | {len(rs)} | {sec.mean():.1f} ± {sec.std(ddof=1) if len(rs) > 1 else 0:.1f} | "
                      f"{np.mean([r['completed'] for r in rs]):.0f} | {np.mean([r['pruned'] for r in rs]):.1f} | "
+                     f"{np.mean([r['reused_bases'] for r in rs]):.1f} | "
                      f"{hv.mean():.4f} ± {hv.std(ddof=1) if len(rs) > 1 else 0:.4f} |")
     print(f"real searches of {search_table.SPACE.name}, {trials} completed trials each, one process, cpu; HV in the "
           f"replay's box (reference point {[round(v, 4) for v in problem.reference_point()]})\n" + "\n".join(lines))

@@ -54,3 +54,44 @@ def test_full_budget_random_trains_every_trial_for_the_top_of_the_epochs_range()
         study.tell(trial, 0.0)
     assert epochs == {30}
     assert len(widths) > 10 and len(steps) > 2  # everything else is drawn at random
+
+
+def test_the_replay_charges_no_epochs_for_a_base_a_completed_trial_trained() -> None:
+    """As the base-model cache does: the same base exactly (another bit width) is free and passes no rung; a base
+    that only rounds to the same grid point (another learning rate) trains again; a stopped trial trains no base."""
+    import optuna
+
+    from vae_automl.config import PrunerConfig
+
+    problem = search_quality.problem_named("quick")
+    base = {"mlp.hidden_layers": 1, "mlp.hidden_width": 64, "mlp.latent_dim": 4, "mlp.activation": "relu",
+            "training.epochs": 30, "training.lr": 1.0e-3}
+    study = optuna.create_study(directions=["minimize", "minimize"])
+    state = search_quality.SearchState()
+    stop_everything = PrunerConfig(name="pareto", warmup_epochs=10, reduction_factor=3, min_trials=1)
+
+    def evaluate(params: dict[str, object], stopping: PrunerConfig | None = None) -> Outcome:
+        study.enqueue_trial(params)
+        trial = study.ask()
+        outcome = problem.evaluate(trial, stopping, state)
+        if outcome.values is None:
+            study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+        else:
+            study.tell(trial, outcome.values)
+        return outcome
+
+    first = evaluate({**base, "compressor0": "uniform", "compressor0.uniform.bits": 8})
+    assert (first.epochs, first.reused_base) == (30, False)
+    again = evaluate({**base, "compressor0": "uniform", "compressor0.uniform.bits": 4}, stop_everything)
+    assert (again.epochs, again.reused_base) == (0, True) and again.values is not None
+    near = {**base, "training.lr": 1.01e-3}
+    assert problem.table.index_of(near)[0] == problem.table.index_of(base)[0]  # the same grid base
+    nearby = evaluate({**near, "compressor0": "none"})
+    assert (nearby.epochs, nearby.reused_base) == (30, False)
+    # a trial stopped at its rung leaves no trained base behind: the next one on it trains again
+    other = {**base, "mlp.hidden_width": 16, "compressor0": "none"}
+    state.rung_points[10] = [[0.0, 0.0]] * 5  # peers that dominate any point: it is stopped at epoch 10
+    stopped = evaluate(other, stop_everything)
+    assert (stopped.values, stopped.epochs) == (None, 10)
+    retrained = evaluate({**other, "compressor0": "uniform", "compressor0.uniform.bits": 8})
+    assert (retrained.epochs, retrained.reused_base) == (30, False)

@@ -7,6 +7,7 @@ trial, a Ray config or a stored study) into the full :class:`TrialSpec`.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -25,6 +26,15 @@ ARCHITECTURE_KEY = "architecture"
 
 def slot_key(index: int) -> str:
     return f"compressor{index}"
+
+
+_SLOT = re.compile(r"compressor\d+(\..+)?")
+
+
+def is_compression_param(name: str) -> bool:
+    """Whether the parameter ``name`` chooses the compression (a compressor slot or one of its options' values)
+    rather than the trained base (architecture and training): trials that differ only in these share a base."""
+    return _SLOT.fullmatch(name) is not None
 
 
 def _suggest_one(trial: optuna.Trial, key: str, space: ParamSpace) -> Any:

@@ -1,0 +1,92 @@
+"""``hvi`` recompresses trained bases: the base-model cache trains nothing for such a trial."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import optuna
+import pytest
+
+from vae_automl import samplers
+from vae_automl import space as space_mod
+from vae_automl.config import SamplerConfig, load_space
+from vae_automl.hvi_sampler import HypervolumeSampler
+from vae_automl.registry import get_registry
+
+ROOT = Path(__file__).resolve().parents[1]
+MIN2 = ["minimize", "minimize"]
+
+
+@pytest.mark.parametrize(
+    ("name", "chooses_compression"),
+    [
+        ("compressor0", True),
+        ("compressor0.uniform.bits", True),
+        ("compressor12.kmeans.qat_epochs", True),
+        ("compressor", False),
+        ("compressors", False),
+        ("compressor0x", False),
+        ("mlp.compressor0", False),
+        ("training.epochs", False),
+        ("architecture", False),
+    ],
+)
+def test_compression_parameters_are_told_from_the_base(name: str, chooses_compression: bool) -> None:
+    assert space_mod.is_compression_param(name) is chooses_compression
+
+
+def base_of(params: dict[str, Any]) -> tuple[tuple[str, Any], ...]:
+    return tuple(sorted((k, v) for k, v in params.items() if not space_mod.is_compression_param(k)))
+
+
+def bits_matter(params: dict[str, Any]) -> list[float]:
+    """quick.yaml's shape: a wider base is better and bigger; fewer bits are smaller and a little worse."""
+    width, bits = params["mlp.hidden_width"], params.get("compressor0.uniform.bits", 32)
+    elbo = 30.0 - np.log(width) - 0.3 * np.log(params["mlp.latent_dim"]) + 4.0 / bits
+    return [float(elbo), float(width * params["mlp.hidden_layers"] * bits)]
+
+
+def bits_do_nothing(params: dict[str, Any]) -> list[float]:
+    """The compression changes neither objective: recompressing a base can add nothing to the front."""
+    width = params["mlp.hidden_width"]
+    return [float(30.0 - np.log(width) - 0.3 * np.log(params["mlp.latent_dim"])), float(width * params["mlp.hidden_layers"])]
+
+
+def reused_bases(sampler: optuna.samplers.BaseSampler, objective: Callable[[dict[str, Any]], list[float]]) -> int:
+    """Of 40 trials on quick.yaml, how many have the base (every parameter but the compression) of an earlier one."""
+    space = load_space(ROOT / "search_spaces" / "quick.yaml", get_registry())
+    study = optuna.create_study(directions=MIN2, sampler=sampler)
+    seen, reused = set(), 0
+    for _ in range(40):
+        trial = study.ask()
+        params = space_mod.suggest(trial, space)
+        reused += base_of(params) in seen
+        seen.add(base_of(params))
+        study.tell(trial, objective(params))
+    return reused
+
+
+def quick_sampler(seed: int, reuse: bool) -> optuna.samplers.BaseSampler:
+    space = load_space(ROOT / "search_spaces" / "quick.yaml", get_registry())
+    sampler = samplers.make_sampler(SamplerConfig(name="auto", seed=seed), space)
+    assert isinstance(sampler, HypervolumeSampler)
+    assert sampler.compression_param is space_mod.is_compression_param  # what a search gets, in both backends
+    if not reuse:
+        sampler.compression_param = None
+    return sampler
+
+
+def test_where_the_compression_matters_trained_bases_are_recompressed() -> None:
+    # the 8 random start-up trials have 8 bases; a mutation steps every parameter, so without recompressions
+    # a base comes back only by chance
+    with_reuse = [reused_bases(quick_sampler(seed, True), bits_matter) for seed in range(2)]
+    without = [reused_bases(quick_sampler(seed, False), bits_matter) for seed in range(2)]
+    assert min(with_reuse) >= 8
+    assert max(without) <= 3
+
+
+def test_a_recompression_that_cannot_gain_is_not_preferred() -> None:
+    assert max(reused_bases(quick_sampler(seed, True), bits_do_nothing) for seed in range(2)) <= 3
