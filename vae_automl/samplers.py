@@ -9,8 +9,8 @@ prediction adds the most hypervolume to the front. It was chosen on
 of 100 trials replayed on our conditional quick.yaml space and on the public
 HPOLib table, where it reaches random search's 100-trial hypervolume in 16
 and 24 trials (TPE 31 and 40, Optuna's GPSampler 32 and 67, NSGA-II 89 and
-78; 14-16 on three other sets of seeds of quick), drawing a searched
-``training.epochs`` at the top of its range (``sampler.full_epochs``), and is
+78; 14-17 on three other sets of seeds of quick), drawing a searched
+``training.epochs`` at the top of its range (``sampler.full_epochs``) and recompressing trained bases, and is
 never behind random search from 20 trials on. Its acquisition is the exact 2-D
 hypervolume improvement, so spaces of three or more objectives keep TPE.
 
