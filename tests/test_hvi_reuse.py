@@ -90,3 +90,28 @@ def test_where_the_compression_matters_trained_bases_are_recompressed() -> None:
 
 def test_a_recompression_that_cannot_gain_is_not_preferred() -> None:
     assert max(reused_bases(quick_sampler(seed, True), bits_do_nothing) for seed in range(2)) <= 3
+
+
+def test_a_real_search_takes_recompressed_bases_from_the_cache(tmp_path: Path) -> None:
+    """quick.yaml, really trained (1-2 epochs): the trials that keep an earlier trial's base exactly are the ones
+    whose base comes from the cache, after a round trip of the parameters through the study's SQLite storage."""
+    from vae_automl.api import search
+    from vae_automl.record import TrialRecord
+
+    text = (ROOT / "search_spaces" / "quick.yaml").read_text()
+    text = text.replace("epochs: {low: 10, high: 30}", "epochs: {low: 1, high: 2}")
+    text = text.replace("pruner: {name: pareto, warmup_epochs: 10, reduction_factor: 3, min_trials: 4, score: compressed}",
+                        "pruner: {name: none}")
+    assert "high: 2}" in text and "name: none" in text
+    (tmp_path / "quick.yaml").write_text(text)
+    result = search(tmp_path / "quick.yaml", trials=24, out_dir=tmp_path, show_progress=False)
+    study = optuna.load_study(study_name=result.study_name, storage=result.storage)
+    seen: set[tuple[tuple[str, Any], ...]] = set()
+    hits = 0
+    for trial in sorted(study.get_trials(), key=lambda t: t.number):
+        record = TrialRecord.from_trial(trial)
+        assert record is not None and trial.state == optuna.trial.TrialState.COMPLETE
+        assert record.base.cache_hit == (base_of(trial.params) in seen)
+        hits += record.base.cache_hit
+        seen.add(base_of(trial.params))
+    assert hits >= 1, hits
