@@ -286,7 +286,9 @@ SPACE_WITH_MLP = "architecture: {mlp: {latent_dim: 2}}\n"
     (SPACE_WITH_MLP + 'sampler: {name: nosuch}\n', "sampler.name: `name` must be one of auto, hvi, gp, tpe, nsga2, random, but got name='nosuch'"),  # noqa: E501
     (SPACE_WITH_MLP + 'sampler: {name: tpe, full_epochs: true}\n', 'sampler.full_epochs: only hvi trains every trial for the top of training.epochs, and tpe is chosen; remove full_epochs or set name: hvi'),  # noqa: E501
     (SPACE_WITH_MLP + 'objectives: [test_elbo_nats, size_bytes, latency_ms]\nsampler: {full_epochs: true}\n', 'sampler.full_epochs: only hvi trains every trial for the top of training.epochs, and auto picks tpe for 3 objectives; remove full_epochs or set name: hvi'),  # noqa: E501
-    (SPACE_WITH_MLP + 'sampler: {bogus: 1}\n', 'sampler.bogus: unknown key; valid keys: name, seed, population_size, n_startup_trials, repeats, full_epochs'),  # noqa: E501
+    (SPACE_WITH_MLP + 'sampler: {name: tpe, recompress: true}\n', 'sampler.recompress: only hvi recompresses trained bases, and tpe is chosen; remove recompress or set name: hvi'),  # noqa: E501
+    (SPACE_WITH_MLP + 'sampler: {recompress: 1}\n', 'sampler.recompress: expected true or false, got 1'),
+    (SPACE_WITH_MLP + 'sampler: {bogus: 1}\n', 'sampler.bogus: unknown key; valid keys: name, seed, population_size, n_startup_trials, repeats, full_epochs, recompress'),  # noqa: E501
     (SPACE_WITH_MLP + 'pruner: {name: pareto, percentile: 50}\n', 'pruner.percentile: `percentile` belonged to the 0.1 median rule; the pareto rule has warmup_epochs, min_trials and reduction_factor'),  # noqa: E501
     (SPACE_WITH_MLP + 'pruner: {name: pareto, bogus: 1}\n', 'pruner.bogus: unknown key; valid keys: name, warmup_epochs, min_trials, reduction_factor, score, percentile'),  # noqa: E501
     (SPACE_WITH_MLP + 'pruner: {name: [a]}\n', "pruner.name: `name` must be one of none, pareto, but got name=['a']"),

@@ -70,12 +70,11 @@ def reused_bases(sampler: optuna.samplers.BaseSampler, objective: Callable[[dict
 
 
 def quick_sampler(seed: int, reuse: bool) -> optuna.samplers.BaseSampler:
+    """What a search of quick.yaml gets, in both backends: ``sampler: {recompress: false}`` switches it off."""
     space = load_space(ROOT / "search_spaces" / "quick.yaml", get_registry())
-    sampler = samplers.make_sampler(SamplerConfig(name="auto", seed=seed), space)
+    sampler = samplers.make_sampler(SamplerConfig(name="auto", seed=seed, recompress=reuse), space)
     assert isinstance(sampler, HypervolumeSampler)
-    assert sampler.compression_param is space_mod.is_compression_param  # what a search gets, in both backends
-    if not reuse:
-        sampler.compression_param = None
+    assert sampler.compression_param is (space_mod.is_compression_param if reuse else None)
     return sampler
 
 

@@ -118,6 +118,12 @@ class SamplerConfig:
     """``hvi``: run every trial at the top of a searched ``training.epochs`` range while at least half of the completed
     trials' validation curves end near their lowest point (:mod:`vae_automl.hvi_sampler`); false searches it as any
     parameter. An explicit true for a sampler other than ``hvi`` is refused: it would be ignored."""
+    recompress: bool = True
+    """``hvi``: also draw recompressions of trained bases (a completed trial's architecture and training exactly, its
+    compression drawn anew), which the base-model cache trains nothing for, and prefer them when nearly as good
+    (:mod:`vae_automl.hvi_sampler`). False where the cache is not shared between the trials (no shared folder under a
+    cluster's workers), so a recompression would train its base again. An explicit true for a sampler other than
+    ``hvi`` is refused: it would be ignored."""
 
 
 @dataclass(frozen=True)
@@ -748,20 +754,26 @@ def parse_space(data: Any, file: str, registry: Registry, source: str = "", base
     s_raw = data.get("sampler", "auto")
     if isinstance(s_raw, str):
         s_raw = {"name": s_raw}
-    s_raw = _mapping(s_raw, s_loc, ("name", "seed", "population_size", "n_startup_trials", "repeats", "full_epochs"))
+    s_raw = _mapping(
+        s_raw, s_loc, ("name", "seed", "population_size", "n_startup_trials", "repeats", "full_epochs", "recompress")
+    )
     repeats, full_epochs = s_raw.get("repeats", False), s_raw.get("full_epochs", True)
-    for key, flag in (("repeats", repeats), ("full_epochs", full_epochs)):
+    recompress = s_raw.get("recompress", True)
+    for key, flag in (("repeats", repeats), ("full_epochs", full_epochs), ("recompress", recompress)):
         if not isinstance(flag, bool):
             raise (s_loc / key).error(f"expected true or false, got {flag!r}")
     s_name = _choice(s_raw.get("name", "auto"), s_loc / "name", SAMPLERS)
     # auto is hvi on two objectives (samplers.choose); an explicit true elsewhere would be silently ignored
     picked = ("hvi" if len(objectives) == 2 else "tpe") if s_name == "auto" else s_name
-    if s_raw.get("full_epochs") is True and picked != "hvi":
-        count = f"{len(objectives)} objective{'s' if len(objectives) != 1 else ''}"
-        chosen = f"auto picks {picked} for {count}" if s_name == "auto" else f"{picked} is chosen"
-        raise (s_loc / "full_epochs").error(
-            f"only hvi trains every trial for the top of training.epochs, and {chosen}; remove full_epochs or set name: hvi"
-        )
+    only_hvi = {
+        "full_epochs": "trains every trial for the top of training.epochs",
+        "recompress": "recompresses trained bases",
+    }
+    for key, what in only_hvi.items():
+        if s_raw.get(key) is True and picked != "hvi":
+            count = f"{len(objectives)} objective{'s' if len(objectives) != 1 else ''}"
+            chosen = f"auto picks {picked} for {count}" if s_name == "auto" else f"{picked} is chosen"
+            raise (s_loc / key).error(f"only hvi {what}, and {chosen}; remove {key} or set name: hvi")
     sampler = SamplerConfig(
         name=s_name,
         seed=_int(s_raw.get("seed"), s_loc / "seed", allow_none=True),
@@ -769,6 +781,7 @@ def parse_space(data: Any, file: str, registry: Registry, source: str = "", base
         n_startup_trials=_int(s_raw.get("n_startup_trials"), s_loc / "n_startup_trials", minimum=0, allow_none=True),
         repeats=repeats,
         full_epochs=full_epochs,
+        recompress=recompress,
     )
 
     p_loc = root / "pruner"

@@ -102,7 +102,8 @@ def make_sampler(
             if space is not None:
                 kwargs["rung_layout"] = rung_layout(space, registry)
                 kwargs["budget_param"] = budget_param(dataclasses.replace(config, name="hvi"), space)
-                kwargs["compression_param"] = space_mod.is_compression_param
+                if config.recompress:
+                    kwargs["compression_param"] = space_mod.is_compression_param
             return HypervolumeSampler(draw or SpaceDraw(space), **kwargs)  # type: ignore[arg-type]
         if name == "gp":
             kwargs = {"seed": config.seed, "warn_independent_sampling": False}
