@@ -97,3 +97,13 @@ def test_dry_run_says_when_hvi_holds_epochs_at_the_top(epochs: str, sampler: str
         assert notes == []
     else:
         assert len(notes) == 1 and notes[0].startswith(note), notes
+
+
+@pytest.mark.parametrize(
+    ("sampler", "says_it"),
+    [("auto", True), ("hvi", True), ("{name: hvi, recompress: false}", False), ("tpe", False)],
+)
+def test_dry_run_says_when_hvi_recompresses_trained_bases(sampler: str, says_it: bool) -> None:
+    result = dry_run(load_space_text(SPACE + f"sampler: {sampler}\n", "dry.yaml"), samples=4)
+    notes = [n for n in result.notes if n.startswith("compressors: hvi also runs recompressions")]
+    assert len(notes) == (1 if says_it else 0)

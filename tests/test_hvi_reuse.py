@@ -114,3 +114,14 @@ def test_a_real_search_takes_recompressed_bases_from_the_cache(tmp_path: Path) -
         hits += record.base.cache_hit
         seen.add(base_of(trial.params))
     assert hits >= 1, hits
+
+
+def test_a_space_without_compressors_has_nothing_to_recompress() -> None:
+    import dataclasses
+
+    space = load_space(ROOT / "search_spaces" / "quick.yaml", get_registry())
+    assert samplers.recompresses(SamplerConfig(), space)
+    bare = dataclasses.replace(space, compressors=())
+    assert not samplers.recompresses(SamplerConfig(), bare)
+    sampler = samplers.make_sampler(SamplerConfig(name="hvi", seed=0), bare)
+    assert isinstance(sampler, HypervolumeSampler) and sampler.compression_param is None

@@ -23,7 +23,7 @@ from vae_automl.data import load_images
 from vae_automl.packing import serialize_model
 from vae_automl.progress import format_number
 from vae_automl.registry import Registry, get_registry
-from vae_automl.samplers import budget_param
+from vae_automl.samplers import budget_param, recompresses
 from vae_automl.space import ARCHITECTURE_KEY, resolve, suggest
 
 N_SAMPLES = 256
@@ -212,6 +212,12 @@ def dry_run(
             f"{budget}: hvi trains every trial for {format_number(_top(searched[budget]))} epochs, the top of the range, "
             "while at least half of the completed trials' validation curves end within 1% of their lowest point, and "
             "searches it after that (sampler: {full_epochs: false} searches it from the start)"
+        )
+    if recompresses(space.sampler, space):
+        notes.append(
+            "compressors: hvi also runs recompressions of trained bases (a completed trial's architecture and training "
+            "exactly, its compression drawn anew), whose base the base-model cache hands over untrained "
+            "(sampler: {recompress: false} turns them off)"
         )
     return DryRun(
         space_file=space.path,

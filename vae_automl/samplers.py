@@ -69,6 +69,13 @@ def budget_param(config: SamplerConfig, space: SearchSpace) -> str | None:
     return "training.epochs" if name == "hvi" and config.full_epochs and epochs is not None and epochs.searched else None
 
 
+def recompresses(config: SamplerConfig, space: SearchSpace) -> bool:
+    """Whether ``hvi`` draws recompressions of trained bases for ``space``: the sampler is ``hvi``, ``recompress`` is
+    true, and the space has a compressor slot (the compression a recompression draws anew)."""
+    name = choose(space) if config.name == "auto" else config.name
+    return name == "hvi" and config.recompress and bool(space.compressors)
+
+
 def make_sampler(
     config: SamplerConfig,
     space: SearchSpace | None = None,
@@ -102,7 +109,7 @@ def make_sampler(
             if space is not None:
                 kwargs["rung_layout"] = rung_layout(space, registry)
                 kwargs["budget_param"] = budget_param(dataclasses.replace(config, name="hvi"), space)
-                if config.recompress:
+                if recompresses(dataclasses.replace(config, name="hvi"), space):
                     kwargs["compression_param"] = space_mod.is_compression_param
             return HypervolumeSampler(draw or SpaceDraw(space), **kwargs)  # type: ignore[arg-type]
         if name == "gp":
