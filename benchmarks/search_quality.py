@@ -194,7 +194,7 @@ class QuickTable(Problem):
         epochs = search_table.EPOCHS[epoch]
         values = [float(v) for v in self.table.values[base, epoch, bits]]
         # the same base as sampled, not its grid point: the real cache reuses only a base trained as asked
-        trained = tuple(sorted((k, repr(v)) for k, v in params.items() if not space_mod.is_compression_param(k)))
+        trained = space_mod.base_key(params)
         # as the backends store it (record.CURVE_ATTR): hvi reads whether longer training still pays
         trial.set_user_attr(CURVE_ATTR, [float(v) for v in self.table.validation_curves[base, :epochs]])
         if trained in state.trained_bases:  # no training, so no epoch rung to pass (quick fine-tunes nothing)

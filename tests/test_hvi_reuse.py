@@ -125,3 +125,70 @@ def test_a_space_without_compressors_has_nothing_to_recompress() -> None:
     assert not samplers.recompresses(SamplerConfig(), bare)
     sampler = samplers.make_sampler(SamplerConfig(name="hvi", seed=0), bare)
     assert isinstance(sampler, HypervolumeSampler) and sampler.compression_param is None
+
+
+@pytest.mark.parametrize(
+    ("share", "stopped_only", "reused"),
+    [(0.85, False, True), (0.8, False, True), (0.75, False, False), (0.85, True, False)],
+)
+def test_a_recompression_is_run_when_at_least_0_8_of_the_best(
+    monkeypatch: pytest.MonkeyPatch, share: float, stopped_only: bool, reused: bool
+) -> None:
+    """Two candidates: a new base with acquisition 1, and another compression of base x = 0.5 with ``share`` of it.
+    The recompression runs at 0.8 or more, and only where a completed trial trained that base (a stopped one did not)."""
+    from vae_automl import hvi_sampler
+
+    def draw(trial: Any) -> None:
+        trial.suggest_float("x", 0, 1)
+        trial.suggest_categorical("compressor0", ["a", "b", "c"])
+
+    sampler = HypervolumeSampler(draw, seed=0, n_startup_trials=0, compression_param=space_mod.is_compression_param)
+    study = optuna.create_study(directions=MIN2, sampler=sampler)
+    for x, state in ((0.1, "complete"), (0.5, "pruned" if stopped_only else "complete")):
+        study.enqueue_trial({"x": x, "compressor0": "a"})
+        trial = study.ask()
+        draw(trial)
+        if state == "complete":
+            study.tell(trial, [x, 1 - x])
+        else:
+            study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+    new_base, recompression = {"x": 0.9, "compressor0": "a"}, {"x": 0.5, "compressor0": "b"}
+    monkeypatch.setattr(HypervolumeSampler, "_candidates", lambda self, parents, top, trained=(): [new_base, recompression])
+    monkeypatch.setattr(hvi_sampler, "hypervolume_improvement_2d", lambda points, front, reference: np.array([1.0, share]))
+    trial = study.ask()
+    draw(trial)
+    assert trial.params == (recompression if reused else new_base)
+
+
+def test_a_value_the_space_no_longer_holds_is_not_kept() -> None:
+    """A resumed study may narrow a range: a recompression of a base trained outside it draws that value afresh
+    (so it is no recompression, and is not preferred as one)."""
+    space = load_space(ROOT / "search_spaces" / "quick.yaml", get_registry())
+    sampler = samplers.make_sampler(SamplerConfig(name="auto", seed=0), space)
+    assert isinstance(sampler, HypervolumeSampler)
+    parent = {"mlp.hidden_layers": 1, "mlp.hidden_width": 64, "mlp.latent_dim": 4, "mlp.activation": "relu",
+              "training.epochs": 30, "training.lr": 1.0e-3, "compressor0": "none"}
+    kept = [sampler._one(None, parent, keep_base=True) for _ in range(20)]
+    assert all(base_of(k) == base_of(parent) for k in kept)
+    outside = {**parent, "training.lr": 0.5, "mlp.hidden_width": 1000}  # above both ranges' tops
+    moved = [sampler._one(None, outside, keep_base=True) for _ in range(20)]
+    for m in moved:
+        assert m["mlp.latent_dim"] == 4 and m["mlp.activation"] == "relu"  # still held
+        assert 1.0e-3 <= m["training.lr"] <= 1.0e-2 and 16 <= m["mlp.hidden_width"] <= 256
+
+
+def test_a_base_recompressed_twice_votes_once_on_longer_training() -> None:
+    """A trial that took its base from the cache carries that base's validation curve: one vote per base, so two
+    recompressions of an overfitting base do not outvote a base whose curve still falls."""
+    from vae_automl.hvi_sampler import _longer_training_pays
+    from vae_automl.record import CURVE_ATTR, RECORD_ATTR
+
+    def done(curve: list[float], cached: bool = False) -> optuna.trial.FrozenTrial:
+        record = {"base": {"cache_hit": cached}}
+        return optuna.trial.create_trial(values=[1.0, 1.0], user_attrs={CURVE_ATTR: curve, RECORD_ATTR: record})
+
+    falling, rising = [3.0, 2.0, 1.0], [3.0, 1.0, 2.0]
+    assert _longer_training_pays([done(falling), done(rising), done(list(rising), cached=True)])  # 1 of 2 bases
+    # two bases trained here with equal curves both vote; so does a cached base no trial here trained
+    assert not _longer_training_pays([done(falling), done(rising), done(list(rising))])
+    assert not _longer_training_pays([done(falling), done(rising), done([3.0, 1.0, 2.5], cached=True)])

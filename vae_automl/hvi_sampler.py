@@ -25,7 +25,8 @@ first ``n_startup_trials`` trials are random.
 Training length: a searched ``training.epochs`` (``budget_param``) is a budget, not a design choice, while
 longer training still pays: no objective charges for it, and with a constant learning rate a shorter run is the
 start of a longer one. So every trial, the random start-up included, is drawn at the top of its range as long as
-at least half of the completed trials' validation curves end within ``CURVE_TOLERANCE`` of their lowest point
+at least half of the completed trials' validation curves (a recompression's, its cached base's, counted once) end
+within ``CURVE_TOLERANCE`` of their lowest point
 (a trial trained with ``training.patience`` keeps its best epoch's weights, so it counts as ending there; a
 shorter run's curve that ends there is no evidence, as it may stop before the model overfits); once most end
 above it (the model overfits before the top), epochs are searched like any other parameter. On the
@@ -70,6 +71,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from vae_automl import early_stopping
 from vae_automl.record import CURVE_ATTR, RECORD_ATTR
+from vae_automl.space import base_key
 
 DrawFunction = Callable[[Any], object]
 """The space as a define-by-run function: calls ``suggest_int/float/categorical`` on the trial it is given."""
@@ -114,10 +116,21 @@ def _top_of(dist: BaseDistribution) -> Any:
     return _from_unit(1.0, dist)
 
 
+def _holds(dist: BaseDistribution, value: Any) -> bool:
+    """Whether ``value`` is one ``dist`` can take (a resumed study may have narrowed a range since it ran)."""
+    if value is None:
+        return False
+    try:
+        return bool(dist._contains(dist.to_internal_repr(value)))
+    except (ValueError, TypeError):
+        return False
+
+
 class _DrawTrial:
     """What the define-by-run function is handed to make a candidate: answers each ``suggest_*`` at random,
     or near ``parent``'s value (a Gaussian step of ``scale`` on [0, 1]; another category with chance ``flip``);
-    the numeric parameter named ``top`` always at the top of its range."""
+    the numeric parameter named ``top`` at the top of its range; a parameter in ``fixed`` exactly as ``parent`` has
+    it, where the space still holds that value (a recompression's base, whatever its epochs)."""
 
     def __init__(
         self,
@@ -146,7 +159,7 @@ class _DrawTrial:
         if name in self.params:
             return self.params[name]
         parent = self.parent.get(name)
-        if name in self.fixed and parent is not None:
+        if name in self.fixed and _holds(dist, parent):
             self.params[name], self.distributions[name] = parent, dist
             return parent
         if isinstance(dist, CategoricalDistribution):
@@ -303,6 +316,12 @@ def _kept_its_best_epoch(trial: FrozenTrial) -> bool:
     return ((record.get("config") or {}).get("training") or {}).get("patience") is not None
 
 
+def _took_a_cached_base(trial: FrozenTrial) -> bool:
+    """Whether the trial's base came from the base-model cache (its stored record): it carries that base's curve."""
+    record = trial.user_attrs.get(RECORD_ATTR) or {}
+    return bool((record.get("base") or {}).get("cache_hit"))
+
+
 def _at_the_top(trial: FrozenTrial, budget_param: str | None) -> bool:
     """Whether ``trial`` trained for the top of ``budget_param``'s range (true where there is none to tell)."""
     if budget_param is None or budget_param not in trial.params or budget_param not in trial.distributions:
@@ -320,10 +339,13 @@ def _longer_training_pays(done: Sequence[FrozenTrial], budget_param: str | None 
     ``budget_param``'s range: a shorter one that does is no evidence either way (it may end before the model
     starts to overfit), while one that ends above it shows overfitting before the top whatever its length."""
     evidence = []
+    voted: set[tuple[float, ...]] = set()
     for t in done:
         curve = t.user_attrs.get(CURVE_ATTR)
-        if not curve:
+        # a recompression carries the curve of a base a trial here already trained: one vote per base
+        if not curve or (_took_a_cached_base(t) and tuple(curve) in voted):
             continue
+        voted.add(tuple(curve))
         falling = curve[-1] - min(curve) <= CURVE_TOLERANCE * abs(min(curve)) or _kept_its_best_epoch(t)
         if not falling or _at_the_top(t, budget_param):
             evidence.append(falling)
@@ -438,7 +460,7 @@ class HypervolumeSampler(optuna.samplers.BaseSampler):
     ) -> list[dict[str, Any]]:
         fresh = [self._one(top) for _ in range(self.n_candidates)]
         mutants = [self._one(top, parents[int(self.rng.integers(len(parents)))]) for _ in range(self.n_candidates)]
-        # recompressions: the front's bases, and every other trained one, as parents equally often
+        # recompressions: any trained base as parent, the front's twice as often (they are in both lists)
         pool = [*parents, *trained]
         reused = [
             self._one(top, pool[int(self.rng.integers(len(pool)))], keep_base=True)
@@ -449,10 +471,6 @@ class HypervolumeSampler(optuna.samplers.BaseSampler):
     def _base_names(self, params: Mapping[str, Any]) -> frozenset[str]:
         is_compression = self.compression_param or (lambda name: False)
         return frozenset(name for name in params if not is_compression(name))
-
-    def _base_key(self, params: Mapping[str, Any]) -> tuple[tuple[str, str], ...]:
-        names = self._base_names(params)
-        return _key({k: v for k, v in params.items() if k in names})
 
     def _choose(self, study: optuna.Study, trial: FrozenTrial) -> dict[str, Any]:
         trials = study.get_trials(deepcopy=False)
@@ -521,8 +539,8 @@ class HypervolumeSampler(optuna.samplers.BaseSampler):
         score = np.log(gain + 1e-12) + self._log_chance_feasible(done, x_done, x_cand)
         if self.compression_param is not None:
             # the base-model cache trains nothing for these: a compression and a measurement instead of a training
-            trained_bases = {self._base_key(t.params) for t in done}
-            reuse = np.array([self._base_key(c) in trained_bases for c in candidates])
+            trained_bases = {base_key(t.params, self.compression_param) for t in done}
+            reuse = np.array([base_key(c, self.compression_param) in trained_bases for c in candidates])
             if reuse.any() and score[reuse].max() >= score.max() + math.log(REUSE_SHARE):
                 return candidates[int(np.flatnonzero(reuse)[np.argmax(score[reuse])])]
         return candidates[int(np.argmax(score))]

@@ -71,9 +71,9 @@ def budget_param(config: SamplerConfig, space: SearchSpace) -> str | None:
 
 def recompresses(config: SamplerConfig, space: SearchSpace) -> bool:
     """Whether ``hvi`` draws recompressions of trained bases for ``space``: the sampler is ``hvi``, ``recompress`` is
-    true, and the space has a compressor slot (the compression a recompression draws anew)."""
+    true, and the space searches the compression (what a recompression draws anew)."""
     name = choose(space) if config.name == "auto" else config.name
-    return name == "hvi" and config.recompress and bool(space.compressors)
+    return name == "hvi" and config.recompress and space_mod.searches_compression(space)
 
 
 def make_sampler(

@@ -8,6 +8,7 @@ trial, a Ray config or a stored study) into the full :class:`TrialSpec`.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -35,6 +36,24 @@ def is_compression_param(name: str) -> bool:
     """Whether the parameter ``name`` chooses the compression (a compressor slot or one of its options' values)
     rather than the trained base (architecture and training): trials that differ only in these share a base."""
     return _SLOT.fullmatch(name) is not None
+
+
+def base_key(
+    params: Mapping[str, Any], is_compression: Callable[[str], bool] = is_compression_param
+) -> tuple[tuple[str, str], ...]:
+    """The sampled parameters that make a trial's base (all but the compression's), as a hashable key: trials with
+    equal keys share a base (a searched training setting outside the base-model cache key, such as
+    ``finetune_lr_schedule``, is kept in it: that only misses a reuse)."""
+    return tuple(sorted((name, repr(value)) for name, value in params.items() if not is_compression(name)))
+
+
+def searches_compression(space: SearchSpace) -> bool:
+    """Whether two trials of ``space`` can differ in their compression alone: a slot is optional, offers several
+    compressors, or searches a parameter."""
+    return any(
+        slot.optional or len(slot.options) > 1 or any(p.searched for option in slot.options for p in option.params.values())
+        for slot in space.compressors
+    )
 
 
 def _suggest_one(trial: optuna.Trial, key: str, space: ParamSpace) -> Any:
