@@ -286,6 +286,17 @@ class FullBudgetRandom(optuna.samplers.RandomSampler):
         return super().sample_independent(study, trial, param_name, param_distribution)
 
 
+def ask_and_tell(study: optuna.Study, problem: Problem, stopping: PrunerConfig | None, state: SearchState) -> Outcome:
+    """One trial of a replayed search: asked, answered from the table, told (PRUNED where a rung stopped it)."""
+    trial = study.ask()
+    outcome = problem.evaluate(trial, stopping, state)
+    if outcome.values is None:
+        study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+    else:
+        study.tell(trial, outcome.values)
+    return outcome
+
+
 def run(problem: Problem, sampler: str, seed: int, trials: int, stopping: PrunerConfig | None = None,
         max_epochs: float | None = None) -> list[Outcome]:
     """One search on the table: ``trials`` trials, or until ``max_epochs`` epochs were spent."""
@@ -298,12 +309,7 @@ def run(problem: Problem, sampler: str, seed: int, trials: int, stopping: Pruner
     state = SearchState()
     spent = 0
     while len(outcomes) < trials and (max_epochs is None or spent < max_epochs):
-        trial = study.ask()
-        outcome = problem.evaluate(trial, stopping, state)
-        if outcome.values is None:
-            study.tell(trial, state=optuna.trial.TrialState.PRUNED)
-        else:
-            study.tell(trial, outcome.values)
+        outcome = ask_and_tell(study, problem, stopping, state)
         outcomes.append(outcome)
         spent += outcome.epochs
     return outcomes

@@ -72,13 +72,7 @@ def test_the_replay_charges_no_epochs_for_a_base_a_completed_trial_trained() -> 
 
     def evaluate(params: dict[str, object], stopping: PrunerConfig | None = None) -> Outcome:
         study.enqueue_trial(params)
-        trial = study.ask()
-        outcome = problem.evaluate(trial, stopping, state)
-        if outcome.values is None:
-            study.tell(trial, state=optuna.trial.TrialState.PRUNED)
-        else:
-            study.tell(trial, outcome.values)
-        return outcome
+        return search_quality.ask_and_tell(study, problem, stopping, state)
 
     first = evaluate({**base, "compressor0": "uniform", "compressor0.uniform.bits": 8})
     assert (first.epochs, first.reused_base) == (30, False)
