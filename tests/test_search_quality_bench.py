@@ -89,3 +89,15 @@ def test_the_replay_charges_no_epochs_for_a_base_a_completed_trial_trained() -> 
     assert (stopped.values, stopped.epochs) == (None, 10)
     retrained = evaluate({**other, "compressor0": "uniform", "compressor0.uniform.bits": 8})
     assert (retrained.epochs, retrained.reused_base) == (30, False)
+
+
+def test_the_tables_count_the_trials_that_reused_a_base() -> None:
+    """Random search never draws a base exactly twice in 20 trials of a continuous space; the default does."""
+    problem = search_quality.problem_named("quick")
+    runner = search_quality.Runner(1)
+    block = search_quality.compare_samplers(problem, 2, 20, runner, lambda message: None, ["random", "default"])
+    reused = block["reused_bases_mean"]
+    assert reused["random"] == 0.0 and reused["default"] > 0.0
+    rows = {line.split(" | ")[0]: line for line in search_quality.format_block(block).splitlines()}
+    assert rows["| default"].endswith(f" | {reused['default']:.1f} |")
+    assert "| bases reused of 100 |" in search_quality.format_block(block)
