@@ -358,6 +358,11 @@ def hv_curve(problem: Problem, outcomes: list[Outcome]) -> np.ndarray:
     return np.array(curve)
 
 
+def reused_bases_mean(runs: list[list[Outcome]]) -> float:
+    """Trials per search that took their base from the cache, mean over the searches."""
+    return float(np.mean([sum(o.reused_base for o in r) for r in runs]))
+
+
 def first_reaching(curve: np.ndarray, target: float) -> int | None:
     hits = np.nonzero(curve >= target - 1e-12)[0]
     return int(hits[0]) + 1 if len(hits) else None
@@ -376,7 +381,7 @@ def compare_samplers(problem: Problem, seeds: int, trials: int, runner: Runner, 
         runs = runner.map(tasks)
         curves[name] = np.array([hv_curve(problem, r) for r in runs])
         spent[name] = np.array([np.cumsum([o.epochs for o in r]) for r in runs])
-        reused[name] = float(np.mean([sum(o.reused_base for o in r) for r in runs]))
+        reused[name] = reused_bases_mean(runs)
         seconds[name] = time.perf_counter() - started
         progress(f"  {problem.name}: {name} done in {seconds[name]:.0f}s")
     target = float(curves["random"][:, trials - 1].mean())
@@ -485,7 +490,7 @@ def compare_early_stopping(problem: QuickTable, seeds: int, trials: int, runner:
         block["seeds_reaching_target_at_half_epochs"][key] = int(np.sum(g[:, 100] >= target - 1e-12))
         block["trials_mean"][key] = float(np.mean([len(r) for r in runs[key]]))
         block["stopped_fraction"][key] = float(np.mean([np.mean([o.values is None for o in r]) for r in runs[key]]))
-        block["reused_bases_mean"][key] = float(np.mean([sum(o.reused_base for o in r) for r in runs[key]]))
+        block["reused_bases_mean"][key] = reused_bases_mean(runs[key])
     return block
 
 

@@ -71,7 +71,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from vae_automl import early_stopping
 from vae_automl.record import CURVE_ATTR, RECORD_ATTR
-from vae_automl.space import base_key
+from vae_automl.space import base_key, params_key
 
 DrawFunction = Callable[[Any], object]
 """The space as a define-by-run function: calls ``suggest_int/float/categorical`` on the trial it is given."""
@@ -352,10 +352,6 @@ def _longer_training_pays(done: Sequence[FrozenTrial], budget_param: str | None 
     return not evidence or 2 * sum(evidence) >= len(evidence)
 
 
-def _key(params: Mapping[str, Any]) -> tuple[tuple[str, str], ...]:
-    return tuple(sorted((k, repr(v)) for k, v in params.items()))
-
-
 class HypervolumeSampler(optuna.samplers.BaseSampler):
     """Optimistic hypervolume improvement over candidates drawn from the space (module docstring).
 
@@ -430,14 +426,9 @@ class HypervolumeSampler(optuna.samplers.BaseSampler):
         if parent is None:
             t = _DrawTrial(self.rng, top=top)
         elif keep_base:  # the parent's base exactly; its compression stepped further, half the categories afresh
-            t = _DrawTrial(
-                self.rng,
-                parent,
-                scale=float(self.rng.choice([0.1, 0.25, 0.5])),
-                flip=0.5,
-                top=top,
-                fixed=self._base_names(parent),
-            )
+            assert self.compression_param is not None
+            base = frozenset(name for name in parent if not self.compression_param(name))
+            t = _DrawTrial(self.rng, parent, scale=float(self.rng.choice([0.1, 0.25, 0.5])), flip=0.5, top=top, fixed=base)
         else:  # a small, middling or large step, and a fifth of the categories drawn afresh
             t = _DrawTrial(self.rng, parent, scale=float(self.rng.choice([0.03, 0.1, 0.25])), flip=0.2, top=top)
         self.draw(t)
@@ -451,7 +442,7 @@ class HypervolumeSampler(optuna.samplers.BaseSampler):
         for top_or_none in dict.fromkeys((top, None)):
             for _ in range(self.n_candidates):
                 point = self._one(top_or_none)
-                if _key(point) not in taken:
+                if params_key(point) not in taken:
                     return point
         return point
 
@@ -464,13 +455,9 @@ class HypervolumeSampler(optuna.samplers.BaseSampler):
         pool = [*parents, *trained]
         reused = [
             self._one(top, pool[int(self.rng.integers(len(pool)))], keep_base=True)
-            for _ in range(self.n_candidates if self.compression_param is not None and pool else 0)
+            for _ in range(self.n_candidates if self.compression_param is not None else 0)
         ]
         return fresh + mutants + reused
-
-    def _base_names(self, params: Mapping[str, Any]) -> frozenset[str]:
-        is_compression = self.compression_param or (lambda name: False)
-        return frozenset(name for name in params if not is_compression(name))
 
     def _choose(self, study: optuna.Study, trial: FrozenTrial) -> dict[str, Any]:
         trials = study.get_trials(deepcopy=False)
@@ -478,7 +465,7 @@ class HypervolumeSampler(optuna.samplers.BaseSampler):
         pending = [t for t in trials if t.state == TrialState.RUNNING and t.number != trial.number and t.params]
         # a stopped trial (PRUNED: early stopping, or a repeat) is never drawn again; one with rung values is modelled
         stopped = [t for t in trials if t.state == TrialState.PRUNED]
-        taken = {_key(t.params) for t in done + pending + stopped}
+        taken = {params_key(t.params) for t in done + pending + stopped}
         top = self.budget_param if self.budget_param and _longer_training_pays(done, self.budget_param) else None
         # the models need a completed trial to fit: n_startup_trials 0 starts them at the first one
         if len(study.directions) != 2 or len(done) < max(self.n_startup_trials, 1):
@@ -498,7 +485,7 @@ class HypervolumeSampler(optuna.samplers.BaseSampler):
         feasible = [i for i, t in enumerate(done) if all(c <= 0 for c in (t.constraints or {}).values())]
         front_y = y[feasible] if feasible else np.empty((0, 2))
         parents = [done[feasible[k]].params for k in _front_indices(front_y)] or [t.params for t in done]
-        candidates = [c for c in self._candidates(parents, top, [t.params for t in done]) if _key(c) not in taken]
+        candidates = [c for c in self._candidates(parents, top, [t.params for t in done]) if params_key(c) not in taken]
         if not candidates:  # every candidate already ran
             return self._fresh(taken, top)
         for t in done + pending:

@@ -108,8 +108,9 @@ def make_sampler(
                 kwargs["n_startup_trials"] = config.n_startup_trials
             if space is not None:
                 kwargs["rung_layout"] = rung_layout(space, registry)
-                kwargs["budget_param"] = budget_param(dataclasses.replace(config, name="hvi"), space)
-                if recompresses(dataclasses.replace(config, name="hvi"), space):
+                as_hvi = dataclasses.replace(config, name="hvi")
+                kwargs["budget_param"] = budget_param(as_hvi, space)
+                if recompresses(as_hvi, space):
                     kwargs["compression_param"] = space_mod.is_compression_param
             return HypervolumeSampler(draw or SpaceDraw(space), **kwargs)  # type: ignore[arg-type]
         if name == "gp":

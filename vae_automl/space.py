@@ -38,13 +38,18 @@ def is_compression_param(name: str) -> bool:
     return _SLOT.fullmatch(name) is not None
 
 
+def params_key(params: Mapping[str, Any]) -> tuple[tuple[str, str], ...]:
+    """Sampled parameters as a hashable key: equal keys, the same configuration."""
+    return tuple(sorted((name, repr(value)) for name, value in params.items()))
+
+
 def base_key(
     params: Mapping[str, Any], is_compression: Callable[[str], bool] = is_compression_param
 ) -> tuple[tuple[str, str], ...]:
     """The sampled parameters that make a trial's base (all but the compression's), as a hashable key: trials with
     equal keys share a base (a searched training setting outside the base-model cache key, such as
     ``finetune_lr_schedule``, is kept in it: that only misses a reuse)."""
-    return tuple(sorted((name, repr(value)) for name, value in params.items() if not is_compression(name)))
+    return params_key({name: value for name, value in params.items() if not is_compression(name)})
 
 
 def searches_compression(space: SearchSpace) -> bool:
