@@ -28,13 +28,14 @@ import gzip
 import itertools
 import json
 import math
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from vae_automl.files import write_atomic
 
 ROOT = Path(__file__).resolve().parents[1]
 SPACE = ROOT / "search_spaces" / "quick.yaml"
@@ -107,10 +108,7 @@ def load(path: Path = TABLE) -> Table:
 
 
 def _write(path: Path, payload: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with gzip.open(tmp, "wt") as handle:
-        json.dump(payload, handle, separators=(",", ":"))
-    os.replace(tmp, path)
+    write_atomic(path, gzip.compress(json.dumps(payload, separators=(",", ":")).encode()))
 
 
 def _params_of(base: dict[str, Any], epochs: int, bits: int | None) -> dict[str, Any]:
@@ -325,9 +323,7 @@ def _record_shard(task: tuple[Path, Path, int, int]) -> Path:
             cube.append([_measure_all(env, space, registry, model, _params_of(base, epochs, bits)) for bits in BITS])
         rows[str(k)] = {"base": base, "values": cube, "validation_curve": result.validation_curve,
                         "train_seconds": result.seconds, "compressed_validation": per_epoch, "data": env.data.info}
-        tmp = out.with_name(out.name + ".tmp")
-        tmp.write_text(json.dumps(rows))
-        os.replace(tmp, out)
+        write_atomic(out, json.dumps(rows).encode())
         print(f"[record {space_path.stem} {shard}/{shards}] {len(rows)} bases, {time.monotonic() - started:.0f}s",
               flush=True)
     return out

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +30,7 @@ from vae_automl import packing
 from vae_automl.codec import CodecVAE
 from vae_automl.data import to_unit_float
 from vae_automl.errors import CodecError, DataError
+from vae_automl.files import write_atomic
 from vae_automl.registry import get_registry
 from vae_automl.storage.format import WEIGHTS_FILES, weights_filename
 
@@ -195,16 +195,6 @@ def read_images(path: str | Path) -> np.ndarray:
         return np.asarray(loader.load(text, None, False))
     except DataError as exc:
         raise CodecError(str(exc)) from None
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file beside it, so no partial file is ever left."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def encode_file(model_dir: str | Path, images: str | Path, out: str | Path, plugins: tuple[str, ...] = ()) -> EncodeResult:

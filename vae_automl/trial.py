@@ -22,7 +22,6 @@ import dataclasses
 import hashlib
 import json
 import math
-import os
 import time
 import warnings
 from collections.abc import Callable
@@ -38,6 +37,7 @@ from vae_automl.config import BASE_MODEL_ARCHITECTURE, BaseModelConfig
 from vae_automl.data import DataSplits, load_images, load_labels, make_splits
 from vae_automl.devices import check_device, resolve_device
 from vae_automl.errors import PluginError, TrialFailed, VaeAutomlError
+from vae_automl.files import write_atomic
 from vae_automl.record import BaseInfo, LatencyInfo, TrialRecord
 from vae_automl.registry import call_each
 from vae_automl.storage.header import FORMAT_VERSION
@@ -236,12 +236,6 @@ def base_cache_key(model_config: dict[str, Any], training: dict[str, Any], data:
     if task != "vae":  # so the keys of existing vae caches stay valid
         payload["task"] = task
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:24]
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
 
 
 def train_base(env: TrialEnv, spec: TrialSpec, train_config: TrainConfig, on_epoch: OnEpoch | None) -> tuple[VAE, BaseInfo]:
