@@ -118,8 +118,6 @@ def _top_of(dist: BaseDistribution) -> Any:
 
 def _holds(dist: BaseDistribution, value: Any) -> bool:
     """Whether ``value`` is one ``dist`` can take (a resumed study may have narrowed a range since it ran)."""
-    if value is None:
-        return False
     try:
         return bool(dist._contains(dist.to_internal_repr(value)))
     except (ValueError, TypeError):
@@ -159,7 +157,7 @@ class _DrawTrial:
         if name in self.params:
             return self.params[name]
         parent = self.parent.get(name)
-        if name in self.fixed and _holds(dist, parent):
+        if name in self.fixed and name in self.parent and _holds(dist, parent):
             self.params[name], self.distributions[name] = parent, dist
             return parent
         if isinstance(dist, CategoricalDistribution):
@@ -412,10 +410,8 @@ class HypervolumeSampler(optuna.samplers.BaseSampler):
         self, study: optuna.Study, trial: FrozenTrial, param_name: str, param_distribution: BaseDistribution
     ) -> Any:
         chosen = self._chosen.get(trial._trial_id, {})
-        if param_name in chosen:
-            value = chosen[param_name]
-            if param_distribution._contains(param_distribution.to_internal_repr(value)):
-                return value
+        if param_name in chosen and _holds(param_distribution, chosen[param_name]):
+            return chosen[param_name]
         # a parameter the draw function did not ask (an objective that asks more than the space)
         return self._fallback.sample_independent(study, trial, param_name, param_distribution)
 
