@@ -35,8 +35,11 @@ Modes (``--replay`` is the default):
     Pareto rung rule of vae_automl.early_stopping (``--rule WARMUP/FACTOR/MIN_TRIALS/SCORE``,
     repeatable; score ``base`` or ``compressed``, the latter read from the table's
     ``compressed_validation``) on the quick table, as hypervolume against epochs of training
-    spent, with a bootstrap interval over the seeds for the epochs ratio. ``--first-seed``
-    moves the seeds (tune on one range, report on another).
+    spent, with a bootstrap interval over the seeds for the epochs ratio. ``--unstopped SAMPLER``
+    adds that sampler's search without early stopping as a row against the same target (``--stopping-sampler
+    random-full --unstopped default``: the default against rules behind random search at full budget, the
+    setting of the published ASHA savings). ``--first-seed`` moves the seeds (tune on one range, report on
+    another).
 ``--amc``
     The before-fine-tuning rung (``score: compressed``) on real trials: a search over a
     compression pipeline that fine-tunes (pruning, optional quantization with QAT) on one
@@ -424,13 +427,21 @@ def rule_label(rule: PrunerConfig) -> str:
     return f"{rule.warmup_epochs}/{rule.reduction_factor}/{rule.min_trials}/{rule.score}"
 
 
+def unstopped_label(sampler: str) -> str:
+    """The early-stopping table's row for another sampler's search without early stopping."""
+    return f"{sampler}, no stopping"
+
+
 def compare_early_stopping(problem: QuickTable, seeds: int, trials: int, runner: Runner,
                            progress: Callable[[str], None], rules: Sequence[PrunerConfig], first_seed: int = 0,
-                           sampler: str = "default") -> dict[str, Any]:
-    """Our default without and with each rung rule, as hypervolume against epochs spent.
+                           sampler: str = "default", unstopped: Sequence[str] = ()) -> dict[str, Any]:
+    """``sampler`` without and with each rung rule, as hypervolume against epochs spent.
 
     The target is the full-budget search's mean HV after its ``trials`` trials; a stopped search runs until it
     has spent that search's mean epochs. Per seed, the HV a rule holds at half those epochs gives the spread.
+    Each sampler in ``unstopped`` adds a row: its own search without early stopping, run until it has spent the
+    same epochs, measured against the same target (a sampler that avoids the trials a rule would stop saves
+    epochs without any rule).
     """
     seed_range = range(first_seed, first_seed + seeds)
     full = runner.map([(problem.name, sampler, seed, trials, None, None) for seed in seed_range])
@@ -458,10 +469,16 @@ def compare_early_stopping(problem: QuickTable, seeds: int, trials: int, runner:
         grids[key] = on_grid(runs[key])
         labels[key] = dataclasses.asdict(rule)
         progress(f"  {problem.name}: early stopping {key} done")
+    for other in unstopped:
+        key = unstopped_label(other)
+        runs[key] = runner.map([(problem.name, other, seed, 10 * trials, None, budget) for seed in seed_range])
+        grids[key] = on_grid(runs[key])
+        labels[key] = None
+        progress(f"  {problem.name}: {key} done")
     block: dict[str, Any] = {
         "space": problem.name, "sampler": sampler, "seeds": seeds, "first_seed": first_seed,
-        "rules": labels, "rungs_epochs": {k: early_stopping.rungs(r, max(search_table.EPOCHS)) for k, r in
-                                          zip(list(runs)[1:], rules, strict=True)},
+        "rules": labels, "rungs_epochs": {rule_label(r): early_stopping.rungs(r, max(search_table.EPOCHS))
+                                          for r in rules},
         "full_budget_epochs_mean": budget, "target_hv": target, "epochs_to_target": {}, "epochs_ratio": {},
         "hv_at_epoch_fraction": {}, "hv_at_half_epochs_std": {}, "seeds_reaching_target_at_half_epochs": {},
         "trials_mean": {}, "stopped_fraction": {}, "reused_bases_mean": {}}
@@ -591,7 +608,7 @@ def format_early_stopping(es: dict[str, Any]) -> str:
 
 def replay_mode(seeds: int, trials: int, spaces: Sequence[str], jobs: int, progress: Callable[[str], None],
                 names: Sequence[str] = SAMPLERS, rules: Sequence[PrunerConfig] | None = None, first_seed: int = 0,
-                stopping_sampler: str = "tpe") -> dict[str, Any]:
+                stopping_sampler: str = "tpe", unstopped: Sequence[str] = ()) -> dict[str, Any]:
     started = time.perf_counter()
     report: dict[str, Any] = {"spaces": [], "budgets": list(BUDGETS), "trials": trials, "jobs": jobs,
                               "first_seed": first_seed}
@@ -609,7 +626,8 @@ def replay_mode(seeds: int, trials: int, spaces: Sequence[str], jobs: int, progr
             chosen = list(rules) if rules else [parse_rule(r) for r in DEFAULT_RULES
                                                 if scored or not r.endswith("/compressed")]
             chosen = list({rule_label(r): r for r in chosen}.values())
-            es = compare_early_stopping(problem, seeds, trials, runner, progress, chosen, first_seed, stopping_sampler)
+            es = compare_early_stopping(problem, seeds, trials, runner, progress, chosen, first_seed, stopping_sampler,
+                                        unstopped)
             report.setdefault("early_stopping_by_space", {})[name] = es
             report.setdefault("early_stopping", es)  # the first recorded table's (quick's, by default)
             print(format_early_stopping(es) + "\n", flush=True)
@@ -805,6 +823,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--stopping-sampler", default="tpe", choices=SAMPLERS + EXTRA_SAMPLERS,
                         help="the sampler the early-stopping comparison runs with and without each rule (default tpe, "
                              "which keeps the whole replay under 10 minutes; 'default' takes about 10 minutes more)")
+    parser.add_argument("--unstopped", action="append", choices=SAMPLERS + EXTRA_SAMPLERS, metavar="SAMPLER",
+                        help="add a row to the early-stopping table: this sampler's search without early stopping, "
+                             "against the same target (repeatable; e.g. --stopping-sampler random-full --unstopped "
+                             "default)")
     parser.add_argument("--json", type=Path, help="write the figures to this file")
     args = parser.parse_args(argv)
 
@@ -834,7 +856,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if "random" not in names or set(names) - set(SAMPLERS) - set(EXTRA_SAMPLERS):
             parser.error(f"--samplers: choose among {', '.join(SAMPLERS + EXTRA_SAMPLERS)}, random included")
         report = replay_mode(args.seeds or 10, trials, spaces, args.jobs, progress, names, args.rule,
-                             args.first_seed, args.stopping_sampler)
+                             args.first_seed, args.stopping_sampler, args.unstopped or ())
     if args.json:
         args.json.write_text(json.dumps(report, indent=2))
     return report

@@ -101,3 +101,25 @@ def test_the_tables_count_the_trials_that_reused_a_base() -> None:
     rows = {line.split(" | ")[0]: line for line in search_quality.format_block(block).splitlines()}
     assert rows["| default"].endswith(f" | {reused['default']:.1f} |")
     assert "| bases reused of 100 |" in search_quality.format_block(block)
+
+
+def test_an_unstopped_row_runs_another_sampler_without_stopping_until_the_same_epochs() -> None:
+    """The stopping sampler's own search as an unstopped row is the 'none' row again (measured on the epoch grid,
+    where the mean curve may reach the target before the last trial, not at the budget by definition); random
+    search, whose trials train 10-30 epochs, runs more trials to spend the same epochs, and none is stopped."""
+    from vae_automl.config import PrunerConfig
+
+    problem = search_quality.problem_named("quick")
+    rule = PrunerConfig(name="pareto", warmup_epochs=10, reduction_factor=3, min_trials=1, score="base")
+    es = search_quality.compare_early_stopping(problem, 2, 20, search_quality.Runner(1), lambda message: None,
+                                               [rule], sampler="random-full", unstopped=["random-full", "random"])
+    assert es["full_budget_epochs_mean"] == 600.0  # 20 trials x 30 epochs
+    own, other = search_quality.unstopped_label("random-full"), search_quality.unstopped_label("random")
+    assert es["epochs_ratio"]["none"] == 1.0 and 0.0 < es["epochs_ratio"][own] <= 1.0
+    assert es["seeds_reaching_target_at_half_epochs"][own] == es["seeds_reaching_target_at_half_epochs"]["none"]
+    assert es["hv_at_epoch_fraction"][own] == es["hv_at_epoch_fraction"]["none"]
+    assert es["stopped_fraction"][own] == es["stopped_fraction"][other] == 0.0
+    assert es["trials_mean"][other] > 20
+    assert es["rungs_epochs"] == {"10/3/1/base": [10]} and es["rules"][other] is None
+    rows = {line.split(" | ")[0] for line in search_quality.format_early_stopping(es).splitlines()}
+    assert {"| none", "| 10/3/1/base", f"| {own}", f"| {other}"} <= rows
