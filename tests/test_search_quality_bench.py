@@ -123,3 +123,10 @@ def test_an_unstopped_row_runs_another_sampler_without_stopping_until_the_same_e
     assert es["rungs_epochs"] == {"10/3/1/base": [10]} and es["rules"][other] is None
     rows = {line.split(" | ")[0] for line in search_quality.format_early_stopping(es).splitlines()}
     assert {"| none", "| 10/3/1/base", f"| {own}", f"| {other}"} <= rows
+
+
+def test_unstopped_names_a_known_sampler(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        search_quality.main(["--replay", "--unstopped", "defualt"])
+    assert exit_info.value.code == 2
+    assert "--unstopped: invalid choice: 'defualt'" in capsys.readouterr().err
