@@ -462,18 +462,13 @@ def compare_early_stopping(problem: QuickTable, seeds: int, trials: int, runner:
     grids = {"none": on_grid(full)}
     runs = {"none": full}
     labels = {"none": None}
-    for rule in rules:
-        key = rule_label(rule)
+    rows: list[tuple[str, str, PrunerConfig | None]] = [(rule_label(rule), sampler, rule) for rule in rules]
+    rows += [(unstopped_label(other), other, None) for other in unstopped]
+    for key, row_sampler, rule in rows:
         # each seed runs until it has spent the full search's mean epochs (at most 10x the trials)
-        runs[key] = runner.map([(problem.name, sampler, seed, 10 * trials, rule, budget) for seed in seed_range])
+        runs[key] = runner.map([(problem.name, row_sampler, seed, 10 * trials, rule, budget) for seed in seed_range])
         grids[key] = on_grid(runs[key])
-        labels[key] = dataclasses.asdict(rule)
-        progress(f"  {problem.name}: early stopping {key} done")
-    for other in unstopped:
-        key = unstopped_label(other)
-        runs[key] = runner.map([(problem.name, other, seed, 10 * trials, None, budget) for seed in seed_range])
-        grids[key] = on_grid(runs[key])
-        labels[key] = None
+        labels[key] = dataclasses.asdict(rule) if rule is not None else None
         progress(f"  {problem.name}: {key} done")
     block: dict[str, Any] = {
         "space": problem.name, "sampler": sampler, "seeds": seeds, "first_seed": first_seed,
