@@ -61,19 +61,23 @@ def rung_layout(space: SearchSpace, registry: Registry | None = None) -> list[in
     return [known.index(name) + 1 if name in known else 0 for name in space.objectives]
 
 
+def _named(config: SamplerConfig, space: SearchSpace) -> str:
+    """The sampler ``config`` runs on ``space``: its name, with ``auto`` resolved by :func:`choose`."""
+    return choose(space) if config.name == "auto" else config.name
+
+
 def budget_param(config: SamplerConfig, space: SearchSpace) -> str | None:
     """The parameter ``hvi`` trains at the top of its range while longer training pays (``training.epochs``, where the
     space searches it, the sampler is ``hvi`` and ``full_epochs`` is true), or None."""
-    name = choose(space) if config.name == "auto" else config.name
     epochs = space.training.get("epochs")
-    return "training.epochs" if name == "hvi" and config.full_epochs and epochs is not None and epochs.searched else None
+    searched = epochs is not None and epochs.searched
+    return "training.epochs" if _named(config, space) == "hvi" and config.full_epochs and searched else None
 
 
 def recompresses(config: SamplerConfig, space: SearchSpace) -> bool:
     """Whether ``hvi`` draws recompressions of trained bases for ``space``: the sampler is ``hvi``, ``recompress`` is
     true, and the space searches the compression (what a recompression draws anew)."""
-    name = choose(space) if config.name == "auto" else config.name
-    return name == "hvi" and config.recompress and space_mod.searches_compression(space)
+    return _named(config, space) == "hvi" and config.recompress and space_mod.searches_compression(space)
 
 
 def make_sampler(
